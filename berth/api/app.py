@@ -1,0 +1,83 @@
+"""The ASGI application: routers, error mapping and middleware, folded around one dataplane."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from berth import __version__
+from berth.api import errors, health, v1, v2
+from berth.api.auth import Authenticator
+from berth.api.middleware.body_limit import BodyLimitMiddleware
+from berth.api.middleware.request_id import RequestIdMiddleware
+from berth.api.services import Services
+from berth.config import Settings
+from berth.registry.references import DEFAULT_ALIAS
+from berth.registry.service import Registry
+from berth.security.auth import KeyVerifier
+from berth.security.keys import KeyService, server_secret
+from berth.serving.dataplane import DataPlane
+
+log = logging.getLogger("berth.api")
+
+DEV_MODE_WARNING = (
+    "DEV MODE: prediction and model routes accept requests WITHOUT an API key. "
+    "Never expose this server; drop --dev (and BERTH_DEV) for anything but local development."
+)
+
+
+def build_services(settings: Settings, registry: Registry | None = None) -> Services:
+    registry = registry or Registry.from_settings(settings)
+    served = settings.served or [
+        f"{name}@{DEFAULT_ALIAS}" for name in registry.models_with_alias(DEFAULT_ALIAS)
+    ]
+    dataplane = DataPlane(
+        registry,
+        served,
+        refresh_seconds=settings.refresh_seconds,
+        max_batch_rows=settings.max_batch_rows,
+    )
+    verifier = None
+    if not settings.dev:
+        keys = KeyService(registry.db, server_secret(settings))
+        verifier = KeyVerifier(keys, settings.refresh_seconds)
+    return Services(
+        settings=settings, registry=registry, dataplane=dataplane, auth=Authenticator(verifier)
+    )
+
+
+def create_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:
+    settings = settings or Settings()
+    svc = svc or build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.dev:
+            log.warning(DEV_MODE_WARNING)
+        await svc.dataplane.start()
+        try:
+            yield
+        finally:
+            await svc.dataplane.stop()
+
+    app = FastAPI(
+        title="Berth",
+        version=__version__,
+        description="Model serving: Berth v1 REST API and the Open Inference Protocol v2.",
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    errors.install(app)
+    for router in (health.router, v1.router, v2.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` worker processes: settings come from BERTH_* variables."""
+    return create_app(Settings())

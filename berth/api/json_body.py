@@ -1,0 +1,41 @@
+"""Reading and writing JSON bodies with orjson (fast, and strict: no NaN literals)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from berth.errors import InvalidInput
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body:
+        raise InvalidInput("the request body is empty; send a JSON object")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return document
+
+
+def require(document: dict[str, Any], key: str, example: str) -> Any:
+    if key not in document:
+        raise InvalidInput(f"the request body has no '{key}' field; send e.g. {example}")
+    return document[key]
+
+
+def json_response(
+    document: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )

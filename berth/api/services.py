@@ -1,0 +1,25 @@
+"""What the routes need, built once per process and kept on `app.state.services`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from berth.api.auth import Authenticator
+from berth.config import Settings
+from berth.registry.service import Registry
+from berth.serving.dataplane import DataPlane
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    registry: Registry
+    dataplane: DataPlane
+    auth: Authenticator
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,144 @@
+"""Berth's own REST API, v1: predictions by model reference and model metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from berth.api.json_body import json_response, read_object, require
+from berth.api.services import services
+from berth.errors import InvalidInput
+from berth.registry.references import parse_reference
+from berth.serving.dataplane import PredictResult
+from berth.serving.responses import batch_document, single_document
+
+router = APIRouter(prefix="/api/v1", tags=["v1"])
+
+VERSION_HEADER = "X-Berth-Model-Version"
+
+_FEATURES_EXAMPLE = '{"features": [5.1, 3.5, 1.4, 0.2]} or {"features": {"age": 42, "plan": "pro"}}'
+_INSTANCES_EXAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]]}'
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["features"],
+                    "properties": {
+                        "features": {
+                            "description": "One row: a list for tensor signatures, an object of "
+                            "column values for tabular ones.",
+                            "oneOf": [{"type": "array"}, {"type": "object"}],
+                        }
+                    },
+                },
+                "example": {"features": [5.1, 3.5, 1.4, 0.2]},
+            }
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": {"type": "array", "items": {}}},
+                },
+                "example": {"instances": [[5.1, 3.5, 1.4, 0.2]]},
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/predict", openapi_extra=_PREDICT_BODY, summary="Predict one row with the default model"
+)
+async def predict_default(request: Request) -> Response:
+    return await _predict(request, services(request).dataplane.default_reference)
+
+
+@router.post(
+    "/batch-predict", openapi_extra=_BATCH_BODY, summary="Predict rows with the default model"
+)
+async def batch_predict_default(request: Request) -> Response:
+    return await _batch_predict(request, services(request).dataplane.default_reference)
+
+
+@router.post("/models/{ref}/predict", openapi_extra=_PREDICT_BODY, summary="Predict one row")
+async def predict(request: Request, ref: str) -> Response:
+    return await _predict(request, ref)
+
+
+@router.post("/models/{ref}/batch-predict", openapi_extra=_BATCH_BODY, summary="Predict rows")
+async def batch_predict(request: Request, ref: str) -> Response:
+    return await _batch_predict(request, ref)
+
+
+async def _predict(request: Request, ref: str) -> Response:
+    result = await _run(request, ref, "features", _FEATURES_EXAMPLE, single=True)
+    return json_response(single_document(result), headers={VERSION_HEADER: result.version.ref})
+
+
+async def _batch_predict(request: Request, ref: str) -> Response:
+    result = await _run(request, ref, "instances", _INSTANCES_EXAMPLE, single=False)
+    return json_response(batch_document(result), headers={VERSION_HEADER: result.version.ref})
+
+
+async def _run(request: Request, ref: str, field: str, example: str, single: bool) -> PredictResult:
+    svc = services(request)
+    principal = await svc.auth.principal(request)
+    reference = parse_reference(ref)
+    principal.require_predict(reference.name)
+    value = require(await read_object(request), field, example)
+    if single and not isinstance(value, list | dict):
+        raise InvalidInput(
+            f"features: expected a list or an object of column values; send e.g. {example}"
+        )
+    rows = [value] if single else value
+    decoder = svc.dataplane.instances_decoder(rows, field, single=single)
+    return await svc.dataplane.predict(ref, decoder)
+
+
+@router.get("/models", summary="List registered models")
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    (await svc.auth.principal(request)).require_read()
+    models = await _in_thread(svc.registry.list_models)
+    return json_response({"models": [m.to_dict() for m in models]})
+
+
+@router.get("/models/{name}", summary="A model with its versions and aliases")
+async def get_model(request: Request, name: str) -> Response:
+    svc = services(request)
+    (await svc.auth.principal(request)).require_read(name)
+    model = await _in_thread(svc.registry.get_model, name)
+    body = model.to_dict()
+    body["versions"] = [v.to_dict() for v in model.versions]
+    return json_response(body)
+
+
+@router.get("/models/{name}/versions/{version}", summary="One version: signature, metrics, sha256")
+async def get_version(request: Request, name: str, version: str) -> Response:
+    svc = services(request)
+    (await svc.auth.principal(request)).require_read(name)
+    if not version.isdigit():
+        raise InvalidInput(
+            f"version '{version}' is not a number; use e.g. /models/{name}/versions/1"
+        )
+    info = await _in_thread(svc.registry.get_version, name, int(version))
+    return json_response(info.to_dict())
+
+
+async def _in_thread(function: Any, *args: Any) -> Any:
+    return await anyio.to_thread.run_sync(function, *args)

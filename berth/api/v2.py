@@ -1,0 +1,186 @@
+"""The Open Inference Protocol v2 over REST (what Triton, KServe and MLServer clients speak)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from berth import __version__
+from berth.api import v2_codec
+from berth.api.json_body import json_response
+from berth.api.services import Services, services
+from berth.errors import InvalidInput, NotReady
+from berth.registry.references import parse_reference
+from berth.registry.service import VersionInfo
+from berth.registry.signature import Signature, TensorSpec
+from berth.serving.dataplane import Decoder, PredictResult
+from berth.serving.validation import decode_named_arrays
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+EXTENSIONS = ["binary_tensor_data"]
+
+_DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "string": "BYTES",
+}
+
+
+@router.get("/health/live", summary="Server live")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/health/ready", summary="Server ready")
+async def ready(request: Request) -> Response:
+    if not services(request).dataplane.ready:
+        return json_response({"ready": False}, status=503)
+    return json_response({"ready": True})
+
+
+@router.get("", summary="Server metadata", include_in_schema=False)
+@router.get("/", summary="Server metadata")
+async def server_metadata() -> Response:
+    return json_response({"name": "berth", "version": __version__, "extensions": EXTENSIONS})
+
+
+@router.get("/models/{name}", summary="Model metadata")
+async def model_metadata(request: Request, name: str) -> Response:
+    return await _metadata(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
+async def version_metadata(request: Request, name: str, version: str) -> Response:
+    return await _metadata(request, name, version)
+
+
+@router.get("/models/{name}/ready", summary="Model ready")
+async def model_ready(request: Request, name: str) -> Response:
+    return await _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model ready (one version)")
+async def version_ready(request: Request, name: str, version: str) -> Response:
+    return await _ready(request, name, version)
+
+
+@router.post("/models/{name}/infer", summary="Inference")
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
+
+
+def _reference(name: str, version: str | None) -> str:
+    if version is not None and not version.isdigit():
+        raise InvalidInput(
+            f"model version '{version}' is not a number; use e.g. /v2/models/{name}/versions/1"
+        )
+    ref = name if version is None else f"{name}:{version}"
+    parse_reference(ref)
+    return ref
+
+
+async def _authorized(request: Request, name: str) -> Services:
+    svc = services(request)
+    (await svc.auth.principal(request)).require_read(name)
+    return svc
+
+
+async def _metadata(request: Request, name: str, version: str | None) -> Response:
+    svc = await _authorized(request, name)
+    info = await svc.dataplane.version(_reference(name, version))
+    return json_response(model_metadata_document(info))
+
+
+def model_metadata_document(info: VersionInfo) -> dict[str, Any]:
+    return {
+        "name": info.model,
+        "versions": [str(info.number)],
+        "platform": info.flavor,
+        "inputs": input_tensors(info.signature),
+        "outputs": [_tensor(t) for t in info.signature.outputs],
+    }
+
+
+def input_tensors(signature: Signature) -> list[dict[str, Any]]:
+    if signature.kind == "tensor":
+        return [_tensor(t) for t in signature.inputs]
+    return [
+        {"name": c.name, "datatype": _DATATYPES[c.dtype], "shape": [-1, 1]}
+        for c in signature.columns
+    ]
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": _DATATYPES[spec.dtype], "shape": list(spec.shape)}
+
+
+async def _ready(request: Request, name: str, version: str | None) -> Response:
+    svc = await _authorized(request, name)
+    ref = _reference(name, version)
+    number = parse_reference(ref).version
+    if not svc.dataplane.ready or not svc.dataplane.is_loaded(name, number):
+        raise NotReady(f"model '{ref}' is not loaded yet; retry in a few seconds")
+    return json_response({"name": name, "ready": True})
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    svc = services(request)
+    principal = await svc.auth.principal(request)
+    ref = _reference(name, version)
+    principal.require_predict(name)
+    body = await request.body()
+    length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
+    infer_request = v2_codec.parse_infer_request(body, length)
+    decoder = _decoder(infer_request, svc.dataplane.max_batch_rows)
+    result = await svc.dataplane.predict(ref, decoder)
+    outputs = _outputs(infer_request, result)
+    payload, headers = v2_codec.encode_infer_response(
+        result.version.model, str(result.version.number), infer_request.id, outputs
+    )
+    headers["X-Berth-Model-Version"] = result.version.ref
+    return Response(payload, headers=headers)
+
+
+def _decoder(infer_request: v2_codec.InferRequest, max_rows: int) -> Decoder:
+    arrays = {i.name: i.array for i in infer_request.inputs}
+    return lambda signature: decode_named_arrays(signature, arrays, "inputs", max_rows)
+
+
+def _outputs(
+    infer_request: v2_codec.InferRequest, result: PredictResult
+) -> list[v2_codec.ResponseOutput]:
+    available: dict[str, np.ndarray[Any, Any]] = {
+        "predict": np.asarray(result.prediction.predictions)
+    }
+    if result.prediction.probabilities is not None:
+        available["predict_proba"] = np.asarray(result.prediction.probabilities)
+    wanted = [o.name for o in infer_request.outputs] or list(available)
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        raise InvalidInput(
+            f"output '{unknown[0]}' does not exist; this model returns {list(available)}"
+        )
+    return [
+        v2_codec.ResponseOutput(name=n, array=available[n], binary=infer_request.output_binary(n))
+        for n in wanted
+    ]

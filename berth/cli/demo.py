@@ -1,0 +1,187 @@
+"""`berth demo`: train a small churn classifier, register it, create a key, serve it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from berth.cli.context import console, keys, registry, settings
+from berth.cli.serve import start_server
+from berth.registry.service import RegisterRequest, VersionInfo
+
+MODEL = "churn"
+PLANS = ("basic", "pro", "enterprise")
+_PLAN_EFFECT = {"basic": 0.6, "pro": 0.0, "enterprise": -0.8}
+
+SIGNATURE = {
+    "columns": [
+        {"name": "tenure_months", "dtype": "int64", "minimum": 0, "maximum": 600},
+        {"name": "monthly_charges", "dtype": "float64", "minimum": 0},
+        {"name": "plan", "dtype": "string"},
+        {"name": "support_calls", "dtype": "int64", "minimum": 0},
+    ]
+}
+
+
+def churn_data(rows: int, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    """Synthetic customers; churn is likelier with short tenure, many calls, the basic plan."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "tenure_months": rng.integers(1, 72, rows),
+            "monthly_charges": rng.normal(70, 20, rows).clip(15, 150).round(2),
+            "plan": rng.choice(PLANS, rows, p=[0.5, 0.35, 0.15]),
+            "support_calls": rng.poisson(1.5, rows),
+        }
+    )
+    logit = (
+        -0.5
+        - 0.06 * frame["tenure_months"]
+        + 0.02 * (frame["monthly_charges"] - 70)
+        + 0.6 * frame["support_calls"]
+        + frame["plan"].map(_PLAN_EFFECT)
+    )
+    churned = rng.random(rows) < 1 / (1 + np.exp(-logit.to_numpy()))
+    return frame, churned.astype(np.int64)
+
+
+def train(workdir: Path) -> tuple[Path, Path, Path, dict[str, float]]:
+    """Fit the pipeline; returns model file, sample file, signature file and test metrics."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from skops.io import dump
+
+    frame, target = churn_data(4000)
+    x_train, x_test, y_train, y_test = train_test_split(
+        frame, target, test_size=0.25, random_state=0
+    )
+    numeric = ["tenure_months", "monthly_charges", "support_calls"]
+    pipeline = Pipeline(
+        [
+            (
+                "features",
+                ColumnTransformer(
+                    [
+                        ("numeric", StandardScaler(), numeric),
+                        ("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
+                    ]
+                ),
+            ),
+            ("classifier", LogisticRegression(max_iter=1000)),
+        ]
+    ).fit(x_train, y_train)
+    metrics = {
+        "accuracy": round(float(accuracy_score(y_test, pipeline.predict(x_test))), 4),
+        "auc": round(float(roc_auc_score(y_test, pipeline.predict_proba(x_test)[:, 1])), 4),
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_path, sample_path, signature_path = (
+        workdir / "churn.skops",
+        workdir / "sample.csv",
+        workdir / "signature.json",
+    )
+    dump(pipeline, model_path)
+    x_test.head(200).to_csv(sample_path, index=False)
+    signature_path.write_text(json.dumps(SIGNATURE, indent=2))
+    return model_path, sample_path, signature_path, metrics
+
+
+def demo(
+    port: int | None = typer.Option(None, help="Port to serve on (default BERTH_PORT or 8321)."),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve after setting up."),
+) -> None:
+    """Train a churn classifier, register it as churn@production, create a key and serve it.
+
+    Example: berth demo --port 9000
+    """
+    current = settings()
+    port = port or current.port
+    with console.status("Training a churn classifier on generated data ..."):
+        model_path, sample, signature, metrics = train(current.home / "demo")
+    version = registry().register(
+        RegisterRequest(
+            name=MODEL,
+            path=model_path,
+            sample=sample,
+            signature=signature,
+            metrics=metrics,
+            tags={"source": "berth demo"},
+            description="Synthetic churn classifier trained by `berth demo`",
+            aliases=("production",),
+        )
+    )
+    console.print(f"Registered [bold]{version.ref}[/] as {MODEL}@production (metrics {metrics})")
+    info, secret = keys().create(f"demo-{int(time.time())}", ("predict", "read"))
+    console.print(f"Created API key [bold]{info.name}[/] (predict, read)")
+    base = f"http://{current.host}:{port}"
+    banner = curl_commands(base, secret, version)
+    if not serve:
+        console.print(banner, highlight=False, soft_wrap=True)
+        return
+    threading.Thread(target=_announce_when_ready, args=(base, banner), daemon=True).start()
+    start_server([f"{MODEL}@production"], current.host, port, 1, dev=False)
+
+
+def curl_commands(base: str, key: str, version: VersionInfo) -> str:
+    example = version.example or []
+    headers = f"-H 'X-API-Key: {key}' -H 'Content-Type: application/json'"
+    v1_single = json.dumps({"features": example[0]})
+    v1_batch = json.dumps({"instances": example[:2]})
+    v2_body = json.dumps({"inputs": v2_inputs(version, example[:1])})
+    return "\n".join(
+        [
+            "",
+            "Berth is serving churn@production. Try it (paste into another terminal):",
+            "",
+            "# v1: one row",
+            f"curl -s {base}/api/v1/models/{MODEL}/predict {headers} -d {shlex.quote(v1_single)}",
+            "# v1: several rows",
+            f"curl -s {base}/api/v1/models/{MODEL}/batch-predict {headers} -d {shlex.quote(v1_batch)}",
+            "# Open Inference Protocol v2: model metadata, then inference",
+            f"curl -s {base}/v2/models/{MODEL} -H 'X-API-Key: {key}'",
+            f"curl -s {base}/v2/models/{MODEL}/infer {headers} -d {shlex.quote(v2_body)}",
+            "# operations (open)",
+            f"curl -s {base}/ready",
+            "",
+            f"API docs: {base}/docs    Stop with Ctrl-C.",
+        ]
+    )
+
+
+def v2_inputs(version: VersionInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    datatypes = {"int64": "INT64", "float64": "FP64", "string": "BYTES", "bool": "BOOL"}
+    return [
+        {
+            "name": column.name,
+            "shape": [len(rows)],
+            "datatype": datatypes[column.dtype],
+            "data": [row[column.name] for row in rows],
+        }
+        for column in version.signature.columns
+    ]
+
+
+def _announce_when_ready(base: str, banner: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/ready", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    console.print(banner, highlight=False, soft_wrap=True)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)

@@ -1,0 +1,18 @@
+"""`berth init`: create the data directory, the registry schema and the server secret."""
+
+from __future__ import annotations
+
+from berth.cli.context import console, registry, settings
+from berth.security.keys import server_secret
+
+
+def init() -> None:
+    """Create the data directory, registry database and server secret.
+
+    Example: berth init   (uses BERTH_HOME, default ./.berth)
+    """
+    current = settings()
+    registry()
+    server_secret(current)
+    console.print(f"Initialised Berth in [bold]{current.home.resolve()}[/]")
+    console.print("Next: berth models register NAME PATH --sample FILE --alias production")

@@ -1,0 +1,78 @@
+"""`berth keys ...`: create, list and revoke API keys."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import typer
+from rich.table import Table
+
+from berth.cli.context import console, err_console, keys
+from berth.errors import InvalidInput
+from berth.security.keys import DEFAULT_SCOPES
+
+app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise InvalidInput(f"'{text}' is not a duration; write e.g. 30m, 12h or 90d")
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+@app.command("create")
+def create(
+    name: str = typer.Argument(..., help="A name for the key, e.g. web-frontend."),
+    scope: list[str] = typer.Option(
+        list(DEFAULT_SCOPES), help="predict, predict:MODEL, read or admin (repeatable)."
+    ),
+    expires: str | None = typer.Option(
+        None, help="Lifetime such as 90d or 12h; never expires if omitted."
+    ),
+) -> None:
+    """Create an API key. The secret is printed once, on the last line of stdout.
+
+    Example: berth keys create web --scope predict:churn --expires 90d
+    """
+    expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
+    info, secret = keys().create(name, tuple(scope), expires_at)
+    err_console.print(
+        f"Created key [bold]{info.name}[/] (scopes: {', '.join(info.scopes)}). Store it now; it is not shown again:"
+    )
+    typer.echo(secret)
+
+
+@app.command("list")
+def list_keys() -> None:
+    """List keys (never their secrets).
+
+    Example: berth keys list
+    """
+    table = Table("name", "key id", "scopes", "status", "created", "expires", "last used")
+    for info in keys().list():
+        status = "active" if info.active else ("revoked" if info.revoked_at else "expired")
+        table.add_row(
+            info.name,
+            info.key_id,
+            ", ".join(info.scopes),
+            status,
+            f"{info.created_at:%Y-%m-%d %H:%M}",
+            f"{info.expires_at:%Y-%m-%d}" if info.expires_at else "never",
+            f"{info.last_used_at:%Y-%m-%d %H:%M}" if info.last_used_at else "-",
+        )
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
+    """Revoke a key; running servers refuse it within BERTH_REFRESH_SECONDS.
+
+    Example: berth keys revoke web
+    """
+    info = keys().revoke(name)
+    console.print(f"Revoked key {info.name}")

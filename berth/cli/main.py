@@ -1,0 +1,52 @@
+"""The `berth` command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from berth import __version__
+from berth.cli import config_cmd, demo, init, keys, models, predict, serve
+from berth.cli.context import err_console
+from berth.errors import BerthError
+
+app = typer.Typer(
+    name="berth",
+    help="Berth: register, serve and watch trained models.\n\nStart with `berth demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models.app, name="models")
+app.add_typer(keys.app, name="keys")
+app.add_typer(config_cmd.app, name="config")
+app.command("init")(init.init)
+app.command("serve")(serve.serve)
+app.command("predict")(predict.predict)
+app.command("demo")(demo.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"berth {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Berth: register, serve and watch trained models."""
+
+
+def main() -> None:
+    try:
+        app()
+    except BerthError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,172 @@
+"""`berth models ...`: register, list, show, alias and delete versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from berth.cli.context import console, registry
+from berth.errors import InvalidInput
+from berth.registry.references import parse_reference
+from berth.registry.service import RegisterRequest, VersionInfo, parse_metrics, parse_pairs
+from berth.runtimes import FLAVORS
+
+app = typer.Typer(help="Register and manage model versions.", no_args_is_help=True)
+
+
+@app.command("register")
+def register(
+    name: str = typer.Argument(..., help="Model name, e.g. churn."),
+    path: Path = typer.Argument(..., help="Model file or directory."),
+    flavor: str | None = typer.Option(
+        None, help=f"One of {', '.join(FLAVORS)}; detected if omitted."
+    ),
+    sample: Path | None = typer.Option(
+        None, help="Sample input (.csv/.parquet/.json/.npy) to infer the signature."
+    ),
+    signature: Path | None = typer.Option(None, help="Signature JSON file (instead of --sample)."),
+    alias: list[str] = typer.Option([], help="Alias to point at the new version (repeatable)."),
+    metric: list[str] = typer.Option([], help="Metric KEY=NUMBER (repeatable)."),
+    tag: list[str] = typer.Option([], help="Tag KEY=VALUE (repeatable)."),
+    description: str = typer.Option("", help="Free text."),
+) -> None:
+    """Register a file or directory as the next version of a model.
+
+    Example: berth models register churn model.skops --sample train.csv --metric auc=0.91 --alias production
+    """
+    request = RegisterRequest(
+        name=name,
+        path=path,
+        flavor=flavor,
+        sample=sample,
+        signature=signature,
+        metrics=parse_metrics(metric),
+        tags=parse_pairs(tag, "tag"),
+        description=description,
+        aliases=tuple(alias),
+    )
+    with console.status(f"Checking and storing {path} ..."):
+        version = registry().register(request)
+    aliases = ", ".join(f"@{a}" for a in version.aliases) or "none"
+    console.print(
+        f"Registered [bold]{version.ref}[/] ({version.flavor}, sha256 {version.artifact.sha256[:12]}, "
+        f"aliases: {aliases})"
+    )
+
+
+@app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List models with their latest version and aliases.
+
+    Example: berth models list
+    """
+    models = registry().list_models()
+    if as_json:
+        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        return
+    table = Table("model", "latest", "versions", "aliases", "flavor")
+    for model in models:
+        latest = model.latest
+        aliases = ", ".join(f"{a}→{v}" for a, v in model.aliases.items())
+        table.add_row(
+            model.name,
+            str(latest.number) if latest else "-",
+            str(len(model.versions)),
+            aliases,
+            latest.flavor if latest else "-",
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    reference: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show one version: flavor, sha256, signature, metrics, tags, aliases.
+
+    Example: berth models show churn@production
+    """
+    version = registry().resolve(reference)
+    if as_json:
+        typer.echo(json.dumps(version.to_dict(), indent=2))
+        return
+    _print_version(version)
+
+
+def _print_version(version: VersionInfo) -> None:
+    console.print(
+        f"[bold]{version.ref}[/]  flavor={version.flavor}  created={version.created_at:%Y-%m-%d %H:%M}"
+    )
+    console.print(f"sha256   {version.artifact.sha256}  ({version.artifact.size_bytes} bytes)")
+    console.print(f"aliases  {', '.join(version.aliases) or '-'}")
+    console.print(f"metrics  {version.metrics or '-'}")
+    console.print(f"tags     {version.tags or '-'}")
+    if version.description:
+        console.print(f"about    {version.description}")
+    table = Table("input", "dtype", "shape / nullable", "range")
+    signature = version.signature
+    for column in signature.columns:
+        bounds = (
+            ""
+            if column.minimum is None and column.maximum is None
+            else f"[{column.minimum}, {column.maximum}]"
+        )
+        table.add_row(
+            column.name, column.dtype, "nullable" if column.nullable else "required", bounds
+        )
+    for tensor in signature.inputs:
+        table.add_row(tensor.name, tensor.dtype, str(list(tensor.shape)), "")
+    console.print(table)
+
+
+@app.command("alias")
+def alias(
+    name: str = typer.Argument(..., help="Model name."),
+    alias_name: str = typer.Argument(..., metavar="ALIAS", help="Alias, e.g. production."),
+    version: int | None = typer.Argument(None, help="Version number to point at."),
+    remove: bool = typer.Option(False, "--remove", help="Remove the alias instead."),
+) -> None:
+    """Point an alias at a version (atomically), or remove it.
+
+    Example: berth models alias churn production 3
+    """
+    if remove:
+        registry().remove_alias(name, alias_name)
+        console.print(f"Removed {name}@{alias_name}")
+        return
+    if version is None:
+        raise InvalidInput(
+            "give the version to point at, e.g. `berth models alias churn production 3`"
+        )
+    registry().set_alias(name, alias_name, version)
+    console.print(f"{name}@{alias_name} → {name}:{version}")
+
+
+@app.command("delete")
+def delete(
+    reference: str = typer.Argument(
+        ..., help="NAME:VERSION to delete one version, NAME for the model."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="Confirm deleting a whole model."),
+) -> None:
+    """Delete a version (refused while an alias points at it) or a whole model.
+
+    Example: berth models delete churn:2
+    """
+    ref = parse_reference(reference)
+    if ref.alias is not None:
+        raise InvalidInput("delete takes NAME:VERSION or NAME, not an alias")
+    if ref.version is not None:
+        registry().delete_version(ref.name, ref.version)
+        console.print(f"Deleted {ref}")
+        return
+    if not yes:
+        raise InvalidInput(
+            f"deleting model '{ref.name}' removes every version; add --yes to confirm"
+        )
+    registry().delete_model(ref.name)
+    console.print(f"Deleted model {ref.name}")

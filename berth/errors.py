@@ -1,0 +1,59 @@
+"""Domain errors. They carry no HTTP status: each edge (api/, cli/) maps them once.
+
+BerthError
+├── NotFound              unknown model, version, alias, key
+├── InvalidInput          a request or argument that breaks a rule (signature, reference syntax)
+├── Conflict              the action clashes with current state (alias points at a version)
+├── Unauthenticated       no credentials, or credentials that do not verify
+├── Forbidden             valid credentials without the needed scope
+├── PayloadTooLarge       a body or batch over the configured limit
+├── NotReady              the server or a model is still loading
+├── ArtifactIntegrityError  an artifact's bytes do not match its recorded sha256
+└── ModelLoadError        a runtime could not load or run an artifact
+"""
+
+from __future__ import annotations
+
+
+class BerthError(Exception):
+    """Base of every error Berth raises on purpose; the message is written for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(BerthError):
+    pass
+
+
+class InvalidInput(BerthError):
+    pass
+
+
+class Conflict(BerthError):
+    pass
+
+
+class Unauthenticated(BerthError):
+    pass
+
+
+class Forbidden(BerthError):
+    pass
+
+
+class PayloadTooLarge(BerthError):
+    pass
+
+
+class NotReady(BerthError):
+    pass
+
+
+class ArtifactIntegrityError(BerthError):
+    pass
+
+
+class ModelLoadError(BerthError):
+    pass

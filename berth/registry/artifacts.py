@@ -1,0 +1,154 @@
+"""Content-addressed artifact store on any fsspec URL.
+
+A file's address is the sha256 of its bytes (so `sha256sum model.joblib` matches). A directory's
+address is the sha256 of its manifest: one line `<sha256>  <relative path>` per file, sorted.
+Artifacts live at `<root>/sha256/<digest>/...`. Loading always goes through `fetch`, which copies
+the artifact into a local cache and verifies the copy's digest before returning it: a mismatch
+raises `ArtifactIntegrityError` and the bytes are never handed to a runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    sha256: str
+    uri: str
+    entry: str
+    """Path of the loadable file relative to the artifact root ('' for a directory artifact)."""
+    is_directory: bool
+    size_bytes: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files_under(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            yield path
+
+
+def directory_sha256(root: Path) -> str:
+    lines = [f"{file_sha256(p)}  {p.relative_to(root).as_posix()}\n" for p in _files_under(root)]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def artifact_sha256(path: Path) -> str:
+    return directory_sha256(path) if path.is_dir() else file_sha256(path)
+
+
+class ArtifactStore:
+    """Where version artifacts live; `url` is any fsspec URL or a local path."""
+
+    def __init__(self, url: str, cache_dir: Path) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.cache_dir = cache_dir
+
+    def _uri(self, digest: str) -> str:
+        return f"{self.root}/sha256/{digest}"
+
+    def put(self, source: Path) -> StoredArtifact:
+        """Copy a file or directory into the store (idempotent: same bytes, same address)."""
+        if not source.exists():
+            raise InvalidInput(
+                f"{source} does not exist; pass the path of a model file or directory"
+            )
+        digest = artifact_sha256(source)
+        target = self._uri(digest)
+        files = list(_files_under(source)) if source.is_dir() else [source]
+        if not files:
+            raise InvalidInput(f"directory {source} is empty; it holds no model files")
+        base = source if source.is_dir() else source.parent
+        for path in files:
+            rel = path.relative_to(base).as_posix()
+            self._put_file(path, f"{target}/{rel}")
+        return StoredArtifact(
+            sha256=digest,
+            uri=target,
+            entry="" if source.is_dir() else source.name,
+            is_directory=source.is_dir(),
+            size_bytes=sum(p.stat().st_size for p in files),
+        )
+
+    def _put_file(self, path: Path, target: str) -> None:
+        if self.fs.exists(target) and self.fs.size(target) == path.stat().st_size:
+            return
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        partial = f"{target}.partial"
+        self.fs.put_file(str(path), partial)
+        self.fs.mv(partial, target)
+
+    def fetch(self, artifact: StoredArtifact) -> Path:
+        """A verified local copy of the artifact; the path to hand the runtime."""
+        local = self.cache_dir / artifact.sha256
+        if local.exists() and not matches(local, artifact):
+            # A damaged cache copy is not evidence against the store: fetch it once more.
+            shutil.rmtree(local)
+        if not local.exists():
+            self._download(artifact, local)
+        verify(local, artifact)
+        return local / artifact.entry if artifact.entry else local
+
+    def _download(self, artifact: StoredArtifact, local: Path) -> None:
+        if not self.fs.exists(artifact.uri):
+            raise NotFound(
+                f"artifact {artifact.sha256[:12]} is missing from the store at {artifact.uri}; "
+                "restore the store from a backup or register the model again"
+            )
+        staging = local.with_name(local.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for remote in self.fs.find(artifact.uri):
+            rel = remote[len(artifact.uri) :].lstrip("/")
+            if rel.endswith(".partial"):
+                continue
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(staging / rel))
+        staging.rename(local)
+
+    def info(self) -> dict[str, Any]:
+        return {"url": self.url, "cache_dir": str(self.cache_dir)}
+
+
+def _local_sha256(local: Path, artifact: StoredArtifact) -> str:
+    try:
+        if artifact.is_directory:
+            return directory_sha256(local)
+        return file_sha256(local / artifact.entry)
+    except OSError:
+        return "missing"
+
+
+def matches(local: Path, artifact: StoredArtifact) -> bool:
+    return _local_sha256(local, artifact) == artifact.sha256
+
+
+def verify(local: Path, artifact: StoredArtifact) -> None:
+    actual = _local_sha256(local, artifact)
+    if actual != artifact.sha256:
+        raise ArtifactIntegrityError(
+            f"artifact of this version fails its sha256 check (expected {artifact.sha256}, "
+            f"got {actual}); it was changed after registration and will not be loaded. "
+            "Delete the cached copy under the cache directory and restore the store, "
+            "or register the model again"
+        )

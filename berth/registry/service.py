@@ -1,0 +1,445 @@
+"""The registry service: the one place that registers, resolves, aliases and deletes versions.
+
+The CLI and the admin API both call these functions; neither holds registry logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from berth.config import Settings
+from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry.artifacts import ArtifactStore, StoredArtifact
+from berth.registry.db import Database
+from berth.registry.references import DEFAULT_ALIAS, Reference, check_name, parse_reference
+from berth.registry.signature import (
+    Signature,
+    TensorSpec,
+    infer_signature,
+    load_signature_file,
+    numpy_dtype_name,
+    read_sample,
+)
+from berth.registry.tables import AliasRow, ModelRow, VersionRow, utcnow
+from berth.runtimes import detect_flavor, entry_file, load_runtime
+from berth.runtimes.base import Prediction, Runtime
+
+_SAMPLE_ROWS = 100
+_EXAMPLE_ROWS = 3
+_REGISTER_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    number: int
+    flavor: str
+    artifact: StoredArtifact
+    signature: Signature
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    description: str
+    created_at: datetime
+    aliases: tuple[str, ...] = ()
+    example: list[Any] | None = None
+    """A few input rows from the registration sample, in the v1 `instances` format."""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.number}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.number,
+            "flavor": self.flavor,
+            "sha256": self.artifact.sha256,
+            "size_bytes": self.artifact.size_bytes,
+            "signature": self.signature.to_dict(),
+            "metrics": self.metrics,
+            "tags": self.tags,
+            "description": self.description,
+            "aliases": list(self.aliases),
+            "created_at": self.created_at.isoformat(),
+            "example": self.example,
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    created_at: datetime
+    versions: tuple[VersionInfo, ...]
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> VersionInfo | None:
+        return self.versions[-1] if self.versions else None
+
+    def to_dict(self) -> dict[str, Any]:
+        latest = self.latest
+        return {
+            "name": self.name,
+            "description": self.description,
+            "created_at": self.created_at.isoformat(),
+            "latest_version": latest.number if latest else None,
+            "versions": [v.number for v in self.versions],
+            "aliases": self.aliases,
+        }
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    """Everything `register` needs; the CLI and the admin API build one of these."""
+
+    name: str
+    path: Path
+    flavor: str | None = None
+    sample: Path | None = None
+    signature: Path | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+class Registry:
+    def __init__(self, db: Database, store: ArtifactStore) -> None:
+        self.db = db
+        self.store = store
+
+    @classmethod
+    def from_settings(cls, settings: Settings, migrate: bool = True) -> Registry:
+        db = Database(settings.resolved_database_url)
+        if migrate:
+            db.migrate()
+        store = ArtifactStore(settings.resolved_artifact_url, settings.home.resolve() / "cache")
+        return cls(db, store)
+
+    # registration ------------------------------------------------------------------------
+
+    def register(self, request: RegisterRequest) -> VersionInfo:
+        """Check the artifact loads and predicts, store it, and record a new version."""
+        check_name("model", request.name)
+        for alias in request.aliases:
+            check_name("alias", alias)
+        path = request.path.expanduser()
+        if not path.exists():
+            raise InvalidInput(f"{path} does not exist; pass the path of a model file or directory")
+        flavor = request.flavor or detect_flavor(path)
+        runtime = load_runtime(flavor, entry_file(path, flavor))
+        sample = read_sample(request.sample) if request.sample is not None else None
+        signature = _signature_for(request, runtime, sample)
+        example = _example(sample, signature)
+        artifact = self.store.put(path)
+        for attempt in range(_REGISTER_ATTEMPTS):
+            try:
+                with self.db.session() as session:
+                    row = self._insert_version(session, request, flavor, artifact, signature)
+                    row.example = example
+                    return _version_info(row)
+            except IntegrityError:
+                # Another writer took the same version number; the next attempt takes the next.
+                if attempt == _REGISTER_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert_version(
+        self,
+        session: Session,
+        request: RegisterRequest,
+        flavor: str,
+        artifact: StoredArtifact,
+        signature: Signature,
+    ) -> VersionRow:
+        model = session.scalar(select(ModelRow).where(ModelRow.name == request.name))
+        if model is None:
+            model = ModelRow(name=request.name, description=request.description)
+            session.add(model)
+            session.flush()
+        latest = session.scalar(
+            select(func.max(VersionRow.number)).where(VersionRow.model_id == model.id)
+        )
+        row = VersionRow(
+            model=model,
+            number=(latest or 0) + 1,
+            flavor=flavor,
+            sha256=artifact.sha256,
+            artifact_uri=artifact.uri,
+            entry=artifact.entry,
+            is_directory=artifact.is_directory,
+            size_bytes=artifact.size_bytes,
+            signature=signature.to_dict(),
+            metrics=dict(request.metrics),
+            tags=dict(request.tags),
+            description=request.description,
+        )
+        session.add(row)
+        session.flush()
+        for alias in request.aliases:
+            _point_alias(session, model, alias, row)
+        session.flush()
+        return row
+
+    # reading -----------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelInfo]:
+        with self.db.session() as session:
+            rows = session.scalars(_models_query().order_by(ModelRow.name)).all()
+            return [_model_info(row) for row in rows]
+
+    def get_model(self, name: str) -> ModelInfo:
+        with self.db.session() as session:
+            return _model_info(_model_row(session, name))
+
+    def get_version(self, name: str, number: int) -> VersionInfo:
+        with self.db.session() as session:
+            return _version_info(_version_row(session, _model_row(session, name), number))
+
+    def resolve(self, reference: str | Reference) -> VersionInfo:
+        ref = parse_reference(reference) if isinstance(reference, str) else reference
+        with self.db.session() as session:
+            model = _model_row(session, ref.name)
+            if ref.version is not None:
+                return _version_info(_version_row(session, model, ref.version))
+            alias = ref.alias or DEFAULT_ALIAS
+            for row in model.aliases:
+                if row.name == alias:
+                    return _version_info(row.version)
+            if ref.alias is not None:
+                known = ", ".join(a.name for a in model.aliases) or "none"
+                raise NotFound(
+                    f"model '{ref.name}' has no alias '{ref.alias}' (aliases: {known}); "
+                    f"set it with `berth models alias {ref.name} {ref.alias} VERSION`"
+                )
+            if not model.versions:
+                raise NotFound(f"model '{ref.name}' has no versions; register one first")
+            return _version_info(model.versions[-1])
+
+    def models_with_alias(self, alias: str) -> list[str]:
+        with self.db.session() as session:
+            query = select(ModelRow.name).join(AliasRow).where(AliasRow.name == alias)
+            return sorted(session.scalars(query).all())
+
+    def fetch(self, version: VersionInfo) -> Path:
+        """A verified local path of the version's artifact, ready for its runtime."""
+        local = self.store.fetch(version.artifact)
+        if version.artifact.is_directory:
+            return entry_file(local, version.flavor)
+        return local
+
+    # changes -----------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, number: int) -> VersionInfo:
+        """Point `name@alias` at version `number`, atomically (one transaction)."""
+        check_name("alias", alias)
+        with self.db.session() as session:
+            model = _model_row(session, name)
+            row = _version_row(session, model, number)
+            _point_alias(session, model, alias, row)
+            session.flush()
+            session.refresh(row)
+            return _version_info(row)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        with self.db.session() as session:
+            model = _model_row(session, name)
+            row = next((a for a in model.aliases if a.name == alias), None)
+            if row is None:
+                raise NotFound(f"model '{name}' has no alias '{alias}'")
+            session.delete(row)
+
+    def delete_version(self, name: str, number: int) -> None:
+        with self.db.session() as session:
+            model = _model_row(session, name)
+            row = _version_row(session, model, number)
+            pointing = [a.name for a in model.aliases if a.version_id == row.id]
+            if pointing:
+                names = ", ".join(f"{name}@{a}" for a in pointing)
+                raise Conflict(
+                    f"version {name}:{number} is still the target of {names}; move or remove "
+                    f"the alias first (`berth models alias {name} {pointing[0]} OTHER_VERSION`)"
+                )
+            session.delete(row)
+
+    def delete_model(self, name: str) -> None:
+        with self.db.session() as session:
+            model = _model_row(session, name)
+            if model.aliases:
+                names = ", ".join(f"{name}@{a.name}" for a in model.aliases)
+                raise Conflict(
+                    f"model '{name}' still has aliases ({names}); remove them first with "
+                    f"`berth models alias {name} ALIAS --remove`"
+                )
+            session.delete(model)
+
+
+# helpers ---------------------------------------------------------------------------------
+
+
+Sample = np.ndarray[Any, Any] | pd.DataFrame
+
+
+def _signature_for(request: RegisterRequest, runtime: Runtime, sample: Sample | None) -> Signature:
+    if request.signature is not None:
+        signature = load_signature_file(request.signature)
+    elif sample is not None:
+        signature = infer_signature(sample)
+    else:
+        declared = runtime.declared_signature()
+        if declared is None:
+            raise InvalidInput(
+                "cannot tell what inputs this model takes; pass --sample FILE (a few rows of "
+                "input data) or --signature FILE (a JSON signature)"
+            )
+        signature = declared
+    if sample is None:
+        return signature
+    prediction = runtime.predict(_sample_input(sample, signature))
+    return signature.with_outputs(output_specs(prediction))
+
+
+def _sample_input(sample: Sample, signature: Signature) -> Sample:
+    rows = sample[:_SAMPLE_ROWS]
+    if isinstance(rows, pd.DataFrame):
+        missing = [n for n in signature.input_names if n not in rows.columns]
+        if signature.kind == "tabular":
+            if missing:
+                raise InvalidInput(f"sample is missing the signature's columns: {missing}")
+            return rows[signature.input_names]
+        dtype = signature.inputs[0].dtype
+        return rows.to_numpy(dtype=None if dtype == "string" else dtype)
+    return rows
+
+
+def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
+    """Up to three sample rows as JSON-safe v1 instances (for warm-up and docs)."""
+    if sample is None:
+        return None
+    rows = _sample_input(sample, signature)[:_EXAMPLE_ROWS]
+    if isinstance(rows, pd.DataFrame):
+        records = json.loads(rows.to_json(orient="records"))
+        return list(records)
+    return list(np.asarray(rows).tolist())
+
+
+def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
+    predictions = np.asarray(prediction.predictions)
+    specs = [
+        TensorSpec(
+            name="predict",
+            dtype=numpy_dtype_name(predictions.dtype),
+            shape=(-1, *predictions.shape[1:]),
+        )
+    ]
+    if prediction.probabilities is not None:
+        probabilities = np.asarray(prediction.probabilities)
+        specs.append(
+            TensorSpec(
+                name="predict_proba",
+                dtype=numpy_dtype_name(probabilities.dtype),
+                shape=(-1, *probabilities.shape[1:]),
+            )
+        )
+    return tuple(specs)
+
+
+def _point_alias(session: Session, model: ModelRow, alias: str, version: VersionRow) -> None:
+    existing = next((a for a in model.aliases if a.name == alias), None)
+    if existing is None:
+        model.aliases.append(AliasRow(name=alias, version=version))
+    else:
+        existing.version = version
+        existing.updated_at = utcnow()
+
+
+def _models_query() -> Select[ModelRow]:
+    return select(ModelRow).options(
+        selectinload(ModelRow.versions),
+        selectinload(ModelRow.aliases).selectinload(AliasRow.version),
+    )
+
+
+def _model_row(session: Session, name: str) -> ModelRow:
+    row = session.scalar(_models_query().where(ModelRow.name == name))
+    if row is None:
+        raise NotFound(f"model '{name}' is not registered; see `berth models list`")
+    return row
+
+
+def _version_row(session: Session, model: ModelRow, number: int) -> VersionRow:
+    row = next((v for v in model.versions if v.number == number), None)
+    if row is None:
+        known = ", ".join(str(v.number) for v in model.versions) or "none"
+        raise NotFound(f"model '{model.name}' has no version {number} (versions: {known})")
+    return row
+
+
+def _version_info(row: VersionRow) -> VersionInfo:
+    aliases = tuple(sorted(a.name for a in row.model.aliases if a.version_id == row.id))
+    return VersionInfo(
+        model=row.model.name,
+        number=row.number,
+        flavor=row.flavor,
+        artifact=StoredArtifact(
+            sha256=row.sha256,
+            uri=row.artifact_uri,
+            entry=row.entry,
+            is_directory=row.is_directory,
+            size_bytes=row.size_bytes,
+        ),
+        signature=Signature.from_dict(row.signature),
+        metrics=dict(row.metrics),
+        tags=dict(row.tags),
+        description=row.description,
+        created_at=row.created_at,
+        aliases=aliases,
+        example=row.example,
+    )
+
+
+def _model_info(row: ModelRow) -> ModelInfo:
+    return ModelInfo(
+        name=row.name,
+        description=row.description,
+        created_at=row.created_at,
+        versions=tuple(_version_info(v) for v in row.versions),
+        aliases={a.name: a.version.number for a in row.aliases},
+    )
+
+
+def parse_pairs(pairs: Iterable[str], what: str) -> dict[str, str]:
+    """`k=v` strings (from --metric/--tag) into a dict, with a clear error for a bad one."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(
+                f"{what} '{pair}' is not KEY=VALUE; write e.g. --{what} accuracy=0.93"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_metrics(pairs: Iterable[str]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for key, value in parse_pairs(pairs, "metric").items():
+        try:
+            metrics[key] = float(value)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"metric '{key}' has value '{value}', which is not a number"
+            ) from exc
+    return metrics

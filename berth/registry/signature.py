@@ -1,0 +1,243 @@
+"""Signatures: the inputs a version accepts and the outputs it returns.
+
+Two kinds:
+- tensor: named arrays with a dtype and a shape (`-1` = any size; the first axis is the batch);
+- tabular: named columns with a dtype, nullability and an optional allowed range.
+
+A signature is stored as JSON with the version and used by serving to validate requests
+before they reach the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from berth.errors import InvalidInput
+
+TENSOR_DTYPES = (
+    "bool",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "string",
+)
+COLUMN_DTYPES = ("bool", "int64", "float64", "string")
+
+SignatureKind = Literal["tensor", "tabular"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TENSOR_DTYPES:
+            raise InvalidInput(
+                f"tensor '{self.name}': unknown dtype '{self.dtype}'; use one of {', '.join(TENSOR_DTYPES)}"
+            )
+        if not self.shape or any(d < -1 or d == 0 for d in self.shape):
+            raise InvalidInput(
+                f"tensor '{self.name}': shape {list(self.shape)} is not valid; "
+                "give positive sizes, -1 for any size, batch axis first"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    dtype: str
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in COLUMN_DTYPES:
+            raise InvalidInput(
+                f"column '{self.name}': unknown dtype '{self.dtype}'; use one of {', '.join(COLUMN_DTYPES)}"
+            )
+
+    @property
+    def numeric(self) -> bool:
+        return self.dtype in ("int64", "float64")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "nullable": self.nullable}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        return out
+
+
+@dataclass(frozen=True)
+class Signature:
+    kind: SignatureKind
+    inputs: tuple[TensorSpec, ...] = ()
+    columns: tuple[ColumnSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.kind == "tensor" and not self.inputs:
+            raise InvalidInput("a tensor signature needs at least one input")
+        if self.kind == "tabular" and not self.columns:
+            raise InvalidInput("a tabular signature needs at least one column")
+        names = [c.name for c in self.columns] or [t.name for t in self.inputs]
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"signature has duplicate input names: {names}")
+
+    @property
+    def input_names(self) -> list[str]:
+        return (
+            [c.name for c in self.columns]
+            if self.kind == "tabular"
+            else [t.name for t in self.inputs]
+        )
+
+    def with_outputs(self, outputs: tuple[TensorSpec, ...]) -> Signature:
+        return Signature(kind=self.kind, inputs=self.inputs, columns=self.columns, outputs=outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "tabular":
+            out["columns"] = [c.to_dict() for c in self.columns]
+        else:
+            out["inputs"] = [t.to_dict() for t in self.inputs]
+        out["outputs"] = [t.to_dict() for t in self.outputs]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        try:
+            outputs = tuple(_tensor_spec(o) for o in data.get("outputs", []))
+            if "columns" in data:
+                columns = tuple(
+                    ColumnSpec(
+                        name=str(c["name"]),
+                        dtype=str(c["dtype"]),
+                        nullable=bool(c.get("nullable", False)),
+                        minimum=_optional_float(c.get("minimum")),
+                        maximum=_optional_float(c.get("maximum")),
+                    )
+                    for c in data["columns"]
+                )
+                return cls(kind="tabular", columns=columns, outputs=outputs)
+            inputs = tuple(_tensor_spec(t) for t in data["inputs"])
+            return cls(kind="tensor", inputs=inputs, outputs=outputs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(
+                'signature JSON is not valid: expected {"columns": [{"name", "dtype"}, ...]} '
+                f'or {{"inputs": [{{"name", "dtype", "shape"}}, ...]}} ({exc})'
+            ) from exc
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(
+        name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(int(d) for d in data["shape"])
+    )
+
+
+def numpy_dtype_name(dtype: np.dtype[Any]) -> str:
+    """The signature dtype for a numpy dtype (object and unicode arrays are strings)."""
+    if dtype.kind in ("U", "S", "O"):
+        return "string"
+    name = dtype.name
+    if name not in TENSOR_DTYPES:
+        raise InvalidInput(
+            f"arrays of dtype {name} are not supported; convert them to float32/float64"
+        )
+    return name
+
+
+def infer_from_array(sample: np.ndarray[Any, Any], name: str = "input") -> Signature:
+    if sample.ndim == 0:
+        raise InvalidInput("sample array must have a batch axis; give at least one row")
+    spec = TensorSpec(
+        name=name, dtype=numpy_dtype_name(sample.dtype), shape=(-1, *sample.shape[1:])
+    )
+    return Signature(kind="tensor", inputs=(spec,))
+
+
+def infer_from_frame(sample: pd.DataFrame) -> Signature:
+    columns = []
+    for name in sample.columns:
+        series = sample[name]
+        columns.append(
+            ColumnSpec(
+                name=str(name), dtype=_column_dtype(series), nullable=bool(series.isna().any())
+            )
+        )
+    return Signature(kind="tabular", columns=tuple(columns))
+
+
+def _column_dtype(series: pd.Series[Any]) -> str:
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int64"
+    if pd.api.types.is_float_dtype(series):
+        return "float64"
+    return "string"
+
+
+def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
+    """Read sample data: `.npy` as an array; CSV, Parquet, JSON and JSON lines as a table."""
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise InvalidInput(
+            f"sample file {path} does not exist; pass an existing .csv/.parquet/.json/.npy"
+        )
+    try:
+        if suffix == ".npy":
+            return np.asarray(np.load(path, allow_pickle=False))
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True)
+        if suffix == ".json":
+            return pd.DataFrame(json.loads(path.read_text()))
+    except (ValueError, OSError) as exc:
+        raise InvalidInput(f"could not read sample file {path}: {exc}") from exc
+    raise InvalidInput(
+        f"sample file {path} has an unknown extension; use .csv, .parquet, .json, .jsonl or .npy"
+    )
+
+
+def infer_signature(sample: np.ndarray[Any, Any] | pd.DataFrame) -> Signature:
+    if isinstance(sample, pd.DataFrame):
+        return infer_from_frame(sample)
+    return infer_from_array(sample)
+
+
+def load_signature_file(path: Path) -> Signature:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"could not read signature file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"signature file {path} must hold a JSON object")
+    return Signature.from_dict(data)

@@ -1,0 +1,122 @@
+"""Runtimes: one module per flavor, each with a `load(path) -> Runtime` function.
+
+Flavor modules are imported only when a model of that flavor is loaded, so onnxruntime and
+torch stay optional.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from berth.errors import InvalidInput, ModelLoadError
+from berth.runtimes.base import Runtime
+
+FLAVORS = ("sklearn", "onnx", "python", "torch")
+
+_SUFFIX_FLAVORS = {
+    ".joblib": "sklearn",
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+    ".skops": "sklearn",
+    ".onnx": "onnx",
+    ".pt": "torch",
+    ".pth": "torch",
+    ".torchscript": "torch",
+    ".py": "python",
+}
+
+# The optional package each flavor needs, and the extra that installs it.
+_EXTRAS = {"onnx": ("onnxruntime", "onnx"), "torch": ("torch", "torch")}
+
+
+def detect_flavor(path: Path) -> str:
+    """The flavor of an artifact file or directory, from file extensions."""
+    if path.is_dir():
+        return _detect_directory_flavor(path)
+    flavor = _SUFFIX_FLAVORS.get(path.suffix.lower())
+    if flavor is None:
+        raise InvalidInput(
+            f"cannot tell the flavor of {path} from its extension '{path.suffix}'; "
+            f"pass --flavor ({', '.join(FLAVORS)})"
+        )
+    return flavor
+
+
+def entry_file(path: Path, flavor: str) -> Path:
+    """The file a flavor loads: `path` itself, or for a directory the one file of that flavor."""
+    _check_flavor(flavor)
+    if not path.is_dir():
+        return path
+    if flavor == "python":
+        found = python_entry(path)
+        if found is None:
+            raise InvalidInput(
+                f"directory {path} has no model.py and not exactly one .py file; "
+                "name the file that defines your model class model.py"
+            )
+        return found
+    candidates = [f for f in _files(path) if _SUFFIX_FLAVORS.get(f.suffix.lower()) == flavor]
+    if len(candidates) != 1:
+        found_names = ", ".join(f.name for f in candidates) or "none"
+        raise InvalidInput(
+            f"directory {path} must hold exactly one {flavor} model file (found: {found_names}); "
+            "keep one model file in it or pass the file itself"
+        )
+    return candidates[0]
+
+
+def python_entry(directory: Path) -> Path | None:
+    """model.py, or the only .py file, in a directory; None if neither exists."""
+    model_py = directory / "model.py"
+    if model_py.is_file():
+        return model_py
+    scripts = [f for f in _files(directory) if f.suffix.lower() == ".py"]
+    return scripts[0] if len(scripts) == 1 else None
+
+
+def load_runtime(flavor: str, path: Path) -> Runtime:
+    """Load an artifact (file or directory) with the runtime of `flavor`."""
+    _check_flavor(flavor)
+    if not path.exists():
+        raise ModelLoadError(f"artifact {path} does not exist; check the version's stored files")
+    try:
+        target = entry_file(path, flavor)
+    except InvalidInput as exc:
+        raise ModelLoadError(exc.message) from exc
+    try:
+        module = importlib.import_module(f"berth.runtimes.{flavor}")
+    except ModuleNotFoundError as exc:
+        package, extra = _EXTRAS.get(flavor, (None, None))
+        if package is None or exc.name is None or exc.name.split(".")[0] != package:
+            raise
+        raise ModelLoadError(
+            f"the {flavor} flavor needs the '{package}' package, which is not installed; "
+            f"run: pip install 'berth[{extra}]'"
+        ) from exc
+    runtime: Runtime = module.load(target)
+    return runtime
+
+
+def _check_flavor(flavor: str) -> None:
+    if flavor not in FLAVORS:
+        raise InvalidInput(f"unknown flavor '{flavor}'; use one of {', '.join(FLAVORS)}")
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(f for f in directory.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def _detect_directory_flavor(directory: Path) -> str:
+    if python_entry(directory) is not None:
+        return "python"
+    model_files = [
+        f for f in _files(directory) if _SUFFIX_FLAVORS.get(f.suffix.lower(), "python") != "python"
+    ]
+    if len(model_files) == 1:
+        return _SUFFIX_FLAVORS[model_files[0].suffix.lower()]
+    found = ", ".join(f.name for f in model_files) or "no model file"
+    raise InvalidInput(
+        f"cannot tell the flavor of directory {directory} (found {found}); "
+        f"pass --flavor ({', '.join(FLAVORS)}), or for a python model name its file model.py"
+    )

@@ -1,0 +1,190 @@
+"""ONNX graphs run with onnxruntime on CPU, including skl2onnx-converted scikit-learn models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+from berth.errors import InvalidInput, ModelLoadError
+from berth.registry.signature import Signature, TensorSpec
+from berth.runtimes.base import ModelInput, Prediction
+
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+
+CLASSES_METADATA_KEY = "classes"
+"""Model metadata key holding the class labels as a JSON list, in probability column order."""
+
+# Errors onnxruntime raises when the fed data does not fit the graph (ValueError: missing inputs).
+_INPUT_ERRORS = (InvalidArgument, Fail, RuntimeException, ValueError)
+
+
+class OnnxRuntime:
+    flavor: str = "onnx"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.inputs: list[Any] = list(session.get_inputs())
+        self.outputs: list[Any] = list(session.get_outputs())
+        self.metadata_classes = _metadata_classes(session)
+
+    def predict(self, inputs: ModelInput) -> Prediction:
+        feed = self._feed(inputs)
+        try:
+            results = self.session.run(None, feed)
+        except _INPUT_ERRORS as exc:
+            raise InvalidInput(f"the ONNX model rejected the input: {exc}") from exc
+        return self._prediction(results)
+
+    def declared_signature(self) -> Signature | None:
+        specs = [_tensor_spec(node) for node in self.inputs]
+        inputs = tuple(spec for spec in specs if spec is not None)
+        if not inputs or len(inputs) != len(specs):
+            return None
+        outputs = tuple(spec for spec in map(_tensor_spec, self.outputs) if spec is not None)
+        return Signature(kind="tensor", inputs=inputs, outputs=outputs)
+
+    def _feed(self, inputs: ModelInput) -> dict[str, Any]:
+        names = [node.name for node in self.inputs]
+        if isinstance(inputs, dict):
+            return self._feed_named(inputs)
+        if isinstance(inputs, pd.DataFrame) and self._takes_columns(inputs):
+            return {node.name: _column(inputs, node) for node in self.inputs}
+        if len(self.inputs) != 1:
+            raise InvalidInput(
+                f"the ONNX model has {len(names)} inputs ({', '.join(names)}); "
+                "send a value for each input by name"
+            )
+        array = inputs.to_numpy() if isinstance(inputs, pd.DataFrame) else inputs
+        return {names[0]: _cast(array, self.inputs[0])}
+
+    def _feed_named(self, inputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
+        names = [node.name for node in self.inputs]
+        missing = [n for n in names if n not in inputs]
+        unknown = [n for n in inputs if n not in names]
+        if missing or unknown:
+            raise InvalidInput(
+                f"the ONNX model takes inputs {', '.join(names)}; "
+                f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}"
+            )
+        return {node.name: _cast(inputs[node.name], node) for node in self.inputs}
+
+    def _takes_columns(self, frame: pd.DataFrame) -> bool:
+        """True when the graph has one input per column (skl2onnx with named column inputs)."""
+        columns = {str(c) for c in frame.columns}
+        return all(node.name in columns and _is_column_shape(node.shape) for node in self.inputs)
+
+    def _prediction(self, results: list[Any]) -> Prediction:
+        predictions = np.asarray(results[0])
+        if predictions.ndim == 2 and predictions.shape[1] == 1:
+            predictions = predictions[:, 0]
+        if len(results) < 2:
+            return Prediction(predictions=predictions)
+        second = self.outputs[1]
+        if second.type.startswith("seq(map("):
+            probabilities, classes = self._from_zipmap(results[1])
+            return Prediction(predictions, probabilities, classes)
+        if "probab" in second.name.lower():
+            probabilities = np.asarray(results[1])
+            return Prediction(predictions, probabilities, self._known_classes(probabilities))
+        return Prediction(predictions=predictions)
+
+    def _from_zipmap(
+        self, rows: list[dict[Any, float]]
+    ) -> tuple[np.ndarray[Any, Any] | None, list[Any] | None]:
+        classes = list(rows[0].keys()) if rows else self.metadata_classes
+        if classes is None:
+            return None, None
+        probabilities = np.array(
+            [[row[c] for c in classes] for row in rows], dtype=np.float64
+        ).reshape(len(rows), len(classes))
+        return probabilities, classes
+
+    def _known_classes(self, probabilities: np.ndarray[Any, Any]) -> list[Any] | None:
+        classes = self.metadata_classes
+        if classes is None or probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
+            return None
+        return classes
+
+
+def load(path: Path) -> OnnxRuntime:
+    options = ort.SessionOptions()
+    # Warnings about graph optimisations are noise to a model server; errors still log.
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"onnxruntime {ort.__version__} could not load {path}: {exc}; check that the file is "
+            "a complete .onnx model exported with an opset and IR version this onnxruntime supports"
+        ) from exc
+    return OnnxRuntime(session)
+
+
+def _metadata_classes(session: Any) -> list[Any] | None:
+    raw = session.get_modelmeta().custom_metadata_map.get(CLASSES_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        classes = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return classes if isinstance(classes, list) else None
+
+
+def _tensor_spec(node: Any) -> TensorSpec | None:
+    dtype = ORT_DTYPES.get(node.type)
+    shape = node.shape
+    if dtype is None or not shape:
+        return None
+    # The first axis is the batch; symbolic or unknown sizes accept any size.
+    dims = [-1] + [d if isinstance(d, int) and d > 0 else -1 for d in shape[1:]]
+    return TensorSpec(name=node.name, dtype=dtype, shape=tuple(dims))
+
+
+def _is_column_shape(shape: list[Any]) -> bool:
+    if len(shape) == 1:
+        return True
+    return len(shape) == 2 and (shape[1] == 1 or not isinstance(shape[1], int))
+
+
+def _column(frame: pd.DataFrame, node: Any) -> np.ndarray[Any, Any]:
+    values = frame[node.name].to_numpy()
+    if len(node.shape) == 2:
+        values = values.reshape(-1, 1)
+    return _cast(values, node)
+
+
+def _cast(array: np.ndarray[Any, Any], node: Any) -> np.ndarray[Any, Any]:
+    dtype = ORT_DTYPES.get(node.type)
+    if dtype is None:
+        return array
+    try:
+        if dtype == "string":
+            return np.asarray(array).astype(str).astype(object)
+        return np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"input '{node.name}' cannot be converted to {dtype} as the ONNX model requires: {exc}"
+        ) from exc

@@ -1,0 +1,106 @@
+"""TorchScript modules (`torch.jit.script(model).save(path)`) run on CPU."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from berth.errors import InvalidInput, ModelLoadError
+from berth.registry.signature import Signature
+from berth.runtimes.base import ModelInput, Prediction
+
+
+class TorchRuntime:
+    flavor: str = "torch"
+
+    def __init__(self, module: Any, float_dtype: np.dtype[Any] | None) -> None:
+        self.module = module
+        self.float_dtype = float_dtype
+
+    def predict(self, inputs: ModelInput) -> Prediction:
+        tensors = self._tensors(inputs)
+        try:
+            with torch.inference_mode():
+                output = self.module(*tensors)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InvalidInput(f"the TorchScript model rejected the input: {_reason(exc)}") from exc
+        return Prediction(predictions=_to_numpy(output))
+
+    def declared_signature(self) -> Signature | None:
+        return None
+
+    def _tensors(self, inputs: ModelInput) -> list[torch.Tensor]:
+        # TorchScript forward() takes positional arguments: named inputs go in the order given.
+        if isinstance(inputs, dict):
+            return [self._tensor(array, name) for name, array in inputs.items()]
+        array = inputs.to_numpy() if isinstance(inputs, pd.DataFrame) else inputs
+        return [self._tensor(array, "input")]
+
+    def _tensor(self, array: np.ndarray[Any, Any], name: str) -> torch.Tensor:
+        if array.dtype.kind not in "biuf":
+            raise InvalidInput(
+                f"input '{name}' has dtype {array.dtype}; TorchScript models take numeric "
+                "arrays (bool, integers or floats)"
+            )
+        array = np.ascontiguousarray(array)
+        # Float64 data (JSON numbers, pandas) meets float32 weights; cast rather than fail.
+        if array.dtype.kind == "f" and self.float_dtype is not None:
+            array = array.astype(self.float_dtype, copy=False)
+        if not array.flags.writeable:
+            array = array.copy()
+        return torch.from_numpy(array)
+
+
+def load(path: Path) -> TorchRuntime:
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates TorchScript in favour of torch.export, but still runs it.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load {path} as TorchScript ({_reason(exc)}); save the model with "
+            "torch.jit.script(model).save(path): a state_dict or a pickled nn.Module "
+            "cannot be served"
+        ) from exc
+    module.eval()
+    return TorchRuntime(module, _float_dtype(module))
+
+
+_NUMPY_FLOATS = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
+
+
+def _float_dtype(module: Any) -> np.dtype[Any] | None:
+    """The numpy dtype of the module's first float weight (None for bfloat16 or no weights)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            name = _NUMPY_FLOATS.get(tensor.dtype)
+            return None if name is None else np.dtype(name)
+    return None
+
+
+def _to_numpy(output: Any) -> np.ndarray[Any, Any]:
+    if isinstance(output, tuple | list) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise ModelLoadError(
+            f"the TorchScript model returned {type(output).__name__}; forward() must return a "
+            "tensor, or a tuple whose first element is the prediction tensor"
+        )
+    array: np.ndarray[Any, Any] = output.detach().cpu().numpy()
+    if array.ndim == 2 and array.shape[1] == 1:
+        return array[:, 0]
+    return array
+
+
+def _reason(exc: Exception) -> str:
+    """The error itself, without TorchScript's serialized-code traceback."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if "Traceback of TorchScript" in str(exc) else lines[0]

@@ -1,0 +1,104 @@
+"""Checking presented keys on the hot path, and what a verified caller may do.
+
+The verifier keeps each key it has seen in memory and re-reads it from the registry at most once
+per refresh interval, so a revocation reaches every worker within that interval while a request
+never waits on the database otherwise. Unknown key ids are remembered too, so random keys cannot
+turn into a database query each.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio.to_thread
+
+from berth.errors import Forbidden, Unauthenticated
+from berth.security.keys import KeyService, StoredKey, hash_key, split_key
+
+_MAX_CACHED = 10_000
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling and what they may do."""
+
+    name: str
+    scopes: tuple[str, ...]
+
+    def may_predict(self, model: str) -> bool:
+        return any(s in ("admin", "predict", f"predict:{model}") for s in self.scopes)
+
+    def may_read(self, model: str | None = None) -> bool:
+        if any(s in ("admin", "read", "predict") for s in self.scopes):
+            return True
+        return model is not None and f"predict:{model}" in self.scopes
+
+    def require_predict(self, model: str) -> None:
+        if not self.may_predict(model):
+            raise Forbidden(
+                f"key '{self.name}' may not predict with model '{model}'; create a key with "
+                f"--scope predict or --scope predict:{model}"
+            )
+
+    def require_read(self, model: str | None = None) -> None:
+        if not self.may_read(model):
+            raise Forbidden(
+                f"key '{self.name}' may not read model metadata; it needs the read scope"
+            )
+
+
+DEV_PRINCIPAL = Principal(name="dev-mode", scopes=("admin",))
+
+
+@dataclass
+class _Entry:
+    stored: StoredKey | None
+    fetched_at: float
+
+
+class KeyVerifier:
+    def __init__(self, keys: KeyService, refresh_seconds: float) -> None:
+        self.keys = keys
+        self.refresh_seconds = refresh_seconds
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._used: set[str] = set()
+
+    async def verify(self, presented: str | None) -> Principal:
+        if not presented:
+            raise Unauthenticated(
+                "this route needs an API key: send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>' (create one with `berth keys create NAME`)"
+            )
+        key_id = split_key(presented)
+        stored = await self._stored(key_id) if key_id else None
+        if stored is None or not hmac.compare_digest(
+            stored.secret_hash, hash_key(self.keys.secret, presented)
+        ):
+            raise Unauthenticated("the API key is not valid; check it or create a new one")
+        if not stored.info.active:
+            raise Unauthenticated(
+                f"the API key '{stored.info.name}' is revoked or expired; create a new one"
+            )
+        self._used.add(stored.info.key_id)
+        return Principal(name=stored.info.name, scopes=stored.info.scopes)
+
+    async def _stored(self, key_id: str) -> StoredKey | None:
+        now = time.monotonic()
+        entry = self._cache.get(key_id)
+        if entry is None or now - entry.fetched_at > self.refresh_seconds:
+            stored = await anyio.to_thread.run_sync(self._refresh, key_id)
+            entry = _Entry(stored=stored, fetched_at=now)
+            self._cache[key_id] = entry
+            if len(self._cache) > _MAX_CACHED:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key_id)
+        return entry.stored
+
+    def _refresh(self, key_id: str) -> StoredKey | None:
+        used, self._used = self._used, set()
+        self.keys.touch(used, datetime.now(UTC))
+        return self.keys.lookup(key_id)

@@ -1,0 +1,169 @@
+"""API keys: created with scopes, shown once, stored as keyed hashes, checked in constant time.
+
+A key reads `berth_<key id>_<secret>`. The key id is public and finds the row; the whole key is
+hashed with HMAC-SHA256 under the server secret, so a leaked database alone does not let anyone
+check guesses offline. The server secret comes from `BERTH_SECRET_KEY`, or a random file in the
+data directory created on first use (replicas on several machines must share one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from berth.config import Settings
+from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry.db import Database
+from berth.registry.references import check_name
+from berth.registry.tables import ApiKeyRow, utcnow
+
+KEY_PREFIX = "berth"
+SCOPES = ("predict", "read", "admin")
+DEFAULT_SCOPES = ("predict", "read")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    key_id: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None and not _expired(self.expires_at)
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """What the verifier needs to check a presented key without the database."""
+
+    info: KeyInfo
+    secret_hash: str
+
+
+def server_secret(settings: Settings) -> bytes:
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.home / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def hash_key(secret: bytes, key: str) -> str:
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+def split_key(key: str) -> str | None:
+    """The key id of a presented key, or None if it does not look like a Berth key."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1]
+
+
+def check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    for scope in scopes:
+        base, _, target = scope.partition(":")
+        if base not in SCOPES or (target and base != "predict"):
+            raise InvalidInput(
+                f"scope '{scope}' is not valid; use predict, predict:MODEL, read or admin"
+            )
+        if target:
+            check_name("model", target)
+    return tuple(dict.fromkeys(scopes))
+
+
+class KeyService:
+    def __init__(self, db: Database, secret: bytes) -> None:
+        self.db = db
+        self.secret = secret
+
+    def create(
+        self,
+        name: str,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
+        expires_at: datetime | None = None,
+    ) -> tuple[KeyInfo, str]:
+        """A new key; the plain key is returned here once and never stored."""
+        check_name("key", name)
+        scopes = check_scopes(scopes or DEFAULT_SCOPES)
+        key_id = secrets.token_hex(6)
+        key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        row = ApiKeyRow(
+            name=name,
+            key_id=key_id,
+            secret_hash=hash_key(self.secret, key),
+            scopes=list(scopes),
+            expires_at=expires_at,
+        )
+        try:
+            with self.db.session() as session:
+                session.add(row)
+                session.flush()
+                info = _info(row)
+        except IntegrityError as exc:
+            raise Conflict(
+                f"a key named '{name}' already exists; pick another name or revoke it first"
+            ) from exc
+        return info, key
+
+    def list(self) -> list[KeyInfo]:
+        with self.db.session() as session:
+            return [_info(r) for r in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.name))]
+
+    def revoke(self, name: str) -> KeyInfo:
+        with self.db.session() as session:
+            row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
+            if row is None:
+                raise NotFound(f"no key named '{name}'; see `berth keys list`")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return _info(row)
+
+    def lookup(self, key_id: str) -> StoredKey | None:
+        with self.db.session() as session:
+            row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_id == key_id))
+            return None if row is None else StoredKey(info=_info(row), secret_hash=row.secret_hash)
+
+    def touch(self, key_ids: set[str], when: datetime) -> None:
+        """Record last use; called in batches by the verifier, never per request."""
+        if not key_ids:
+            return
+        with self.db.session() as session:
+            for row in session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_id.in_(key_ids))):
+                row.last_used_at = when
+
+
+def _expired(expires_at: datetime | None) -> bool:
+    if expires_at is None:
+        return False
+    if expires_at.tzinfo is None:  # SQLite returns naive UTC datetimes
+        expires_at = expires_at.replace(tzinfo=UTC)
+    return expires_at <= datetime.now(UTC)
+
+
+def _info(row: ApiKeyRow) -> KeyInfo:
+    return KeyInfo(
+        name=row.name,
+        key_id=row.key_id,
+        scopes=tuple(row.scopes),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )

@@ -1,0 +1,44 @@
+"""The v1 result documents, shared by the REST API and `berth predict`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from berth.serving.dataplane import PredictResult
+
+
+def plain(values: Any) -> Any:
+    """numpy values into JSON-ready Python values (None stays None)."""
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def single_document(result: PredictResult) -> dict[str, Any]:
+    prediction = result.prediction
+    probabilities = plain(prediction.probabilities)
+    return {
+        "prediction": plain(prediction.predictions)[0],
+        "probability": max(probabilities[0]) if probabilities else None,
+        "probabilities": probabilities[0] if probabilities else None,
+        "classes": plain(prediction.classes),
+        "model": result.version.model,
+        "model_version": result.version.number,
+        "prediction_id": result.prediction_id,
+    }
+
+
+def batch_document(result: PredictResult) -> dict[str, Any]:
+    prediction = result.prediction
+    return {
+        "predictions": plain(prediction.predictions),
+        "probabilities": plain(prediction.probabilities),
+        "classes": plain(prediction.classes),
+        "model": result.version.model,
+        "model_version": result.version.number,
+        "prediction_ids": result.row_ids(),
+    }

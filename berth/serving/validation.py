@@ -1,0 +1,404 @@
+"""Turn request data into model input, checked against the version's signature.
+
+Every rule names the field, what was expected and what came, so a caller can fix the request.
+Checks run on whole numpy arrays (one pass per column or tensor), not per element in Python,
+except the type scan of JSON values, which is needed to tell `1` from `"1"` and `true`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from berth.errors import InvalidInput, PayloadTooLarge
+from berth.registry.signature import ColumnSpec, Signature, TensorSpec
+from berth.runtimes.base import ModelInput
+
+Array = np.ndarray[Any, Any]
+
+_NUMERIC_KINDS = "iuf"
+_JSON_NUMBER_TYPES = (int, float)
+
+
+# limits ------------------------------------------------------------------------------------
+
+
+def check_rows(count: int, limit: int) -> None:
+    if count == 0:
+        raise InvalidInput("the request holds no rows; send at least one instance")
+    if count > limit:
+        raise PayloadTooLarge(
+            f"the request holds {count} rows, more than the limit of {limit}; "
+            "split it into smaller requests (or raise BERTH_MAX_BATCH_ROWS)"
+        )
+
+
+# tensors -----------------------------------------------------------------------------------
+
+
+def validate_tensor(spec: TensorSpec, array: Array, field: str) -> Array:
+    """Check shape, type and finiteness of one tensor (batch axis first) and cast it."""
+    if array.ndim != len(spec.shape):
+        raise InvalidInput(
+            f"{field}: expected {len(spec.shape)}-dimensional data of shape {_shape(spec.shape)}, "
+            f"got shape {list(array.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+        if want != -1 and want != got:
+            what = "values per row" if axis == 1 and array.ndim == 2 else f"entries on axis {axis}"
+            raise InvalidInput(f"{field}: expected {want} {what}, got {got}")
+    return _cast(spec.dtype, array, field)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join("any" if d == -1 else str(d) for d in shape) + "]"
+
+
+def _cast(dtype: str, array: Array, field: str) -> Array:
+    kind = array.dtype.kind
+    if dtype == "string":
+        if kind not in "USO":
+            raise InvalidInput(f"{field}: expected strings, got {_kind_name(kind)}")
+        return _text(array, field)
+    if kind in "USO":
+        raise InvalidInput(f"{field}: expected {_type_name(dtype)}, got {_kind_name(kind)}")
+    if dtype == "bool":
+        if kind != "b":
+            raise InvalidInput(f"{field}: expected booleans (true/false), got {_kind_name(kind)}")
+        return array
+    if kind == "b":
+        raise InvalidInput(f"{field}: expected {_type_name(dtype)}, got booleans")
+    if np.dtype(dtype).kind in "iu" and kind == "f" and not _integral(array):
+        raise InvalidInput(f"{field}: expected integers, got {_first_fraction(array)}")
+    if kind == "f":
+        _check_finite(array, field)
+    try:
+        return array.astype(dtype, casting="unsafe", copy=False)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{field}: values do not fit {dtype}: {exc}") from exc
+
+
+def _text(array: Array, field: str) -> Array:
+    """Strings as str objects: binary protocols (OIP BYTES) deliver UTF-8 bytes."""
+    flat = array.ravel()
+    if array.dtype.kind == "U" or not any(isinstance(v, bytes) for v in flat):
+        return array.astype(object)
+    try:
+        decoded = [v.decode() if isinstance(v, bytes) else v for v in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{field}: text must be UTF-8 encoded ({exc})") from exc
+    return np.array(decoded, dtype=object).reshape(array.shape)
+
+
+def _integral(array: Array) -> bool:
+    return bool(np.all(np.isfinite(array)) and np.all(np.mod(array, 1) == 0))
+
+
+def _check_finite(array: Array, field: str) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        where = np.argwhere(~finite)[0].tolist()
+        raise InvalidInput(
+            f"{field}: value at index {where} is {array[tuple(where)]}; NaN and infinity are "
+            "not accepted, send finite numbers"
+        )
+
+
+def _first_fraction(array: Array) -> str:
+    flat = array.ravel()
+    bad = flat[~np.isfinite(flat) | (np.mod(np.nan_to_num(flat), 1) != 0)]
+    return f"a non-integer value ({bad[0]})" if len(bad) else "non-integer values"
+
+
+def _type_name(dtype: str) -> str:
+    if dtype == "bool":
+        return "booleans"
+    if dtype == "string":
+        return "strings"
+    return "integers" if np.dtype(dtype).kind in "iu" else "numbers"
+
+
+def _kind_name(kind: str) -> str:
+    return {
+        "U": "strings",
+        "S": "bytes",
+        "O": "mixed or nested values",
+        "b": "booleans",
+        "f": "numbers",
+        "i": "integers",
+        "u": "integers",
+    }.get(kind, f"values of kind {kind}")
+
+
+def json_array(values: Any, field: str) -> Array:
+    """A numpy array from JSON lists; ragged or mixed data is a clear error, not a crash."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"{field}: rows have different lengths or nesting; every row must have the same shape"
+        ) from exc
+    if array.dtype.kind == "O" and array.ndim > 0:
+        kinds = {type(v).__name__ for v in array.ravel()}
+        raise InvalidInput(f"{field}: values must all be of one type, got a mix of {sorted(kinds)}")
+    return array
+
+
+def _row_label(field: str, index: int, single: bool) -> str:
+    return field if single else f"{field}[{index}]"
+
+
+def decode_tensor_rows(
+    signature: Signature, instances: Sequence[Any], field: str, single: bool = False
+) -> ModelInput:
+    """v1 instances for a tensor signature: rows for one input, objects for several."""
+    if len(signature.inputs) == 1:
+        spec = signature.inputs[0]
+        return validate_tensor(spec, json_array(instances, field), field)
+    arrays: dict[str, Array] = {}
+    for spec in signature.inputs:
+        values = []
+        for index, row in enumerate(instances):
+            if not isinstance(row, Mapping) or spec.name not in row:
+                raise InvalidInput(
+                    f"{_row_label(field, index, single)}: expected an object with inputs "
+                    f"{[s.name for s in signature.inputs]}, missing '{spec.name}'"
+                )
+            values.append(row[spec.name])
+        name = f"{field}.{spec.name}"
+        arrays[spec.name] = validate_tensor(spec, json_array(values, name), name)
+    return arrays
+
+
+# tables ------------------------------------------------------------------------------------
+
+
+def decode_table_rows(
+    signature: Signature, instances: Sequence[Any], field: str, single: bool = False
+) -> pd.DataFrame:
+    """v1 instances for a tabular signature: objects of column values, or lists in column order."""
+    names = signature.input_names
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, row in enumerate(instances):
+        where = _row_label(field, index, single)
+        if isinstance(row, Mapping):
+            _check_keys(row, names, where)
+            for name in names:
+                columns[name].append(row.get(name))
+        elif isinstance(row, list | tuple):
+            if len(row) != len(names):
+                raise InvalidInput(
+                    f"{where}: expected {len(names)} values in column order {names}, got {len(row)}"
+                )
+            for name, value in zip(names, row, strict=True):
+                columns[name].append(value)
+        else:
+            raise InvalidInput(
+                f"{where}: expected an object of column values, got {_json_type(row)}"
+            )
+    arrays = {name: np.asarray(values, dtype=object) for name, values in columns.items()}
+    return validate_columns(signature, arrays, field)
+
+
+def _check_keys(row: Mapping[str, Any], names: list[str], where: str) -> None:
+    unknown = [k for k in row if k not in names]
+    if unknown:
+        raise InvalidInput(f"{where}: unknown column {unknown[0]!r}; expected columns {names}")
+    missing = [n for n in names if n not in row]
+    if missing:
+        raise InvalidInput(f"{where}: missing column {missing[0]!r}; expected columns {names}")
+
+
+def validate_columns(signature: Signature, arrays: Mapping[str, Array], field: str) -> pd.DataFrame:
+    """Check each column of a table (object arrays from JSON, or typed arrays) and build a frame."""
+    data = {}
+    for spec in signature.columns:
+        if spec.name not in arrays:
+            raise InvalidInput(
+                f"{field}: missing column {spec.name!r}; expected columns {signature.input_names}"
+            )
+        data[spec.name] = _column(spec, arrays[spec.name], f"{field}.{spec.name}")
+    unknown = [name for name in arrays if name not in data]
+    if unknown:
+        raise InvalidInput(
+            f"{field}: unknown column {unknown[0]!r}; expected columns {signature.input_names}"
+        )
+    return pd.DataFrame(data, copy=False)
+
+
+def _column(spec: ColumnSpec, values: Array, field: str) -> Array | pd.Series[Any]:
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise InvalidInput(f"{field}: expected one value per row, got shape {list(values.shape)}")
+    if spec.dtype == "string" and values.dtype.kind in "OS":
+        values = _text(values, field)
+    nulls = _nulls(values)
+    if nulls.any() and not spec.nullable:
+        row = int(np.argmax(nulls))
+        raise InvalidInput(
+            f"{field}: row {row} is null or NaN, but the column is not nullable; send a value"
+        )
+    if values.dtype.kind == "O":
+        _check_json_types(spec, values, nulls, field)
+    else:
+        values = _cast(spec.dtype, values, field) if not nulls.any() else values
+    column = _typed(spec, values, nulls)
+    if spec.numeric:
+        _check_range(spec, column, field)
+    return column
+
+
+def _nulls(values: Array) -> Array:
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "O":
+        return np.fromiter((v is None or v != v for v in values), dtype=bool, count=len(values))
+    return np.zeros(len(values), dtype=bool)
+
+
+def _check_json_types(spec: ColumnSpec, values: Array, nulls: Array, field: str) -> None:
+    present = values[~nulls]
+    types = {type(v) for v in present}
+    if spec.dtype == "string":
+        ok = types <= {str}
+    elif spec.dtype == "bool":
+        ok = types <= {bool, np.bool_}
+    elif spec.dtype == "int64":
+        ok = types <= {int, np.int64} or (
+            types <= {int, float} and all(float(v).is_integer() for v in present)
+        )
+    else:
+        ok = types <= {int, float, np.float64, np.int64}
+    if not ok:
+        bad = next(
+            (i for i, v in enumerate(values) if not nulls[i] and not _fits(spec.dtype, v)), 0
+        )
+        raise InvalidInput(
+            f"{field}: row {bad} expected {_type_name(spec.dtype)}, got {_json_type(values[bad])} "
+            f"{values[bad]!r}"
+        )
+
+
+def _fits(dtype: str, value: Any) -> bool:
+    if dtype == "string":
+        return isinstance(value, str)
+    if dtype == "bool":
+        return isinstance(value, bool | np.bool_)
+    if isinstance(value, bool) or not isinstance(value, _JSON_NUMBER_TYPES):
+        return False
+    return dtype != "int64" or float(value).is_integer()
+
+
+def _typed(spec: ColumnSpec, values: Array, nulls: Array) -> Array | pd.Series[Any]:
+    if spec.dtype == "string":
+        return values.astype(object)
+    if spec.dtype == "bool":
+        return values.astype(bool) if not nulls.any() else pd.Series(values, dtype="boolean")
+    if spec.dtype == "int64" and not nulls.any():
+        return values.astype(np.int64)
+    column = np.where(nulls, np.nan, values).astype(np.float64)
+    _check_finite(column[~nulls], f"column {spec.name}")
+    return column
+
+
+def _check_range(spec: ColumnSpec, column: Array | pd.Series[Any], field: str) -> None:
+    if spec.minimum is None and spec.maximum is None:
+        return
+    values = np.asarray(column, dtype=np.float64)
+    low = -np.inf if spec.minimum is None else spec.minimum
+    high = np.inf if spec.maximum is None else spec.maximum
+    bad = (values < low) | (values > high)  # NaN (a null) compares False: nulls pass
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InvalidInput(
+            f"{field}: row {row} has {values[row]:g}, outside the allowed range "
+            f"[{_bound(spec.minimum)}, {_bound(spec.maximum)}]"
+        )
+
+
+def _bound(value: float | None) -> str:
+    return "any" if value is None else f"{value:g}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def decode_instances(
+    signature: Signature, instances: Any, field: str, max_rows: int, single: bool = False
+) -> ModelInput:
+    """v1 `instances` (a list of rows) into validated model input."""
+    if not isinstance(instances, list):
+        raise InvalidInput(f"{field}: expected a list of rows, got {_json_type(instances)}")
+    check_rows(len(instances), max_rows)
+    if signature.kind == "tabular":
+        return decode_table_rows(signature, instances, field, single)
+    return decode_tensor_rows(signature, instances, field, single)
+
+
+def decode_named_arrays(
+    signature: Signature, arrays: Mapping[str, Array], field: str, max_rows: int
+) -> ModelInput:
+    """Named arrays (Open Inference Protocol inputs) into validated model input.
+
+    A tabular signature takes one array per column ([n] or [n, 1]), or one [n, columns] array
+    whose columns are in signature order. A tensor signature with one input takes the single
+    array whatever its name, so clients that call it `input-0` work unchanged.
+    """
+    if not arrays:
+        raise InvalidInput(f"{field}: no inputs given; expected {signature.input_names}")
+    if signature.kind == "tabular":
+        arrays = _split_matrix(signature, arrays)
+        _check_same_rows(arrays, field, max_rows)
+        return validate_columns(signature, arrays, field)
+    _check_same_rows(arrays, field, max_rows)
+    if len(signature.inputs) == 1 and len(arrays) == 1:
+        spec = signature.inputs[0]
+        name, array = next(iter(arrays.items()))
+        return validate_tensor(spec, array, f"{field}.{name}")
+    decoded: dict[str, Array] = {}
+    for spec in signature.inputs:
+        if spec.name not in arrays:
+            raise InvalidInput(
+                f"{field}: missing input {spec.name!r}; expected {signature.input_names}"
+            )
+        decoded[spec.name] = validate_tensor(spec, arrays[spec.name], f"{field}.{spec.name}")
+    unknown = [n for n in arrays if n not in decoded]
+    if unknown:
+        raise InvalidInput(
+            f"{field}: unknown input {unknown[0]!r}; expected {signature.input_names}"
+        )
+    return decoded
+
+
+def _split_matrix(signature: Signature, arrays: Mapping[str, Array]) -> Mapping[str, Array]:
+    if len(arrays) != 1:
+        return arrays
+    name, array = next(iter(arrays.items()))
+    names = signature.input_names
+    if name in names or array.ndim != 2 or array.shape[1] != len(names):
+        return arrays
+    return {column: array[:, i] for i, column in enumerate(names)}
+
+
+def _check_same_rows(arrays: Mapping[str, Array], field: str, max_rows: int) -> None:
+    counts = {name: (len(a) if a.ndim else 1) for name, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise InvalidInput(f"{field}: inputs have different row counts {counts}; send equal rows")
+    check_rows(next(iter(counts.values())), max_rows)

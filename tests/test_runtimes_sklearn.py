@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from berth.errors import InvalidInput, ModelLoadError
+from berth.runtimes import load_runtime
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(60, 3))
+Y = (X[:, 0] + X[:, 1] > 0).astype(int)
+
+
+def _double(values: Any) -> Any:
+    return values * 2
+
+
+def _frame(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, size=n).astype(float),
+            "income": rng.normal(50_000, 10_000, size=n),
+            "city": rng.choice(["paris", "oslo", "lima"], size=n),
+        }
+    )
+
+
+def _pipeline(frame: pd.DataFrame) -> Pipeline:
+    pre = ColumnTransformer(
+        [
+            ("num", StandardScaler(), ["age", "income"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+        ]
+    )
+    target = np.where((frame["age"] > 45) | (frame["city"] == "oslo"), "yes", "no")
+    return Pipeline([("pre", pre), ("clf", LogisticRegression())]).fit(frame, target)
+
+
+@pytest.fixture(scope="module")
+def logistic() -> LogisticRegression:
+    return LogisticRegression().fit(X, Y)
+
+
+@pytest.mark.parametrize("suffix", [".joblib", ".pkl", ".skops"])
+def test_logistic_regression_round_trip(
+    tmp_path: Path, logistic: LogisticRegression, suffix: str
+) -> None:
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".skops":
+        sio.dump(logistic, path)
+    else:
+        joblib.dump(logistic, path)
+
+    runtime = load_runtime("sklearn", path)
+    result = runtime.predict(X[:10])
+
+    assert runtime.flavor == "sklearn"
+    assert runtime.declared_signature() is None
+    assert_array_equal(result.predictions, logistic.predict(X[:10]))
+    assert result.probabilities is not None
+    assert_allclose(result.probabilities, logistic.predict_proba(X[:10]))
+    assert result.classes == [0, 1]
+
+
+@pytest.mark.filterwarnings("error")
+def test_frame_given_to_array_fitted_model_is_passed_as_array(
+    tmp_path: Path, logistic: LogisticRegression
+) -> None:
+    joblib.dump(logistic, tmp_path / "model.joblib")
+    frame = pd.DataFrame(X[:5], columns=["a", "b", "c"])
+
+    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(frame)
+
+    assert_array_equal(result.predictions, logistic.predict(X[:5]))
+
+
+@pytest.mark.parametrize("suffix", [".joblib", ".skops"])
+def test_column_transformer_pipeline_on_frame(tmp_path: Path, suffix: str) -> None:
+    frame = _frame()
+    pipeline = _pipeline(frame)
+    path = tmp_path / f"pipeline{suffix}"
+    if suffix == ".skops":
+        sio.dump(pipeline, path)
+    else:
+        joblib.dump(pipeline, path)
+    request = pd.DataFrame(
+        {"age": [25.0, 60.0, 33.0], "income": [40_000.0, 70_000.0, 52_000.0]}
+        | {"city": ["oslo", "paris", "tokyo"]}  # tokyo: unseen category, ignored
+    )
+
+    result = load_runtime("sklearn", path).predict(request)
+
+    assert_array_equal(result.predictions, pipeline.predict(request))
+    assert result.probabilities is not None
+    assert_allclose(result.probabilities, pipeline.predict_proba(request))
+    assert_allclose(result.probabilities.sum(axis=1), 1.0)
+    assert result.classes == ["no", "yes"]
+
+
+def test_named_arrays_become_a_table(tmp_path: Path) -> None:
+    frame = _frame()
+    pipeline = _pipeline(frame)
+    joblib.dump(pipeline, tmp_path / "pipeline.joblib")
+    inputs = {name: frame[name].to_numpy()[:4] for name in ["age", "income", "city"]}
+
+    result = load_runtime("sklearn", tmp_path / "pipeline.joblib").predict(inputs)
+
+    assert_array_equal(result.predictions, pipeline.predict(frame[:4]))
+
+
+def test_array_given_to_frame_fitted_model_uses_feature_names(tmp_path: Path) -> None:
+    frame = _frame()[["age", "income"]]
+    model = LinearRegression().fit(frame, frame["age"] * 2 + 1)
+    joblib.dump(model, tmp_path / "model.joblib")
+
+    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(frame.to_numpy()[:3])
+
+    assert_allclose(result.predictions, model.predict(frame[:3]))
+
+
+def test_frame_columns_are_put_in_fitted_order(tmp_path: Path) -> None:
+    frame = _frame()[["age", "income"]]
+    model = LinearRegression().fit(frame, frame["age"] * 2 + frame["income"])
+    joblib.dump(model, tmp_path / "model.joblib")
+    request = frame[["income", "age"]].assign(extra=1.0)[:3]
+
+    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(request)
+
+    assert_allclose(result.predictions, model.predict(frame[:3]))
+
+
+def test_regressor_has_no_probabilities(tmp_path: Path) -> None:
+    model = LinearRegression().fit(X, X @ np.array([1.0, -2.0, 0.5]))
+    joblib.dump(model, tmp_path / "model.joblib")
+
+    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(X[:4])
+
+    assert_allclose(result.predictions, model.predict(X[:4]))
+    assert result.probabilities is None
+    assert result.classes is None
+
+
+def test_wrong_feature_count_is_invalid_input(tmp_path: Path, logistic: LogisticRegression) -> None:
+    joblib.dump(logistic, tmp_path / "model.joblib")
+    runtime = load_runtime("sklearn", tmp_path / "model.joblib")
+
+    with pytest.raises(InvalidInput, match="5 features"):
+        runtime.predict(np.ones((2, 5)))
+
+
+def test_missing_column_is_invalid_input(tmp_path: Path) -> None:
+    frame = _frame()
+    joblib.dump(_pipeline(frame), tmp_path / "pipeline.joblib")
+    runtime = load_runtime("sklearn", tmp_path / "pipeline.joblib")
+
+    with pytest.raises(InvalidInput, match="city"):
+        runtime.predict(frame.drop(columns=["city"]))
+
+
+@pytest.mark.parametrize("name", ["model.joblib", "model.skops"])
+def test_garbage_file_is_load_error(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"not a model at all")
+
+    with pytest.raises(ModelLoadError, match="could not"):
+        load_runtime("sklearn", tmp_path / name)
+
+
+def test_skops_with_untrusted_types_is_refused(tmp_path: Path) -> None:
+    model = make_pipeline(FunctionTransformer(_double), LogisticRegression()).fit(X, Y)
+    sio.dump(model, tmp_path / "model.skops")
+
+    with pytest.raises(ModelLoadError, match=r"_double.*python flavor"):
+        load_runtime("sklearn", tmp_path / "model.skops")
+
+
+def test_object_without_predict_is_load_error(tmp_path: Path) -> None:
+    joblib.dump({"weights": [1, 2]}, tmp_path / "model.joblib")
+
+    with pytest.raises(ModelLoadError, match="no predict"):
+        load_runtime("sklearn", tmp_path / "model.joblib")
+
+
+def test_unfitted_estimator_is_load_error(tmp_path: Path) -> None:
+    joblib.dump(LogisticRegression(), tmp_path / "model.joblib")
+    runtime = load_runtime("sklearn", tmp_path / "model.joblib")
+
+    with pytest.raises(ModelLoadError, match="never fitted"):
+        runtime.predict(X[:2])
