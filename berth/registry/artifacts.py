@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,12 +92,24 @@ class ArtifactStore:
         )
 
     def _put_file(self, path: Path, target: str) -> None:
-        if self.fs.exists(target) and self.fs.size(target) == path.stat().st_size:
+        if self._holds(target, path):
             return
         self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        partial = f"{target}.partial"
+        # A name of its own per writer: concurrent puts of one artifact must not share a file.
+        partial = f"{target}.{uuid.uuid4().hex}.partial"
         self.fs.put_file(str(path), partial)
         self.fs.mv(partial, target)
+
+    def _holds(self, target: str, path: Path) -> bool:
+        """Whether the store already has `path`'s bytes at `target` (a damaged copy does not
+        count, so registering again repairs it)."""
+        if not self.fs.exists(target) or self.fs.size(target) != path.stat().st_size:
+            return False
+        digest = hashlib.sha256()
+        with self.fs.open(target, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest() == file_sha256(path)
 
     def fetch(self, artifact: StoredArtifact) -> Path:
         """A verified local copy of the artifact; the path to hand the runtime."""
@@ -106,7 +119,12 @@ class ArtifactStore:
             shutil.rmtree(local)
         if not local.exists():
             self._download(artifact, local)
-        verify(local, artifact)
+        try:
+            verify(local, artifact)
+        except ArtifactIntegrityError:
+            # Keep no bad copy around: the next fetch downloads again (after a repair).
+            shutil.rmtree(local, ignore_errors=True)
+            raise
         return local / artifact.entry if artifact.entry else local
 
     def _download(self, artifact: StoredArtifact, local: Path) -> None:
@@ -115,16 +133,24 @@ class ArtifactStore:
                 f"artifact {artifact.sha256[:12]} is missing from the store at {artifact.uri}; "
                 "restore the store from a backup or register the model again"
             )
-        staging = local.with_name(local.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
+        # A staging folder of its own: workers of one server fetch the same artifact at once.
+        staging = local.with_name(f"{local.name}.{uuid.uuid4().hex}.partial")
         staging.mkdir(parents=True)
-        for remote in self.fs.find(artifact.uri):
-            rel = remote[len(artifact.uri) :].lstrip("/")
-            if rel.endswith(".partial"):
-                continue
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(remote, str(staging / rel))
-        staging.rename(local)
+        try:
+            for remote in self.fs.find(artifact.uri):
+                rel = remote[len(artifact.uri) :].lstrip("/")
+                if rel.endswith(".partial"):
+                    continue
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(remote, str(staging / rel))
+            try:
+                staging.rename(local)
+            except OSError:
+                # Another fetch got there first; its copy is verified like ours would be.
+                if not local.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def info(self) -> dict[str, Any]:
         return {"url": self.url, "cache_dir": str(self.cache_dir)}

@@ -32,9 +32,17 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose work commits on success and rolls back on any error."""
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """A session whose work commits on success and rolls back on any error.
+
+        `write=True` is for read-then-write work (next version number, alias checks): on SQLite
+        it takes the write lock up front (`BEGIN IMMEDIATE`), so concurrent writers queue on the
+        busy timeout instead of reading stale rows and colliding. PostgreSQL callers lock rows
+        with `SELECT ... FOR UPDATE` instead.
+        """
         with self._sessions.begin() as session:
+            if write and self.engine.dialect.name == "sqlite":
+                session.execute(text("BEGIN IMMEDIATE"))
             yield session
 
     def migrate(self) -> None:

@@ -9,11 +9,14 @@ from berth.errors import InvalidInput
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(NAME_PATTERN)
+# [0-9], not \d: \d also matches other scripts' digits, which int() accepts ("x:\u0663" == "x:3").
 _REFERENCE = re.compile(
-    rf"^(?P<name>{NAME_PATTERN})(?::(?P<version>\d+)|@(?P<alias>{NAME_PATTERN}))?$"
+    rf"(?P<name>{NAME_PATTERN})(?::(?P<version>[0-9]+)|@(?P<alias>{NAME_PATTERN}))?"
 )
 
 DEFAULT_ALIAS = "production"
+MAX_VERSION = 2**31 - 1
+"""Version numbers are 32-bit INTEGER columns; a larger number cannot name a version."""
 
 
 @dataclass(frozen=True)
@@ -31,16 +34,20 @@ class Reference:
 
 
 def parse_reference(text: str) -> Reference:
-    match = _REFERENCE.match(text.strip())
+    match = _REFERENCE.fullmatch(text.strip())
     if match is None:
         raise InvalidInput(
             f"'{text}' is not a model reference; write NAME, NAME:VERSION (e.g. churn:3) "
             "or NAME@ALIAS (e.g. churn@production)"
         )
-    version = match["version"]
-    return Reference(
-        name=match["name"], version=int(version) if version else None, alias=match["alias"]
-    )
+    digits = match["version"]
+    # the length test first: int() refuses strings of more than 4300 digits with ValueError
+    version = int(digits) if digits and len(digits) <= len(str(MAX_VERSION)) else None
+    if digits and (version is None or version > MAX_VERSION):
+        raise InvalidInput(
+            f"'{text}': version {match['version']} is too large; versions are numbered 1, 2, 3, ..."
+        )
+    return Reference(name=match["name"], version=version, alias=match["alias"])
 
 
 def check_name(kind: str, name: str) -> str:

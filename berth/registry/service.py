@@ -146,12 +146,13 @@ class Registry:
         artifact = self.store.put(path)
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
-                with self.db.session() as session:
+                with self.db.session(write=True) as session:
                     row = self._insert_version(session, request, flavor, artifact, signature)
                     row.example = example
                     return _version_info(row)
             except IntegrityError:
-                # Another writer took the same version number; the next attempt takes the next.
+                # Another writer created the same model first (the model row lock below
+                # serializes numbering only once the row exists); the next attempt finds it.
                 if attempt == _REGISTER_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
@@ -164,7 +165,11 @@ class Registry:
         artifact: StoredArtifact,
         signature: Signature,
     ) -> VersionRow:
-        model = session.scalar(select(ModelRow).where(ModelRow.name == request.name))
+        # Locking the model row serializes concurrent registrations of one model on PostgreSQL
+        # (SQLite holds the database write lock already), so max(number) + 1 is free.
+        model = session.scalar(
+            select(ModelRow).where(ModelRow.name == request.name).with_for_update()
+        )
         if model is None:
             model = ModelRow(name=request.name, description=request.description)
             session.add(model)
@@ -245,8 +250,8 @@ class Registry:
     def set_alias(self, name: str, alias: str, number: int) -> VersionInfo:
         """Point `name@alias` at version `number`, atomically (one transaction)."""
         check_name("alias", alias)
-        with self.db.session() as session:
-            model = _model_row(session, name)
+        with self.db.session(write=True) as session:
+            model = _model_row(session, name, lock=True)
             row = _version_row(session, model, number)
             _point_alias(session, model, alias, row)
             session.flush()
@@ -254,16 +259,17 @@ class Registry:
             return _version_info(row)
 
     def remove_alias(self, name: str, alias: str) -> None:
-        with self.db.session() as session:
-            model = _model_row(session, name)
+        with self.db.session(write=True) as session:
+            model = _model_row(session, name, lock=True)
             row = next((a for a in model.aliases if a.name == alias), None)
             if row is None:
                 raise NotFound(f"model '{name}' has no alias '{alias}'")
             session.delete(row)
 
     def delete_version(self, name: str, number: int) -> None:
-        with self.db.session() as session:
-            model = _model_row(session, name)
+        # The lock keeps an alias from being pointed at the version between check and delete.
+        with self.db.session(write=True) as session:
+            model = _model_row(session, name, lock=True)
             row = _version_row(session, model, number)
             pointing = [a.name for a in model.aliases if a.version_id == row.id]
             if pointing:
@@ -275,8 +281,8 @@ class Registry:
             session.delete(row)
 
     def delete_model(self, name: str) -> None:
-        with self.db.session() as session:
-            model = _model_row(session, name)
+        with self.db.session(write=True) as session:
+            model = _model_row(session, name, lock=True)
             if model.aliases:
                 names = ", ".join(f"{name}@{a.name}" for a in model.aliases)
                 raise Conflict(
@@ -372,8 +378,10 @@ def _models_query() -> Select[ModelRow]:
     )
 
 
-def _model_row(session: Session, name: str) -> ModelRow:
-    row = session.scalar(_models_query().where(ModelRow.name == name))
+def _model_row(session: Session, name: str, lock: bool = False) -> ModelRow:
+    """The model with its versions and aliases; `lock` holds its row until the session ends."""
+    query = _models_query().where(ModelRow.name == name)
+    row = session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise NotFound(f"model '{name}' is not registered; see `berth models list`")
     return row

@@ -11,6 +11,7 @@ before they reach the model.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +75,21 @@ class ColumnSpec:
             raise InvalidInput(
                 f"column '{self.name}': unknown dtype '{self.dtype}'; use one of {', '.join(COLUMN_DTYPES)}"
             )
+        bounds = [b for b in (self.minimum, self.maximum) if b is not None]
+        if bounds and not self.numeric:
+            raise InvalidInput(
+                f"column '{self.name}': minimum and maximum need a numeric dtype "
+                f"(int64 or float64), got {self.dtype}"
+            )
+        if any(math.isnan(b) for b in bounds):
+            raise InvalidInput(
+                f"column '{self.name}': minimum and maximum must be numbers, got NaN"
+            )
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise InvalidInput(
+                f"column '{self.name}': minimum {self.minimum:g} is greater than "
+                f"maximum {self.maximum:g}; no value could pass"
+            )
 
     @property
     def numeric(self) -> bool:
@@ -127,36 +143,57 @@ class Signature:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
         try:
-            outputs = tuple(_tensor_spec(o) for o in data.get("outputs", []))
+            outputs = tuple(_tensor_spec(o) for o in _list(data.get("outputs", []), "outputs"))
             if "columns" in data:
                 columns = tuple(
                     ColumnSpec(
                         name=str(c["name"]),
                         dtype=str(c["dtype"]),
-                        nullable=bool(c.get("nullable", False)),
-                        minimum=_optional_float(c.get("minimum")),
-                        maximum=_optional_float(c.get("maximum")),
+                        nullable=_bool(c.get("nullable", False), "nullable"),
+                        minimum=_optional_float(c.get("minimum"), "minimum"),
+                        maximum=_optional_float(c.get("maximum"), "maximum"),
                     )
-                    for c in data["columns"]
+                    for c in _list(data["columns"], "columns")
                 )
                 return cls(kind="tabular", columns=columns, outputs=outputs)
-            inputs = tuple(_tensor_spec(t) for t in data["inputs"])
+            inputs = tuple(_tensor_spec(t) for t in _list(data["inputs"], "inputs"))
             return cls(kind="tensor", inputs=inputs, outputs=outputs)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InvalidInput(
                 'signature JSON is not valid: expected {"columns": [{"name", "dtype"}, ...]} '
                 f'or {{"inputs": [{{"name", "dtype", "shape"}}, ...]}} ({exc})'
             ) from exc
 
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+# from_dict turns wrong JSON types into TypeError, reported as one InvalidInput: a string
+# "false" must not become a true `nullable`, nor "12" the shape [1, 2].
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"'{key}' must be a list, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _optional_float(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"'{key}' must be a number, got {value!r}")
+    return float(value)
 
 
 def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
-    return TensorSpec(
-        name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(int(d) for d in data["shape"])
-    )
+    shape = _list(data["shape"], "shape")
+    if any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
+        raise TypeError(f"'shape' must hold integers, got {shape!r}")
+    return TensorSpec(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(shape))
 
 
 def numpy_dtype_name(dtype: np.dtype[Any]) -> str:
@@ -181,9 +218,13 @@ def infer_from_array(sample: np.ndarray[Any, Any], name: str = "input") -> Signa
 
 
 def infer_from_frame(sample: pd.DataFrame) -> Signature:
+    names = [str(name) for name in sample.columns]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidInput(f"sample has duplicate column names {duplicates}; rename them")
     columns = []
-    for name in sample.columns:
-        series = sample[name]
+    for position, name in enumerate(sample.columns):
+        series = sample.iloc[:, position]
         columns.append(
             ColumnSpec(
                 name=str(name), dtype=_column_dtype(series), nullable=bool(series.isna().any())
@@ -199,6 +240,9 @@ def _column_dtype(series: pd.Series[Any]) -> str:
         return "int64"
     if pd.api.types.is_float_dtype(series):
         return "float64"
+    present = series.dropna()
+    if series.dtype == object and len(present) and all(isinstance(v, bool) for v in present):
+        return "bool"  # a bool column with missing values (CSV True/False/empty) is object
     return "string"
 
 
@@ -220,7 +264,7 @@ def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
             return pd.read_json(path, lines=True)
         if suffix == ".json":
             return pd.DataFrame(json.loads(path.read_text()))
-    except (ValueError, OSError) as exc:
+    except (ValueError, TypeError, OSError, RecursionError) as exc:
         raise InvalidInput(f"could not read sample file {path}: {exc}") from exc
     raise InvalidInput(
         f"sample file {path} has an unknown extension; use .csv, .parquet, .json, .jsonl or .npy"
@@ -236,7 +280,7 @@ def infer_signature(sample: np.ndarray[Any, Any] | pd.DataFrame) -> Signature:
 def load_signature_file(path: Path) -> Signature:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
         raise InvalidInput(f"could not read signature file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidInput(f"signature file {path} must hold a JSON object")

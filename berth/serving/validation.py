@@ -7,6 +7,8 @@ except the type scan of JSON values, which is needed to tell `1` from `"1"` and 
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,18 +22,18 @@ from berth.runtimes.base import ModelInput
 Array = np.ndarray[Any, Any]
 
 _NUMERIC_KINDS = "iuf"
-_JSON_NUMBER_TYPES = (int, float)
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
 
 
 # limits ------------------------------------------------------------------------------------
 
 
-def check_rows(count: int, limit: int) -> None:
+def check_rows(count: int, limit: int, field: str) -> None:
     if count == 0:
-        raise InvalidInput("the request holds no rows; send at least one instance")
+        raise InvalidInput(f"{field}: the request holds no rows; send at least one instance")
     if count > limit:
         raise PayloadTooLarge(
-            f"the request holds {count} rows, more than the limit of {limit}; "
+            f"{field}: the request holds {count} rows, more than the limit of {limit}; "
             "split it into smaller requests (or raise BERTH_MAX_BATCH_ROWS)"
         )
 
@@ -62,7 +64,10 @@ def _cast(dtype: str, array: Array, field: str) -> Array:
     if dtype == "string":
         if kind not in "USO":
             raise InvalidInput(f"{field}: expected strings, got {_kind_name(kind)}")
-        return _text(array, field)
+        text = _text(array, field)
+        if kind != "U":
+            _check_all_text(text, field)
+        return text
     if kind in "USO":
         raise InvalidInput(f"{field}: expected {_type_name(dtype)}, got {_kind_name(kind)}")
     if dtype == "bool":
@@ -75,10 +80,47 @@ def _cast(dtype: str, array: Array, field: str) -> Array:
         raise InvalidInput(f"{field}: expected integers, got {_first_fraction(array)}")
     if kind == "f":
         _check_finite(array, field)
-    try:
-        return array.astype(dtype, casting="unsafe", copy=False)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidInput(f"{field}: values do not fit {dtype}: {exc}") from exc
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        _check_int_range(target, array, field)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(target, casting="unsafe", copy=False)
+    if target.kind == "f" and not np.all(np.isfinite(cast)):
+        where = _index(array.shape, int(np.argmin(np.isfinite(cast).ravel())))
+        raise InvalidInput(
+            f"{field}: value at index {where} is {array[tuple(where)]}, too large for {dtype}"
+        )
+    return cast
+
+
+def _index(shape: tuple[int, ...], flat: int) -> list[int]:
+    return [int(i) for i in np.unravel_index(flat, shape)]
+
+
+def _check_int_range(target: np.dtype[Any], array: Array, field: str) -> None:
+    """Integer casts wrap silently in numpy (300 -> 44 as uint8): refuse values out of range."""
+    if array.size == 0:
+        return
+    info = np.iinfo(target)
+    low, high = array.min().item(), array.max().item()  # Python numbers compare exactly
+    if info.min <= low and high <= info.max:
+        return
+    flat = array.ravel().tolist()
+    bad = next(i for i, v in enumerate(flat) if not info.min <= v <= info.max)
+    raise InvalidInput(
+        f"{field}: expected integers in the range of {target.name} [{info.min}, {info.max}], "
+        f"got {flat[bad]} at index {_index(array.shape, bad)}"
+    )
+
+
+def _check_all_text(array: Array, field: str) -> None:
+    flat = array.ravel()
+    bad = next((i for i, v in enumerate(flat) if not isinstance(v, str)), None)
+    if bad is not None:
+        raise InvalidInput(
+            f"{field}: expected strings, got {_json_type(flat[bad])} at index "
+            f"{_index(array.shape, bad)}"
+        )
 
 
 def _text(array: Array, field: str) -> Array:
@@ -89,7 +131,9 @@ def _text(array: Array, field: str) -> Array:
     try:
         decoded = [v.decode() if isinstance(v, bytes) else v for v in flat]
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{field}: text must be UTF-8 encoded ({exc})") from exc
+        raise InvalidInput(
+            f"{field}: expected UTF-8 encoded text, got bytes that are not UTF-8 ({exc})"
+        ) from exc
     return np.array(decoded, dtype=object).reshape(array.shape)
 
 
@@ -133,18 +177,78 @@ def _kind_name(kind: str) -> str:
     }.get(kind, f"values of kind {kind}")
 
 
-def json_array(values: Any, field: str) -> Array:
-    """A numpy array from JSON lists; ragged or mixed data is a clear error, not a crash."""
+_RAGGED = "rows have different lengths or nesting; every row must have the same shape"
+
+
+def json_array(values: Any, field: str, dtype: str) -> Array:
+    """A numpy array from JSON lists; ragged or mixed data is a clear error, not a crash.
+
+    The leaves are scanned for their JSON type first: numpy would silently turn `[1, true]`
+    into `[1, 1]` and `[1, "a"]` into strings. `dtype` (the spec's) only words the errors.
+    """
     try:
-        array = np.asarray(values)
+        objects = np.asarray(values, dtype=object)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(
-            f"{field}: rows have different lengths or nesting; every row must have the same shape"
-        ) from exc
-    if array.dtype.kind == "O" and array.ndim > 0:
-        kinds = {type(v).__name__ for v in array.ravel()}
-        raise InvalidInput(f"{field}: values must all be of one type, got a mix of {sorted(kinds)}")
-    return array
+        raise InvalidInput(f"{field}: {_RAGGED}") from exc
+    flat = objects.reshape(-1)
+    types = set(map(type, flat))
+    if list in types or tuple in types:
+        raise InvalidInput(f"{field}: {_RAGGED}")
+    categories = {_category(t) for t in types}
+    if not categories:
+        return objects.astype(np.float64)
+    if categories == {"booleans"}:
+        return objects.astype(bool)
+    if categories == {"strings"}:
+        return objects.astype(str)
+    if categories == {"numbers"}:
+        return _json_numbers(objects, field, ints=types <= {int})
+    expected = "numbers" if _type_name(dtype) == "integers" else _type_name(dtype)
+    bad = next(i for i, v in enumerate(flat) if _category(type(v)) != expected)
+    value, where = flat[bad], _index(objects.shape, bad)
+    shown = f"at index {where}" if value is None else f"({_json_value(value)} at index {where})"
+    raise InvalidInput(
+        f"{field}: expected {_type_name(dtype)}, got {_category(type(value))} {shown}"
+    )
+
+
+def _category(kind: type) -> str:
+    if kind is bool or kind is np.bool_:
+        return "booleans"
+    if issubclass(kind, int | float | np.integer | np.floating):
+        return "numbers"
+    if issubclass(kind, str):
+        return "strings"
+    if kind is type(None):
+        return "null"
+    if issubclass(kind, Mapping):
+        return "objects"
+    return kind.__name__
+
+
+def _json_numbers(objects: Array, field: str, ints: bool) -> Array:
+    """JSON numbers as int64 (uint64 beyond it), float64 when any is a float or too large."""
+    targets = (np.int64, np.uint64) if ints else ()
+    for target in (*targets, np.float64):
+        try:
+            return objects.astype(target)
+        except OverflowError:
+            continue
+    flat = objects.reshape(-1)
+    bad = next(i for i, v in enumerate(flat) if isinstance(v, int) and abs(v) > sys.float_info.max)
+    raise InvalidInput(
+        f"{field}: expected numbers that fit a 64-bit float, got a number of "
+        f"{len(str(flat[bad]))} digits at index {_index(objects.shape, bad)}"
+    )
+
+
+def _json_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _row_label(field: str, index: int, single: bool) -> str:
@@ -157,19 +261,27 @@ def decode_tensor_rows(
     """v1 instances for a tensor signature: rows for one input, objects for several."""
     if len(signature.inputs) == 1:
         spec = signature.inputs[0]
-        return validate_tensor(spec, json_array(instances, field), field)
+        return validate_tensor(spec, json_array(instances, field, spec.dtype), field)
+    names = signature.input_names
+    for index, row in enumerate(instances):
+        where = _row_label(field, index, single)
+        if not isinstance(row, Mapping):
+            raise InvalidInput(
+                f"{where}: expected an object with inputs {names}, got {_json_type(row)}"
+            )
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise InvalidInput(
+                f"{where}: expected an object with inputs {names}, missing '{missing[0]}'"
+            )
+        unknown = [k for k in row if k not in names]
+        if unknown:
+            raise InvalidInput(f"{where}: unknown input {unknown[0]!r}; expected inputs {names}")
     arrays: dict[str, Array] = {}
     for spec in signature.inputs:
-        values = []
-        for index, row in enumerate(instances):
-            if not isinstance(row, Mapping) or spec.name not in row:
-                raise InvalidInput(
-                    f"{_row_label(field, index, single)}: expected an object with inputs "
-                    f"{[s.name for s in signature.inputs]}, missing '{spec.name}'"
-                )
-            values.append(row[spec.name])
+        values = [row[spec.name] for row in instances]
         name = f"{field}.{spec.name}"
-        arrays[spec.name] = validate_tensor(spec, json_array(values, name), name)
+        arrays[spec.name] = validate_tensor(spec, json_array(values, name, spec.dtype), name)
     return arrays
 
 
@@ -199,7 +311,11 @@ def decode_table_rows(
             raise InvalidInput(
                 f"{where}: expected an object of column values, got {_json_type(row)}"
             )
-    arrays = {name: np.asarray(values, dtype=object) for name, values in columns.items()}
+    # fromiter keeps a list value as one element: asarray would make it an extra axis
+    arrays = {
+        name: np.fromiter(values, dtype=object, count=len(values))
+        for name, values in columns.items()
+    }
     return validate_columns(signature, arrays, field)
 
 
@@ -244,9 +360,11 @@ def _column(spec: ColumnSpec, values: Array, field: str) -> Array | pd.Series[An
         )
     if values.dtype.kind == "O":
         _check_json_types(spec, values, nulls, field)
+    elif nulls.any():  # only float arrays hold nulls (NaN): check the values around them
+        _cast(spec.dtype, np.where(nulls, 0.0, values), field)
     else:
-        values = _cast(spec.dtype, values, field) if not nulls.any() else values
-    column = _typed(spec, values, nulls)
+        values = _cast(spec.dtype, values, field)
+    column = _typed(spec, values, nulls, field)
     if spec.numeric:
         _check_range(spec, column, field)
     return column
@@ -260,27 +378,51 @@ def _nulls(values: Array) -> Array:
     return np.zeros(len(values), dtype=bool)
 
 
+_EXACT_TYPES: dict[str, set[type]] = {
+    "string": {str},
+    "bool": {bool, np.bool_},
+    "int64": set(),  # ints need a range check, floats an integrality check: see _fits
+    "float64": {float, np.float64},
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_json_types(spec: ColumnSpec, values: Array, nulls: Array, field: str) -> None:
     present = values[~nulls]
     types = {type(v) for v in present}
-    if spec.dtype == "string":
-        ok = types <= {str}
-    elif spec.dtype == "bool":
-        ok = types <= {bool, np.bool_}
-    elif spec.dtype == "int64":
-        ok = types <= {int, np.int64} or (
-            types <= {int, float} and all(float(v).is_integer() for v in present)
-        )
+    if types <= _EXACT_TYPES[spec.dtype]:
+        return
+    if (
+        spec.dtype == "int64"
+        and types == {int}
+        and _INT64_MIN <= min(present) <= max(present) <= _INT64_MAX
+    ):
+        return
+    bad = next((i for i, v in enumerate(values) if not nulls[i] and not _fits(spec.dtype, v)), None)
+    if bad is None:
+        return
+    value = values[bad]
+    if _is_number(value) and spec.numeric:
+        if spec.dtype == "int64" and not _integral_value(value):
+            got = f"a number {value!r}"
+        else:
+            raise InvalidInput(
+                f"{field}: row {bad} has {_json_value(value)}, outside the range of "
+                f"{spec.dtype}; expected {_type_name(spec.dtype)} that fit {spec.dtype}"
+            )
     else:
-        ok = types <= {int, float, np.float64, np.int64}
-    if not ok:
-        bad = next(
-            (i for i, v in enumerate(values) if not nulls[i] and not _fits(spec.dtype, v)), 0
-        )
-        raise InvalidInput(
-            f"{field}: row {bad} expected {_type_name(spec.dtype)}, got {_json_type(values[bad])} "
-            f"{values[bad]!r}"
-        )
+        got = f"{_json_type(value)} {_json_value(value)}"
+    raise InvalidInput(f"{field}: row {bad} expected {_type_name(spec.dtype)}, got {got}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool | np.bool_)
+
+
+def _integral_value(value: Any) -> bool:
+    if isinstance(value, int | np.integer):
+        return True
+    return math.isfinite(value) and float(value).is_integer()
 
 
 def _fits(dtype: str, value: Any) -> bool:
@@ -288,12 +430,16 @@ def _fits(dtype: str, value: Any) -> bool:
         return isinstance(value, str)
     if dtype == "bool":
         return isinstance(value, bool | np.bool_)
-    if isinstance(value, bool) or not isinstance(value, _JSON_NUMBER_TYPES):
+    if not _is_number(value):
         return False
-    return dtype != "int64" or float(value).is_integer()
+    if dtype == "int64":
+        # Python compares ints and floats exactly, so 2.0**63 is out and 2**63 - 1 is in
+        return _integral_value(value) and _INT64_MIN <= value <= _INT64_MAX
+    # float64: ints beyond the largest float do not convert; inf/NaN are found later
+    return not isinstance(value, int | np.integer) or abs(int(value)) <= sys.float_info.max
 
 
-def _typed(spec: ColumnSpec, values: Array, nulls: Array) -> Array | pd.Series[Any]:
+def _typed(spec: ColumnSpec, values: Array, nulls: Array, field: str) -> Array | pd.Series[Any]:
     if spec.dtype == "string":
         return values.astype(object)
     if spec.dtype == "bool":
@@ -301,7 +447,13 @@ def _typed(spec: ColumnSpec, values: Array, nulls: Array) -> Array | pd.Series[A
     if spec.dtype == "int64" and not nulls.any():
         return values.astype(np.int64)
     column = np.where(nulls, np.nan, values).astype(np.float64)
-    _check_finite(column[~nulls], f"column {spec.name}")
+    infinite = ~nulls & ~np.isfinite(column)
+    if infinite.any():
+        row = int(np.argmax(infinite))
+        raise InvalidInput(
+            f"{field}: row {row} is {column[row]}; NaN and infinity are not accepted, "
+            "send finite numbers"
+        )
     return column
 
 
@@ -346,7 +498,7 @@ def decode_instances(
     """v1 `instances` (a list of rows) into validated model input."""
     if not isinstance(instances, list):
         raise InvalidInput(f"{field}: expected a list of rows, got {_json_type(instances)}")
-    check_rows(len(instances), max_rows)
+    check_rows(len(instances), max_rows, field)
     if signature.kind == "tabular":
         return decode_table_rows(signature, instances, field, single)
     return decode_tensor_rows(signature, instances, field, single)
@@ -401,4 +553,4 @@ def _check_same_rows(arrays: Mapping[str, Array], field: str, max_rows: int) -> 
     counts = {name: (len(a) if a.ndim else 1) for name, a in arrays.items()}
     if len(set(counts.values())) > 1:
         raise InvalidInput(f"{field}: inputs have different row counts {counts}; send equal rows")
-    check_rows(next(iter(counts.values())), max_rows)
+    check_rows(next(iter(counts.values())), max_rows, field)

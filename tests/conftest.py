@@ -1,0 +1,152 @@
+"""Shared fixtures: isolated settings, registries on SQLite and PostgreSQL, small trained models.
+
+Tests that need a running service skip with the reason when it is absent, except when
+BERTH_REQUIRE_SERVICES=1 (set by .ci/run): then an absent service fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+from starlette.testclient import TestClient
+
+from berth.config import Settings
+from berth.registry.service import RegisterRequest, Registry, VersionInfo
+
+POSTGRES_URL = os.environ.get(
+    "BERTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def require_service(name: str, reason: str) -> None:
+    """Skip (or, under CI, fail) a test whose service is not reachable."""
+    message = f"{name} is not reachable ({reason}); start it or unset BERTH_REQUIRE_SERVICES"
+    if os.environ.get("BERTH_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("BERTH_") and key not in ("BERTH_REQUIRE_SERVICES", "BERTH_TEST_POSTGRES_URL"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return Settings()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        require_service("PostgreSQL", str(exc.orig).strip())
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Registry]:
+    """The registry service on each supported database."""
+    if request.param == "postgresql":
+        settings = settings.model_copy(
+            update={"database_url": request.getfixturevalue("postgres_url")}
+        )
+    found = Registry.from_settings(settings)
+    yield found
+    found.db.dispose()
+
+
+@pytest.fixture
+def sqlite_registry(settings: Settings) -> Iterator[Registry]:
+    found = Registry.from_settings(settings)
+    yield found
+    found.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def iris_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An iris LogisticRegression (joblib) and a .npy sample of its float32 inputs."""
+    folder = tmp_path_factory.mktemp("iris")
+    features, target = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=1000).fit(features.astype(np.float32), target)
+    joblib.dump(model, folder / "model.joblib")
+    np.save(folder / "sample.npy", features[:20].astype(np.float32))
+    return folder / "model.joblib", folder / "sample.npy"
+
+
+@pytest.fixture(scope="session")
+def churn_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The demo's churn pipeline (skops), a CSV sample and a signature with ranges."""
+    from berth.cli.demo import train
+
+    model, sample, signature, _metrics = train(tmp_path_factory.mktemp("churn"))
+    return model, sample, signature
+
+
+def register_iris(registry: Registry, iris_files: tuple[Path, Path], **extra: object) -> VersionInfo:
+    model, sample = iris_files
+    request = RegisterRequest(name="iris", path=model, sample=sample, **extra)  # type: ignore[arg-type]
+    return registry.register(request)
+
+
+def register_churn(
+    registry: Registry, churn_files: tuple[Path, Path, Path], aliases: tuple[str, ...] = ("production",)
+) -> VersionInfo:
+    model, sample, signature = churn_files
+    return registry.register(
+        RegisterRequest(name="churn", path=model, sample=sample, signature=signature, aliases=aliases)
+    )
+
+
+@dataclass(frozen=True)
+class ApiSetup:
+    client: TestClient
+    key: str
+    read_key: str
+    registry: Registry
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"X-API-Key": key or self.key}
+
+
+@pytest.fixture
+def api(
+    settings: Settings,
+    iris_files: tuple[Path, Path],
+    churn_files: tuple[Path, Path, Path],
+) -> Iterator[ApiSetup]:
+    """An in-process app serving iris@production and churn@production, with two keys."""
+    from berth.api.app import build_services, create_app
+    from berth.security.keys import KeyService, server_secret
+
+    found = Registry.from_settings(settings)
+    register_iris(found, iris_files, aliases=("production",))
+    register_churn(found, churn_files)
+    keys = KeyService(found.db, server_secret(settings))
+    _, key = keys.create("tester", ("predict", "read"))
+    _, read_key = keys.create("reader", ("read",))
+    app = create_app(settings, build_services(settings, found))
+    with TestClient(app) as client:
+        yield ApiSetup(client=client, key=key, read_key=read_key, registry=found)
+    found.db.dispose()
