@@ -7,16 +7,20 @@ Keys in the file are the field names below (`database_url = "..."`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+
+from berth.errors import InvalidInput
 
 DEFAULT_PORT = 8321
 
@@ -24,9 +28,21 @@ DEFAULT_PORT = 8321
 def _config_file() -> Path | None:
     explicit = os.environ.get("BERTH_CONFIG")
     if explicit:
-        return Path(explicit)
+        path = Path(explicit)
+        if not path.is_file():  # a typo must not silently fall back to the defaults
+            raise InvalidInput(
+                f"BERTH_CONFIG is {explicit}, which is not a file; fix the path or unset it"
+            )
+        return path
     local = Path("berth.toml")
     return local if local.exists() else None
+
+
+def _toml_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, or not UTF-8
+        raise InvalidInput(f"config file {path} could not be read as TOML: {exc}") from exc
 
 
 class Settings(BaseSettings):
@@ -87,7 +103,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = _config_file()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_toml_source(settings_cls, path))
         return tuple(sources)
 
     @property
@@ -109,11 +125,15 @@ class Settings(BaseSettings):
                 value = _redact_url_password(value)
             shown[name] = value
         shown["database_url"] = _redact_url_password(self.resolved_database_url)
-        shown["artifact_url"] = self.resolved_artifact_url
+        shown["artifact_url"] = _redact_url_password(self.resolved_artifact_url)
         return shown
 
 
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|token)=)[^&#]*")
+
+
 def _redact_url_password(url: str) -> str:
+    url = _QUERY_SECRET.sub(r"\1********", url)  # libpq takes ?password=... too
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -128,3 +148,21 @@ def field_docs() -> dict[str, str]:
     for name, field in Settings.model_fields.items():
         docs[name] = (field.description or "").strip()
     return docs
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and config file; a bad value is one clear `InvalidInput`."""
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise InvalidInput(f"configuration is not valid: {_first_problem(exc)}") from exc
+
+
+def _first_problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error["loc"])
+        return f"BERTH_{name.upper()}: {error['msg']} (got {error.get('input')!r}); fix the variable or config file"
+    return (
+        f"{exc}; check the BERTH_* variables (lists such as BERTH_SERVED are JSON: '[\"churn\"]')"
+    )

@@ -40,7 +40,10 @@ def require_service(name: str, reason: str) -> None:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for key in list(os.environ):
-        if key.startswith("BERTH_") and key not in ("BERTH_REQUIRE_SERVICES", "BERTH_TEST_POSTGRES_URL"):
+        if key.startswith("BERTH_") and key not in (
+            "BERTH_REQUIRE_SERVICES",
+            "BERTH_TEST_POSTGRES_URL",
+        ):
             monkeypatch.delenv(key)
     monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
@@ -104,18 +107,24 @@ def churn_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     return model, sample, signature
 
 
-def register_iris(registry: Registry, iris_files: tuple[Path, Path], **extra: object) -> VersionInfo:
+def register_iris(
+    registry: Registry, iris_files: tuple[Path, Path], **extra: object
+) -> VersionInfo:
     model, sample = iris_files
     request = RegisterRequest(name="iris", path=model, sample=sample, **extra)  # type: ignore[arg-type]
     return registry.register(request)
 
 
 def register_churn(
-    registry: Registry, churn_files: tuple[Path, Path, Path], aliases: tuple[str, ...] = ("production",)
+    registry: Registry,
+    churn_files: tuple[Path, Path, Path],
+    aliases: tuple[str, ...] = ("production",),
 ) -> VersionInfo:
     model, sample, signature = churn_files
     return registry.register(
-        RegisterRequest(name="churn", path=model, sample=sample, signature=signature, aliases=aliases)
+        RegisterRequest(
+            name="churn", path=model, sample=sample, signature=signature, aliases=aliases
+        )
     )
 
 

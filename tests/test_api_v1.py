@@ -35,7 +35,9 @@ def test_predict_one_row_in_column_order(api: ApiSetup) -> None:
         "/api/v1/models/churn/predict", json={"features": CHURN_ROW}, headers=api.auth()
     ).json()
     as_list = api.client.post(
-        "/api/v1/models/churn/predict", json={"features": list(CHURN_ROW.values())}, headers=api.auth()
+        "/api/v1/models/churn/predict",
+        json={"features": list(CHURN_ROW.values())},
+        headers=api.auth(),
     ).json()
     assert as_list["probabilities"] == as_object["probabilities"]
 
@@ -56,7 +58,9 @@ def test_batch_predict_tensor_model(api: ApiSetup) -> None:
 def test_default_model_routes(api: ApiSetup) -> None:
     # The first served reference is the default: iris sorts before churn? No: order of aliases.
     response = api.client.post("/api/v1/predict", json={"features": CHURN_ROW}, headers=api.auth())
-    batch = api.client.post("/api/v1/batch-predict", json={"instances": [CHURN_ROW]}, headers=api.auth())
+    batch = api.client.post(
+        "/api/v1/batch-predict", json={"instances": [CHURN_ROW]}, headers=api.auth()
+    )
     assert response.status_code == 200, response.text
     assert batch.status_code == 200
     assert response.json()["model"] == "churn"
@@ -157,9 +161,15 @@ def test_malformed_bodies_are_400(api: ApiSetup, body: bytes, fragment: str) -> 
 
 def test_unknown_model_version_and_route_are_404(api: ApiSetup) -> None:
     headers = api.auth()
-    unknown_model = api.client.post("/api/v1/models/nope/predict", json={"features": [1]}, headers=headers)
-    unknown_version = api.client.post("/api/v1/models/iris:9/predict", json={"features": IRIS_ROW}, headers=headers)
-    unknown_alias = api.client.post("/api/v1/models/iris@staging/predict", json={"features": IRIS_ROW}, headers=headers)
+    unknown_model = api.client.post(
+        "/api/v1/models/nope/predict", json={"features": [1]}, headers=headers
+    )
+    unknown_version = api.client.post(
+        "/api/v1/models/iris:9/predict", json={"features": IRIS_ROW}, headers=headers
+    )
+    unknown_alias = api.client.post(
+        "/api/v1/models/iris@staging/predict", json={"features": IRIS_ROW}, headers=headers
+    )
     unknown_route = api.client.get("/api/v1/nothing-here", headers=headers)
     missing_version = api.client.get("/api/v1/models/iris/versions/7", headers=headers)
     for response in (unknown_model, unknown_version, unknown_alias, unknown_route, missing_version):
@@ -170,7 +180,9 @@ def test_unknown_model_version_and_route_are_404(api: ApiSetup) -> None:
 
 
 def test_bad_reference_is_400(api: ApiSetup) -> None:
-    response = api.client.post("/api/v1/models/iris:x/predict", json={"features": IRIS_ROW}, headers=api.auth())
+    response = api.client.post(
+        "/api/v1/models/iris:x/predict", json={"features": IRIS_ROW}, headers=api.auth()
+    )
     assert response.status_code == 400
     assert "not a model reference" in response.json()["error"]
 
@@ -178,7 +190,9 @@ def test_bad_reference_is_400(api: ApiSetup) -> None:
 def test_missing_and_wrong_keys_are_401(api: ApiSetup) -> None:
     missing = api.client.post("/api/v1/models/iris/predict", json={"features": IRIS_ROW})
     wrong = api.client.post(
-        "/api/v1/models/iris/predict", json={"features": IRIS_ROW}, headers={"X-API-Key": "berth_abc_def"}
+        "/api/v1/models/iris/predict",
+        json={"features": IRIS_ROW},
+        headers={"X-API-Key": "berth_abc_def"},
     )
     for response in (missing, wrong):
         assert response.status_code == 401
@@ -244,7 +258,10 @@ def test_metrics_count_predictions_by_model_version_status(api: ApiSetup) -> Non
     text = api.client.get("/metrics").text
     assert 'berth_predictions_total{endpoint="",model="iris",status="ok",version="1"}' in text
     assert 'berth_predictions_total{endpoint="",model="iris",status="error",version="1"}' in text
-    assert 'berth_prediction_duration_seconds_bucket{endpoint="",le="0.0001",model="iris",version="1"}' in text
+    assert (
+        'berth_prediction_duration_seconds_bucket{endpoint="",le="0.0001",model="iris",version="1"}'
+        in text
+    )
 
 
 def test_request_id_is_echoed(api: ApiSetup) -> None:
@@ -256,14 +273,18 @@ def test_unexpected_error_is_500_with_id_and_no_trace(
     api: ApiSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = api.client.app
-    loaded = next(v for v in app.state.services.dataplane._loaded.values() if v.info.model == "iris")  # type: ignore[attr-defined]
+    loaded = next(
+        v for v in app.state.services.dataplane._loaded.values() if v.info.model == "iris"
+    )  # type: ignore[attr-defined]
 
     def explode(_inputs: Any) -> Any:
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(loaded.runtime, "predict", explode)
     quiet = TestClient(app, raise_server_exceptions=False)
-    response = quiet.post("/api/v1/models/iris/predict", json={"features": IRIS_ROW}, headers=api.auth())
+    response = quiet.post(
+        "/api/v1/models/iris/predict", json={"features": IRIS_ROW}, headers=api.auth()
+    )
     assert response.status_code == 500
     error = response.json()["error"]
     assert "internal error" in error

@@ -54,7 +54,9 @@ def test_model_ready(api: ApiSetup) -> None:
 def test_json_infer_tensor(api: ApiSetup) -> None:
     body = {
         "id": "req-1",
-        "inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": IRIS.ravel().tolist()}],
+        "inputs": [
+            {"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": IRIS.ravel().tolist()}
+        ],
     }
     response = _json_infer(api, "/v2/models/iris/infer", body)
     assert response.status_code == 200, response.text
@@ -73,7 +75,12 @@ def test_json_infer_tabular_columns_and_requested_output(api: ApiSetup) -> None:
     body = {
         "inputs": [
             {"name": "tenure_months", "shape": [2], "datatype": "INT64", "data": [2, 60]},
-            {"name": "monthly_charges", "shape": [2, 1], "datatype": "FP64", "data": [[99.0], [30.0]]},
+            {
+                "name": "monthly_charges",
+                "shape": [2, 1],
+                "datatype": "FP64",
+                "data": [[99.0], [30.0]],
+            },
             {"name": "plan", "shape": [2], "datatype": "BYTES", "data": ["basic", "enterprise"]},
             {"name": "support_calls", "shape": [2], "datatype": "INT32", "data": [5, 0]},
         ],
@@ -106,14 +113,49 @@ def test_binary_request_and_response_via_triton_codec(api: ApiSetup) -> None:
     [
         ({"inputs": []}, "inputs"),
         ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]}, "x"),
-        ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, "expected 4"),
-        ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}, "expected numbers"),
-        ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP99", "data": [1, 2, 3, 4]}]}, "FP99"),
-        ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, None, 4]}]}, "NaN"),
-        ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}, "nope"),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+            "expected 4",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, 4],
+                        "datatype": "BYTES",
+                        "data": ["a", "b", "c", "d"],
+                    }
+                ]
+            },
+            "expected numbers",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP99", "data": [1, 2, 3, 4]}]},
+            "FP99",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, None, 4]}
+                ]
+            },
+            "NaN",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+                ],
+                "outputs": [{"name": "nope"}],
+            },
+            "nope",
+        ),
     ],
 )
-def test_bad_infer_requests_are_400_with_error_field(api: ApiSetup, body: Any, fragment: str) -> None:
+def test_bad_infer_requests_are_400_with_error_field(
+    api: ApiSetup, body: Any, fragment: str
+) -> None:
     response = _json_infer(api, "/v2/models/iris/infer", body)
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"error"}

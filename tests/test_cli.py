@@ -57,7 +57,20 @@ def test_init_creates_home(run: Run, settings: Settings) -> None:
 
 def test_register_list_show_alias_delete(run: Run, iris_files: tuple[Path, Path]) -> None:
     model, sample = iris_files
-    first = run("models", "register", "iris", str(model), "--sample", str(sample), "--metric", "accuracy=0.97", "--tag", "team=ml", "--alias", "production")
+    first = run(
+        "models",
+        "register",
+        "iris",
+        str(model),
+        "--sample",
+        str(sample),
+        "--metric",
+        "accuracy=0.97",
+        "--tag",
+        "team=ml",
+        "--alias",
+        "production",
+    )
     assert first.code == 0, first.err
     assert "iris:1" in first.out
     assert run("models", "register", "iris", str(model), "--sample", str(sample)).code == 0
@@ -112,7 +125,19 @@ def test_keys_create_prints_secret_last_list_revoke(run: Run) -> None:
 
 def test_predict_in_process(run: Run, churn_files: tuple[Path, Path, Path]) -> None:
     model, sample, signature = churn_files
-    assert run("models", "register", "churn", str(model), "--sample", str(sample), "--signature", str(signature)).code == 0
+    assert (
+        run(
+            "models",
+            "register",
+            "churn",
+            str(model),
+            "--sample",
+            str(sample),
+            "--signature",
+            str(signature),
+        ).code
+        == 0
+    )
     row = {"tenure_months": 3, "monthly_charges": 90.0, "plan": "basic", "support_calls": 4}
     one = run("predict", "churn", "--input", json.dumps({"features": row}))
     assert one.code == 0, one.err
@@ -138,9 +163,19 @@ def test_config_show_redacts_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     "command",
     [
-        ["init"], ["serve"], ["predict"], ["demo"], ["config", "show"],
-        ["models", "register"], ["models", "list"], ["models", "show"], ["models", "alias"], ["models", "delete"],
-        ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
+        ["init"],
+        ["serve"],
+        ["predict"],
+        ["demo"],
+        ["config", "show"],
+        ["models", "register"],
+        ["models", "list"],
+        ["models", "show"],
+        ["models", "alias"],
+        ["models", "delete"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "revoke"],
     ],
 )
 def test_every_command_has_help_with_an_example(run: Run, command: list[str]) -> None:
@@ -153,3 +188,17 @@ def test_serve_without_models_explains_what_to_do(run: Run) -> None:
     outcome = run("serve")
     assert outcome.code == 1
     assert "nothing to serve" in outcome.err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [("BERTH_PORT", "abc", "BERTH_PORT"), ("BERTH_SERVED", "a,b", "JSON")],
+)
+def test_bad_environment_is_one_clear_error(
+    run: Run, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    outcome = run("models", "list")
+    assert outcome.code == 1
+    assert outcome.err.startswith("error: configuration is not valid")
+    assert fragment in outcome.err

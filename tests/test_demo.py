@@ -45,7 +45,12 @@ def test_demo_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
     try:
         commands = _read_commands(process)
         assert len(commands) == 5
-        results = [subprocess.run(["bash", "-c", c], capture_output=True, text=True, check=True, timeout=30) for c in commands]
+        results = [
+            subprocess.run(
+                ["bash", "-c", c], capture_output=True, text=True, check=True, timeout=30
+            )
+            for c in commands
+        ]
     finally:
         process.terminate()
         process.wait(timeout=15)

@@ -198,3 +198,34 @@ def test_unfitted_estimator_is_load_error(tmp_path: Path) -> None:
 
     with pytest.raises(ModelLoadError, match="never fitted"):
         runtime.predict(X[:2])
+
+
+def _classifiers() -> list[Any]:
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.tree import DecisionTreeClassifier
+
+    return [
+        LogisticRegression(max_iter=500),
+        RandomForestClassifier(n_estimators=10, random_state=0),
+        GradientBoostingClassifier(n_estimators=10, random_state=0),
+        HistGradientBoostingClassifier(max_iter=10),
+        DecisionTreeClassifier(random_state=0),
+    ]
+
+
+@pytest.mark.parametrize("estimator", _classifiers(), ids=lambda e: type(e).__name__)
+def test_labels_derived_from_probabilities_match_predict(estimator: Any, tmp_path: Path) -> None:
+    from sklearn.datasets import make_classification
+
+    features, target = make_classification(
+        n_samples=400, n_features=6, n_classes=3, n_informative=4, random_state=1
+    )
+    model = estimator.fit(features, target)
+    joblib.dump(model, tmp_path / "m.joblib")
+    runtime = load_runtime("sklearn", tmp_path / "m.joblib")
+    probe = np.random.default_rng(3).normal(size=(500, 6)) * 3
+    assert_array_equal(runtime.predict(probe).predictions, model.predict(probe))

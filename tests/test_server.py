@@ -30,7 +30,9 @@ def free_port() -> int:
 
 
 def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BERTH, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [*BERTH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,38 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], seconds: float = 60)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, iris_files: tuple[Path, Path]) -> Iterator[Server]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, iris_files: tuple[Path, Path]
+) -> Iterator[Server]:
     """One server for the module; tests that change state say so in their names and run last."""
     tmp_path = tmp_path_factory.mktemp("server")
     model, sample = iris_files
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env.update({"BERTH_HOME": str(tmp_path / "home"), "BERTH_REFRESH_SECONDS": "0.5"})
-    registered = berth(env, "models", "register", "iris", str(model), "--sample", str(sample), "--alias", "production", "--metric", "accuracy=0.97")
+    registered = berth(
+        env,
+        "models",
+        "register",
+        "iris",
+        str(model),
+        "--sample",
+        str(sample),
+        "--alias",
+        "production",
+        "--metric",
+        "accuracy=0.97",
+    )
     assert registered.returncode == 0, registered.stderr
     created = berth(env, "keys", "create", "client")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
-    process = subprocess.Popen([*BERTH, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*BERTH, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, process)
@@ -94,8 +115,16 @@ def test_standard_oip_client_with_defaults(server: Server, iris_files: tuple[Pat
     result = client.infer("iris", [data], headers=headers)
     expected = joblib.load(iris_files[0])
     np.testing.assert_array_equal(result.as_numpy("predict"), expected.predict(rows))
-    np.testing.assert_allclose(result.as_numpy("predict_proba"), expected.predict_proba(rows), rtol=1e-6)
-    versioned = client.infer("iris", [data], model_version="1", headers=headers, outputs=[triton.InferRequestedOutput("predict", binary_data=False)])
+    np.testing.assert_allclose(
+        result.as_numpy("predict_proba"), expected.predict_proba(rows), rtol=1e-6
+    )
+    versioned = client.infer(
+        "iris",
+        [data],
+        model_version="1",
+        headers=headers,
+        outputs=[triton.InferRequestedOutput("predict", binary_data=False)],
+    )
     np.testing.assert_array_equal(versioned.as_numpy("predict"), expected.predict(rows))
     client.close()
 
@@ -120,12 +149,19 @@ def test_v1_over_http_and_alias_move_reaches_the_running_server(
     assert first.status_code == 200
     assert first.json()["model_version"] == 1
     model, sample = iris_files
-    assert berth(server.env, "models", "register", "iris", str(model), "--sample", str(sample)).returncode == 0
+    assert (
+        berth(
+            server.env, "models", "register", "iris", str(model), "--sample", str(sample)
+        ).returncode
+        == 0
+    )
     assert berth(server.env, "models", "alias", "iris", "production", "2").returncode == 0
     deadline = time.monotonic() + 10
     version = 1
     while version != 2 and time.monotonic() < deadline:
-        version = httpx.post(url, json={"features": [5.1, 3.5, 1.4, 0.2]}, headers=headers).json()["model_version"]
+        version = httpx.post(url, json={"features": [5.1, 3.5, 1.4, 0.2]}, headers=headers).json()[
+            "model_version"
+        ]
         time.sleep(0.1)
     assert version == 2
 

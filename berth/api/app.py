@@ -14,7 +14,7 @@ from berth.api.auth import Authenticator
 from berth.api.middleware.body_limit import BodyLimitMiddleware
 from berth.api.middleware.request_id import RequestIdMiddleware
 from berth.api.services import Services
-from berth.config import Settings
+from berth.config import Settings, load_settings
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
 from berth.security.auth import KeyVerifier
@@ -80,4 +80,4 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
 
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` worker processes: settings come from BERTH_* variables."""
-    return create_app(Settings())
+    return create_app(load_settings())

@@ -6,7 +6,7 @@ from functools import cache
 
 from rich.console import Console
 
-from berth.config import Settings
+from berth.config import Settings, load_settings
 from berth.registry.service import Registry
 from berth.security.keys import KeyService, server_secret
 
@@ -16,7 +16,7 @@ err_console = Console(stderr=True)
 
 @cache
 def settings() -> Settings:
-    return Settings()
+    return load_settings()
 
 
 @cache

@@ -44,8 +44,10 @@ def parse_reference(text: str) -> Reference:
     # the length test first: int() refuses strings of more than 4300 digits with ValueError
     version = int(digits) if digits and len(digits) <= len(str(MAX_VERSION)) else None
     if digits and (version is None or version > MAX_VERSION):
+        shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
         raise InvalidInput(
-            f"'{text}': version {match['version']} is too large; versions are numbered 1, 2, 3, ..."
+            f"model '{match['name']}': version {shown} is too large; "
+            f"version numbers go up to {MAX_VERSION}"
         )
     return Reference(name=match["name"], version=version, alias=match["alias"])
 

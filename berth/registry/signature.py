@@ -159,9 +159,10 @@ class Signature:
             inputs = tuple(_tensor_spec(t) for t in _list(data["inputs"], "inputs"))
             return cls(kind="tensor", inputs=inputs, outputs=outputs)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            problem = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise InvalidInput(
                 'signature JSON is not valid: expected {"columns": [{"name", "dtype"}, ...]} '
-                f'or {{"inputs": [{{"name", "dtype", "shape"}}, ...]}} ({exc})'
+                f'or {{"inputs": [{{"name", "dtype", "shape"}}, ...]}} ({problem})'
             ) from exc
 
 

@@ -15,7 +15,33 @@ from berth.errors import InvalidInput, ModelLoadError
 from berth.registry.signature import Signature
 from berth.runtimes.base import ModelInput, Prediction
 
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "collections.", "builtins.")
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "collections.")
+
+
+def _argmax_families() -> tuple[type, ...]:
+    """Classifiers whose predict() is exactly the argmax of predict_proba().
+
+    For these, serving computes probabilities once and derives the labels, instead of running
+    the whole pipeline twice (for a pandas ColumnTransformer that halves the latency).
+    """
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+
+    return (
+        LogisticRegression,
+        RandomForestClassifier,
+        ExtraTreesClassifier,
+        DecisionTreeClassifier,
+        ExtraTreeClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+    )
 
 
 class SklearnRuntime:
@@ -27,12 +53,18 @@ class SklearnRuntime:
         self.feature_names: list[str] | None = None if names is None else [str(n) for n in names]
         classes = getattr(model, "classes_", None)
         self.classes: list[Any] | None = None if classes is None else np.asarray(classes).tolist()
+        self._labels = None if classes is None else np.asarray(classes)
+        final = model.steps[-1][1] if hasattr(model, "steps") else model
+        self._argmax_predicts = self._labels is not None and isinstance(final, _argmax_families())
 
     def predict(self, inputs: ModelInput) -> Prediction:
         features = self._features(inputs)
         try:
-            predictions = np.asarray(self.model.predict(features))
             probabilities = self._probabilities(features)
+            if probabilities is not None and self._labels is not None and self._argmax_predicts:
+                predictions = self._labels[probabilities.argmax(axis=1)]
+            else:
+                predictions = np.asarray(self.model.predict(features))
         except NotFittedError as exc:
             raise ModelLoadError(
                 f"the artifact holds an estimator that was never fitted ({exc}); "
@@ -124,7 +156,7 @@ def _load_skops(path: Path) -> Any:
 
 
 def _trusted(type_name: str) -> bool:
-    return type_name.startswith(TRUSTED_PREFIXES) or type_name == "builtins"
+    return type_name.startswith(TRUSTED_PREFIXES)
 
 
 def _matches_width(array: np.ndarray[Any, Any], width: int) -> bool:

@@ -9,17 +9,21 @@ turn into a database query each.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
 
-from berth.errors import Forbidden, Unauthenticated
+from berth.errors import Forbidden, NotReady, Unauthenticated
 from berth.security.keys import KeyService, StoredKey, hash_key, split_key
 
 _MAX_CACHED = 10_000
+
+log = logging.getLogger("berth.security")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,11 @@ class KeyVerifier:
         now = time.monotonic()
         entry = self._cache.get(key_id)
         if entry is None or now - entry.fetched_at > self.refresh_seconds:
-            stored = await anyio.to_thread.run_sync(self._refresh, key_id)
+            used, self._used = self._used, set()
+            try:
+                stored = await anyio.to_thread.run_sync(self._refresh, key_id, used)
+            except SQLAlchemyError as exc:
+                return self._stale(key_id, entry, exc)
             entry = _Entry(stored=stored, fetched_at=now)
             self._cache[key_id] = entry
             if len(self._cache) > _MAX_CACHED:
@@ -98,7 +106,17 @@ class KeyVerifier:
         self._cache.move_to_end(key_id)
         return entry.stored
 
-    def _refresh(self, key_id: str) -> StoredKey | None:
-        used, self._used = self._used, set()
+    def _refresh(self, key_id: str, used: set[str]) -> StoredKey | None:
         self.keys.touch(used, datetime.now(UTC))
         return self.keys.lookup(key_id)
+
+    @staticmethod
+    def _stale(key_id: str, entry: _Entry | None, exc: Exception) -> StoredKey | None:
+        # Availability over freshness: a registry outage must not take prediction down for
+        # keys this worker has already verified; revocations apply again once it is back.
+        if entry is None:
+            raise NotReady(
+                "cannot check API keys: the registry database is unreachable; retry shortly"
+            ) from exc
+        log.warning("registry unreachable; using the cached state of key %s (%s)", key_id, exc)
+        return entry.stored

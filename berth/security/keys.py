@@ -8,12 +8,14 @@ data directory created on first use (replicas on several machines must share one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -57,11 +59,32 @@ def server_secret(settings: Settings) -> bytes:
         return settings.secret_key.get_secret_value().encode()
     path = settings.home / "secret.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _create_secret_file(path)
+    secret = path.read_text().strip()
+    if not secret:
+        raise InvalidInput(
+            f"the server secret file {path} is empty; delete it to have a new one created "
+            "(existing API keys then stop working) or set BERTH_SECRET_KEY"
+        )
+    return secret.encode()
+
+
+def _create_secret_file(path: Path) -> None:
+    """Write a random secret and publish it whole: server workers starting together on a new
+    data directory race here, and each must end up reading the one secret that won."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+            handle.flush()
+            os.fsync(handle.fileno())
+        # Fails if another process published first; theirs wins and is what everyone reads.
+        with contextlib.suppress(FileExistsError):
+            os.link(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def hash_key(secret: bytes, key: str) -> str:

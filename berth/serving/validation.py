@@ -102,15 +102,19 @@ def _check_int_range(target: np.dtype[Any], array: Array, field: str) -> None:
     if array.size == 0:
         return
     info = np.iinfo(target)
-    low, high = array.min().item(), array.max().item()  # Python numbers compare exactly
+    low, high = _python(array.min()), _python(array.max())  # Python numbers compare exactly
     if info.min <= low and high <= info.max:
         return
     flat = array.ravel().tolist()
     bad = next(i for i, v in enumerate(flat) if not info.min <= v <= info.max)
     raise InvalidInput(
         f"{field}: expected integers in the range of {target.name} [{info.min}, {info.max}], "
-        f"got {flat[bad]} at index {_index(array.shape, bad)}"
+        f"got {_json_value(flat[bad])} at index {_index(array.shape, bad)}"
     )
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _check_all_text(array: Array, field: str) -> None:
@@ -202,7 +206,7 @@ def json_array(values: Any, field: str, dtype: str) -> Array:
     if categories == {"strings"}:
         return objects.astype(str)
     if categories == {"numbers"}:
-        return _json_numbers(objects, field, ints=types <= {int})
+        return _json_numbers(objects, field, dtype, ints=types <= {int})
     expected = "numbers" if _type_name(dtype) == "integers" else _type_name(dtype)
     bad = next(i for i, v in enumerate(flat) if _category(type(v)) != expected)
     value, where = flat[bad], _index(objects.shape, bad)
@@ -226,19 +230,26 @@ def _category(kind: type) -> str:
     return kind.__name__
 
 
-def _json_numbers(objects: Array, field: str, ints: bool) -> Array:
+def _json_numbers(objects: Array, field: str, dtype: str, ints: bool) -> Array:
     """JSON numbers as int64 (uint64 beyond it), float64 when any is a float or too large."""
     targets = (np.int64, np.uint64) if ints else ()
-    for target in (*targets, np.float64):
+    for target in targets:
         try:
             return objects.astype(target)
         except OverflowError:
             continue
+    if ints and dtype != "string" and np.dtype(dtype).kind in "iu":
+        # beyond 64 bits: as floats they would round into range (-(2**63) - 1 -> -(2**63))
+        _check_int_range(np.dtype(dtype), objects, field)
+    try:
+        return objects.astype(np.float64)
+    except OverflowError:
+        pass
     flat = objects.reshape(-1)
     bad = next(i for i, v in enumerate(flat) if isinstance(v, int) and abs(v) > sys.float_info.max)
     raise InvalidInput(
-        f"{field}: expected numbers that fit a 64-bit float, got a number of "
-        f"{len(str(flat[bad]))} digits at index {_index(objects.shape, bad)}"
+        f"{field}: expected numbers that fit a 64-bit float, got {_json_value(flat[bad])} "
+        f"at index {_index(objects.shape, bad)}"
     )
 
 
@@ -247,7 +258,12 @@ def _json_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # Python refuses to print ints of more than 4300 digits, even nested
+        return "[...]" if isinstance(value, list) else "{...}" if isinstance(value, dict) else "..."
     return text if len(text) <= 40 else text[:37] + "..."
 
 
