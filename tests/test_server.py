@@ -178,3 +178,44 @@ def test_revoked_key_is_refused(server: Server) -> None:
         status = httpx.get(url, headers=headers).status_code
         time.sleep(0.1)
     assert status == 401
+
+
+def test_dev_mode_with_two_workers(tmp_path: Path, iris_files: tuple[Path, Path]) -> None:
+    model, sample = iris_files
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_HOME"] = str(tmp_path / "home")
+    assert (
+        berth(
+            env,
+            "models",
+            "register",
+            "iris",
+            str(model),
+            "--sample",
+            str(sample),
+            "--alias",
+            "production",
+        ).returncode
+        == 0
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [*BERTH, "serve", "--port", str(port), "--workers", "2", "--dev"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process)
+        with httpx.Client(base_url=base) as client:
+            answers = [
+                client.post("/api/v1/predict", json={"features": [5.1, 3.5, 1.4, 0.2]})
+                for _ in range(20)
+            ]
+        assert {a.status_code for a in answers} == {200}
+        assert {a.json()["prediction"] for a in answers} == {0}
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=15)
+    assert b"DEV MODE" in stderr
