@@ -82,14 +82,84 @@ class Settings(BaseSettings):
     max_batch_rows: int = 10_000
     """Most rows one prediction request may carry; more get 413."""
 
-    refresh_seconds: float = 2.0
-    """How often a server re-reads aliases and keys from the registry."""
+    refresh_seconds: float = 1.0
+    """How often a server re-reads aliases and keys from the registry (revocations apply within it)."""
 
     log_level: str = "info"
     """Log level of the server and CLI."""
 
     served: list[str] = Field(default_factory=list)
     """References the server serves; empty means every model with a `production` alias."""
+
+    # limits and load shedding ---------------------------------------------------------------
+
+    request_timeout_seconds: float = 30.0
+    """Longest a prediction may take; slower ones get 504."""
+
+    max_concurrent_requests: int = 64
+    """Prediction requests one worker handles at once; beyond it, 503 with Retry-After."""
+
+    # rate limits ----------------------------------------------------------------------------
+
+    redis_url: str | None = None
+    """Redis URL shared by replicas for rate limits (e.g. redis://127.0.0.1:6379/0); in-process if unset."""
+
+    rate_limit_fail_open: bool = True
+    """When Redis is unreachable: allow requests (true, with a warning and a metric) or refuse them with 503."""
+
+    default_key_rate: str | None = None
+    """Rate for keys created without --rate, e.g. `100/s`; unlimited if unset."""
+
+    model_rates: dict[str, str] = Field(default_factory=dict)
+    """Per-model rates over all callers, JSON such as `{"churn": "200/s"}`."""
+
+    open_route_rate: str | None = "100/s"
+    """Per client address on routes that need no credentials (and in dev mode); unset to disable."""
+
+    # JWT bearer tokens ----------------------------------------------------------------------
+
+    jwt_secret: SecretStr | None = None
+    """Shared secret for HS256 tokens."""
+
+    jwt_secret_file: Path | None = None
+    """File holding the HS256 secret (instead of BERTH_JWT_SECRET)."""
+
+    jwt_public_key_file: Path | None = None
+    """PEM public key for RS256/ES256 tokens."""
+
+    jwt_jwks: str | None = None
+    """JWKS document for RS256/ES256 tokens: a file path or an http(s) URL (cached, refreshed)."""
+
+    jwt_jwks_refresh_seconds: float = 300.0
+    """How long a fetched JWKS document is reused before it is fetched again."""
+
+    jwt_issuer: str | None = None
+    """Required `iss` claim; not checked if unset."""
+
+    jwt_audience: str | None = None
+    """Required `aud` claim; not checked if unset."""
+
+    jwt_scope_claim: str = "scope"
+    """Claim holding Berth scopes: a space-separated string or a list (`scope` or `scp`)."""
+
+    jwt_leeway_seconds: float = 30.0
+    """Clock skew allowed when checking `exp` and `nbf`."""
+
+    # transport ------------------------------------------------------------------------------
+
+    tls_cert_file: Path | None = None
+    """PEM certificate chain; with tls_key_file, `berth serve` speaks HTTPS."""
+
+    tls_key_file: Path | None = None
+    """PEM private key for tls_cert_file."""
+
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Proxy addresses whose X-Forwarded-For/-Proto are believed, JSON such as `["127.0.0.1"]`."""
+
+    # artifacts ------------------------------------------------------------------------------
+
+    trusted_types: list[str] = Field(default_factory=list)
+    """Extra types skops files may contain, JSON such as `["mypackage.MyTransformer"]`."""
 
     @classmethod
     def settings_customise_sources(
