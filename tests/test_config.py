@@ -30,7 +30,7 @@ def test_defaults(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     assert defaults.dev is False
     assert defaults.max_body_bytes == 16 * 1024 * 1024
     assert defaults.max_batch_rows == 10_000
-    assert defaults.refresh_seconds == 2.0
+    assert defaults.refresh_seconds == 1.0
     assert defaults.log_level == "info"
     assert defaults.served == []
 
