@@ -36,10 +36,26 @@ class Conflict(BerthError):
 
 
 class Unauthenticated(BerthError):
-    pass
+    """`reason` is the RFC 6750 error code (invalid_request, invalid_token) for the challenge."""
+
+    def __init__(self, message: str, reason: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Forbidden(BerthError):
+    pass
+
+
+class RateLimited(BerthError):
+    def __init__(self, message: str, retry_after: float, limit: int, reset: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.reset = reset
+
+
+class TimedOut(BerthError):
     pass
 
 
@@ -48,7 +64,9 @@ class PayloadTooLarge(BerthError):
 
 
 class NotReady(BerthError):
-    pass
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ArtifactIntegrityError(BerthError):

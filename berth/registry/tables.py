@@ -79,6 +79,10 @@ class VersionRow(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     example: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    trusted_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """Types beyond the built-in allow-list this version's skops file may load."""
+    pickle_trusted: Mapped[bool] = mapped_column(default=False)
+    """Registered with --trust-pickle: the only way a pickle/joblib artifact is ever loaded."""
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -111,3 +115,20 @@ class ApiKeyRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    previous_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The hash of the secret before the last rotation, valid until previous_valid_until."""
+    previous_valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rate: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(Text, default="")
+    outcome: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -1,0 +1,152 @@
+"""The audit log: who did what, when, from where, with what outcome.
+
+Admin actions are recorded in the same transaction as the change they describe (`add`), so an
+action and its record commit or fail together. Authentication failures come from the hot path,
+so the API queues them (`AuditQueue`) and writes them in batches; a flood of failures fills a
+bounded queue and is counted, never slowing requests down. Every event is also one JSON log line
+on the `berth.audit` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+from prometheus_client import Counter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from berth.registry.db import Database
+from berth.registry.tables import AuditRow
+
+log = logging.getLogger("berth.audit")
+
+AUDIT_DROPPED = Counter(
+    "berth_audit_events_dropped", "Audit events dropped because the write queue was full."
+)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    actor: str
+    action: str
+    target: str = ""
+    outcome: str = "ok"
+    address: str | None = None
+    detail: dict[str, Any] | None = None
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["at"] = self.at.isoformat()
+        return document
+
+
+def cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (containers)
+        return "cli:unknown"
+
+
+def add(session: Session, event: AuditEvent) -> None:
+    """Record `event` in the caller's transaction, and log it."""
+    session.add(_row(event))
+    log.info(json.dumps({"audit": event.to_dict()}, default=str))
+
+
+def _row(event: AuditEvent) -> AuditRow:
+    return AuditRow(
+        at=event.at,
+        actor=event.actor,
+        action=event.action,
+        target=event.target,
+        outcome=event.outcome,
+        address=event.address,
+        detail=event.detail,
+    )
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, event: AuditEvent) -> None:
+        with self.db.session() as session:
+            add(session, event)
+
+    def record_many(self, events: list[AuditEvent]) -> None:
+        with self.db.session() as session:
+            for event in events:
+                add(session, event)
+
+    def list(
+        self, since: datetime | None = None, actor: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        query = select(AuditRow).order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit)
+        if since is not None:
+            query = query.where(AuditRow.at >= since)
+        if actor is not None:
+            query = query.where(AuditRow.actor == actor)
+        with self.db.session() as session:
+            return [
+                AuditEvent(
+                    actor=r.actor,
+                    action=r.action,
+                    target=r.target,
+                    outcome=r.outcome,
+                    address=r.address,
+                    detail=r.detail,
+                    at=r.at,
+                )
+                for r in session.scalars(query)
+            ]
+
+
+class AuditQueue:
+    """Events from the hot path, written in batches by a background task."""
+
+    def __init__(self, audit: AuditLog, capacity: int = 10_000, interval: float = 0.5) -> None:
+        self.audit = audit
+        self.interval = interval
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(capacity)
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, event: AuditEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            AUDIT_DROPPED.inc()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        events: list[AuditEvent] = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        if events:
+            try:
+                await anyio.to_thread.run_sync(self.audit.record_many, events)
+            except Exception:
+                AUDIT_DROPPED.inc(len(events))
+                log.exception("could not write %d audit events", len(events))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
