@@ -110,7 +110,9 @@ def churn_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 def register_iris(
     registry: Registry, iris_files: tuple[Path, Path], **extra: object
 ) -> VersionInfo:
+    """Register the iris joblib file (a pickle: trusted unless the caller says otherwise)."""
     model, sample = iris_files
+    extra.setdefault("trust_pickle", True)
     request = RegisterRequest(name="iris", path=model, sample=sample, **extra)  # type: ignore[arg-type]
     return registry.register(request)
 

@@ -13,6 +13,7 @@ import pytest
 from berth.cli import context
 from berth.cli.main import main
 from berth.config import Settings
+from berth.security.audit import AuditLog, cli_actor
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,16 @@ def test_register_list_show_alias_delete(run: Run, iris_files: tuple[Path, Path]
         "team=ml",
         "--alias",
         "production",
+        "--trust-pickle",
     )
     assert first.code == 0, first.err
     assert "iris:1" in first.out
-    assert run("models", "register", "iris", str(model), "--sample", str(sample)).code == 0
+    assert (
+        run(
+            "models", "register", "iris", str(model), "--sample", str(sample), "--trust-pickle"
+        ).code
+        == 0
+    )
     listing = json.loads(run("models", "list", "--json").out)
     assert listing[0]["versions"] == [1, 2]
     assert listing[0]["aliases"] == {"production": 1}
@@ -88,10 +95,27 @@ def test_register_list_show_alias_delete(run: Run, iris_files: tuple[Path, Path]
     assert run("models", "alias", "iris", "production", "2").code == 0
     assert run("models", "delete", "iris:1").code == 0
     assert json.loads(run("models", "list", "--json").out)[0]["versions"] == [2]
-    assert run("models", "delete", "iris").code == 1
+    assert run("models", "delete", "iris").code == 1  # no --yes
+    aliased = run("models", "delete", "iris", "--yes")
+    assert aliased.code == 1
+    assert "iris@production" in aliased.err
     assert run("models", "alias", "iris", "production", "--remove").code == 0
     assert run("models", "delete", "iris", "--yes").code == 0
     assert json.loads(run("models", "list", "--json").out) == []
+    # Every change was audited as the local user, refusals included.
+    registry = context.registry()
+    actions = [(e.action, e.target, e.outcome) for e in reversed(AuditLog(registry.db).list())]
+    assert actions == [
+        ("model.register", "iris:1", "ok"),
+        ("model.register", "iris:2", "ok"),
+        ("version.delete", "iris:1", "refused"),
+        ("alias.set", "iris@production", "ok"),
+        ("version.delete", "iris:1", "ok"),
+        ("model.delete", "iris", "refused"),  # without --yes it never reached the registry
+        ("alias.remove", "iris@production", "ok"),
+        ("model.delete", "iris", "ok"),
+    ]
+    assert {e.actor for e in AuditLog(registry.db).list()} == {cli_actor()}
 
 
 def test_errors_are_one_line_and_exit_nonzero(run: Run, tmp_path: Path) -> None:
@@ -202,3 +226,71 @@ def test_bad_environment_is_one_clear_error(
     assert outcome.code == 1
     assert outcome.err.startswith("error: configuration is not valid")
     assert fragment in outcome.err
+
+
+def test_pickle_needs_trust_pickle(run: Run, iris_files: tuple[Path, Path]) -> None:
+    model, sample = iris_files
+    refused = run("models", "register", "iris", str(model), "--sample", str(sample))
+    assert refused.code == 1
+    assert len(refused.err.strip().splitlines()) == 1
+    assert "model.joblib is a pickle" in refused.err
+    assert "skops.io.dump" in refused.err
+    assert "--trust-pickle" in refused.err
+    trusted = run(
+        "models", "register", "iris", str(model), "--sample", str(sample), "--trust-pickle"
+    )
+    assert trusted.code == 0, trusted.err
+    shown = run("models", "show", "iris:1")
+    assert "trusts" in shown.out
+    assert "pickle" in shown.out
+    assert json.loads(run("models", "show", "iris", "--json").out)["pickle_trusted"] is True
+    predicted = run("predict", "iris", "--input", "[5.1, 3.5, 1.4, 0.2]")
+    assert predicted.code == 0, predicted.err
+
+
+def test_trust_type_and_archives(run: Run, tmp_path: Path) -> None:
+    import tarfile
+
+    import numpy as np
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    features, target = load_iris(return_X_y=True)
+    folder = tmp_path / "iris"
+    folder.mkdir()
+    # numpy.sum is a plain function, not on the allow-list.
+    model = make_pipeline(FunctionTransformer(np.sum, kw_args={"axis": 1, "keepdims": True}))
+    model.steps.append(("clf", LogisticRegression(max_iter=1000)))
+    sio.dump(model.fit(features, target), folder / "model.skops")
+    np.save(tmp_path / "sample.npy", features[:10])
+    with tarfile.open(tmp_path / "iris.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="iris")
+    command = ["models", "register", "iris", str(tmp_path / "iris.tar.gz")]
+    command += ["--sample", str(tmp_path / "sample.npy")]
+
+    refused = run(*command)
+    assert refused.code == 1
+    assert "numpy.sum" in refused.err
+    assert "--trust-type numpy.sum" in refused.err
+    trusted = run(*command, "--trust-type", "numpy.sum")
+    assert trusted.code == 0, trusted.err
+    shown = json.loads(run("models", "show", "iris", "--json").out)
+    assert shown["trusted_types"] == ["numpy.sum"]
+    assert "numpy.sum" in run("models", "show", "iris").out
+    assert run("predict", "iris", "--input", "[5.1, 3.5, 1.4, 0.2]").code == 0
+
+
+def test_bad_names_are_refused(run: Run) -> None:
+    for args in (
+        ["models", "alias", "../x", "production", "1"],
+        ["models", "alias", "iris", "a;DROP TABLE", "1"],
+        ["models", "alias", "a/b", "production", "--remove"],
+        ["models", "delete", "../x:1"],
+        ["models", "show", "a;DROP TABLE"],
+    ):
+        outcome = run(*args)
+        assert outcome.code == 1, args
+        assert "not valid" in outcome.err or "not a model reference" in outcome.err, args

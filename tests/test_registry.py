@@ -19,10 +19,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry import service
+from berth.registry.artifacts import file_sha256
 from berth.registry.db import MIGRATIONS, Database
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
-from berth.registry.tables import Base
+from berth.registry.tables import AuditRow, Base
 from berth.runtimes import load_runtime
+from berth.security.audit import AuditLog, cli_actor
 from tests.conftest import register_churn, register_iris
 
 IrisFiles = tuple[Path, Path]
@@ -44,7 +47,9 @@ def test_register_numbers_versions_from_one(registry: Registry, iris_files: Iris
     assert [v.number for v in registry.get_model("iris").versions] == [1, 2, 3]
     # Numbering is per model: another model starts at 1 again.
     model, sample = iris_files
-    other = registry.register(RegisterRequest(name="iris-b", path=model, sample=sample))
+    other = registry.register(
+        RegisterRequest(name="iris-b", path=model, sample=sample, trust_pickle=True)
+    )
     assert other.number == 1
     assert other.ref == "iris-b:1"
 
@@ -151,7 +156,7 @@ def test_register_without_sample_or_signature_names_sample(
     registry: Registry, iris_files: IrisFiles
 ) -> None:
     with pytest.raises(InvalidInput, match="--sample"):
-        registry.register(RegisterRequest(name="iris", path=iris_files[0]))
+        registry.register(RegisterRequest(name="iris", path=iris_files[0], trust_pickle=True))
     # Nothing was recorded.
     with pytest.raises(NotFound):
         registry.get_model("iris")
@@ -443,11 +448,116 @@ def test_directory_artifact_registers_and_fetches(registry: Registry, tmp_path: 
 
 def test_file_artifact_fetches_the_file(registry: Registry, iris_files: IrisFiles) -> None:
     version = register_iris(registry, iris_files)
+    assert version.pickle_trusted
     path = registry.fetch(version)
     assert path.name == "model.joblib"
     assert path.read_bytes() == iris_files[0].read_bytes()
-    runtime = load_runtime(version.flavor, path)
+    runtime = registry.load_runtime(version)
     assert len(runtime.predict(np.load(iris_files[1])).predictions) == 20
+
+
+# audit --------------------------------------------------------------------------------------
+
+
+def _audit(registry: Registry) -> list[tuple[str, str, str, str, str | None]]:
+    """Every audit row, oldest first: (actor, action, target, outcome, address)."""
+    return [
+        (e.actor, e.action, e.target, e.outcome, e.address)
+        for e in reversed(AuditLog(registry.db).list(limit=1000))
+    ]
+
+
+def test_every_change_is_audited_with_its_actor(registry: Registry, iris_files: IrisFiles) -> None:
+    who = {"actor": "key:ops", "address": "10.0.0.7"}
+    register_iris(registry, iris_files, aliases=("production",), **who)
+    register_iris(registry, iris_files, **who)
+    registry.set_alias("iris", "staging", 2, **who)
+    registry.set_alias("iris", "production", 2, **who)
+    registry.remove_alias("iris", "staging", **who)
+    registry.delete_version("iris", 1, **who)
+    registry.remove_alias("iris", "production", **who)
+    registry.delete_model("iris", **who)
+
+    assert _audit(registry) == [
+        ("key:ops", "model.register", "iris:1", "ok", "10.0.0.7"),
+        ("key:ops", "model.register", "iris:2", "ok", "10.0.0.7"),
+        ("key:ops", "alias.set", "iris@staging", "ok", "10.0.0.7"),
+        ("key:ops", "alias.set", "iris@production", "ok", "10.0.0.7"),
+        ("key:ops", "alias.remove", "iris@staging", "ok", "10.0.0.7"),
+        ("key:ops", "version.delete", "iris:1", "ok", "10.0.0.7"),
+        ("key:ops", "alias.remove", "iris@production", "ok", "10.0.0.7"),
+        ("key:ops", "model.delete", "iris", "ok", "10.0.0.7"),
+    ]
+    details = [e.detail for e in reversed(AuditLog(registry.db).list())]
+    assert details[0] == {
+        "flavor": "sklearn",
+        "sha256": file_sha256(iris_files[0]),
+        "trust_pickle": True,
+        "trusted_types": [],
+        "aliases": ["production"],
+    }
+    assert details[3] == {"version": 2, "previous": 1}
+    assert details[4] == {"version": 2}
+    assert details[5] == {"flavor": "sklearn", "sha256": file_sha256(iris_files[0])}
+    assert details[7] == {"versions": [2]}
+
+
+def test_refused_changes_are_audited_and_change_nothing(
+    registry: Registry, iris_files: IrisFiles
+) -> None:
+    register_iris(registry, iris_files, aliases=("production",), actor="alice")
+    with pytest.raises(Conflict):
+        registry.delete_version("iris", 1, actor="bob", address="192.0.2.1")
+    with pytest.raises(Conflict):
+        registry.delete_model("iris", actor="bob")
+    with pytest.raises(NotFound):
+        registry.set_alias("iris", "production", 9, actor="bob")
+    with pytest.raises(NotFound):
+        registry.remove_alias("iris", "ghost", actor="bob")
+    with pytest.raises(InvalidInput):
+        register_iris(registry, iris_files, trust_pickle=False, actor="bob")
+
+    assert _audit(registry) == [
+        ("alice", "model.register", "iris:1", "ok", None),
+        ("bob", "version.delete", "iris:1", "refused", "192.0.2.1"),
+        ("bob", "model.delete", "iris", "refused", None),
+        ("bob", "alias.set", "iris@production", "refused", None),
+        ("bob", "alias.remove", "iris@ghost", "refused", None),
+        ("bob", "model.register", "iris", "refused", None),
+    ]
+    refused = AuditLog(registry.db).list()
+    assert all("error" in (e.detail or {}) for e in refused[:-1])
+    assert "iris@production" in (refused[-2].detail or {})["error"]
+    # The refused actions changed nothing.
+    assert registry.resolve("iris@production").number == 1
+    assert [v.number for v in registry.get_model("iris").versions] == [1]
+
+
+def test_the_cli_user_is_the_default_actor(registry: Registry, iris_files: IrisFiles) -> None:
+    register_iris(registry, iris_files)
+    registry.set_alias("iris", "production", 1)
+    assert {actor for actor, *_ in _audit(registry)} == {cli_actor()}
+    assert cli_actor().startswith("cli:")
+
+
+def test_a_change_and_its_audit_row_commit_together(
+    registry: Registry, iris_files: IrisFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = service._version_info
+
+    def fail_late(row: object) -> VersionInfo:
+        raise RuntimeError("the database went away before commit")
+
+    monkeypatch.setattr(service, "_version_info", fail_late)
+    with pytest.raises(RuntimeError):
+        register_iris(registry, iris_files, actor="alice")
+    monkeypatch.setattr(service, "_version_info", real)
+
+    # Neither the version nor its audit row was written (nor a 'refused' row: not a refusal).
+    with pytest.raises(NotFound):
+        registry.get_model("iris")
+    with registry.db.session() as session:
+        assert session.query(AuditRow).count() == 0
 
 
 # migrations ---------------------------------------------------------------------------------

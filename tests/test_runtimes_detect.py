@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from berth.errors import InvalidInput, ModelLoadError
-from berth.runtimes import FLAVORS, detect_flavor, entry_file, load_runtime
+from berth.runtimes import FLAVORS, detect_flavor, entry_file, load_runtime, needs_pickle_trust
 
 
 def _touch(directory: Path, *names: str) -> Path:
@@ -88,3 +88,20 @@ def test_directory_without_entry_is_load_error(tmp_path: Path) -> None:
 
     with pytest.raises(ModelLoadError, match="exactly one sklearn model file"):
         load_runtime("sklearn", directory)
+
+
+@pytest.mark.parametrize(
+    ("flavor", "name", "pickle"),
+    [
+        ("sklearn", "model.joblib", True),
+        ("sklearn", "model.PKL", True),
+        ("sklearn", "model.pickle", True),
+        ("sklearn", "model.bin", True),  # --flavor sklearn on any other file unpickles it
+        ("sklearn", "model.skops", False),
+        ("sklearn", "model.SKOPS", False),
+        ("onnx", "model.onnx", False),
+        ("python", "model.py", False),
+    ],
+)
+def test_which_files_need_pickle_trust(flavor: str, name: str, pickle: bool) -> None:
+    assert needs_pickle_trust(flavor, Path(name)) is pickle

@@ -14,8 +14,11 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from berth.errors import InvalidInput, ModelLoadError
-from berth.runtimes import load_runtime
+from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError
+from berth.registry.artifacts import file_sha256
+from berth.runtimes import UntrustedArtifact, load_runtime
+from berth.runtimes.base import Runtime
+from berth.runtimes.sklearn import builtin_trusted
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(60, 3))
@@ -24,6 +27,13 @@ Y = (X[:, 0] + X[:, 1] > 0).astype(int)
 
 def _double(values: Any) -> Any:
     return values * 2
+
+
+def _load(path: Path, **trust: Any) -> Runtime:
+    """Load as the registry does: a pickle with the digest recorded when it was trusted."""
+    if path.suffix != ".skops":
+        trust.setdefault("pickle_sha256", file_sha256(path))
+    return load_runtime("sklearn", path, **trust)
 
 
 def _frame(n: int = 60) -> pd.DataFrame:
@@ -63,7 +73,7 @@ def test_logistic_regression_round_trip(
     else:
         joblib.dump(logistic, path)
 
-    runtime = load_runtime("sklearn", path)
+    runtime = _load(path)
     result = runtime.predict(X[:10])
 
     assert runtime.flavor == "sklearn"
@@ -81,7 +91,7 @@ def test_frame_given_to_array_fitted_model_is_passed_as_array(
     joblib.dump(logistic, tmp_path / "model.joblib")
     frame = pd.DataFrame(X[:5], columns=["a", "b", "c"])
 
-    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(frame)
+    result = _load(tmp_path / "model.joblib").predict(frame)
 
     assert_array_equal(result.predictions, logistic.predict(X[:5]))
 
@@ -100,7 +110,7 @@ def test_column_transformer_pipeline_on_frame(tmp_path: Path, suffix: str) -> No
         | {"city": ["oslo", "paris", "tokyo"]}  # tokyo: unseen category, ignored
     )
 
-    result = load_runtime("sklearn", path).predict(request)
+    result = _load(path).predict(request)
 
     assert_array_equal(result.predictions, pipeline.predict(request))
     assert result.probabilities is not None
@@ -115,7 +125,7 @@ def test_named_arrays_become_a_table(tmp_path: Path) -> None:
     joblib.dump(pipeline, tmp_path / "pipeline.joblib")
     inputs = {name: frame[name].to_numpy()[:4] for name in ["age", "income", "city"]}
 
-    result = load_runtime("sklearn", tmp_path / "pipeline.joblib").predict(inputs)
+    result = _load(tmp_path / "pipeline.joblib").predict(inputs)
 
     assert_array_equal(result.predictions, pipeline.predict(frame[:4]))
 
@@ -125,7 +135,7 @@ def test_array_given_to_frame_fitted_model_uses_feature_names(tmp_path: Path) ->
     model = LinearRegression().fit(frame, frame["age"] * 2 + 1)
     joblib.dump(model, tmp_path / "model.joblib")
 
-    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(frame.to_numpy()[:3])
+    result = _load(tmp_path / "model.joblib").predict(frame.to_numpy()[:3])
 
     assert_allclose(result.predictions, model.predict(frame[:3]))
 
@@ -136,7 +146,7 @@ def test_frame_columns_are_put_in_fitted_order(tmp_path: Path) -> None:
     joblib.dump(model, tmp_path / "model.joblib")
     request = frame[["income", "age"]].assign(extra=1.0)[:3]
 
-    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(request)
+    result = _load(tmp_path / "model.joblib").predict(request)
 
     assert_allclose(result.predictions, model.predict(frame[:3]))
 
@@ -145,7 +155,7 @@ def test_regressor_has_no_probabilities(tmp_path: Path) -> None:
     model = LinearRegression().fit(X, X @ np.array([1.0, -2.0, 0.5]))
     joblib.dump(model, tmp_path / "model.joblib")
 
-    result = load_runtime("sklearn", tmp_path / "model.joblib").predict(X[:4])
+    result = _load(tmp_path / "model.joblib").predict(X[:4])
 
     assert_allclose(result.predictions, model.predict(X[:4]))
     assert result.probabilities is None
@@ -154,7 +164,7 @@ def test_regressor_has_no_probabilities(tmp_path: Path) -> None:
 
 def test_wrong_feature_count_is_invalid_input(tmp_path: Path, logistic: LogisticRegression) -> None:
     joblib.dump(logistic, tmp_path / "model.joblib")
-    runtime = load_runtime("sklearn", tmp_path / "model.joblib")
+    runtime = _load(tmp_path / "model.joblib")
 
     with pytest.raises(InvalidInput, match="5 features"):
         runtime.predict(np.ones((2, 5)))
@@ -163,7 +173,7 @@ def test_wrong_feature_count_is_invalid_input(tmp_path: Path, logistic: Logistic
 def test_missing_column_is_invalid_input(tmp_path: Path) -> None:
     frame = _frame()
     joblib.dump(_pipeline(frame), tmp_path / "pipeline.joblib")
-    runtime = load_runtime("sklearn", tmp_path / "pipeline.joblib")
+    runtime = _load(tmp_path / "pipeline.joblib")
 
     with pytest.raises(InvalidInput, match="city"):
         runtime.predict(frame.drop(columns=["city"]))
@@ -174,7 +184,7 @@ def test_garbage_file_is_load_error(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_bytes(b"not a model at all")
 
     with pytest.raises(ModelLoadError, match="could not"):
-        load_runtime("sklearn", tmp_path / name)
+        _load(tmp_path / name)
 
 
 def test_skops_with_untrusted_types_is_refused(tmp_path: Path) -> None:
@@ -182,19 +192,19 @@ def test_skops_with_untrusted_types_is_refused(tmp_path: Path) -> None:
     sio.dump(model, tmp_path / "model.skops")
 
     with pytest.raises(ModelLoadError, match=r"_double.*python flavor"):
-        load_runtime("sklearn", tmp_path / "model.skops")
+        _load(tmp_path / "model.skops")
 
 
 def test_object_without_predict_is_load_error(tmp_path: Path) -> None:
     joblib.dump({"weights": [1, 2]}, tmp_path / "model.joblib")
 
     with pytest.raises(ModelLoadError, match="no predict"):
-        load_runtime("sklearn", tmp_path / "model.joblib")
+        _load(tmp_path / "model.joblib")
 
 
 def test_unfitted_estimator_is_load_error(tmp_path: Path) -> None:
     joblib.dump(LogisticRegression(), tmp_path / "model.joblib")
-    runtime = load_runtime("sklearn", tmp_path / "model.joblib")
+    runtime = _load(tmp_path / "model.joblib")
 
     with pytest.raises(ModelLoadError, match="never fitted"):
         runtime.predict(X[:2])
@@ -226,6 +236,179 @@ def test_labels_derived_from_probabilities_match_predict(estimator: Any, tmp_pat
     )
     model = estimator.fit(features, target)
     joblib.dump(model, tmp_path / "m.joblib")
-    runtime = load_runtime("sklearn", tmp_path / "m.joblib")
+    runtime = _load(tmp_path / "m.joblib")
     probe = np.random.default_rng(3).normal(size=(500, 6)) * 3
     assert_array_equal(runtime.predict(probe).predictions, model.predict(probe))
+
+
+# trust: pickles ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model.joblib", "model.pkl", "model.pickle", "model.bin"])
+def test_pickle_without_digest_is_refused(
+    tmp_path: Path, logistic: LogisticRegression, name: str
+) -> None:
+    joblib.dump(logistic, tmp_path / name)
+
+    with pytest.raises(UntrustedArtifact) as caught:
+        load_runtime("sklearn", tmp_path / name)
+    message = caught.value.message
+    assert name in message
+    assert "runs any code" in message
+    assert 'skops.io.dump(model, "model.skops")' in message
+    assert "--trust-pickle" in message
+
+
+def test_pickle_with_another_digest_is_refused(
+    tmp_path: Path, logistic: LogisticRegression
+) -> None:
+    path = tmp_path / "model.joblib"
+    joblib.dump(logistic, path)
+    registered = file_sha256(path)
+    joblib.dump(LinearRegression().fit(X, X[:, 0]), path)  # swapped after it was trusted
+
+    with pytest.raises(ArtifactIntegrityError, match=f"expected {registered}"):
+        load_runtime("sklearn", path, pickle_sha256=registered)
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+def test_trusted_pickle_loads_plain_and_compressed(
+    tmp_path: Path, logistic: LogisticRegression, compress: int
+) -> None:
+    path = tmp_path / "model.joblib"
+    joblib.dump(logistic, path, compress=compress)
+
+    result = load_runtime("sklearn", path, pickle_sha256=file_sha256(path)).predict(X[:5])
+
+    assert_array_equal(result.predictions, logistic.predict(X[:5]))
+
+
+def test_plain_pickle_loads_when_trusted(tmp_path: Path, logistic: LogisticRegression) -> None:
+    import pickle
+
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(logistic))
+
+    result = load_runtime("sklearn", path, pickle_sha256=file_sha256(path)).predict(X[:5])
+
+    assert_array_equal(result.predictions, logistic.predict(X[:5]))
+
+
+# trust: the skops allow-list -----------------------------------------------------------------
+
+
+REAL_MODELS = [
+    "column-transformer",
+    "random-forest",
+    "hist-gradient-boosting",
+    "log1p",
+    "imputer",
+    "select-k-best",
+    "knn",
+    "mlp",
+]
+
+
+def _real_model(kind: str) -> tuple[Any, Any]:
+    """A common estimator or pipeline, and rows to predict on."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.feature_selection import SelectKBest, f_classif
+    from sklearn.impute import SimpleImputer
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    if kind == "column-transformer":
+        frame = _frame()
+        return _pipeline(frame), frame
+    if kind == "log1p":
+        positive = np.abs(X)
+        model = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression())
+        return model.fit(positive, Y), positive
+    with_gaps = X.copy()
+    with_gaps[0, 0] = np.nan
+    estimators = {
+        "random-forest": RandomForestClassifier(n_estimators=5, random_state=0),
+        "hist-gradient-boosting": HistGradientBoostingClassifier(max_iter=5),
+        "imputer": make_pipeline(SimpleImputer(), LogisticRegression()),
+        "select-k-best": make_pipeline(SelectKBest(f_classif, k=2), LogisticRegression()),
+        "knn": KNeighborsClassifier(3),
+        "mlp": MLPClassifier(max_iter=20, random_state=0),
+    }
+    return estimators[kind].fit(with_gaps if kind == "imputer" else X, Y), X
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("kind", REAL_MODELS)
+def test_real_pipelines_load_from_skops_without_extra_trust(tmp_path: Path, kind: str) -> None:
+    model, rows = _real_model(kind)
+    path = tmp_path / "model.skops"
+    sio.dump(model, path)
+
+    result = load_runtime("sklearn", path).predict(rows[:5])
+
+    assert_array_equal(result.predictions, model.predict(rows[:5]))
+
+
+@pytest.mark.parametrize(
+    ("function", "reported"),
+    [(np.load, "numpy.load"), (np.sum, "numpy.sum"), (eval, "builtins.eval")],
+)
+def test_skops_with_a_function_off_the_allow_list_is_refused(
+    tmp_path: Path, function: Any, reported: str
+) -> None:
+    sio.dump(FunctionTransformer(function).fit(X), tmp_path / "model.skops")
+    # FunctionTransformer has no predict: the refusal must come first, at the type check.
+    with pytest.raises(UntrustedArtifact) as caught:
+        load_runtime("sklearn", tmp_path / "model.skops")
+    message = caught.value.message
+    assert reported in message
+    assert f"--trust-type {reported}" in message
+    assert "BERTH_TRUSTED_TYPES" in message
+
+
+def test_skops_loads_a_type_it_is_told_to_trust(tmp_path: Path) -> None:
+    model = make_pipeline(FunctionTransformer(_double), LogisticRegression()).fit(X, Y)
+    sio.dump(model, tmp_path / "model.skops")
+    name = f"{__name__}._double"
+
+    result = load_runtime("sklearn", tmp_path / "model.skops", trusted_types=[name])
+
+    assert_array_equal(result.predict(X[:4]).predictions, model.predict(X[:4]))
+
+
+@pytest.mark.parametrize(
+    ("name", "trusted"),
+    [
+        # classes defined by scikit-learn
+        ("sklearn.tree._tree.Tree", True),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", True),
+        ("sklearn.utils._bunch.Bunch", True),
+        # scikit-learn scores; not its other functions (this one writes files)
+        ("sklearn.feature_selection._univariate_selection.f_classif", True),
+        ("sklearn.datasets._svmlight_format_io.dump_svmlight_file", False),
+        # numpy/scipy arrays, dtypes, scalars, sparse matrices and ufuncs
+        ("numpy.dtype", True),
+        ("numpy.ndarray", True),
+        ("numpy.float64", True),
+        ("numpy.log1p", True),
+        ("scipy.sparse._csr.csr_matrix", True),
+        # ... but not their other functions or classes
+        ("numpy.load", False),
+        ("numpy.sum", False),
+        ("numpy.vectorize", False),
+        ("numpy.memmap", False),
+        ("scipy.io.loadmat", False),
+        ("scipy.interpolate._bsplines.BSpline", False),
+        # names reached through the packages, names that do not exist, other packages
+        ("numpy.os.system", False),
+        ("sklearn.utils._joblib.Parallel", False),
+        ("sklearn.nothing.Here", False),
+        ("numpy.conftest.anything", False),
+        ("builtins.eval", False),
+        ("mypackage.MyTransformer", False),
+        ("numpy", False),
+        ("numpy.dtype; import os", False),
+    ],
+)
+def test_builtin_allow_list(name: str, trusted: bool) -> None:
+    assert builtin_trusted(name) is trusted

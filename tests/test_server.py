@@ -78,6 +78,7 @@ def server(
         "production",
         "--metric",
         "accuracy=0.97",
+        "--trust-pickle",
     )
     assert registered.returncode == 0, registered.stderr
     created = berth(env, "keys", "create", "client")
@@ -151,7 +152,14 @@ def test_v1_over_http_and_alias_move_reaches_the_running_server(
     model, sample = iris_files
     assert (
         berth(
-            server.env, "models", "register", "iris", str(model), "--sample", str(sample)
+            server.env,
+            "models",
+            "register",
+            "iris",
+            str(model),
+            "--sample",
+            str(sample),
+            "--trust-pickle",
         ).returncode
         == 0
     )
@@ -195,6 +203,7 @@ def test_dev_mode_with_two_workers(tmp_path: Path, iris_files: tuple[Path, Path]
             str(sample),
             "--alias",
             "production",
+            "--trust-pickle",
         ).returncode
         == 0
     )

@@ -9,15 +9,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from berth import __version__
-from berth.api import errors, health, v1, v2
+from berth.api import admin, errors, health, v1, v2
 from berth.api.auth import Authenticator
 from berth.api.middleware.body_limit import BodyLimitMiddleware
+from berth.api.middleware.load_shedding import LoadSheddingMiddleware
+from berth.api.middleware.rate_headers import RateHeadersMiddleware
 from berth.api.middleware.request_id import RequestIdMiddleware
 from berth.api.services import Services
 from berth.config import Settings, load_settings
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
+from berth.security.audit import AuditLog, AuditQueue
 from berth.security.auth import KeyVerifier
+from berth.security.jwt import JwtVerifier
+from berth.security.ratelimit import build_limiter
 from berth.security.keys import KeyService, server_secret
 from berth.serving.dataplane import DataPlane
 
@@ -39,14 +44,18 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         served,
         refresh_seconds=settings.refresh_seconds,
         max_batch_rows=settings.max_batch_rows,
+        timeout_seconds=settings.request_timeout_seconds,
     )
-    verifier = None
-    if not settings.dev:
-        keys = KeyService(registry.db, server_secret(settings))
-        verifier = KeyVerifier(keys, settings.refresh_seconds)
-    return Services(
-        settings=settings, registry=registry, dataplane=dataplane, auth=Authenticator(verifier)
+    keys = KeyService(registry.db, server_secret(settings))
+    audit = AuditQueue(AuditLog(registry.db))
+    auth = Authenticator(
+        settings,
+        keys=None if settings.dev else KeyVerifier(keys, settings.refresh_seconds),
+        jwt=None if settings.dev else JwtVerifier.from_settings(settings),
+        limiter=build_limiter(settings),
+        audit=audit,
     )
+    return Services(settings=settings, registry=registry, dataplane=dataplane, keys=keys, auth=auth, audit=audit)
 
 
 def create_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:
@@ -57,11 +66,14 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.dev:
             log.warning(DEV_MODE_WARNING)
+        svc.audit.start()
         await svc.dataplane.start()
         try:
             yield
         finally:
             await svc.dataplane.stop()
+            await svc.audit.stop()
+            await svc.auth.limiter.close()
 
     app = FastAPI(
         title="Berth",
@@ -71,8 +83,11 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     )
     app.state.services = svc
     errors.install(app)
-    for router in (health.router, v1.router, v2.router):
+    for router in (health.router, v1.router, v2.router, admin.router):
         app.include_router(router)
+    # Added innermost first: a request passes request id, body limit, load shedding, headers.
+    app.add_middleware(RateHeadersMiddleware)
+    app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,24 +1,88 @@
-"""Who is calling: the API key from `X-API-Key` or `Authorization: Bearer`, or dev mode."""
+"""Who is calling (API key, JWT, or dev mode), their rate limits, and failed attempts audited."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
+from berth.config import Settings
+from berth.errors import Unauthenticated
+from berth.security.audit import AuditEvent, AuditQueue
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
+from berth.security.jwt import JwtVerifier, looks_like_jwt
+from berth.security.ratelimit import Decision, RateLimiter, check, parse_rate
+
+RATE_STATE = "rate_limit"
 
 
 class Authenticator:
-    def __init__(self, verifier: KeyVerifier | None) -> None:
-        """`verifier=None` means dev mode: every caller is trusted."""
-        self.verifier = verifier
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeyVerifier | None,
+        jwt: JwtVerifier | None,
+        limiter: RateLimiter,
+        audit: AuditQueue | None,
+    ) -> None:
+        """`keys=None` means dev mode: every caller is trusted (and limited by address)."""
+        self.settings = settings
+        self.keys = keys
+        self.jwt = jwt
+        self.limiter = limiter
+        self.audit = audit
 
     async def principal(self, request: Request) -> Principal:
-        if self.verifier is None:
+        if self.keys is None:
+            await self.limit_address(request)
             return DEV_PRINCIPAL
-        return await self.verifier.verify(presented_key(request))
+        try:
+            principal = await self._verify(presented_credentials(request))
+        except Unauthenticated as exc:
+            self._audit_failure(request, exc)
+            raise
+        await self._limit(request, [("key", f"key:{principal.name}", principal.rate or self.settings.default_key_rate)])
+        return principal
+
+    async def _verify(self, credentials: str | None) -> Principal:
+        if credentials is not None and self.jwt is not None and looks_like_jwt(credentials):
+            return await self.jwt.verify(credentials)
+        return await self.keys.verify(credentials) if self.keys else DEV_PRINCIPAL
+
+    async def limit_model(self, request: Request, model: str) -> None:
+        await self._limit(request, [("model", f"model:{model}", self.settings.model_rates.get(model))])
+
+    async def limit_address(self, request: Request) -> None:
+        await self._limit(request, [("address", f"address:{client_address(request)}", self.settings.open_route_rate)])
+
+    async def _limit(self, request: Request, wanted: list[tuple[str, str, str | None]]) -> None:
+        checks = [(kind, bucket, parse_rate(rate)) for kind, bucket, rate in wanted if rate]
+        if not checks:
+            return
+        decision = await check(self.limiter, checks)
+        _remember(request, decision)
+
+    def _audit_failure(self, request: Request, exc: Unauthenticated) -> None:
+        if self.audit is None:
+            return
+        self.audit.put(
+            AuditEvent(
+                actor="anonymous",
+                action="auth.failure",
+                target=f"{request.method} {request.url.path}",
+                outcome="refused",
+                address=client_address(request),
+                detail={"reason": exc.reason, "message": exc.message},
+            )
+        )
 
 
-def presented_key(request: Request) -> str | None:
+def _remember(request: Request, decision: Decision) -> None:
+    """Keep the tightest decision of this request for the RateLimit-* response headers."""
+    earlier: Decision | None = getattr(request.state, RATE_STATE, None)
+    if earlier is None or decision.remaining < earlier.remaining:
+        setattr(request.state, RATE_STATE, decision)
+
+
+def presented_credentials(request: Request) -> str | None:
     key = request.headers.get("x-api-key")
     if key:
         return key.strip()
@@ -26,3 +90,8 @@ def presented_key(request: Request) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def client_address(request: Request) -> str:
+    """The caller's address; behind a trusted proxy uvicorn has already applied X-Forwarded-For."""
+    return request.client.host if request.client else "unknown"

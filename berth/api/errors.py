@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 
 import orjson
@@ -21,6 +22,8 @@ from berth.errors import (
     NotFound,
     NotReady,
     PayloadTooLarge,
+    RateLimited,
+    TimedOut,
     Unauthenticated,
 )
 
@@ -33,6 +36,8 @@ STATUS: dict[type[BerthError], int] = {
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
+    RateLimited: 429,
+    TimedOut: 504,
     NotReady: 503,
     ArtifactIntegrityError: 503,
     ModelLoadError: 503,
@@ -58,14 +63,26 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 async def _berth_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BerthError)
     status = status_of(exc)
-    headers = None
-    if isinstance(exc, Unauthenticated):
-        headers = {"WWW-Authenticate": 'Bearer realm="berth"'}
-    elif isinstance(exc, NotReady):
-        headers = {"Retry-After": "5"}
+    headers = _headers(exc)
     if status >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.message)
     return error_response(status, exc.message, headers)
+
+
+def _headers(exc: BerthError) -> dict[str, str] | None:
+    if isinstance(exc, Unauthenticated):
+        # RFC 6750: the kind of failure, never the detail (no token, no key material).
+        return {"WWW-Authenticate": f'Bearer realm="berth", error="{exc.reason}"'}
+    if isinstance(exc, RateLimited):
+        return {
+            "Retry-After": str(max(1, math.ceil(exc.retry_after))),
+            "RateLimit-Limit": str(exc.limit),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(max(1, math.ceil(exc.reset))),
+        }
+    if isinstance(exc, NotReady):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return None
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:

@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
 from berth.api.services import services
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
-async def health() -> Response:
+@router.get(
+    "/health",
+    summary="Liveness: the process answers",
+    responses={**doc.ok(doc.HEALTH, "The process answers."), **doc.errors(*doc.OPEN_ERRORS)},
+)
+async def health(request: Request) -> Response:
+    await services(request).auth.limit_address(request)
     return json_response({"status": "ok"})
 
 
-@router.get("/ready", summary="Readiness: every served model is loaded and warmed")
+@router.get(
+    "/ready",
+    summary="Readiness: every served model is loaded and warmed",
+    responses={
+        **doc.ok(doc.READINESS, "Every served model is loaded and warmed."),
+        **doc.errors(*doc.OPEN_ERRORS),
+        503: {
+            "description": "Still loading (`status` is `loading`; Retry-After is set), or the "
+            "rate limiter is unavailable (an `error` document).",
+            "content": {"application/json": {"schema": {"oneOf": [doc.READINESS, doc.ERROR]}}},
+        },
+    },
+)
 async def ready(request: Request) -> Response:
+    await services(request).auth.limit_address(request)
     dataplane = services(request).dataplane
     models = [v.ref for v in dataplane.loaded_versions()]
     if not dataplane.ready:
@@ -29,6 +49,15 @@ async def ready(request: Request) -> Response:
     return json_response({"status": "ready", "models": models})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
-async def metrics() -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,  # documents the media type; the handler builds its answer
+    responses={
+        200: {"description": "Metrics in the Prometheus text exposition format."},
+        **doc.errors(*doc.OPEN_ERRORS),
+    },
+)
+async def metrics(request: Request) -> Response:
+    await services(request).auth.limit_address(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,8 @@ from starlette.requests import Request
 from berth.api.auth import Authenticator
 from berth.config import Settings
 from berth.registry.service import Registry
+from berth.security.audit import AuditQueue
+from berth.security.keys import KeyService
 from berth.serving.dataplane import DataPlane
 
 
@@ -17,7 +19,9 @@ class Services:
     settings: Settings
     registry: Registry
     dataplane: DataPlane
+    keys: KeyService
     auth: Authenticator
+    audit: AuditQueue
 
 
 def services(request: Request) -> Services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio.to_thread
@@ -9,80 +10,99 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response, read_object, require
 from berth.api.services import services
 from berth.errors import InvalidInput
-from berth.registry.references import parse_reference
+from berth.registry.references import MAX_VERSION, parse_reference
 from berth.serving.dataplane import PredictResult
 from berth.serving.responses import batch_document, single_document
 
-router = APIRouter(prefix="/api/v1", tags=["v1"])
+router = APIRouter(prefix="/api/v1", tags=["v1"], dependencies=doc.PROTECTED)
 
 VERSION_HEADER = "X-Berth-Model-Version"
+_VERSION = re.compile(r"[0-9]{1,10}")
 
 _FEATURES_EXAMPLE = '{"features": [5.1, 3.5, 1.4, 0.2]} or {"features": {"age": 42, "plan": "pro"}}'
 _INSTANCES_EXAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]]}'
 
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["features"],
-                    "properties": {
-                        "features": {
-                            "description": "One row: a list for tensor signatures, an object of "
-                            "column values for tabular ones.",
-                            "oneOf": [{"type": "array"}, {"type": "object"}],
-                        }
-                    },
-                },
-                "example": {"features": [5.1, 3.5, 1.4, 0.2]},
+_PREDICT_BODY = doc.json_body(
+    {
+        "type": "object",
+        "required": ["features"],
+        "properties": {
+            "features": {
+                "description": "One row: a list for tensor signatures, an object of column "
+                "values (or a list in column order) for tabular ones.",
+                "oneOf": [{"type": "array"}, {"type": "object"}],
             }
         },
-    }
-}
-_BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["instances"],
-                    "properties": {"instances": {"type": "array", "items": {}}},
-                },
-                "example": {"instances": [[5.1, 3.5, 1.4, 0.2]]},
+    },
+    example={"features": [5.1, 3.5, 1.4, 0.2]},
+)
+_BATCH_BODY = doc.json_body(
+    {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {
+                "type": "array",
+                "items": {},
+                "description": "Rows, each as `features` would be.",
             }
         },
-    }
+    },
+    example={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+)
+_PREDICT_RESPONSES = {
+    **doc.ok(doc.SINGLE_PREDICTION, "The prediction for the row."),
+    **doc.errors(*doc.PREDICT_ERRORS),
 }
+_BATCH_RESPONSES = {
+    **doc.ok(doc.BATCH_PREDICTION, "One prediction per row, in order."),
+    **doc.errors(*doc.PREDICT_ERRORS),
+}
+_WITH_REF = doc.parameters(doc.MODEL_REF)
 
 
 @router.post(
-    "/predict", openapi_extra=_PREDICT_BODY, summary="Predict one row with the default model"
+    "/predict",
+    openapi_extra=_PREDICT_BODY,
+    responses=_PREDICT_RESPONSES,
+    summary="Predict one row with the default model",
 )
 async def predict_default(request: Request) -> Response:
     return await _predict(request, services(request).dataplane.default_reference)
 
 
 @router.post(
-    "/batch-predict", openapi_extra=_BATCH_BODY, summary="Predict rows with the default model"
+    "/batch-predict",
+    openapi_extra=_BATCH_BODY,
+    responses=_BATCH_RESPONSES,
+    summary="Predict rows with the default model",
 )
 async def batch_predict_default(request: Request) -> Response:
     return await _batch_predict(request, services(request).dataplane.default_reference)
 
 
-@router.post("/models/{ref}/predict", openapi_extra=_PREDICT_BODY, summary="Predict one row")
-async def predict(request: Request, ref: str) -> Response:
-    return await _predict(request, ref)
+@router.post(
+    "/models/{ref}/predict",
+    openapi_extra=doc.combined(_WITH_REF, _PREDICT_BODY),
+    responses=_PREDICT_RESPONSES,
+    summary="Predict one row",
+)
+async def predict(request: Request) -> Response:
+    return await _predict(request, request.path_params["ref"])
 
 
-@router.post("/models/{ref}/batch-predict", openapi_extra=_BATCH_BODY, summary="Predict rows")
-async def batch_predict(request: Request, ref: str) -> Response:
-    return await _batch_predict(request, ref)
+@router.post(
+    "/models/{ref}/batch-predict",
+    openapi_extra=doc.combined(_WITH_REF, _BATCH_BODY),
+    responses=_BATCH_RESPONSES,
+    summary="Predict rows",
+)
+async def batch_predict(request: Request) -> Response:
+    return await _batch_predict(request, request.path_params["ref"])
 
 
 async def _predict(request: Request, ref: str) -> Response:
@@ -100,6 +120,7 @@ async def _run(request: Request, ref: str, field: str, example: str, single: boo
     principal = await svc.auth.principal(request)
     reference = parse_reference(ref)
     principal.require_predict(reference.name)
+    await svc.auth.limit_model(request, reference.name)
     value = require(await read_object(request), field, example)
     if single and not isinstance(value, list | dict):
         raise InvalidInput(
@@ -110,7 +131,11 @@ async def _run(request: Request, ref: str, field: str, example: str, single: boo
     return await svc.dataplane.predict(ref, decoder)
 
 
-@router.get("/models", summary="List registered models")
+@router.get(
+    "/models",
+    summary="List registered models",
+    responses={**doc.ok(doc.MODELS, "Every registered model."), **doc.errors(*doc.READ_ERRORS)},
+)
 async def list_models(request: Request) -> Response:
     svc = services(request)
     (await svc.auth.principal(request)).require_read()
@@ -118,8 +143,17 @@ async def list_models(request: Request) -> Response:
     return json_response({"models": [m.to_dict() for m in models]})
 
 
-@router.get("/models/{name}", summary="A model with its versions and aliases")
-async def get_model(request: Request, name: str) -> Response:
+@router.get(
+    "/models/{name}",
+    summary="A model with its versions and aliases",
+    openapi_extra=doc.parameters(doc.MODEL_NAME),
+    responses={
+        **doc.ok(doc.MODEL_DETAIL, "The model, with every version."),
+        **doc.errors(400, 404, *doc.READ_ERRORS),
+    },
+)
+async def get_model(request: Request) -> Response:
+    name = request.path_params["name"]
     svc = services(request)
     (await svc.auth.principal(request)).require_read(name)
     model = await _in_thread(svc.registry.get_model, name)
@@ -128,16 +162,36 @@ async def get_model(request: Request, name: str) -> Response:
     return json_response(body)
 
 
-@router.get("/models/{name}/versions/{version}", summary="One version: signature, metrics, sha256")
-async def get_version(request: Request, name: str, version: str) -> Response:
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="One version: signature, metrics, sha256",
+    openapi_extra=doc.parameters(doc.MODEL_NAME, doc.VERSION),
+    responses={
+        **doc.ok(doc.VERSION_INFO, "The version."),
+        **doc.errors(400, 404, *doc.READ_ERRORS),
+    },
+)
+async def get_version(request: Request) -> Response:
+    name, version = request.path_params["name"], request.path_params["version"]
     svc = services(request)
     (await svc.auth.principal(request)).require_read(name)
-    if not version.isdigit():
-        raise InvalidInput(
-            f"version '{version}' is not a number; use e.g. /models/{name}/versions/1"
-        )
-    info = await _in_thread(svc.registry.get_version, name, int(version))
+    number = version_number(version, f"/api/v1/models/{name}/versions/1")
+    info = await _in_thread(svc.registry.get_version, name, number)
     return json_response(info.to_dict())
+
+
+def version_number(text: str, example: str) -> int:
+    """A version number from a request: ASCII digits up to MAX_VERSION, else `InvalidInput`.
+
+    `str.isdigit` is not enough: it accepts `²` (which int() refuses) and 5,000 digits (which
+    int() refuses too, and no database column holds).
+    """
+    if _VERSION.fullmatch(text) and int(text) <= MAX_VERSION:
+        return int(text)
+    shown = text if len(text) <= 20 else f"{text[:20]}... ({len(text)} characters)"
+    raise InvalidInput(
+        f"version '{shown}' is not a version number (1 to {MAX_VERSION}); use e.g. {example}"
+    )
 
 
 async def _in_thread(function: Any, *args: Any) -> Any:

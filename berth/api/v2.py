@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from berth import __version__
+from berth.api import openapi_schemas as doc
 from berth.api import v2_codec
 from berth.api.json_body import json_response
 from berth.api.services import Services, services
-from berth.errors import InvalidInput, NotReady
+from berth.api.v1 import version_number
+from berth.errors import InvalidInput, NotFound, NotReady
 from berth.registry.references import parse_reference
 from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature, TensorSpec
@@ -41,59 +44,138 @@ _DATATYPES = {
 }
 
 
-@router.get("/health/live", summary="Server live")
-async def live() -> Response:
+_WITH_NAME = doc.parameters(doc.MODEL_NAME)
+_WITH_VERSION = doc.parameters(doc.MODEL_NAME, doc.VERSION)
+_METADATA_RESPONSES = {
+    **doc.ok(doc.V2_MODEL_METADATA, "The model's inputs and outputs."),
+    **doc.errors(400, 404, *doc.READ_ERRORS),
+}
+_READY_RESPONSES = {
+    **doc.ok(doc.V2_MODEL_READY, "The model is loaded and warmed."),
+    **doc.errors(400, 404, *doc.READ_ERRORS),
+    503: doc.error(503, "The model is not loaded (yet), or the server is not ready."),
+}
+_INFER_RESPONSES = {**doc.V2_INFER_OK, **doc.errors(*doc.PREDICT_ERRORS)}
+_INFER_PARAMETERS = [doc.INFERENCE_HEADER_LENGTH]
+
+
+@router.get(
+    "/health/live",
+    summary="Server live",
+    responses={**doc.ok(doc.V2_LIVE, "The server is live."), **doc.errors(*doc.OPEN_ERRORS)},
+)
+async def live(request: Request) -> Response:
+    await services(request).auth.limit_address(request)
     return json_response({"live": True})
 
 
-@router.get("/health/ready", summary="Server ready")
+@router.get(
+    "/health/ready",
+    summary="Server ready",
+    responses={
+        **doc.ok(doc.V2_READY, "Every served model is loaded."),
+        **doc.errors(*doc.OPEN_ERRORS),
+        503: {
+            "description": "Still loading (`ready` is false), or the rate limiter is "
+            "unavailable (an `error` document).",
+            "content": {"application/json": {"schema": {"oneOf": [doc.V2_READY, doc.ERROR]}}},
+        },
+    },
+)
 async def ready(request: Request) -> Response:
+    await services(request).auth.limit_address(request)
     if not services(request).dataplane.ready:
         return json_response({"ready": False}, status=503)
     return json_response({"ready": True})
 
 
 @router.get("", summary="Server metadata", include_in_schema=False)
-@router.get("/", summary="Server metadata")
-async def server_metadata() -> Response:
+@router.get(
+    "/",
+    summary="Server metadata",
+    responses={
+        **doc.ok(doc.V2_SERVER_METADATA, "Server name, version and protocol extensions."),
+        **doc.errors(*doc.OPEN_ERRORS),
+    },
+)
+async def server_metadata(request: Request) -> Response:
+    await services(request).auth.limit_address(request)
     return json_response({"name": "berth", "version": __version__, "extensions": EXTENSIONS})
 
 
-@router.get("/models/{name}", summary="Model metadata")
-async def model_metadata(request: Request, name: str) -> Response:
-    return await _metadata(request, name, None)
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    dependencies=doc.PROTECTED,
+    openapi_extra=_WITH_NAME,
+    responses=_METADATA_RESPONSES,
+)
+async def model_metadata(request: Request) -> Response:
+    return await _metadata(request, request.path_params["name"], None)
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
-async def version_metadata(request: Request, name: str, version: str) -> Response:
-    return await _metadata(request, name, version)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata (one version)",
+    dependencies=doc.PROTECTED,
+    openapi_extra=_WITH_VERSION,
+    responses=_METADATA_RESPONSES,
+)
+async def version_metadata(request: Request) -> Response:
+    return await _metadata(request, request.path_params["name"], request.path_params["version"])
 
 
-@router.get("/models/{name}/ready", summary="Model ready")
-async def model_ready(request: Request, name: str) -> Response:
-    return await _ready(request, name, None)
+@router.get(
+    "/models/{name}/ready",
+    summary="Model ready",
+    dependencies=doc.PROTECTED,
+    openapi_extra=_WITH_NAME,
+    responses=_READY_RESPONSES,
+)
+async def model_ready(request: Request) -> Response:
+    return await _ready(request, request.path_params["name"], None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model ready (one version)")
-async def version_ready(request: Request, name: str, version: str) -> Response:
-    return await _ready(request, name, version)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model ready (one version)",
+    dependencies=doc.PROTECTED,
+    openapi_extra=_WITH_VERSION,
+    responses=_READY_RESPONSES,
+)
+async def version_ready(request: Request) -> Response:
+    return await _ready(request, request.path_params["name"], request.path_params["version"])
 
 
-@router.post("/models/{name}/infer", summary="Inference")
-async def infer(request: Request, name: str) -> Response:
-    return await _infer(request, name, None)
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference",
+    dependencies=doc.PROTECTED,
+    openapi_extra=doc.combined(
+        doc.parameters(doc.MODEL_NAME, *_INFER_PARAMETERS), doc.V2_INFER_BODY
+    ),
+    responses=_INFER_RESPONSES,
+)
+async def infer(request: Request) -> Response:
+    return await _infer(request, request.path_params["name"], None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
-async def version_infer(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference (one version)",
+    dependencies=doc.PROTECTED,
+    openapi_extra=doc.combined(
+        doc.parameters(doc.MODEL_NAME, doc.VERSION, *_INFER_PARAMETERS), doc.V2_INFER_BODY
+    ),
+    responses=_INFER_RESPONSES,
+)
+async def version_infer(request: Request) -> Response:
+    return await _infer(request, request.path_params["name"], request.path_params["version"])
 
 
 def _reference(name: str, version: str | None) -> str:
-    if version is not None and not version.isdigit():
-        raise InvalidInput(
-            f"model version '{version}' is not a number; use e.g. /v2/models/{name}/versions/1"
-        )
+    if version is not None:
+        version_number(version, f"/v2/models/{name}/versions/1")
     ref = name if version is None else f"{name}:{version}"
     parse_reference(ref)
     return ref
@@ -138,9 +220,19 @@ async def _ready(request: Request, name: str, version: str | None) -> Response:
     svc = await _authorized(request, name)
     ref = _reference(name, version)
     number = parse_reference(ref).version
-    if not svc.dataplane.ready or not svc.dataplane.is_loaded(name, number):
+    dataplane = svc.dataplane
+    if dataplane.ready and dataplane.is_loaded(name, number):
+        return json_response({"name": name, "ready": True})
+    # Not ready: say whether waiting helps. A model that is not served, or a version that does
+    # not exist, never becomes ready (404); the probe itself loads nothing.
+    if name not in dataplane.served_names:
+        served = ", ".join(dataplane.served_names) or "none"
+        raise NotFound(f"model '{name}' is not served here (served: {served})")
+    if number is not None:
+        await anyio.to_thread.run_sync(svc.registry.get_version, name, number)
+    if not dataplane.ready:
         raise NotReady(f"model '{ref}' is not loaded yet; retry in a few seconds")
-    return json_response({"name": name, "ready": True})
+    raise NotReady(f"model '{ref}' is not loaded; it loads with its first inference request")
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
@@ -148,6 +240,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     principal = await svc.auth.principal(request)
     ref = _reference(name, version)
     principal.require_predict(name)
+    await svc.auth.limit_model(request, name)
     body = await request.body()
     length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
     infer_request = v2_codec.parse_infer_request(body, length)

@@ -15,8 +15,9 @@ import pandas as pd
 import typer
 
 from berth.cli.context import console, keys, registry, settings
-from berth.cli.serve import start_server
+from berth.cli.serve import ServerOptions, start_server
 from berth.registry.service import RegisterRequest, VersionInfo
+from berth.security.audit import cli_actor
 
 MODEL = "churn"
 PLANS = ("basic", "pro", "enterprise")
@@ -121,6 +122,7 @@ def demo(
             tags={"source": "berth demo"},
             description="Synthetic churn classifier trained by `berth demo`",
             aliases=("production",),
+            actor=cli_actor(),
         )
     )
     console.print(f"Registered [bold]{version.ref}[/] as {MODEL}@production (metrics {metrics})")
@@ -132,7 +134,7 @@ def demo(
         console.print(banner, highlight=False, soft_wrap=True)
         return
     threading.Thread(target=_announce_when_ready, args=(base, banner), daemon=True).start()
-    start_server([f"{MODEL}@production"], current.host, port, 1, dev=False)
+    start_server(ServerOptions(served=[f"{MODEL}@production"], host=current.host, port=port))
 
 
 def curl_commands(base: str, key: str, version: VersionInfo) -> str:

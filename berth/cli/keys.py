@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import typer
 from rich.table import Table
 
 from berth.cli.context import console, err_console, keys
-from berth.errors import InvalidInput
+from berth.durations import parse_duration
+from berth.security.audit import cli_actor
 from berth.security.keys import DEFAULT_SCOPES
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
-
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise InvalidInput(f"'{text}' is not a duration; write e.g. 30m, 12h or 90d")
-    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
-
 
 @app.command("create")
 def create(
@@ -34,13 +23,14 @@ def create(
     expires: str | None = typer.Option(
         None, help="Lifetime such as 90d or 12h; never expires if omitted."
     ),
+    rate: str | None = typer.Option(None, help="Rate limit such as 50/s or 1000/m; server default if omitted."),
 ) -> None:
     """Create an API key. The secret is printed once, on the last line of stdout.
 
     Example: berth keys create web --scope predict:churn --expires 90d
     """
     expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
-    info, secret = keys().create(name, tuple(scope), expires_at)
+    info, secret = keys().create(name, tuple(scope), expires_at, rate, actor=cli_actor())
     err_console.print(
         f"Created key [bold]{info.name}[/] (scopes: {', '.join(info.scopes)}). Store it now; it is not shown again:"
     )
@@ -53,13 +43,14 @@ def list_keys() -> None:
 
     Example: berth keys list
     """
-    table = Table("name", "key id", "scopes", "status", "created", "expires", "last used")
+    table = Table("name", "key id", "scopes", "rate", "status", "created", "expires", "last used")
     for info in keys().list():
         status = "active" if info.active else ("revoked" if info.revoked_at else "expired")
         table.add_row(
             info.name,
             info.key_id,
             ", ".join(info.scopes),
+            info.rate or "default",
             status,
             f"{info.created_at:%Y-%m-%d %H:%M}",
             f"{info.expires_at:%Y-%m-%d}" if info.expires_at else "never",
@@ -74,5 +65,21 @@ def revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
 
     Example: berth keys revoke web
     """
-    info = keys().revoke(name)
+    info = keys().revoke(name, actor=cli_actor())
     console.print(f"Revoked key {info.name}")
+
+
+@app.command("rotate")
+def rotate(
+    name: str = typer.Argument(..., help="The key's name."),
+    grace: str = typer.Option("1h", help="How long the old secret keeps working, e.g. 10m, 24h, 0s."),
+) -> None:
+    """Give a key a new secret (printed once, last line); the old one works during the grace period.
+
+    Example: berth keys rotate web --grace 24h
+    """
+    info, secret = keys().rotate(name, parse_duration(grace), actor=cli_actor())
+    err_console.print(
+        f"Rotated key [bold]{info.name}[/]; the old secret stops working in {grace}. New secret:"
+    )
+    typer.echo(secret)

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from berth import __version__
-from berth.cli import config_cmd, demo, init, keys, models, predict, serve
+from berth.cli import audit, config_cmd, demo, init, keys, models, predict, serve
 from berth.cli.context import err_console
 from berth.errors import BerthError
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(audit.app, name="audit")
 app.command("init")(init.init)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)

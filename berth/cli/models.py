@@ -13,6 +13,7 @@ from berth.errors import InvalidInput
 from berth.registry.references import parse_reference
 from berth.registry.service import RegisterRequest, VersionInfo, parse_metrics, parse_pairs
 from berth.runtimes import FLAVORS
+from berth.security.audit import cli_actor
 
 app = typer.Typer(help="Register and manage model versions.", no_args_is_help=True)
 
@@ -20,7 +21,9 @@ app = typer.Typer(help="Register and manage model versions.", no_args_is_help=Tr
 @app.command("register")
 def register(
     name: str = typer.Argument(..., help="Model name, e.g. churn."),
-    path: Path = typer.Argument(..., help="Model file or directory."),
+    path: Path = typer.Argument(
+        ..., help="Model file, directory, or archive (.tar.gz, .tgz, .tar, .zip)."
+    ),
     flavor: str | None = typer.Option(
         None, help=f"One of {', '.join(FLAVORS)}; detected if omitted."
     ),
@@ -32,8 +35,23 @@ def register(
     metric: list[str] = typer.Option([], help="Metric KEY=NUMBER (repeatable)."),
     tag: list[str] = typer.Option([], help="Tag KEY=VALUE (repeatable)."),
     description: str = typer.Option("", help="Free text."),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="Accept a pickle/joblib file. Loading a pickle runs any code it holds: only for "
+        "files you trust (recorded in the audit log). Prefer skops.io.dump(model, 'model.skops').",
+    ),
+    trust_type: list[str] = typer.Option(
+        [],
+        "--trust-type",
+        help="A type the skops file may load beyond scikit-learn, numpy and scipy, e.g. "
+        "mypackage.MyTransformer (repeatable; recorded on the version).",
+    ),
 ) -> None:
-    """Register a file or directory as the next version of a model.
+    """Register a file, directory or archive as the next version of a model.
+
+    Archives (.tar.gz, .tgz, .tar, .zip) are unpacked safely and registered as a directory.
+    Pickle/joblib files need --trust-pickle; skops files with types of your own need --trust-type.
 
     Example: berth models register churn model.skops --sample train.csv --metric auc=0.91 --alias production
     """
@@ -47,6 +65,9 @@ def register(
         tags=parse_pairs(tag, "tag"),
         description=description,
         aliases=tuple(alias),
+        trust_pickle=trust_pickle,
+        trusted_types=tuple(trust_type),
+        actor=cli_actor(),
     )
     with console.status(f"Checking and storing {path} ..."):
         version = registry().register(request)
@@ -105,6 +126,9 @@ def _print_version(version: VersionInfo) -> None:
     console.print(f"aliases  {', '.join(version.aliases) or '-'}")
     console.print(f"metrics  {version.metrics or '-'}")
     console.print(f"tags     {version.tags or '-'}")
+    trust = [*(["pickle"] if version.pickle_trusted else []), *version.trusted_types]
+    if trust:
+        console.print(f"trusts   {', '.join(trust)}")
     if version.description:
         console.print(f"about    {version.description}")
     table = Table("input", "dtype", "shape / nullable", "range")
@@ -135,14 +159,14 @@ def alias(
     Example: berth models alias churn production 3
     """
     if remove:
-        registry().remove_alias(name, alias_name)
+        registry().remove_alias(name, alias_name, actor=cli_actor())
         console.print(f"Removed {name}@{alias_name}")
         return
     if version is None:
         raise InvalidInput(
             "give the version to point at, e.g. `berth models alias churn production 3`"
         )
-    registry().set_alias(name, alias_name, version)
+    registry().set_alias(name, alias_name, version, actor=cli_actor())
     console.print(f"{name}@{alias_name} → {name}:{version}")
 
 
@@ -161,12 +185,12 @@ def delete(
     if ref.alias is not None:
         raise InvalidInput("delete takes NAME:VERSION or NAME, not an alias")
     if ref.version is not None:
-        registry().delete_version(ref.name, ref.version)
+        registry().delete_version(ref.name, ref.version, actor=cli_actor())
         console.print(f"Deleted {ref}")
         return
     if not yes:
         raise InvalidInput(
             f"deleting model '{ref.name}' removes every version; add --yes to confirm"
         )
-    registry().delete_model(ref.name)
+    registry().delete_model(ref.name, actor=cli_actor())
     console.print(f"Deleted model {ref.name}")

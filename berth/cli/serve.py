@@ -1,10 +1,12 @@
-"""`berth serve`: run the HTTP server (uvicorn) for the given references."""
+"""`berth serve`: run the HTTP(S) server (uvicorn) for the given references."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -14,13 +16,34 @@ from berth.config import DEFAULT_PORT
 from berth.errors import InvalidInput
 from berth.registry.references import DEFAULT_ALIAS
 
-_ENV = {
-    "served": "BERTH_SERVED",
-    "dev": "BERTH_DEV",
-    "host": "BERTH_HOST",
-    "port": "BERTH_PORT",
-    "workers": "BERTH_WORKERS",
-}
+
+@dataclass(frozen=True)
+class ServerOptions:
+    served: list[str]
+    host: str
+    port: int
+    workers: int = 1
+    dev: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def environment(self) -> dict[str, str]:
+        """What worker processes need; they read their settings from the environment."""
+        env = {
+            "BERTH_SERVED": json.dumps(self.served),
+            "BERTH_HOST": self.host,
+            "BERTH_PORT": str(self.port),
+            "BERTH_WORKERS": str(self.workers),
+            "BERTH_DEV": "1" if self.dev else "0",
+        }
+        if self.tls_cert and self.tls_key:
+            env["BERTH_TLS_CERT_FILE"] = str(self.tls_cert)
+            env["BERTH_TLS_KEY_FILE"] = str(self.tls_key)
+        return env
 
 
 def serve(
@@ -34,39 +57,27 @@ def serve(
     dev: bool = typer.Option(
         False, "--dev", help="Accept requests without an API key (local development only)."
     ),
+    tls_cert: Path | None = typer.Option(None, help="PEM certificate chain: serve HTTPS."),
+    tls_key: Path | None = typer.Option(None, help="PEM private key for --tls-cert."),
 ) -> None:
-    """Serve models over HTTP: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
+    """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
 
-    Example: berth serve churn@production --port 9000 --workers 2
+    Example: berth serve churn@production --port 9000 --workers 2 --tls-cert cert.pem --tls-key key.pem
     """
     current = settings()
     served = list(references or []) or _production_models()
     for reference in served:
         registry().resolve(reference)
-    start_server(
-        served,
-        host or current.host,
-        port or current.port,
-        workers or current.workers,
-        dev or current.dev,
+    options = ServerOptions(
+        served=served,
+        host=host or current.host,
+        port=port or current.port,
+        workers=workers or current.workers,
+        dev=dev or current.dev,
+        tls_cert=tls_cert or current.tls_cert_file,
+        tls_key=tls_key or current.tls_key_file,
     )
-
-
-def start_server(served: list[str], host: str, port: int, workers: int, dev: bool) -> None:
-    """Run uvicorn; worker processes read their settings from the environment set here."""
-    overrides = {
-        "served": json.dumps(served),
-        "host": host,
-        "port": str(port),
-        "workers": str(workers),
-        "dev": "1" if dev else "0",
-    }
-    for key, value in overrides.items():
-        os.environ[_ENV[key]] = value
-    if dev:
-        err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
-    console.print(f"Serving {', '.join(served)} on http://{host}:{port} ({workers} worker(s))")
-    run_server(host, port, workers, settings().log_level)
+    start_server(options)
 
 
 def _production_models() -> list[str]:
@@ -79,19 +90,43 @@ def _production_models() -> list[str]:
     return [f"{name}@{DEFAULT_ALIAS}" for name in names]
 
 
-def run_server(host: str, port: int, workers: int, log_level: str) -> None:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+def _check_tls(options: ServerOptions) -> None:
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise InvalidInput("HTTPS needs both --tls-cert and --tls-key")
+    for path in (options.tls_cert, options.tls_key):
+        if path is not None and not path.is_file():
+            raise InvalidInput(f"TLS file {path} does not exist; pass a PEM file")
+
+
+def start_server(options: ServerOptions) -> None:
+    """Run uvicorn with the options; worker processes read them from the environment."""
+    _check_tls(options)
+    os.environ.update(options.environment())
+    if options.dev:
+        err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
+    console.print(
+        f"Serving {', '.join(options.served)} on {options.scheme}://{options.host}:{options.port} "
+        f"({options.workers} worker(s))"
     )
+    current = settings()
+    logging.basicConfig(
+        level=current.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    proxies = current.trusted_proxies
     uvicorn.run(
         "berth.api.app:create_app_from_env",
         factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level.lower(),
+        host=options.host,
+        port=options.port,
+        workers=options.workers,
+        log_level=current.log_level.lower(),
         access_log=False,
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=10,
+        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
+        # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=",".join(proxies) if proxies else "",
     )

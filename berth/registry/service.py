@@ -1,13 +1,29 @@
 """The registry service: the one place that registers, resolves, aliases and deletes versions.
 
 The CLI and the admin API both call these functions; neither holds registry logic of its own.
+
+Every change records an audit event in the transaction that makes it (`actor` and `address`
+say who asked, from where); a refused change is recorded as `refused` in a transaction of its
+own, since the change itself rolls back. Names, aliases and references are checked at every
+entry point.
+
+Registration works on a private copy of the artifact (an archive is unpacked into one): the
+copy is hashed, loaded and stored, so the bytes checked are the bytes stored. Loading goes
+through `load_runtime(version)`, which verifies the stored bytes and passes the version's trust
+(a pickle's digest, extra skops types) to the runtime.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +35,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from berth.config import Settings
-from berth.errors import Conflict, InvalidInput, NotFound
-from berth.registry.artifacts import ArtifactStore, StoredArtifact
+from berth.errors import ArtifactIntegrityError, BerthError, Conflict, InvalidInput, NotFound
+from berth.registry.archives import is_archive, safe_extract
+from berth.registry.artifacts import (
+    ArtifactStore,
+    StoredArtifact,
+    _files_under,
+    artifact_sha256,
+    file_sha256,
+)
 from berth.registry.db import Database
 from berth.registry.references import DEFAULT_ALIAS, Reference, check_name, parse_reference
 from berth.registry.signature import (
@@ -32,12 +55,25 @@ from berth.registry.signature import (
     read_sample,
 )
 from berth.registry.tables import AliasRow, ModelRow, VersionRow, utcnow
-from berth.runtimes import detect_flavor, entry_file, load_runtime
+from berth.runtimes import (
+    SKOPS_SUFFIX,
+    UntrustedArtifact,
+    detect_flavor,
+    entry_file,
+    load_runtime,
+    needs_pickle_trust,
+    pickle_refusal,
+)
 from berth.runtimes.base import Prediction, Runtime
+from berth.security import audit
+
+log = logging.getLogger("berth.registry")
 
 _SAMPLE_ROWS = 100
 _EXAMPLE_ROWS = 3
 _REGISTER_ATTEMPTS = 5
+_ALIAS_MAX = 64  # aliases.name is VARCHAR(64)
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 @dataclass(frozen=True)
@@ -54,6 +90,10 @@ class VersionInfo:
     aliases: tuple[str, ...] = ()
     example: list[Any] | None = None
     """A few input rows from the registration sample, in the v1 `instances` format."""
+    trusted_types: tuple[str, ...] = ()
+    """Types beyond the built-in allow-list its skops file may load (--trust-type)."""
+    pickle_trusted: bool = False
+    """Registered with --trust-pickle: its pickle is unpickled (after its sha256 matches)."""
 
     @property
     def ref(self) -> str:
@@ -73,6 +113,8 @@ class VersionInfo:
             "aliases": list(self.aliases),
             "created_at": self.created_at.isoformat(),
             "example": self.example,
+            "trusted_types": list(self.trusted_types),
+            "pickle_trusted": self.pickle_trusted,
         }
 
 
@@ -113,12 +155,24 @@ class RegisterRequest:
     tags: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     aliases: tuple[str, ...] = ()
+    trust_pickle: bool = False
+    """Accept a pickle/joblib file, whose loading runs any code it holds (--trust-pickle)."""
+    trusted_types: tuple[str, ...] = ()
+    """Types beyond the built-in allow-list the skops file may load, recorded on the version."""
+    actor: str | None = None
+    """Who registers, for the audit log; None is the local user (`cli:<user>`)."""
+    address: str | None = None
+    """The client address of an API caller, for the audit log."""
 
 
 class Registry:
-    def __init__(self, db: Database, store: ArtifactStore) -> None:
+    def __init__(
+        self, db: Database, store: ArtifactStore, trusted_types: Iterable[str] = ()
+    ) -> None:
         self.db = db
         self.store = store
+        self.trusted_types = check_type_names(trusted_types, "BERTH_TRUSTED_TYPES")
+        """Types every version's skops file may load (the server's BERTH_TRUSTED_TYPES)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, migrate: bool = True) -> Registry:
@@ -126,29 +180,92 @@ class Registry:
         if migrate:
             db.migrate()
         store = ArtifactStore(settings.resolved_artifact_url, settings.home.resolve() / "cache")
-        return cls(db, store)
+        return cls(db, store, settings.trusted_types)
 
     # registration ------------------------------------------------------------------------
 
     def register(self, request: RegisterRequest) -> VersionInfo:
         """Check the artifact loads and predicts, store it, and record a new version."""
+        event = _event(
+            request.actor,
+            request.address,
+            "model.register",
+            request.name,
+            {
+                "trust_pickle": request.trust_pickle,
+                "trusted_types": list(request.trusted_types),
+                "aliases": list(request.aliases),
+            },
+        )
+        with self._refusals(event):
+            return self._register(request, event)
+
+    def _register(self, request: RegisterRequest, event: audit.AuditEvent) -> VersionInfo:
         check_name("model", request.name)
         for alias in request.aliases:
-            check_name("alias", alias)
-        path = request.path.expanduser()
-        if not path.exists():
-            raise InvalidInput(f"{path} does not exist; pass the path of a model file or directory")
-        flavor = request.flavor or detect_flavor(path)
-        runtime = load_runtime(flavor, entry_file(path, flavor))
-        sample = read_sample(request.sample) if request.sample is not None else None
-        signature = _signature_for(request, runtime, sample)
-        example = _example(sample, signature)
-        artifact = self.store.put(path)
+            _check_alias(alias)
+        trusted_types = check_type_names(request.trusted_types, "--trust-type")
+        source = request.path.expanduser()
+        if not source.exists():
+            raise InvalidInput(
+                f"{source} does not exist; pass the path of a model file, directory or archive"
+            )
+        # A private copy (mode 0700): what is hashed, loaded and stored cannot change under us.
+        with tempfile.TemporaryDirectory(prefix="berth-register-") as private:
+            staged = _stage(source, Path(private))
+            flavor = request.flavor or detect_flavor(staged)
+            entry = entry_file(staged, flavor)
+            digest = artifact_sha256(staged)
+            pickle_sha256 = None
+            if needs_pickle_trust(flavor, entry):
+                if not request.trust_pickle:
+                    raise InvalidInput(pickle_refusal(entry.name))
+                pickle_sha256 = digest if entry == staged else file_sha256(entry)
+            if trusted_types and (flavor != "sklearn" or entry.suffix.lower() != SKOPS_SUFFIX):
+                raise InvalidInput(
+                    "--trust-type applies to scikit-learn models saved with skops (.skops); "
+                    f"{entry.name} is not one"
+                )
+            try:
+                runtime = load_runtime(
+                    flavor,
+                    entry,
+                    trusted_types=(*self.trusted_types, *trusted_types),
+                    pickle_sha256=pickle_sha256,
+                )
+            except UntrustedArtifact as exc:
+                raise InvalidInput(exc.message) from exc
+            sample = read_sample(request.sample) if request.sample is not None else None
+            signature = _signature_for(request, runtime, sample)
+            example = _example(sample, signature)
+            artifact = self.store.put(staged)
+        if artifact.sha256 != digest:
+            raise InvalidInput(
+                f"{source} changed while it was being checked (its files were modified when it "
+                "was loaded); make the model leave its own files alone, and register it again"
+            )
+        trust = _Trust(
+            types=trusted_types, pickle=pickle_sha256 is not None and request.trust_pickle
+        )
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
                 with self.db.session(write=True) as session:
-                    row = self._insert_version(session, request, flavor, artifact, signature)
+                    row = self._insert_version(session, request, flavor, artifact, signature, trust)
                     row.example = example
+                    audit.add(
+                        session,
+                        replace(
+                            event,
+                            target=f"{request.name}:{row.number}",
+                            detail={
+                                "flavor": flavor,
+                                "sha256": artifact.sha256,
+                                "trust_pickle": request.trust_pickle,
+                                "trusted_types": list(trusted_types),
+                                "aliases": list(request.aliases),
+                            },
+                        ),
+                    )
                     return _version_info(row)
             except IntegrityError:
                 # Another writer created the same model first (the model row lock below
@@ -164,6 +281,7 @@ class Registry:
         flavor: str,
         artifact: StoredArtifact,
         signature: Signature,
+        trust: _Trust,
     ) -> VersionRow:
         # Locking the model row serializes concurrent registrations of one model on PostgreSQL
         # (SQLite holds the database write lock already), so max(number) + 1 is free.
@@ -190,6 +308,8 @@ class Registry:
             metrics=dict(request.metrics),
             tags=dict(request.tags),
             description=request.description,
+            trusted_types=list(trust.types) or None,
+            pickle_trusted=trust.pickle,
         )
         session.add(row)
         session.flush()
@@ -206,10 +326,12 @@ class Registry:
             return [_model_info(row) for row in rows]
 
     def get_model(self, name: str) -> ModelInfo:
+        check_name("model", name)
         with self.db.session() as session:
             return _model_info(_model_row(session, name))
 
     def get_version(self, name: str, number: int) -> VersionInfo:
+        check_name("model", name)
         with self.db.session() as session:
             return _version_info(_version_row(session, _model_row(session, name), number))
 
@@ -234,6 +356,7 @@ class Registry:
             return _version_info(model.versions[-1])
 
     def models_with_alias(self, alias: str) -> list[str]:
+        _check_alias(alias)
         with self.db.session() as session:
             query = select(ModelRow.name).join(AliasRow).where(AliasRow.name == alias)
             return sorted(session.scalars(query).all())
@@ -245,51 +368,122 @@ class Registry:
             return entry_file(local, version.flavor)
         return local
 
+    def load_runtime(self, version: VersionInfo) -> Runtime:
+        """The version's runtime, loaded from verified bytes with the trust it was registered with.
+
+        This is how a version is served: a pickle is unpickled only for a version registered with
+        --trust-pickle, and only bytes whose sha256 is the one recorded at registration; a skops
+        file may load the allow-list, the server's BERTH_TRUSTED_TYPES and the version's own
+        --trust-type types.
+        """
+        local = self.store.fetch(version.artifact)
+        entry = entry_file(local, version.flavor) if version.artifact.is_directory else local
+        pickle_sha256 = None
+        if version.pickle_trusted and needs_pickle_trust(version.flavor, entry):
+            pickle_sha256 = _entry_sha256(local, entry, version.artifact)
+        return load_runtime(
+            version.flavor,
+            entry,
+            trusted_types=(*self.trusted_types, *version.trusted_types),
+            pickle_sha256=pickle_sha256,
+        )
+
     # changes -----------------------------------------------------------------------------
 
-    def set_alias(self, name: str, alias: str, number: int) -> VersionInfo:
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        number: int,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+    ) -> VersionInfo:
         """Point `name@alias` at version `number`, atomically (one transaction)."""
-        check_name("alias", alias)
-        with self.db.session(write=True) as session:
-            model = _model_row(session, name, lock=True)
-            row = _version_row(session, model, number)
-            _point_alias(session, model, alias, row)
-            session.flush()
-            session.refresh(row)
-            return _version_info(row)
+        event = _event(actor, address, "alias.set", f"{name}@{alias}", {"version": number})
+        with self._refusals(event):
+            check_name("model", name)
+            _check_alias(alias)
+            with self.db.session(write=True) as session:
+                model = _model_row(session, name, lock=True)
+                row = _version_row(session, model, number)
+                previous = next((a.version.number for a in model.aliases if a.name == alias), None)
+                _point_alias(session, model, alias, row)
+                audit.add(session, replace(event, detail={"version": number, "previous": previous}))
+                session.flush()
+                session.refresh(row)
+                return _version_info(row)
 
-    def remove_alias(self, name: str, alias: str) -> None:
-        with self.db.session(write=True) as session:
-            model = _model_row(session, name, lock=True)
-            row = next((a for a in model.aliases if a.name == alias), None)
-            if row is None:
-                raise NotFound(f"model '{name}' has no alias '{alias}'")
-            session.delete(row)
+    def remove_alias(
+        self, name: str, alias: str, *, actor: str | None = None, address: str | None = None
+    ) -> None:
+        event = _event(actor, address, "alias.remove", f"{name}@{alias}")
+        with self._refusals(event):
+            check_name("model", name)
+            _check_alias(alias)
+            with self.db.session(write=True) as session:
+                model = _model_row(session, name, lock=True)
+                row = next((a for a in model.aliases if a.name == alias), None)
+                if row is None:
+                    raise NotFound(f"model '{name}' has no alias '{alias}'")
+                audit.add(session, replace(event, detail={"version": row.version.number}))
+                session.delete(row)
 
-    def delete_version(self, name: str, number: int) -> None:
-        # The lock keeps an alias from being pointed at the version between check and delete.
-        with self.db.session(write=True) as session:
-            model = _model_row(session, name, lock=True)
-            row = _version_row(session, model, number)
-            pointing = [a.name for a in model.aliases if a.version_id == row.id]
-            if pointing:
-                names = ", ".join(f"{name}@{a}" for a in pointing)
-                raise Conflict(
-                    f"version {name}:{number} is still the target of {names}; move or remove "
-                    f"the alias first (`berth models alias {name} {pointing[0]} OTHER_VERSION`)"
+    def delete_version(
+        self, name: str, number: int, *, actor: str | None = None, address: str | None = None
+    ) -> None:
+        event = _event(actor, address, "version.delete", f"{name}:{number}")
+        with self._refusals(event):
+            check_name("model", name)
+            # The lock keeps an alias from being pointed at the version between check and delete.
+            with self.db.session(write=True) as session:
+                model = _model_row(session, name, lock=True)
+                row = _version_row(session, model, number)
+                pointing = [a.name for a in model.aliases if a.version_id == row.id]
+                if pointing:
+                    names = ", ".join(f"{name}@{a}" for a in pointing)
+                    raise Conflict(
+                        f"version {name}:{number} is still the target of {names}; move or remove "
+                        f"the alias first (`berth models alias {name} {pointing[0]} OTHER_VERSION`)"
+                    )
+                audit.add(
+                    session, replace(event, detail={"flavor": row.flavor, "sha256": row.sha256})
                 )
-            session.delete(row)
+                session.delete(row)
 
-    def delete_model(self, name: str) -> None:
-        with self.db.session(write=True) as session:
-            model = _model_row(session, name, lock=True)
-            if model.aliases:
-                names = ", ".join(f"{name}@{a.name}" for a in model.aliases)
-                raise Conflict(
-                    f"model '{name}' still has aliases ({names}); remove them first with "
-                    f"`berth models alias {name} ALIAS --remove`"
+    def delete_model(
+        self, name: str, *, actor: str | None = None, address: str | None = None
+    ) -> None:
+        event = _event(actor, address, "model.delete", name)
+        with self._refusals(event):
+            check_name("model", name)
+            with self.db.session(write=True) as session:
+                model = _model_row(session, name, lock=True)
+                if model.aliases:
+                    names = ", ".join(f"{name}@{a.name}" for a in model.aliases)
+                    raise Conflict(
+                        f"model '{name}' still has aliases ({names}); remove them first with "
+                        f"`berth models alias {name} ALIAS --remove`"
+                    )
+                audit.add(
+                    session, replace(event, detail={"versions": [v.number for v in model.versions]})
                 )
-            session.delete(model)
+                session.delete(model)
+
+    # audit -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _refusals(self, event: audit.AuditEvent) -> Iterator[None]:
+        """Record a refused action in its own transaction (the action's own rolled back)."""
+        try:
+            yield
+        except BerthError as exc:
+            detail = {**(event.detail or {}), "error": exc.message}
+            try:
+                audit.AuditLog(self.db).record(replace(event, outcome="refused", detail=detail))
+            except Exception:
+                log.exception("could not record the refused %s of %s", event.action, event.target)
+            raise
 
 
 # helpers ---------------------------------------------------------------------------------
@@ -362,6 +556,87 @@ def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+@dataclass(frozen=True)
+class _Trust:
+    types: tuple[str, ...] = ()
+    pickle: bool = False
+
+
+def _event(
+    actor: str | None,
+    address: str | None,
+    action: str,
+    target: str,
+    detail: dict[str, Any] | None = None,
+) -> audit.AuditEvent:
+    return audit.AuditEvent(
+        actor=actor or audit.cli_actor(),
+        action=action,
+        target=target,
+        address=address,
+        detail=detail,
+    )
+
+
+def check_type_names(names: Iterable[str], source: str) -> tuple[str, ...]:
+    """Trusted type names, checked (`module.Name`), sorted and without duplicates."""
+    checked: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not _TYPE_NAME.fullmatch(name.strip()):
+            raise InvalidInput(
+                f"{source} '{name}' is not a type name; give the full dotted name skops reports, "
+                "e.g. mypackage.features.MyTransformer"
+            )
+        checked.add(name.strip())
+    return tuple(sorted(checked))
+
+
+def _check_alias(alias: str) -> str:
+    check_name("alias", alias)
+    if len(alias) > _ALIAS_MAX:
+        raise InvalidInput(
+            f"alias name '{alias}' is too long; aliases have at most {_ALIAS_MAX} characters"
+        )
+    return alias
+
+
+def _stage(source: Path, private: Path) -> Path:
+    """A private copy of a model file or directory, or the unpacked contents of an archive."""
+    if is_archive(source):
+        return safe_extract(source, private / "artifact")
+    try:
+        if source.is_dir():
+            target = private / "artifact"
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target = private / source.name
+            shutil.copyfile(source, target)
+    except (OSError, shutil.Error) as exc:
+        raise InvalidInput(f"could not read {source}: {exc}") from exc
+    return target
+
+
+def _entry_sha256(root: Path, entry: Path, artifact: StoredArtifact) -> str:
+    """The registered digest of a file of the artifact, from the same hashing that verifies it.
+
+    For a file artifact that is the artifact's own digest. For a directory it is the file's line
+    in a manifest whose digest matches the registered one, so it is bound to the registration.
+    """
+    if not artifact.is_directory:
+        return artifact.sha256
+    digests = {p.relative_to(root).as_posix(): file_sha256(p) for p in _files_under(root)}
+    manifest = "".join(f"{digest}  {rel}\n" for rel, digest in digests.items())
+    actual = hashlib.sha256(manifest.encode()).hexdigest()
+    relative = entry.relative_to(root).as_posix()
+    if actual != artifact.sha256 or relative not in digests:
+        raise ArtifactIntegrityError(
+            f"artifact of this version fails its sha256 check (expected {artifact.sha256}, got "
+            f"{actual}); it was changed after registration and will not be loaded. Restore the "
+            "store, or register the model again"
+        )
+    return digests[relative]
+
+
 def _point_alias(session: Session, model: ModelRow, alias: str, version: VersionRow) -> None:
     existing = next((a for a in model.aliases if a.name == alias), None)
     if existing is None:
@@ -415,6 +690,8 @@ def _version_info(row: VersionRow) -> VersionInfo:
         created_at=row.created_at,
         aliases=aliases,
         example=row.example,
+        trusted_types=tuple(row.trusted_types or ()),
+        pickle_trusted=row.pickle_trusted,
     )
 
 

@@ -2,17 +2,42 @@
 
 Flavor modules are imported only when a model of that flavor is loaded, so onnxruntime and
 torch stay optional.
+
+Trust: a scikit-learn pickle (.joblib/.pkl/.pickle, or any sklearn file that is not .skops) is
+unpickled only when the caller passes `pickle_sha256`, the digest the registry recorded for a
+version registered with --trust-pickle; the runtime reads the file once, checks those bytes
+against the digest and unpickles the same bytes. skops files load types beyond the built-in
+allow-list only when they are named in `trusted_types`. `Registry.load_runtime(version)` is the
+one caller that passes both, from the version's record and the server settings.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from berth.errors import InvalidInput, ModelLoadError
 from berth.runtimes.base import Runtime
 
 FLAVORS = ("sklearn", "onnx", "python", "torch")
+SKOPS_SUFFIX = ".skops"
+
+
+class UntrustedArtifact(ModelLoadError):
+    """The artifact needs trust it was not given (a pickle, or skops types off the allow-list)."""
+
+
+def pickle_refusal(name: str) -> str:
+    """Why a pickle is not loaded without trust, and what to do instead."""
+    return (
+        f"{name} is a pickle (joblib/pickle) file, and loading a pickle runs any code it holds; "
+        "Berth loads one only for a version registered with --trust-pickle, after its sha256 "
+        'matches. Save the model with skops instead (`skops.io.dump(model, "model.skops")`) and '
+        "register the .skops file, or, if you trust whoever made this file, register it with "
+        "`berth models register NAME PATH --trust-pickle`"
+    )
+
 
 _SUFFIX_FLAVORS = {
     ".joblib": "sklearn",
@@ -75,8 +100,24 @@ def python_entry(directory: Path) -> Path | None:
     return scripts[0] if len(scripts) == 1 else None
 
 
-def load_runtime(flavor: str, path: Path) -> Runtime:
-    """Load an artifact (file or directory) with the runtime of `flavor`."""
+def needs_pickle_trust(flavor: str, entry: Path) -> bool:
+    """Whether loading `entry` with `flavor` unpickles it (scikit-learn files other than skops)."""
+    return flavor == "sklearn" and entry.suffix.lower() != SKOPS_SUFFIX
+
+
+def load_runtime(
+    flavor: str,
+    path: Path,
+    *,
+    trusted_types: Iterable[str] = (),
+    pickle_sha256: str | None = None,
+) -> Runtime:
+    """Load an artifact (file or directory) with the runtime of `flavor`.
+
+    `trusted_types`: types a skops file may hold beyond the built-in allow-list.
+    `pickle_sha256`: the only digest a pickle may have to be unpickled; without it a pickle is
+    refused (`UntrustedArtifact`). Other flavors ignore both.
+    """
     _check_flavor(flavor)
     if not path.exists():
         raise ModelLoadError(f"artifact {path} does not exist; check the version's stored files")
@@ -94,7 +135,12 @@ def load_runtime(flavor: str, path: Path) -> Runtime:
             f"the {flavor} flavor needs the '{package}' package, which is not installed; "
             f"run: pip install 'berth[{extra}]'"
         ) from exc
-    runtime: Runtime = module.load(target)
+    if flavor == "sklearn":
+        runtime: Runtime = module.load(
+            target, trusted_types=tuple(trusted_types), pickle_sha256=pickle_sha256
+        )
+    else:
+        runtime = module.load(target)
     return runtime
 
 

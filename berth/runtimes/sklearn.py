@@ -1,7 +1,18 @@
-"""scikit-learn (and compatible) estimators saved with joblib/pickle or skops."""
+"""scikit-learn (and compatible) estimators saved with skops, or with joblib/pickle when trusted.
+
+skops files load with an allow-list of types (below); a pickle is unpickled only with the sha256
+the registry recorded for a version registered with --trust-pickle (see `berth.runtimes`).
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
+import inspect
+import io
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +22,10 @@ import pandas as pd
 import skops.io as sio
 from sklearn.exceptions import NotFittedError
 
-from berth.errors import InvalidInput, ModelLoadError
+from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError
 from berth.registry.signature import Signature
+from berth.runtimes import SKOPS_SUFFIX, UntrustedArtifact, pickle_refusal
 from berth.runtimes.base import ModelInput, Prediction
-
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "collections.")
 
 
 def _argmax_families() -> tuple[type, ...]:
@@ -111,8 +121,14 @@ class SklearnRuntime:
         return probabilities
 
 
-def load(path: Path) -> SklearnRuntime:
-    model = _load_skops(path) if path.suffix.lower() == ".skops" else _load_joblib(path)
+def load(
+    path: Path, *, trusted_types: tuple[str, ...] = (), pickle_sha256: str | None = None
+) -> SklearnRuntime:
+    """Load a skops file (allow-listed types only) or a trusted pickle (see `berth.runtimes`)."""
+    if path.suffix.lower() == SKOPS_SUFFIX:
+        model = _load_skops(path, _read(path), trusted_types)
+    else:
+        model = _load_pickle(path, pickle_sha256)
     if not callable(getattr(model, "predict", None)):
         raise ModelLoadError(
             f"{path} holds a {type(model).__name__}, which has no predict() method; "
@@ -121,9 +137,30 @@ def load(path: Path) -> SklearnRuntime:
     return SklearnRuntime(model)
 
 
-def _load_joblib(path: Path) -> Any:
+def _read(path: Path) -> bytes:
     try:
-        return joblib.load(path)
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"could not read {path}: {exc.strerror}") from exc
+
+
+# pickle ------------------------------------------------------------------------------------
+
+
+def _load_pickle(path: Path, pickle_sha256: str | None) -> Any:
+    if pickle_sha256 is None:
+        raise UntrustedArtifact(pickle_refusal(path.name))
+    # One read: the bytes checked are the bytes unpickled, whatever happens to the file meanwhile.
+    data = _read(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != pickle_sha256:
+        raise ArtifactIntegrityError(
+            f"{path.name} fails its sha256 check (expected {pickle_sha256}, got {actual}); it "
+            "was changed after registration and will not be unpickled. Restore the artifact "
+            "store, or register the model again"
+        )
+    try:
+        return joblib.load(io.BytesIO(data))
     except Exception as exc:
         raise ModelLoadError(
             f"could not load {path} with joblib ({type(exc).__name__}: {exc}); save the model with "
@@ -131,23 +168,23 @@ def _load_joblib(path: Path) -> Any:
         ) from exc
 
 
-def _load_skops(path: Path) -> Any:
+# skops -------------------------------------------------------------------------------------
+
+
+def _load_skops(path: Path, data: bytes, trusted_types: tuple[str, ...]) -> Any:
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
         raise ModelLoadError(
             f"could not read {path} as a skops file ({type(exc).__name__}: {exc}); "
             "save the model with skops.io.dump"
         ) from exc
-    rejected = [t for t in untrusted if not _trusted(t)]
+    extra = set(trusted_types)
+    rejected = sorted(t for t in untrusted if t not in extra and not builtin_trusted(t))
     if rejected:
-        raise ModelLoadError(
-            f"{path} uses types Berth does not trust: {', '.join(rejected)}; only scikit-learn, "
-            "numpy and scipy types load from skops files. Remove the custom code from the "
-            "model, or serve it with the python flavor"
-        )
+        raise UntrustedArtifact(untrusted_types_refusal(path.name, rejected))
     try:
-        return sio.load(path, trusted=untrusted)
+        return sio.loads(data, trusted=list(untrusted))
     except Exception as exc:
         raise ModelLoadError(
             f"could not load {path} with skops ({type(exc).__name__}: {exc}); "
@@ -155,8 +192,94 @@ def _load_skops(path: Path) -> Any:
         ) from exc
 
 
-def _trusted(type_name: str) -> bool:
-    return type_name.startswith(TRUSTED_PREFIXES)
+def untrusted_types_refusal(name: str, rejected: list[str]) -> str:
+    flags = " ".join(f"--trust-type {t}" for t in rejected)
+    listed = ", ".join(f'"{t}"' for t in rejected)
+    return (
+        f"{name} holds types Berth does not trust: {', '.join(rejected)}. Loading a type runs "
+        "its code, and only scikit-learn classes and scores, numpy ufuncs and numpy/scipy array "
+        "and dtype types are trusted by default. If you trust the code of these types, register with "
+        f"`berth models register NAME PATH {flags}` (recorded on the version), or trust them on "
+        f"the whole server with BERTH_TRUSTED_TYPES='[{listed}]'. Otherwise remove the custom "
+        "code from the model, or serve it with the python flavor"
+    )
+
+
+# The allow-list. skops trusts its own defaults (builtins containers, numpy dtypes and ufuncs,
+# scipy.special ufuncs, random generators, scikit-learn estimators) and never reports them; of
+# what it does report, Berth trusts:
+# - classes defined by scikit-learn (tree structures, optimizers, calibration, Bunch, ...);
+# - functions defined in sklearn.metrics and sklearn.feature_selection: scores, kernels and
+#   distances that estimators keep as parameters (SelectKBest(f_classif), make_scorer), which
+#   compute and do no I/O. Other scikit-learn functions are not trusted: FunctionTransformer
+#   calls its function on every request with its kw_args, and some write files
+#   (sklearn.datasets.dump_svmlight_file);
+# - numpy ufuncs, and numpy/scipy array, scalar, dtype and sparse matrix types (not the
+#   file-backed numpy.memmap).
+# Every other name (numpy.load, numpy.sum, builtins.eval, functools.partial, your own classes)
+# needs explicit trust. A name is checked by importing its module from the installed package,
+# never from the file, and test suites and entry points are not imported at all.
+_SKLEARN_FUNCTION_MODULES = ("sklearn.metrics", "sklearn.feature_selection")
+_TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_NEVER_IMPORTED = re.compile(r"^(?:tests?|testing|conftest|__main__|setup)(?:_.*)?$")
+
+
+@functools.lru_cache(maxsize=4096)
+def builtin_trusted(type_name: str) -> bool:
+    """Whether a type name skops reports is on Berth's built-in allow-list (see above)."""
+    if not _NAME.fullmatch(type_name):
+        return False
+    package = type_name.split(".", 1)[0]
+    if package not in _TRUSTED_PACKAGES:
+        return False
+    found = _resolve(type_name)
+    if found is None:
+        return False
+    if package == "sklearn":
+        return _sklearn_trusted(found)
+    return _array_or_dtype(found)
+
+
+def _sklearn_trusted(found: Any) -> bool:
+    module = getattr(found, "__module__", None) or ""
+    if isinstance(found, type):
+        return module.startswith("sklearn.")
+    if inspect.isfunction(found):
+        return module.startswith(tuple(f"{m}." for m in _SKLEARN_FUNCTION_MODULES))
+    return False
+
+
+def _array_or_dtype(found: Any) -> bool:
+    if isinstance(found, np.ufunc):
+        return True
+    if not isinstance(found, type) or issubclass(found, np.memmap):  # memmap: backed by a file
+        return False
+    if issubclass(found, np.ndarray | np.generic | np.dtype):
+        return True
+    sparse: Any = importlib.import_module("scipy.sparse")
+    return issubclass(found, sparse.spmatrix | sparse.sparray)
+
+
+def _resolve(type_name: str) -> Any | None:
+    """The object a dotted name points at in the installed packages, or None."""
+    parts = type_name.split(".")
+    if any(_NEVER_IMPORTED.match(p) for p in parts):
+        return None
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found: Any = importlib.import_module(module_name)
+        except Exception:  # noqa: S112 - a shorter module path may still resolve
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute, None)
+            if found is None:
+                return None
+        return found
+    return None
 
 
 def _matches_width(array: np.ndarray[Any, Any], width: int) -> bool:

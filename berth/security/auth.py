@@ -8,7 +8,6 @@ turn into a database query each.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -32,6 +31,8 @@ class Principal:
 
     name: str
     scopes: tuple[str, ...]
+    rate: str | None = None
+    """This caller's own rate limit (a key's --rate); None: the server default."""
 
     def may_predict(self, model: str) -> bool:
         return any(s in ("admin", "predict", f"predict:{model}") for s in self.scopes)
@@ -53,6 +54,10 @@ class Principal:
             raise Forbidden(
                 f"key '{self.name}' may not read model metadata; it needs the read scope"
             )
+
+    def require_admin(self) -> None:
+        if "admin" not in self.scopes:
+            raise Forbidden(f"key '{self.name}' may not administer Berth; it needs the admin scope")
 
 
 DEV_PRINCIPAL = Principal(name="dev-mode", scopes=("admin",))
@@ -79,16 +84,14 @@ class KeyVerifier:
             )
         key_id = split_key(presented)
         stored = await self._stored(key_id) if key_id else None
-        if stored is None or not hmac.compare_digest(
-            stored.secret_hash, hash_key(self.keys.secret, presented)
-        ):
+        if stored is None or not stored.matches(hash_key(self.keys.secret, presented)):
             raise Unauthenticated("the API key is not valid; check it or create a new one")
         if not stored.info.active:
             raise Unauthenticated(
                 f"the API key '{stored.info.name}' is revoked or expired; create a new one"
             )
         self._used.add(stored.info.key_id)
-        return Principal(name=stored.info.name, scopes=stored.info.scopes)
+        return Principal(name=stored.info.name, scopes=stored.info.scopes, rate=stored.info.rate)
 
     async def _stored(self, key_id: str) -> StoredKey | None:
         now = time.monotonic()

@@ -13,18 +13,21 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from berth.config import Settings
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.registry.db import Database
 from berth.registry.references import check_name
 from berth.registry.tables import ApiKeyRow, utcnow
+from berth.security import audit
+from berth.security.ratelimit import parse_rate
 
 KEY_PREFIX = "berth"
 SCOPES = ("predict", "read", "admin")
@@ -40,10 +43,25 @@ class KeyInfo:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    rate: str | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None and not _expired(self.expires_at)
+
+    def to_dict(self) -> dict[str, object]:
+        """Everything about a key but its secret (which is never stored)."""
+        return {
+            "name": self.name,
+            "key_id": self.key_id,
+            "scopes": list(self.scopes),
+            "rate": self.rate,
+            "active": self.active,
+            "created_at": _iso(self.created_at),
+            "expires_at": _iso(self.expires_at),
+            "revoked_at": _iso(self.revoked_at),
+            "last_used_at": _iso(self.last_used_at),
+        }
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,15 @@ class StoredKey:
 
     info: KeyInfo
     secret_hash: str
+    previous_hash: str | None = None
+    previous_valid_until: datetime | None = None
+
+    def matches(self, presented_hash: str) -> bool:
+        """Constant-time check against the current secret, or the previous one in its grace."""
+        current = hmac.compare_digest(self.secret_hash, presented_hash)
+        previous = self.previous_hash is not None and not _expired(self.previous_valid_until)
+        earlier = previous and hmac.compare_digest(self.previous_hash or "", presented_hash)
+        return current or earlier
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -112,6 +139,8 @@ def check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class KeyService:
+    """Key administration. Every change is audited in its own transaction."""
+
     def __init__(self, db: Database, secret: bytes) -> None:
         self.db = db
         self.secret = secret
@@ -121,47 +150,80 @@ class KeyService:
         name: str,
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
         expires_at: datetime | None = None,
+        rate: str | None = None,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
     ) -> tuple[KeyInfo, str]:
         """A new key; the plain key is returned here once and never stored."""
         check_name("key", name)
         scopes = check_scopes(scopes or DEFAULT_SCOPES)
+        rate = str(parse_rate(rate)) if rate else None
         key_id = secrets.token_hex(6)
-        key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        key = self._new_key(key_id)
         row = ApiKeyRow(
             name=name,
             key_id=key_id,
             secret_hash=hash_key(self.secret, key),
             scopes=list(scopes),
             expires_at=expires_at,
+            rate=rate,
         )
+        event = _event(actor, address, "key.create", name, {"scopes": list(scopes), "rate": rate})
         try:
             with self.db.session() as session:
                 session.add(row)
                 session.flush()
+                audit.add(session, event)
                 info = _info(row)
         except IntegrityError as exc:
+            self._refused(event)
             raise Conflict(
                 f"a key named '{name}' already exists; pick another name or revoke it first"
             ) from exc
         return info, key
 
+    def rotate(
+        self, name: str, grace: timedelta, *, actor: str | None = None, address: str | None = None
+    ) -> tuple[KeyInfo, str]:
+        """A new secret for the key; the old one keeps working for `grace`, then stops."""
+        event = _event(actor, address, "key.rotate", name, {"grace_seconds": grace.total_seconds()})
+        with self.db.session() as session:
+            row = self._row(session, name, event)
+            if not _info(row).active:
+                self._refused(event)
+                raise Conflict(f"key '{name}' is revoked or expired; create a new key instead")
+            key = self._new_key(row.key_id)
+            row.previous_hash = row.secret_hash if grace.total_seconds() > 0 else None
+            row.previous_valid_until = utcnow() + grace if grace.total_seconds() > 0 else None
+            row.secret_hash = hash_key(self.secret, key)
+            audit.add(session, event)
+            return _info(row), key
+
+    def revoke(self, name: str, *, actor: str | None = None, address: str | None = None) -> KeyInfo:
+        event = _event(actor, address, "key.revoke", name)
+        with self.db.session() as session:
+            row = self._row(session, name, event)
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            audit.add(session, event)
+            return _info(row)
+
     def list(self) -> list[KeyInfo]:
         with self.db.session() as session:
             return [_info(r) for r in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.name))]
 
-    def revoke(self, name: str) -> KeyInfo:
-        with self.db.session() as session:
-            row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
-            if row is None:
-                raise NotFound(f"no key named '{name}'; see `berth keys list`")
-            if row.revoked_at is None:
-                row.revoked_at = utcnow()
-            return _info(row)
-
     def lookup(self, key_id: str) -> StoredKey | None:
         with self.db.session() as session:
             row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_id == key_id))
-            return None if row is None else StoredKey(info=_info(row), secret_hash=row.secret_hash)
+            if row is None:
+                return None
+            return StoredKey(
+                info=_info(row),
+                secret_hash=row.secret_hash,
+                previous_hash=row.previous_hash,
+                previous_valid_until=row.previous_valid_until,
+            )
 
     def touch(self, key_ids: set[str], when: datetime) -> None:
         """Record last use; called in batches by the verifier, never per request."""
@@ -170,6 +232,36 @@ class KeyService:
         with self.db.session() as session:
             for row in session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_id.in_(key_ids))):
                 row.last_used_at = when
+
+    @staticmethod
+    def _new_key(key_id: str) -> str:
+        return f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+    def _row(self, session: Session, name: str, event: audit.AuditEvent) -> ApiKeyRow:
+        row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
+        if row is None:
+            self._refused(event)
+            raise NotFound(f"no key named '{name}'; see `berth keys list`")
+        return row
+
+    def _refused(self, event: audit.AuditEvent) -> None:
+        audit.AuditLog(self.db).record(replace(event, outcome="refused"))
+
+
+def _event(
+    actor: str | None,
+    address: str | None,
+    action: str,
+    target: str,
+    detail: dict[str, object] | None = None,
+) -> audit.AuditEvent:
+    return audit.AuditEvent(
+        actor=actor or audit.cli_actor(), action=action, target=target, address=address, detail=detail
+    )
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
 
 
 def _expired(expires_at: datetime | None) -> bool:
@@ -189,4 +281,5 @@ def _info(row: ApiKeyRow) -> KeyInfo:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        rate=row.rate,
     )

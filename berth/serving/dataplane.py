@@ -20,7 +20,7 @@ from typing import Any
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from berth.errors import BerthError, InvalidInput, NotFound, NotReady
+from berth.errors import BerthError, InvalidInput, NotFound, NotReady, TimedOut
 from berth.observability import metrics
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
@@ -72,11 +72,13 @@ class DataPlane:
         refresh_seconds: float = 2.0,
         max_batch_rows: int = 10_000,
         threads: int | None = None,
+        timeout_seconds: float | None = None,
     ) -> None:
         self.registry = registry
         self.served = [parse_reference(r) for r in served]
         self.refresh_seconds = refresh_seconds
         self.max_batch_rows = max_batch_rows
+        self.timeout_seconds = timeout_seconds
         self._limiter = CapacityLimiter(threads or os.cpu_count() or 1)
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
@@ -130,9 +132,7 @@ class DataPlane:
         labels = (info.model, str(info.number))
         started = time.perf_counter()
         try:
-            inputs, prediction = await anyio.to_thread.run_sync(
-                _decode_and_predict, loaded.runtime, info.signature, decode, limiter=self._limiter
-            )
+            inputs, prediction = await self._in_thread(loaded, decode)
         except BerthError as exc:
             kind = "invalid_input" if isinstance(exc, InvalidInput) else "rejected"
             self._count(labels, endpoint, kind)
@@ -150,6 +150,28 @@ class DataPlane:
             rows=row_count(inputs),
             seconds=seconds,
         )
+
+    async def _in_thread(
+        self, loaded: LoadedVersion, decode: Decoder
+    ) -> tuple[ModelInput, Prediction]:
+        work = anyio.to_thread.run_sync(
+            _decode_and_predict,
+            loaded.runtime,
+            loaded.info.signature,
+            decode,
+            limiter=self._limiter,
+            # On timeout the caller gets its answer now; the thread finishes on its own.
+            abandon_on_cancel=True,
+        )
+        if self.timeout_seconds is None:
+            return await work
+        try:
+            return await asyncio.wait_for(work, self.timeout_seconds)
+        except TimeoutError as exc:
+            raise TimedOut(
+                f"{loaded.info.ref} did not answer within {self.timeout_seconds:g} s; send fewer "
+                "rows per request, or raise BERTH_REQUEST_TIMEOUT_SECONDS"
+            ) from exc
 
     @staticmethod
     def _count(labels: tuple[str, str], endpoint: str, kind: str) -> None:

@@ -1,0 +1,227 @@
+"""Admin routes (admin scope): keys, aliases, deletions and the audit log.
+
+Each route calls the same service function as its CLI command, with the caller as the actor.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from berth.api import openapi_schemas as doc
+from berth.api.auth import client_address
+from berth.api.json_body import json_response, read_object, require
+from berth.api.services import Services, services
+from berth.api.v1 import version_number
+from berth.durations import parse_duration
+from berth.errors import InvalidInput
+from berth.registry.references import MAX_VERSION
+from berth.security.audit import AuditLog
+from berth.security.keys import DEFAULT_SCOPES
+
+router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
+
+MAX_DURATION = timedelta(days=100 * 366)
+"""Longest expiry, grace period or audit window: beyond it, datetime arithmetic overflows."""
+
+_KEY_EXAMPLE = '{"name": "web", "scopes": ["predict:churn"], "expires": "90d"}'
+
+
+async def _admin(request: Request) -> tuple[Services, dict[str, Any]]:
+    """The services, plus actor and address for the audit log, once the caller is an admin."""
+    svc = services(request)
+    principal = await svc.auth.principal(request)
+    principal.require_admin()
+    return svc, {"actor": principal.name, "address": client_address(request)}
+
+
+def _text(document: dict[str, Any], key: str) -> str | None:
+    value = document.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"'{key}' must be a string")
+    return value
+
+
+def _duration(text: str, what: str) -> timedelta:
+    duration = parse_duration(text)
+    if duration > MAX_DURATION:
+        raise InvalidInput(f"{what} '{text}' is too long; at most {MAX_DURATION.days}d")
+    return duration
+
+
+def _version_number(version: Any) -> int:
+    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= MAX_VERSION:
+        return version
+    if not isinstance(version, str):
+        raise InvalidInput(f"version must be a whole number, got {_show(version)}")
+    return version_number(version, '{"version": 3}')
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@router.get(
+    "/keys",
+    summary="List API keys (never their secrets)",
+    responses={**doc.ok(doc.KEYS, "Every key, without secrets."), **doc.errors(*doc.READ_ERRORS)},
+)
+async def list_keys(request: Request) -> Response:
+    svc, _who = await _admin(request)
+    keys = await anyio.to_thread.run_sync(svc.keys.list)
+    return json_response({"keys": [k.to_dict() for k in keys]})
+
+
+@router.post(
+    "/keys",
+    summary="Create an API key; the secret is in this answer only",
+    status_code=201,
+    openapi_extra=doc.json_body(
+        doc.CREATE_KEY_BODY, example={"name": "web", "scopes": ["predict:churn"], "expires": "90d"}
+    ),
+    responses={
+        **doc.ok(doc.KEY_WITH_SECRET, "The key, and its secret (shown only here).", status=201),
+        **doc.errors(400, 409, 413, *doc.READ_ERRORS),
+    },
+)
+async def create_key(request: Request) -> Response:
+    svc, who = await _admin(request)
+    body = await read_object(request)
+    name = require(body, "name", _KEY_EXAMPLE)
+    scopes = body.get("scopes", list(DEFAULT_SCOPES))
+    if (
+        not isinstance(name, str)
+        or not isinstance(scopes, list)
+        or not all(isinstance(s, str) for s in scopes)
+    ):
+        raise InvalidInput("'name' must be a string and 'scopes' a list of strings")
+    expires = _text(body, "expires")
+    expires_at = datetime.now(UTC) + _duration(expires, "expires") if expires else None
+    rate = _text(body, "rate")
+    info, secret = await anyio.to_thread.run_sync(
+        lambda: svc.keys.create(name, tuple(scopes), expires_at, rate, **who)
+    )
+    return json_response({"key": info.to_dict(), "secret": secret}, status=201)
+
+
+@router.post(
+    "/keys/{name}/rotate",
+    summary="New secret; the old one works for the grace period",
+    openapi_extra=doc.combined(
+        doc.parameters(doc.KEY_NAME), doc.json_body(doc.ROTATE_KEY_BODY, example={"grace": "1h"})
+    ),
+    responses={
+        **doc.ok(doc.KEY_WITH_SECRET, "The key, and its new secret (shown only here)."),
+        **doc.errors(400, 404, 409, 413, *doc.READ_ERRORS),
+    },
+)
+async def rotate_key(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await _admin(request)
+    body = await read_object(request)
+    grace = _duration(_text(body, "grace") or "1h", "grace")
+    info, secret = await anyio.to_thread.run_sync(lambda: svc.keys.rotate(name, grace, **who))
+    return json_response({"key": info.to_dict(), "secret": secret})
+
+
+@router.delete(
+    "/keys/{name}",
+    summary="Revoke an API key",
+    openapi_extra=doc.parameters(doc.KEY_NAME),
+    responses={
+        **doc.ok(doc.KEY, "The key, now revoked."),
+        **doc.errors(404, *doc.READ_ERRORS),
+    },
+)
+async def revoke_key(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await _admin(request)
+    info = await anyio.to_thread.run_sync(lambda: svc.keys.revoke(name, **who))
+    return json_response({"key": info.to_dict()})
+
+
+@router.put(
+    "/models/{name}/aliases/{alias}",
+    summary="Point an alias at a version",
+    openapi_extra=doc.combined(
+        doc.parameters(doc.MODEL_NAME, doc.ALIAS),
+        doc.json_body(doc.SET_ALIAS_BODY, example={"version": 3}),
+    ),
+    responses={
+        **doc.ok(doc.VERSION_INFO, "The version the alias now points at."),
+        **doc.errors(400, 404, 413, *doc.READ_ERRORS),
+    },
+)
+async def set_alias(request: Request) -> Response:
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    svc, who = await _admin(request)
+    number = _version_number(require(await read_object(request), "version", '{"version": 3}'))
+    info = await anyio.to_thread.run_sync(
+        lambda: svc.registry.set_alias(name, alias, number, **who)
+    )
+    return json_response(info.to_dict())
+
+
+@router.delete(
+    "/models/{name}/aliases/{alias}",
+    summary="Remove an alias",
+    openapi_extra=doc.parameters(doc.MODEL_NAME, doc.ALIAS),
+    responses={
+        **doc.ok(doc.ALIAS_REMOVED, "The alias is gone."),
+        **doc.errors(400, 404, *doc.READ_ERRORS),
+    },
+)
+async def remove_alias(request: Request) -> Response:
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    svc, who = await _admin(request)
+    await anyio.to_thread.run_sync(lambda: svc.registry.remove_alias(name, alias, **who))
+    return json_response({"removed": f"{name}@{alias}"})
+
+
+@router.delete(
+    "/models/{name}/versions/{version}",
+    summary="Delete a version (refused while aliased)",
+    openapi_extra=doc.parameters(doc.MODEL_NAME, doc.VERSION),
+    responses={
+        **doc.ok(doc.VERSION_DELETED, "The version and its artifact are gone."),
+        **doc.errors(400, 404, 409, *doc.READ_ERRORS),
+    },
+)
+async def delete_version(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await _admin(request)
+    number = _version_number(request.path_params["version"])
+    await anyio.to_thread.run_sync(lambda: svc.registry.delete_version(name, number, **who))
+    return json_response({"deleted": f"{name}:{number}"})
+
+
+@router.get(
+    "/audit",
+    summary="Audit events, newest first",
+    openapi_extra=doc.parameters(*doc.AUDIT_QUERY),
+    responses={
+        **doc.ok(doc.AUDIT_EVENTS, "Matching events, newest first."),
+        **doc.errors(400, *doc.READ_ERRORS),
+    },
+)
+async def audit(request: Request) -> Response:
+    svc, _who = await _admin(request)
+    params = request.query_params
+    since = params.get("since")
+    start = datetime.now(UTC) - _duration(since, "since") if since else None
+    actor = params.get("actor")
+    if actor is not None and len(actor) > 128:
+        raise InvalidInput("actor is at most 128 characters")
+    limit = params.get("limit", "100")
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4 and 1 <= int(limit) <= 1000):
+        raise InvalidInput("limit must be a whole number from 1 to 1000")
+    events = await anyio.to_thread.run_sync(
+        lambda: AuditLog(svc.registry.db).list(since=start, actor=actor, limit=int(limit))
+    )
+    return json_response({"events": [e.to_dict() for e in events]})

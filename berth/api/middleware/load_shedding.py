@@ -1,0 +1,60 @@
+"""Cap concurrent prediction requests per worker: beyond the cap, 503 at once, no queue.
+
+An unbounded queue turns overload into timeouts for everyone; refusing early keeps latency for
+admitted requests and tells clients (and load balancers) to retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client import Counter, Gauge
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+IN_FLIGHT = Gauge("berth_requests_in_flight", "Prediction requests being handled by this worker.")
+SHED = Counter("berth_requests_shed", "Prediction requests refused because the worker was at capacity.")
+
+_PREDICTION_SUFFIXES = ("/predict", "/batch-predict", "/infer")
+
+
+class LoadSheddingMiddleware:
+    def __init__(self, app: ASGIApp, max_concurrent: int) -> None:
+        self.app = app
+        self.max_concurrent = max_concurrent
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith(_PREDICTION_SUFFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_concurrent:
+            SHED.inc()
+            await _refuse(send, self.max_concurrent)
+            return
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            IN_FLIGHT.dec()
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = orjson.dumps(
+        {
+            "error": f"the server is at its limit of {limit} concurrent predictions; retry shortly "
+            "(or raise BERTH_MAX_CONCURRENT_REQUESTS / add workers)"
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,18 @@
+"""Durations as people write them: `90s`, `30m`, `12h`, `90d`."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from berth.errors import InvalidInput
+
+_DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise InvalidInput(f"'{text}' is not a duration; write e.g. 30m, 12h or 90d")
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])

@@ -1,0 +1,242 @@
+"""Security with real processes: HTTPS, and rate limits shared by two workers through Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+import skops.io
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from tests.conftest import require_service
+from tests.test_server import BERTH, berth, free_port
+
+pytestmark = pytest.mark.server
+
+REDIS_URL = os.environ.get("BERTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    """A registry with iris (skops) at production, and the environment to reach it."""
+    folder = tmp_path_factory.mktemp("secure")
+    features, target = load_iris(return_X_y=True)
+    skops.io.dump(LogisticRegression(max_iter=1000).fit(features, target), folder / "iris.skops")
+    np.save(folder / "sample.npy", features[:5])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_HOME"] = str(folder / "home")
+    done = berth(
+        env,
+        "models",
+        "register",
+        "iris",
+        str(folder / "iris.skops"),
+        "--sample",
+        str(folder / "sample.npy"),
+        "--alias",
+        "production",
+    )
+    assert done.returncode == 0, done.stderr
+    return env, folder
+
+
+def _key(env: dict[str, str], name: str, *options: str) -> str:
+    created = berth(env, "keys", "create", name, *options)
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().splitlines()[-1]
+
+
+def _serve(
+    env: dict[str, str], *args: str, scheme: str = "http", verify: object = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [*BERTH, "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"{scheme}://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read().decode() if process.stderr else "exited")
+        try:
+            if httpx.get(f"{base}/ready", verify=verify, timeout=1).status_code == 200:  # type: ignore[arg-type]
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("server did not become ready")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    _, stderr = process.communicate(timeout=15)
+    return stderr.decode()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_with_tls_cert_and_key(home: tuple[dict[str, str], Path]) -> None:
+    env, folder = home
+    cert, key = _self_signed(folder)
+    secret = _key(env, "tls-client")
+    trust = ssl.create_default_context(cafile=str(cert))
+    process, base = _serve(
+        env, "--tls-cert", str(cert), "--tls-key", str(key), scheme="https", verify=trust
+    )
+    try:
+        answer = httpx.post(
+            f"{base}/api/v1/models/iris/predict",
+            json={"features": ROW},
+            headers={"X-API-Key": secret},
+            verify=trust,
+        )
+        assert answer.status_code == 200
+        with pytest.raises(httpx.TransportError):
+            httpx.get(base.replace("https", "http") + "/health", timeout=2)
+    finally:
+        logs = _stop(process)
+    assert secret not in logs
+
+
+def _redis_or_skip() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require_service("Redis", str(exc))
+    return client
+
+
+def _hits(base: str, secret: str, count: int) -> list[int]:
+    statuses = []
+    for _ in range(count):
+        # A new connection per request, so both worker processes take requests.
+        with httpx.Client(base_url=base) as client:
+            statuses.append(
+                client.get("/api/v1/models/iris", headers={"X-API-Key": secret}).status_code
+            )
+    return statuses
+
+
+def test_rate_limit_holds_in_total_across_two_workers_via_redis(
+    home: tuple[dict[str, str], Path],
+) -> None:
+    env, _folder = home
+    client = _redis_or_skip()
+    for stale in client.scan_iter("berth:rl:key:shared*"):
+        client.delete(stale)
+    secret = _key(env, f"shared-{time.time_ns()}", "--rate", "20/h")
+    process, base = _serve({**env, "BERTH_REDIS_URL": REDIS_URL}, "--workers", "2")
+    try:
+        statuses = _hits(base, secret, 40)
+    finally:
+        _stop(process)
+    assert statuses.count(200) == 20
+    assert statuses.count(429) == 20
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        require_service("redis-server binary", "not on PATH")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.RedisError:
+            time.sleep(0.05)
+    yield url, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.parametrize(("fail_open", "expected"), [("true", 200), ("false", 503)])
+def test_redis_stopped_mid_test_behaves_as_configured(
+    home: tuple[dict[str, str], Path],
+    private_redis: tuple[str, subprocess.Popen[bytes]],
+    fail_open: str,
+    expected: int,
+) -> None:
+    env, _folder = home
+    url, redis_process = private_redis
+    secret = _key(env, f"outage-{fail_open}-{time.time_ns()}", "--rate", "3/h")
+    process, base = _serve({**env, "BERTH_REDIS_URL": url, "BERTH_RATE_LIMIT_FAIL_OPEN": fail_open})
+    try:
+        assert _hits(base, secret, 4) == [200, 200, 200, 429]
+        redis_process.send_signal(signal.SIGKILL)
+        redis_process.wait()
+        after = _hits(base, secret, 3)
+    finally:
+        logs = _stop(process)
+    assert after == [expected] * 3
+    if fail_open == "true":
+        assert "Redis" in logs
