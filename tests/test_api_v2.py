@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.conftest import ApiSetup
+from tests.conftest import ApiSetup, register_iris
 
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
@@ -43,9 +44,13 @@ def test_model_metadata_tensor_and_tabular(api: ApiSetup) -> None:
     assert churn["inputs"][2]["datatype"] == "BYTES"
 
 
-def test_model_ready(api: ApiSetup) -> None:
+def test_model_ready(api: ApiSetup, iris_files: tuple[Path, Path]) -> None:
     assert api.client.get("/v2/models/iris/ready", headers=api.auth()).status_code == 200
     assert api.client.get("/v2/models/iris/versions/1/ready", headers=api.auth()).status_code == 200
+    missing = api.client.get("/v2/models/iris/versions/9/ready", headers=api.auth())
+    assert missing.status_code == 404
+    assert "error" in missing.json()
+    register_iris(api.registry, iris_files)
     not_loaded = api.client.get("/v2/models/iris/versions/2/ready", headers=api.auth())
     assert not_loaded.status_code == 503
     assert "error" in not_loaded.json()

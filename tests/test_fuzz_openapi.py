@@ -11,9 +11,11 @@ reproducible; the number of generated cases is printed at the end of each test.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
+import string
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import jwt as pyjwt
 import numpy as np
 import pytest
 import schemathesis
@@ -32,6 +35,7 @@ from hypothesis.errors import Unsatisfiable
 from pydantic import SecretStr
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -39,8 +43,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from berth.api.v2 import input_tensors
 from berth.config import Settings
-from berth.registry.service import RegisterRequest, Registry
+from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import register_churn
 
@@ -53,8 +58,8 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-AS_ADMIN = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 25}
-ANONYMOUS = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 8}
+AS_ADMIN = {GenerationMode.POSITIVE: 50, GenerationMode.NEGATIVE: 30}
+ANONYMOUS = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}
 OPEN_OPERATIONS = {
     "GET /health",
     "GET /ready",
@@ -71,6 +76,8 @@ class Fuzzed:
     schema: Any
     registry: Registry
     admin_key: str
+    bodies: dict[str, dict[str, Any]]
+    """Valid request bodies per served model: `features`, `instances` and `v2` (OIP inputs)."""
     cases: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
 
@@ -96,7 +103,9 @@ def fuzzed(
     model, sample = iris_files
     iris = tmp_path / "iris.skops"  # skops, so serving needs no pickle trust
     skops.io.dump(joblib.load(model), iris)
-    registry.register(RegisterRequest(name="iris", path=iris, sample=sample, aliases=("production",)))
+    registry.register(
+        RegisterRequest(name="iris", path=iris, sample=sample, aliases=("production",))
+    )
     register_churn(registry, churn_files)
     for aliases in (("staging",), ()):
         registry.register(RegisterRequest(name="spare", path=iris, sample=sample, aliases=aliases))
@@ -108,7 +117,8 @@ def fuzzed(
     # Loading the schema starts the app's lifespan (models load); schemathesis' pytest plugin
     # ends it when the test is torn down.
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    yield Fuzzed(schema=schema, registry=registry, admin_key=admin_key)
+    bodies = {name: _valid_bodies(registry.resolve(name)) for name in ("iris", "churn")}
+    yield Fuzzed(schema=schema, registry=registry, admin_key=admin_key, bodies=bodies)
     registry.db.dispose()
 
 
@@ -116,105 +126,215 @@ def fuzzed(
 
 
 def test_every_operation_as_admin(fuzzed: Fuzzed, request: pytest.FixtureRequest) -> None:
-    headers = {"X-API-Key": fuzzed.admin_key}
-
     def authenticated(case: Case, response: Any) -> None:
         assert response.status_code not in (401, 403), (case.operation.label, response.text)
 
-    _fuzz(fuzzed, headers, AS_ADMIN, authenticated)
+    _fuzz(fuzzed, st.just({"X-API-Key": fuzzed.admin_key}), AS_ADMIN, authenticated)
     _report(request, "as admin", fuzzed)
-    import pprint; pprint.pprint(sorted(fuzzed.statuses.items()))
-    assert sum(fuzzed.cases.values()) >= 800
+    assert sum(fuzzed.cases.values()) >= 1000
     # the fixed path parameters and the documented examples take requests all the way through
     for label in (
+        "POST /api/v1/predict",
+        "POST /api/v1/batch-predict",
         "POST /api/v1/models/{ref}/predict",
         "POST /api/v1/models/{ref}/batch-predict",
         "POST /v2/models/{name}/infer",
+        "POST /v2/models/{name}/versions/{version}/infer",
         "GET /api/v1/models/{name}/versions/{version}",
         "GET /v2/models/{name}",
+        "GET /v2/models/{name}/versions/{version}/ready",
+        "PUT /api/v1/models/{name}/aliases/{alias}",
+        "POST /api/v1/keys/{name}/rotate",
     ):
         assert fuzzed.statuses[(label, 200)], (label, _statuses_of(fuzzed, label))
 
 
-def test_every_operation_without_credentials(
+def test_every_operation_without_valid_credentials(
     fuzzed: Fuzzed, request: pytest.FixtureRequest
 ) -> None:
     def refused(case: Case, response: Any) -> None:
         if case.operation.label in OPEN_OPERATIONS:
             return
-        # generated X-API-Key and Authorization values (keys, JWTs, garbage) never get in
         assert response.status_code == 401, (case.operation.label, response.text)
         assert response.headers["www-authenticate"][0].startswith('Bearer realm="berth"')
 
-    _fuzz(fuzzed, {}, ANONYMOUS, refused)
-    _report(request, "without credentials", fuzzed)
-    assert sum(fuzzed.cases.values()) >= 250
+    _fuzz(fuzzed, _bad_credentials(fuzzed), ANONYMOUS, refused)
+    _report(request, "without valid credentials", fuzzed)
+    assert sum(fuzzed.cases.values()) >= 300
+
+
+_TOKEN_CHARACTERS = string.ascii_letters + string.digits + "-_.~+/="
+
+
+def _bad_credentials(fuzzed: Fuzzed) -> st.SearchStrategy[dict[str, str]]:
+    """None, or keys and JWTs that must not verify: garbage, a real key id with a wrong
+    secret, unsigned or wrongly signed tokens with arbitrary headers and claims."""
+    token = st.text(_TOKEN_CHARACTERS, max_size=80)
+    claims = st.dictionaries(
+        st.sampled_from(["sub", "aud", "iss", "exp", "nbf", "iat", "scope", "scp", "x"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(allow_nan=False),
+            st.text(string.printable, max_size=20),
+            st.lists(st.text(string.ascii_letters, max_size=8), max_size=3),
+        ),
+        max_size=6,
+    )
+    header = st.fixed_dictionaries(
+        {"alg": st.sampled_from(["HS256", "HS512", "RS256", "ES256", "none", "", "x"])},
+        optional={"typ": st.sampled_from(["JWT", "at+jwt", ""]), "kid": token},
+    )
+    jwt_like = st.builds(
+        lambda head, body, signature: (
+            f"{_b64(json.dumps(head))}.{_b64(json.dumps(body))}.{_b64(signature)}"
+        ),
+        header,
+        claims,
+        st.binary(max_size=64),
+    )
+    wrongly_signed = st.builds(
+        lambda scope: pyjwt.encode(
+            {"sub": "mallory", "aud": "berth-fuzz", "scope": scope, "exp": 4102444800},
+            "not-the-server-secret-0123456789abcdef",
+            algorithm="HS256",
+        ),
+        st.sampled_from(["admin", "predict read", ""]),
+    )
+    key_id = fuzzed.admin_key.split("_")[1]
+    return st.one_of(
+        st.just({}),
+        st.builds(lambda t: {"X-API-Key": t}, token),
+        st.builds(lambda t: {"X-API-Key": f"berth_{key_id}_{t}"}, token),
+        st.builds(lambda t: {"Authorization": f"Bearer {t}"}, st.one_of(jwt_like, wrongly_signed)),
+        st.builds(
+            lambda scheme, t: {"Authorization": f"{scheme} {t}"},
+            st.sampled_from(["Basic", "bearer", "Token", "Bearer "]),
+            token,
+        ),
+    )
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _fuzz(
     fuzzed: Fuzzed,
-    headers: dict[str, str],
+    credentials: st.SearchStrategy[dict[str, str]],
     examples: dict[GenerationMode, int],
     extra_check: Callable[[Case, Any], None],
 ) -> None:
+    """Every operation, in every mode; all failures are collected, then reported together."""
     failures: list[str] = []
     for result in fuzzed.schema.get_all_operations():
         operation = result.ok()
         for mode, count in examples.items():
-
-            @hypothesis_settings(
-                max_examples=count,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-                print_blob=False,
-            )
-            @given(case=_cases(operation, mode))
-            def call(case: Case) -> None:
-                if case.path_parameters and case.path_parameters.get("name") == ADMIN:
-                    reject()  # revoking or rotating the key in use would end the run
-                response = case.call(headers=dict(headers))  # call() adds to the dict
-                fuzzed.cases[mode.value] += 1
-                fuzzed.statuses[(operation.label, response.status_code)] += 1
-                case.validate_response(response, checks=CHECKS, headers=headers)
-                extra_check(case, response)
-
             try:
-                call()
+                _fuzz_operation(fuzzed, operation, mode, count, credentials, extra_check)
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE, operation.label  # nothing to break
-            except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup is a Base one
+            except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup is Base
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
 
 
-def _cases(operation: Any, mode: GenerationMode) -> st.SearchStrategy[Case]:
-    """Generated cases; half of them with path parameters that name real things."""
+def _fuzz_operation(
+    fuzzed: Fuzzed,
+    operation: Any,
+    mode: GenerationMode,
+    count: int,
+    credentials: st.SearchStrategy[dict[str, str]],
+    extra_check: Callable[[Case, Any], None],
+) -> None:
+    @hypothesis_settings(
+        max_examples=count,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @given(case=_cases(fuzzed, operation, mode), headers=credentials)
+    def call(case: Case, headers: dict[str, str]) -> None:
+        if case.path_parameters and case.path_parameters.get("name") == ADMIN:
+            reject()  # revoking or rotating the key in use would end the run
+        if headers and case.headers:
+            for name in ("X-API-Key", "Authorization"):  # the drawn credentials, and only them
+                case.headers.pop(name, None)
+        response = case.call(headers=dict(headers))  # call() adds to the dict it is given
+        fuzzed.cases[mode.value] += 1
+        fuzzed.statuses[(operation.label, response.status_code)] += 1
+        case.validate_response(response, checks=CHECKS, headers=headers)
+        extra_check(case, response)
+
+    call()
+
+
+def _valid_bodies(info: VersionInfo) -> dict[str, Any]:
+    rows = info.example
+    assert rows
+    if info.signature.kind == "tabular":
+        inputs = [
+            {**tensor, "shape": [len(rows), 1], "data": [row[tensor["name"]] for row in rows]}
+            for tensor in input_tensors(info.signature)
+        ]
+    else:
+        (tensor,) = input_tensors(info.signature)
+        inputs = [{**tensor, "shape": [len(rows), *tensor["shape"][1:]], "data": rows}]
+    return {
+        "features": {"features": rows[0]},
+        "instances": {"instances": rows},
+        "v2": {"inputs": inputs},
+    }
+
+
+def _cases(fuzzed: Fuzzed, operation: Any, mode: GenerationMode) -> st.SearchStrategy[Case]:
+    """Generated cases; half of them aimed at real models and keys, some with valid bodies."""
     generated = operation.as_strategy(generation_mode=mode)
     known = [
-        operation.as_strategy(generation_mode=mode, path_parameters=values)
-        for values in _known_path_parameters(operation.method.upper(), operation.path)
+        operation.as_strategy(generation_mode=mode, path_parameters=values, **body)
+        for values, body in _known_requests(fuzzed, operation.method.upper(), operation.path)
     ]
     return st.one_of(generated, st.one_of(known)) if known else generated
 
 
-def _known_path_parameters(method: str, path: str) -> list[dict[str, str]]:
+def _known_requests(
+    fuzzed: Fuzzed, method: str, path: str
+) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """(path parameters, `as_strategy` body arguments) that name what the fixture made."""
     names = re.findall(r"{(\w+)}", path)
-    if not names:
-        return []
     if path.startswith("/api/v1/keys/"):
-        return [{"name": "fuzz-user"}, {"name": "fuzz-victim"}]
+        return [({"name": "fuzz-user"}, {}), ({"name": "fuzz-victim"}, {})]
     values = {
         "ref": ["iris", "iris:1", "iris@production", "churn", "churn@production", "spare"],
         "name": ["spare"] if method == "DELETE" else ["iris", "churn", "spare"],
         "version": ["1", "2"],
         "alias": ["production", "staging"],
     }
-    return [
-        dict(zip(names, combination, strict=True))
-        for combination in itertools.product(*(values[n] for n in names))
-    ]
+    found: list[tuple[dict[str, str], dict[str, Any]]] = []
+    if names:
+        found = [
+            (dict(zip(names, combination, strict=True)), {})
+            for combination in itertools.product(*(values[n] for n in names))
+        ]
+    if path.endswith("/aliases/{alias}") and method == "PUT":
+        found += [(parameters, _json({"version": 1})) for parameters, _ in found]
+    kind = {"predict": "features", "batch-predict": "instances", "infer": "v2"}.get(
+        path.rsplit("/", 1)[-1]
+    )
+    if kind is not None:
+        # /api/v1/predict and /api/v1/batch-predict serve the default model, churn
+        for model in ("iris", "churn") if names else ("churn",):
+            parameters = {"ref": model, "name": model, "version": "1"}
+            found.append(({n: parameters[n] for n in names}, _json(fuzzed.bodies[model][kind])))
+    return found
+
+
+def _json(body: Any) -> dict[str, Any]:
+    return {"body": body, "media_type": "application/json"}
 
 
 def _statuses_of(fuzzed: Fuzzed, label: str) -> dict[int, int]:
@@ -312,7 +432,9 @@ def test_binary_inference_is_documented(fuzzed: Fuzzed) -> None:
         "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8}],
         "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
     }
-    case = operation.Case(path_parameters={"name": "iris"}, body=body, media_type="application/json")
+    case = operation.Case(
+        path_parameters={"name": "iris"}, body=body, media_type="application/json"
+    )
     headers = {"X-API-Key": fuzzed.admin_key}
     response = case.call(headers=dict(headers))  # call() adds to the dict
     assert response.status_code == 200, response.text
@@ -322,3 +444,71 @@ def test_binary_inference_is_documented(fuzzed: Fuzzed) -> None:
     header = json.loads(response.content[:length])
     assert header["outputs"][0]["parameters"]["binary_data_size"] == len(response.content) - length
     assert np.frombuffer(response.content[length:], dtype="<i8").shape == (2,)
+
+
+# ---------------------------------------------------------------------------- found by fuzzing
+
+NINES = "9" * 5000
+EDGE_CASES: list[tuple[str, str, Any, int]] = [
+    # "²".isdigit() is True but int("²") raises; 5,000 digits make int() raise as well
+    ("GET", "/api/v1/models/iris/versions/²", None, 400),
+    ("GET", "/api/v1/models/iris/versions/99999999999999999999", None, 400),
+    ("GET", f"/api/v1/models/iris/versions/{NINES}", None, 400),
+    ("GET", "/v2/models/iris/versions/٣", None, 400),
+    ("DELETE", "/api/v1/models/spare/versions/²", None, 400),
+    ("PUT", "/api/v1/models/spare/aliases/staging", {"version": "²"}, 400),
+    ("PUT", "/api/v1/models/spare/aliases/staging", {"version": 99999999999}, 400),
+    ("PUT", "/api/v1/models/spare/aliases/staging", {"version": "1"}, 200),
+    ("GET", "/api/v1/audit?limit=²", None, 400),
+    # durations that parse but overflow datetime arithmetic
+    ("POST", "/api/v1/keys", {"name": "forever", "expires": "999999999d"}, 400),
+    ("POST", "/api/v1/keys/fuzz-user/rotate", {"grace": "999999999d"}, 400),
+    ("GET", "/api/v1/audit?since=999999999d", None, 400),
+    ("GET", "/api/v1/audit?since=36500d", None, 200),
+    # readiness of what is not served, or does not exist, is no 503 "retry later"
+    ("GET", "/v2/models/nosuch/ready", None, 404),
+    ("GET", "/v2/models/spare/ready", None, 404),
+    ("GET", "/v2/models/iris/versions/7/ready", None, 404),
+    ("GET", "/v2/models/iris/versions/1/ready", None, 200),
+]
+
+
+def test_edge_cases_found_while_fuzzing(fuzzed: Fuzzed) -> None:
+    """The requests behind the 5xx answers fuzzing found, each with its documented answer."""
+    headers = {"X-API-Key": fuzzed.admin_key}
+    wrong = []
+    for method, url, body, expected in EDGE_CASES:
+        path, _, query = url.partition("?")
+        template = _template(fuzzed, method, path)
+        operation = fuzzed.schema[template][method]
+        case = operation.Case(
+            path_parameters=_path_values(template, path),
+            query=dict(q.split("=") for q in query.split("&")) if query else None,
+            body=body if body is not None else NOT_SET,
+            media_type="application/json" if body is not None else None,
+        )
+        try:
+            response = case.call(headers=dict(headers))
+        except Exception as exc:  # in process, an unhandled error reaches the caller
+            wrong.append((method, url[:80], 500, repr(exc)[:200]))
+            continue
+        if response.status_code != expected:
+            wrong.append((method, url[:80], response.status_code, response.text[:200]))
+            continue
+        case.validate_response(response, checks=CHECKS, headers=headers)
+    assert not wrong
+
+
+def _template(fuzzed: Fuzzed, method: str, path: str) -> str:
+    for template, methods in fuzzed.schema.raw_schema["paths"].items():
+        pattern = re.sub(r"{\w+}", "[^/]+", template)
+        if method.lower() in methods and re.fullmatch(pattern, path):
+            return str(template)
+    raise AssertionError(f"no operation for {method} {path}")
+
+
+def _path_values(template: str, path: str) -> dict[str, str]:
+    pattern = re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", template)
+    match = re.fullmatch(pattern, path)
+    assert match is not None
+    return match.groupdict()

@@ -22,8 +22,8 @@ from berth.registry.service import Registry
 from berth.security.audit import AuditLog, AuditQueue
 from berth.security.auth import KeyVerifier
 from berth.security.jwt import JwtVerifier
-from berth.security.ratelimit import build_limiter
 from berth.security.keys import KeyService, server_secret
+from berth.security.ratelimit import build_limiter
 from berth.serving.dataplane import DataPlane
 
 log = logging.getLogger("berth.api")

@@ -25,7 +25,6 @@ from berth.observability import metrics
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
-from berth.runtimes import load_runtime
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.serving.validation import decode_instances
 
@@ -214,7 +213,7 @@ class DataPlane:
 
     def _load_sync(self, info: VersionInfo) -> LoadedVersion:
         started = time.perf_counter()
-        runtime = load_runtime(info.flavor, self.registry.fetch(info))
+        runtime = self.registry.load_runtime(info)
         warm_up(runtime, info)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOADED.labels(info.model, str(info.number)).set(1)
