@@ -21,8 +21,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from berth.config import Settings
-from berth.errors import ArtifactIntegrityError, BerthError, Conflict, InvalidInput, NotFound
+from berth.errors import ArtifactIntegrityError, Conflict, InvalidInput, NotFound
 from berth.registry.archives import is_archive, safe_extract
 from berth.registry.artifacts import (
     ArtifactStore,
@@ -186,7 +185,7 @@ class Registry:
 
     def register(self, request: RegisterRequest) -> VersionInfo:
         """Check the artifact loads and predicts, store it, and record a new version."""
-        event = _event(
+        event = audit.event(
             request.actor,
             request.address,
             "model.register",
@@ -197,7 +196,7 @@ class Registry:
                 "aliases": list(request.aliases),
             },
         )
-        with self._refusals(event):
+        with audit.AuditLog(self.db).refusals(event):
             return self._register(request, event)
 
     def _register(self, request: RegisterRequest, event: audit.AuditEvent) -> VersionInfo:
@@ -400,8 +399,8 @@ class Registry:
         address: str | None = None,
     ) -> VersionInfo:
         """Point `name@alias` at version `number`, atomically (one transaction)."""
-        event = _event(actor, address, "alias.set", f"{name}@{alias}", {"version": number})
-        with self._refusals(event):
+        event = audit.event(actor, address, "alias.set", f"{name}@{alias}", {"version": number})
+        with audit.AuditLog(self.db).refusals(event):
             check_name("model", name)
             _check_alias(alias)
             with self.db.session(write=True) as session:
@@ -417,8 +416,8 @@ class Registry:
     def remove_alias(
         self, name: str, alias: str, *, actor: str | None = None, address: str | None = None
     ) -> None:
-        event = _event(actor, address, "alias.remove", f"{name}@{alias}")
-        with self._refusals(event):
+        event = audit.event(actor, address, "alias.remove", f"{name}@{alias}")
+        with audit.AuditLog(self.db).refusals(event):
             check_name("model", name)
             _check_alias(alias)
             with self.db.session(write=True) as session:
@@ -432,8 +431,8 @@ class Registry:
     def delete_version(
         self, name: str, number: int, *, actor: str | None = None, address: str | None = None
     ) -> None:
-        event = _event(actor, address, "version.delete", f"{name}:{number}")
-        with self._refusals(event):
+        event = audit.event(actor, address, "version.delete", f"{name}:{number}")
+        with audit.AuditLog(self.db).refusals(event):
             check_name("model", name)
             # The lock keeps an alias from being pointed at the version between check and delete.
             with self.db.session(write=True) as session:
@@ -454,8 +453,8 @@ class Registry:
     def delete_model(
         self, name: str, *, actor: str | None = None, address: str | None = None
     ) -> None:
-        event = _event(actor, address, "model.delete", name)
-        with self._refusals(event):
+        event = audit.event(actor, address, "model.delete", name)
+        with audit.AuditLog(self.db).refusals(event):
             check_name("model", name)
             with self.db.session(write=True) as session:
                 model = _model_row(session, name, lock=True)
@@ -471,19 +470,6 @@ class Registry:
                 session.delete(model)
 
     # audit -------------------------------------------------------------------------------
-
-    @contextmanager
-    def _refusals(self, event: audit.AuditEvent) -> Iterator[None]:
-        """Record a refused action in its own transaction (the action's own rolled back)."""
-        try:
-            yield
-        except BerthError as exc:
-            detail = {**(event.detail or {}), "error": exc.message}
-            try:
-                audit.AuditLog(self.db).record(replace(event, outcome="refused", detail=detail))
-            except Exception:
-                log.exception("could not record the refused %s of %s", event.action, event.target)
-            raise
 
 
 # helpers ---------------------------------------------------------------------------------
@@ -560,22 +546,6 @@ def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
 class _Trust:
     types: tuple[str, ...] = ()
     pickle: bool = False
-
-
-def _event(
-    actor: str | None,
-    address: str | None,
-    action: str,
-    target: str,
-    detail: dict[str, Any] | None = None,
-) -> audit.AuditEvent:
-    return audit.AuditEvent(
-        actor=actor or audit.cli_actor(),
-        action=action,
-        target=target,
-        address=address,
-        detail=detail,
-    )
 
 
 def check_type_names(names: Iterable[str], source: str) -> tuple[str, ...]:

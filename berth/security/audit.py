@@ -14,7 +14,8 @@ import contextlib
 import getpass
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from berth.errors import BerthError
 from berth.registry.db import Database
 from berth.registry.tables import AuditRow
 
@@ -47,6 +49,19 @@ class AuditEvent:
         document = asdict(self)
         document["at"] = self.at.isoformat()
         return document
+
+
+def event(
+    actor: str | None,
+    address: str | None,
+    action: str,
+    target: str,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """An event by `actor` (the local CLI user when None)."""
+    return AuditEvent(
+        actor=actor or cli_actor(), action=action, target=target, address=address, detail=detail
+    )
 
 
 def cli_actor() -> str:
@@ -81,6 +96,19 @@ class AuditLog:
     def record(self, event: AuditEvent) -> None:
         with self.db.session() as session:
             add(session, event)
+
+    @contextlib.contextmanager
+    def refusals(self, event: AuditEvent) -> Iterator[None]:
+        """Record a refused action in its own transaction (the action's own rolled back)."""
+        try:
+            yield
+        except BerthError as exc:
+            detail = {**(event.detail or {}), "error": exc.message}
+            try:
+                self.record(replace(event, outcome="refused", detail=detail))
+            except Exception:
+                log.exception("could not record the refused %s of %s", event.action, event.target)
+            raise
 
     def record_many(self, events: list[AuditEvent]) -> None:
         with self.db.session() as session:

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -144,6 +144,7 @@ class KeyService:
     def __init__(self, db: Database, secret: bytes) -> None:
         self.db = db
         self.secret = secret
+        self.audit = audit.AuditLog(db)
 
     def create(
         self,
@@ -169,29 +170,31 @@ class KeyService:
             expires_at=expires_at,
             rate=rate,
         )
-        event = _event(actor, address, "key.create", name, {"scopes": list(scopes), "rate": rate})
-        try:
-            with self.db.session() as session:
-                session.add(row)
-                session.flush()
-                audit.add(session, event)
-                info = _info(row)
-        except IntegrityError as exc:
-            self._refused(event)
-            raise Conflict(
-                f"a key named '{name}' already exists; pick another name or revoke it first"
-            ) from exc
-        return info, key
+        event = audit.event(
+            actor, address, "key.create", name, {"scopes": list(scopes), "rate": rate}
+        )
+        with self.audit.refusals(event):
+            try:
+                with self.db.session() as session:
+                    session.add(row)
+                    session.flush()
+                    audit.add(session, event)
+                    return _info(row), key
+            except IntegrityError as exc:
+                raise Conflict(
+                    f"a key named '{name}' already exists; pick another name or revoke it first"
+                ) from exc
 
     def rotate(
         self, name: str, grace: timedelta, *, actor: str | None = None, address: str | None = None
     ) -> tuple[KeyInfo, str]:
         """A new secret for the key; the old one keeps working for `grace`, then stops."""
-        event = _event(actor, address, "key.rotate", name, {"grace_seconds": grace.total_seconds()})
-        with self.db.session() as session:
-            row = self._row(session, name, event)
+        event = audit.event(
+            actor, address, "key.rotate", name, {"grace_seconds": grace.total_seconds()}
+        )
+        with self.audit.refusals(event), self.db.session() as session:
+            row = _row(session, name)
             if not _info(row).active:
-                self._refused(event)
                 raise Conflict(f"key '{name}' is revoked or expired; create a new key instead")
             key = self._new_key(row.key_id)
             row.previous_hash = row.secret_hash if grace.total_seconds() > 0 else None
@@ -201,9 +204,9 @@ class KeyService:
             return _info(row), key
 
     def revoke(self, name: str, *, actor: str | None = None, address: str | None = None) -> KeyInfo:
-        event = _event(actor, address, "key.revoke", name)
-        with self.db.session() as session:
-            row = self._row(session, name, event)
+        event = audit.event(actor, address, "key.revoke", name)
+        with self.audit.refusals(event), self.db.session() as session:
+            row = _row(session, name)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             audit.add(session, event)
@@ -237,27 +240,12 @@ class KeyService:
     def _new_key(key_id: str) -> str:
         return f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
 
-    def _row(self, session: Session, name: str, event: audit.AuditEvent) -> ApiKeyRow:
-        row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
-        if row is None:
-            self._refused(event)
-            raise NotFound(f"no key named '{name}'; see `berth keys list`")
-        return row
 
-    def _refused(self, event: audit.AuditEvent) -> None:
-        audit.AuditLog(self.db).record(replace(event, outcome="refused"))
-
-
-def _event(
-    actor: str | None,
-    address: str | None,
-    action: str,
-    target: str,
-    detail: dict[str, object] | None = None,
-) -> audit.AuditEvent:
-    return audit.AuditEvent(
-        actor=actor or audit.cli_actor(), action=action, target=target, address=address, detail=detail
-    )
+def _row(session: Session, name: str) -> ApiKeyRow:
+    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
+    if row is None:
+        raise NotFound(f"no key named '{name}'; see `berth keys list`")
+    return row
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from berth.api.middleware.asgi import send_error
 
 
 class BodyTooLarge(Exception):
@@ -47,20 +48,9 @@ class BodyLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": f"request body is larger than the limit of {self.max_bytes} bytes; "
-                "send fewer rows per request (or raise BERTH_MAX_BODY_BYTES)"
-            }
+        await send_error(
+            send,
+            413,
+            f"request body is larger than the limit of {self.max_bytes} bytes; "
+            "send fewer rows per request (or raise BERTH_MAX_BODY_BYTES)",
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

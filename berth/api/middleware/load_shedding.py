@@ -6,12 +6,15 @@ admitted requests and tells clients (and load balancers) to retry elsewhere.
 
 from __future__ import annotations
 
-import orjson
 from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from berth.api.middleware.asgi import send_error
+
 IN_FLIGHT = Gauge("berth_requests_in_flight", "Prediction requests being handled by this worker.")
-SHED = Counter("berth_requests_shed", "Prediction requests refused because the worker was at capacity.")
+SHED = Counter(
+    "berth_requests_shed", "Prediction requests refused because the worker was at capacity."
+)
 
 _PREDICTION_SUFFIXES = ("/predict", "/batch-predict", "/infer")
 
@@ -40,21 +43,10 @@ class LoadSheddingMiddleware:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = orjson.dumps(
-        {
-            "error": f"the server is at its limit of {limit} concurrent predictions; retry shortly "
-            "(or raise BERTH_MAX_CONCURRENT_REQUESTS / add workers)"
-        }
+    await send_error(
+        send,
+        503,
+        f"the server is at its limit of {limit} concurrent predictions; retry shortly "
+        "(or raise BERTH_MAX_CONCURRENT_REQUESTS / add workers)",
+        [(b"retry-after", b"1")],
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.auth import RATE_STATE
+from berth.api.middleware.asgi import Headers, with_headers
 from berth.security.ratelimit import Decision
 
 
@@ -19,16 +20,14 @@ class RateHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message: Message) -> None:
+        def headers() -> Headers:
             decision: Decision | None = scope.get("state", {}).get(RATE_STATE)
-            if message["type"] == "http.response.start" and decision is not None:
-                message["headers"] = [*message.get("headers", []), *_headers(decision)]
-            await send(message)
+            return _headers(decision) if decision is not None else []
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, with_headers(send, headers))
 
 
-def _headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+def _headers(decision: Decision) -> Headers:
     return [
         (b"ratelimit-limit", str(decision.limit).encode()),
         (b"ratelimit-remaining", str(decision.remaining).encode()),

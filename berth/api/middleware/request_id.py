@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from berth.api.middleware.asgi import with_headers
 
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -21,12 +23,8 @@ class RequestIdMiddleware:
         request_id = _incoming(scope) or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+        header = [(b"x-request-id", request_id)]
+        await self.app(scope, receive, with_headers(send, lambda: header))
 
 
 def _incoming(scope: Scope) -> bytes | None:
