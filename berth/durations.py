@@ -11,8 +11,15 @@ _DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# Longer spans overflow date arithmetic; nobody needs a key that lives past a century.
+LONGEST = timedelta(days=36_500)
+
+
 def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if match is None:
         raise InvalidInput(f"'{text}' is not a duration; write e.g. 30m, 12h or 90d")
-    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    duration = timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    if duration > LONGEST:
+        raise InvalidInput(f"'{text}' is longer than 100 years; give a shorter duration")
+    return duration

@@ -1,12 +1,15 @@
 """Fuzzing the HTTP API from its own OpenAPI document (schemathesis, in process over ASGI).
 
 Every documented operation gets generated requests (schema-valid and schema-breaking ones),
-once as an admin, so handlers run through to the model, and once without credentials. Every
-answer must be documented: never a 5xx, a documented status code and content type, headers and
-a body that match the documented schema.
+once as an admin, so handlers run through to the model (half the requests name the fixture's
+real models and keys, some carry valid bodies), and once with no or bad credentials (garbage
+keys, a real key id with a wrong secret, unsigned and wrongly signed JWTs), which protected
+routes must refuse with 401. Every answer must be documented: never a 5xx, a documented status
+code and content type, headers and a body that match the documented schema.
 
 Generation is seeded from the test (`derandomize=True`, no example database), so a CI run is
-reproducible; the number of generated cases is printed at the end of each test.
+reproducible; the number of generated cases is printed at the end of each run (and recorded
+as the `generated_cases` property of the test, e.g. in a JUnit XML report).
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import jwt as pyjwt
 import numpy as np
 import pytest
 import schemathesis
-import skops.io
 from hypothesis import HealthCheck, given, reject
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -36,6 +37,7 @@ from pydantic import SecretStr
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core import NOT_SET
+from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -47,7 +49,7 @@ from berth.api.v2 import input_tensors
 from berth.config import Settings
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.security.keys import KeyService, server_secret
-from tests.conftest import register_churn
+from tests.conftest import register_churn, register_iris
 
 JWT_SECRET = "fuzz-jwt-secret-0123456789abcdef-0123456789"
 ADMIN = "fuzz-admin"
@@ -87,7 +89,6 @@ def fuzzed(
     settings: Settings,
     iris_files: tuple[Path, Path],
     churn_files: tuple[Path, Path, Path],
-    tmp_path: Path,
 ) -> Iterator[Fuzzed]:
     """A secured app (keys and JWT) serving iris (tensor) and churn (tabular), plus `spare`.
 
@@ -100,26 +101,29 @@ def fuzzed(
         update={"jwt_secret": SecretStr(JWT_SECRET), "jwt_audience": "berth-fuzz"}
     )
     registry = Registry.from_settings(settings)
-    model, sample = iris_files
-    iris = tmp_path / "iris.skops"  # skops, so serving needs no pickle trust
-    skops.io.dump(joblib.load(model), iris)
-    registry.register(
-        RegisterRequest(name="iris", path=iris, sample=sample, aliases=("production",))
-    )
+    register_iris(registry, iris_files, aliases=("production",))
     register_churn(registry, churn_files)
+    model, sample = iris_files
     for aliases in (("staging",), ()):
-        registry.register(RegisterRequest(name="spare", path=iris, sample=sample, aliases=aliases))
+        registry.register(
+            RegisterRequest(
+                name="spare", path=model, sample=sample, aliases=aliases, trust_pickle=True
+            )
+        )
     keys = KeyService(registry.db, server_secret(settings))
     _, admin_key = keys.create(ADMIN, ("admin",))
     keys.create("fuzz-user", ("predict", "read"))
     keys.create("fuzz-victim", ("read",))
     app = create_app(settings, build_services(settings, registry))
-    # Loading the schema starts the app's lifespan (models load); schemathesis' pytest plugin
-    # ends it when the test is torn down.
+    # Loading the schema starts the app's lifespan (models load, the refresher runs); it runs
+    # until shut down, before the registry goes (schemathesis' pytest plugin would do it too).
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     bodies = {name: _valid_bodies(registry.resolve(name)) for name in ("iris", "churn")}
-    yield Fuzzed(schema=schema, registry=registry, admin_key=admin_key, bodies=bodies)
-    registry.db.dispose()
+    try:
+        yield Fuzzed(schema=schema, registry=registry, admin_key=admin_key, bodies=bodies)
+    finally:
+        asgi.shutdown_lifespans()
+        registry.db.dispose()
 
 
 # ---------------------------------------------------------------------------- the runs

@@ -55,7 +55,9 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         limiter=build_limiter(settings),
         audit=audit,
     )
-    return Services(settings=settings, registry=registry, dataplane=dataplane, keys=keys, auth=auth, audit=audit)
+    return Services(
+        settings=settings, registry=registry, dataplane=dataplane, keys=keys, auth=auth, audit=audit
+    )
 
 
 def create_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:

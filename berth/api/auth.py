@@ -39,7 +39,10 @@ class Authenticator:
         except Unauthenticated as exc:
             self._audit_failure(request, exc)
             raise
-        await self._limit(request, [("key", f"key:{principal.name}", principal.rate or self.settings.default_key_rate)])
+        await self._limit(
+            request,
+            [("key", f"key:{principal.name}", principal.rate or self.settings.default_key_rate)],
+        )
         return principal
 
     async def _verify(self, credentials: str | None) -> Principal:
@@ -48,10 +51,15 @@ class Authenticator:
         return await self.keys.verify(credentials) if self.keys else DEV_PRINCIPAL
 
     async def limit_model(self, request: Request, model: str) -> None:
-        await self._limit(request, [("model", f"model:{model}", self.settings.model_rates.get(model))])
+        await self._limit(
+            request, [("model", f"model:{model}", self.settings.model_rates.get(model))]
+        )
 
     async def limit_address(self, request: Request) -> None:
-        await self._limit(request, [("address", f"address:{client_address(request)}", self.settings.open_route_rate)])
+        await self._limit(
+            request,
+            [("address", f"address:{client_address(request)}", self.settings.open_route_rate)],
+        )
 
     async def _limit(self, request: Request, wanted: list[tuple[str, str, str | None]]) -> None:
         checks = [(kind, bucket, parse_rate(rate)) for kind, bucket, rate in wanted if rate]

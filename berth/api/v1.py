@@ -18,7 +18,7 @@ from berth.registry.references import MAX_VERSION, parse_reference
 from berth.serving.dataplane import PredictResult
 from berth.serving.responses import batch_document, single_document
 
-router = APIRouter(prefix="/api/v1", tags=["v1"], dependencies=doc.PROTECTED)
+router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 VERSION_HEADER = "X-Berth-Model-Version"
 _VERSION = re.compile(r"[0-9]{1,10}")
@@ -67,7 +67,7 @@ _WITH_REF = doc.parameters(doc.MODEL_REF)
 
 @router.post(
     "/predict",
-    openapi_extra=_PREDICT_BODY,
+    openapi_extra=doc.secured(_PREDICT_BODY),
     responses=_PREDICT_RESPONSES,
     summary="Predict one row with the default model",
 )
@@ -77,7 +77,7 @@ async def predict_default(request: Request) -> Response:
 
 @router.post(
     "/batch-predict",
-    openapi_extra=_BATCH_BODY,
+    openapi_extra=doc.secured(_BATCH_BODY),
     responses=_BATCH_RESPONSES,
     summary="Predict rows with the default model",
 )
@@ -87,7 +87,7 @@ async def batch_predict_default(request: Request) -> Response:
 
 @router.post(
     "/models/{ref}/predict",
-    openapi_extra=doc.combined(_WITH_REF, _PREDICT_BODY),
+    openapi_extra=doc.secured(_WITH_REF, _PREDICT_BODY),
     responses=_PREDICT_RESPONSES,
     summary="Predict one row",
 )
@@ -97,7 +97,7 @@ async def predict(request: Request) -> Response:
 
 @router.post(
     "/models/{ref}/batch-predict",
-    openapi_extra=doc.combined(_WITH_REF, _BATCH_BODY),
+    openapi_extra=doc.secured(_WITH_REF, _BATCH_BODY),
     responses=_BATCH_RESPONSES,
     summary="Predict rows",
 )
@@ -134,6 +134,7 @@ async def _run(request: Request, ref: str, field: str, example: str, single: boo
 @router.get(
     "/models",
     summary="List registered models",
+    openapi_extra=doc.secured(),
     responses={**doc.ok(doc.MODELS, "Every registered model."), **doc.errors(*doc.READ_ERRORS)},
 )
 async def list_models(request: Request) -> Response:
@@ -146,7 +147,7 @@ async def list_models(request: Request) -> Response:
 @router.get(
     "/models/{name}",
     summary="A model with its versions and aliases",
-    openapi_extra=doc.parameters(doc.MODEL_NAME),
+    openapi_extra=doc.secured(doc.parameters(doc.MODEL_NAME)),
     responses={
         **doc.ok(doc.MODEL_DETAIL, "The model, with every version."),
         **doc.errors(400, 404, *doc.READ_ERRORS),
@@ -165,7 +166,7 @@ async def get_model(request: Request) -> Response:
 @router.get(
     "/models/{name}/versions/{version}",
     summary="One version: signature, metrics, sha256",
-    openapi_extra=doc.parameters(doc.MODEL_NAME, doc.VERSION),
+    openapi_extra=doc.secured(doc.parameters(doc.MODEL_NAME, doc.VERSION)),
     responses={
         **doc.ok(doc.VERSION_INFO, "The version."),
         **doc.errors(400, 404, *doc.READ_ERRORS),

@@ -106,8 +106,7 @@ async def server_metadata(request: Request) -> Response:
 @router.get(
     "/models/{name}",
     summary="Model metadata",
-    dependencies=doc.PROTECTED,
-    openapi_extra=_WITH_NAME,
+    openapi_extra=doc.secured(_WITH_NAME),
     responses=_METADATA_RESPONSES,
 )
 async def model_metadata(request: Request) -> Response:
@@ -117,8 +116,7 @@ async def model_metadata(request: Request) -> Response:
 @router.get(
     "/models/{name}/versions/{version}",
     summary="Model metadata (one version)",
-    dependencies=doc.PROTECTED,
-    openapi_extra=_WITH_VERSION,
+    openapi_extra=doc.secured(_WITH_VERSION),
     responses=_METADATA_RESPONSES,
 )
 async def version_metadata(request: Request) -> Response:
@@ -128,8 +126,7 @@ async def version_metadata(request: Request) -> Response:
 @router.get(
     "/models/{name}/ready",
     summary="Model ready",
-    dependencies=doc.PROTECTED,
-    openapi_extra=_WITH_NAME,
+    openapi_extra=doc.secured(_WITH_NAME),
     responses=_READY_RESPONSES,
 )
 async def model_ready(request: Request) -> Response:
@@ -139,8 +136,7 @@ async def model_ready(request: Request) -> Response:
 @router.get(
     "/models/{name}/versions/{version}/ready",
     summary="Model ready (one version)",
-    dependencies=doc.PROTECTED,
-    openapi_extra=_WITH_VERSION,
+    openapi_extra=doc.secured(_WITH_VERSION),
     responses=_READY_RESPONSES,
 )
 async def version_ready(request: Request) -> Response:
@@ -150,8 +146,7 @@ async def version_ready(request: Request) -> Response:
 @router.post(
     "/models/{name}/infer",
     summary="Inference",
-    dependencies=doc.PROTECTED,
-    openapi_extra=doc.combined(
+    openapi_extra=doc.secured(
         doc.parameters(doc.MODEL_NAME, *_INFER_PARAMETERS), doc.V2_INFER_BODY
     ),
     responses=_INFER_RESPONSES,
@@ -163,8 +158,7 @@ async def infer(request: Request) -> Response:
 @router.post(
     "/models/{name}/versions/{version}/infer",
     summary="Inference (one version)",
-    dependencies=doc.PROTECTED,
-    openapi_extra=doc.combined(
+    openapi_extra=doc.secured(
         doc.parameters(doc.MODEL_NAME, doc.VERSION, *_INFER_PARAMETERS), doc.V2_INFER_BODY
     ),
     responses=_INFER_RESPONSES,

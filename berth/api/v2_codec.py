@@ -225,7 +225,7 @@ def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise InvalidInput(
             f"header {HEADER_LENGTH}: expected a non-negative integer (the byte length of "
             f"the JSON part of the body), got '{value}'"

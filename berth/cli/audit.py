@@ -18,7 +18,9 @@ app = typer.Typer(help="Read the audit log.", no_args_is_help=True)
 @app.command("list")
 def list_events(
     since: str | None = typer.Option(None, help="Only events newer than this, e.g. 1h or 7d."),
-    actor: str | None = typer.Option(None, help="Only events by this actor, e.g. cli:alice or web."),
+    actor: str | None = typer.Option(
+        None, help="Only events by this actor, e.g. cli:alice or web."
+    ),
     limit: int = typer.Option(100, help="At most this many events, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -14,6 +14,7 @@ from berth.security.keys import DEFAULT_SCOPES
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 
+
 @app.command("create")
 def create(
     name: str = typer.Argument(..., help="A name for the key, e.g. web-frontend."),
@@ -23,7 +24,9 @@ def create(
     expires: str | None = typer.Option(
         None, help="Lifetime such as 90d or 12h; never expires if omitted."
     ),
-    rate: str | None = typer.Option(None, help="Rate limit such as 50/s or 1000/m; server default if omitted."),
+    rate: str | None = typer.Option(
+        None, help="Rate limit such as 50/s or 1000/m; server default if omitted."
+    ),
 ) -> None:
     """Create an API key. The secret is printed once, on the last line of stdout.
 
@@ -72,7 +75,9 @@ def revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
 @app.command("rotate")
 def rotate(
     name: str = typer.Argument(..., help="The key's name."),
-    grace: str = typer.Option("1h", help="How long the old secret keeps working, e.g. 10m, 24h, 0s."),
+    grace: str = typer.Option(
+        "1h", help="How long the old secret keeps working, e.g. 10m, 24h, 0s."
+    ),
 ) -> None:
     """Give a key a new secret (printed once, last line); the old one works during the grace period.
 

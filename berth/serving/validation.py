@@ -61,6 +61,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def _cast(dtype: str, array: Array, field: str) -> Array:
     kind = array.dtype.kind
+    if kind in "cmMV":
+        raise InvalidInput(f"{field}: values of type {array.dtype} are not accepted; send numbers")
     if dtype == "string":
         if kind not in "USO":
             raise InvalidInput(f"{field}: expected strings, got {_kind_name(kind)}")
@@ -460,8 +462,12 @@ def _typed(spec: ColumnSpec, values: Array, nulls: Array, field: str) -> Array |
         return values.astype(object)
     if spec.dtype == "bool":
         return values.astype(bool) if not nulls.any() else pd.Series(values, dtype="boolean")
-    if spec.dtype == "int64" and not nulls.any():
-        return values.astype(np.int64)
+    if spec.dtype == "int64":
+        if not nulls.any():
+            return values.astype(np.int64)
+        # Nullable integers stay exact (float64 would round past 2**53): pandas' Int64 with NA.
+        exact = [None if null else value for null, value in zip(nulls, values, strict=True)]
+        return pd.Series(exact, dtype="Int64")
     column = np.where(nulls, np.nan, values).astype(np.float64)
     infinite = ~nulls & ~np.isfinite(column)
     if infinite.any():
