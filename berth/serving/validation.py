@@ -206,7 +206,9 @@ def json_array(values: Any, field: str, dtype: str) -> Array:
     if categories == {"booleans"}:
         return objects.astype(bool)
     if categories == {"strings"}:
-        return objects.astype(str)
+        if dtype != "string":
+            raise InvalidInput(f"{field}: expected {_type_name(dtype)}, got strings")
+        return objects  # str objects: a numpy unicode array would drop trailing "\x00"s
     if categories == {"numbers"}:
         return _json_numbers(objects, field, dtype, ints=types <= {int})
     expected = "numbers" if _type_name(dtype) == "integers" else _type_name(dtype)
