@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -240,3 +241,25 @@ def test_redis_stopped_mid_test_behaves_as_configured(
     assert after == [expected] * 3
     if fail_open == "true":
         assert "Redis" in logs
+
+
+@pytest.mark.parametrize(
+    ("proxies", "expected"), [('["127.0.0.1"]', "203.0.113.9"), ("[]", "127.0.0.1")]
+)
+def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    home: tuple[dict[str, str], Path], proxies: str, expected: str
+) -> None:
+    env, _folder = home
+    process, base = _serve({**env, "BERTH_TRUSTED_PROXIES": proxies})
+    try:
+        refused = httpx.get(
+            f"{base}/api/v1/models", headers={"X-Forwarded-For": "203.0.113.9", "X-API-Key": "nope"}
+        )
+        assert refused.status_code == 401
+    finally:
+        _stop(process)  # stopping flushes the audit queue
+    listed = berth(env, "audit", "list", "--json", "--limit", "1")
+    assert listed.returncode == 0, listed.stderr
+    (event,) = json.loads(listed.stdout)
+    assert event["action"] == "auth.failure"
+    assert event["address"] == expected

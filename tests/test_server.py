@@ -65,7 +65,7 @@ def server(
     tmp_path = tmp_path_factory.mktemp("server")
     model, sample = iris_files
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env.update({"BERTH_HOME": str(tmp_path / "home"), "BERTH_REFRESH_SECONDS": "0.5"})
+    env["BERTH_HOME"] = str(tmp_path / "home")  # default refresh: revocations within 2 s
     registered = berth(
         env,
         "models",
@@ -174,18 +174,19 @@ def test_v1_over_http_and_alias_move_reaches_the_running_server(
     assert version == 2
 
 
-def test_revoked_key_is_refused(server: Server) -> None:
+def test_revoked_key_is_refused_within_two_seconds(server: Server) -> None:
     created = berth(server.env, "keys", "create", "short-lived", "--scope", "read")
     headers = {"X-API-Key": created.stdout.strip().splitlines()[-1]}
     url = f"{server.base}/api/v1/models"
     assert httpx.get(url, headers=headers).status_code == 200
     assert berth(server.env, "keys", "revoke", "short-lived").returncode == 0
-    deadline = time.monotonic() + 5
+    revoked_at = time.monotonic()
     status = 200
-    while status == 200 and time.monotonic() < deadline:
+    while status == 200 and time.monotonic() - revoked_at < 5:
         status = httpx.get(url, headers=headers).status_code
-        time.sleep(0.1)
+        time.sleep(0.05)
     assert status == 401
+    assert time.monotonic() - revoked_at < 2.0
 
 
 def test_dev_mode_with_two_workers(tmp_path: Path, iris_files: tuple[Path, Path]) -> None:
