@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -82,6 +92,8 @@ class VersionRow(Base):
     trusted_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     """Types beyond the built-in allow-list this version's skops file may load."""
     pickle_trusted: Mapped[bool] = mapped_column(default=False)
+    reference_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Per-feature reference statistics (quantile bins) for drift, from --reference data."""
     """Registered with --trust-pickle: the only way a pickle/joblib artifact is ever loaded."""
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -132,3 +144,30 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class PredictionRow(Base):
+    """One logged prediction (a row of a request), joined later with its feedback."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_model_version_at", "model", "version", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    endpoint: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Probability of the positive class (binary) or of the predicted class; None for regressors."""
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class FeedbackRow(Base):
+    """The true outcome for an earlier prediction."""
+
+    __tablename__ = "feedback"
+
+    prediction_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actual: Mapped[Any] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

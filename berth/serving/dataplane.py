@@ -31,6 +31,8 @@ from berth.serving.validation import decode_instances
 log = logging.getLogger("berth.serving")
 
 Decoder = Callable[[Signature], ModelInput]
+Observer = Callable[["PredictResult", ModelInput], None]
+"""Called on the event loop after each successful prediction; must be quick (enqueue, count)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class PredictResult:
     prediction_id: str
     rows: int
     seconds: float
+    endpoint: str = ""
 
     def row_ids(self) -> list[str]:
         if self.rows == 1:
@@ -82,6 +85,7 @@ class DataPlane:
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.observers: list[Observer] = []
         self._ready = False
         self._refresher: asyncio.Task[None] | None = None
 
@@ -142,13 +146,24 @@ class DataPlane:
         seconds = time.perf_counter() - started
         metrics.PREDICTIONS.labels(*labels, endpoint, "ok").inc()
         metrics.PREDICTION_DURATION.labels(*labels, endpoint).observe(seconds)
-        return PredictResult(
+        result = PredictResult(
             version=info,
             prediction=prediction,
             prediction_id=uuid.uuid4().hex,
             rows=row_count(inputs),
             seconds=seconds,
+            endpoint=endpoint,
         )
+        self._observe(result, inputs)
+        return result
+
+    def _observe(self, result: PredictResult, inputs: ModelInput) -> None:
+        for observer in self.observers:
+            try:
+                observer(result, inputs)
+            except Exception:
+                # Monitoring must never fail a prediction that succeeded.
+                log.exception("prediction observer %r failed", observer)
 
     async def _in_thread(
         self, loaded: LoadedVersion, decode: Decoder
