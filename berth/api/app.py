@@ -15,8 +15,10 @@ from berth.api.middleware.body_limit import BodyLimitMiddleware
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
 from berth.api.middleware.rate_headers import RateHeadersMiddleware
 from berth.api.middleware.request_id import RequestIdMiddleware
+from berth.api.middleware.tracing import TracingMiddleware
 from berth.api.services import Services
 from berth.config import Settings, load_settings
+from berth.observability import tracing
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
 from berth.security.audit import AuditLog, AuditQueue
@@ -91,10 +93,12 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.add_middleware(RateHeadersMiddleware)
     app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 
 
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` worker processes: settings come from BERTH_* variables."""
+    tracing.configure_from_env()
     return create_app(load_settings())

@@ -6,6 +6,7 @@ from starlette.requests import Request
 
 from berth.config import Settings
 from berth.errors import Unauthenticated
+from berth.observability import tracing
 from berth.security.audit import AuditEvent, AuditQueue
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
 from berth.security.jwt import JwtVerifier, looks_like_jwt
@@ -35,7 +36,8 @@ class Authenticator:
             await self.limit_address(request)
             return DEV_PRINCIPAL
         try:
-            principal = await self._verify(presented_credentials(request))
+            with tracing.span("auth"):
+                principal = await self._verify(presented_credentials(request))
         except Unauthenticated as exc:
             self._audit_failure(request, exc)
             raise

@@ -14,6 +14,7 @@ from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response, read_object, require
 from berth.api.services import services
 from berth.errors import InvalidInput
+from berth.observability import tracing
 from berth.registry.references import MAX_VERSION, parse_reference
 from berth.serving.dataplane import PredictResult
 from berth.serving.responses import batch_document, single_document
@@ -107,12 +108,14 @@ async def batch_predict(request: Request) -> Response:
 
 async def _predict(request: Request, ref: str) -> Response:
     result = await _run(request, ref, "features", _FEATURES_EXAMPLE, single=True)
-    return json_response(single_document(result), headers={VERSION_HEADER: result.version.ref})
+    with tracing.span("encode"):
+        return json_response(single_document(result), headers={VERSION_HEADER: result.version.ref})
 
 
 async def _batch_predict(request: Request, ref: str) -> Response:
     result = await _run(request, ref, "instances", _INSTANCES_EXAMPLE, single=False)
-    return json_response(batch_document(result), headers={VERSION_HEADER: result.version.ref})
+    with tracing.span("encode"):
+        return json_response(batch_document(result), headers={VERSION_HEADER: result.version.ref})
 
 
 async def _run(request: Request, ref: str, field: str, example: str, single: bool) -> PredictResult:

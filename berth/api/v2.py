@@ -17,6 +17,7 @@ from berth.api.json_body import json_response
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.errors import InvalidInput, NotFound, NotReady
+from berth.observability import tracing
 from berth.registry.references import parse_reference
 from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature, TensorSpec
@@ -240,10 +241,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     infer_request = v2_codec.parse_infer_request(body, length)
     decoder = _decoder(infer_request, svc.dataplane.max_batch_rows)
     result = await svc.dataplane.predict(ref, decoder)
-    outputs = _outputs(infer_request, result)
-    payload, headers = v2_codec.encode_infer_response(
-        result.version.model, str(result.version.number), infer_request.id, outputs
-    )
+    with tracing.span("encode"):
+        outputs = _outputs(infer_request, result)
+        payload, headers = v2_codec.encode_infer_response(
+            result.version.model, str(result.version.number), infer_request.id, outputs
+        )
     headers["X-Berth-Model-Version"] = result.version.ref
     return Response(payload, headers=headers)
 

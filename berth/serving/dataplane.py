@@ -21,7 +21,7 @@ import anyio.to_thread
 from anyio import CapacityLimiter
 
 from berth.errors import BerthError, InvalidInput, NotFound, NotReady, TimedOut
-from berth.observability import metrics
+from berth.observability import metrics, tracing
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
@@ -135,7 +135,10 @@ class DataPlane:
         labels = (info.model, str(info.number))
         started = time.perf_counter()
         try:
-            inputs, prediction = await self._in_thread(loaded, decode)
+            with tracing.span(
+                "predict", **{"berth.model": info.model, "berth.version": info.number}
+            ):
+                inputs, prediction = await self._in_thread(loaded, decode)
         except BerthError as exc:
             kind = "invalid_input" if isinstance(exc, InvalidInput) else "rejected"
             self._count(labels, endpoint, kind)
@@ -173,6 +176,7 @@ class DataPlane:
             loaded.runtime,
             loaded.info.signature,
             decode,
+            tracing.now_ns() if tracing.enabled() else 0,
             limiter=self._limiter,
             # On timeout the caller gets its answer now; the thread finishes on its own.
             abandon_on_cancel=True,
@@ -268,10 +272,15 @@ class DataPlane:
 
 
 def _decode_and_predict(
-    runtime: Runtime, signature: Signature, decode: Decoder
+    runtime: Runtime, signature: Signature, decode: Decoder, submitted_ns: int
 ) -> tuple[ModelInput, Prediction]:
-    inputs = decode(signature)
-    return inputs, runtime.predict(inputs)
+    """Runs in a worker thread (which carries the request's trace context)."""
+    if submitted_ns:
+        tracing.record_interval("queue wait", submitted_ns, tracing.now_ns())
+    with tracing.span("decode and validate"):
+        inputs = decode(signature)
+    with tracing.span("inference", **{"berth.batch_size": row_count(inputs)}):
+        return inputs, runtime.predict(inputs)
 
 
 def warm_up(runtime: Runtime, info: VersionInfo) -> None:
