@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench
+.PHONY: install demo test lint format clean bench prometheus
 
 install: $(STAMP)
 
@@ -20,8 +20,27 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/berth demo
 
-test: install
+test: install prometheus
 	$(BIN)/pytest -q
+
+# promtool and prometheus (Debian's package) for tests/test_alerts.py and the end-to-end test.
+# Installed only when missing and apt-get can run (as root, or with sudo without a password);
+# otherwise those tests skip with the reason, or fail under BERTH_REQUIRE_SERVICES=1.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+prometheus:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && $(SUDO) true 2>/dev/null; then \
+		echo "installing Debian's prometheus package (promtool) ..."; \
+		log=$$(mktemp); \
+		if ! { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends prometheus; } >$$log 2>&1; then \
+			cat $$log; echo "could not install Debian's prometheus package: its tests will skip"; \
+		fi; \
+		rm -f $$log; \
+	else \
+		echo "promtool/prometheus not found and apt-get unavailable: their tests will skip"; \
+	fi
 
 lint: install
 	$(BIN)/ruff check berth tests benchmarks

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -90,6 +90,58 @@ class Settings(BaseSettings):
 
     served: list[str] = Field(default_factory=list)
     """References the server serves; empty means every model with a `production` alias."""
+
+    # observability --------------------------------------------------------------------------
+
+    log_format: Literal["json", "console"] | None = None
+    """Log line format: `json` (one object per line) or `console` (readable); default json, console in dev mode."""
+
+    access_log: bool = False
+    """Log one line per HTTP request (method, path, status, latency, request id, client address)."""
+
+    access_log_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Fraction of requests the access log records, from 0 to 1."""
+
+    feature_metrics: list[str] = Field(default_factory=list)
+    """Models whose numeric input features are recorded in `berth_feature_value`, JSON such as `["churn"]`."""
+
+    feature_metrics_every: int = Field(default=10, ge=1)
+    """Record feature values for one prediction request in this many, per model and worker."""
+
+    # prediction log, live performance and drift ---------------------------------------------
+
+    prediction_log_enabled: bool = True
+    """Log every predicted row (id, prediction, score, latency) for feedback and live performance."""
+
+    prediction_log_max_age: str = "30d"
+    """Logged predictions and their feedback older than this are deleted, e.g. `30d`."""
+
+    prediction_log_max_rows: int = Field(default=1_000_000, ge=1)
+    """Most logged predictions kept; the oldest beyond it are deleted."""
+
+    prediction_log_queue_rows: int = Field(default=100_000, ge=1)
+    """Rows a worker buffers for the log; beyond it rows are dropped and counted."""
+
+    prediction_log_batch_rows: int = Field(default=500, ge=1)
+    """Write buffered rows as soon as this many wait."""
+
+    prediction_log_flush_seconds: float = Field(default=0.5, gt=0)
+    """Write buffered rows at least this often."""
+
+    prediction_log_retention_seconds: float = Field(default=60.0, gt=0)
+    """How often retention (max age, max rows) runs."""
+
+    performance_window: str = "24h"
+    """Window of feedback behind the `berth_model_accuracy` gauges."""
+
+    performance_refresh_seconds: float = Field(default=10.0, gt=0)
+    """How often `berth_model_accuracy` is recomputed for served versions."""
+
+    drift_window_rows: int = Field(default=5000, ge=1)
+    """Live input rows per version kept for drift (rolling window, per worker)."""
+
+    drift_refresh_seconds: float = Field(default=10.0, gt=0)
+    """How often `berth_feature_drift` (PSI per feature) is recomputed."""
 
     # limits and load shedding ---------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from berth import __version__
-from berth.api import admin, errors, health, v1, v2
+from berth.api import admin, drift, errors, feedback, health, v1, v2
 from berth.api.auth import Authenticator
 from berth.api.middleware.body_limit import BodyLimitMiddleware
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
@@ -71,11 +71,15 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         if settings.dev:
             log.warning(DEV_MODE_WARNING)
         svc.audit.start()
+        await monitoring.start()
         await svc.dataplane.start()
+        drift_monitor.start(settings.drift_refresh_seconds)
         try:
             yield
         finally:
+            await drift_monitor.stop()
             await svc.dataplane.stop()
+            await monitoring.stop()  # the final flush of the prediction log
             await svc.audit.stop()
             await svc.auth.limiter.close()
 
@@ -89,6 +93,8 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     errors.install(app)
     for router in (health.router, v1.router, v2.router, admin.router):
         app.include_router(router)
+    monitoring = feedback.attach(app, svc)
+    drift_monitor = drift.attach(app, svc, window_rows=settings.drift_window_rows)
     # Added innermost first: a request passes request id, body limit, load shedding, headers.
     app.add_middleware(RateHeadersMiddleware)
     app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)

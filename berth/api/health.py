@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
 from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
 from berth.api.services import services
+from berth.observability import metrics as prometheus
 
 router = APIRouter(tags=["operations"])
 
@@ -54,10 +55,15 @@ async def ready(request: Request) -> Response:
     summary="Prometheus metrics",
     response_class=PlainTextResponse,  # documents the media type; the handler builds its answer
     responses={
-        200: {"description": "Metrics in the Prometheus text exposition format."},
+        200: {
+            "description": "Metrics in the Prometheus text exposition format; with several "
+            "worker processes, totals over all of them (any worker may answer)."
+        },
         **doc.errors(*doc.OPEN_ERRORS),
     },
 )
 async def metrics(request: Request) -> Response:
     await services(request).auth.limit_address(request)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # Several workers: this merges every worker's metric files, which is file I/O.
+    body, media_type = await anyio.to_thread.run_sync(prometheus.render)
+    return Response(body, media_type=media_type)

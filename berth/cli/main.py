@@ -7,7 +7,18 @@ import sys
 import typer
 
 from berth import __version__
-from berth.cli import audit, config_cmd, demo, init, keys, models, predict, serve
+from berth.cli import (
+    audit,
+    config_cmd,
+    demo,
+    feedback,
+    init,
+    keys,
+    models,
+    observability,
+    predict,
+    serve,
+)
 from berth.cli.context import err_console
 from berth.errors import BerthError
 
@@ -22,6 +33,8 @@ app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(audit.app, name="audit")
+app.add_typer(feedback.app, name="feedback")
+app.add_typer(observability.app, name="observability")
 app.command("init")(init.init)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)

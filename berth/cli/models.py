@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import httpx
 import typer
 from rich.table import Table
 
 from berth.cli.context import console, registry
-from berth.errors import InvalidInput
+from berth.errors import BerthError, InvalidInput
+from berth.observability.drift import verdict
 from berth.registry.references import parse_reference
 from berth.registry.service import RegisterRequest, VersionInfo, parse_metrics, parse_pairs
 from berth.runtimes import FLAVORS
@@ -31,6 +35,11 @@ def register(
         None, help="Sample input (.csv/.parquet/.json/.npy) to infer the signature."
     ),
     signature: Path | None = typer.Option(None, help="Signature JSON file (instead of --sample)."),
+    reference: Path | None = typer.Option(
+        None,
+        help="Reference data (.csv/.parquet/.json/.npy, e.g. the training set): its per-feature "
+        "statistics are stored for drift monitoring.",
+    ),
     alias: list[str] = typer.Option([], help="Alias to point at the new version (repeatable)."),
     metric: list[str] = typer.Option([], help="Metric KEY=NUMBER (repeatable)."),
     tag: list[str] = typer.Option([], help="Tag KEY=VALUE (repeatable)."),
@@ -53,7 +62,7 @@ def register(
     Archives (.tar.gz, .tgz, .tar, .zip) are unpacked safely and registered as a directory.
     Pickle/joblib files need --trust-pickle; skops files with types of your own need --trust-type.
 
-    Example: berth models register churn model.skops --sample train.csv --metric auc=0.91 --alias production
+    Example: berth models register churn model.skops --sample train.csv --reference train.csv --metric auc=0.91 --alias production
     """
     request = RegisterRequest(
         name=name,
@@ -67,6 +76,7 @@ def register(
         aliases=tuple(alias),
         trust_pickle=trust_pickle,
         trusted_types=tuple(trust_type),
+        reference=reference,
         actor=cli_actor(),
     )
     with console.status(f"Checking and storing {path} ..."):
@@ -76,6 +86,12 @@ def register(
         f"Registered [bold]{version.ref}[/] ({version.flavor}, sha256 {version.artifact.sha256[:12]}, "
         f"aliases: {aliases})"
     )
+    if version.reference_stats:
+        features = len(version.reference_stats.get("features", {}))
+        console.print(
+            f"Stored drift reference statistics of {features} features "
+            f"({version.reference_stats.get('rows')} rows)"
+        )
 
 
 @app.command("list")
@@ -194,3 +210,142 @@ def delete(
         )
     registry().delete_model(ref.name, actor=cli_actor())
     console.print(f"Deleted model {ref.name}")
+
+
+_VERDICT_STYLE = {
+    "stable": "green",
+    "moderate": "yellow",
+    "drifted": "bold red",
+    "no_data": "dim",
+}
+
+
+@app.command("drift")
+def drift(
+    reference: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    url: str | None = typer.Option(
+        None, help="A running server to ask for live drift, e.g. http://127.0.0.1:8321."
+    ),
+    key: str | None = typer.Option(
+        None, envvar="BERTH_API_KEY", help="API key with the read scope (or BERTH_API_KEY)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Feature drift of live inputs against the version's reference data (PSI, KS).
+
+    Live inputs are kept by the server, so give --url (and --key); without it the stored
+    reference statistics are shown.
+
+    Example: berth models drift churn --url http://127.0.0.1:8321 --key berth_...
+    """
+    if url is None:
+        _print_reference(registry().resolve(reference), as_json)
+        return
+    report = _fetch_drift(url, reference, key)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    window = report.get("window", {})
+    overall = report.get("verdict", "no_data")
+    console.print(
+        f"[bold]{report['model']}:{report['version']}[/]  live rows {window.get('rows', 0)}"
+        f"/{window.get('capacity', '?')}  verdict [{_VERDICT_STYLE.get(overall, '')}]{overall}[/]"
+    )
+    table = Table("feature", "kind", "PSI", "KS", "KS p-value", "live rows", "verdict")
+    for feature in report.get("features", []):
+        shown = feature.get("verdict") or verdict(feature.get("psi"))
+        table.add_row(
+            feature["feature"],
+            feature.get("kind", ""),
+            _number(feature.get("psi")),
+            _number(feature.get("ks_statistic")),
+            _number(feature.get("ks_pvalue")),
+            str(feature.get("live_count", 0)),
+            f"[{_VERDICT_STYLE.get(shown, '')}]{shown}[/]",
+        )
+    console.print(table)
+    thresholds = report.get("thresholds", {})
+    console.print(
+        f"PSI < {thresholds.get('moderate', 0.1)} stable, "
+        f"< {thresholds.get('drifted', 0.25)} moderate, else drifted",
+        style="dim",
+    )
+
+
+def _print_reference(version: VersionInfo, as_json: bool) -> None:
+    stats = version.reference_stats
+    if not stats:
+        raise InvalidInput(
+            f"{version.ref} has no reference statistics; register a version with "
+            f"`berth models register {version.model} MODEL --reference DATA.csv`"
+        )
+    if as_json:
+        typer.echo(json.dumps(version.to_dict()["reference"], indent=2))
+        return
+    console.print(f"[bold]{version.ref}[/]  reference statistics of {stats.get('rows')} rows")
+    table = Table("feature", "kind", "count", "missing", "mean", "std", "min", "max", "top values")
+    for name, feature in stats.get("features", {}).items():
+        if feature.get("type") == "numeric":
+            table.add_row(
+                name,
+                "numeric",
+                str(feature.get("count")),
+                _percent(feature.get("missing")),
+                *(_number(feature.get(k)) for k in ("mean", "std", "min", "max")),
+                "",
+            )
+        else:
+            frequencies = feature.get("frequencies", {})
+            top = ", ".join(f"{k} {_percent(v)}" for k, v in list(frequencies.items())[:4])
+            table.add_row(
+                name,
+                "categorical",
+                str(feature.get("count")),
+                _percent(feature.get("missing")),
+                "",
+                "",
+                "",
+                "",
+                top,
+            )
+    console.print(table)
+    console.print(
+        "Live drift is measured by the server that serves the model: "
+        f"`berth models drift {version.ref} --url http://HOST:PORT --key KEY`"
+    )
+
+
+def _http_client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url.rstrip("/"), timeout=30.0)
+
+
+def _fetch_drift(url: str, reference: str, key: str | None) -> dict[str, Any]:
+    parse_reference(reference)  # a bad reference fails here, with the usual message
+    headers = {"X-API-Key": key} if key else {}
+    client = _http_client(url)
+    try:
+        response = client.get(f"/api/v1/models/{quote(reference, safe='')}/drift", headers=headers)
+    except httpx.HTTPError as exc:
+        raise InvalidInput(
+            f"could not reach {url}: {exc}; is the server running (`berth serve`)?"
+        ) from exc
+    finally:
+        client.close()
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict):
+        message = body.get("error") if isinstance(body, dict) else None
+        raise BerthError(f"{url} answered {response.status_code}: {message or response.text[:200]}")
+    return body
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}%"

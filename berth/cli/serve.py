@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,11 @@ import uvicorn
 from berth.cli.context import console, err_console, registry, settings
 from berth.config import DEFAULT_PORT
 from berth.errors import InvalidInput
+from berth.observability.logging import configure_logging, logging_config
+from berth.observability.metrics import MULTIPROCESS_ENV
 from berth.registry.references import DEFAULT_ALIAS
+
+log = logging.getLogger("berth.serve")
 
 
 @dataclass(frozen=True)
@@ -109,24 +117,50 @@ def start_server(options: ServerOptions) -> None:
         f"({options.workers} worker(s))"
     )
     current = settings()
-    logging.basicConfig(
-        level=current.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    json_lines = (current.log_format or ("console" if options.dev else "json")) == "json"
+    configure_logging(current.log_level, json=json_lines)
     proxies = current.trusted_proxies
-    uvicorn.run(
-        "berth.api.app:create_app_from_env",
-        factory=True,
-        host=options.host,
-        port=options.port,
-        workers=options.workers,
-        log_level=current.log_level.lower(),
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=10,
-        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
-        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
-        # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=",".join(proxies) if proxies else "",
-    )
+    with _worker_metrics(options.workers):
+        uvicorn.run(
+            "berth.api.app:create_app_from_env",
+            factory=True,
+            host=options.host,
+            port=options.port,
+            workers=options.workers,
+            log_level=current.log_level.lower(),
+            # Applied again in every worker process: uvicorn's lines and ours share one format.
+            log_config=logging_config(current.log_level, json=json_lines),
+            access_log=False,  # Berth's access log (BERTH_ACCESS_LOG) has the request id
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+            ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+            ssl_keyfile=str(options.tls_key) if options.tls_key else None,
+            # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=",".join(proxies) if proxies else "",
+        )
+
+
+@contextmanager
+def _worker_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh private directory where each writes its metrics.
+
+    `/metrics` in any worker merges the files of all (see berth.observability.metrics). The
+    directory is new for every start, so no counts leak in from an earlier run, and removed after.
+    """
+    if workers <= 1:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="berth-metrics-")
+    previous = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = path
+    log.info("%d workers write their metrics to %s", workers, path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from berth.config import Settings
 from berth.errors import ArtifactIntegrityError, Conflict, InvalidInput, NotFound
+from berth.observability.drift import reference_statistics, reference_summary
 from berth.registry.archives import is_archive, safe_extract
 from berth.registry.artifacts import (
     ArtifactStore,
@@ -93,6 +94,8 @@ class VersionInfo:
     """Types beyond the built-in allow-list its skops file may load (--trust-type)."""
     pickle_trusted: bool = False
     """Registered with --trust-pickle: its pickle is unpickled (after its sha256 matches)."""
+    reference_stats: dict[str, Any] | None = None
+    """Per-feature reference statistics for drift (from --reference), or None."""
 
     @property
     def ref(self) -> str:
@@ -114,6 +117,7 @@ class VersionInfo:
             "example": self.example,
             "trusted_types": list(self.trusted_types),
             "pickle_trusted": self.pickle_trusted,
+            "reference": reference_summary(self.reference_stats),
         }
 
 
@@ -158,6 +162,9 @@ class RegisterRequest:
     """Accept a pickle/joblib file, whose loading runs any code it holds (--trust-pickle)."""
     trusted_types: tuple[str, ...] = ()
     """Types beyond the built-in allow-list the skops file may load, recorded on the version."""
+    reference: Path | None = None
+    """Reference data (.csv/.parquet/.json/.npy) whose per-feature statistics drift is measured
+    against (--reference)."""
     actor: str | None = None
     """Who registers, for the audit log; None is the local user (`cli:<user>`)."""
     address: str | None = None
@@ -237,6 +244,7 @@ class Registry:
             sample = read_sample(request.sample) if request.sample is not None else None
             signature = _signature_for(request, runtime, sample)
             example = _example(sample, signature)
+            reference_stats = _reference_stats(request.reference, signature)
             artifact = self.store.put(staged)
         if artifact.sha256 != digest:
             raise InvalidInput(
@@ -251,6 +259,7 @@ class Registry:
                 with self.db.session(write=True) as session:
                     row = self._insert_version(session, request, flavor, artifact, signature, trust)
                     row.example = example
+                    row.reference_stats = reference_stats
                     audit.add(
                         session,
                         replace(
@@ -521,6 +530,17 @@ def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
     return list(np.asarray(rows).tolist())
 
 
+def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] | None:
+    """Drift reference statistics of the --reference data, checked against the signature."""
+    if path is None:
+        return None
+    path = path.expanduser()
+    try:
+        return reference_statistics(read_sample(path), signature)
+    except InvalidInput as exc:
+        raise InvalidInput(f"--reference {path}: {exc.message}") from exc
+
+
 def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
     predictions = np.asarray(prediction.predictions)
     specs = [
@@ -662,6 +682,7 @@ def _version_info(row: VersionRow) -> VersionInfo:
         example=row.example,
         trusted_types=tuple(row.trusted_types or ()),
         pickle_trusted=row.pickle_trusted,
+        reference_stats=row.reference_stats,
     )
 
 

@@ -1,0 +1,323 @@
+"""Prometheus alerting and recording rules for Berth's metrics, built as data.
+
+`build_rules(AlertOptions(...))` returns the rule-file document (plain dicts and lists);
+`render_rules` turns it into YAML for `promtool check rules` and Prometheus' `rule_files`.
+
+Alerts (severity label: `page` wakes someone, `ticket`/`warning` waits for working hours):
+
+- HighLatency          p99 prediction latency of a version over the objective
+- HighErrorRate        share of failed predictions of a version (any cause, bad input included:
+                       a client that breaks its schema shows up here) over a threshold
+- ModelAccuracyDrop    accuracy from feedback fell by more than a margin below its recent best
+- FeatureDrift         a feature's drift score (PSI) over the threshold
+- ModelNotLoaded       a Berth instance knows a model but has no version of it loaded
+- BerthTargetDown      Prometheus cannot scrape a Berth instance
+- ErrorBudgetBurnFast  availability error budget burning 14.4x (1h & 5m) or 6x (6h & 30m): page
+- ErrorBudgetBurnSlow  availability error budget burning 3x (1d & 2h) or 1x (3d & 6h): ticket
+
+The burn-rate alerts follow the multiwindow, multi-burn-rate pattern of the Google SRE workbook
+("Alerting on SLOs"). Their error ratios are recording rules per model, over server-side
+failures only: a request refused as invalid input does not spend the server's error budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from berth.durations import parse_duration
+from berth.errors import InvalidInput
+
+RULES_VERSION = 1
+
+#: (name, severity, [(long window, short window, burn-rate factor, for)]). One alert per
+#: severity; it waits the `for` of its first (fastest) pair, as the workbook's tables do.
+BURN_RATE_ALERTS: tuple[tuple[str, str, tuple[tuple[str, str, float, str], ...]], ...] = (
+    ("ErrorBudgetBurnFast", "page", (("1h", "5m", 14.4, "2m"), ("6h", "30m", 6.0, "15m"))),
+    ("ErrorBudgetBurnSlow", "ticket", (("1d", "2h", 3.0, "1h"), ("3d", "6h", 1.0, "1h"))),
+)
+BURN_RATE_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+
+#: Failures that spend the availability budget: every kind but the client's own bad input.
+SERVER_ERRORS = 'berth_prediction_errors_total{kind!="invalid_input"}'
+
+
+def error_ratio_record(window: str) -> str:
+    """Name of the recording rule holding the per-model server error ratio over `window`."""
+    return f"model:berth_prediction_server_errors:ratio_rate{window}"
+
+
+@dataclass(frozen=True)
+class AlertOptions:
+    """Thresholds and timings; every `*_for` may be overridden at once with `for_override`."""
+
+    slo_p99_ms: float = 200.0
+    slo_availability: float = 0.999
+    error_rate: float = 0.05
+    accuracy_drop: float = 0.05
+    accuracy_baseline: str = "1d"
+    #: Feedback metrics where higher is better; a drop of an error metric (mae) is good news.
+    accuracy_metrics: str = "accuracy|balanced_accuracy|f1|precision|recall|auc|roc_auc|r2"
+    drift_psi: float = 0.25
+    rate_window: str = "5m"
+    latency_for: str = "10m"
+    error_rate_for: str = "5m"
+    accuracy_for: str = "30m"
+    drift_for: str = "30m"
+    not_loaded_for: str = "5m"
+    down_for: str = "2m"
+    for_override: str | None = None
+    job: str = "berth"
+    interval: str | None = None
+    runbook_url: str | None = None
+
+    def validate(self) -> None:
+        if not 0 < self.slo_availability < 1:
+            raise InvalidInput(
+                f"--slo-availability must lie strictly between 0 and 1 (got "
+                f"{self.slo_availability:g}); write 0.999 for 99.9%"
+            )
+        if self.slo_p99_ms <= 0:
+            raise InvalidInput(f"--slo-p99-ms must be positive (got {self.slo_p99_ms:g})")
+        for flag, value in (
+            ("--error-rate", self.error_rate),
+            ("--accuracy-drop", self.accuracy_drop),
+        ):
+            if not 0 < value < 1:
+                raise InvalidInput(f"{flag} must lie strictly between 0 and 1 (got {value:g})")
+        if self.drift_psi <= 0:
+            raise InvalidInput(f"--drift-psi must be positive (got {self.drift_psi:g})")
+        holds = ("latency_for", "error_rate_for", "accuracy_for", "drift_for", "not_loaded_for")
+        durations = {
+            "--rate-window": self.rate_window,
+            "--accuracy-baseline": self.accuracy_baseline,
+            "--for": self.for_override,
+            "--interval": self.interval,
+            **{name: getattr(self, name) for name in (*holds, "down_for")},
+        }
+        for flag, text in durations.items():
+            if text is None:
+                continue
+            try:
+                seconds = parse_duration(text).total_seconds()
+            except InvalidInput as exc:
+                raise InvalidInput(f"{flag}: {exc.message}") from exc
+            if seconds == 0 and flag in ("--rate-window", "--accuracy-baseline", "--interval"):
+                raise InvalidInput(f"{flag} must be longer than 0s (got {text})")
+        if not self.accuracy_metrics or '"' in self.accuracy_metrics:
+            raise InvalidInput(
+                f"--accuracy-metrics must be metric names joined by | (got {self.accuracy_metrics!r})"
+            )
+        if not self.job or '"' in self.job or "\\" in self.job:
+            raise InvalidInput(f"--job must be a plain Prometheus job name (got {self.job!r})")
+
+    def hold(self, default: str) -> str:
+        return self.for_override if self.for_override is not None else default
+
+
+def _alert(
+    name: str,
+    expr: str,
+    hold: str,
+    severity: str,
+    summary: str,
+    description: str,
+    runbook: str,
+    options: AlertOptions,
+    **labels: str,
+) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": name, "expr": expr}
+    if parse_duration(hold).total_seconds() > 0:
+        rule["for"] = hold
+    rule["labels"] = {"severity": severity, **labels}
+    annotations = {"summary": summary, "description": description, "runbook": runbook}
+    if options.runbook_url:
+        annotations["runbook_url"] = f"{options.runbook_url.rstrip('/')}#{name.lower()}"
+    rule["annotations"] = annotations
+    return rule
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:g}%"
+
+
+def model_alerts(options: AlertOptions) -> list[dict[str, Any]]:
+    """Alerts per model version: latency, errors, accuracy, drift, loading, scraping."""
+    window = options.rate_window
+    seconds = options.slo_p99_ms / 1000
+    version = "{{ $labels.model }} v{{ $labels.version }}"
+    accuracy = f'berth_model_accuracy{{metric=~"{options.accuracy_metrics}"}}'
+    return [
+        _alert(
+            "HighLatency",
+            "histogram_quantile(0.99, sum by (model, version, le) "
+            f"(rate(berth_prediction_duration_seconds_bucket[{window}]))) > {seconds:g}",
+            options.hold(options.latency_for),
+            "warning",
+            f"{version}: p99 latency over {options.slo_p99_ms:g}ms",
+            f"The 99th percentile prediction latency of {version} is "
+            f"{{{{ $value | humanizeDuration }}}} over the last {window} "
+            f"(objective {options.slo_p99_ms:g}ms).",
+            "Look for large batches (berth_batch_size) and saturation "
+            "(berth_requests_in_flight); add workers, or send fewer rows per request.",
+            options,
+        ),
+        _alert(
+            "HighErrorRate",
+            f'sum by (model, version) (rate(berth_predictions_total{{status="error"}}[{window}]))'
+            f" / sum by (model, version) (rate(berth_predictions_total[{window}]))"
+            f" > {options.error_rate:g}",
+            options.hold(options.error_rate_for),
+            "critical",
+            f"{version}: {{{{ $value | humanizePercentage }}}} of predictions fail",
+            f"{{{{ $value | humanizePercentage }}}} of the predictions of {version} failed over "
+            f"the last {window} (threshold {_percent(options.error_rate)}).",
+            "berth_prediction_errors_total by kind tells bad input (invalid_input: a client "
+            "sends the wrong schema) from failures of the model (internal); read the server "
+            "log, and move the alias back with `berth models alias` if a new version broke.",
+            options,
+        ),
+        _alert(
+            "ModelAccuracyDrop",
+            f"max_over_time({accuracy}[{options.accuracy_baseline}])"
+            f" - {accuracy} > {options.accuracy_drop:g}",
+            options.hold(options.accuracy_for),
+            "warning",
+            f"{version}: {{{{ $labels.metric }}}} dropped by {{{{ printf `%.2f` $value }}}}",
+            f"The {{{{ $labels.metric }}}} of {version}, measured from feedback, is "
+            f"{{{{ printf `%.2f` $value }}}} below its best of the last "
+            f"{options.accuracy_baseline} (allowed drop {options.accuracy_drop:g}).",
+            "Compare berth_feature_drift for the version; retrain on recent data and "
+            "register the new version, or move the alias back to the previous one.",
+            options,
+        ),
+        _alert(
+            "FeatureDrift",
+            f"berth_feature_drift > {options.drift_psi:g}",
+            options.hold(options.drift_for),
+            "warning",
+            f"{version}: feature {{{{ $labels.feature }}}} drifted",
+            f"Feature {{{{ $labels.feature }}}} of {version} has a drift score (PSI) of "
+            f"{{{{ printf `%.2f` $value }}}}, over {options.drift_psi:g}.",
+            "Check the upstream source of the feature for a change; if the new "
+            "distribution is real, retrain and register a new version.",
+            options,
+        ),
+        _alert(
+            "ModelNotLoaded",
+            "max by (job, instance, model) (berth_model_loaded) == 0",
+            options.hold(options.not_loaded_for),
+            "critical",
+            "{{ $labels.model }}: no version loaded on {{ $labels.instance }}",
+            "Berth at {{ $labels.instance }} serves {{ $labels.model }} but has no version "
+            "of it loaded; its predictions fail.",
+            "Read the server log for the load error; `berth models show` the version the "
+            "alias points at, and check its artifact is reachable.",
+            options,
+        ),
+        _alert(
+            "BerthTargetDown",
+            f'up{{job="{options.job}"}} == 0',
+            options.hold(options.down_for),
+            "critical",
+            "Berth at {{ $labels.instance }} is down",
+            "Prometheus cannot scrape /metrics of Berth at {{ $labels.instance }}.",
+            "Check the process (`berth serve`) and its host; /ready tells whether it is "
+            "still loading models.",
+            options,
+        ),
+    ]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    """Per-model server error ratios over every window a burn-rate alert reads."""
+    return [
+        {
+            "record": error_ratio_record(window),
+            "expr": f"sum by (model) (rate({SERVER_ERRORS}[{window}]))"
+            f" / sum by (model) (rate(berth_predictions_total[{window}]))",
+        }
+        for window in BURN_RATE_WINDOWS
+    ]
+
+
+def burn_rate_alerts(options: AlertOptions) -> list[dict[str, Any]]:
+    budget = 1 - options.slo_availability
+    objective = _percent(options.slo_availability)
+    rules = []
+    for name, severity, pairs in BURN_RATE_ALERTS:
+        conditions = []
+        for long, short, factor, _hold in pairs:
+            threshold = f"{factor:g} * {budget:.6g}"
+            conditions.append(
+                f"({error_ratio_record(long)} > {threshold}"
+                f" and {error_ratio_record(short)} > {threshold})"
+            )
+        windows = ", ".join(f"{long}/{short} at {factor:g}x" for long, short, factor, _ in pairs)
+        speed = "fast" if severity == "page" else "slowly"
+        rules.append(
+            _alert(
+                name,
+                "\nor\n".join(conditions),
+                options.hold(pairs[0][3]),
+                severity,
+                f"{{{{ $labels.model }}}}: error budget burning {speed}",
+                f"Server-side failures of {{{{ $labels.model }}}} spend the error budget of "
+                f"its {objective} availability objective too fast ({windows}); "
+                f"{{{{ $value | humanizePercentage }}}} of predictions fail over the long window.",
+                "HighErrorRate names the failing version; roll the alias back first, "
+                "investigate after.",
+                options,
+                slo="availability",
+            )
+        )
+    return rules
+
+
+def build_rules(options: AlertOptions | None = None) -> dict[str, Any]:
+    """The rule-file document: one group of alerts per concern, and the recording rules."""
+    options = options or AlertOptions()
+    options.validate()
+    groups: list[dict[str, Any]] = [
+        {"name": "berth-models", "rules": model_alerts(options)},
+        # Rules of a group run in order: the alerts read this evaluation's ratios, not the last.
+        {"name": "berth-slo", "rules": [*recording_rules(), *burn_rate_alerts(options)]},
+    ]
+    if options.interval is not None:
+        for group in groups:
+            group["interval"] = options.interval
+    return {"groups": groups}
+
+
+def rule_names(document: dict[str, Any]) -> list[str]:
+    return [
+        rule.get("alert") or rule["record"]
+        for group in document["groups"]
+        for rule in group["rules"]
+    ]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (long PromQL expressions) as literal blocks."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _string)
+
+
+def dump_yaml(document: dict[str, Any]) -> str:
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def render_rules(document: dict[str, Any]) -> str:
+    header = (
+        "# Prometheus rules for Berth, generated by `berth observability alerts`.\n"
+        "# Check: promtool check rules FILE. Regenerate rather than edit by hand.\n"
+    )
+    return header + dump_yaml(document)

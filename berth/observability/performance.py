@@ -1,0 +1,271 @@
+"""Live model performance: logged predictions joined with their feedback.
+
+Feedback rows are stored on their own (no foreign key: feedback may arrive before its
+prediction is flushed, or from another worker) and joined here, at query time.
+
+Per version, over a window (the last `since` and/or the last `last` labelled rows):
+- classification (the version has scores, or predicts labels: strings, booleans, or numbers
+  that are all whole): accuracy, and ROC AUC when exactly two labels occur, both among the
+  outcomes, and every row has a score. The score of a binary classifier is P(second class in sorted order), the order
+  scikit-learn gives `classes_`; so the positive label is the larger of the two.
+- regression (no scores, numeric predictions, at least one not whole): MAE and RMSE.
+Labels compare by value, so an outcome of `1`, `1.0` or `"1"` matches a prediction of `1`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from prometheus_client import Gauge
+from sqlalchemy import func, select
+
+from berth.observability import metrics
+from berth.registry.db import Database
+from berth.registry.tables import FeedbackRow, PredictionRow
+
+log = logging.getLogger("berth.monitoring")
+
+MAX_LABELLED = 100_000
+"""Most labelled rows read per version and query (the most recent ones)."""
+
+# Defined in metrics.py (multiprocess-aware); a local one only if that file lacks it.
+MODEL_ACCURACY: Gauge = getattr(metrics, "MODEL_ACCURACY", None) or Gauge(
+    "berth_model_accuracy",
+    "Live performance of a served version from feedback over the performance window "
+    "(metric: accuracy, auc, mae, rmse).",
+    ["model", "version", "metric"],
+)
+METRICS = ("accuracy", "auc", "mae", "rmse")
+
+
+@dataclass(frozen=True)
+class Window:
+    since: timedelta | None = timedelta(hours=24)
+    """Predictions made within this span before now; None: every retained prediction."""
+    last: int | None = None
+    """Only the most recent this-many labelled rows per version (at most MAX_LABELLED)."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    kind: str | None = None
+    """classification, regression, or None (no labelled rows to judge)."""
+    accuracy: float | None = None
+    auc: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
+
+
+@dataclass(frozen=True)
+class VersionPerformance:
+    version: int
+    count: int
+    """Predictions logged in the time window."""
+    labelled: int
+    """Of those (at most `last`), the ones with feedback."""
+    scores: Scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "count": self.count,
+            "labelled": self.labelled,
+            **asdict(self.scores),
+        }
+
+
+def compute_performance(
+    db: Database,
+    model: str,
+    version: int | None = None,
+    window: Window | None = None,
+    now: datetime | None = None,
+) -> list[VersionPerformance]:
+    """Performance per version of `model` that has predictions in the window, by version."""
+    window = window or Window()
+    start = (now or datetime.now(UTC)) - window.since if window.since is not None else None
+    limit = min(window.last or MAX_LABELLED, MAX_LABELLED)
+    conditions = [PredictionRow.model == model]
+    if version is not None:
+        conditions.append(PredictionRow.version == version)
+    if start is not None:
+        conditions.append(PredictionRow.created_at >= start)
+    found: list[VersionPerformance] = []
+    with db.session() as session:
+        counts = session.execute(
+            select(PredictionRow.version, func.count())
+            .where(*conditions)
+            .group_by(PredictionRow.version)
+            .order_by(PredictionRow.version)
+        ).all()
+        for number, count in counts:
+            rows = session.execute(
+                select(PredictionRow.prediction, PredictionRow.score, FeedbackRow.actual)
+                .join(FeedbackRow, FeedbackRow.prediction_id == PredictionRow.id)
+                .where(*conditions, PredictionRow.version == number)
+                .order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc())
+                .limit(limit)
+            ).all()
+            labelled = [(r[0], r[1], r[2]) for r in rows]
+            found.append(
+                VersionPerformance(
+                    version=number, count=count, labelled=len(labelled), scores=measure(labelled)
+                )
+            )
+    return found
+
+
+# metrics -------------------------------------------------------------------------------
+
+
+def measure(rows: Sequence[tuple[Any, float | None, Any]]) -> Scores:
+    """Scores of (prediction, score, actual) rows; rows without a scalar pair are skipped."""
+    pairs = [(p, s, a) for p, s, a in rows if _scalar(p) and _scalar(a)]
+    if not pairs:
+        return Scores()
+    # Value-based, not type-based: SQLite's JSON column reads 4.0 back as 4.
+    classification = any(s is not None for _, s, _ in pairs) or not all(
+        _number(p) for p, _, _ in pairs
+    )
+    classification = classification or all(float(p).is_integer() for p, _, _ in pairs)
+    if classification:
+        return _classification(pairs)
+    numeric = [(float(p), float(a)) for p, _, a in pairs if _number(a)]
+    if not numeric:
+        return Scores(kind="regression")
+    errors = np.array([p - a for p, a in numeric])
+    return Scores(
+        kind="regression",
+        mae=float(np.mean(np.abs(errors))),
+        rmse=float(math.sqrt(np.mean(errors**2))),
+    )
+
+
+def _classification(pairs: list[tuple[Any, float | None, Any]]) -> Scores:
+    hits = [_label(p) == _label(a) for p, _, a in pairs]
+    accuracy = sum(hits) / len(hits)
+    auc = None
+    labels = {_label(p): p for p, _, _ in pairs} | {_label(a): a for _, _, a in pairs}
+    outcomes = {_label(a) for _, _, a in pairs}
+    if len(labels) == 2 and len(outcomes) == 2 and all(s is not None for _, s, _ in pairs):
+        positive = _positive(list(labels.values()))
+        truth = [_label(a) == _label(positive) for _, _, a in pairs]
+        auc = roc_auc(truth, [float(s) for _, s, _ in pairs if s is not None])
+    return Scores(kind="classification", accuracy=accuracy, auc=auc)
+
+
+def _positive(labels: list[Any]) -> Any:
+    """The second of two labels in sorted order (numbers numerically, else as text)."""
+    if all(_number(v) or isinstance(v, bool) for v in labels):
+        return max(labels, key=float)
+    return max(labels, key=str)
+
+
+def roc_auc(truth: Sequence[bool], scores: Sequence[float]) -> float | None:
+    """ROC AUC by the rank (Mann-Whitney) method, ties get average ranks; None if one class."""
+    positives = sum(truth)
+    negatives = len(truth) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        rank = (i + j) / 2 + 1  # ranks i+1..j+1 share their average
+        for k in range(i, j + 1):
+            ranks[order[k]] = rank
+        i = j + 1
+    positive_ranks = sum(r for r, t in zip(ranks, truth, strict=True) if t)
+    return (positive_ranks - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _label(value: Any) -> str:
+    """A label's identity: 1, 1.0 and "1" are one label; True is "true"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        text = value.strip()
+        with contextlib.suppress(ValueError):
+            number = float(text)
+            if number.is_integer() and math.isfinite(number):
+                return str(int(number))
+        return text
+    return str(value)
+
+
+# the gauges ----------------------------------------------------------------------------
+
+
+class PerformanceGauges:
+    """Sets `berth_model_accuracy{model,version,metric}` for served versions periodically."""
+
+    def __init__(
+        self,
+        db: Database,
+        versions: Callable[[], list[tuple[str, int]]],
+        window: timedelta = timedelta(hours=24),
+        interval: float = 10.0,
+    ) -> None:
+        self.db = db
+        self.versions = versions
+        self.window = window
+        self.interval = interval
+        self._set: set[tuple[str, str, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await anyio.to_thread.run_sync(self.update)
+            except Exception:
+                log.exception("updating the model performance gauges failed")
+
+    def update(self) -> None:
+        """Recompute every served version's gauges; drop those of versions gone or unjudged."""
+        fresh: set[tuple[str, str, str]] = set()
+        for model, number in self.versions():
+            found = compute_performance(self.db, model, number, Window(since=self.window))
+            scores = found[0].scores if found else Scores()
+            for metric in METRICS:
+                value = getattr(scores, metric)
+                if value is not None:
+                    labels = (model, str(number), metric)
+                    MODEL_ACCURACY.labels(*labels).set(value)
+                    fresh.add(labels)
+        for labels in self._set - fresh:
+            with contextlib.suppress(KeyError):
+                MODEL_ACCURACY.remove(*labels)
+        self._set = fresh

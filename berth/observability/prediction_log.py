@@ -1,0 +1,293 @@
+"""The prediction log: one row per predicted row, written in batches off the hot path.
+
+`PredictionLog.observe` is a dataplane observer. On the event loop it only appends the result
+to a bounded in-memory buffer (counted in rows); a background task turns buffered results into
+rows and inserts them, in one transaction per flush, in a worker thread, every `flush_seconds`
+or as soon as `batch_rows` rows wait. When the buffer is full, a request's rows are dropped
+(all of them) and counted in `berth_prediction_log_dropped_total`; a failed write is counted
+there too. Prediction is never slowed down or failed by the log.
+
+Retention runs on its own timer (not per batch): rows older than `max_age` go, then the oldest
+rows beyond `max_rows`, with the feedback that belongs to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from prometheus_client import Counter
+from sqlalchemy import delete, insert, select
+
+from berth.durations import parse_duration
+from berth.registry.db import Database
+from berth.registry.tables import FeedbackRow, PredictionRow
+from berth.runtimes.base import ModelInput
+from berth.serving.dataplane import PredictResult
+
+log = logging.getLogger("berth.monitoring")
+
+PREDICTION_LOG_DROPPED = Counter(
+    "berth_prediction_log_dropped",
+    "Prediction rows not logged: the log's buffer was full, or writing them failed.",
+)
+PREDICTION_LOG_WRITTEN = Counter(
+    "berth_prediction_log_written", "Prediction rows written to the prediction log."
+)
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """The prediction log's and the performance gauges' settings (see `from_settings`)."""
+
+    enabled: bool = True
+    queue_rows: int = 100_000
+    batch_rows: int = 500
+    flush_seconds: float = 0.5
+    max_age: timedelta = timedelta(days=30)
+    max_rows: int = 1_000_000
+    retention_seconds: float = 60.0
+    performance_window: timedelta = timedelta(hours=24)
+    performance_refresh_seconds: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MonitoringConfig:
+        """Read the `prediction_log_*` / `performance_*` settings, defaults where absent."""
+        default = cls()
+
+        def get(name: str, fallback: Any) -> Any:
+            value = getattr(settings, name, None)
+            return fallback if value is None else value
+
+        def duration(name: str, fallback: timedelta) -> timedelta:
+            value = getattr(settings, name, None)
+            if value is None:
+                return fallback
+            return value if isinstance(value, timedelta) else parse_duration(str(value))
+
+        return cls(
+            enabled=bool(get("prediction_log_enabled", default.enabled)),
+            queue_rows=int(get("prediction_log_queue_rows", default.queue_rows)),
+            batch_rows=int(get("prediction_log_batch_rows", default.batch_rows)),
+            flush_seconds=float(get("prediction_log_flush_seconds", default.flush_seconds)),
+            max_age=duration("prediction_log_max_age", default.max_age),
+            max_rows=int(get("prediction_log_max_rows", default.max_rows)),
+            retention_seconds=float(
+                get("prediction_log_retention_seconds", default.retention_seconds)
+            ),
+            performance_window=duration("performance_window", default.performance_window),
+            performance_refresh_seconds=float(
+                get("performance_refresh_seconds", default.performance_refresh_seconds)
+            ),
+        )
+
+
+class PredictionLog:
+    """Buffers predictions from the event loop and writes them to `predictions` in batches."""
+
+    def __init__(self, db: Database, config: MonitoringConfig | None = None) -> None:
+        self.db = db
+        self.config = config or MonitoringConfig()
+        self._pending: deque[tuple[PredictResult, datetime]] = deque()
+        self._pending_rows = 0
+        self._wake: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # the hot path ------------------------------------------------------------------------
+
+    def observe(self, result: PredictResult, inputs: ModelInput | None = None) -> None:
+        """The dataplane observer: O(1), never blocks, never raises for a full buffer."""
+        if not self.config.enabled:
+            return
+        if self._pending_rows + result.rows > self.config.queue_rows:
+            PREDICTION_LOG_DROPPED.inc(result.rows)
+            return
+        self._pending.append((result, datetime.now(UTC)))
+        self._pending_rows += result.rows
+        if self._pending_rows >= self.config.batch_rows and self._wake is not None:
+            self._wake.set()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._write_forever()),
+            asyncio.create_task(self._retain_forever()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.flush()
+
+    # writing -----------------------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Write every buffered row now (and wait for a write in progress); rows written."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            rows = self._pending_rows
+            self._pending_rows = 0
+            if not items:
+                return 0
+            try:
+                written = await anyio.to_thread.run_sync(self.write, items)
+            except Exception:
+                PREDICTION_LOG_DROPPED.inc(rows)
+                log.exception("could not write %d prediction log rows", rows)
+                return 0
+            PREDICTION_LOG_WRITTEN.inc(written)
+            return written
+
+    def write(self, items: list[tuple[PredictResult, datetime]]) -> int:
+        """Insert the rows of these results in one transaction (runs in a worker thread)."""
+        rows = [row for result, at in items for row in prediction_rows(result, at)]
+        if rows:
+            with self.db.session() as session:
+                session.execute(insert(PredictionRow), rows)
+        return len(rows)
+
+    async def _write_forever(self) -> None:
+        assert self._wake is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.flush_seconds)
+            self._wake.clear()
+            await self.flush()
+
+    # retention ---------------------------------------------------------------------------
+
+    async def _retain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.retention_seconds)
+            try:
+                await anyio.to_thread.run_sync(self.apply_retention)
+            except Exception:
+                log.exception("prediction log retention failed; retrying next interval")
+
+    def apply_retention(self, now: datetime | None = None) -> int:
+        """Delete rows older than max_age, then the oldest beyond max_rows; rows deleted.
+
+        Feedback goes with its prediction, and unmatched feedback older than max_age goes too.
+        Rows of one request share a timestamp, so the row limit may remove a few rows more.
+        """
+        cutoff = (now or datetime.now(UTC)) - self.config.max_age
+        with self.db.session() as session:
+            old = select(PredictionRow.id).where(PredictionRow.created_at < cutoff)
+            session.execute(delete(FeedbackRow).where(FeedbackRow.prediction_id.in_(old)))
+            session.execute(delete(FeedbackRow).where(FeedbackRow.received_at < cutoff))
+            deleted = _rowcount(
+                session.execute(delete(PredictionRow).where(PredictionRow.created_at < cutoff))
+            )
+            boundary = session.scalar(
+                select(PredictionRow.created_at)
+                .order_by(PredictionRow.created_at.desc())
+                .offset(self.config.max_rows)
+                .limit(1)
+            )
+            if boundary is not None:
+                beyond = select(PredictionRow.id).where(PredictionRow.created_at <= boundary)
+                session.execute(delete(FeedbackRow).where(FeedbackRow.prediction_id.in_(beyond)))
+                deleted += _rowcount(
+                    session.execute(
+                        delete(PredictionRow).where(PredictionRow.created_at <= boundary)
+                    )
+                )
+        if deleted:
+            log.info("prediction log retention deleted %d rows", deleted)
+        return deleted
+
+
+def _rowcount(result: Any) -> int:
+    count = getattr(result, "rowcount", 0)
+    return int(count) if count and count > 0 else 0
+
+
+# rows ----------------------------------------------------------------------------------
+
+
+def prediction_rows(result: PredictResult, at: datetime) -> list[dict[str, Any]]:
+    """One `predictions` row per predicted row: JSON-safe value, score, latency."""
+    prediction = result.prediction
+    values = json_safe(np.asarray(prediction.predictions).tolist())
+    ids = result.row_ids()
+    scores = _scores(values, prediction.probabilities, prediction.classes, len(ids))
+    latency_ms = result.seconds * 1000.0
+    return [
+        {
+            "id": row_id,
+            "model": result.version.model,
+            "version": result.version.number,
+            "endpoint": result.endpoint,
+            "created_at": at,
+            "prediction": values[i] if i < len(values) else None,
+            "score": scores[i],
+            "latency_ms": latency_ms,
+        }
+        for i, row_id in enumerate(ids)
+    ]
+
+
+def _scores(
+    values: list[Any], probabilities: Any, classes: list[Any] | None, n: int
+) -> list[float | None]:
+    """P(positive class) for binary classifiers, P(predicted class) otherwise; None without."""
+    if probabilities is None:
+        return [None] * n
+    table = np.asarray(probabilities, dtype=float)
+    if table.ndim != 2 or table.shape[0] != n or table.shape[1] == 0:
+        return [None] * n
+    if table.shape[1] == 2:
+        return [_finite(p) for p in table[:, 1].tolist()]
+    column = {_hashable(c): i for i, c in enumerate(json_safe(list(classes or [])))}
+    scores: list[float | None] = []
+    for i in range(n):
+        index = column.get(_hashable(values[i])) if i < len(values) else None
+        scores.append(_finite(table[i, index] if index is not None else table[i].max()))
+    return scores
+
+
+def _hashable(value: Any) -> Any:
+    return repr(value) if isinstance(value, list | dict) else value
+
+
+def _finite(value: Any) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def json_safe(value: Any) -> Any:
+    """numpy scalars to Python ones, NaN and infinities to None (PostgreSQL's JSON has neither)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
