@@ -618,15 +618,14 @@ def test_attach_wires_observer_route_and_metric(
     settings: Settings, churn_files: tuple[Path, Path, Path]
 ) -> None:
     from berth.api.app import build_services, create_app
-    from berth.api.drift import attach
     from berth.observability import metrics
 
-    dev = settings.model_copy(update={"dev": True})
+    dev = settings.model_copy(update={"dev": True, "drift_window_rows": 300})
     registry = Registry.from_settings(dev)
     _register_churn(registry, churn_files, reference=churn_files[1])
     svc = build_services(dev, registry)
     app = create_app(dev, svc)
-    monitor = attach(app, svc, window_rows=300)
+    monitor = app.state.drift  # create_app attaches the monitor
     assert find_monitor(svc.dataplane.observers) is monitor
     live, _ = churn_data(400, seed=4)
     with TestClient(app) as client:

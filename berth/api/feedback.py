@@ -30,7 +30,7 @@ from berth.api.json_body import json_response, read_object
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
-from berth.errors import InvalidInput, PayloadTooLarge
+from berth.errors import Forbidden, InvalidInput, PayloadTooLarge
 from berth.observability.performance import (
     MAX_LABELLED,
     PerformanceGauges,
@@ -168,6 +168,11 @@ _FEEDBACK_ANSWER: doc.Schema = {
 async def post_feedback(request: Request) -> Response:
     svc = services(request)
     principal = await svc.auth.principal(request)
+    if not any(scope == "admin" or scope.startswith("predict") for scope in principal.scopes):
+        raise Forbidden(
+            f"key '{principal.name}' may not send feedback; it needs a predict scope "
+            "for the model that made the prediction"
+        )
     items = parse_feedback(await read_object(request))
     monitoring = _monitoring(request)
     if monitoring is not None:
