@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from berth import __version__
 from berth.api import admin, drift, errors, feedback, health, v1, v2
 from berth.api.auth import Authenticator
+from berth.api.middleware.access_log import AccessLogMiddleware
 from berth.api.middleware.body_limit import BodyLimitMiddleware
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
 from berth.api.middleware.rate_headers import RateHeadersMiddleware
@@ -19,6 +20,8 @@ from berth.api.middleware.tracing import TracingMiddleware
 from berth.api.services import Services
 from berth.config import Settings, load_settings
 from berth.observability import tracing
+from berth.observability.logging import bind_prediction
+from berth.observability.metrics import PredictionMetrics
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
 from berth.security.audit import AuditLog, AuditQueue
@@ -48,6 +51,10 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         max_batch_rows=settings.max_batch_rows,
         timeout_seconds=settings.request_timeout_seconds,
     )
+    dataplane.observers.append(
+        PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
+    )
+    dataplane.observers.append(bind_prediction)
     keys = KeyService(registry.db, server_secret(settings))
     audit = AuditQueue(AuditLog(registry.db))
     auth = Authenticator(
@@ -99,6 +106,9 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.add_middleware(RateHeadersMiddleware)
     app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        AccessLogMiddleware, enabled=settings.access_log, sample=settings.access_log_sample
+    )
     app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -80,8 +80,9 @@ _ORDER = ("no_data", "stable", "moderate", "drifted")
 async def drift(request: Request) -> Response:
     ref = request.path_params["ref"]
     svc = services(request)
+    principal = await svc.auth.principal(request)  # who asks comes before what is asked
     reference = parse_reference(ref)
-    (await svc.auth.principal(request)).require_read(reference.name)
+    principal.require_read(reference.name)
     monitor = find_monitor(svc.dataplane.observers)
     if monitor is None:
         raise NotFound(

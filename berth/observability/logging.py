@@ -191,8 +191,12 @@ def logging_config(level: str, json: bool) -> dict[str, Any]:
         },
         "root": {"handlers": ["stderr"], "level": name},
         "loggers": {
-            logger: {"handlers": [], "propagate": True, "level": name}
-            for logger in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+            **{
+                logger: {"handlers": [], "propagate": True, "level": name}
+                for logger in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+            },
+            # Migrations announce a dozen plugins at INFO in every worker at start.
+            "alembic": {"level": "WARNING" if name in ("DEBUG", "INFO") else name},
         },
     }
 

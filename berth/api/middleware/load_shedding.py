@@ -6,12 +6,12 @@ admitted requests and tells clients (and load balancers) to retry elsewhere.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.middleware.asgi import send_error
+from berth.observability.metrics import REQUESTS_IN_FLIGHT as IN_FLIGHT
 
-IN_FLIGHT = Gauge("berth_requests_in_flight", "Prediction requests being handled by this worker.")
 SHED = Counter(
     "berth_requests_shed", "Prediction requests refused because the worker was at capacity."
 )
