@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,16 @@ def test_metrics_are_totals_over_workers(tmp_path: Path, iris_files: tuple[Path,
     requests = 24
     try:
         wait_ready(base, process)
+        # /ready answers from whichever worker is up first: wait until both have loaded iris.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            loads = value(
+                parse(httpx.get(f"{base}/metrics", timeout=10).text),
+                "berth_model_load_seconds_count",
+            )
+            if loads == 2:
+                break
+            time.sleep(0.2)
         for i in range(requests):  # httpx.post: a new connection each time, any worker accepts
             response = httpx.post(
                 f"{base}/api/v1/models/iris/predict",
