@@ -27,6 +27,7 @@ import os
 import re
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,9 +469,10 @@ def _jwks_source(
     return _FileJwks(Path(location))
 
 
-class _JwksSource:
+class _JwksSource(ABC):
+    @abstractmethod
     async def keys(self, kid: str | None) -> _KeySet:
-        raise NotImplementedError
+        """The keys to verify with; a source may refetch when `kid` is unknown."""
 
 
 class _FileJwks(_JwksSource):
