@@ -7,8 +7,11 @@ BERTH_REQUIRE_SERVICES=1 (set by .ci/run): then an absent service fails the test
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,3 +164,62 @@ def api(
     with TestClient(app) as client:
         yield ApiSetup(client=client, key=key, read_key=read_key, registry=found)
     found.db.dispose()
+
+
+# real processes and the CLI ----------------------------------------------------------------
+
+BERTH = [sys.executable, "-m", "berth.cli"]
+
+
+def free_port() -> int:
+    """A free loopback port (never 8000 or 8080, which tests must not use)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in (8000, 8080):
+            return port
+
+
+def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `berth` command in a subprocess."""
+    return subprocess.run(
+        [*BERTH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+Run = Callable[..., Outcome]
+
+
+@pytest.fixture
+def run(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Run]:
+    """The `berth` command in process, through its real entry point."""
+    from berth.cli import context
+    from berth.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str) -> Outcome:
+        context.settings.cache_clear()
+        context.registry.cache_clear()
+        monkeypatch.setattr(sys, "argv", ["berth", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    yield invoke
+    context.settings.cache_clear()
+    context.registry.cache_clear()

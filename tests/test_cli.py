@@ -3,50 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from berth.cli import context
-from berth.cli.main import main
 from berth.config import Settings
 from berth.security.audit import AuditLog, cli_actor
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-Run = Callable[..., Outcome]
-
-
-@pytest.fixture
-def run(
-    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Run]:
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def invoke(*args: str) -> Outcome:
-        context.settings.cache_clear()
-        context.registry.cache_clear()
-        monkeypatch.setattr(sys, "argv", ["berth", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
-
-    yield invoke
-    context.settings.cache_clear()
-    context.registry.cache_clear()
+from tests.conftest import Run
 
 
 def test_init_creates_home(run: Run, settings: Settings) -> None:

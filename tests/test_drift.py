@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from scipy.stats import ks_2samp  # type: ignore[import-untyped]
 from starlette.testclient import TestClient
 
 from berth.api.drift import router as drift_router
-from berth.cli import context
 from berth.cli import models as cli_models
 from berth.cli.demo import churn_data
 from berth.config import Settings
@@ -34,6 +32,7 @@ from berth.observability.drift import (
 )
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.registry.signature import Signature, TensorSpec, infer_signature, read_sample
+from tests.conftest import Outcome, Run
 
 CHURN_COLUMNS = ["tenure_months", "monthly_charges", "plan", "support_calls"]
 
@@ -479,41 +478,6 @@ def test_drift_route_without_reference_is_404(
 
 
 # the CLI ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-Run = Callable[..., Outcome]
-
-
-@pytest.fixture
-def run(
-    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Run]:
-    from berth.cli.main import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def invoke(*args: str) -> Outcome:
-        context.settings.cache_clear()
-        context.registry.cache_clear()
-        monkeypatch.setattr(sys, "argv", ["berth", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
-
-    yield invoke
-    context.settings.cache_clear()
-    context.registry.cache_clear()
 
 
 def _cli_register(run: Run, churn_files: tuple[Path, Path, Path], *extra: str) -> Outcome:

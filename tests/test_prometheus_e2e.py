@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,11 +23,10 @@ import pytest
 from typer.testing import CliRunner
 
 from berth.cli.observability import app
-from tests.conftest import require_service
+from tests.conftest import BERTH, berth, free_port, require_service
 
 pytestmark = pytest.mark.server
 
-BERTH = [sys.executable, "-m", "berth.cli"]
 OK_REQUESTS = 12
 FLAKY_MODEL = """
 from pathlib import Path
@@ -44,19 +41,6 @@ class Model:
             raise RuntimeError("switched off by the test's flag file")
         return inputs.sum(axis=1)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BERTH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def wait_for(

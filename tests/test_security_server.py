@@ -26,8 +26,7 @@ from cryptography.x509.oid import NameOID
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from tests.conftest import require_service
-from tests.test_server import BERTH, berth, free_port
+from tests.conftest import BERTH, berth, free_port, require_service
 
 pytestmark = pytest.mark.server
 

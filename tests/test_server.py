@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,22 +15,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from tests.conftest import BERTH, berth, free_port
+
 pytestmark = pytest.mark.server
-
-BERTH = [sys.executable, "-m", "berth.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BERTH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 @dataclass(frozen=True)
