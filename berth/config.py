@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,6 +43,28 @@ def _toml_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSe
         return TomlConfigSettingsSource(settings_cls, toml_file=path)
     except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, or not UTF-8
         raise InvalidInput(f"config file {path} could not be read as TOML: {exc}") from exc
+
+
+class ModelServing(BaseModel):
+    """How one model is served: adaptive batching and the prediction cache."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_batch_size: int = Field(default=1, ge=1, le=100_000)
+    """Most rows joined into one model call; 1 turns batching off."""
+
+    max_latency_ms: float = Field(default=5.0, ge=0, le=60_000)
+    """Longest the first request of a batch waits for others before the batch runs."""
+
+    max_batches_in_flight: int = Field(default=2, ge=1, le=1024)
+    """Batches running at once; later requests queue (and join bigger batches) meanwhile."""
+
+    cache: bool = False
+    """Cache predictions by version and input (only for deterministic models)."""
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1
 
 
 class Settings(BaseSettings):
@@ -150,6 +172,30 @@ class Settings(BaseSettings):
 
     max_concurrent_requests: int = 64
     """Prediction requests one worker handles at once; beyond it, 503 with Retry-After."""
+
+    # speed ----------------------------------------------------------------------------------
+
+    models: dict[str, ModelServing] = Field(default_factory=dict)
+    """Per-model batching and cache, JSON such as `{"rf": {"max_batch_size": 32, "max_latency_ms": 5}, "iris": {"cache": true}}`; the key `*` applies to every model without its own entry."""
+
+    inline_predict_ms: float = Field(default=0.5, ge=0)
+    """Models whose one-row prediction takes less (measured at load) run on the event loop, saving a thread hop; 0 always uses threads."""
+
+    predict_threads: int | None = Field(default=None, ge=1)
+    """Threads for predictions per worker; default the number of cores."""
+
+    cache_backend: Literal["memory", "redis"] = "memory"
+    """Where cached predictions live: this worker's memory, or Redis (`redis_url`) shared by replicas."""
+
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Memory bound of the in-process prediction cache, per worker."""
+
+    cache_ttl_seconds: float = Field(default=300.0, gt=0)
+    """How long a cached prediction is served before the model is asked again."""
+
+    def serving(self, model: str) -> ModelServing:
+        """The batching and cache options of `model`."""
+        return self.models.get(model) or self.models.get("*") or ModelServing()
 
     # rate limits ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from berth import __version__
 from berth.api import admin, drift, errors, feedback, health, v1, v2
 from berth.api.auth import Authenticator
+from berth.api.hot_path import HotPathMiddleware
 from berth.api.middleware.access_log import AccessLogMiddleware
 from berth.api.middleware.body_limit import BodyLimitMiddleware
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
@@ -29,6 +30,7 @@ from berth.security.auth import KeyVerifier
 from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
+from berth.serving.cache import PredictionCache, build_cache
 from berth.serving.dataplane import DataPlane
 
 log = logging.getLogger("berth.api")
@@ -50,6 +52,10 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         refresh_seconds=settings.refresh_seconds,
         max_batch_rows=settings.max_batch_rows,
         timeout_seconds=settings.request_timeout_seconds,
+        threads=settings.predict_threads,
+        serving=settings.serving,
+        inline_seconds=settings.inline_predict_ms / 1000,
+        cache=_prediction_cache(settings),
     )
     dataplane.observers.append(
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
@@ -66,6 +72,18 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
     )
     return Services(
         settings=settings, registry=registry, dataplane=dataplane, keys=keys, auth=auth, audit=audit
+    )
+
+
+def _prediction_cache(settings: Settings) -> PredictionCache | None:
+    """A cache only when some model asks for one (see BERTH_MODELS)."""
+    if not any(options.cache for options in settings.models.values()):
+        return None
+    return build_cache(
+        settings.cache_backend,
+        redis_url=settings.redis_url,
+        max_bytes=settings.cache_max_bytes,
+        ttl_seconds=settings.cache_ttl_seconds,
     )
 
 
@@ -102,7 +120,9 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         app.include_router(router)
     monitoring = feedback.attach(app, svc)
     drift_monitor = drift.attach(app, svc, window_rows=settings.drift_window_rows)
-    # Added innermost first: a request passes request id, body limit, load shedding, headers.
+    # Added innermost first: a request passes request id, body limit, load shedding, headers,
+    # and prediction routes then go straight to their handlers.
+    app.add_middleware(HotPathMiddleware)
     app.add_middleware(RateHeadersMiddleware)
     app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -109,6 +109,15 @@ async def _unexpected(_request: Request, exc: Exception) -> Response:
     )
 
 
+async def response_for(request: Request, exc: Exception) -> Response:
+    """The answer the installed handlers give for `exc` (for routes served outside FastAPI)."""
+    if isinstance(exc, BerthError):
+        return await _berth_error(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await _http_error(request, exc)
+    return await _unexpected(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(BerthError, _berth_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

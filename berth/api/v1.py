@@ -17,11 +17,10 @@ from berth.errors import InvalidInput
 from berth.observability import tracing
 from berth.registry.references import MAX_VERSION, parse_reference
 from berth.serving.dataplane import PredictResult
-from berth.serving.responses import batch_document, single_document
+from berth.serving.responses import batch_document, result_headers, single_document
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
-VERSION_HEADER = "X-Berth-Model-Version"
 _VERSION = re.compile(r"[0-9]{1,10}")
 
 _FEATURES_EXAMPLE = '{"features": [5.1, 3.5, 1.4, 0.2]} or {"features": {"age": 42, "plan": "pro"}}'
@@ -109,13 +108,13 @@ async def batch_predict(request: Request) -> Response:
 async def _predict(request: Request, ref: str) -> Response:
     result = await _run(request, ref, "features", _FEATURES_EXAMPLE, single=True)
     with tracing.span("encode"):
-        return json_response(single_document(result), headers={VERSION_HEADER: result.version.ref})
+        return json_response(single_document(result), headers=result_headers(result))
 
 
 async def _batch_predict(request: Request, ref: str) -> Response:
     result = await _run(request, ref, "instances", _INSTANCES_EXAMPLE, single=False)
     with tracing.span("encode"):
-        return json_response(batch_document(result), headers={VERSION_HEADER: result.version.ref})
+        return json_response(batch_document(result), headers=result_headers(result))
 
 
 async def _run(request: Request, ref: str, field: str, example: str, single: bool) -> PredictResult:
@@ -131,7 +130,7 @@ async def _run(request: Request, ref: str, field: str, example: str, single: boo
         )
     rows = [value] if single else value
     decoder = svc.dataplane.instances_decoder(rows, field, single=single)
-    return await svc.dataplane.predict(ref, decoder)
+    return await svc.dataplane.predict(ref, decoder, size=len(await request.body()))
 
 
 @router.get(

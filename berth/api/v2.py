@@ -22,6 +22,7 @@ from berth.registry.references import parse_reference
 from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature, TensorSpec
 from berth.serving.dataplane import Decoder, PredictResult
+from berth.serving.responses import result_headers
 from berth.serving.validation import decode_named_arrays
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -240,13 +241,13 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
     infer_request = v2_codec.parse_infer_request(body, length)
     decoder = _decoder(infer_request, svc.dataplane.max_batch_rows)
-    result = await svc.dataplane.predict(ref, decoder)
+    result = await svc.dataplane.predict(ref, decoder, size=len(body))
     with tracing.span("encode"):
         outputs = _outputs(infer_request, result)
         payload, headers = v2_codec.encode_infer_response(
             result.version.model, str(result.version.number), infer_request.id, outputs
         )
-    headers["X-Berth-Model-Version"] = result.version.ref
+    headers.update(result_headers(result))
     return Response(payload, headers=headers)
 
 

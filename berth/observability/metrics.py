@@ -146,6 +146,26 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=BATCH_BUCKETS,
 )
+BATCH_QUEUE_WAIT = Histogram(
+    "berth_batch_queue_wait_seconds",
+    "Time a request waited in the adaptive batcher before its batch ran.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+CACHE_LOOKUPS = Counter(
+    "berth_cache_lookups",
+    "Prediction cache lookups, by model and result (hit, miss).",
+    ["model", "result"],
+)
+CACHE_EVICTIONS = Counter(
+    "berth_cache_evictions",
+    "Entries dropped from the in-process prediction cache to stay within its memory bound.",
+)
+CACHE_ERRORS = Counter(
+    "berth_cache_errors",
+    "Cache backend failures (answered as a miss; the prediction still runs), by backend.",
+    ["backend"],
+)
 MODEL_LOADED = Gauge(
     "berth_model_loaded",
     "1 while a version is loaded (in at least one live worker).",
@@ -271,11 +291,14 @@ class PredictionMetrics:
         self.feature_models = frozenset(feature_models)
         self.feature_every = max(1, feature_every)
         self._feature_requests: dict[str, int] = {}
+        # labels() takes a lock and builds a key on every call; the children never change.
+        self._histograms: dict[tuple[str, str], Any] = {}
 
     def __call__(self, result: PredictResult, inputs: ModelInput) -> None:
         model, version = result.version.model, str(result.version.number)
-        BATCH_SIZE.labels(model, version).observe(result.rows)
-        histogram = PREDICTION_VALUE.labels(model, version)
+        histogram = self._histograms.get((model, version))
+        if histogram is None:
+            histogram = self._histograms[model, version] = PREDICTION_VALUE.labels(model, version)
         for value in prediction_values(
             result.prediction.predictions,
             result.prediction.probabilities,
@@ -299,7 +322,11 @@ def prediction_values(
 ) -> list[float]:
     """At most `limit` finite values: top-class confidence per row, else numeric outputs."""
     if probabilities is not None and _numeric(probabilities) and probabilities.ndim == 2:
-        rows = probabilities[_spread(len(probabilities), limit)]
+        rows = (
+            probabilities
+            if len(probabilities) <= limit
+            else probabilities[_spread(len(probabilities), limit)]
+        )
         if rows.shape[1] == 0:
             return []
         picked = rows.max(axis=1)

@@ -10,36 +10,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 
+from berth.config import ModelServing
 from berth.errors import BerthError, InvalidInput, NotFound, NotReady, TimedOut
 from berth.observability import metrics, tracing
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
+from berth.serving.batcher import Batcher, PredictFn
+from berth.serving.cache import NotCacheable, PredictionCache, cache_key
+from berth.serving.ids import new_id
 from berth.serving.validation import decode_instances
 
 log = logging.getLogger("berth.serving")
+
+INLINE_DECODE_BYTES = 64 * 1024
+"""Request bodies up to this size are decoded on the event loop (a thread hop costs more)."""
+INLINE_MAX_ROWS = 256
+"""Fast models predict on the event loop only for requests up to this many rows."""
+INLINE_FLAVORS = frozenset({"sklearn", "onnx"})
+"""Flavors whose cost follows the row count; a user's Python class may sleep or call out."""
+INLINE_GIVE_UP_SECONDS = 0.005
+WARM_UP_ROUNDS = 5
 
 Decoder = Callable[[Signature], ModelInput]
 Observer = Callable[["PredictResult", ModelInput], None]
 """Called on the event loop after each successful prediction; must be quick (enqueue, count)."""
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class LoadedVersion:
     info: VersionInfo
     runtime: Runtime
     load_seconds: float
+    row_seconds: float = math.inf
+    """One-row prediction time measured at warm-up (inf when the version has no example)."""
+    options: ModelServing = field(default_factory=ModelServing)
+    batcher: Batcher | None = None
+    inline: bool = False
+    """Fast enough to predict on the event loop: a thread hop would cost more than the model.
+    Cleared for good if one call on the loop turns out slow (`INLINE_GIVE_UP_SECONDS`)."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +70,22 @@ class PredictResult:
     rows: int
     seconds: float
     endpoint: str = ""
+    cached: bool | None = None
+    """Answered from the prediction cache; None when the model has no cache."""
 
     def row_ids(self) -> list[str]:
         if self.rows == 1:
             return [self.prediction_id]
         return [f"{self.prediction_id}-{i}" for i in range(self.rows)]
+
+
+class _Meters:
+    """The labelled metrics of one version and endpoint, looked up once (labels() locks)."""
+
+    def __init__(self, labels: tuple[str, str], endpoint: str) -> None:
+        self.ok = metrics.PREDICTIONS.labels(*labels, endpoint, "ok")
+        self.duration = metrics.PREDICTION_DURATION.labels(*labels, endpoint)
+        self.batch = metrics.BATCH_SIZE.labels(*labels)
 
 
 @dataclass
@@ -75,17 +106,25 @@ class DataPlane:
         max_batch_rows: int = 10_000,
         threads: int | None = None,
         timeout_seconds: float | None = None,
+        serving: Callable[[str], ModelServing] | None = None,
+        inline_seconds: float = 0.0,
+        cache: PredictionCache | None = None,
     ) -> None:
         self.registry = registry
         self.served = [parse_reference(r) for r in served]
         self.refresh_seconds = refresh_seconds
         self.max_batch_rows = max_batch_rows
         self.timeout_seconds = timeout_seconds
+        self.serving = serving or (lambda _model: ModelServing())
+        self.inline_seconds = inline_seconds
+        self.cache = cache
         self._limiter = CapacityLimiter(threads or os.cpu_count() or 1)
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self.observers: list[Observer] = []
+        self._children: dict[tuple[str, str, str], _Meters] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._ready = False
         self._refresher: asyncio.Task[None] | None = None
 
@@ -116,6 +155,13 @@ class DataPlane:
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
+        for loaded in list(self._loaded.values()):
+            if loaded.batcher is not None:
+                await loaded.batcher.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.cache is not None:
+            await self.cache.close()
 
     def loaded_versions(self) -> list[VersionInfo]:
         return [v.info for v in self._loaded.values()]
@@ -128,8 +174,15 @@ class DataPlane:
     async def version(self, reference: str) -> VersionInfo:
         return (await self._route(reference)).info
 
-    async def predict(self, reference: str, decode: Decoder, endpoint: str = "") -> PredictResult:
-        """Decode the request against the version's signature and predict, in a worker thread."""
+    async def predict(
+        self, reference: str, decode: Decoder, endpoint: str = "", size: int = 0
+    ) -> PredictResult:
+        """Decode the request against the version's signature and predict.
+
+        `size` is the request body's length: small requests are decoded on the event loop, large
+        ones in a worker thread. Then the cache (when on for the model), then the batcher (when
+        on) or one model call, on the loop for fast models and in a thread otherwise.
+        """
         loaded = await self._route(reference)
         info = loaded.info
         labels = (info.model, str(info.number))
@@ -138,7 +191,8 @@ class DataPlane:
             with tracing.span(
                 "predict", **{"berth.model": info.model, "berth.version": info.number}
             ):
-                inputs, prediction = await self._in_thread(loaded, decode)
+                inputs = await self._decode(loaded, decode, size)
+                prediction, cached = await self._cached_predict(loaded, inputs)
         except BerthError as exc:
             kind = "invalid_input" if isinstance(exc, InvalidInput) else "rejected"
             self._count(labels, endpoint, kind)
@@ -147,15 +201,17 @@ class DataPlane:
             self._count(labels, endpoint, "internal")
             raise
         seconds = time.perf_counter() - started
-        metrics.PREDICTIONS.labels(*labels, endpoint, "ok").inc()
-        metrics.PREDICTION_DURATION.labels(*labels, endpoint).observe(seconds)
+        meters = self._meters(labels, endpoint)
+        meters.ok.inc()
+        meters.duration.observe(seconds)
         result = PredictResult(
             version=info,
             prediction=prediction,
-            prediction_id=uuid.uuid4().hex,
+            prediction_id=new_id(),
             rows=row_count(inputs),
             seconds=seconds,
             endpoint=endpoint,
+            cached=cached,
         )
         self._observe(result, inputs)
         return result
@@ -168,20 +224,46 @@ class DataPlane:
                 # Monitoring must never fail a prediction that succeeded.
                 log.exception("prediction observer %r failed", observer)
 
-    async def _in_thread(
-        self, loaded: LoadedVersion, decode: Decoder
-    ) -> tuple[ModelInput, Prediction]:
-        work = anyio.to_thread.run_sync(
-            _decode_and_predict,
-            loaded.runtime,
-            loaded.info.signature,
-            decode,
-            tracing.now_ns() if tracing.enabled() else 0,
-            limiter=self._limiter,
-            # On timeout the caller gets its answer now; the thread finishes on its own.
-            abandon_on_cancel=True,
+    async def _decode(self, loaded: LoadedVersion, decode: Decoder, size: int) -> ModelInput:
+        signature = loaded.info.signature
+        if size <= INLINE_DECODE_BYTES:
+            with tracing.span("decode and validate"):
+                return decode(signature)
+        return await anyio.to_thread.run_sync(
+            _traced_decode, decode, signature, limiter=self._limiter
         )
-        if self.timeout_seconds is None:
+
+    async def _cached_predict(
+        self, loaded: LoadedVersion, inputs: ModelInput
+    ) -> tuple[Prediction, bool | None]:
+        if self.cache is None or not loaded.options.cache:
+            return await self._infer(loaded, inputs), None
+        info = loaded.info
+        try:
+            key = cache_key(info.model, info.number, inputs)
+        except NotCacheable:
+            return await self._infer(loaded, inputs), None
+        found = await self.cache.get(key)
+        metrics.CACHE_LOOKUPS.labels(info.model, "miss" if found is None else "hit").inc()
+        if found is not None:
+            return found, True
+        prediction = await self._infer(loaded, inputs)
+        # Storing must not delay the answer (with Redis it is a network round trip).
+        task = asyncio.create_task(self.cache.put(key, prediction))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return prediction, False
+
+    async def _infer(self, loaded: LoadedVersion, inputs: ModelInput) -> Prediction:
+        batcher = loaded.batcher
+        if batcher is not None and row_count(inputs) < batcher.max_batch_size:
+            work = batcher.submit(inputs)  # it records the size of the batches it makes
+        else:
+            work = self._call_model(loaded, inputs)
+            self._meters((loaded.info.model, str(loaded.info.number)), "").batch.observe(
+                row_count(inputs)
+            )
+        if self.timeout_seconds is None or self._runs_inline(loaded, inputs):
             return await work
         try:
             return await asyncio.wait_for(work, self.timeout_seconds)
@@ -190,6 +272,39 @@ class DataPlane:
                 f"{loaded.info.ref} did not answer within {self.timeout_seconds:g} s; send fewer "
                 "rows per request, or raise BERTH_REQUEST_TIMEOUT_SECONDS"
             ) from exc
+
+    def _runs_inline(self, loaded: LoadedVersion, inputs: ModelInput) -> bool:
+        return loaded.inline and row_count(inputs) <= INLINE_MAX_ROWS
+
+    async def _call_model(self, loaded: LoadedVersion, inputs: ModelInput) -> Prediction:
+        """One model call: on the event loop for fast models, else in a worker thread."""
+        if self._runs_inline(loaded, inputs):
+            started = time.perf_counter()
+            with tracing.span("inference", **{"berth.batch_size": row_count(inputs)}):
+                prediction = loaded.runtime.predict(inputs)
+            if time.perf_counter() - started > INLINE_GIVE_UP_SECONDS:
+                loaded.inline = False
+                log.warning(
+                    "%s took %.1f ms on the event loop; it predicts in worker threads from now on",
+                    loaded.info.ref,
+                    (time.perf_counter() - started) * 1000,
+                )
+            return prediction
+        return await anyio.to_thread.run_sync(
+            _traced_predict,
+            loaded.runtime,
+            inputs,
+            tracing.now_ns() if tracing.enabled() else 0,
+            limiter=self._limiter,
+            # On timeout the caller gets its answer now; the thread finishes on its own.
+            abandon_on_cancel=True,
+        )
+
+    def _meters(self, labels: tuple[str, str], endpoint: str) -> _Meters:
+        meters = self._children.get((*labels, endpoint))
+        if meters is None:
+            meters = self._children[(*labels, endpoint)] = _Meters(labels, endpoint)
+        return meters
 
     @staticmethod
     def _count(labels: tuple[str, str], endpoint: str, kind: str) -> None:
@@ -233,12 +348,48 @@ class DataPlane:
     def _load_sync(self, info: VersionInfo) -> LoadedVersion:
         started = time.perf_counter()
         runtime = self.registry.load_runtime(info)
-        warm_up(runtime, info)
+        row_seconds = warm_up(runtime, info)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOADED.labels(info.model, str(info.number)).set(1)
         metrics.MODEL_LOAD_SECONDS.observe(seconds)
-        log.info("loaded %s (%s) in %.3fs", info.ref, info.flavor, seconds)
-        return LoadedVersion(info=info, runtime=runtime, load_seconds=seconds)
+        options = self.serving(info.model)
+        loaded = LoadedVersion(
+            info=info,
+            runtime=runtime,
+            load_seconds=seconds,
+            row_seconds=row_seconds,
+            options=options,
+            inline=info.flavor in INLINE_FLAVORS and row_seconds < self.inline_seconds,
+        )
+        if options.batching:
+            loaded = replace(loaded, batcher=self._batcher(loaded))
+        log.info(
+            "loaded %s (%s) in %.3fs; one row predicts in %.3f ms%s%s",
+            info.ref,
+            info.flavor,
+            seconds,
+            row_seconds * 1000,
+            " (on the event loop)" if loaded.inline else "",
+            f", batching up to {options.max_batch_size} rows / {options.max_latency_ms:g} ms"
+            if options.batching
+            else "",
+        )
+        return loaded
+
+    def _batcher(self, loaded: LoadedVersion) -> Batcher:
+        options = loaded.options
+
+        async def run(_predict: PredictFn, inputs: ModelInput) -> Prediction:
+            return await self._call_model(loaded, inputs)
+
+        return Batcher(
+            loaded.runtime.predict,
+            run,
+            max_batch_size=options.max_batch_size,
+            max_latency_seconds=options.max_latency_ms / 1000,
+            max_in_flight=options.max_batches_in_flight,
+            labels=(loaded.info.model, str(loaded.info.number)),
+        )
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -271,28 +422,40 @@ class DataPlane:
             metrics.MODEL_LOADED.labels(key[0], str(key[1])).set(0)
 
 
-def _decode_and_predict(
-    runtime: Runtime, signature: Signature, decode: Decoder, submitted_ns: int
-) -> tuple[ModelInput, Prediction]:
+def _traced_decode(decode: Decoder, signature: Signature) -> ModelInput:
+    with tracing.span("decode and validate"):
+        return decode(signature)
+
+
+def _traced_predict(runtime: Runtime, inputs: ModelInput, submitted_ns: int) -> Prediction:
     """Runs in a worker thread (which carries the request's trace context)."""
     if submitted_ns:
         tracing.record_interval("queue wait", submitted_ns, tracing.now_ns())
-    with tracing.span("decode and validate"):
-        inputs = decode(signature)
     with tracing.span("inference", **{"berth.batch_size": row_count(inputs)}):
-        return inputs, runtime.predict(inputs)
+        return runtime.predict(inputs)
 
 
-def warm_up(runtime: Runtime, info: VersionInfo) -> None:
-    """One prediction on the registration example, so the first request pays no lazy setup."""
+def warm_up(runtime: Runtime, info: VersionInfo) -> float:
+    """Predict the registration example, so the first request pays no lazy setup.
+
+    Returns the fastest of a few one-row predictions (inf without an example): how the
+    dataplane decides whether the model is cheap enough to run on the event loop.
+    """
     if not info.example:
-        return
+        return math.inf
     try:
         runtime.predict(
             decode_instances(info.signature, info.example, "example", len(info.example))
         )
+        row = decode_instances(info.signature, info.example[:1], "example", 1)
+        fastest = math.inf
+        for _ in range(WARM_UP_ROUNDS):
+            started = time.perf_counter()
+            runtime.predict(row)
+            fastest = min(fastest, time.perf_counter() - started)
     except InvalidInput as exc:
         raise NotReady(f"{info.ref} failed its warm-up prediction: {exc.message}") from exc
+    return fastest
 
 
 def require_ready(dataplane: DataPlane) -> None:

@@ -18,6 +18,18 @@ def plain(values: Any) -> Any:
     return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
+VERSION_HEADER = "X-Berth-Model-Version"
+CACHE_HEADER = "X-Berth-Cache"
+
+
+def result_headers(result: PredictResult) -> dict[str, str]:
+    """Which version answered, and `hit`/`miss` when the model's predictions are cached."""
+    headers = {VERSION_HEADER: result.version.ref}
+    if result.cached is not None:
+        headers[CACHE_HEADER] = "hit" if result.cached else "miss"
+    return headers
+
+
 def single_document(result: PredictResult) -> dict[str, Any]:
     prediction = result.prediction
     probabilities = plain(prediction.probabilities)

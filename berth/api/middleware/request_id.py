@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.middleware.asgi import with_headers
+from berth.serving.ids import new_id
 
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -20,7 +20,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming(scope) or uuid.uuid4().hex.encode()
+        request_id = _incoming(scope) or new_id().encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
         header = [(b"x-request-id", request_id)]
