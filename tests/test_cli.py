@@ -155,6 +155,7 @@ def test_config_show_redacts_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) 
         ["serve"],
         ["predict"],
         ["demo"],
+        ["bench"],
         ["config", "show"],
         ["models", "register"],
         ["models", "list"],

@@ -9,6 +9,7 @@ import typer
 from berth import __version__
 from berth.cli import (
     audit,
+    bench,
     config_cmd,
     demo,
     feedback,
@@ -39,6 +40,7 @@ app.command("init")(init.init)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
+app.command("bench")(bench.bench)
 
 
 def _version(value: bool) -> None:

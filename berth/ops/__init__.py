@@ -1,0 +1,1 @@
+"""Operations around a running Berth: load testing (`loadtest`, `locust`)."""
