@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench prometheus
+.PHONY: install demo test lint format clean bench bench-demo bench-peers wrk prometheus
 
 install: $(STAMP)
 
@@ -51,8 +51,23 @@ format: install
 	$(BIN)/ruff check --fix berth tests benchmarks
 	$(BIN)/ruff format berth tests benchmarks
 
-bench: install
+# Berth with the peer benchmark's two models under wrk (see benchmarks/serve_bench.py).
+bench: install wrk
+	$(BIN)/python benchmarks/serve_bench.py
+
+# The demo churn model on v1 and v2 (benchmarks/wrk_demo.sh).
+bench-demo: install wrk
 	bash benchmarks/wrk_demo.sh
+
+# MLServer, BentoML and bare FastAPI with the same models, when the peer benchmark is present.
+PEERS ?= ../shared/bench/peers
+bench-peers: wrk
+	@test -d $(PEERS) || { echo "no peer benchmark at $(PEERS); set PEERS=DIR"; exit 1; }
+	bash $(PEERS)/setup.sh
+	bash /tmp/peerbench/run_all.sh
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 
 clean:
 	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache
