@@ -235,8 +235,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     svc = services(request)
     principal = await svc.auth.principal(request)
     ref = _reference(name, version)
-    principal.require_predict(name)
-    await svc.auth.limit_model(request, name)
+    model = parse_reference(ref).name  # `iris:1` and `iris@production` are model iris
+    principal.require_predict(model)
+    await svc.auth.limit_model(request, model)
     body = await request.body()
     length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
     infer_request = v2_codec.parse_infer_request(body, length)

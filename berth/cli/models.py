@@ -1,4 +1,4 @@
-"""`berth models ...`: register, list, show, alias and delete versions."""
+"""`berth models ...`: register, list, show, alias, optimize and delete versions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.table import Table
 from berth.cli.context import console, registry
 from berth.errors import BerthError, InvalidInput
 from berth.observability.drift import verdict
+from berth.optimize.service import OptimizeReport, optimize
 from berth.registry.references import parse_reference
 from berth.registry.service import RegisterRequest, VersionInfo, parse_metrics, parse_pairs
 from berth.runtimes import FLAVORS
@@ -147,6 +148,8 @@ def _print_version(version: VersionInfo) -> None:
         console.print(f"trusts   {', '.join(trust)}")
     if version.description:
         console.print(f"about    {version.description}")
+    if version.lineage is not None:
+        console.print(f"lineage  {_lineage_line(version)}", highlight=False)
     table = Table("input", "dtype", "shape / nullable", "range")
     signature = version.signature
     for column in signature.columns:
@@ -161,6 +164,107 @@ def _print_version(version: VersionInfo) -> None:
     for tensor in signature.inputs:
         table.add_row(tensor.name, tensor.dtype, str(list(tensor.shape)), "")
     console.print(table)
+
+
+def _lineage_line(version: VersionInfo) -> str:
+    lineage = version.lineage
+    assert lineage is not None
+    detail = lineage.detail
+    how = ", ".join(
+        str(detail[key]) for key in ("method", "precision", "quantized") if detail.get(key)
+    )
+    line = f"derived from {lineage.source}" + (f" ({how})" if how else "")
+    check = detail.get("check")
+    if isinstance(check, dict) and check.get("rows"):
+        line += f"; checked on {check['rows']} rows"
+        if check.get("label_agreement") is not None:
+            line += f", labels identical on {_percent(check['label_agreement'], 3)}"
+        if check.get("max_probability_diff") is not None:
+            line += f", max probability difference {_number(check['max_probability_diff'])}"
+        if check.get("max_value_diff") is not None:
+            line += f", max relative difference {_number(check['max_value_diff'])}"
+    return line
+
+
+@app.command("optimize")
+def optimize_command(
+    reference: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    data: Path | None = typer.Option(
+        None,
+        help="Rows to check equivalence on (.csv/.parquet with the signature's columns, .npy for "
+        "tensor models); default: the version's example rows topped up with generated rows.",
+    ),
+    quantize: str | None = typer.Option(
+        None, help="int8: also quantize weights to int8 (dynamic), checked with --tolerance."
+    ),
+    tolerance: float | None = typer.Option(
+        None,
+        help="Largest probability (or relative value) difference accepted: 1e-4 for a plain "
+        "conversion (may only be tightened), 1e-2 by default with --quantize int8.",
+    ),
+    alias: str | None = typer.Option(
+        None, help="Alias to point at the new version; without it no alias moves."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Convert a version to ONNX, check it predicts the same, and register it as a new version.
+
+    Labels must be identical on at least 99.9% of the check rows and probabilities within the
+    tolerance; otherwise nothing is registered and the measured differences are shown. The new
+    version keeps the signature, so clients send the same requests; `models show` shows its
+    source.
+
+    Example: berth models optimize churn:3 --data holdout.csv --alias staging
+    """
+    with console.status(f"Optimizing {reference} ...") as status:
+        report = optimize(
+            registry(),
+            reference,
+            data=data,
+            quantize=quantize,
+            tolerance=tolerance,
+            alias=alias,
+            actor=cli_actor(),
+            progress=lambda step: status.update(f"Optimizing {reference}: {step} ..."),
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    _print_optimized(report)
+
+
+def _print_optimized(report: OptimizeReport) -> None:
+    version, check = report.version, report.check
+    how = ", ".join(p for p in ("onnx", report.precision, report.quantized) if p)
+    table = Table("measure", "value", title=f"{report.source.ref} optimized")
+    table.add_row(
+        "new version", f"{version.ref} ({how}) from {report.source.ref} ({report.source.flavor})"
+    )
+    table.add_row("rows checked", f"{check.rows} ({report.data.describe()})")
+    if check.label_agreement is not None:
+        table.add_row(
+            "label agreement",
+            f"{check.agreeing}/{check.rows} ({_percent(check.label_agreement, 3)}; "
+            f"required {_percent(check.min_agreement)})",
+        )
+    for what, value in (
+        ("max probability difference", check.max_probability_diff),
+        ("max relative difference", check.max_value_diff),
+    ):
+        if value is not None:
+            table.add_row(what, f"{_number(value)} (tolerance {check.tolerance:g})")
+    for timing in report.speed.timings:
+        table.add_row(
+            f"ms per call, batch {timing.batch}",
+            f"{timing.source_ms:.3f} → {timing.optimized_ms:.3f} ({timing.speedup:.1f}x speedup)",
+        )
+    console.print(table)
+    aliases = ", ".join(f"@{a}" for a in version.aliases)
+    serve = f"serve it with `berth models alias {version.model} production {version.number}`"
+    moved = f"aliases: {aliases}" if aliases else f"no alias moved; {serve}"
+    console.print(
+        f"Registered [bold]{version.ref}[/] (onnx, sha256 {version.artifact.sha256[:12]}; {moved})"
+    )
 
 
 @app.command("alias")
@@ -347,5 +451,5 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _percent(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}%"
+def _percent(value: Any, decimals: int = 1) -> str:
+    return "-" if value is None else f"{100 * float(value):.{decimals}f}%"

@@ -77,6 +77,23 @@ _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where a version came from: the version it was derived from, and how (a JSON detail)."""
+
+    source_model: str
+    source_version: int
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    """e.g. {"method": "onnx", "quantized": "int8", "check": {...}}; stored as given."""
+
+    @property
+    def source(self) -> str:
+        return f"{self.source_model}:{self.source_version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, **self.detail}
+
+
+@dataclass(frozen=True)
 class VersionInfo:
     model: str
     number: int
@@ -96,6 +113,8 @@ class VersionInfo:
     """Registered with --trust-pickle: its pickle is unpickled (after its sha256 matches)."""
     reference_stats: dict[str, Any] | None = None
     """Per-feature reference statistics for drift (from --reference), or None."""
+    lineage: Lineage | None = None
+    """The version this one was derived from (e.g. by `berth models optimize`), or None."""
 
     @property
     def ref(self) -> str:
@@ -118,6 +137,7 @@ class VersionInfo:
             "trusted_types": list(self.trusted_types),
             "pickle_trusted": self.pickle_trusted,
             "reference": reference_summary(self.reference_stats),
+            "lineage": self.lineage.to_dict() if self.lineage else None,
         }
 
 
@@ -165,6 +185,11 @@ class RegisterRequest:
     reference: Path | None = None
     """Reference data (.csv/.parquet/.json/.npy) whose per-feature statistics drift is measured
     against (--reference)."""
+    reference_stats: Mapping[str, Any] | None = None
+    """Reference statistics computed before (e.g. those of the source of a derived version),
+    instead of `reference` data."""
+    lineage: Lineage | None = None
+    """The registered version this one was derived from; it must exist."""
     actor: str | None = None
     """Who registers, for the audit log; None is the local user (`cli:<user>`)."""
     address: str | None = None
@@ -201,6 +226,7 @@ class Registry:
                 "trust_pickle": request.trust_pickle,
                 "trusted_types": list(request.trusted_types),
                 "aliases": list(request.aliases),
+                **_lineage_detail(request.lineage),
             },
         )
         with audit.AuditLog(self.db).refusals(event):
@@ -211,6 +237,8 @@ class Registry:
         for alias in request.aliases:
             _check_alias(alias)
         trusted_types = check_type_names(request.trusted_types, "--trust-type")
+        if request.reference is not None and request.reference_stats is not None:
+            raise InvalidInput("give reference data or reference statistics, not both")
         source = request.path.expanduser()
         if not source.exists():
             raise InvalidInput(
@@ -245,6 +273,8 @@ class Registry:
             signature = _signature_for(request, runtime, sample)
             example = _example(sample, signature)
             reference_stats = _reference_stats(request.reference, signature)
+            if request.reference_stats is not None:
+                reference_stats = dict(request.reference_stats)
             artifact = self.store.put(staged)
         if artifact.sha256 != digest:
             raise InvalidInput(
@@ -271,6 +301,7 @@ class Registry:
                                 "trust_pickle": request.trust_pickle,
                                 "trusted_types": list(trusted_types),
                                 "aliases": list(request.aliases),
+                                **_lineage_detail(request.lineage),
                             },
                         ),
                     )
@@ -320,6 +351,8 @@ class Registry:
             pickle_trusted=trust.pickle,
         )
         session.add(row)
+        if request.lineage is not None:
+            _link_source(session, row, request.lineage)
         session.flush()
         for alias in request.aliases:
             _point_alias(session, model, alias, row)
@@ -627,6 +660,35 @@ def _entry_sha256(root: Path, entry: Path, artifact: StoredArtifact) -> str:
     return digests[relative]
 
 
+def _link_source(session: Session, row: VersionRow, lineage: Lineage) -> None:
+    # Checked in the registering transaction, so a derived version never names a source that
+    # was not there when it was recorded.
+    found = session.scalar(
+        select(VersionRow.id)
+        .join(ModelRow)
+        .where(ModelRow.name == lineage.source_model)
+        .where(VersionRow.number == lineage.source_version)
+    )
+    if found is None:
+        raise NotFound(
+            f"the source version {lineage.source} of this version is not registered; "
+            "see `berth models list`"
+        )
+    row.source_model = lineage.source_model
+    row.source_version = lineage.source_version
+    row.lineage = dict(lineage.detail)
+
+
+def _lineage_detail(lineage: Lineage | None) -> dict[str, Any]:
+    return {} if lineage is None else {"source": lineage.source}
+
+
+def _lineage(row: VersionRow) -> Lineage | None:
+    if row.source_model is None or row.source_version is None:
+        return None
+    return Lineage(row.source_model, row.source_version, dict(row.lineage or {}))
+
+
 def _point_alias(session: Session, model: ModelRow, alias: str, version: VersionRow) -> None:
     existing = next((a for a in model.aliases if a.name == alias), None)
     if existing is None:
@@ -683,6 +745,7 @@ def _version_info(row: VersionRow) -> VersionInfo:
         trusted_types=tuple(row.trusted_types or ()),
         pickle_trusted=row.pickle_trusted,
         reference_stats=row.reference_stats,
+        lineage=_lineage(row),
     )
 
 

@@ -92,9 +92,17 @@ class VersionRow(Base):
     trusted_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     """Types beyond the built-in allow-list this version's skops file may load."""
     pickle_trusted: Mapped[bool] = mapped_column(default=False)
+    """Registered with --trust-pickle: the only way a pickle/joblib artifact is ever loaded."""
     reference_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """Per-feature reference statistics (quantile bins) for drift, from --reference data."""
-    """Registered with --trust-pickle: the only way a pickle/joblib artifact is ever loaded."""
+    source_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The model of the version this one was derived from (e.g. by `berth models optimize`).
+
+    Name and number rather than a foreign key: lineage is history, and it outlives the deletion
+    of its source version."""
+    source_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """How it was derived from the source: method, quantization, the equivalence check."""
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -34,6 +34,12 @@ ORT_DTYPES = {
 CLASSES_METADATA_KEY = "classes"
 """Model metadata key holding the class labels as a JSON list, in probability column order."""
 
+LABELS_METADATA_KEY = "labels"
+"""Model metadata key; the value `argmax` says a row's label is the first class of highest
+probability, as scikit-learn decides for most classifiers. Converted graphs decide ties their
+own way (a tree ensemble with as many trees for each of two classes), so `berth models optimize`
+sets it where scikit-learn's rule applies, and the label follows the probabilities here."""
+
 # Errors onnxruntime raises when the fed data does not fit the graph (ValueError: missing inputs).
 _INPUT_ERRORS = (InvalidArgument, Fail, RuntimeException, ValueError)
 
@@ -46,6 +52,8 @@ class OnnxRuntime:
         self.inputs: list[Any] = list(session.get_inputs())
         self.outputs: list[Any] = list(session.get_outputs())
         self.metadata_classes = _metadata_classes(session)
+        metadata = session.get_modelmeta().custom_metadata_map
+        self.argmax_labels = metadata.get(LABELS_METADATA_KEY) == "argmax"
 
     def predict(self, inputs: ModelInput) -> Prediction:
         feed = self._feed(inputs)
@@ -105,7 +113,11 @@ class OnnxRuntime:
             return Prediction(predictions, probabilities, classes)
         if "probab" in second.name.lower():
             probabilities = np.asarray(results[1])
-            return Prediction(predictions, probabilities, self._known_classes(probabilities))
+            classes = self._known_classes(probabilities)
+            if self.argmax_labels and classes is not None and len(probabilities):
+                labels = np.asarray(classes, dtype=predictions.dtype)
+                predictions = labels[probabilities.argmax(axis=1)]
+            return Prediction(predictions, probabilities, classes)
         return Prediction(predictions=predictions)
 
     def _from_zipmap(

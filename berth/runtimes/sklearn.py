@@ -28,7 +28,7 @@ from berth.runtimes import SKOPS_SUFFIX, UntrustedArtifact, pickle_refusal
 from berth.runtimes.base import ModelInput, Prediction
 
 
-def _argmax_families() -> tuple[type, ...]:
+def argmax_families() -> tuple[type, ...]:
     """Classifiers whose predict() is exactly the argmax of predict_proba().
 
     For these, serving computes probabilities once and derives the labels, instead of running
@@ -65,7 +65,7 @@ class SklearnRuntime:
         self.classes: list[Any] | None = None if classes is None else np.asarray(classes).tolist()
         self._labels = None if classes is None else np.asarray(classes)
         final = model.steps[-1][1] if hasattr(model, "steps") else model
-        self._argmax_predicts = self._labels is not None and isinstance(final, _argmax_families())
+        self._argmax_predicts = self._labels is not None and isinstance(final, argmax_families())
 
     def predict(self, inputs: ModelInput) -> Prediction:
         features = self._features(inputs)

@@ -54,7 +54,7 @@ log = logging.getLogger("berth.serving")
 
 Array = np.ndarray[Any, Any]
 
-FORMAT = 1
+FORMAT = 2
 """Version of both the key encoding and the value format; bump it when either changes."""
 
 KEY_PREFIX = "berth:cache:"
@@ -102,8 +102,11 @@ class _KeyWriter:
         return self.digest.hexdigest()
 
 
-def cache_key(model: str, version: int, inputs: ModelInput) -> str:
-    """sha256 (hex) of the model, version and validated input, canonically encoded.
+def cache_key(model: str, version: int, inputs: ModelInput, artifact: str = "") -> str:
+    """sha256 (hex) of the model, version, artifact digest and validated input, canonically encoded.
+
+    `artifact` (the version's sha256) matters: version numbers come back after a model is
+    deleted and registered again, and two registries may share one Redis.
 
     Raises `NotCacheable` for inputs holding values with no exact encoding (e.g. object
     columns of dates or lists); serve those without the cache.
@@ -111,6 +114,7 @@ def cache_key(model: str, version: int, inputs: ModelInput) -> str:
     out = _KeyWriter()
     _key_text(out.buffer, model)
     out.buffer += _I64.pack(version)
+    _key_text(out.buffer, artifact)
     if isinstance(inputs, np.ndarray):
         out.buffer += b"A"
         _key_array(out, inputs)

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -240,7 +240,7 @@ class DataPlane:
             return await self._infer(loaded, inputs), None
         info = loaded.info
         try:
-            key = cache_key(info.model, info.number, inputs)
+            key = cache_key(info.model, info.number, inputs, info.artifact.sha256)
         except NotCacheable:
             return await self._infer(loaded, inputs), None
         found = await self.cache.get(key)
@@ -362,7 +362,7 @@ class DataPlane:
             inline=info.flavor in INLINE_FLAVORS and row_seconds < self.inline_seconds,
         )
         if options.batching:
-            loaded = replace(loaded, batcher=self._batcher(loaded))
+            loaded.batcher = self._batcher(loaded)
         log.info(
             "loaded %s (%s) in %.3fs; one row predicts in %.3f ms%s%s",
             info.ref,
