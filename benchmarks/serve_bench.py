@@ -65,6 +65,9 @@ def train(work: Path) -> dict[str, Path]:
     joblib.dump(rf, work / "rf.joblib")
     np.save(work / "iris_sample.npy", x[:64].astype(np.float32))
     np.save(work / "rf_sample.npy", x2[:64].astype(np.float32))
+    # What `berth models optimize --data` checks the ONNX versions on.
+    np.save(work / "iris_check.npy", x.astype(np.float32))
+    np.save(work / "rf_check.npy", x2[:2000].astype(np.float32))
     return {"iris": work / "iris.joblib", "rf": work / "rf.joblib"}
 
 
@@ -86,7 +89,7 @@ def prepare(work: Path) -> tuple[dict[str, str], str, dict[str, list[float]]]:
             "models", "register", name, str(path), "--trust-pickle",
             "--sample", str(work / f"{name}_sample.npy"), "--alias", "sklearn",
         )  # fmt: skip
-    optimized = optimize(env)
+    optimized = optimize(env, work)
     key = berth(env, "keys", "create", "bench", "--scope", "predict", "--scope", "read")
     rows = {
         "iris": IRIS_ROW,
@@ -97,11 +100,12 @@ def prepare(work: Path) -> tuple[dict[str, str], str, dict[str, list[float]]]:
     return env, key.strip().splitlines()[-1], rows
 
 
-def optimize(env: dict[str, str]) -> bool:
+def optimize(env: dict[str, str], work: Path) -> bool:
     """ONNX versions of both models through `berth models optimize`, when it is available."""
     for name in ("iris", "rf"):
         done = subprocess.run(
-            [BERTH, "models", "optimize", f"{name}@sklearn", "--alias", "onnx"],
+            [BERTH, "models", "optimize", f"{name}@sklearn", "--alias", "onnx",
+             "--data", str(work / f"{name}_check.npy")],
             env=env, capture_output=True, text=True, check=False, timeout=600,
         )  # fmt: skip
         if done.returncode != 0:
@@ -153,7 +157,7 @@ def request(url: str, body: bytes | None, key: str) -> int:
 
 
 def bodies(model: str, row: list[float]) -> dict[str, tuple[str, str]]:
-    """protocol -> (path, JSON body), one row per request."""
+    """protocol -> (path, JSON body), one row per request; `model` is a reference (iris@onnx)."""
     v2 = {"inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP32", "data": row}]}
     return {
         "v1": (f"/api/v1/models/{model}/predict", json.dumps({"features": row})),
@@ -192,7 +196,7 @@ def to_ms(text: str) -> float:
     return round(float(value) * scale, 3)
 
 
-def wrk(url: str, body: str | None, key: str, conns: int) -> dict[str, Any]:
+def wrk(url: str, body: str | None, key: str, conns: int, seconds: int = DUR) -> dict[str, Any]:
     lines = [f'wrk.method = "POST"\nwrk.body = [==[{body}]==]'] if body is not None else []
     lines += [
         'wrk.headers["Content-Type"] = "application/json"',
@@ -202,7 +206,7 @@ def wrk(url: str, body: str | None, key: str, conns: int) -> dict[str, Any]:
     script.write_text("\n".join(lines) + "\n")
     threads = 1 if conns == 1 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DUR}s", "--latency", "--timeout", "10s",
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
          "-s", str(script), url],
         capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
@@ -242,7 +246,7 @@ def run_config(
         env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     first = next(iter(config.models))
-    path, body = bodies(first, rows[first])["v1"]
+    path, body = bodies(f"{first}@{config.models[first]}", rows[first])["v1"]
     try:
         while True:
             if process.poll() is not None:
@@ -264,10 +268,14 @@ def run_config(
             plans = (
                 {"GET": ("/health", None)}
                 if model == "const"
-                else {p: b for p, b in bodies(model, rows[model]).items() if p in PROTOCOLS}
+                else {
+                    p: b
+                    for p, b in bodies(f"{model}@{config.models[model]}", rows[model]).items()
+                    if p in PROTOCOLS
+                }
             )
             for protocol, (route, payload) in plans.items():
-                wrk(base + route, payload, key, 16)["rps"]  # warm-up, 1/DUR of a run
+                wrk(base + route, payload, key, 16, seconds=3)  # warm-up
                 for conns in CONNS:
                     found = wrk(base + route, payload, key, conns)
                     found.update(
@@ -286,12 +294,18 @@ def run_config(
                     )
         return results
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass  # it had exited already
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def inprocess(work: Path, rows: dict[str, list[float]]) -> dict[str, float]:
@@ -320,7 +334,7 @@ def main() -> None:
         env, key, rows = prepare(work)
         floor = inprocess(work, rows)
         print(f"in-process model.predict, 1 row: {floor} us")
-        onnx = "onnx" in berth(env, "models", "show", "iris")
+        onnx = all("@onnx" in berth(env, "models", "show", m) for m in ("iris", "rf"))
         results: list[dict[str, Any]] = []
         for config in CONFIGS:
             if wanted and not any(w in config.name for w in wanted):

@@ -33,13 +33,13 @@ from berth.optimize.convert import (
     to_onnx,
 )
 from berth.optimize.data import MIN_ROWS, CheckData, check_data, model_input
-from berth.optimize.equivalence import NotEquivalent, check
+from berth.optimize.equivalence import NotEquivalent, check, compare
 from berth.optimize.quantize import QuantizationError
 from berth.optimize.service import optimize
 from berth.registry.db import MIGRATIONS
 from berth.registry.service import Lineage, RegisterRequest, Registry
 from berth.runtimes import load_runtime
-from berth.runtimes.base import Runtime
+from berth.runtimes.base import Prediction, Runtime
 from tests.conftest import Run, register_churn, register_iris
 
 onnx = pytest.importorskip("onnx")
@@ -362,6 +362,32 @@ def test_check_refuses_a_different_model(
     assert any("labels identical on" in failure for failure in report.failures())
     # The worst rows come first, disagreeing labels before mere probability differences.
     assert report.worst[0].source != report.worst[0].optimized
+
+
+def test_ties_broken_the_other_way_are_reported_not_counted() -> None:
+    """A 0.5/0.5 row: float rounding picks the label, so either runtime's answer is the source's."""
+    rows = np.zeros((1000, 2), dtype=np.float32)
+    data = CheckData(rows, (("rows", 1000),))
+    probabilities = np.tile([0.9, 0.1], (1000, 1))
+    probabilities[:5] = [0.5, 0.5]  # five ties
+    probabilities[5] = [0.6, 0.4]  # and one real disagreement
+    source = Prediction(np.zeros(1000, dtype=np.int64), probabilities, [0, 1])
+    labels = np.zeros(1000, dtype=np.int64)
+    labels[:6] = 1
+    shifted = probabilities.copy()
+    shifted[:5] = [0.49999994, 0.50000006]
+    optimized = Prediction(labels, shifted, [0, 1])
+
+    report = compare(source, optimized, data)
+
+    assert report.ties == 5
+    assert report.agreeing == 999  # the real disagreement still counts
+    assert report.passed  # 99.9%
+    assert "5 of them ties broken the other way" in report.summary()
+    assert report.to_dict()["ties"] == 5
+
+    labels[6] = 1  # a second real disagreement: 99.8%
+    assert not compare(source, Prediction(labels, shifted, [0, 1]), data).passed
 
 
 def test_rejected_rows_fail_the_check(sqlite_registry: Registry, iris_files: IrisFiles) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -14,11 +14,13 @@ from rich.table import Table
 from berth.cli.context import console, registry
 from berth.errors import BerthError, InvalidInput
 from berth.observability.drift import verdict
-from berth.optimize.service import OptimizeReport, optimize
 from berth.registry.references import parse_reference
 from berth.registry.service import RegisterRequest, VersionInfo, parse_metrics, parse_pairs
 from berth.runtimes import FLAVORS
 from berth.security.audit import cli_actor
+
+if TYPE_CHECKING:
+    from berth.optimize.service import OptimizeReport
 
 app = typer.Typer(help="Register and manage model versions.", no_args_is_help=True)
 
@@ -216,6 +218,10 @@ def optimize_command(
 
     Example: berth models optimize churn:3 --data holdout.csv --alias staging
     """
+    # Imported here: the converters (skl2onnx, onnx) cost a second to import, and every other
+    # command (and `berth serve`) would pay it.
+    from berth.optimize.service import optimize
+
     with console.status(f"Optimizing {reference} ...") as status:
         report = optimize(
             registry(),
@@ -245,7 +251,8 @@ def _print_optimized(report: OptimizeReport) -> None:
         table.add_row(
             "label agreement",
             f"{check.agreeing}/{check.rows} ({_percent(check.label_agreement, 3)}; "
-            f"required {_percent(check.min_agreement)})",
+            f"required {_percent(check.min_agreement)})"
+            + (f", {check.ties} of them ties broken the other way" if check.ties else ""),
         )
     for what, value in (
         ("max probability difference", check.max_probability_diff),

@@ -51,7 +51,10 @@ class EquivalenceReport:
     tolerance: float
     min_agreement: float = MIN_AGREEMENT
     agreeing: int | None = None
-    """Rows with identical labels; None for regressors."""
+    """Rows with identical labels (ties included); None for regressors."""
+    ties: int = 0
+    """Rows whose source probabilities tie (within the tolerance) between the two labels given:
+    float rounding decides such a tie, so either label is the source's answer."""
     max_probability_diff: float | None = None
     max_value_diff: float | None = None
     """Regressors: the largest |source - optimized| / max(1, |source|)."""
@@ -90,7 +93,8 @@ class EquivalenceReport:
     def summary(self) -> str:
         parts = []
         if self.agreeing is not None:
-            parts.append(f"labels identical on {self.agreeing}/{self.rows} rows")
+            ties = f" ({self.ties} of them ties broken the other way)" if self.ties else ""
+            parts.append(f"labels identical on {self.agreeing}/{self.rows} rows{ties}")
         if self.max_probability_diff is not None:
             parts.append(f"max probability difference {self.max_probability_diff:.3g}")
         if self.max_value_diff is not None:
@@ -101,6 +105,7 @@ class EquivalenceReport:
         return {
             "rows": self.rows,
             "label_agreement": self.label_agreement,
+            "ties": self.ties,
             "max_probability_diff": self.max_probability_diff,
             "max_value_diff": self.max_value_diff,
             "tolerance": self.tolerance,
@@ -193,6 +198,7 @@ def _compare_classes(
     per_row = np.zeros(base.rows)
     problems: tuple[str, ...] = ()
     max_diff = None
+    ties = 0
     if expected.probabilities is not None:
         aligned = _aligned(expected, actual)
         if isinstance(aligned, str):
@@ -202,16 +208,34 @@ def _compare_classes(
                 axis=1
             )
             max_diff = _max(per_row)
+            tied = _ties(expected, got, disagree, base.tolerance)
+            ties = int(tied.sum())
+            disagree = disagree & ~tied
     elif actual.probabilities is not None:
         problems = ("the optimized model returns probabilities its source does not",)
     worst = _worst(per_row, disagree, expected.predictions, actual.predictions, data)
     return _with(
         base,
         agreeing=int(base.rows - disagree.sum()),
+        ties=ties,
         max_probability_diff=max_diff,
         worst=worst,
         problems=problems,
     )
+
+
+def _ties(expected: Prediction, got: Array, disagree: Array, tolerance: float) -> Array:
+    """Disagreeing rows where the source gives the optimized label its top probability too."""
+    tied = np.zeros(len(disagree), dtype=bool)
+    if expected.classes is None or expected.probabilities is None or got.shape[1] != 1:
+        return tied
+    column = {str(c): i for i, c in enumerate(expected.classes)}
+    probabilities = np.asarray(expected.probabilities, dtype=np.float64)
+    for row in np.flatnonzero(disagree):
+        j = column.get(str(got[row, 0]))
+        if j is not None and probabilities[row].max() - probabilities[row, j] <= tolerance:
+            tied[row] = True
+    return tied
 
 
 def _aligned(expected: Prediction, actual: Prediction) -> Array | str:

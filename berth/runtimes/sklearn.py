@@ -19,7 +19,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-import skops.io as sio
 from sklearn.exceptions import NotFittedError
 
 from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError
@@ -172,6 +171,10 @@ def _load_pickle(path: Path, pickle_sha256: str | None) -> Any:
 
 
 def _load_skops(path: Path, data: bytes, trusted_types: tuple[str, ...]) -> Any:
+    # Imported here: skops walks every scikit-learn module on import, which pulls in torch when
+    # it is installed (1.5 s and 400 MB per worker that serves no skops file).
+    import skops.io as sio
+
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
