@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-import uvicorn
 
+from berth.cli import supervisor
 from berth.cli.context import console, err_console, registry, settings
-from berth.config import DEFAULT_PORT
+from berth.config import DEFAULT_PORT, load_settings
 from berth.errors import InvalidInput
-from berth.observability.logging import configure_logging, logging_config
-from berth.observability.metrics import MULTIPROCESS_ENV
 from berth.registry.references import DEFAULT_ALIAS
-
-log = logging.getLogger("berth.serve")
 
 
 @dataclass(frozen=True)
@@ -116,51 +108,11 @@ def start_server(options: ServerOptions) -> None:
         f"Serving {', '.join(options.served)} on {options.scheme}://{options.host}:{options.port} "
         f"({options.workers} worker(s))"
     )
-    current = settings()
-    json_lines = (current.log_format or ("console" if options.dev else "json")) == "json"
-    configure_logging(current.log_level, json=json_lines)
-    proxies = current.trusted_proxies
-    with _worker_metrics(options.workers):
-        uvicorn.run(
-            "berth.api.app:create_app_from_env",
-            factory=True,
-            host=options.host,
-            port=options.port,
-            workers=options.workers,
-            log_level=current.log_level.lower(),
-            # Applied again in every worker process: uvicorn's lines and ours share one format.
-            log_config=logging_config(current.log_level, json=json_lines),
-            access_log=False,  # Berth's access log (BERTH_ACCESS_LOG) has the request id
-            loop="uvloop",
-            http="httptools",
-            timeout_graceful_shutdown=10,
-            ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
-            ssl_keyfile=str(options.tls_key) if options.tls_key else None,
-            # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
-            proxy_headers=bool(proxies),
-            forwarded_allow_ips=",".join(proxies) if proxies else "",
-        )
-
-
-@contextmanager
-def _worker_metrics(workers: int) -> Iterator[None]:
-    """With several workers, a fresh private directory where each writes its metrics.
-
-    `/metrics` in any worker merges the files of all (see berth.observability.metrics). The
-    directory is new for every start, so no counts leak in from an earlier run, and removed after.
-    """
-    if workers <= 1:
-        yield
+    if options.workers <= 1:
+        supervisor.run(load_settings())  # read again: the options are in the environment now
         return
-    path = tempfile.mkdtemp(prefix="berth-metrics-")
-    previous = os.environ.get(MULTIPROCESS_ENV)
-    os.environ[MULTIPROCESS_ENV] = path
-    log.info("%d workers write their metrics to %s", workers, path)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(MULTIPROCESS_ENV, None)
-        else:
-            os.environ[MULTIPROCESS_ENV] = previous
-        shutil.rmtree(path, ignore_errors=True)
+    # Several workers: become the lean supervisor (same pid, so signals and wait() still reach
+    # the server), and leave the CLI's imports behind.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "berth.cli.supervisor"])  # noqa: S606

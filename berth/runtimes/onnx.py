@@ -142,6 +142,12 @@ def load(path: Path) -> OnnxRuntime:
     options = ort.SessionOptions()
     # Warnings about graph optimisations are noise to a model server; errors still log.
     options.log_severity_level = 3
+    # One thread per call, no spinning: parallelism comes from worker processes and concurrent
+    # requests. onnxruntime's default pool (a thread per core, spinning after each call) made
+    # two workers steal each other's cores: a random forest served 1,800 req/s instead of 3,000.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]

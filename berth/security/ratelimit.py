@@ -27,13 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from berth import redis_client
 from berth.errors import InvalidInput, NotReady, RateLimited
 
 if TYPE_CHECKING:
@@ -274,19 +271,9 @@ class RedisRateLimiter:
         self.fail_open = fail_open
         self._prefix = prefix
         self._cooldown = cooldown_seconds
-        try:
-            self._client = aioredis.Redis.from_url(
-                url,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=read_timeout,
-                # One immediate retry on a fresh connection covers pooled connections that a
-                # Redis restart broke. Timeouts are not retried: the script may have run.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
-        except ValueError as exc:
-            raise InvalidInput(
-                f"redis_url is not a Redis URL ({exc}); write e.g. redis://127.0.0.1:6379/0"
-            ) from exc
+        self._client = redis_client.connect(
+            url, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
         self._down_until = 0.0  # monotonic; > 0 while Redis is considered unreachable
         self._last_warning = -math.inf
 

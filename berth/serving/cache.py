@@ -40,12 +40,9 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import pandas as pd
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from berth import redis_client
 from berth.errors import InvalidInput
 from berth.observability import metrics
 from berth.runtimes.base import ModelInput, Prediction
@@ -603,19 +600,9 @@ class RedisCache:
         self.max_entry_bytes = max_entry_bytes
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
         self._cooldown = cooldown_seconds
-        try:
-            self._client = aioredis.Redis.from_url(
-                url,
-                socket_connect_timeout=timeout_seconds,
-                socket_timeout=timeout_seconds,
-                # One immediate retry on a fresh connection covers pooled connections that a
-                # Redis restart broke; GET and SET are safe to repeat.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
-        except ValueError as exc:
-            raise InvalidInput(
-                f"redis_url is not a Redis URL ({exc}); write e.g. redis://127.0.0.1:6379/0"
-            ) from exc
+        self._client = redis_client.connect(
+            url, connect_timeout=timeout_seconds, read_timeout=timeout_seconds
+        )
         self._down_until = 0.0  # monotonic; > 0 while Redis is considered unreachable
         self._last_warning: dict[str, float] = {}
 

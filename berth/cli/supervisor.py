@@ -1,0 +1,89 @@
+"""Run uvicorn for `berth serve`; with several workers, as a lean supervisor process.
+
+With `--workers N` the process that started them only watches them, yet it held everything the
+CLI had imported (pandas, scikit-learn, the registry: 200 MB). `berth serve` therefore checks its
+arguments, puts the options into `BERTH_*` variables and replaces itself (exec, same pid) with
+`python -m berth.cli.supervisor`, which imports uvicorn and the settings and nothing of the data
+stack; each worker imports the app on its own. With one worker uvicorn runs the app in this
+process, so `berth serve` calls `run` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from berth.config import Settings, load_settings
+from berth.observability.logging import configure_logging, logging_config
+
+log = logging.getLogger("berth.serve")
+
+# prometheus_client's variable (berth.observability.metrics names it too; importing that module
+# here would bring numpy and pandas into the supervisor).
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def run(settings: Settings) -> None:
+    """uvicorn with Berth's app factory; workers read every option from `BERTH_*` variables."""
+    json_lines = (settings.log_format or ("console" if settings.dev else "json")) == "json"
+    configure_logging(settings.log_level, json=json_lines)
+    proxies = settings.trusted_proxies
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    with _worker_metrics(settings.workers):
+        uvicorn.run(
+            "berth.api.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+            # Applied again in every worker process: uvicorn's lines and ours share one format.
+            log_config=logging_config(settings.log_level, json=json_lines),
+            access_log=False,  # Berth's access log (BERTH_ACCESS_LOG) has the request id
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+            ssl_certfile=str(cert) if cert and key else None,
+            ssl_keyfile=str(key) if cert and key else None,
+            # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=",".join(proxies) if proxies else "",
+        )
+
+
+@contextmanager
+def _worker_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh private directory where each writes its metrics.
+
+    `/metrics` in any worker merges the files of all (see berth.observability.metrics). The
+    directory is new for every start, so no counts leak in from an earlier run, and removed after.
+    """
+    if workers <= 1:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="berth-metrics-")
+    previous = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = path
+    log.info("%d workers write their metrics to %s", workers, path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> None:
+    run(load_settings())
+
+
+if __name__ == "__main__":
+    main()
