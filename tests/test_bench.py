@@ -26,17 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from berth.config import Settings
-from berth.ops.loadtest import (
-    Connection,
-    Endpoint,
-    Histogram,
-    HttpRequest,
-    Load,
-    LoadTest,
-    Result,
-    run,
-    run_async,
-)
+from berth.ops.http1 import Connection, Endpoint, HttpRequest
+from berth.ops.loadtest import Histogram, Load, LoadTest, Result, run, run_async
 from berth.registry.service import Registry
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import BERTH, Run, free_port, register_iris

@@ -19,17 +19,9 @@ from berth.cli.context import console, err_console, settings
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
 from berth.ops import locust as locustfiles
-from berth.ops.loadtest import (
-    HttpRequest,
-    Load,
-    LoadTest,
-    Progress,
-    Result,
-    Target,
-    preflight,
-    resolve_target,
-    run_async,
-)
+from berth.ops.http1 import HttpRequest
+from berth.ops.loadtest import Load, LoadTest, Progress, Result, run_async
+from berth.ops.targets import Target, preflight, resolve_target
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE_CONCURRENCY = 32

@@ -1,1 +1,2 @@
-"""Operations around a running Berth: load testing (`loadtest`, `locust`)."""
+"""Operations around a running Berth: load testing (`loadtest` on the `http1` client, its
+`targets`, and `locust` files for the same request)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from berth.ops.loadtest import HttpRequest
+from berth.ops.http1 import HttpRequest
 
 KEY_VARIABLE = "BERTH_API_KEY"
 
