@@ -7,14 +7,15 @@ BERTH_REQUIRE_SERVICES=1 (set by .ci/run): then an absent service fails the test
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import joblib
 import numpy as np
 import pytest
@@ -26,6 +27,9 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from tests.ports import free_port
+
+__all__ = ["free_port"]
 
 POSTGRES_URL = os.environ.get(
     "BERTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -171,14 +175,19 @@ def api(
 BERTH = [sys.executable, "-m", "berth.cli"]
 
 
-def free_port() -> int:
-    """A free loopback port (never 8000 or 8080, which tests must not use)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in (8000, 8080):
-            return port
+def wait_ready(base: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    """Until a `berth serve` process answers /ready with 200; fails if it exits first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready in time")
 
 
 def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

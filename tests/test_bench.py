@@ -11,7 +11,6 @@ import py_compile
 import re
 import ssl
 import subprocess
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from berth.ops.http1 import Connection, Endpoint, HttpRequest
 from berth.ops.loadtest import Histogram, Load, LoadTest, Result, run, run_async
 from berth.registry.service import Registry
 from berth.security.keys import KeyService, server_secret
-from tests.conftest import BERTH, Run, free_port, register_iris
+from tests.conftest import BERTH, Run, free_port, register_iris, wait_ready
 
 JSON_KEYS = {
     "target",
@@ -207,23 +206,11 @@ def server(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process)
+        wait_ready(base, process)
         yield Server(base, key)
     finally:
         process.terminate()
         process.wait(timeout=15)
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
-        assert process.poll() is None, f"server exited with {process.returncode}"
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready in 60 s")
 
 
 @pytest.fixture

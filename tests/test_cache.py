@@ -11,7 +11,6 @@ import asyncio
 import logging
 import pickle
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from berth.serving.cache import (
 from berth.serving.responses import plain
 from berth.serving.validation import decode_instances, decode_named_arrays
 from tests.conftest import free_port, require_service
+from tests.private_redis import PrivateRedis
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 IRIS_ROW = [[5.1, 3.5, 1.4, 0.2]]
@@ -713,54 +713,17 @@ def test_unreachable_redis_is_a_counted_miss_and_never_raises(
     assert len(warnings) == 1
 
 
-class _OwnRedis:
-    """A throwaway redis-server on a free port, to stop and start without touching others."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def up(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            for _ in range(250):
-                try:
-                    probe.ping()
-                    return
-                except redis.ConnectionError:
-                    time.sleep(0.02)
-            raise RuntimeError(f"redis-server did not start on port {self.port}")
-        finally:
-            probe.close()
-
-    def down(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.process = None
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[_OwnRedis]:
+def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         require_service("redis-server", "not on PATH")
-    server = _OwnRedis(tmp_path)
-    server.up()
+    server = PrivateRedis(tmp_path)
+    server.start()
     yield server
-    server.down()
+    server.kill()
 
 
-def test_redis_outage_is_survived_and_the_cache_recovers(own_redis: _OwnRedis) -> None:
+def test_redis_outage_is_survived_and_the_cache_recovers(own_redis: PrivateRedis) -> None:
     cooldown = 0.05
 
     async def scenario() -> None:
@@ -768,12 +731,12 @@ def test_redis_outage_is_survived_and_the_cache_recovers(own_redis: _OwnRedis) -
         try:
             await cache.put("k", _classifier())
             assert await cache.get("k") is not None
-            own_redis.down()
+            own_redis.kill()
             before = _errors("redis")
             assert await cache.get("k") is None
             await cache.put("k", _classifier())
             assert _errors("redis") >= before + 2
-            own_redis.up()  # empty: no persistence
+            own_redis.start()  # empty: no persistence
             await asyncio.sleep(cooldown * 2)
             assert await cache.get("k") is None  # the probe reconnects; a plain miss
             await cache.put("k", _classifier())

@@ -262,6 +262,46 @@ def test_revocation_is_seen_after_refresh(keys: KeyService, lookups: CountingLoo
     assert len(lookups.calls) == 2
 
 
+def test_concurrent_requests_share_one_read_of_an_expired_key(
+    keys: KeyService, lookups: CountingLookups
+) -> None:
+    _, key = keys.create("ci", ("predict",))
+    verifier = KeyVerifier(keys, refresh_seconds=0.05)
+
+    async def burst() -> list[Principal]:
+        return await asyncio.gather(*(verifier.verify(key) for _ in range(20)))
+
+    assert {p.name for p in asyncio.run(burst())} == {"ci"}
+    assert len(lookups.calls) == 1  # 20 first requests, one read
+    time.sleep(0.1)
+    asyncio.run(burst())
+    assert len(lookups.calls) == 2  # expired: 20 requests, one more read
+
+
+def test_a_key_is_re_read_in_the_background_before_it_expires(
+    keys: KeyService, lookups: CountingLookups
+) -> None:
+    _, key = keys.create("ci", ("predict",))
+    verifier = KeyVerifier(keys, refresh_seconds=1.0)
+
+    async def scenario() -> None:
+        await verifier.verify(key)
+        await asyncio.sleep(0.8)  # past REFRESH_EARLY of the interval, not past it
+        keys.revoke("ci")
+        # Answered from the cache at once, while one read starts in the background ...
+        assert (await verifier.verify(key)).name == "ci"
+        for _ in range(100):
+            if len(lookups.calls) == 2 and not verifier._pending:
+                break
+            await asyncio.sleep(0.01)
+        # ... and the requests after it see the revocation, inside the 1 s interval.
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await verifier.verify(key)
+
+    asyncio.run(scenario())
+    assert len(lookups.calls) == 2
+
+
 def test_cached_key_is_served_until_refresh(keys: KeyService, lookups: CountingLookups) -> None:
     _, key = keys.create("ci", ("predict",))
     verifier = KeyVerifier(keys, refresh_seconds=60)

@@ -25,8 +25,7 @@ from berth.observability import metrics
 from berth.observability.logging import bind_prediction
 from berth.observability.metrics import PredictionMetrics, feature_values, prediction_values
 from berth.registry.service import Registry
-from tests.conftest import BERTH, berth, free_port, register_churn, register_iris
-from tests.test_server import wait_ready
+from tests.conftest import BERTH, berth, free_port, register_churn, register_iris, wait_ready
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 CHURN_ROW = {"tenure_months": 5, "monthly_charges": 80.5, "plan": "basic", "support_calls": 3}

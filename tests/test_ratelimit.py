@@ -12,11 +12,10 @@ import logging
 import multiprocessing
 import shutil
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ from berth.security.ratelimit import (
     check,
     parse_rate,
 )
+from tests.ports import free_port
+from tests.private_redis import PrivateRedis
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -443,64 +444,6 @@ def test_redis_is_atomic_across_processes(shared_redis: SharedRedis) -> None:
 # Redis outages, private server ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in (8000, 8080):
-            return port
-
-
-@dataclass
-class PrivateRedis:
-    folder: Path
-    port: int = field(default_factory=_free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 5
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
@@ -601,7 +544,7 @@ def test_redis_reloads_a_flushed_script(private_redis: PrivateRedis) -> None:
 def test_redis_that_never_answers_costs_one_read_timeout_per_cooldown() -> None:
     # A listening socket that never replies: connects succeed, reads time out.
     with socket.socket() as silent:
-        silent.bind(("127.0.0.1", _free_port()))
+        silent.bind(("127.0.0.1", free_port()))
         silent.listen(64)
         port = silent.getsockname()[1]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.conftest import BERTH, berth, free_port
+from tests.conftest import BERTH, berth, free_port, wait_ready
 
 pytestmark = pytest.mark.server
 
@@ -26,20 +26,6 @@ class Server:
     port: int
     key: str
     env: dict[str, str]
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready in time")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ turn into a database query each.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -69,12 +71,22 @@ class _Entry:
     fetched_at: float
 
 
+REFRESH_EARLY = 0.75
+"""Fraction of `refresh_seconds` after which a key is re-read in the background."""
+
+
+def _log_failure(task: asyncio.Future[_Entry]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("refreshing an API key failed", exc_info=task.exception())
+
+
 class KeyVerifier:
     def __init__(self, keys: KeyService, refresh_seconds: float) -> None:
         self.keys = keys
         self.refresh_seconds = refresh_seconds
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._used: set[str] = set()
+        self._pending: dict[str, asyncio.Future[_Entry]] = {}
 
     async def verify(self, presented: str | None) -> Principal:
         if not presented:
@@ -94,27 +106,62 @@ class KeyVerifier:
         return Principal(name=stored.info.name, scopes=stored.info.scopes, rate=stored.info.rate)
 
     async def _stored(self, key_id: str) -> StoredKey | None:
-        now = time.monotonic()
+        """The key's registry row, never older than `refresh_seconds` (revocations apply).
+
+        Past `REFRESH_EARLY` of the interval, one background task re-reads the row while
+        requests go on with the cached one, so under steady traffic nobody waits for the
+        database. Only an entry older than the interval is awaited, and then by one shared read.
+        (Before, every request that found the entry stale ran its own query and waited for it:
+        once a second the worker stalled and flooded its thread pool.)
+        """
         entry = self._cache.get(key_id)
-        if entry is None or now - entry.fetched_at > self.refresh_seconds:
-            used, self._used = self._used, set()
-            try:
-                stored = await anyio.to_thread.run_sync(self._refresh, key_id, used)
-            except SQLAlchemyError as exc:
-                return self._stale(key_id, entry, exc)
-            entry = _Entry(stored=stored, fetched_at=now)
-            self._cache[key_id] = entry
-            if len(self._cache) > _MAX_CACHED:
-                self._cache.popitem(last=False)
+        age = math.inf if entry is None else time.monotonic() - entry.fetched_at
+        if age > self.refresh_seconds:
+            entry = await self._fetch(key_id)
+        elif age > self.refresh_seconds * REFRESH_EARLY:
+            self._refresh_later(key_id)
+        assert entry is not None
         self._cache.move_to_end(key_id)
         return entry.stored
+
+    async def _fetch(self, key_id: str) -> _Entry:
+        """Read the row now; concurrent requests share one read."""
+        pending = self._pending.get(key_id)
+        if pending is None:
+            pending = self._start(key_id)
+        return await asyncio.shield(pending)
+
+    def _refresh_later(self, key_id: str) -> None:
+        if key_id not in self._pending:
+            self._start(key_id).add_done_callback(_log_failure)
+
+    def _start(self, key_id: str) -> asyncio.Future[_Entry]:
+        task = asyncio.ensure_future(self._read(key_id))
+        self._pending[key_id] = task
+        task.add_done_callback(lambda _: self._pending.pop(key_id, None))
+        return task
+
+    async def _read(self, key_id: str) -> _Entry:
+        used, self._used = self._used, set()
+        now = time.monotonic()
+        try:
+            stored = await anyio.to_thread.run_sync(self._refresh, key_id, used)
+        except SQLAlchemyError as exc:
+            self._used |= used  # recorded with the next successful read
+            entry = self._stale(key_id, self._cache.get(key_id), exc)
+        else:
+            entry = _Entry(stored=stored, fetched_at=now)
+        self._cache[key_id] = entry
+        if len(self._cache) > _MAX_CACHED:
+            self._cache.popitem(last=False)
+        return entry
 
     def _refresh(self, key_id: str, used: set[str]) -> StoredKey | None:
         self.keys.touch(used, datetime.now(UTC))
         return self.keys.lookup(key_id)
 
     @staticmethod
-    def _stale(key_id: str, entry: _Entry | None, exc: Exception) -> StoredKey | None:
+    def _stale(key_id: str, entry: _Entry | None, exc: Exception) -> _Entry:
         # Availability over freshness: a registry outage must not take prediction down for
         # keys this worker has already verified; revocations apply again once it is back.
         if entry is None:
@@ -122,4 +169,5 @@ class KeyVerifier:
                 "cannot check API keys: the registry database is unreachable; retry shortly"
             ) from exc
         log.warning("registry unreachable; using the cached state of key %s (%s)", key_id, exc)
-        return entry.stored
+        # Tried again after another interval, not by the next request.
+        return _Entry(stored=entry.stored, fetched_at=time.monotonic())

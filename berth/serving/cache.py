@@ -478,6 +478,15 @@ class PredictionCache(Protocol):
     async def close(self) -> None: ...
 
 
+def _encoded(prediction: Prediction) -> bytes | None:
+    """The bytes to store, or None for a prediction with no exact encoding (not cached)."""
+    try:
+        return encode_prediction(prediction)
+    except NotCacheable as exc:
+        log.debug("prediction not cached: %s", exc)
+        return None
+
+
 class MemoryCache:
     """An LRU of encoded predictions in this process, bounded in bytes, entries expiring.
 
@@ -529,10 +538,8 @@ class MemoryCache:
         return decode_prediction(data)
 
     async def put(self, key: str, prediction: Prediction) -> None:
-        try:
-            data = encode_prediction(prediction)
-        except NotCacheable as exc:
-            log.debug("prediction not cached: %s", exc)
+        data = _encoded(prediction)
+        if data is None:
             return
         if _charge(key, data) > self.max_bytes:
             return
@@ -626,10 +633,8 @@ class RedisCache:
             return None
 
     async def put(self, key: str, prediction: Prediction) -> None:
-        try:
-            data = encode_prediction(prediction)
-        except NotCacheable as exc:
-            log.debug("prediction not cached: %s", exc)
+        data = _encoded(prediction)
+        if data is None:
             return
         if self.max_entry_bytes is not None and len(data) > self.max_entry_bytes:
             return
