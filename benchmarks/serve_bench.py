@@ -80,7 +80,7 @@ def berth(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def prepare(work: Path) -> tuple[dict[str, str], str, dict[str, list[float]]]:
+def prepare(work: Path) -> tuple[dict[str, str], str, dict[str, list[float]], bool]:
     env = {**os.environ, "BERTH_HOME": str(work / "home")}
     files = train(work)
     for name, path in files.items():
@@ -97,7 +97,7 @@ def prepare(work: Path) -> tuple[dict[str, str], str, dict[str, list[float]]]:
     }
     if optimized:
         print("ONNX versions registered by `berth models optimize` (alias onnx)")
-    return env, key.strip().splitlines()[-1], rows
+    return env, key.strip().splitlines()[-1], rows, optimized
 
 
 def optimize(env: dict[str, str], work: Path) -> bool:
@@ -331,10 +331,9 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     try:
-        env, key, rows = prepare(work)
+        env, key, rows, onnx = prepare(work)
         floor = inprocess(work, rows)
         print(f"in-process model.predict, 1 row: {floor} us")
-        onnx = all("@onnx" in berth(env, "models", "show", m) for m in ("iris", "rf"))
         results: list[dict[str, Any]] = []
         for config in CONFIGS:
             if wanted and not any(w in config.name for w in wanted):
