@@ -7,11 +7,13 @@ BERTH_REQUIRE_SERVICES=1 (set by .ci/run): then an absent service fails the test
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from starlette.testclient import TestClient
 from berth.config import Settings
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from tests.ports import free_port
+from tests.private_redis import PrivateRedis
 
 __all__ = ["free_port"]
 
@@ -42,6 +45,17 @@ def require_service(name: str, reason: str) -> None:
     if os.environ.get("BERTH_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, to stop and restart without touching the shared one."""
+    if shutil.which("redis-server") is None:
+        require_service("redis-server", "not on PATH")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture
@@ -188,6 +202,25 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], seconds: float = 60)
             pass
         time.sleep(0.1)
     raise AssertionError("server did not become ready in time")
+
+
+@contextmanager
+def serving(env: dict[str, str], *args: str) -> Iterator[tuple[str, int]]:
+    """`berth serve ARGS` in a subprocess on a free port, until it is ready; (base URL, port)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*BERTH, "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process)
+        yield base, port
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
 
 
 def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from berth.runtimes.base import ModelInput, Prediction, row_count
-from berth.serving.batcher import Batcher, PredictFn, join, split
+from berth.serving.batcher import Batcher, join, split
 
 CLASSES = ["low", "high"]
 KINDS = ["array", "frame", "dict"]
@@ -98,6 +98,9 @@ def request_ids(counts: list[int]) -> list[list[float]]:
     return [[100.0 * k + j + 1 for j in range(count)] for k, count in enumerate(counts)]
 
 
+PredictFn = Callable[[ModelInput], Prediction]
+
+
 async def inline(predict: PredictFn, inputs: ModelInput) -> Prediction:
     return predict(inputs)
 
@@ -133,8 +136,7 @@ def make_batcher(
     labels: tuple[str, str] | None = None,
 ) -> Batcher:
     return Batcher(
-        model,
-        run,
+        lambda inputs: run(model, inputs),
         max_batch_size=size,
         max_latency_seconds=latency,
         max_in_flight=in_flight,

@@ -10,7 +10,6 @@ import os
 import py_compile
 import re
 import ssl
-import subprocess
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from berth.ops.http1 import Connection, Endpoint, HttpRequest
 from berth.ops.loadtest import Histogram, Load, LoadTest, Result, run, run_async
 from berth.registry.service import Registry
 from berth.security.keys import KeyService, server_secret
-from tests.conftest import BERTH, Run, free_port, register_iris, wait_ready
+from tests.conftest import Run, free_port, register_iris, serving
 
 JSON_KEYS = {
     "target",
@@ -197,20 +196,8 @@ def server(
     registry.db.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env["BERTH_HOME"] = str(home)
-    port = free_port()
-    process = subprocess.Popen(
-        [*BERTH, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process)
+    with serving(env) as (base, _port):
         yield Server(base, key)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -713,30 +711,20 @@ def test_unreachable_redis_is_a_counted_miss_and_never_raises(
     assert len(warnings) == 1
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        require_service("redis-server", "not on PATH")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
-def test_redis_outage_is_survived_and_the_cache_recovers(own_redis: PrivateRedis) -> None:
+def test_redis_outage_is_survived_and_the_cache_recovers(private_redis: PrivateRedis) -> None:
     cooldown = 0.05
 
     async def scenario() -> None:
-        cache = RedisCache(own_redis.url, ttl_seconds=60, cooldown_seconds=cooldown)
+        cache = RedisCache(private_redis.url, ttl_seconds=60, cooldown_seconds=cooldown)
         try:
             await cache.put("k", _classifier())
             assert await cache.get("k") is not None
-            own_redis.kill()
+            private_redis.kill()
             before = _errors("redis")
             assert await cache.get("k") is None
             await cache.put("k", _classifier())
             assert _errors("redis") >= before + 2
-            own_redis.start()  # empty: no persistence
+            private_redis.start()  # empty: no persistence
             await asyncio.sleep(cooldown * 2)
             assert await cache.get("k") is None  # the probe reconnects; a plain miss
             await cache.put("k", _classifier())

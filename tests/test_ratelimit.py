@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import shutil
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -442,16 +440,6 @@ def test_redis_is_atomic_across_processes(shared_redis: SharedRedis) -> None:
 
 
 # Redis outages, private server ----------------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        _require_service("redis-server", "not on PATH")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def test_redis_fail_open_allows_counts_warns_once_and_recovers(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.conftest import BERTH, berth, free_port, wait_ready
+from tests.conftest import BERTH, berth, free_port, serving, wait_ready
 
 pytestmark = pytest.mark.server
 
@@ -55,20 +55,8 @@ def server(
     created = berth(env, "keys", "create", "client")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
-    port = free_port()
-    process = subprocess.Popen(
-        [*BERTH, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process)
+    with serving(env) as (base, port):
         yield Server(base=base, port=port, key=key, env=env)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def test_standard_oip_client_with_defaults(server: Server, iris_files: tuple[Path, Path]) -> None:

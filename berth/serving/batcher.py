@@ -29,9 +29,8 @@ from berth.runtimes.base import ModelInput, Prediction, row_count
 
 log = logging.getLogger("berth.serving")
 
-PredictFn = Callable[[ModelInput], Prediction]
-Runner = Callable[[PredictFn, ModelInput], Awaitable[Prediction]]
-"""Runs one model call (in a worker thread, or on the loop for fast models)."""
+ModelCall = Callable[[ModelInput], Awaitable[Prediction]]
+"""One model call (in a worker thread, or on the loop for fast models)."""
 
 
 @dataclass
@@ -48,16 +47,14 @@ class Batcher:
 
     def __init__(
         self,
-        predict: PredictFn,
-        run: Runner,
+        call: ModelCall,
         *,
         max_batch_size: int,
         max_latency_seconds: float,
         max_in_flight: int,
         labels: tuple[str, str],
     ) -> None:
-        self._predict = predict
-        self._run = run
+        self._call = call
         self.max_batch_size = max_batch_size
         self.max_latency_seconds = max_latency_seconds
         self.max_in_flight = max_in_flight
@@ -144,7 +141,7 @@ class Batcher:
                 return
             try:
                 joined = join([item.inputs for item in batch])
-                prediction = await self._run(self._predict, joined)
+                prediction = await self._call(joined)
                 parts = split(prediction, [item.rows for item in batch])
             except Exception as exc:  # the model failed on the batch: find the request that did
                 log.info("a batch of %d requests failed (%s); retrying each alone", len(batch), exc)
@@ -160,7 +157,7 @@ class Batcher:
 
     async def _one(self, item: _Pending) -> None:
         try:
-            prediction = await self._run(self._predict, item.inputs)
+            prediction = await self._call(item.inputs)
         except Exception as exc:
             if not item.future.done():
                 item.future.set_exception(exc)

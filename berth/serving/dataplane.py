@@ -27,7 +27,7 @@ from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
-from berth.serving.batcher import Batcher, PredictFn
+from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key
 from berth.serving.ids import new_id
 from berth.serving.validation import decode_instances
@@ -386,13 +386,8 @@ class DataPlane:
 
     def _batcher(self, loaded: LoadedVersion) -> Batcher:
         options = loaded.options
-
-        async def run(_predict: PredictFn, inputs: ModelInput) -> Prediction:
-            return await self._call_model(loaded, inputs)
-
         return Batcher(
-            loaded.runtime.predict,
-            run,
+            lambda inputs: self._call_model(loaded, inputs),
             max_batch_size=options.max_batch_size,
             max_latency_seconds=options.max_latency_ms / 1000,
             max_in_flight=options.max_batches_in_flight,
