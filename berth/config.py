@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     served: list[str] = Field(default_factory=list)
     """References the server serves; empty means every model with a `production` alias."""
 
+    # rollouts -------------------------------------------------------------------------------
+
+    rollout_controller: bool = True
+    """Run the rollout controller in this server (one process acts at a time, by lease)."""
+    controller_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often the rollout controller looks at running rollouts."""
+    lease_seconds: float = Field(default=10.0, gt=0)
+    """How long the controller's lease lasts unrenewed (a dead leader's successor waits at most this)."""
+
     # observability --------------------------------------------------------------------------
 
     log_format: Literal["json", "console"] | None = None

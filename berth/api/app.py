@@ -26,6 +26,9 @@ from berth.observability.logging import bind_prediction
 from berth.observability.metrics import PredictionMetrics
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
+from berth.rollouts.controller import LEASE_NAME, RolloutController
+from berth.rollouts.lease import Lease, process_holder
+from berth.rollouts.probe import DataPlaneProbe
 from berth.security.audit import AuditLog, AuditQueue
 from berth.security.auth import KeyVerifier
 from berth.security.jwt import JwtVerifier
@@ -33,6 +36,7 @@ from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
 from berth.serving.cache import PredictionCache, build_cache
 from berth.serving.dataplane import DataPlane
+from berth.serving.route_stats import RouteStats
 
 log = logging.getLogger("berth.api")
 
@@ -57,6 +61,7 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         serving=settings.serving,
         inline_seconds=settings.inline_predict_ms / 1000,
         cache=_prediction_cache(settings),
+        route_stats=RouteStats(registry.db, interval=settings.refresh_seconds),
     )
     dataplane.observers.append(
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
@@ -88,6 +93,19 @@ def _prediction_cache(settings: Settings) -> PredictionCache | None:
     )
 
 
+def _rollout_controller(settings: Settings, svc: Services) -> RolloutController | None:
+    """Every server process runs one; the lease lets one of them act at a time."""
+    if not settings.rollout_controller:
+        return None
+    lease = Lease(svc.registry.db, LEASE_NAME, process_holder(), ttl_seconds=settings.lease_seconds)
+    return RolloutController(
+        svc.registry,
+        DataPlaneProbe(svc.dataplane),
+        lease=lease,
+        interval=settings.controller_interval_seconds,
+    )
+
+
 def create_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:
     settings = settings or Settings()
     svc = svc or build_services(settings)
@@ -100,6 +118,8 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         await monitoring.start()
         await svc.dataplane.start()
         drift_monitor.start(settings.drift_refresh_seconds)
+        if controller is not None:
+            controller.start()
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
         # the collector's reach, a full collection no longer walks it and stalls every request
         # in flight for tens of milliseconds.
@@ -107,6 +127,8 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         try:
             yield
         finally:
+            if controller is not None:
+                await controller.stop()
             await drift_monitor.stop()
             await svc.dataplane.stop()
             await monitoring.stop()  # the final flush of the prediction log
@@ -125,6 +147,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         app.include_router(router)
     monitoring = feedback.attach(app, svc)
     drift_monitor = drift.attach(app, svc, window_rows=settings.drift_window_rows)
+    controller = _rollout_controller(settings, svc)
     # Added innermost first: a request passes request id, body limit, load shedding, headers,
     # and prediction routes then go straight to their handlers.
     app.add_middleware(HotPathMiddleware)

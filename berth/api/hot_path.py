@@ -26,6 +26,11 @@ _SEGMENT = "[^/]+"
 ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = (
     (re.compile(rf"/api/v1/models/(?P<ref>{_SEGMENT})/predict"), v1.predict),
     (re.compile(rf"/api/v1/models/(?P<ref>{_SEGMENT})/batch-predict"), v1.batch_predict),
+    (re.compile(rf"/api/v1/endpoints/(?P<name>{_SEGMENT})/predict"), v1.endpoint_predict),
+    (
+        re.compile(rf"/api/v1/endpoints/(?P<name>{_SEGMENT})/batch-predict"),
+        v1.endpoint_batch_predict,
+    ),
     (re.compile(r"/api/v1/predict"), v1.predict_default),
     (re.compile(r"/api/v1/batch-predict"), v1.batch_predict_default),
     (re.compile(rf"/v2/models/(?P<name>{_SEGMENT})/infer"), v2.infer),

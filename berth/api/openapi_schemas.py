@@ -206,6 +206,12 @@ MODEL_REF = _path(
     "`NAME:VERSION` or `NAME@ALIAS`.",
 )
 MODEL_NAME = _path("name", "A model name.", _NAME_SCHEMA)
+ENDPOINT_NAME = _path(
+    "name",
+    "An endpoint's name. Its routes pick the version; send `X-Berth-Route: LABEL` to force one, "
+    "and the endpoint's sticky key (a header, cookie or body field) to keep a caller on one.",
+    _NAME_SCHEMA,
+)
 VERSION = _path(
     "version",
     f"A version number (1 to {MAX_VERSION}).",

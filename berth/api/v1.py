@@ -12,10 +12,11 @@ from starlette.responses import Response
 
 from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response, read_object, require
+from berth.api.routing_keys import forced_route, sticky_key
 from berth.api.services import services
 from berth.errors import InvalidInput
 from berth.observability import tracing
-from berth.registry.references import MAX_VERSION, parse_reference
+from berth.registry.references import MAX_VERSION, check_name, parse_reference
 from berth.serving.dataplane import PredictResult
 from berth.serving.responses import batch_document, result_headers, single_document
 
@@ -63,6 +64,7 @@ _BATCH_RESPONSES = {
     **doc.errors(*doc.PREDICT_ERRORS),
 }
 _WITH_REF = doc.parameters(doc.MODEL_REF)
+_WITH_ENDPOINT = doc.parameters(doc.ENDPOINT_NAME)
 
 
 @router.post(
@@ -105,32 +107,69 @@ async def batch_predict(request: Request) -> Response:
     return await _batch_predict(request, request.path_params["ref"])
 
 
-async def _predict(request: Request, ref: str) -> Response:
-    result = await _run(request, ref, "features", _FEATURES_EXAMPLE, single=True)
+@router.post(
+    "/endpoints/{name}/predict",
+    openapi_extra=doc.secured(_WITH_ENDPOINT, _PREDICT_BODY),
+    responses=_PREDICT_RESPONSES,
+    summary="Predict one row through an endpoint (its routes pick the version)",
+)
+async def endpoint_predict(request: Request) -> Response:
+    return await _predict(request, request.path_params["name"], endpoint=True)
+
+
+@router.post(
+    "/endpoints/{name}/batch-predict",
+    openapi_extra=doc.secured(_WITH_ENDPOINT, _BATCH_BODY),
+    responses=_BATCH_RESPONSES,
+    summary="Predict rows through an endpoint (one route answers the whole request)",
+)
+async def endpoint_batch_predict(request: Request) -> Response:
+    return await _batch_predict(request, request.path_params["name"], endpoint=True)
+
+
+async def _predict(request: Request, ref: str, endpoint: bool = False) -> Response:
+    result = await _run(request, ref, "features", _FEATURES_EXAMPLE, True, endpoint)
     with tracing.span("encode"):
         return json_response(single_document(result), headers=result_headers(result))
 
 
-async def _batch_predict(request: Request, ref: str) -> Response:
-    result = await _run(request, ref, "instances", _INSTANCES_EXAMPLE, single=False)
+async def _batch_predict(request: Request, ref: str, endpoint: bool = False) -> Response:
+    result = await _run(request, ref, "instances", _INSTANCES_EXAMPLE, False, endpoint)
     with tracing.span("encode"):
         return json_response(batch_document(result), headers=result_headers(result))
 
 
-async def _run(request: Request, ref: str, field: str, example: str, single: bool) -> PredictResult:
+async def _run(
+    request: Request, ref: str, field: str, example: str, single: bool, endpoint: bool
+) -> PredictResult:
+    """`ref` is a model reference, or with `endpoint` an endpoint's name."""
     svc = services(request)
     principal = await svc.auth.principal(request)
-    reference = parse_reference(ref)
-    principal.require_predict(reference.name)
-    await svc.auth.limit_model(request, reference.name)
-    value = require(await read_object(request), field, example)
+    name = check_name("endpoint", ref) if endpoint else parse_reference(ref).name
+    principal.require_predict(name)
+    await svc.auth.limit_model(request, name)
+    body = await read_object(request)
+    value = require(body, field, example)
     if single and not isinstance(value, list | dict):
         raise InvalidInput(
             f"features: expected a list or an object of column values; send e.g. {example}"
         )
     rows = [value] if single else value
     decoder = svc.dataplane.instances_decoder(rows, field, single=single)
-    return await svc.dataplane.predict(ref, decoder, size=len(await request.body()))
+    size = len(await request.body())
+    if not endpoint:
+        return await svc.dataplane.predict(ref, decoder, size=size)
+    served = svc.dataplane.endpoint(name)
+    sticky = served.sticky if served is not None else None
+    if sticky is not None and sticky.kind == "field" and single and isinstance(value, dict):
+        body = {**value, **body}  # the key may be one of the row's columns
+    return await svc.dataplane.predict_endpoint(
+        name,
+        decoder,
+        key=sticky_key(request, sticky, body),
+        forced=forced_route(request),
+        size=size,
+    )
 
 
 @router.get(

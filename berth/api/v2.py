@@ -14,6 +14,7 @@ from berth import __version__
 from berth.api import openapi_schemas as doc
 from berth.api import v2_codec
 from berth.api.json_body import json_response
+from berth.api.routing_keys import forced_route, sticky_key
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.errors import InvalidInput, NotFound, NotReady
@@ -21,6 +22,7 @@ from berth.observability import tracing
 from berth.registry.references import parse_reference
 from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature, TensorSpec
+from berth.rollouts.endpoints import EndpointInfo
 from berth.serving.dataplane import Decoder, PredictResult
 from berth.serving.responses import result_headers
 from berth.serving.validation import decode_named_arrays
@@ -185,6 +187,17 @@ async def _authorized(request: Request, name: str) -> Services:
 
 async def _metadata(request: Request, name: str, version: str | None) -> Response:
     svc = await _authorized(request, name)
+    endpoint = svc.dataplane.endpoint(name) if version is None else None
+    if endpoint is not None:
+        # An endpoint describes itself by the version of its primary (stable) route, under its
+        # own name: that is the name clients call.
+        primary = endpoint.primary
+        info = await anyio.to_thread.run_sync(
+            svc.registry.get_version, primary.model, primary.version
+        )
+        document = model_metadata_document(info)
+        document["name"] = name
+        return json_response(document)
     info = await svc.dataplane.version(_reference(name, version))
     return json_response(model_metadata_document(info))
 
@@ -217,6 +230,10 @@ async def _ready(request: Request, name: str, version: str | None) -> Response:
     ref = _reference(name, version)
     number = parse_reference(ref).version
     dataplane = svc.dataplane
+    if number is None and dataplane.endpoint(name) is not None:
+        if dataplane.ready:
+            return json_response({"name": name, "ready": True})
+        raise NotReady(f"endpoint '{name}' is not loaded yet; retry in a few seconds")
     if dataplane.ready and dataplane.is_loaded(name, number):
         return json_response({"name": name, "ready": True})
     # Not ready: say whether waiting helps. A model that is not served, or a version that does
@@ -242,14 +259,45 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
     infer_request = v2_codec.parse_infer_request(body, length)
     decoder = _decoder(infer_request, svc.dataplane.max_batch_rows)
-    result = await svc.dataplane.predict(ref, decoder, size=len(body))
+    endpoint = svc.dataplane.endpoint(name)
+    if endpoint is not None and version is not None:
+        routed = any(r.ref == f"{r.model}:{version}" for r in endpoint.routes)
+        endpoint = endpoint if routed else None  # then the model's own version answers
+    if endpoint is None:
+        result = await svc.dataplane.predict(ref, decoder, size=len(body))
+    else:
+        # An endpoint name works where a model name does; /versions/N forces the route
+        # serving version N.
+        forced = forced_route(request) if version is None else _route_of(endpoint, version)
+        key = sticky_key(request, endpoint.sticky, _sticky_fields(infer_request))
+        result = await svc.dataplane.predict_endpoint(
+            name, decoder, key=key, forced=forced, size=len(body)
+        )
     with tracing.span("encode"):
         outputs = _outputs(infer_request, result)
+        # model_name is the name the client called: the endpoint's, when it called one.
         payload, headers = v2_codec.encode_infer_response(
-            result.version.model, str(result.version.number), infer_request.id, outputs
+            name if endpoint is not None else result.version.model,
+            str(result.version.number),
+            infer_request.id,
+            outputs,
         )
     headers.update(result_headers(result))
     return Response(payload, headers=headers)
+
+
+def _route_of(endpoint: EndpointInfo, version: str) -> str:
+    return next(r.label for r in endpoint.routes if r.version == int(version))
+
+
+def _sticky_fields(infer_request: v2_codec.InferRequest) -> dict[str, Any]:
+    """Where a v2 request may carry a `field:NAME` sticky key: its `parameters`, or a
+    one-element input tensor named NAME."""
+    fields: dict[str, Any] = {}
+    for tensor in infer_request.inputs:
+        if tensor.array.size == 1:
+            fields[tensor.name] = tensor.array.reshape(-1)[0].item()
+    return {**fields, **infer_request.parameters}
 
 
 def _decoder(infer_request: v2_codec.InferRequest, max_rows: int) -> Decoder:

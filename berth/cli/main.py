@@ -19,6 +19,7 @@ from berth.cli import (
     observability,
     predict,
     serve,
+    validate,
 )
 from berth.cli.context import err_console
 from berth.errors import BerthError
@@ -41,6 +42,7 @@ app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("bench")(bench.bench)
+app.command("validate")(validate.validate)
 
 
 def _version(value: bool) -> None:

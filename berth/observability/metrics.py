@@ -140,6 +140,28 @@ PREDICTION_ERRORS = Counter(
     "Failed predictions, by kind (invalid_input, rejected, internal).",
     ["model", "version", "kind"],
 )
+ROUTE_REQUESTS = Counter(
+    "berth_route_requests",
+    "Requests through an endpoint, by the route's version and outcome (ok, or error: failed "
+    "on the server side; a client's invalid input is not counted). What canary analysis reads "
+    "from Prometheus.",
+    ["endpoint", "model", "version", "outcome"],
+)
+SHADOW_REQUESTS = Counter(
+    "berth_shadow_requests",
+    "Requests mirrored to an endpoint's shadow version, by outcome (ok, error).",
+    ["endpoint", "model", "version", "outcome"],
+)
+SHADOW_ROWS = Counter(
+    "berth_shadow_rows",
+    "Mirrored rows on which the shadow version agreed or disagreed with the answer served.",
+    ["endpoint", "model", "version", "result"],
+)
+SHADOW_SKIPPED = Counter(
+    "berth_shadow_skipped",
+    "Requests not mirrored because too many shadow predictions were already running.",
+    ["endpoint"],
+)
 BATCH_SIZE = Histogram(
     "berth_batch_size",
     "Rows per model call.",

@@ -54,7 +54,7 @@ from berth.registry.signature import (
     numpy_dtype_name,
     read_sample,
 )
-from berth.registry.tables import AliasRow, ModelRow, VersionRow, utcnow
+from berth.registry.tables import AliasRow, EndpointRow, ModelRow, RouteRow, VersionRow, utcnow
 from berth.runtimes import (
     SKOPS_SUFFIX,
     UntrustedArtifact,
@@ -487,6 +487,7 @@ class Registry:
                         f"version {name}:{number} is still the target of {names}; move or remove "
                         f"the alias first (`berth models alias {name} {pointing[0]} OTHER_VERSION`)"
                     )
+                _refuse_routed(session, [row])
                 audit.add(
                     session, replace(event, detail={"flavor": row.flavor, "sha256": row.sha256})
                 )
@@ -506,6 +507,7 @@ class Registry:
                         f"model '{name}' still has aliases ({names}); remove them first with "
                         f"`berth models alias {name} ALIAS --remove`"
                     )
+                _refuse_routed(session, model.versions)
                 audit.add(
                     session, replace(event, detail={"versions": [v.number for v in model.versions]})
                 )
@@ -696,6 +698,23 @@ def _point_alias(session: Session, model: ModelRow, alias: str, version: Version
     else:
         existing.version = version
         existing.updated_at = utcnow()
+
+
+def _refuse_routed(session: Session, versions: Iterable[VersionRow]) -> None:
+    """An endpoint's route keeps its version: deleting it would break the endpoint."""
+    by_id = {v.id: v for v in versions}
+    routed = session.execute(
+        select(RouteRow.version_id, EndpointRow.name, RouteRow.label)
+        .join(EndpointRow, RouteRow.endpoint_id == EndpointRow.id)
+        .where(RouteRow.version_id.in_(by_id))
+    ).first()
+    if routed is not None:
+        version = by_id[routed[0]]
+        raise Conflict(
+            f"version {version.model.name}:{version.number} is served by endpoint "
+            f"'{routed[1]}' (route {routed[2]}); roll the endpoint to another version first "
+            f"(`berth rollout start {routed[1]} --to REF`) or delete the endpoint"
+        )
 
 
 def _models_query() -> Select[ModelRow]:

@@ -179,3 +179,181 @@ class FeedbackRow(Base):
     prediction_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     actual: Mapped[Any] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+# traffic management ----------------------------------------------------------------------
+
+
+class EndpointRow(Base):
+    """The stable name clients call; its routes say which versions answer, and how often."""
+
+    __tablename__ = "endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    sticky: Mapped[str] = mapped_column(String(160), default="")
+    """Where the sticky key is read: `header:X-User-ID`, `cookie:uid`, `field:user_id`; empty
+    for a weighted random split."""
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    routes: Mapped[list[RouteRow]] = relationship(
+        back_populates="endpoint", cascade="all, delete-orphan", order_by="RouteRow.id"
+    )
+
+
+class RouteRow(Base):
+    """One version behind an endpoint, with its share of traffic and its role."""
+
+    __tablename__ = "routes"
+    __table_args__ = (UniqueConstraint("endpoint_id", "label", name="uq_routes_endpoint_label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), index=True
+    )
+    label: Mapped[str] = mapped_column(String(64))
+    """What `X-Berth-Route` names: the role for rollouts (stable, canary), the variant name in
+    experiments (a, b)."""
+    role: Mapped[str] = mapped_column(String(16))
+    """stable, canary, green, blue, variant or shadow."""
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    """No cascade: a routed version cannot be deleted (the registry refuses, naming the route)."""
+    weight: Mapped[float] = mapped_column(Float, default=0.0)
+    """Percent of the endpoint's traffic (for a shadow route: percent of requests mirrored)."""
+
+    endpoint: Mapped[EndpointRow] = relationship(back_populates="routes")
+    version: Mapped[VersionRow] = relationship()
+
+
+class EndpointChangeRow(Base):
+    """History: every change to an endpoint's routes, with who made it and why."""
+
+    __tablename__ = "endpoint_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(128), index=True)
+    """A name, not a foreign key: history outlives the endpoint."""
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    routes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """The routes after the change: label, role, model, version, weight."""
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RevisionRow(Base):
+    """A counter per kind of shared state, raised in the transaction of every change.
+
+    Servers poll one row (cheap) and re-read the state only when the number moved.
+    """
+
+    __tablename__ = "revisions"
+
+    topic: Mapped[str] = mapped_column(String(64), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RolloutRow(Base):
+    """A rollout of one endpoint to a new version; the controller moves it along its states."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(128), index=True)
+    strategy: Mapped[str] = mapped_column(String(16))
+    """blue-green or canary."""
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    """running, paused (still active); promoted, rolled_back, aborted, failed (finished)."""
+    phase: Mapped[str] = mapped_column(String(32))
+    """Where a running rollout is: loading, step, switched, ..."""
+    from_model: Mapped[str] = mapped_column(String(128))
+    from_version: Mapped[int] = mapped_column(Integer)
+    to_model: Mapped[str] = mapped_column(String(128))
+    to_version: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """What a restarted controller needs: step index, step start, metric baselines."""
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RolloutEventRow(Base):
+    """What the controller saw and did at each decision, for `berth rollout show`."""
+
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ExperimentRow(Base):
+    """An A/B split of an endpoint with sticky assignment, reported per variant."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    """running or concluded."""
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Variants, sticky key, outcome metric, alpha, minimum sample."""
+    baseline: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Route counters when it started: the report counts from there."""
+    winner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    concluded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RouteStatsRow(Base):
+    """One server process's running totals for one (endpoint, version).
+
+    Every process upserts its own row about once a second; the sum over processes is the
+    endpoint's traffic across workers and replicas (what the rollout controller judges).
+    """
+
+    __tablename__ = "route_stats"
+    __table_args__ = (
+        UniqueConstraint("process", "endpoint", "model", "version", name="uq_route_stats_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    """Server-side failures (5xx); a client's invalid input is not the version's fault."""
+    latency_counts: Mapped[list[int]] = mapped_column(JSON, default=list)
+    """Cumulative count per latency bucket (berth.observability.metrics.LATENCY_BUCKETS)."""
+    latency_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow_compared: Mapped[int] = mapped_column(Integer, default=0)
+    """For a shadow route: rows compared with the primary's answer, and how many agreed."""
+    shadow_agreed: Mapped[int] = mapped_column(Integer, default=0)
+    shadow_seconds_delta: Mapped[float] = mapped_column(Float, default=0.0)
+    """Sum over mirrored requests of (shadow seconds - primary seconds)."""
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class LeaseRow(Base):
+    """Who may act alone (the rollout controller, a scheduler), until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -18,18 +18,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 from anyio import CapacityLimiter
 
 from berth.config import ModelServing
-from berth.errors import BerthError, InvalidInput, NotFound, NotReady, TimedOut
+from berth.errors import BerthError, InvalidInput, NotFound, NotReady, PayloadTooLarge, TimedOut
 from berth.observability import metrics, tracing
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
+from berth.rollouts.endpoints import EndpointInfo, EndpointService, RouteSpec, current_revision
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key
 from berth.serving.ids import new_id
+from berth.serving.route_stats import RouteStats
+from berth.serving.router import Router
 from berth.serving.validation import decode_instances
 
 log = logging.getLogger("berth.serving")
@@ -43,6 +47,9 @@ INLINE_FLAVORS = frozenset({"sklearn", "onnx"})
 INLINE_GIVE_UP_CPU_SECONDS = 0.005
 INLINE_GIVE_UP_WALL_SECONDS = 0.1
 WARM_UP_ROUNDS = 5
+MAX_SHADOW_TASKS = 64
+"""Mirrored requests in flight at most; beyond it copies are skipped (and counted), so a slow
+shadow version can never hold the server's memory or threads hostage."""
 
 Decoder = Callable[[Signature], ModelInput]
 Observer = Callable[["PredictResult", ModelInput], None]
@@ -74,6 +81,8 @@ class PredictResult:
     endpoint: str = ""
     cached: bool | None = None
     """Answered from the prediction cache; None when the model has no cache."""
+    route: str = ""
+    """The endpoint's route that answered (its label), when called through an endpoint."""
 
     def row_ids(self) -> list[str]:
         if self.rows == 1:
@@ -99,6 +108,23 @@ class _Route:
     checked_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class _Endpoint:
+    """An endpoint as this process serves it: its router and every route's loaded version.
+
+    Replaced whole when the endpoint changes, so a request sees the old routes or the new ones,
+    never a mix.
+    """
+
+    router: Router
+    versions: dict[str, LoadedVersion]
+    """By route label."""
+
+    @property
+    def info(self) -> EndpointInfo:
+        return self.router.endpoint
+
+
 class DataPlane:
     def __init__(
         self,
@@ -111,8 +137,11 @@ class DataPlane:
         serving: Callable[[str], ModelServing] | None = None,
         inline_seconds: float = 0.0,
         cache: PredictionCache | None = None,
+        route_stats: RouteStats | None = None,
     ) -> None:
         self.registry = registry
+        self.endpoint_service = EndpointService(registry)
+        self.route_stats = route_stats or RouteStats(None)
         self.served = [parse_reference(r) for r in served]
         self.refresh_seconds = refresh_seconds
         self.max_batch_rows = max_batch_rows
@@ -127,6 +156,9 @@ class DataPlane:
         self.observers: list[Observer] = []
         self._children: dict[tuple[str, str, str], _Meters] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoints_revision = -1
         self._ready = False
         self._refresher: asyncio.Task[None] | None = None
 
@@ -150,6 +182,8 @@ class DataPlane:
         """Load and warm every served reference, then keep aliases fresh in the background."""
         for reference in self.served:
             await self._route(str(reference))
+        await self.refresh_endpoints()
+        self.route_stats.start()
         self._ready = True
         self._refresher = asyncio.create_task(self._refresh_forever())
 
@@ -160,8 +194,9 @@ class DataPlane:
         for loaded in list(self._loaded.values()):
             if loaded.batcher is not None:
                 await loaded.batcher.close()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background or self._shadows:
+            await asyncio.gather(*self._background, *self._shadows, return_exceptions=True)
+        await self.route_stats.stop()
         if self.cache is not None:
             await self.cache.close()
 
@@ -170,6 +205,15 @@ class DataPlane:
 
     def is_loaded(self, name: str, number: int | None = None) -> bool:
         return any(k[0] == name and (number is None or k[1] == number) for k in self._loaded)
+
+    def endpoint(self, name: str) -> EndpointInfo | None:
+        """The endpoint as this process serves it now, or None when there is no such endpoint."""
+        found = self._endpoints.get(name)
+        return found.info if found is not None else None
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        return sorted(self._endpoints)
 
     # prediction --------------------------------------------------------------------------
 
@@ -186,6 +230,54 @@ class DataPlane:
         on) or one model call, on the loop for fast models and in a thread otherwise.
         """
         loaded = await self._route(reference)
+        result, inputs = await self._predict_loaded(loaded, decode, endpoint, size)
+        self._observe(result, inputs)
+        return result
+
+    async def predict_endpoint(
+        self,
+        name: str,
+        decode: Decoder,
+        key: str | None = None,
+        forced: str | None = None,
+        size: int = 0,
+    ) -> PredictResult:
+        """Predict through an endpoint: its router picks the route (sticky `key`, or the route
+        `forced` by name), and a share of requests is copied to the shadow route, if any."""
+        served = self._endpoints.get(name)
+        if served is None:
+            known = ", ".join(self._endpoints) or "none"
+            raise NotFound(
+                f"no endpoint '{name}' is served here (endpoints: {known}); create it with "
+                f"`berth endpoints create {name} --model MODEL@production`"
+            )
+        route = served.router.pick(key, forced)
+        loaded = served.versions[route.label]
+        stats_key = (name, loaded.info.model, loaded.info.number)
+        started = time.perf_counter()
+        try:
+            result, inputs = await self._predict_loaded(loaded, decode, name, size, route.label)
+        except (InvalidInput, PayloadTooLarge):
+            raise  # the client's request, not the version, is at fault
+        except Exception:
+            self.route_stats.record(stats_key, time.perf_counter() - started, error=True)
+            raise
+        self.route_stats.record(stats_key, result.seconds, error=False)
+        self._observe(result, inputs)
+        if not forced:
+            shadow = served.router.mirror()
+            if shadow is not None:
+                self._mirror(served, shadow, decode, result, inputs)
+        return result
+
+    async def _predict_loaded(
+        self,
+        loaded: LoadedVersion,
+        decode: Decoder,
+        endpoint: str,
+        size: int,
+        route: str = "",
+    ) -> tuple[PredictResult, ModelInput]:
         info = loaded.info
         labels = (info.model, str(info.number))
         started = time.perf_counter()
@@ -214,9 +306,57 @@ class DataPlane:
             seconds=seconds,
             endpoint=endpoint,
             cached=cached,
+            route=route,
         )
-        self._observe(result, inputs)
-        return result
+        return result, inputs
+
+    # shadow traffic ----------------------------------------------------------------------
+
+    def _mirror(
+        self,
+        served: _Endpoint,
+        shadow: RouteSpec,
+        decode: Decoder,
+        primary: PredictResult,
+        inputs: ModelInput,
+    ) -> None:
+        loaded = served.versions[shadow.label]
+        if len(self._shadows) >= MAX_SHADOW_TASKS:
+            metrics.SHADOW_SKIPPED.labels(served.info.name).inc()
+            return
+        task = asyncio.create_task(self._shadow(served.info.name, loaded, decode, primary, inputs))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        endpoint: str,
+        loaded: LoadedVersion,
+        decode: Decoder,
+        primary: PredictResult,
+        inputs: ModelInput,
+    ) -> None:
+        """Predict with the shadow version; compare; record. Never raises, never answers."""
+        info = loaded.info
+        key = (endpoint, info.model, info.number)
+        started = time.perf_counter()
+        try:
+            if loaded.info.signature != primary.version.signature:
+                inputs = await anyio.to_thread.run_sync(decode, info.signature)
+            prediction = await self._infer(loaded, inputs)
+        except Exception as exc:
+            self.route_stats.record(key, time.perf_counter() - started, error=True)
+            metrics.SHADOW_REQUESTS.labels(endpoint, info.model, str(info.number), "error").inc()
+            log.info("shadow %s failed on a mirrored request: %s", info.ref, exc)
+            return
+        seconds = time.perf_counter() - started
+        compared, agreed = agreement(primary.prediction, prediction)
+        self.route_stats.record(key, seconds, error=False)
+        self.route_stats.record_shadow(key, compared, agreed, seconds - primary.seconds)
+        labels = (endpoint, info.model, str(info.number))
+        metrics.SHADOW_REQUESTS.labels(*labels, "ok").inc()
+        metrics.SHADOW_ROWS.labels(*labels, "agree").inc(agreed)
+        metrics.SHADOW_ROWS.labels(*labels, "disagree").inc(compared - agreed)
 
     def _observe(self, result: PredictResult, inputs: ModelInput) -> None:
         for observer in self.observers:
@@ -402,6 +542,45 @@ class DataPlane:
             except Exception:
                 log.exception("refreshing model references failed; serving the versions loaded")
 
+    async def refresh_endpoints(self) -> None:
+        """Re-read the endpoints when their revision moved; load new versions, then swap.
+
+        One cheap query when nothing changed. Versions load beside the ones serving; each
+        endpoint's new routes take effect in one assignment once all of its versions are ready.
+        """
+        revision = await anyio.to_thread.run_sync(current_revision, self.registry.db)
+        if revision == self._endpoints_revision:
+            return
+        endpoints = await anyio.to_thread.run_sync(self.endpoint_service.all)
+        fresh: dict[str, _Endpoint] = {}
+        for info in endpoints:
+            try:
+                versions = {
+                    r.label: await self._load(await self._version_of(r)) for r in info.routes
+                }
+            except BerthError as exc:
+                log.error("endpoint %s cannot be served: %s", info.name, exc.message)
+                if info.name in self._endpoints:
+                    fresh[info.name] = self._endpoints[info.name]  # keep what works
+                continue
+            fresh[info.name] = _Endpoint(Router(info), versions)
+            old = self._endpoints.get(info.name)
+            if old is None or old.info.routes != info.routes:
+                log.info(
+                    "endpoint %s routes: %s",
+                    info.name,
+                    ", ".join(f"{r.label}={r.ref} {r.weight:g}%" for r in info.routes),
+                )
+        self._endpoints = fresh
+        self._endpoints_revision = revision
+        self._unload_unrouted()
+
+    async def _version_of(self, route: RouteSpec) -> VersionInfo:
+        for (model, number), loaded in self._loaded.items():
+            if model == route.model and number == route.version:
+                return loaded.info
+        return await anyio.to_thread.run_sync(self.registry.get_version, route.model, route.version)
+
     async def refresh(self) -> None:
         """Re-resolve every routed reference; load and swap in versions that changed."""
         for reference, route in list(self._routes.items()):
@@ -417,9 +596,11 @@ class DataPlane:
             else:
                 route.checked_at = time.monotonic()
         self._unload_unrouted()
+        await self.refresh_endpoints()
 
     def _unload_unrouted(self) -> None:
         routed = {(r.version.info.model, r.version.info.number) for r in self._routes.values()}
+        routed |= {(r.model, r.version) for e in self._endpoints.values() for r in e.info.routes}
         for key in [k for k in self._loaded if k not in routed]:
             del self._loaded[key]
             metrics.MODEL_LOADED.labels(key[0], str(key[1])).set(0)
@@ -459,6 +640,26 @@ def warm_up(runtime: Runtime, info: VersionInfo) -> float:
     except InvalidInput as exc:
         raise NotReady(f"{info.ref} failed its warm-up prediction: {exc.message}") from exc
     return fastest
+
+
+def agreement(primary: Prediction, shadow: Prediction) -> tuple[int, int]:
+    """Rows compared and rows on which two predictions agree (labels equal, numbers close)."""
+    a = np.asarray(primary.predictions)
+    b = np.asarray(shadow.predictions)
+    rows = min(len(a), len(b))
+    if rows == 0:
+        return 0, 0
+    a, b = a[:rows].reshape(rows, -1), b[:rows].reshape(rows, -1)
+    if a.shape != b.shape:
+        return rows, 0
+    if a.dtype.kind in "fc" or b.dtype.kind in "fc":
+        try:
+            same = np.isclose(a.astype(float), b.astype(float), rtol=1e-5, atol=1e-8)
+        except (TypeError, ValueError):
+            same = a.astype(str) == b.astype(str)
+    else:
+        same = a.astype(str) == b.astype(str) if a.dtype != b.dtype else a == b
+    return rows, int(np.all(same, axis=1).sum())
 
 
 def require_ready(dataplane: DataPlane) -> None:

@@ -20,11 +20,14 @@ def plain(values: Any) -> Any:
 
 VERSION_HEADER = "X-Berth-Model-Version"
 CACHE_HEADER = "X-Berth-Cache"
+ROUTE_HEADER = "X-Berth-Route"
 
 
 def result_headers(result: PredictResult) -> dict[str, str]:
     """Which version answered, and `hit`/`miss` when the model's predictions are cached."""
     headers = {VERSION_HEADER: result.version.ref}
+    if result.route:
+        headers[ROUTE_HEADER] = result.route
     if result.cached is not None:
         headers[CACHE_HEADER] = "hit" if result.cached else "miss"
     return headers
@@ -41,6 +44,7 @@ def single_document(result: PredictResult) -> dict[str, Any]:
         "model": result.version.model,
         "model_version": result.version.number,
         "prediction_id": result.prediction_id,
+        **_via(result),
     }
 
 
@@ -53,4 +57,10 @@ def batch_document(result: PredictResult) -> dict[str, Any]:
         "model": result.version.model,
         "model_version": result.version.number,
         "prediction_ids": result.row_ids(),
+        **_via(result),
     }
+
+
+def _via(result: PredictResult) -> dict[str, str]:
+    """Through an endpoint: which endpoint, and which of its routes answered."""
+    return {"endpoint": result.endpoint, "route": result.route} if result.route else {}

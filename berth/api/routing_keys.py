@@ -1,0 +1,54 @@
+"""What a request tells the router: its sticky key, and a route forced for testing."""
+
+from __future__ import annotations
+
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+from starlette.requests import Request
+
+from berth.rollouts.endpoints import Sticky
+
+ROUTE_HEADER = "x-berth-route"
+MAX_KEY_LENGTH = 512
+
+
+def forced_route(request: Request) -> str | None:
+    value = request.headers.get(ROUTE_HEADER)
+    return value.strip() or None if value is not None else None
+
+
+def sticky_key(request: Request, sticky: Sticky | None, body: dict[str, Any] | None) -> str | None:
+    """The request's sticky key, or None (then the split is random) when it carries none.
+
+    `body` is the parsed JSON document, for `field:NAME` (top level, or v2's `parameters`).
+    """
+    if sticky is None:
+        return None
+    value: Any = None
+    if sticky.kind == "header":
+        value = request.headers.get(sticky.name)
+    elif sticky.kind == "cookie":
+        value = _cookie(request.headers.get("cookie"), sticky.name)
+    elif body is not None:
+        value = body.get(sticky.name)
+        parameters = body.get("parameters")
+        if value is None and isinstance(parameters, dict):
+            value = parameters.get(sticky.name)
+    if value is None or isinstance(value, dict | list) or value == "":
+        return None
+    # A number and its text are one key: {"user_id": 7} and header "7" stick together.
+    text = str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
+    return text[:MAX_KEY_LENGTH]
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    jar = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None else None
