@@ -160,6 +160,13 @@ class RolloutController:
             await self._apply(info, Change(s.RUNNING, s.PREVIEW, state, "preview", message))
 
     async def _step(self, info: RolloutInfo, now: datetime) -> None:
+        if "baseline" not in info.state:
+            # Resumed: what happened while paused does not count; the step starts from here.
+            state = {**info.state, "baseline": _dump(await self._totals(info))}
+            await anyio.to_thread.run_sync(
+                lambda: self.service.record(info, "baseline", "step restarted", state=state)
+            )
+            return
         verdict = await self._judge(info, stable=True)
         index = int(info.state.get("step", 0))
         steps = info.config.steps

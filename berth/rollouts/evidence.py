@@ -165,6 +165,7 @@ def with_outcomes(
     model: str,
     version: int,
     since: datetime,
+    until: datetime | None = None,
 ) -> RouteWindow:
     """`window` plus the feedback on this route's predictions made since `since`: how many were
     labelled and correct, and the sum (and squares) of numeric outcomes."""
@@ -179,6 +180,7 @@ def with_outcomes(
                 PredictionRow.model == model,
                 PredictionRow.version == version,
                 PredictionRow.created_at >= since,
+                *([PredictionRow.created_at <= until] if until is not None else []),
             )
             .limit(MAX_FEEDBACK_ROWS)
         ).all()
