@@ -256,9 +256,10 @@ def test_one_rollout_at_a_time_and_not_to_the_same_version(setup: Setup) -> None
     setup.service.abort("flowers")
     with pytest.raises(Conflict, match="already serves iris:1"):
         setup.service.start("flowers", "iris:1", s.CANARY)
+    _canary(setup)
+    by_hand = [RouteSpec("stable", "stable", "iris", 2, 100)]
     with pytest.raises(Conflict, match="in progress"):
-        _canary(setup)
-        setup.endpoints.set_routes("flowers", [RouteSpec("stable", "stable", "iris", 2, 100)], "x")
+        setup.endpoints.set_routes("flowers", by_hand, "x")
 
 
 def test_a_new_controller_continues_from_the_stored_state(setup: Setup) -> None:
