@@ -15,6 +15,7 @@ from berth.cli.context import console, err_console, registry, settings
 from berth.config import DEFAULT_PORT, load_settings
 from berth.errors import InvalidInput
 from berth.registry.references import DEFAULT_ALIAS
+from berth.rollouts.endpoints import EndpointService
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ def serve(
 ) -> None:
     """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
 
+    Every endpoint in the registry is served too, and the rollout controller runs inside.
+
     Example: berth serve churn@production --port 9000 --workers 2 --tls-cert cert.pem --tls-key key.pem
     """
     current = settings()
@@ -82,10 +85,11 @@ def serve(
 
 def _production_models() -> list[str]:
     names = registry().models_with_alias(DEFAULT_ALIAS)
-    if not names:
+    if not names and not EndpointService(registry()).all():
         raise InvalidInput(
-            "nothing to serve: pass references (`berth serve churn:3`) or point a production "
-            "alias at a version (`berth models alias churn production 3`)"
+            "nothing to serve: pass references (`berth serve churn:3`), point a production "
+            "alias at a version (`berth models alias churn production 3`) or create an "
+            "endpoint (`berth endpoints create churn --model churn:3`)"
         )
     return [f"{name}@{DEFAULT_ALIAS}" for name in names]
 
