@@ -297,3 +297,51 @@ def test_prometheus_counts_predictions_and_fires_high_error_rate(stack: Stack) -
         f"HighErrorRate fired {fired_at - failed_at:.1f} s ({high_error_failures} failed requests) "
         f"after the model started failing; alerts firing: {sorted(names)}"
     )
+
+
+def test_rollout_evidence_from_prometheus_equals_the_servers_own(stack: Stack) -> None:
+    """`--metrics-source http://prometheus` and the default source count the same traffic."""
+    from berth.config import Settings
+    from berth.registry.service import Registry
+    from berth.rollouts.endpoints import EndpointService
+    from berth.rollouts.evidence import PrometheusMetrics, ServerMetrics
+
+    registry = Registry.from_settings(Settings(home=stack.logs / "home"))
+    EndpointService(registry).create("flaky-ep", "flaky:1")
+
+    def through_endpoint(client: httpx.Client) -> int:
+        answer = client.post(
+            f"{stack.berth_url}/api/v1/endpoints/flaky-ep/predict",
+            json={"features": [1.0, 2.0, 3.0]},
+            headers={"X-API-Key": stack.key},
+        )
+        return answer.status_code
+
+    with httpx.Client(timeout=10) as client:
+        wait_for(lambda: through_endpoint(client) == 200, 10, "endpoint not served", stack.diagnose)
+        for _ in range(OK_REQUESTS - 1):
+            assert through_endpoint(client) == 200
+        stack.flag.touch()
+        for _ in range(3):
+            assert through_endpoint(client) == 500
+
+    prometheus = PrometheusMetrics(stack.prometheus_url)
+    server = ServerMetrics(registry.db)
+
+    def agreed() -> bool:
+        found = prometheus.totals("flaky-ep").get(("flaky", 1))
+        ours = server.totals("flaky-ep").get(("flaky", 1))
+        return (
+            found is not None
+            and ours is not None
+            and (found.requests, found.errors)
+            == (ours.requests, ours.errors)
+            == (OK_REQUESTS + 3, 3)
+            and found.latency_counts == ours.latency_counts
+        )
+
+    wait_for(agreed, 30, "the two sources did not agree on 15 requests, 3 errors", stack.diagnose)
+    found = prometheus.totals("flaky-ep")[("flaky", 1)]
+    assert sum(found.latency_counts) == OK_REQUESTS  # latencies of the answered requests
+    assert found.latency_quantile(0.99) is not None
+    registry.db.dispose()
