@@ -608,3 +608,461 @@ V2_INFER_OK: Responses = {
         },
     }
 }
+
+# ---------------------------------------------------------------------------- traffic (admin)
+# Endpoints, rollouts and experiments (berth/api/traffic.py). The imports sit here rather than
+# at the top because this section was appended while the rest of the file was being edited.
+
+from berth.rollouts.endpoints import ROLES  # noqa: E402
+from berth.rollouts.experiments import METRICS as EXPERIMENT_METRICS  # noqa: E402
+from berth.rollouts.strategies import STRATEGIES  # noqa: E402
+
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+_OPTIONAL_NUMBER: Schema = {"type": ["number", "null"]}
+_OPTIONAL_INTEGER: Schema = {"type": ["integer", "null"]}
+_WEIGHT: Schema = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 100,
+    "description": "Percent of traffic (of a shadow route: percent of requests mirrored).",
+}
+_VERSION_NUMBER: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
+_LABEL: Schema = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    "description": "The route's name, unique per endpoint; `X-Berth-Route: LABEL` forces it.",
+}
+_ENDPOINT_FIELD: Schema = {**_NAME_SCHEMA, "description": "An endpoint's name."}
+_REFERENCE: Schema = {
+    "type": "string",
+    "description": "A model reference: NAME, NAME:VERSION or NAME@ALIAS.",
+}
+_STICKY: Schema = {
+    "type": "string",
+    "pattern": "^(header|cookie|field):[A-Za-z0-9._-]{1,150}$",
+    "description": "Where a caller's sticky key is read: header:NAME, cookie:NAME or field:NAME "
+    "(a top-level field of the JSON body).",
+}
+_FREE_TEXT: Schema = {"type": "string", "maxLength": 1000}
+_FRACTION: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+_TRAFFIC_DURATION: Schema = {
+    "type": "string",
+    "pattern": "^[0-9]{1,9}[smhd]$",
+    "description": "A duration: a number and s, m, h or d, e.g. 60s or 5m.",
+}
+
+ROUTE: Schema = _object(
+    {
+        "label": _LABEL,
+        "role": {"enum": list(ROLES)},
+        "model": _STRING,
+        "version": _INTEGER,
+        "weight": _NUMBER,
+    }
+)
+ENDPOINT_INFO: Schema = _object(
+    {
+        "name": _STRING,
+        "sticky": {"type": ["string", "null"], "description": "e.g. header:x-user-id, or null."},
+        "description": _STRING,
+        "routes": {"type": "array", "items": ROUTE},
+        "created_at": _TIMESTAMP,
+        "updated_at": _TIMESTAMP,
+    }
+)
+ENDPOINTS: Schema = _object({"endpoints": {"type": "array", "items": ENDPOINT_INFO}})
+ENDPOINT_DELETED: Schema = _object({"deleted": {"type": "string", "description": "The name."}})
+ENDPOINT_HISTORY: Schema = _object(
+    {
+        "history": {
+            "type": "array",
+            "description": "Changes of the routes, newest first.",
+            "items": _object(
+                {
+                    "id": _INTEGER,
+                    "endpoint": _STRING,
+                    "at": _TIMESTAMP,
+                    "actor": _STRING,
+                    "reason": _STRING,
+                    "routes": {"type": "array", "items": ROUTE},
+                    "rollout_id": _OPTIONAL_INTEGER,
+                    "experiment_id": _OPTIONAL_INTEGER,
+                }
+            ),
+        }
+    }
+)
+ENDPOINT_STATS: Schema = _object(
+    {
+        "endpoint": _STRING,
+        "versions": {
+            "type": "array",
+            "description": "Per route: running totals since each serving process started, "
+            "summed over every worker and replica.",
+            "items": _object(
+                {
+                    "label": _STRING,
+                    "model": _STRING,
+                    "version": _INTEGER,
+                    "requests": _COUNT,
+                    "errors": _COUNT,
+                    "error_rate": _OPTIONAL_NUMBER,
+                    "mean_latency_ms": _OPTIONAL_NUMBER,
+                    "p99_ms": _OPTIONAL_NUMBER,
+                }
+            ),
+        },
+        "shadow": {
+            "description": "The shadow route's agreement with the served answers; null "
+            "without a shadow route.",
+            "oneOf": [
+                {"type": "null"},
+                _object(
+                    {
+                        "model": _STRING,
+                        "version": _INTEGER,
+                        "percent": _NUMBER,
+                        "compared": _COUNT,
+                        "agreed": _COUNT,
+                        "agreement": _OPTIONAL_NUMBER,
+                        "mean_latency_delta_ms": {
+                            **_OPTIONAL_NUMBER,
+                            "description": "Shadow minus served latency, on average.",
+                        },
+                    }
+                ),
+            ],
+        },
+    }
+)
+CREATE_ENDPOINT_BODY: Schema = _object(
+    {
+        "name": _ENDPOINT_FIELD,
+        "model": {**_REFERENCE, "description": "The version the one stable route serves."},
+        "sticky": _STICKY,
+        "description": _FREE_TEXT,
+    },
+    optional=("sticky", "description"),
+)
+_ROUTE_BODY: Schema = _object(
+    {
+        "label": _LABEL,
+        "role": {
+            "enum": list(ROLES),
+            "description": "Default: stable for the label stable, shadow for the label shadow, "
+            "else canary.",
+        },
+        "model": {**_NAME_SCHEMA, "description": "A model name."},
+        "version": _VERSION_NUMBER,
+        "weight": _WEIGHT,
+    },
+    optional=("role",),
+)
+SET_ROUTES_BODY: Schema = _object(
+    {
+        "routes": {
+            "type": "array",
+            "minItems": 1,
+            "items": _ROUTE_BODY,
+            "description": "The new routes; the weights of serving routes add up to 100, and "
+            "at most one route is a shadow.",
+        },
+        "reason": {**_FREE_TEXT, "description": "Why, for the endpoint's history."},
+        "sticky": {**_STICKY, "description": "A new sticky key; unchanged if absent."},
+    },
+    optional=("reason", "sticky"),
+)
+
+_ROLLOUT_EVENT: Schema = _object(
+    {
+        "at": _TIMESTAMP,
+        "kind": {
+            "type": "string",
+            "description": "started, gates, step, analysis, preview, switched, paused, "
+            "resumed, promoted, rolled_back or aborted.",
+        },
+        "message": _STRING,
+        "detail": {
+            "type": ["object", "null"],
+            "description": "A verdict (decision, checks, reasons) or a gate report.",
+        },
+    }
+)
+ROLLOUT_INFO: Schema = _object(
+    {
+        "id": _INTEGER,
+        "endpoint": _STRING,
+        "strategy": {"enum": list(STRATEGIES)},
+        "status": {"enum": ["running", "paused", "promoted", "rolled_back", "aborted", "failed"]},
+        "phase": {
+            "type": "string",
+            "description": "loading, step, preview, switched, done, or gates (failed gates).",
+        },
+        "from": {"type": "string", "description": "The version before, NAME:VERSION."},
+        "to": {"type": "string", "description": "The candidate, NAME:VERSION."},
+        "weight": {"type": "number", "description": "The candidate's share now, in percent."},
+        "config": {"type": "object", "description": "Steps, interval, criteria, gates, ..."},
+        "state": {"type": "object", "description": "The controller's state (step, baseline)."},
+        "reason": _STRING,
+        "actor": _STRING,
+        "created_at": _TIMESTAMP,
+        "updated_at": _TIMESTAMP,
+        "finished_at": _OPTIONAL_TIMESTAMP,
+        "events": {"type": "array", "items": _ROLLOUT_EVENT, "description": "Oldest first."},
+    }
+)
+ROLLOUTS: Schema = _object(
+    {
+        "rollouts": {
+            "type": "array",
+            "items": ROLLOUT_INFO,
+            "description": "Newest first (at most 200), without their events.",
+        }
+    }
+)
+GATE_REPORT: Schema = _object(
+    {
+        "reference": _STRING,
+        "rows": _INTEGER,
+        "passed": _BOOLEAN,
+        "checks": {
+            "type": "array",
+            "items": _object(
+                {
+                    "name": _STRING,
+                    "passed": _BOOLEAN,
+                    "value": _OPTIONAL_NUMBER,
+                    "threshold": _STRING,
+                    "detail": _STRING,
+                }
+            ),
+        },
+    }
+)
+ROLLOUT_STARTED: Schema = _object(
+    {
+        "rollout": {
+            **ROLLOUT_INFO,
+            "description": "status running, or failed (the gates failed; routes unchanged).",
+        },
+        "gates": {"oneOf": [{"type": "null"}, GATE_REPORT]},
+    }
+)
+_GATES_BODY: Schema = {
+    "type": "object",
+    "description": "Validation gates the candidate must pass on test rows before it takes "
+    "traffic (as `berth validate`). `data` is a path on the server. `no_regression: true` "
+    "compares with the version the endpoint serves now.",
+    "properties": {
+        "data": _STRING,
+        "target": _STRING,
+        "min_accuracy": _FRACTION,
+        "min_auc": _FRACTION,
+        "max_rmse": {"type": "number", "minimum": 0},
+        "max_mae": {"type": "number", "minimum": 0},
+        "max_latency_ms": {"type": "number", "exclusiveMinimum": 0},
+        "no_nan": _BOOLEAN,
+        "output_range": {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2},
+        "no_regression": _BOOLEAN,
+        "no_regression_vs": _REFERENCE,
+        "regression_tolerance": {"type": "number", "minimum": 0},
+    },
+    "additionalProperties": False,
+}
+START_ROLLOUT_BODY: Schema = {
+    **_object(
+        {
+            "endpoint": _ENDPOINT_FIELD,
+            "to": {**_REFERENCE, "description": "The candidate version."},
+            "strategy": {"enum": list(STRATEGIES), "default": "canary"},
+            "steps": {
+                "type": "array",
+                "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "minItems": 1,
+                "description": "Canary weights in percent, rising, ending at 100; default "
+                "[5, 25, 50, 100].",
+            },
+            "interval": {**_TRAFFIC_DURATION, "default": "60s"},
+            "max_error_rate": _FRACTION,
+            "max_p99_ms": {"type": "number", "exclusiveMinimum": 0},
+            "min_requests": {"type": "integer", "minimum": 0, "default": 100},
+            "min_accuracy": _FRACTION,
+            "min_feedback": {"type": "integer", "minimum": 0, "default": 30},
+            "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5},
+            "metrics_source": {
+                "type": "string",
+                "description": "server (default) or a Prometheus URL, e.g. http://host:9090.",
+            },
+            "switch": {"enum": ["auto", "manual"], "default": "auto"},
+            "preview": {**_TRAFFIC_DURATION, "default": "0s"},
+            "finalize_after": _TRAFFIC_DURATION,
+            "gates": _GATES_BODY,
+        },
+        optional=(
+            "strategy",
+            "steps",
+            "interval",
+            "max_error_rate",
+            "max_p99_ms",
+            "min_requests",
+            "min_accuracy",
+            "min_feedback",
+            "alpha",
+            "metrics_source",
+            "switch",
+            "preview",
+            "finalize_after",
+            "gates",
+        ),
+    ),
+    "additionalProperties": False,
+}
+ROLLOUT_ACTION_BODY: Schema = {
+    "type": "object",
+    "properties": {},
+    "additionalProperties": False,
+    "description": "Nothing (an empty object).",
+}
+ROLLBACK_BODY: Schema = {
+    "type": "object",
+    "properties": {"reason": {**_FREE_TEXT, "description": "Why, for the history."}},
+    "additionalProperties": False,
+}
+ROLLOUT_ID = _path(
+    "id", f"A rollout's id (1 to {MAX_VERSION}).", {"type": "string", "pattern": "^[0-9]+$"}
+)
+ENDPOINT_QUERY: Schema = {
+    "name": "endpoint",
+    "in": "query",
+    "required": False,
+    "description": "Only this endpoint's.",
+    "schema": _NAME_SCHEMA,
+}
+METRICS_SOURCE_QUERY: Schema = {
+    "name": "metrics_source",
+    "in": "query",
+    "required": False,
+    "description": "Where traffic totals come from: server (default) or a Prometheus URL.",
+    "schema": _STRING,
+}
+
+
+def optional_json_body(schema: Schema, example: Any, description: str = "") -> dict[str, Any]:
+    """`openapi_extra` for a JSON request body that may be left out."""
+    extra = json_body(schema, example, description)
+    extra["requestBody"]["required"] = False
+    return extra
+
+
+EXPERIMENT_INFO: Schema = _object(
+    {
+        "id": _INTEGER,
+        "endpoint": _STRING,
+        "status": {"enum": ["running", "concluded"]},
+        "variants": {
+            "type": "array",
+            "items": _object(
+                {"name": _STRING, "model": _STRING, "version": _INTEGER, "weight": _NUMBER}
+            ),
+            "description": "The first is the control.",
+        },
+        "sticky": _STRING,
+        "metric": {"enum": list(EXPERIMENT_METRICS)},
+        "alpha": _NUMBER,
+        "min_samples": _INTEGER,
+        "winner": {"type": ["string", "null"]},
+        "actor": _STRING,
+        "started_at": _TIMESTAMP,
+        "concluded_at": _OPTIONAL_TIMESTAMP,
+    }
+)
+EXPERIMENTS: Schema = _object(
+    {"experiments": {"type": "array", "items": EXPERIMENT_INFO, "description": "Newest first."}}
+)
+_VARIANT_ROW: Schema = _object(
+    {
+        "name": _STRING,
+        "reference": _STRING,
+        "requests": _COUNT,
+        "errors": _COUNT,
+        "error_rate": _OPTIONAL_NUMBER,
+        "mean_latency_ms": _OPTIONAL_NUMBER,
+        "p99_ms": _OPTIONAL_NUMBER,
+        "samples": {**_COUNT, "description": "Labelled predictions, or numeric outcomes."},
+        "estimate": _OPTIONAL_NUMBER,
+        "ci_low": _OPTIONAL_NUMBER,
+        "ci_high": _OPTIONAL_NUMBER,
+    }
+)
+EXPERIMENT_REPORT: Schema = _object(
+    {
+        "experiment": EXPERIMENT_INFO,
+        "report": _object(
+            {
+                "metric": {"enum": list(EXPERIMENT_METRICS)},
+                "alpha": _NUMBER,
+                "comparison_alpha": {
+                    "type": "number",
+                    "description": "alpha split over the comparisons (Bonferroni).",
+                },
+                "min_samples": _INTEGER,
+                "variants": {"type": "array", "items": _VARIANT_ROW},
+                "comparisons": {
+                    "type": "array",
+                    "description": "Each variant against the control, two-sided.",
+                    "items": _object(
+                        {
+                            "variant": _STRING,
+                            "control": _STRING,
+                            "test": _object(
+                                {
+                                    "name": _STRING,
+                                    "statistic": _OPTIONAL_NUMBER,
+                                    "p_value": _OPTIONAL_NUMBER,
+                                }
+                            ),
+                            "difference": _OPTIONAL_NUMBER,
+                            "significant": _BOOLEAN,
+                        }
+                    ),
+                },
+                "recommendation": {
+                    "type": ["string", "null"],
+                    "description": "The variant to conclude with, or null (not yet, or none).",
+                },
+                "explanation": _STRING,
+            }
+        ),
+    }
+)
+START_EXPERIMENT_BODY: Schema = {
+    **_object(
+        {
+            "endpoint": _ENDPOINT_FIELD,
+            "variants": {
+                "type": "array",
+                "minItems": 2,
+                "items": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}=.+:[0-9.]+$",
+                },
+                "description": "NAME=MODEL:VERSION:WEIGHT each, e.g. a=churn:2:50; the first "
+                "is the control; weights add up to 100.",
+            },
+            "sticky": {**_STICKY, "default": "header:X-User-ID"},
+            "metric": {"enum": list(EXPERIMENT_METRICS), "default": "accuracy"},
+            "alpha": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "exclusiveMaximum": 0.5,
+                "default": 0.05,
+            },
+            "min_samples": {"type": "integer", "minimum": 1, "default": 100},
+        },
+        optional=("sticky", "metric", "alpha", "min_samples"),
+    ),
+    "additionalProperties": False,
+}
+CONCLUDE_EXPERIMENT_BODY: Schema = _object(
+    {"winner": {"type": "string", "description": "The winning variant's name, e.g. b."}}
+)

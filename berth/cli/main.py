@@ -12,12 +12,15 @@ from berth.cli import (
     bench,
     config_cmd,
     demo,
+    endpoints,
+    experiments,
     feedback,
     init,
     keys,
     models,
     observability,
     predict,
+    rollouts,
     serve,
     validate,
 )
@@ -37,6 +40,9 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(audit.app, name="audit")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(observability.app, name="observability")
+app.add_typer(endpoints.app, name="endpoints")
+app.add_typer(rollouts.app, name="rollout")
+app.add_typer(experiments.app, name="experiments")
 app.command("init")(init.init)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)

@@ -151,14 +151,14 @@ def measure(rows: Sequence[tuple[Any, float | None, Any]]) -> Scores:
 
 
 def _classification(pairs: list[tuple[Any, float | None, Any]]) -> Scores:
-    hits = [_label(p) == _label(a) for p, _, a in pairs]
+    hits = [label_key(p) == label_key(a) for p, _, a in pairs]
     accuracy = sum(hits) / len(hits)
     auc = None
-    labels = {_label(p): p for p, _, _ in pairs} | {_label(a): a for _, _, a in pairs}
-    outcomes = {_label(a) for _, _, a in pairs}
+    labels = {label_key(p): p for p, _, _ in pairs} | {label_key(a): a for _, _, a in pairs}
+    outcomes = {label_key(a) for _, _, a in pairs}
     if len(labels) == 2 and len(outcomes) == 2 and all(s is not None for _, s, _ in pairs):
         positive = _positive(list(labels.values()))
-        truth = [_label(a) == _label(positive) for _, _, a in pairs]
+        truth = [label_key(a) == label_key(positive) for _, _, a in pairs]
         auc = roc_auc(truth, [float(s) for _, s, _ in pairs if s is not None])
     return Scores(kind="classification", accuracy=accuracy, auc=auc)
 
@@ -199,7 +199,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _label(value: Any) -> str:
+def label_key(value: Any) -> str:
     """A label's identity: 1, 1.0 and "1" are one label; True is "true"."""
     if isinstance(value, bool):
         return "true" if value else "false"

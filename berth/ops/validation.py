@@ -36,7 +36,7 @@ import pandas as pd
 from rich.table import Table
 
 from berth.errors import InvalidInput, ModelLoadError
-from berth.observability.performance import _label
+from berth.observability.performance import label_key
 from berth.optimize.data import model_input
 from berth.registry.references import parse_reference
 from berth.registry.service import Registry, VersionInfo
@@ -581,8 +581,8 @@ def _per_row(predicted: _Predicted) -> int:
 
 
 def _accuracy(predicted: _Predicted, target: pd.Series[Any]) -> _Measured:
-    truth = [_label(v) for v in target.tolist()]
-    labels = [_label(v) for v in predicted.labels.tolist()]
+    truth = [label_key(v) for v in target.tolist()]
+    labels = [label_key(v) for v in predicted.labels.tolist()]
     _check_labels(predicted, truth, str(target.name))
     hits = sum(p == t for p, t in zip(labels, truth, strict=True))
     return _Measured(hits / len(truth), f"{hits} of {len(truth)} rows predicted right")
@@ -593,7 +593,7 @@ def _check_labels(predicted: _Predicted, truth: list[str], column: str) -> None:
     classes = predicted.prediction.classes
     if classes is None:
         return
-    known = {_label(c) for c in classes}
+    known = {label_key(c) for c in classes}
     if not known & set(truth):
         raise InvalidInput(
             f"target column '{column}' holds {_some(set(truth))}, none of which {predicted.ref} "
@@ -612,10 +612,10 @@ def _auc(predicted: _Predicted, target: pd.Series[Any]) -> _Measured:
             f"--min-auc needs class probabilities, and {predicted.ref} returns none (e.g. an SVC "
             "without probability=True); use --min-accuracy"
         )
-    truth = np.asarray([_label(v) for v in target.tolist()], dtype=object)
+    truth = np.asarray([label_key(v) for v in target.tolist()], dtype=object)
     column = str(target.name)
     _check_labels(predicted, truth.tolist(), column)
-    names = [_label(c) for c in classes]
+    names = [label_key(c) for c in classes]
     unknown = set(truth.tolist()) - set(names)
     if unknown:
         raise InvalidInput(

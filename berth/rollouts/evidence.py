@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from berth.errors import InvalidInput, NotReady
 from berth.observability.metrics import LATENCY_BUCKETS
-from berth.observability.performance import _label
+from berth.observability.performance import label_key
 from berth.registry.db import Database
 from berth.registry.tables import FeedbackRow, PredictionRow
 from berth.rollouts.analysis import RouteWindow
@@ -186,7 +186,7 @@ def with_outcomes(
         ).all()
     for prediction, actual in rows:
         labelled += 1
-        if _label(prediction) == _label(actual):
+        if label_key(prediction) == label_key(actual):
             correct += 1
         if isinstance(actual, int | float) and not isinstance(actual, bool):
             value = float(actual)

@@ -116,6 +116,11 @@ class RouteStats:
             raise
 
     async def _run(self) -> None:
+        assert self.db is not None
+        try:
+            await anyio.to_thread.run_sync(prune, self.db)
+        except Exception:
+            log.exception("pruning old route statistics failed")
         while True:
             await asyncio.sleep(self.interval)
             try:
