@@ -553,6 +553,7 @@ class DataPlane:
             return
         endpoints = await anyio.to_thread.run_sync(self.endpoint_service.all)
         fresh: dict[str, _Endpoint] = {}
+        complete = True
         for info in endpoints:
             try:
                 versions = {
@@ -560,6 +561,7 @@ class DataPlane:
                 }
             except BerthError as exc:
                 log.error("endpoint %s cannot be served: %s", info.name, exc.message)
+                complete = False  # try again with the next refresh
                 if info.name in self._endpoints:
                     fresh[info.name] = self._endpoints[info.name]  # keep what works
                 continue
@@ -572,7 +574,8 @@ class DataPlane:
                     ", ".join(f"{r.label}={r.ref} {r.weight:g}%" for r in info.routes),
                 )
         self._endpoints = fresh
-        self._endpoints_revision = revision
+        if complete:
+            self._endpoints_revision = revision
         self._unload_unrouted()
 
     async def _version_of(self, route: RouteSpec) -> VersionInfo:
