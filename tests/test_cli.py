@@ -165,6 +165,18 @@ def test_config_show_redacts_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) 
         ["keys", "create"],
         ["keys", "list"],
         ["keys", "revoke"],
+        *(
+            ["endpoints", command]
+            for command in ("create", "list", "show", "history", "delete", "routes", "shadow")
+        ),
+        *(
+            ["rollout", command]
+            for command in (
+                *("start", "status", "list", "pause", "resume", "promote"),
+                *("finalize", "rollback", "abort", "wait"),
+            )
+        ),
+        *(["experiments", command] for command in ("start", "report", "conclude", "list")),
     ],
 )
 def test_every_command_has_help_with_an_example(run: Run, command: list[str]) -> None:

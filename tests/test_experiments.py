@@ -92,7 +92,8 @@ def test_sticky_variants_outcomes_report_and_conclusion(lab: ApiSetup) -> None:
     assert rows["a"].requests == 2 * shares["a"]
     assert rows["b"].requests == 2 * shares["b"]
     assert rows["b"].samples == 2 * shares["b"]
-    assert rows["b"].estimate is not None and rows["a"].estimate is not None
+    assert rows["b"].estimate is not None
+    assert rows["a"].estimate is not None
     assert rows["b"].estimate > rows["a"].estimate
     comparison = report.comparisons[0]
     assert comparison.test.name.lower().startswith("welch")
@@ -160,3 +161,18 @@ def test_parse_variant() -> None:
     assert parse_variant("control=churn@staging:12.5") == ("control", "churn@staging", 12.5)
     with pytest.raises(InvalidInput):
         parse_variant("churn:2:50")
+
+
+def test_a_shadow_route_keeps_mirroring_through_an_experiment(lab: ApiSetup) -> None:
+    shadow = RouteSpec("shadow", "shadow", "iris", 2, 10.0)
+    EndpointService(lab.registry).set_routes(
+        "flowers", [RouteSpec("stable", "stable", "iris", 1, 100.0), shadow], "mirror v2"
+    )
+    experiments = ExperimentService(lab.registry)
+    experiments.start("flowers", ["a=iris:1:50", "b=iris:2:50"])
+    assert EndpointService(lab.registry).get("flowers").route("shadow") == shadow
+    experiments.conclude("flowers", "a")
+    assert EndpointService(lab.registry).get("flowers").routes == (
+        RouteSpec("stable", "stable", "iris", 1, 100.0),
+        shadow,
+    )

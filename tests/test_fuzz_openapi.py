@@ -317,6 +317,7 @@ def _known_requests(
         "name": ["spare"] if method == "DELETE" else ["iris", "churn", "spare"],
         "version": ["1", "2"],
         "alias": ["production", "staging"],
+        "id": ["1", "2"],
     }
     found: list[tuple[dict[str, str], dict[str, Any]]] = []
     if names:
@@ -414,7 +415,9 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
             for name in re.findall(r"{(\w+)}", path):
                 declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
                 assert name in declared, (label, name)
-    assert operations == 30  # 27 serving, security and admin + feedback, performance, drift
+    # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
+    # + 20 traffic admin (endpoints, rollouts, experiments)
+    assert operations == 52
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

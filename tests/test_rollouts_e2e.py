@@ -146,9 +146,7 @@ def _serves(base: str, version: str, seconds: float = 10) -> None:
     raise AssertionError(f"{base} did not serve {version} within {seconds} s")
 
 
-def test_a_canary_failing_on_a_fifth_of_inputs_is_rolled_back(
-    stack: Stack, tmp_path: Path
-) -> None:
+def test_a_canary_failing_on_a_fifth_of_inputs_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
     stable = stack.register(tmp_path / "v1", fails=False, cut=10)
     candidate = stack.register(tmp_path / "v2", fails=True, cut=10)
     EndpointService(stack.registry).create("scores", stable)

@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.registry.service import RegisterRequest, Registry
+from berth.rollouts.endpoints import EndpointService
 from berth.security.audit import AuditLog
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import register_iris
@@ -98,12 +99,15 @@ def secured(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Secur
 # ---------------------------------------------------------------------------- the matrix
 
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2", "/v2/", "/v2/health/live", "/v2/health/ready"}
-PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "production"}
+PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "production", "id": "1"}
+TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
     "/api/v1/batch-predict": {"instances": [IRIS_ROW]},
     "/api/v1/models/{ref}/predict": {"features": IRIS_ROW},
     "/api/v1/models/{ref}/batch-predict": {"instances": [IRIS_ROW]},
+    "/api/v1/endpoints/{name}/predict": {"features": IRIS_ROW},
+    "/api/v1/endpoints/{name}/batch-predict": {"instances": [IRIS_ROW]},
     "/v2/models/{name}/infer": V2_BODY,
     "/v2/models/{name}/versions/{version}/infer": V2_BODY,
     "/api/v1/keys": {"name": "intruder", "scopes": ["admin"]},
@@ -129,9 +133,11 @@ def protected_routes(client: TestClient) -> list[tuple[str, str, str]]:
 
 
 def insufficient_key(template: str, method: str) -> str:
-    admin_routes = template.startswith(("/api/v1/keys", "/api/v1/audit")) or method in (
-        "PUT",
-        "DELETE",
+    traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
+    admin_routes = (
+        traffic_admin
+        or template.startswith(("/api/v1/keys", "/api/v1/audit"))
+        or method in ("PUT", "DELETE")
     )
     if admin_routes:
         return "user"
@@ -200,9 +206,13 @@ def test_auth_matrix_every_protected_route_refuses_without_side_effects(secured:
 
 
 def test_every_protected_route_works_with_the_right_credentials(secured: Secured) -> None:
+    EndpointService(secured.registry).create("iris", "iris@production")  # for {name} routes
+    dataplane = secured.client.app.state.services.dataplane  # type: ignore[attr-defined]
+    secured.client.portal.call(dataplane.refresh_endpoints)  # type: ignore[union-attr]
     for method, template, path in protected_routes(secured.client):
-        if method in ("DELETE", "PUT") or template.startswith("/api/v1/keys"):
-            continue  # changes are exercised by the admin tests below
+        traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
+        if method in ("DELETE", "PUT") or template.startswith("/api/v1/keys") or traffic_admin:
+            continue  # changes are exercised by the admin tests (here and in test_traffic_*)
         key = "admin" if template.startswith("/api/v1/audit") else "user"
         response = secured.client.request(
             method, path, json=BODIES.get(template), headers=secured.as_(key)

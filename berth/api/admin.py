@@ -30,7 +30,7 @@ router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
 _KEY_EXAMPLE = '{"name": "web", "scopes": ["predict:churn"], "expires": "90d"}'
 
 
-async def _admin(request: Request) -> tuple[Services, dict[str, Any]]:
+async def admin_caller(request: Request) -> tuple[Services, dict[str, Any]]:
     """The services, plus actor and address for the audit log, once the caller is an admin."""
     svc = services(request)
     principal = await svc.auth.principal(request)
@@ -65,7 +65,7 @@ def _show(value: Any) -> str:
     responses={**doc.ok(doc.KEYS, "Every key, without secrets."), **doc.errors(*doc.READ_ERRORS)},
 )
 async def list_keys(request: Request) -> Response:
-    svc, _who = await _admin(request)
+    svc, _who = await admin_caller(request)
     keys = await anyio.to_thread.run_sync(svc.keys.list)
     return json_response({"keys": [k.to_dict() for k in keys]})
 
@@ -83,7 +83,7 @@ async def list_keys(request: Request) -> Response:
     },
 )
 async def create_key(request: Request) -> Response:
-    svc, who = await _admin(request)
+    svc, who = await admin_caller(request)
     body = await read_object(request)
     name = require(body, "name", _KEY_EXAMPLE)
     scopes = body.get("scopes", list(DEFAULT_SCOPES))
@@ -115,7 +115,7 @@ async def create_key(request: Request) -> Response:
 )
 async def rotate_key(request: Request) -> Response:
     name = request.path_params["name"]
-    svc, who = await _admin(request)
+    svc, who = await admin_caller(request)
     body = await read_object(request)
     grace = parse_duration(_text(body, "grace") or "1h")
     info, secret = await anyio.to_thread.run_sync(lambda: svc.keys.rotate(name, grace, **who))
@@ -133,7 +133,7 @@ async def rotate_key(request: Request) -> Response:
 )
 async def revoke_key(request: Request) -> Response:
     name = request.path_params["name"]
-    svc, who = await _admin(request)
+    svc, who = await admin_caller(request)
     info = await anyio.to_thread.run_sync(lambda: svc.keys.revoke(name, **who))
     return json_response({"key": info.to_dict()})
 
@@ -152,7 +152,7 @@ async def revoke_key(request: Request) -> Response:
 )
 async def set_alias(request: Request) -> Response:
     name, alias = request.path_params["name"], request.path_params["alias"]
-    svc, who = await _admin(request)
+    svc, who = await admin_caller(request)
     number = _version_number(require(await read_object(request), "version", '{"version": 3}'))
     info = await anyio.to_thread.run_sync(
         lambda: svc.registry.set_alias(name, alias, number, **who)
@@ -171,7 +171,7 @@ async def set_alias(request: Request) -> Response:
 )
 async def remove_alias(request: Request) -> Response:
     name, alias = request.path_params["name"], request.path_params["alias"]
-    svc, who = await _admin(request)
+    svc, who = await admin_caller(request)
     await anyio.to_thread.run_sync(lambda: svc.registry.remove_alias(name, alias, **who))
     return json_response({"removed": f"{name}@{alias}"})
 
@@ -187,7 +187,7 @@ async def remove_alias(request: Request) -> Response:
 )
 async def delete_version(request: Request) -> Response:
     name = request.path_params["name"]
-    svc, who = await _admin(request)
+    svc, who = await admin_caller(request)
     number = _version_number(request.path_params["version"])
     await anyio.to_thread.run_sync(lambda: svc.registry.delete_version(name, number, **who))
     return json_response({"deleted": f"{name}:{number}"})
@@ -203,7 +203,7 @@ async def delete_version(request: Request) -> Response:
     },
 )
 async def audit(request: Request) -> Response:
-    svc, _who = await _admin(request)
+    svc, _who = await admin_caller(request)
     params = request.query_params
     since = params.get("since")
     start = datetime.now(UTC) - parse_duration(since) if since else None

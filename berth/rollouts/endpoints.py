@@ -226,7 +226,7 @@ class EndpointService:
         with audit.AuditLog(self.db).refusals(event), self.db.session(write=True) as session:
             row = endpoint_row(session, name, lock=True)
             refuse_when_busy(session, name, "delete it")
-            routes = [_spec(r).to_dict() for r in row.routes]
+            routes = [route_spec(r).to_dict() for r in row.routes]
             session.delete(row)
             session.add(
                 EndpointChangeRow(endpoint=name, actor=event.actor, reason="deleted", routes=[])
@@ -431,7 +431,7 @@ def _query() -> Select[EndpointRow]:
     )
 
 
-def _spec(row: RouteRow) -> RouteSpec:
+def route_spec(row: RouteRow) -> RouteSpec:
     return RouteSpec(row.label, row.role, row.version.model.name, row.version.number, row.weight)
 
 
@@ -440,7 +440,7 @@ def _info(row: EndpointRow) -> EndpointInfo:
         name=row.name,
         sticky=parse_sticky(row.sticky),
         description=row.description,
-        routes=tuple(_spec(r) for r in row.routes),
+        routes=tuple(route_spec(r) for r in row.routes),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

@@ -31,6 +31,7 @@ from berth.rollouts.endpoints import (
     parse_sticky,
     refuse_when_busy,
     replace_routes,
+    route_spec,
 )
 from berth.rollouts.evidence import metrics_source, with_outcomes
 from berth.security import audit
@@ -157,16 +158,7 @@ class ExperimentService:
                     "variants": [v.to_dict() for v in chosen],
                     "sticky": str(parsed_sticky),
                     "previous_sticky": row.sticky,
-                    "previous_routes": [
-                        {
-                            "label": r.label,
-                            "role": r.role,
-                            "model": r.version.model.name,
-                            "version": r.version.number,
-                            "weight": r.weight,
-                        }
-                        for r in row.routes
-                    ],
+                    "previous_routes": [route_spec(r).to_dict() for r in row.routes],
                     "metric": metric,
                     "alpha": alpha,
                     "min_samples": min_samples,
@@ -178,7 +170,9 @@ class ExperimentService:
             session.add(experiment)
             session.flush()
             row.sticky = str(parsed_sticky)
+            # A shadow keeps mirroring through the experiment (and after it).
             routes = [RouteSpec(v.name, "variant", v.model, v.version, v.weight) for v in chosen]
+            routes += [route_spec(r) for r in row.routes if r.role == "shadow"]
             summary = ", ".join(f"{v.name}={v.ref} {v.weight:g}%" for v in chosen)
             replace_routes(
                 session,
@@ -275,6 +269,7 @@ class ExperimentService:
             row = endpoint_row(session, endpoint, lock=True)
             row.sticky = experiment.config.get("previous_sticky", "")
             routes = [RouteSpec(STABLE, STABLE, chosen.model, chosen.version, 100.0)]
+            routes += [route_spec(r) for r in row.routes if r.role == "shadow"]
             replace_routes(
                 session,
                 row,

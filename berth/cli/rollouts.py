@@ -1,0 +1,525 @@
+"""`berth rollout ...`: move an endpoint to a new version (canary or blue-green) and watch it.
+
+The commands record what people decide; the rollout controller inside `berth serve` loads the
+candidate, moves the weights and promotes or rolls back on live evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from berth.cli.context import console, err_console, registry
+from berth.durations import parse_duration
+from berth.errors import InvalidInput
+from berth.ops.validation import GateConfig, format_value, parse_output_range, report_table
+from berth.rollouts import strategies as s
+from berth.rollouts.analysis import CanaryCriteria
+from berth.rollouts.endpoints import EndpointService
+from berth.rollouts.service import RolloutEvent, RolloutInfo, RolloutService
+from berth.security.audit import cli_actor
+
+app = typer.Typer(
+    help="Roll an endpoint out to a new version (canary or blue-green), and act on rollouts.",
+    no_args_is_help=True,
+)
+
+_CRITERIA_FLAGS = {
+    "min_requests": "--min-requests",
+    "max_error_rate": "--max-error-rate",
+    "max_p99_ms": "--max-p99-ms",
+    "min_accuracy": "--min-accuracy",
+    "min_feedback": "--min-feedback",
+    "alpha": "--alpha",
+}
+# GateConfig names the flags of `berth validate`; here the same gates carry a --gate- prefix.
+_GATE_FLAGS = re.compile(
+    r"--(min-accuracy|min-auc|max-rmse|max-mae|max-latency-ms|no-nan|output-range|"
+    r"no-regression-vs|regression-tolerance|data|target)\b"
+)
+_CHECK_EVENTS = ("analysis", "step", "switched", "promoted", "rolled_back")
+
+
+def _service() -> RolloutService:
+    return RolloutService(registry())
+
+
+@app.command("start")
+def start(
+    endpoint: str = typer.Argument(..., help="The endpoint to move, e.g. churn."),
+    to: str = typer.Option(..., "--to", help="The candidate version: NAME:VERSION or NAME@ALIAS."),
+    strategy: str = typer.Option(s.CANARY, help="canary or blue-green."),
+    steps: str = typer.Option(
+        "5,25,50,100", help="Canary: the candidate's share of traffic at each step, in percent."
+    ),
+    interval: str = typer.Option(
+        "60s",
+        help="Canary: how long each step lasts at least; blue-green: the live check after "
+        "the switch. e.g. 60s, 5m.",
+    ),
+    max_error_rate: float | None = typer.Option(
+        None, help="Roll back when the candidate's error rate is significantly above this (0..1)."
+    ),
+    max_p99_ms: float | None = typer.Option(
+        None, help="Roll back when the candidate's p99 latency is above this, in milliseconds."
+    ),
+    min_requests: int = typer.Option(
+        100, min=0, help="Candidate requests per step before error rate and latency are judged."
+    ),
+    min_accuracy: float | None = typer.Option(
+        None, help="Roll back when live accuracy (from feedback) is significantly below this."
+    ),
+    min_feedback: int = typer.Option(
+        30, min=0, help="Labelled candidate predictions before accuracy is judged."
+    ),
+    alpha: float = typer.Option(
+        0.05, help="Significance level of every decision (0 < alpha < 0.5)."
+    ),
+    metrics_source: str = typer.Option(
+        "server",
+        help="Where traffic totals come from: server (every Berth process, via the registry) "
+        "or a Prometheus URL, e.g. http://127.0.0.1:9090.",
+    ),
+    switch: str = typer.Option(
+        "auto", help="Blue-green: auto switches after the preview; manual waits for `promote`."
+    ),
+    preview: str = typer.Option(
+        "0s", help="Blue-green: how long green is reachable only with X-Berth-Route: green."
+    ),
+    finalize_after: str | None = typer.Option(
+        None,
+        help="Blue-green: unload blue this long after the switch; kept until `finalize` if "
+        "omitted.",
+    ),
+    gate_data: Path | None = typer.Option(
+        None, help="Validation gates: test rows (.csv, .parquet, .json or .jsonl)."
+    ),
+    gate_target: str | None = typer.Option(
+        None, help="Validation gates: the column of --gate-data with the true outcome."
+    ),
+    gate_min_accuracy: float | None = typer.Option(None, help="Gate: accuracy at least this."),
+    gate_min_auc: float | None = typer.Option(None, help="Gate: ROC AUC at least this."),
+    gate_max_rmse: float | None = typer.Option(None, help="Gate: RMSE at most this."),
+    gate_max_mae: float | None = typer.Option(None, help="Gate: MAE at most this."),
+    gate_max_latency_ms: float | None = typer.Option(
+        None, help="Gate: p99 ms of one-row predictions, in process."
+    ),
+    gate_no_nan: bool = typer.Option(
+        False, "--gate-no-nan", help="Gate: no NaN or infinity in predictions."
+    ),
+    gate_output_range: str | None = typer.Option(
+        None, help="Gate: every numeric prediction within LOW,HIGH, e.g. 0,1."
+    ),
+    gate_no_regression: bool = typer.Option(
+        False,
+        "--gate-no-regression",
+        help="Gate: no metric worse than the version the endpoint serves now, on --gate-data.",
+    ),
+    gate_regression_tolerance: float = typer.Option(
+        0.0, help="Gate: how much worse than the current version a metric may be."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Start moving an endpoint to a new version; exit 1 if the validation gates fail.
+
+    With --gate-* options the candidate is first checked on test data; a failure is recorded
+    as a failed rollout and the routes stay as they are. Otherwise the candidate joins the
+    endpoint at 0%, and the controller in `berth serve` loads it, smoke-tests it and moves
+    traffic: canary step by step, judged on live evidence; blue-green all at once after a
+    preview. Follow it with `berth rollout status` or `berth rollout wait`.
+
+    Example: berth rollout start churn --to churn:3 --steps 10,50,100 --interval 5m --max-error-rate 0.01 --gate-data holdout.csv --gate-target churned --gate-min-auc 0.85 --gate-no-regression
+    """
+    criteria = build_criteria(
+        min_requests=min_requests,
+        max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms,
+        min_accuracy=min_accuracy,
+        min_feedback=min_feedback,
+        alpha=alpha,
+    )
+    config = s.RolloutConfig(
+        steps=s.parse_steps(steps),
+        interval_seconds=parse_duration(interval).total_seconds(),
+        criteria=criteria,
+        metrics_source=metrics_source,
+        switch=switch,
+        preview_seconds=parse_duration(preview).total_seconds(),
+        finalize_after_seconds=(
+            parse_duration(finalize_after).total_seconds() if finalize_after else None
+        ),
+    )
+    with _gate_flags():
+        current = (
+            EndpointService(registry()).get(endpoint).primary.ref if gate_no_regression else None
+        )
+        gates = GateConfig(
+            data=gate_data,
+            target=gate_target,
+            min_accuracy=gate_min_accuracy,
+            min_auc=gate_min_auc,
+            max_rmse=gate_max_rmse,
+            max_mae=gate_max_mae,
+            max_latency_ms=gate_max_latency_ms,
+            no_nan=gate_no_nan,
+            output_range=parse_output_range(gate_output_range) if gate_output_range else None,
+            no_regression_vs=current,
+            regression_tolerance=gate_regression_tolerance,
+        )
+    if gate_data is not None and not gates.any():
+        raise InvalidInput(
+            "--gate-data is given but no gate; add one, e.g. --gate-min-accuracy 0.9, "
+            "--gate-no-nan or --gate-no-regression"
+        )
+    status = f"Running validation gates on {to} ..." if gates.any() else f"Starting {to} ..."
+    if as_json:
+        result = _service().start(endpoint, to, strategy, config, gates, actor=cli_actor())
+    else:
+        with console.status(status):
+            result = _service().start(endpoint, to, strategy, config, gates, actor=cli_actor())
+    rollout = result.rollout
+    failed = rollout.status == s.FAILED
+    if as_json:
+        gate_report = result.gates.to_dict() if result.gates else None
+        typer.echo(json.dumps({"rollout": rollout.to_dict(), "gates": gate_report}, indent=2))
+        if failed:
+            raise typer.Exit(1)
+        return
+    if result.gates is not None:
+        console.print(
+            report_table(
+                result.gates,
+                f"validation gates: {result.gates.reference} on {result.gates.rows} rows",
+            )
+        )
+    if failed:
+        err_console.print(
+            f"[bold red]FAIL[/] rollout {rollout.id} of {endpoint} is recorded as failed and "
+            f"the routes are unchanged: {rollout.reason}. Fix the candidate, register it as a "
+            "new version and start again.",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"Started rollout {rollout.id}: {rollout.strategy} of [bold]{endpoint}[/] from "
+        f"{rollout.from_ref} to {rollout.to_ref}, now at {rollout.weight:g}%. The controller in "
+        f"`berth serve` moves it on; follow it with `berth rollout status {endpoint}`.",
+        highlight=False,
+    )
+
+
+@app.command("status")
+def status(
+    endpoint: str = typer.Argument(..., help="The endpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The endpoint's rollout in progress (else its latest): phase, weight, evidence, events.
+
+    Example: berth rollout status churn
+    """
+    info = _service().latest(endpoint)
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    print_rollout(info)
+
+
+@app.command("list")
+def list_rollouts(
+    endpoint: str | None = typer.Option(None, help="Only this endpoint's rollouts."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List rollouts, newest first.
+
+    Example: berth rollout list --endpoint churn
+    """
+    found = _service().list(endpoint)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    if not found:
+        console.print("No rollouts yet; start one with `berth rollout start ENDPOINT --to REF`")
+        return
+    table = Table(
+        "id", "endpoint", "strategy", "status", "phase", "from → to", "weight", "started", "reason"
+    )
+    for info in found:
+        table.add_row(
+            str(info.id),
+            info.endpoint,
+            info.strategy,
+            _status(info.status),
+            info.phase,
+            f"{info.from_ref} → {info.to_ref}",
+            f"{info.weight:g}%",
+            f"{info.created_at:%Y-%m-%d %H:%M}",
+            info.reason or "-",
+        )
+    console.print(table)
+
+
+def _act(endpoint: str, action: Callable[..., RolloutInfo], past: str, **extra: Any) -> RolloutInfo:
+    info = action(endpoint, actor=cli_actor(), **extra)
+    console.print(
+        f"rollout {info.id} of {endpoint} {past}: {_status(info.status)}, phase {info.phase}, "
+        f"{info.to_ref} at {info.weight:g}%",
+        highlight=False,
+    )
+    return info
+
+
+@app.command("pause")
+def pause(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
+    """Hold the rollout at its current weights; the controller leaves it alone until resumed.
+
+    Example: berth rollout pause churn
+    """
+    _act(endpoint, _service().pause, "paused")
+
+
+@app.command("resume")
+def resume(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
+    """Let a paused rollout go on; the current step starts over with fresh evidence.
+
+    Example: berth rollout resume churn
+    """
+    _act(endpoint, _service().resume, "resumed")
+
+
+@app.command("promote")
+def promote(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
+    """Canary: all traffic to the candidate now, done. Blue-green: switch (or, after it, finish).
+
+    Example: berth rollout promote churn
+    """
+    _act(endpoint, _service().promote, "promoted")
+
+
+@app.command("finalize")
+def finalize(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
+    """Blue-green after the switch: unload blue and finish the rollout.
+
+    Example: berth rollout finalize churn
+    """
+    _act(endpoint, _service().finalize, "finalized")
+
+
+@app.command("rollback")
+def rollback(
+    endpoint: str = typer.Argument(..., help="The endpoint."),
+    reason: str = typer.Option("rolled back by hand", help="Why, for the history."),
+) -> None:
+    """Send all traffic back to the old version and finish the rollout as rolled back.
+
+    Example: berth rollout rollback churn --reason "support tickets about scores"
+    """
+    _act(endpoint, _service().rollback, "rolled back", reason=reason)
+
+
+@app.command("abort")
+def abort(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
+    """Stop the rollout and restore the old version (recorded as aborted, not as a failure).
+
+    Example: berth rollout abort churn
+    """
+    _act(endpoint, _service().abort, "aborted")
+
+
+@app.command("wait")
+def wait(
+    endpoint: str = typer.Argument(..., help="The endpoint."),
+    timeout: str = typer.Option("10m", help="Give up after this long, e.g. 90s, 10m, 1h."),
+    poll_seconds: float = typer.Option(2.0, min=0.05, help="Seconds between looks at the rollout."),
+) -> None:
+    """Wait until the endpoint's rollout finishes, printing its events; exit 0 only if promoted.
+
+    Exit 1 when it was rolled back, aborted or failed, or is still running at --timeout: a
+    deployment pipeline can run `berth rollout start` and then this.
+
+    Example: berth rollout wait churn --timeout 30m
+    """
+    limit = parse_duration(timeout).total_seconds()
+    service = _service()
+    deadline = time.monotonic() + limit
+    info = service.latest(endpoint)
+    shown = 0
+    while True:
+        for event in info.events[shown:]:
+            console.print(_event_line(event), highlight=False)
+        shown = len(info.events)
+        if not info.active:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            err_console.print(
+                f"[bold red]error:[/] rollout {info.id} of {endpoint} is still {info.status} "
+                f"(phase {info.phase}, {info.weight:g}%) after {timeout}; is `berth serve` "
+                f"running its controller? See `berth rollout status {endpoint}`.",
+                highlight=False,
+            )
+            raise typer.Exit(1)
+        time.sleep(min(poll_seconds, remaining))
+        info = service.get(info.id)
+    summary = f"rollout {info.id} of {endpoint}: {_status(info.status)}"
+    if info.reason:
+        summary += f" ({info.reason})"
+    console.print(summary, highlight=False)
+    if info.status != s.PROMOTED:
+        raise typer.Exit(1)
+
+
+# building ------------------------------------------------------------------------------------
+
+
+def build_criteria(**values: Any) -> CanaryCriteria:
+    """CanaryCriteria from the command line; its ValueError becomes a message about flags."""
+    try:
+        return CanaryCriteria(**values)
+    except ValueError as exc:
+        message = str(exc)
+        for name, flag in _CRITERIA_FLAGS.items():
+            message = message.replace(name, flag)
+        raise InvalidInput(
+            f"{message}; e.g. --max-error-rate 0.01 --min-accuracy 0.9 --alpha 0.05"
+        ) from None
+
+
+@contextmanager
+def _gate_flags() -> Iterator[None]:
+    """Rename `berth validate`'s flags in gate errors to this command's --gate-* ones."""
+    try:
+        yield
+    except InvalidInput as exc:
+        raise InvalidInput(_GATE_FLAGS.sub(_gate_flag, exc.message)) from None
+
+
+def _gate_flag(found: re.Match[str]) -> str:
+    name = found[1]
+    return "--gate-no-regression" if name == "no-regression-vs" else f"--gate-{name}"
+
+
+# output --------------------------------------------------------------------------------------
+
+
+def print_rollout(info: RolloutInfo, now: datetime | None = None) -> None:
+    now = now or datetime.now(UTC)
+    console.print(
+        f"[bold]rollout {info.id}[/] of [bold]{info.endpoint}[/]: {info.strategy}, "
+        f"{_status(info.status)}, phase {info.phase}",
+        highlight=False,
+    )
+    console.print(
+        f"{info.from_ref} → {info.to_ref}   candidate at {info.weight:g}%{_progress(info, now)}",
+        highlight=False,
+    )
+    if info.reason:
+        console.print(f"reason: {info.reason}", highlight=False)
+    criteria = {k: v for k, v in info.config.criteria.to_dict().items() if v is not None}
+    console.print(
+        "criteria: " + ", ".join(f"{k}={v:g}" for k, v in criteria.items()), highlight=False
+    )
+    verdict = info.state.get("last_verdict")
+    if isinstance(verdict, dict):
+        reasons = "; ".join(str(r) for r in verdict.get("reasons") or []) or "all checks pass"
+        console.print(f"last verdict: {verdict.get('decision')}: {reasons}", highlight=False)
+    checks = _latest_checks(info.events)
+    if checks:
+        console.print(_checks_table(checks))
+    gates = next((e for e in reversed(info.events) if e.kind == "gates" and e.detail), None)
+    if gates is not None and gates.detail is not None:
+        console.print(_gates_table(gates.detail))
+    if info.events:
+        table = Table("at", "event", "message", title="events")
+        for event in info.events:
+            table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.kind, event.message)
+        console.print(table)
+
+
+def _progress(info: RolloutInfo, now: datetime) -> str:
+    parts = []
+    if info.strategy == s.CANARY and info.phase == s.STEP:
+        index = int(info.state.get("step", 0))
+        parts.append(f"step {index + 1} of {len(info.config.steps)}")
+    started = info.state.get("phase_started_at")
+    if info.active and isinstance(started, str):
+        began = datetime.fromisoformat(started)
+        if began.tzinfo is None:
+            began = began.replace(tzinfo=UTC)
+        parts.append(f"{_span((now - began).total_seconds())} in this phase")
+    return "   " + ", ".join(parts) if parts else ""
+
+
+def _latest_checks(events: tuple[RolloutEvent, ...]) -> list[dict[str, Any]]:
+    """The checks of the newest verdict the controller recorded (Verdict.to_dict)."""
+    for event in reversed(events):
+        detail = event.detail
+        if event.kind in _CHECK_EVENTS and isinstance(detail, dict) and "decision" in detail:
+            return [c for c in detail.get("checks", []) if isinstance(c, dict)]
+    return []
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> Table:
+    table = Table("check", "status", "value", "threshold", "detail", title="latest analysis")
+    colours = {"pass": "green", "fail": "bold red", "wait": "yellow"}
+    for check in checks:
+        name, state = str(check.get("name")), str(check.get("status"))
+        table.add_row(
+            name,
+            f"[{colours.get(state, 'white')}]{state}[/]",
+            _check_value(name, check.get("value")),
+            _check_value(name, check.get("threshold")),
+            str(check.get("detail", "")),
+        )
+    return table
+
+
+def _check_value(name: str, value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    if name in ("error rate", "accuracy"):
+        return f"{value:.2%}"
+    if "latency" in name:
+        return f"{value:.1f} ms"
+    return f"{value:g}"
+
+
+def _gates_table(report: dict[str, Any]) -> Table:
+    table = Table("gate", "value", "threshold", "result", "detail", title="validation gates")
+    for check in report.get("checks", []):
+        value = check.get("value")
+        table.add_row(
+            str(check.get("name")),
+            format_value(value if isinstance(value, int | float) else None),
+            str(check.get("threshold", "")),
+            "[green]PASS[/]" if check.get("passed") else "[bold red]FAIL[/]",
+            str(check.get("detail", "")),
+        )
+    return table
+
+
+def _event_line(event: RolloutEvent) -> str:
+    return f"{event.at:%H:%M:%S}  {event.kind:<11} {event.message}"
+
+
+def _status(status: str) -> str:
+    return status.replace("_", " ")
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"

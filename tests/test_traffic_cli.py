@@ -1,0 +1,471 @@
+"""`berth endpoints`, `berth rollout` and `berth experiments`, run in process through the real
+entry point against a SQLite registry. No controller runs: the tests act by hand and check what
+is stored (rollout state, routes, history, audit)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from berth.observability.metrics import LATENCY_BUCKETS
+from berth.registry.service import Registry
+from berth.rollouts.analysis import Check, Verdict
+from berth.rollouts.endpoints import EndpointService
+from berth.rollouts.service import RolloutService
+from berth.security.audit import AuditLog, cli_actor
+from berth.serving.route_stats import RouteStats, _Totals
+from tests.conftest import Run, register_iris
+
+
+@pytest.fixture
+def iris3(sqlite_registry: Registry, iris_files: tuple[Path, Path]) -> Registry:
+    """iris:1 (@production), iris:2 and iris:3."""
+    register_iris(sqlite_registry, iris_files, aliases=("production",))
+    register_iris(sqlite_registry, iris_files)
+    register_iris(sqlite_registry, iris_files)
+    return sqlite_registry
+
+
+def _routes(registry: Registry, name: str = "flowers") -> list[tuple[str, str, str, float]]:
+    info = EndpointService(registry).get(name)
+    return [(r.label, r.role, r.ref, r.weight) for r in info.routes]
+
+
+def _json(run: Run, *args: str) -> Any:
+    outcome = run(*args, "--json")
+    assert outcome.code == 0, outcome.err
+    return json.loads(outcome.out)
+
+
+def _error(run: Run, *args: str) -> str:
+    """The one-line error of a command that must fail with exit code 1."""
+    outcome = run(*args)
+    assert outcome.code == 1, (args, outcome.out)
+    assert outcome.err.startswith("error:"), outcome.err
+    return _flat(outcome.err)
+
+
+def _flat(text: str) -> str:
+    """Output as one line of words: rich's table borders and line wrapping removed."""
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
+
+
+def _traffic(registry: Registry, rows: dict[tuple[str, int], _Totals]) -> None:
+    """What serving processes would have written to route_stats."""
+    RouteStats(registry.db).write(((("flowers", m, v), t) for (m, v), t in rows.items()))
+
+
+def _latencies(seconds: float, count: int) -> list[int]:
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    counts[int(np.searchsorted(LATENCY_BUCKETS, seconds))] = count
+    return counts
+
+
+# endpoints -----------------------------------------------------------------------------------
+
+
+def test_endpoint_lifecycle(run: Run, iris3: Registry) -> None:
+    created = run(
+        "endpoints", "create", "flowers", "--model", "iris@production", "--sticky", "header:X-User"
+    )
+    assert created.code == 0, created.err
+    assert "iris:1" in created.out
+    assert "/api/v1/endpoints/flowers/predict" in created.out
+    assert "already exists" in _error(run, "endpoints", "create", "flowers", "--model", "iris:2")
+    listed = _json(run, "endpoints", "list")
+    assert [(e["name"], e["sticky"]) for e in listed] == [("flowers", "header:x-user")]
+    assert "flowers" in run("endpoints", "list").out
+
+    changed = _json(
+        run, "endpoints", "routes", "flowers", "--route", "stable=iris:1:90",
+        "--route", "canary=iris@production:10:variant", "--reason", "by hand",
+    )  # fmt: skip
+    assert [(r["label"], r["role"], r["version"], r["weight"]) for r in changed["routes"]] == [
+        ("stable", "stable", 1, 90.0),
+        ("canary", "variant", 1, 10.0),
+    ]
+    run("endpoints", "routes", "flowers", "--route", "stable=iris:1:90", "--route", "b=iris:2:10")
+    assert _routes(iris3)[1] == ("b", "canary", "iris:2", 10.0)  # role defaults to canary
+
+    shadowed = run("endpoints", "shadow", "flowers", "--to", "iris:3", "--percent", "20")
+    assert shadowed.code == 0, shadowed.err
+    assert _routes(iris3) == [
+        ("stable", "stable", "iris:1", 90.0),
+        ("b", "canary", "iris:2", 10.0),
+        ("shadow", "shadow", "iris:3", 20.0),
+    ]
+    _traffic(
+        iris3,
+        {
+            ("iris", 1): _Totals(
+                requests=200, errors=2, latency_counts=_latencies(0.004, 198), latency_sum=0.8
+            ),
+            ("iris", 3): _Totals(
+                requests=40,
+                latency_counts=_latencies(0.004, 40),
+                latency_sum=0.16,
+                shadow_compared=40,
+                shadow_agreed=30,
+                shadow_seconds_delta=0.04,
+            ),
+        },
+    )
+    shown = run("endpoints", "show", "flowers")
+    assert shown.code == 0, shown.err
+    text = _flat(shown.out)
+    assert "sticky: header:x-user" in text
+    assert "stable stable iris:1 90% 200 2 1.00%" in text
+    assert "shadow shadow iris:3 20% mirrored" in text
+    assert "agrees on 75.0% of 40 compared requests, +1.0 ms mean latency" in text
+    assert "by hand" in text  # the recent history
+    document = _json(run, "endpoints", "show", "flowers")
+    stable = document["stats"]["versions"][0]
+    assert (stable["requests"], stable["errors"], stable["error_rate"]) == (200, 2, 0.01)
+    assert stable["p99_ms"] == pytest.approx(5.0, abs=1.0)
+    assert document["stats"]["shadow"]["agreement"] == 0.75
+    assert document["rollout"] is None
+
+    assert run("endpoints", "shadow", "flowers", "--off").code == 0
+    assert [r[0] for r in _routes(iris3)] == ["stable", "b"]
+    assert "no shadow route" in _error(run, "endpoints", "shadow", "flowers", "--off")
+    assert "either --to" in _error(run, "endpoints", "shadow", "flowers")
+
+    history = _json(run, "endpoints", "history", "flowers")
+    assert [h["reason"] for h in history][:3] == [
+        "shadow removed",
+        "shadow iris:3 on 20% of requests",
+        "set by hand",
+    ]
+    assert history[-1]["reason"] == "created with iris:1"
+    assert "created with iris:1" in run("endpoints", "history", "flowers").out
+
+    assert run("endpoints", "delete", "flowers").code == 0
+    assert "berth endpoints create flowers" in _error(run, "endpoints", "show", "flowers")
+    events = [e for e in reversed(AuditLog(iris3.db).list()) if e.action.startswith("endpoint")]
+    assert [e.action for e in events] == [
+        "endpoint.create",
+        "endpoint.create",  # refused: it existed
+        *["endpoint.routes"] * 4,
+        "endpoint.delete",
+    ]
+    assert [e.outcome for e in events][:2] == ["ok", "refused"]
+    assert {e.actor for e in events} == {cli_actor()}
+
+
+def test_endpoint_errors_say_what_to_do(run: Run, iris3: Registry) -> None:
+    assert "berth endpoints create ghost --model" in _error(run, "endpoints", "show", "ghost")
+    assert "berth endpoints create ghost" in _error(run, "endpoints", "delete", "ghost")
+    assert "header:NAME" in _error(
+        run, "endpoints", "create", "flowers", "--model", "iris", "--sticky", "ip"
+    )
+    assert "not registered" in _error(run, "endpoints", "create", "flowers", "--model", "nope")
+    assert "not valid" in _error(run, "endpoints", "create", "../x", "--model", "iris")
+    assert run("endpoints", "create", "flowers", "--model", "iris").code == 0
+    for route, message in (
+        ("stable", "LABEL=REF:WEIGHT"),
+        ("stable=iris", "is not LABEL=REF:WEIGHT"),
+        ("stable=iris:1", "got stable=1"),  # read as iris (its production version) at 1%
+        ("stable=iris:1:x:y", "has no weight"),
+        ("stable=iris:1:90", "add up to 100"),
+        ("stable=iris:9:100", "has no version 9"),
+        ("stable=iris:1:100:boss", "role 'boss'"),
+    ):
+        assert message in _error(run, "endpoints", "routes", "flowers", "--route", route), route
+    assert _routes(iris3) == [("stable", "stable", "iris:1", 100.0)]
+
+
+# rollouts ------------------------------------------------------------------------------------
+
+
+def _start(run: Run, *extra: str) -> dict[str, Any]:
+    outcome = run("rollout", "start", "flowers", "--to", "iris:2", "--json", *extra)
+    assert outcome.code == 0, outcome.err
+    document: dict[str, Any] = json.loads(outcome.out)
+    return document
+
+
+def test_canary_start_pause_resume_promote_wait(run: Run, iris3: Registry) -> None:
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    started = _start(
+        run, "--steps", "10,50,100", "--interval", "5m", "--max-error-rate", "0.02",
+        "--max-p99-ms", "250", "--min-requests", "50",
+    )  # fmt: skip
+    rollout = started["rollout"]
+    assert started["gates"] is None
+    assert (rollout["status"], rollout["phase"], rollout["from"], rollout["to"]) == (
+        "running",
+        "loading",
+        "iris:1",
+        "iris:2",
+    )
+    assert rollout["config"]["steps"] == [10.0, 50.0, 100.0]
+    assert rollout["config"]["interval_seconds"] == 300.0
+    assert rollout["config"]["criteria"]["max_error_rate"] == 0.02
+    assert rollout["config"]["criteria"]["min_requests"] == 50
+    assert _routes(iris3) == [
+        ("stable", "stable", "iris:1", 100.0),
+        ("canary", "canary", "iris:2", 0.0),
+    ]
+    assert "in progress" in _error(run, "rollout", "start", "flowers", "--to", "iris:3")
+    assert "in progress" in _error(
+        run, "endpoints", "routes", "flowers", "--route", "stable=iris:3:100"
+    )
+
+    assert "paused" in run("rollout", "pause", "flowers").out
+    assert RolloutService(iris3).latest("flowers").status == "paused"
+    assert "already paused" in _error(run, "rollout", "pause", "flowers")
+    assert run("rollout", "resume", "flowers").code == 0
+    assert RolloutService(iris3).latest("flowers").status == "running"
+
+    # what the controller would have recorded: a verdict waiting for traffic
+    service = RolloutService(iris3)
+    info = service.latest("flowers")
+    verdict = Verdict(
+        "wait",
+        (
+            Check("requests", "wait", 12, 50, "12 of 50 requests so far"),
+            Check("error rate", "wait", None, 0.02, "no canary requests yet"),
+        ),
+    )
+    state = {**info.state, "last_verdict": {"decision": "wait", "reasons": verdict.reasons}}
+    service.record(info, "analysis", "wait: 12 of 50 requests so far", verdict.to_dict(), state)
+    status = run("rollout", "status", "flowers")
+    assert status.code == 0, status.err
+    text = _flat(status.out)
+    assert "rollout 1 of flowers: canary, running, phase loading" in text
+    assert "iris:1 → iris:2 candidate at 0%" in text
+    assert "last verdict: wait: 12 of 50 requests so far; no canary requests yet" in text
+    assert "requests wait 12 50 12 of 50 requests so far" in text
+    assert "error rate wait - 2.00% no canary requests yet" in text
+    for kind in ("started", "paused", "resumed", "analysis"):
+        assert kind in text
+    assert _json(run, "rollout", "status", "flowers")["state"]["last_verdict"]["decision"] == "wait"
+
+    promoted = run("rollout", "promote", "flowers")
+    assert promoted.code == 0, promoted.err
+    assert "promoted" in promoted.out
+    assert _routes(iris3) == [("stable", "stable", "iris:2", 100.0)]
+    assert "no rollout in progress" in _error(run, "rollout", "pause", "flowers")
+    waited = run("rollout", "wait", "flowers", "--timeout", "5s")
+    assert waited.code == 0, waited.err
+    assert "rollout 1 of flowers: promoted (promoted by hand)" in waited.out
+    listed = _json(run, "rollout", "list", "--endpoint", "flowers")
+    assert [(r["id"], r["status"]) for r in listed] == [(1, "promoted")]
+    assert "promoted" in run("rollout", "list").out
+    assert _json(run, "rollout", "list", "--endpoint", "other") == []
+    actions = [
+        e.action
+        for e in reversed(AuditLog(iris3.db).list())
+        if e.outcome == "ok" and not e.action.startswith("model")
+    ]
+    assert actions == [
+        "endpoint.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.promote",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "extra"),
+    [("abort", "aborted", []), ("rollback", "rolled_back", ["--reason", "tickets"])],
+)
+def test_abort_and_rollback_restore_the_old_version(
+    run: Run, iris3: Registry, action: str, status: str, extra: list[str]
+) -> None:
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    run("endpoints", "shadow", "flowers", "--to", "iris:3", "--percent", "5")
+    _start(run)
+    assert [r[0] for r in _routes(iris3)] == ["stable", "canary", "shadow"]
+    done = run("rollout", action, "flowers", *extra)
+    assert done.code == 0, done.err
+    info = RolloutService(iris3).latest("flowers")
+    assert info.status == status
+    if extra:
+        assert info.reason == "tickets"
+    # the shadow route survives the rollout
+    assert _routes(iris3) == [
+        ("stable", "stable", "iris:1", 100.0),
+        ("shadow", "shadow", "iris:3", 5.0),
+    ]
+    waited = run("rollout", "wait", "flowers")
+    assert waited.code == 1
+    assert status.replace("_", " ") in waited.out
+
+
+def test_blue_green_switch_and_finalize(run: Run, iris3: Registry) -> None:
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    started = _start(
+        run, "--strategy", "blue-green", "--switch", "manual", "--preview", "30s",
+        "--finalize-after", "10m",
+    )  # fmt: skip
+    assert started["rollout"]["config"]["switch"] == "manual"
+    assert started["rollout"]["config"]["finalize_after_seconds"] == 600.0
+    assert _routes(iris3) == [
+        ("stable", "stable", "iris:1", 100.0),
+        ("green", "green", "iris:2", 0.0),
+    ]
+    assert "after its switch" in _error(run, "rollout", "finalize", "flowers")
+    assert run("rollout", "promote", "flowers").code == 0
+    info = RolloutService(iris3).latest("flowers")
+    assert (info.status, info.phase) == ("running", "switched")
+    assert _routes(iris3) == [("green", "green", "iris:2", 100.0), ("blue", "blue", "iris:1", 0.0)]
+    assert run("rollout", "finalize", "flowers").code == 0
+    assert RolloutService(iris3).latest("flowers").status == "promoted"
+    assert _routes(iris3) == [("stable", "stable", "iris:2", 100.0)]
+
+
+def test_rollout_errors_say_what_to_do(run: Run, iris3: Registry) -> None:
+    assert "berth rollout start ghost" in _error(run, "rollout", "status", "ghost")
+    assert "no rollout in progress" in _error(run, "rollout", "promote", "ghost")
+    assert "berth endpoints create ghost" in _error(
+        run, "rollout", "start", "ghost", "--to", "iris:2"
+    )
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    start = ("rollout", "start", "flowers", "--to")
+    for args, message in (
+        (("iris:2", "--steps", "5,x"), "is not a list of percentages"),
+        (("iris:2", "--steps", "50,10,100"), "rising percentages"),
+        (("iris:2", "--steps", "10,50"), "must be 100"),
+        (("iris:2", "--interval", "soon"), "not a duration"),
+        (("iris:2", "--max-error-rate", "2"), "--max-error-rate is a fraction"),
+        (("iris:2", "--alpha", "0.7"), "--alpha must be within"),
+        (("iris:2", "--max-p99-ms", "0"), "--max-p99-ms must be positive"),
+        (("iris:2", "--strategy", "yolo"), "canary or blue-green"),
+        (("iris:2", "--switch", "maybe"), "--switch must be auto or manual"),
+        (("iris:2", "--metrics-source", "statsd"), "Prometheus server"),
+        (("iris:1",), "already serves iris:1"),
+        (("iris:9",), "has no version 9"),
+        (("iris:2", "--gate-no-regression"), "--gate-no-regression needs test rows"),
+        (("iris:2", "--gate-min-auc", "0.9", "--gate-data", "x.csv"), "pass --gate-target"),
+        (("iris:2", "--gate-data", "x.csv"), "no gate"),
+        (("iris:2", "--gate-output-range", "1"), "--gate-output-range '1' is not LOW,HIGH"),
+    ):
+        assert message in _error(run, *start, *args), args
+    assert RolloutService(iris3).list() == []
+    assert _routes(iris3) == [("stable", "stable", "iris:1", 100.0)]
+
+
+def test_gates_that_fail_record_a_failed_rollout_and_keep_the_routes(
+    run: Run, iris3: Registry, iris_files: tuple[Path, Path]
+) -> None:
+    _model, sample = iris_files
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    failed = run(
+        "rollout", "start", "flowers", "--to", "iris:2", "--gate-data", str(sample),
+        "--gate-no-nan", "--gate-output-range", "5,10",
+    )  # fmt: skip
+    assert failed.code == 1
+    text = _flat(failed.out)
+    assert "output_range" in text
+    assert "FAIL" in text
+    assert "recorded as failed and the routes are unchanged" in _flat(failed.err)
+    info = RolloutService(iris3).latest("flowers")
+    assert (info.status, info.phase) == ("failed", "gates")
+    assert "output_range" in info.reason
+    assert _routes(iris3) == [("stable", "stable", "iris:1", 100.0)]
+    shown = _flat(run("rollout", "status", "flowers").out)
+    assert "validation gates" in shown
+    assert "no_nan" in shown
+
+    passed = run(
+        "rollout", "start", "flowers", "--to", "iris:2", "--json", "--gate-data", str(sample),
+        "--gate-no-nan", "--gate-output-range", "0,2", "--gate-max-latency-ms", "1000",
+    )  # fmt: skip
+    assert passed.code == 0, passed.err
+    document = json.loads(passed.out)
+    assert document["gates"]["passed"] is True
+    assert [c["name"] for c in document["gates"]["checks"]] == [
+        "latency_p99_ms",
+        "no_nan",
+        "output_range",
+    ]
+    assert document["rollout"]["status"] == "running"
+    assert document["rollout"]["config"]["gates"]["no_nan"] is True
+    assert [r[2] for r in _routes(iris3)] == ["iris:1", "iris:2"]
+
+
+def test_wait_gives_up_at_the_timeout(run: Run, iris3: Registry) -> None:
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    _start(run)
+    waited = run("rollout", "wait", "flowers", "--timeout", "1s", "--poll-seconds", "0.1")
+    assert waited.code == 1
+    assert "started" in waited.out  # the events so far
+    assert "still running" in _flat(waited.err)
+
+
+# experiments ---------------------------------------------------------------------------------
+
+
+def test_experiment_start_report_conclude(run: Run, iris3: Registry) -> None:
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    started = run(
+        "experiments", "start", "flowers", "--variant", "a=iris:1:50", "--variant", "b=iris:2:50",
+        "--min-samples", "10",
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    assert "a=iris:1 50%, b=iris:2 50%" in started.out
+    assert _routes(iris3) == [("a", "variant", "iris:1", 50.0), ("b", "variant", "iris:2", 50.0)]
+    assert "runs experiment" in _error(run, "rollout", "start", "flowers", "--to", "iris:3")
+    assert "runs experiment" in _error(
+        run, "experiments", "start", "flowers", "--variant", "a=iris:1:50", "--variant",
+        "b=iris:3:50",
+    )  # fmt: skip
+
+    _traffic(
+        iris3,
+        {
+            ("iris", 1): _Totals(
+                requests=30, latency_counts=_latencies(0.004, 30), latency_sum=0.1
+            ),
+            ("iris", 2): _Totals(requests=20, errors=1, latency_counts=_latencies(0.02, 19)),
+        },
+    )
+    report = run("experiments", "report", "flowers")
+    assert report.code == 0, report.err
+    text = _flat(report.out)
+    assert "experiment 1 on flowers: running; metric accuracy" in text
+    assert "a iris:1 30 0 (0.0%)" in text
+    assert "b iris:2 20 1 (5.0%)" in text
+    assert "0/10" in text
+    assert "no recommendation yet" in text
+    document = _json(run, "experiments", "report", "flowers")
+    assert [v["requests"] for v in document["report"]["variants"]] == [30, 20]
+    assert document["report"]["recommendation"] is None
+    assert document["experiment"]["status"] == "running"
+
+    assert "pick one of a, b" in _error(run, "experiments", "conclude", "flowers", "--winner", "c")
+    concluded = run("experiments", "conclude", "flowers", "--winner", "b")
+    assert concluded.code == 0, concluded.err
+    assert "b (iris:2) takes all traffic" in concluded.out
+    assert _routes(iris3) == [("stable", "stable", "iris:2", 100.0)]
+    assert "runs no experiment" in _error(
+        run, "experiments", "conclude", "flowers", "--winner", "b"
+    )
+    listed = _json(run, "experiments", "list")
+    assert [(e["id"], e["status"], e["winner"]) for e in listed] == [(1, "concluded", "b")]
+    assert "concluded" in run("experiments", "list", "--endpoint", "flowers").out
+
+
+def test_experiment_errors_say_what_to_do(run: Run, iris3: Registry) -> None:
+    assert "berth experiments start ghost" in _error(run, "experiments", "report", "ghost")
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    start = ("experiments", "start", "flowers", "--variant", "a=iris:1:50")
+    for args, message in (
+        (("--variant", "b=iris"), "NAME=MODEL:VERSION:WEIGHT"),
+        (("--variant", "b=iris:2:40"), "add up to 100"),
+        (("--variant", "a=iris:2:50"), "names must differ"),
+        (("--variant", "b=iris:1:50"), "its own version"),
+        (("--variant", "b=iris:2:50", "--sticky", "ip"), "header:NAME"),
+        (("--variant", "b=iris:2:50", "--metric", "revenue"), "accuracy, outcome"),
+        (("--variant", "b=iris:2:50", "--alpha", "2"), "significance level"),
+    ):
+        assert message in _error(run, *start, *args), args
+    assert "at least two variants" in _error(run, *start)
+    assert _routes(iris3) == [("stable", "stable", "iris:1", 100.0)]
