@@ -10,7 +10,7 @@ silently not be checked.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeGuard, TypeVar
 
 import anyio.to_thread
@@ -27,11 +27,11 @@ from berth.errors import InvalidInput
 from berth.ops.validation import GateConfig
 from berth.registry.references import MAX_VERSION, check_name
 from berth.rollouts import strategies as s
-from berth.rollouts.analysis import CanaryCriteria, RouteWindow
-from berth.rollouts.endpoints import STABLE, EndpointInfo, EndpointService, RouteSpec
+from berth.rollouts.analysis import CanaryCriteria
+from berth.rollouts.endpoints import STABLE, EndpointService, RouteSpec
 from berth.rollouts.experiments import ExperimentService
 from berth.rollouts.service import RolloutInfo, RolloutService
-from berth.serving.route_stats import read_shadow, read_totals
+from berth.serving.route_stats import read_shadow, read_totals, stats_document
 
 T = TypeVar("T")
 
@@ -220,39 +220,7 @@ def _stats(svc: Services, name: str) -> dict[str, Any]:
     info = EndpointService(svc.registry).get(name)
     totals = read_totals(svc.registry.db, name)
     shadows = read_shadow(svc.registry.db, name)
-    versions = []
-    for route in info.routes:
-        window = totals.get((route.model, route.version), RouteWindow())
-        mean, p99 = window.mean_latency_seconds, window.latency_quantile(0.99)
-        versions.append(
-            {
-                "label": route.label,
-                "model": route.model,
-                "version": route.version,
-                "requests": window.requests,
-                "errors": window.errors,
-                "error_rate": window.error_rate,
-                "mean_latency_ms": None if mean is None else mean * 1000,
-                "p99_ms": None if p99 is None else p99 * 1000,
-            }
-        )
-    return {"endpoint": info.name, "versions": versions, "shadow": _shadow(info, shadows)}
-
-
-def _shadow(info: EndpointInfo, shadows: Mapping[tuple[str, int], Any]) -> dict[str, Any] | None:
-    route = info.with_role(SHADOW)
-    if route is None:
-        return None
-    found = shadows.get((route.model, route.version))
-    return {
-        "model": route.model,
-        "version": route.version,
-        "percent": route.weight,
-        "compared": found.compared if found else 0,
-        "agreed": found.agreed if found else 0,
-        "agreement": found.agreement if found else None,
-        "mean_latency_delta_ms": found.mean_delta_ms if found else None,
-    }
+    return {"endpoint": info.name, **stats_document(info, totals, shadows)}
 
 
 # rollouts ------------------------------------------------------------------------------------

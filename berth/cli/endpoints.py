@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -23,7 +22,7 @@ from berth.rollouts.endpoints import (
 )
 from berth.rollouts.service import RolloutService
 from berth.security.audit import cli_actor
-from berth.serving.route_stats import ShadowTotals, read_shadow, read_totals
+from berth.serving.route_stats import ShadowTotals, read_shadow, read_totals, stats_document
 
 app = typer.Typer(
     help="Endpoints: the names clients call, and the versions (routes) behind them.",
@@ -284,49 +283,6 @@ def _is_number(text: str) -> bool:
 
 
 # output --------------------------------------------------------------------------------------
-
-
-def stats_document(
-    info: EndpointInfo,
-    totals: dict[tuple[str, int], RouteWindow],
-    shadows: dict[tuple[str, int], ShadowTotals],
-) -> dict[str, Any]:
-    """Live traffic per routed version, and the shadow's agreement, as JSON."""
-    versions = []
-    for route in info.routes:
-        window = totals.get((route.model, route.version), RouteWindow())
-        versions.append({"label": route.label, **window_document(route, window)})
-    shadow = info.with_role(SHADOW)
-    found = shadows.get((shadow.model, shadow.version)) if shadow is not None else None
-    return {"versions": versions, "shadow": shadow_document(shadow, found)}
-
-
-def window_document(route: RouteSpec, window: RouteWindow) -> dict[str, Any]:
-    mean = window.mean_latency_seconds
-    p99 = window.latency_quantile(0.99)
-    return {
-        "model": route.model,
-        "version": route.version,
-        "requests": window.requests,
-        "errors": window.errors,
-        "error_rate": window.error_rate,
-        "mean_latency_ms": None if mean is None else mean * 1000,
-        "p99_ms": None if p99 is None else p99 * 1000,
-    }
-
-
-def shadow_document(shadow: RouteSpec | None, found: ShadowTotals | None) -> dict[str, Any] | None:
-    if shadow is None:
-        return None
-    return {
-        "model": shadow.model,
-        "version": shadow.version,
-        "percent": shadow.weight,
-        "compared": found.compared if found else 0,
-        "agreed": found.agreed if found else 0,
-        "agreement": found.agreement if found else None,
-        "mean_latency_delta_ms": found.mean_delta_ms if found else None,
-    }
 
 
 def _routes_table(info: EndpointInfo, totals: dict[tuple[str, int], RouteWindow]) -> Table:

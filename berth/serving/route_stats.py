@@ -28,6 +28,7 @@ from berth.observability.metrics import LATENCY_BUCKETS
 from berth.registry.db import Database
 from berth.registry.tables import RouteStatsRow, utcnow
 from berth.rollouts.analysis import RouteWindow
+from berth.rollouts.endpoints import EndpointInfo, RouteSpec
 
 log = logging.getLogger("berth.serving")
 
@@ -252,3 +253,49 @@ def _add(a: RouteWindow, b: RouteWindow) -> RouteWindow:
         latency_counts=counts,
         latency_sum=a.latency_sum + b.latency_sum,
     )
+
+
+# documents (the CLI and the admin API show the same) ----------------------------------
+
+
+def stats_document(
+    info: EndpointInfo,
+    totals: dict[tuple[str, int], RouteWindow],
+    shadows: dict[tuple[str, int], ShadowTotals],
+) -> dict[str, Any]:
+    """Live traffic per routed version, and the shadow's agreement, as JSON."""
+    versions = []
+    for route in info.routes:
+        window = totals.get((route.model, route.version), RouteWindow())
+        versions.append({"label": route.label, **window_document(route, window)})
+    shadow = info.with_role("shadow")
+    found = shadows.get((shadow.model, shadow.version)) if shadow is not None else None
+    return {"versions": versions, "shadow": shadow_document(shadow, found)}
+
+
+def window_document(route: RouteSpec, window: RouteWindow) -> dict[str, Any]:
+    mean = window.mean_latency_seconds
+    p99 = window.latency_quantile(0.99)
+    return {
+        "model": route.model,
+        "version": route.version,
+        "requests": window.requests,
+        "errors": window.errors,
+        "error_rate": window.error_rate,
+        "mean_latency_ms": None if mean is None else mean * 1000,
+        "p99_ms": None if p99 is None else p99 * 1000,
+    }
+
+
+def shadow_document(shadow: RouteSpec | None, found: ShadowTotals | None) -> dict[str, Any] | None:
+    if shadow is None:
+        return None
+    return {
+        "model": shadow.model,
+        "version": shadow.version,
+        "percent": shadow.weight,
+        "compared": found.compared if found else 0,
+        "agreed": found.agreed if found else 0,
+        "agreement": found.agreement if found else None,
+        "mean_latency_delta_ms": found.mean_delta_ms if found else None,
+    }
