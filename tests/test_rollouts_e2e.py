@@ -263,3 +263,6 @@ def test_two_servers_agree_on_weights_within_two_seconds(stack: Stack, tmp_path:
                 _serves(base, version, seconds=5)
             delays.append(time.monotonic() - changed)
         assert max(delays) < 2.0, delays
+        print(
+            f"\nboth servers served the new weights after {', '.join(f'{d:.2f}' for d in delays)} s"
+        )
