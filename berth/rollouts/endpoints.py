@@ -42,6 +42,7 @@ STABLE = "stable"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STICKY = re.compile(r"(?P<kind>header|cookie|field):(?P<name>[A-Za-z0-9._-]{1,150})")
 ACTIVE_ROLLOUT = ("running", "paused")
+"""Rollout statuses that own an endpoint's routes (strategies.ACTIVE is this tuple)."""
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,6 @@ class EndpointService:
         check_name("endpoint", name)
         with self.db.session() as session:
             return _info(endpoint_row(session, name))
-
-    def exists(self, name: str) -> bool:
-        with self.db.session() as session:
-            return (
-                session.scalar(select(EndpointRow.id).where(EndpointRow.name == name)) is not None
-            )
 
     def delete(self, name: str, *, actor: str | None = None, address: str | None = None) -> None:
         check_name("endpoint", name)

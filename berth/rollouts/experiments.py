@@ -224,9 +224,9 @@ class ExperimentService:
         self, endpoint: str, metrics: str | None = None
     ) -> tuple[ExperimentInfo, ExperimentReport]:
         """Per variant since the start: traffic, outcomes, and the significance test."""
-        info = self.get(endpoint)
         with self.db.session() as session:
             row = _latest(session, endpoint)
+            info = _info(row)
             baseline = {k: RouteWindow.from_dict(v) for k, v in row.baseline.items()}
         totals = metrics_source(self.db, metrics).totals(endpoint)
         until = info.concluded_at

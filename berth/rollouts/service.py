@@ -167,6 +167,7 @@ class RolloutService:
             if gates is not None and gates.any():
                 report = run_gates(self.registry, target.ref, gates)
                 config = _with_gates(config, gates)
+            others = _others(current)
             with self.db.session(write=True) as session:
                 row = endpoint_row(session, endpoint, lock=True)
                 refuse_when_busy(session, endpoint, "start a rollout")
@@ -184,7 +185,7 @@ class RolloutService:
                     state={
                         "weight": 0.0,
                         "phase_started_at": now.isoformat(),
-                        "others": [r.to_dict() for r in _others(current)],
+                        "others": [r.to_dict() for r in others],
                     },
                     actor=event.actor,
                     created_at=now,
@@ -200,7 +201,6 @@ class RolloutService:
                     rollout.state = {"weight": 0.0, "gates": report.to_dict()}
                     _event(session, rollout, now, "gates", rollout.reason, report.to_dict())
                 else:
-                    others = _others(current)
                     routes = s.candidate_routes(strategy, old, new, 0.0, others)
                     message = f"rollout {rollout.id}: loading {target.ref} at 0%"
                     replace_routes(

@@ -17,7 +17,7 @@ from typing import Any
 
 from berth.errors import InvalidInput
 from berth.rollouts.analysis import CanaryCriteria
-from berth.rollouts.endpoints import STABLE, RouteSpec
+from berth.rollouts.endpoints import ACTIVE_ROLLOUT, STABLE, RouteSpec
 from berth.rollouts.evidence import check_metrics_source
 
 CANARY = "canary"
@@ -26,7 +26,7 @@ STRATEGIES = (CANARY, BLUE_GREEN)
 
 RUNNING, PAUSED = "running", "paused"
 PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "failed"
-ACTIVE = (RUNNING, PAUSED)
+ACTIVE = ACTIVE_ROLLOUT
 
 LOADING, STEP, PREVIEW, SWITCHED = "loading", "step", "preview", "switched"
 

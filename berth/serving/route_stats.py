@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -168,15 +168,8 @@ class RouteStats:
 
 
 def _copy(totals: _Totals) -> _Totals:
-    return _Totals(
-        requests=totals.requests,
-        errors=totals.errors,
-        latency_counts=list(totals.latency_counts),
-        latency_sum=totals.latency_sum,
-        shadow_compared=totals.shadow_compared,
-        shadow_agreed=totals.shadow_agreed,
-        shadow_seconds_delta=totals.shadow_seconds_delta,
-    )
+    """A snapshot to write from a thread while the loop keeps counting (the list is shared)."""
+    return replace(totals, latency_counts=list(totals.latency_counts))
 
 
 @dataclass(frozen=True)
