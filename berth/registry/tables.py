@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -357,3 +359,78 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class JobRow(Base):
+    """One run of a batch job: what it scores, where its results go, and how far it got."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="batch")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    """queued, running, succeeded, failed or cancelled."""
+    job_key: Mapped[str] = mapped_column(String(64), index=True)
+    """Fingerprint of source, query, sink and model: runs with one key resume each other."""
+    model: Mapped[str] = mapped_column(String(256))
+    """The reference as given (e.g. churn@production)."""
+    version: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    """The version it resolved to (e.g. churn:3), once running."""
+    source: Mapped[str] = mapped_column(Text)
+    sink: Mapped[str] = mapped_column(Text)
+    args: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """The `berth batch run` arguments, so the job can be run again as it was."""
+    origin: Mapped[str] = mapped_column(String(160), default="cli")
+    """cli, api or schedule:NAME."""
+    rows_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rows_scored: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_per_second: Mapped[float] = mapped_column(Float, default=0.0)
+    resumed_at_row: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Source rows an earlier, interrupted run had already committed."""
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why it failed or was cancelled, or its summary when it succeeded."""
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    host: Mapped[str] = mapped_column(String(128), default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ScheduleRow(Base):
+    """A batch job run on a cron schedule by `berth scheduler`."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(128))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    args: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """The `berth batch run` arguments of each run."""
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_tick: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """The latest tick handled (run or recorded as missed)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScheduleRunRow(Base):
+    """One tick of a schedule: run (with its job) or missed. Unique per tick, so two schedulers
+    can never both start a job for the same tick."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule", "tick", name="uq_schedule_runs_tick"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule: Mapped[str] = mapped_column(
+        ForeignKey("schedules.name", ondelete="CASCADE"), index=True
+    )
+    tick: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    """started or missed."""
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -124,7 +124,7 @@ def _check_all_text(array: Array, field: str) -> None:
     bad = next((i for i, v in enumerate(flat) if not isinstance(v, str)), None)
     if bad is not None:
         raise InvalidInput(
-            f"{field}: expected strings, got {_json_type(flat[bad])} at index "
+            f"{field}: expected strings, got {json_type(flat[bad])} at index "
             f"{_index(array.shape, bad)}"
         )
 
@@ -287,7 +287,7 @@ def decode_tensor_rows(
         where = _row_label(field, index, single)
         if not isinstance(row, Mapping):
             raise InvalidInput(
-                f"{where}: expected an object with inputs {names}, got {_json_type(row)}"
+                f"{where}: expected an object with inputs {names}, got {json_type(row)}"
             )
         missing = [n for n in names if n not in row]
         if missing:
@@ -329,7 +329,7 @@ def decode_table_rows(
                 columns[name].append(value)
         else:
             raise InvalidInput(
-                f"{where}: expected an object of column values, got {_json_type(row)}"
+                f"{where}: expected an object of column values, got {json_type(row)}"
             )
     # fromiter keeps a list value as one element: asarray would make it an extra axis
     arrays = {
@@ -431,7 +431,7 @@ def _check_json_types(spec: ColumnSpec, values: Array, nulls: Array, field: str)
                 f"{spec.dtype}; expected {_type_name(spec.dtype)} that fit {spec.dtype}"
             )
     else:
-        got = f"{_json_type(value)} {_json_value(value)}"
+        got = f"{json_type(value)} {_json_value(value)}"
     raise InvalidInput(f"{field}: row {bad} expected {_type_name(spec.dtype)}, got {got}")
 
 
@@ -500,7 +500,7 @@ def _bound(value: float | None) -> str:
     return "any" if value is None else f"{value:g}"
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -521,7 +521,7 @@ def decode_instances(
 ) -> ModelInput:
     """v1 `instances` (a list of rows) into validated model input."""
     if not isinstance(instances, list):
-        raise InvalidInput(f"{field}: expected a list of rows, got {_json_type(instances)}")
+        raise InvalidInput(f"{field}: expected a list of rows, got {json_type(instances)}")
     check_rows(len(instances), max_rows, field)
     if signature.kind == "tabular":
         return decode_table_rows(signature, instances, field, single)

@@ -1,0 +1,47 @@
+"""Start a recorded batch job in the background: `berth batch run ARGS --job ID` as its own
+process, so a long job neither blocks nor shares a fate with the server or scheduler that
+started it. Its output goes to `<home>/jobs/<id>.log`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from berth.config import Settings
+
+
+def job_log(settings: Settings, job_id: int) -> Path:
+    return settings.home.resolve() / "jobs" / f"{job_id}.log"
+
+
+def launch(settings: Settings, job_id: int, args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Run `berth batch run *args --job job_id --quiet` detached; the process inherits the
+    environment (so the same registry and artifact store) and survives its parent."""
+    log = job_log(settings, job_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "berth.cli",
+        "batch",
+        "run",
+        *args,
+        "--job",
+        str(job_id),
+        "--quiet",
+    ]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    # Collect the exit status when the job ends, so a long-lived server that started it is not
+    # left with a zombie per job (Popen's own lock keeps this safe beside a caller's poll()).
+    threading.Thread(target=process.wait, name=f"berth-job-{job_id}", daemon=True).start()
+    return process
