@@ -1,0 +1,173 @@
+"""Run a stream consumer: check the options, open the transports, load the model, consume until
+stopped, then drain and close.
+
+Order matters for the user: URLs are checked first (no I/O), then the model reference against
+the registry, then the brokers (each failure names the URL and what to check), and only then is
+the model loaded, so a typo costs no model load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+
+from berth.config import Settings
+from berth.errors import InvalidInput
+from berth.jobs.stream.consumer import Batching, Consumer
+from berth.jobs.stream.metrics import Meters, MetricsServer, Reporter
+from berth.jobs.stream.micro_batch import MicroBatch
+from berth.jobs.stream.options import StreamOptions
+from berth.jobs.stream.transport import (
+    Sink,
+    Source,
+    SourceConfig,
+    dead_letter_url,
+    open_sink,
+    open_source,
+)
+from berth.observability.metrics import PredictionMetrics
+from berth.registry.service import Registry
+from berth.serving.dataplane import DataPlane
+
+log = logging.getLogger("berth.stream")
+
+
+def build_dataplane(registry: Registry, settings: Settings, reference: str) -> DataPlane:
+    """A dataplane for one reference, configured as `berth serve` configures its own."""
+    dataplane = DataPlane(
+        registry,
+        [reference],
+        refresh_seconds=settings.refresh_seconds,
+        max_batch_rows=settings.max_batch_rows,
+        timeout_seconds=settings.request_timeout_seconds,
+        threads=settings.predict_threads,
+        serving=settings.serving,
+        inline_seconds=settings.inline_predict_ms / 1000,
+    )
+    dataplane.observers.append(
+        PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
+    )
+    return dataplane
+
+
+def build_transports(options: StreamOptions) -> tuple[Source, Sink, Sink]:
+    config = SourceConfig(
+        group=options.group_name,
+        consumer=options.consumer_name,
+        claim_idle_ms=options.claim_idle_ms,
+        start=options.start,
+    )
+    source = open_source(options.source, config)
+    sink = open_sink(options.sink)
+    dead = open_sink(options.dead_letter or dead_letter_url(options.source))
+    for name, target in (("--sink", sink), ("--dead-letter", dead)):
+        if source.feeds(target):
+            raise InvalidInput(
+                f"{name} {target.display} writes into the source {source.display}: the consumer "
+                "would read its own output forever; write to another stream or subject"
+            )
+    if sink.display == dead.display:
+        raise InvalidInput("--dead-letter must differ from --sink, or outputs and failures mix")
+    return source, sink, dead
+
+
+async def run_stream(
+    registry: Registry,
+    settings: Settings,
+    options: StreamOptions,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Consume until `stop` is set (default: until SIGTERM or SIGINT), then drain and return."""
+    source, sink, dead = build_transports(options)
+    if options.batch_size > settings.max_batch_rows:
+        raise InvalidInput(
+            f"--batch-size {options.batch_size} is over BERTH_MAX_BATCH_ROWS "
+            f"({settings.max_batch_rows}); lower it or raise the limit"
+        )
+    version = await anyio.to_thread.run_sync(registry.resolve, options.reference)
+    async with _opened(source, sink, dead):
+        dataplane = build_dataplane(registry, settings, options.reference)
+        await dataplane.start()
+        try:
+            await _consume(dataplane, source, sink, dead, options, stop or _signal_stop())
+        finally:
+            await dataplane.stop()
+    log.info("stopped consuming %s with %s", source.display, version.ref)
+
+
+@contextlib.asynccontextmanager
+async def _opened(source: Source, sink: Sink, dead: Sink) -> AsyncIterator[None]:
+    opened: list[Source | Sink] = []
+    try:
+        for transport in (source, sink, dead):
+            opened.append(transport)
+            await transport.open()
+        yield
+    finally:
+        for transport in reversed(opened):
+            with contextlib.suppress(Exception):  # closing must not hide why we stopped
+                await transport.close()
+
+
+async def _consume(
+    dataplane: DataPlane,
+    source: Source,
+    sink: Sink,
+    dead: Sink,
+    options: StreamOptions,
+    stop: asyncio.Event,
+) -> None:
+    meters = Meters(source.name, options.group_name)
+    server = MetricsServer(options.metrics_host, options.metrics_port)
+    if options.metrics_port:
+        server.start()
+    reporter = Reporter(source, meters, options.report_seconds)
+    consumer = Consumer(
+        source,
+        sink,
+        dead,
+        MicroBatch(dataplane, options.reference, options.id_field),
+        Batching(options.batch_size, options.max_wait_ms / 1000),
+        meters,
+    )
+    await reporter.start()
+    try:
+        log.info(
+            "consuming %s as group %s (consumer %s) with %s: outputs to %s, dead letters to %s",
+            source.display,
+            options.group_name,
+            options.consumer_name,
+            options.reference,
+            sink.display,
+            dead.display,
+        )
+        await consumer.run(stop)
+    finally:
+        await reporter.stop()  # the totals at exit, also after a failure
+        server.stop()
+
+
+def _signal_stop() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT; a second one exits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning(
+                "second %s: exiting now; unacknowledged events will be delivered again", name
+            )
+            os._exit(128 + signum)
+        log.info("%s: finishing the events in flight, then exiting", name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, handle, signum)
+    return stop
