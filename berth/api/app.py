@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from berth import __version__
-from berth.api import admin, drift, errors, feedback, health, traffic, v1, v2
+from berth.api import admin, drift, errors, feedback, health, jobs, traffic, v1, v2
 from berth.api.auth import Authenticator
 from berth.api.hot_path import HotPathMiddleware
 from berth.api.middleware.access_log import AccessLogMiddleware
@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     )
     app.state.services = svc
     errors.install(app)
-    for router in (health.router, v1.router, v2.router, admin.router, traffic.router):
+    for router in (health.router, v1.router, v2.router, admin.router, traffic.router, jobs.router):
         app.include_router(router)
     monitoring = feedback.attach(app, svc)
     drift_monitor = drift.attach(app, svc, window_rows=settings.drift_window_rows)

@@ -9,6 +9,7 @@ import typer
 from berth import __version__
 from berth.cli import (
     audit,
+    batch,
     bench,
     config_cmd,
     demo,
@@ -16,12 +17,15 @@ from berth.cli import (
     experiments,
     feedback,
     init,
+    jobs,
     keys,
     models,
     observability,
     predict,
     rollouts,
+    schedules,
     serve,
+    stream,
     validate,
 )
 from berth.cli.context import err_console
@@ -43,12 +47,17 @@ app.add_typer(observability.app, name="observability")
 app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(rollouts.app, name="rollout")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(batch.app, name="batch")
+schedules.register(batch.app)
+app.add_typer(stream.app, name="stream")
+app.add_typer(jobs.app, name="jobs")
 app.command("init")(init.init)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("bench")(bench.bench)
 app.command("validate")(validate.validate)
+app.command("scheduler")(schedules.scheduler)
 
 
 def _version(value: bool) -> None:

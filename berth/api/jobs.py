@@ -1,0 +1,418 @@
+"""Admin routes (admin scope) for batch jobs: start one in the background, follow it, cancel it.
+
+A job started here is the same job as `berth batch run ARGS`: the body is turned into those
+arguments and checked by `parse_run_args` (as a schedule's are), the record is created with
+origin `api`, and `berth batch run ARGS --job ID` runs as a process of its own on the server's
+host. Listing and cancelling call the functions `berth jobs` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from berth.api import openapi_schemas as doc
+from berth.api.admin import admin_caller
+from berth.api.json_body import json_response, read_object
+from berth.api.services import Services
+from berth.cli.batch import parse_run_args, run_args, spec_from_options
+from berth.config import Settings
+from berth.errors import InvalidInput
+from berth.jobs import records as r
+from berth.jobs import spec as s
+from berth.jobs.launch import launch
+from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
+from berth.jobs.spec import BatchSpec
+from berth.jobs.sql import shown
+from berth.registry.references import MAX_VERSION
+from berth.security.audit import AuditLog, event
+
+T = TypeVar("T")
+Launcher = Callable[[Settings, int, Sequence[str]], object]
+"""Starts the process of a queued job (`berth.jobs.launch.launch`). Tests put another on
+`app.state.job_launcher`, so that requests they make start no process."""
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"], dependencies=doc.PROTECTED)
+
+_MAX_ARGS = 200
+"""Far more arguments than `berth batch run` has options; a bound on what is stored."""
+
+
+# request bodies ------------------------------------------------------------------------------
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text and JSON cannot hold NUL; refuse it here rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _column_name(value: str) -> str:
+    # Features travel as `--features a,b,c`: a comma or blank would split or drop a name.
+    if not value or value != value.strip() or "," in value:
+        raise ValueError(f"{value!r} is not a column name (empty, commas, or spaces around it)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+class JobArgs(BaseModel):
+    """The job as `berth batch run` arguments."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="JobArguments")
+
+    args: list[Text] = Field(
+        min_length=1,
+        max_length=_MAX_ARGS,
+        description="The arguments of `berth batch run`, e.g. "
+        '["churn@production", "--source", "/data/customers.csv", "--sink", "/data/scores"]. '
+        "`--job` is the server's to set.",
+    )
+
+
+class JobFields(BaseModel):
+    """The job as one field per `berth batch run` option."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="JobOptions")
+
+    model: Text = Field(
+        min_length=1, max_length=256, description="The version: NAME, NAME:N or NAME@ALIAS."
+    )
+    source: Text = Field(
+        min_length=1,
+        description="A .csv/.parquet/.jsonl file, or a SQLAlchemy URL (with query or table).",
+    )
+    sink: Text = Field(
+        min_length=1,
+        description="A .csv/.parquet/.jsonl path (a folder of parts), or a SQLAlchemy URL.",
+    )
+    query: Text | None = Field(None, description="SQL source: the SELECT to score.")
+    table: Text | None = Field(None, description="SQL source: the table to score.")
+    sink_table: Text | None = Field(
+        None, description="SQL sink: the table results go to (created when missing)."
+    )
+    id_column: Text = Field(
+        "id", min_length=1, description="Unique row key: pages SQL sources, keys upserts, skips."
+    )
+    mode: Literal["append", "upsert"] = Field(
+        "append", description="append (keep rows already in the sink) or upsert (replace them)."
+    )
+    features: list[Annotated[Text, AfterValidator(_column_name)]] | None = Field(
+        None, min_length=1, description="Input columns; default the signature's."
+    )
+    chunk_size: int = Field(
+        s.DEFAULT_CHUNK_ROWS,
+        ge=1,
+        le=s.MAX_CHUNK_ROWS,
+        description="Rows read, scored and committed at a time.",
+    )
+    workers: int = Field(1, ge=1, le=s.MAX_WORKERS, description="Processes scoring chunks.")
+    skip_scored: bool = Field(False, description="Score only rows the sink holds no result for.")
+    errors: Text | None = Field(
+        None, description="Where rejected rows go, with the reason (file or SQLAlchemy URL)."
+    )
+    errors_table: Text | None = Field(
+        None, description="SQL errors sink: the table (default <sink_table>_errors)."
+    )
+    max_error_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Fail when more than this share of rows is rejected (0..1).",
+    )
+
+    def spec(self) -> BatchSpec:
+        return spec_from_options(
+            self.model, self.source, self.sink, self.query, self.table, self.sink_table,
+            self.id_column, self.mode, ",".join(self.features) if self.features else None,
+            self.chunk_size, self.workers, self.skip_scored, self.errors, self.errors_table,
+            self.max_error_rate,
+        )  # fmt: skip
+
+
+_EXAMPLE = {
+    "model": "churn@production",
+    "source": "/data/customers.parquet",
+    "sink": "/data/scores.parquet",
+    "id_column": "customer_id",
+}
+_ARGS_EXAMPLE = {"args": ["churn@production", "--source", "/data/customers.parquet", "--sink",
+                          "/data/scores.parquet", "--id-column", "customer_id"]}  # fmt: skip
+_FIELDS = ", ".join(JobFields.model_fields)
+
+
+def job_request(body: dict[str, Any]) -> tuple[BatchSpec, list[str]]:
+    """The job a request body asks for, and its `berth batch run` arguments, checked as the
+    command checks them. Either form gives the same canonical arguments."""
+    if "args" in body:
+        if len(body) > 1:
+            raise InvalidInput(
+                f"give either 'args' or the job's fields ({_FIELDS}), not both; "
+                f"e.g. {_ARGS_EXAMPLE}"
+            )
+        given = _validated(JobArgs, body, _ARGS_EXAMPLE).args
+        if any(arg == "--job" or arg.startswith("--job=") for arg in given):
+            raise InvalidInput("leave out --job: the server creates the job record and sets it")
+        spec = parse_run_args(given)
+    else:
+        spec = _validated(JobFields, body, _EXAMPLE).spec()
+    args = run_args(spec)
+    # What runs is the command line: a value the command would read differently (a model
+    # reference that looks like an option, say) is refused rather than run as something else.
+    if parse_run_args(args) != spec:
+        raise InvalidInput("the job cannot be written as `berth batch run` arguments unchanged")
+    return spec, args
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], body: dict[str, Any], example: Any) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            problem = f"unknown field '{where}'; known fields: args, or {_FIELDS}"
+        elif first["type"] == "missing":
+            problem = f"the request body has no '{where}' field"
+        else:
+            problem = f"'{where}': {first['msg'].removeprefix('Value error, ')}"
+        raise InvalidInput(f"{problem}; send e.g. {example}") from None
+
+
+# documentation -------------------------------------------------------------------------------
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_NULLABLE_INTEGER = {"type": ["integer", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+_TIMESTAMP = {"type": "string", "description": "ISO 8601 date and time"}
+_NULLABLE_TIMESTAMP = {"type": ["string", "null"], "description": "ISO 8601, or null"}
+_JOB_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "integer"},
+    "kind": {"type": "string", "description": "batch"},
+    "status": {
+        "enum": list(STATES),
+        "description": "lost: marked running, but its heartbeat stopped (it was killed); "
+        "running the same job again resumes its work.",
+    },
+    "model": {"type": "string", "description": "The reference as given, e.g. churn@production."},
+    "version": {**_NULLABLE_STRING, "description": "What it resolved to, once running."},
+    "source": {"type": "string"},
+    "sink": {"type": "string"},
+    "args": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "The `berth batch run` arguments; running them again resumes the job.",
+    },
+    "origin": {"type": "string", "description": "cli, api or schedule:NAME."},
+    "rows_total": {**_NULLABLE_INTEGER, "description": "Rows in the source, when known."},
+    "rows_scored": _COUNT,
+    "rows_skipped": {**_COUNT, "description": "Rows the sink already held a result for."},
+    "rows_rejected": {**_COUNT, "description": "Rows sent to the errors sink."},
+    "rows_per_second": {"type": "number"},
+    "progress": {"type": ["number", "null"], "description": "Share done, 0..1, when known."},
+    "eta_seconds": {"type": ["number", "null"], "description": "While running, when known."},
+    "resumed_at_row": {
+        **_NULLABLE_INTEGER,
+        "description": "Source rows an interrupted earlier run had committed.",
+    },
+    "message": {
+        **_NULLABLE_STRING,
+        "description": "Its summary, or why it failed or was cancelled.",
+    },
+    "cancel_requested": {"type": "boolean"},
+    "host": {"type": "string", "description": "Where it runs, once running."},
+    "pid": _NULLABLE_INTEGER,
+    "created_at": _TIMESTAMP,
+    "started_at": _NULLABLE_TIMESTAMP,
+    "heartbeat_at": _NULLABLE_TIMESTAMP,
+    "finished_at": _NULLABLE_TIMESTAMP,
+}
+JOB_INFO = {"type": "object", "required": list(_JOB_PROPERTIES), "properties": _JOB_PROPERTIES}
+JOBS = {
+    "type": "object",
+    "required": ["jobs"],
+    "properties": {"jobs": {"type": "array", "items": JOB_INFO, "description": "Newest first."}},
+}
+START_JOB_BODY = {"oneOf": [JobFields.model_json_schema(), JobArgs.model_json_schema()]}
+JOB_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": f"A job's id (1 to {MAX_VERSION}).",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+JOBS_QUERY = [
+    {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "description": "Only jobs in this state.",
+        "schema": {"enum": list(STATES)},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": f"At most this many jobs (1 to {MAX_LIMIT}, default 50).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+    },
+]
+_START_DESCRIPTION = """\
+Starts `berth batch run ARGS` as a background process on the server's host and answers 202
+with the queued job; follow it at the `Location` given (`GET /api/v1/jobs/{id}`), whose
+`progress`, `rows_per_second` and `eta_seconds` say how far it is.
+
+The body is either `{"args": [...]}`, the arguments of `berth batch run`, or one field per
+option. **Files and SQL URLs are opened by the server's host**, as the user running the server:
+file paths are paths on that host (relative ones are relative to the server's working
+directory), and a SQL URL is connected to from there. The job's output goes to
+`<BERTH_HOME>/jobs/<id>.log` on that host.
+
+Running the same job again (same model reference, source, query, sink and options) resumes
+what an interrupted run left and writes nothing twice."""
+_NOT_FOUND_JOB = doc.error(404, "No such job.")
+
+
+# routes --------------------------------------------------------------------------------------
+
+
+async def _run(function: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(function)
+
+
+@router.get(
+    "/jobs",
+    summary="List batch jobs, newest first",
+    openapi_extra=doc.parameters(*JOBS_QUERY),
+    responses={**doc.ok(JOBS, "Jobs, newest first."), **doc.errors(400, *doc.READ_ERRORS)},
+)
+async def list_jobs(request: Request) -> Response:
+    svc, _who = await admin_caller(request)
+    status = request.query_params.get("status")
+    limit = _limit(request.query_params.get("limit", "50"))
+    found = await _run(lambda: find_jobs(JobService(svc.registry.db), status, limit))
+    return json_response({"jobs": [job.to_dict() for job in found]})
+
+
+@router.post(
+    "/jobs",
+    summary="Start a batch job in the background",
+    description=_START_DESCRIPTION,
+    status_code=202,
+    openapi_extra=doc.json_body(START_JOB_BODY, example=_EXAMPLE),
+    responses={
+        202: {
+            "description": "The job, queued; its process is starting.",
+            "headers": {
+                "Location": {
+                    "description": "Where to follow it: /api/v1/jobs/{id}.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+            "content": {"application/json": {"schema": JOB_INFO}},
+        },
+        **doc.errors(400, 413, *doc.READ_ERRORS),
+        404: doc.error(404, "No such model, version or alias."),
+    },
+)
+async def start_job(request: Request) -> Response:
+    svc, who = await admin_caller(request)
+    spec, args = job_request(await read_object(request))
+    launcher: Launcher = getattr(request.app.state, "job_launcher", launch)
+    info = await _run(lambda: _start(svc, spec, args, launcher, who))
+    location = f"/api/v1/jobs/{info.id}"
+    return json_response(info.to_dict(), status=202, headers={"Location": location})
+
+
+def _start(
+    svc: Services, spec: BatchSpec, args: list[str], launcher: Launcher, who: dict[str, Any]
+) -> JobInfo:
+    svc.registry.resolve(spec.model)  # an unknown model is a 404 now, not a failed job later
+    service = JobService(svc.registry.db)
+    info = service.create(
+        job_key=spec.job_key(),
+        model=spec.model,
+        source=spec.source,
+        sink=spec.sink,
+        args=args,
+        origin="api",
+    )
+    detail = {"model": spec.model, "source": shown(spec.source), "sink": shown(spec.sink)}
+    AuditLog(svc.registry.db).record(
+        event(who["actor"], who["address"], "job.create", f"job {info.id}", detail)
+    )
+    try:
+        launcher(svc.settings, info.id, args)
+    except OSError as exc:
+        service.finish(info.id, r.FAILED, r.Counts(), f"its process could not start: {exc}")
+        raise
+    return info
+
+
+@router.get(
+    "/jobs/{id}",
+    summary="One batch job: status, counts, progress and ETA",
+    openapi_extra=doc.parameters(JOB_ID),
+    responses={
+        **doc.ok(JOB_INFO, "The job."),
+        **doc.errors(400, *doc.READ_ERRORS),
+        404: _NOT_FOUND_JOB,
+    },
+)
+async def get_job(request: Request) -> Response:
+    svc, _who = await admin_caller(request)
+    job_id = _job_id(request.path_params["id"])
+    info = await _run(lambda: JobService(svc.registry.db).get(job_id))
+    return json_response(info.to_dict())
+
+
+@router.post(
+    "/jobs/{id}/cancel",
+    summary="Cancel a job: a running one stops after its current chunk, a queued one at once",
+    description="What the job committed stays committed; starting the same job again (its "
+    "`args`) resumes where it stopped. A finished job answers 409.",
+    openapi_extra=doc.combined(
+        doc.parameters(JOB_ID), doc.optional_json_body(doc.ROLLOUT_ACTION_BODY, {})
+    ),
+    responses={
+        **doc.ok(JOB_INFO, "The job, cancelled or asked to stop (`cancel_requested`)."),
+        **doc.errors(400, 413, *doc.READ_ERRORS),
+        404: _NOT_FOUND_JOB,
+        409: doc.error(409, "The job has already finished."),
+    },
+)
+async def cancel(request: Request) -> Response:
+    svc, who = await admin_caller(request)
+    job_id = _job_id(request.path_params["id"])
+    if await request.body() and await read_object(request):
+        raise InvalidInput("cancelling takes no fields; send {} or no body")
+    info = await _run(lambda: cancel_job(svc.registry.db, job_id, who["actor"], who["address"]))
+    return json_response(info.to_dict())
+
+
+def _job_id(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 1 <= int(raw) <= MAX_VERSION):
+        raise InvalidInput(
+            f"job id must be a whole number from 1 to {MAX_VERSION}; list jobs with "
+            "GET /api/v1/jobs"
+        )
+    return int(raw)
+
+
+def _limit(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_LIMIT):
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)

@@ -1,0 +1,218 @@
+"""`berth batch ...`: score a table or file with a registered version, now or on a schedule.
+
+`run` options are declared once here; a schedule and the admin API store the same arguments and
+check them with `parse_run_args`, so a stored job always runs exactly as `berth batch run` would.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import typer
+
+from berth.cli.context import console, err_console, registry, settings
+from berth.errors import InvalidInput
+from berth.jobs import spec as s
+from berth.jobs.spec import BatchSpec
+
+app = typer.Typer(
+    help="Score tables and files in batch: resumable, exactly once, optionally on a schedule.",
+    no_args_is_help=True,
+)
+
+
+@app.command(
+    "run",
+    epilog="A killed or cancelled job resumes where it stopped when the same command runs again.",
+)
+def run(
+    model: str = typer.Argument(..., help="The version to score with: NAME, NAME:N or NAME@ALIAS."),
+    source: str = typer.Option(
+        ...,
+        "--source",
+        help="A .csv/.parquet/.jsonl file, or a SQLAlchemy URL (with --query or --table).",
+    ),
+    sink: str = typer.Option(
+        ..., "--sink", help="A .csv/.parquet/.jsonl path (a folder of parts), or a SQLAlchemy URL."
+    ),
+    query: str | None = typer.Option(None, "--query", help="SQL source: the SELECT to score."),
+    table: str | None = typer.Option(None, "--table", help="SQL source: the table to score."),
+    sink_table: str | None = typer.Option(
+        None, "--sink-table", help="SQL sink: the table results go to (created when missing)."
+    ),
+    id_column: str = typer.Option(
+        "id", "--id-column", help="Unique row key: pages SQL sources, keys upserts and skips."
+    ),
+    mode: str = typer.Option(
+        s.APPEND, "--mode", help="append (keep rows already in the sink) or upsert (replace them)."
+    ),
+    features: str | None = typer.Option(
+        None, "--features", help="Comma-separated input columns; default the signature's."
+    ),
+    chunk_size: int = typer.Option(
+        s.DEFAULT_CHUNK_ROWS, "--chunk-size", help="Rows read, scored and committed at a time."
+    ),
+    workers: int = typer.Option(1, "--workers", help="Processes scoring chunks in parallel."),
+    skip_scored: bool = typer.Option(
+        False, "--skip-scored", help="Score only rows the sink holds no result for."
+    ),
+    errors: str | None = typer.Option(
+        None, "--errors", help="Where rejected rows go, with the reason (file or SQLAlchemy URL)."
+    ),
+    errors_table: str | None = typer.Option(
+        None, "--errors-table", help="SQL errors sink: the table (default <sink-table>_errors)."
+    ),
+    max_error_rate: float = typer.Option(
+        0.0, "--max-error-rate", help="Fail when more than this share of rows is rejected (0..1)."
+    ),
+    job: int | None = typer.Option(
+        None, "--job", hidden=True, help="Attach to this queued job record (API, scheduler)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Score every row of SOURCE with MODEL and write the results to SINK.
+
+    Rows are read, scored and committed a chunk at a time, so memory stays bounded. Output
+    columns: id, prediction, one probability column per class, model, version, predicted_at.
+
+    Example: berth batch run churn@production --source postgresql+psycopg://db/shop
+    --table customers --sink postgresql+psycopg://db/shop --sink-table churn_scores
+    --id-column customer_id
+    """
+    from berth.jobs.batch import run_job
+    from berth.jobs.progress import RichProgress
+
+    spec = spec_from_options(
+        model, source, sink, query, table, sink_table, id_column, mode, features,
+        chunk_size, workers, skip_scored, errors, errors_table, max_error_rate,
+    )  # fmt: skip
+    progress = None if quiet or as_json else RichProgress(console)
+    with stop_on_signals() as stop:
+        summary = run_job(registry(), settings(), spec, args=run_args(spec), job_id=job,
+                          progress=progress, stop=stop)  # fmt: skip
+    if as_json:
+        console.print_json(json.dumps(summary.to_dict()))
+    else:
+        console.print(summary.describe(), highlight=False, soft_wrap=True)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM or Ctrl-C ends the job after the chunk in hand, committed, so it can resume; a
+    second signal stops at once (what was committed stays committed)."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err_console.print("stopping after the current chunk (again to stop at once)")
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def spec_from_options(
+    model: str,
+    source: str,
+    sink: str,
+    query: str | None,
+    table: str | None,
+    sink_table: str | None,
+    id_column: str,
+    mode: str,
+    features: str | None,
+    chunk_size: int,
+    workers: int,
+    skip_scored: bool,
+    errors: str | None,
+    errors_table: str | None,
+    max_error_rate: float,
+) -> BatchSpec:
+    names = None
+    if features is not None:
+        names = tuple(n.strip() for n in features.split(",") if n.strip())
+        if not names:
+            raise InvalidInput("--features lists no column; give e.g. --features age,income")
+    return BatchSpec(
+        model=model,
+        source=source,
+        sink=sink,
+        query=query,
+        table=table,
+        sink_table=sink_table,
+        id_column=id_column,
+        mode=mode,
+        features=names,
+        chunk_size=chunk_size,
+        workers=workers,
+        skip_scored=skip_scored,
+        errors=errors,
+        errors_table=errors_table,
+        max_error_rate=max_error_rate,
+    )
+
+
+_RUN_ONLY = ("job", "quiet", "as_json")
+
+
+def parse_run_args(args: Sequence[str]) -> BatchSpec:
+    """Check stored `berth batch run` arguments (a schedule's, an API request's) as the command
+    would, and return the job they describe."""
+    command = typer.main.get_command(app)
+    # typer makes an app of one command that command itself, and a group otherwise
+    commands = getattr(command, "commands", None)
+    run_command = commands["run"] if commands else command
+    try:
+        context = run_command.make_context("berth batch run", list(args))
+    except typer.Exit as exc:
+        raise InvalidInput("the job arguments asked for help; give the run options") from exc
+    except Exception as exc:
+        # typer bundles its own click; its usage errors are the ones that can format a message
+        format_message = getattr(exc, "format_message", None)
+        if format_message is None:
+            raise
+        raise InvalidInput(f"invalid job arguments: {format_message()}") from exc
+    params = {k: v for k, v in context.params.items() if k not in _RUN_ONLY}
+    return spec_from_options(**params)
+
+
+def run_args(spec: BatchSpec) -> list[str]:
+    """The `berth batch run` arguments that describe `spec` (the inverse of parse_run_args)."""
+    args = [spec.model, "--source", spec.source, "--sink", spec.sink]
+    optional = {
+        "--query": spec.query,
+        "--table": spec.table,
+        "--sink-table": spec.sink_table,
+        "--errors": spec.errors,
+        "--errors-table": spec.errors_table,
+        "--features": ",".join(spec.features) if spec.features else None,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            args += [flag, value]
+    defaults = BatchSpec(model="", source="", sink="")
+    if spec.id_column != defaults.id_column:
+        args += ["--id-column", spec.id_column]
+    if spec.mode != defaults.mode:
+        args += ["--mode", spec.mode]
+    if spec.chunk_size != defaults.chunk_size:
+        args += ["--chunk-size", str(spec.chunk_size)]
+    if spec.workers != defaults.workers:
+        args += ["--workers", str(spec.workers)]
+    if spec.max_error_rate != defaults.max_error_rate:
+        args += ["--max-error-rate", repr(spec.max_error_rate)]
+    if spec.skip_scored:
+        args.append("--skip-scored")
+    return args

@@ -1,0 +1,296 @@
+"""`berth batch schedule ...` and `berth scheduler`: batch jobs on a cron schedule.
+
+`register(batch.app)` adds schedule, schedules, unschedule, runs, enable and disable to
+`berth batch`; `scheduler` is the top-level `berth scheduler`. The commands only call
+ScheduleService and Scheduler (berth.jobs), as the admin API would.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from berth.cli.context import console, registry, settings
+from berth.durations import parse_duration
+from berth.errors import InvalidInput
+from berth.jobs.scheduler import (
+    LEASE_NAME,
+    Pass,
+    Scheduler,
+    lease_ttl,
+    process_launcher,
+)
+from berth.jobs.schedules import MISSED, RunInfo, ScheduleService, when
+from berth.observability.logging import configure_logging
+from berth.rollouts.lease import Lease, process_holder
+
+UPCOMING = 3
+"""How many run times `berth batch schedule` shows."""
+_LISTED = 5
+"""Missed ticks `berth scheduler --once` names; `berth batch runs` has them all."""
+
+# `berth batch schedule` passes everything it does not know itself to `berth batch run`.
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def register(batch_app: typer.Typer) -> None:
+    """Add the schedule commands to `berth batch` (a second call adds nothing)."""
+    present = {command.name for command in batch_app.registered_commands}
+    commands: list[tuple[str, Callable[..., None], dict[str, Any] | None]] = [
+        ("schedule", schedule, _PASS_THROUGH),
+        ("schedules", list_schedules, None),
+        ("unschedule", unschedule, None),
+        ("runs", runs, None),
+        ("enable", enable, None),
+        ("disable", disable, None),
+    ]
+    for name, function, context_settings in commands:
+        if name not in present:
+            batch_app.command(name, context_settings=context_settings)(function)
+
+
+def _service() -> ScheduleService:
+    return ScheduleService(registry().db)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# berth batch ... -----------------------------------------------------------------------------
+
+
+def schedule(
+    context: typer.Context,
+    name: str = typer.Argument(..., help="The schedule's name, e.g. nightly-churn."),
+    cron: str = typer.Option(
+        ..., "--cron", help="When: five cron fields or @daily etc., e.g. '0 2 * * *'."
+    ),
+    timezone: str = typer.Option(
+        "UTC", "--timezone", help="IANA time zone the cron fields are read in, e.g. Europe/Berlin."
+    ),
+    disabled: bool = typer.Option(False, "--disabled", help="Store it paused."),
+) -> None:
+    """Run `berth batch run ARGS` on a cron schedule: create NAME, or replace it.
+
+    The other arguments are the `berth batch run` command line, checked now as it would be.
+
+    Example: berth batch schedule nightly --cron "0 2 * * *" iris --source in.csv --sink out.parquet
+
+    `berth scheduler` runs the ticks.
+    """
+    args = list(context.args)
+    info, outcome = _service().put(
+        name, cron=cron, timezone=timezone, args=args, enabled=not disabled
+    )
+    console.print(
+        f"{outcome.capitalize()} schedule [bold]{info.name}[/]: {info.cron} ({info.timezone})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"  runs: berth batch run {shlex.join(info.args)}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    upcoming = info.expression.upcoming(max(_now(), info.counted_from), UPCOMING)
+    zone = info.expression.zone
+    label = "next" if info.enabled else "disabled; would run"
+    console.print(
+        f"  {label}: {', '.join(when(t, zone) for t in upcoming)}", highlight=False, soft_wrap=True
+    )
+    if not info.enabled:
+        console.print(
+            f"  `berth batch enable {info.name}` starts it.", highlight=False, soft_wrap=True
+        )
+
+
+def list_schedules(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """The schedules: when each runs next, its last tick and how that went.
+
+    Example: berth batch schedules --json
+    """
+    found = _service().list()
+    now = _now()
+    if as_json:
+        console.print_json(json.dumps([info.to_dict(now) for info in found]))
+        return
+    if not found:
+        console.print("No schedules. Add one with `berth batch schedule NAME --cron ... ARGS`.")
+        return
+    table = Table("name", "cron", "timezone", "next run", "last tick", "last status")
+    for info in found:
+        zone = info.expression.zone
+        upcoming = info.next_run(now)
+        table.add_row(
+            info.name,
+            info.cron,
+            info.timezone,
+            when(upcoming, zone) if upcoming else "disabled",
+            when(info.last_tick, zone) if info.last_tick else "-",
+            Text(_outcome(info.last_run) if info.last_run else "-"),
+        )
+    console.print(table)
+
+
+def unschedule(name: str = typer.Argument(..., help="The schedule to remove.")) -> None:
+    """Remove a schedule and its run history; the jobs it started stay in `berth jobs list`.
+
+    Example: berth batch unschedule nightly
+    """
+    _service().delete(name)
+    console.print(f"Removed schedule [bold]{name}[/].", highlight=False, soft_wrap=True)
+
+
+def runs(
+    name: str = typer.Argument(..., help="The schedule."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many ticks, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """A schedule's ticks, newest first: the job each started, or why it was missed.
+
+    Example: berth batch runs nightly
+    """
+    service = _service()
+    zone = service.get(name).expression.zone
+    found = service.runs(name, limit=limit)
+    if as_json:
+        console.print_json(json.dumps([run.to_dict() for run in found]))
+        return
+    if not found:
+        console.print(f"Schedule {name} has not had a tick yet.", highlight=False, soft_wrap=True)
+        return
+    table = Table("tick", "status", "job", "job status", "message")
+    for run in found:
+        table.add_row(
+            when(run.tick, zone),
+            run.status,
+            str(run.job_id) if run.job_id is not None else "-",
+            run.job_status or "-",
+            Text(run.message or ""),
+        )
+    console.print(table)
+
+
+def enable(name: str = typer.Argument(..., help="The schedule to resume.")) -> None:
+    """Resume a schedule; ticks from while it was disabled are not caught up."""
+    info = _service().set_enabled(name, True)
+    upcoming = info.next_run(_now())
+    assert upcoming is not None
+    console.print(
+        f"Enabled schedule [bold]{name}[/]; next run {when(upcoming, info.expression.zone)}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def disable(name: str = typer.Argument(..., help="The schedule to pause.")) -> None:
+    """Pause a schedule: no runs until `berth batch enable NAME`; a running job goes on."""
+    _service().set_enabled(name, False)
+    console.print(f"Disabled schedule [bold]{name}[/].", highlight=False, soft_wrap=True)
+
+
+def _outcome(run: RunInfo) -> str:
+    if run.status == MISSED:
+        return f"missed: {run.message}"
+    if run.job_id is None:
+        return run.status
+    return f"job {run.job_id} {run.job_status}"
+
+
+# berth scheduler -----------------------------------------------------------------------------
+
+
+def scheduler(
+    once: bool = typer.Option(
+        False, "--once", help="One pass, then exit (e.g. from cron or a Kubernetes CronJob)."
+    ),
+    interval: str = typer.Option("30s", "--interval", help="Time between passes, e.g. 30s, 1m."),
+    grace: str = typer.Option(
+        "1h", "--grace", help="Still run a tick found this late (after downtime); older: missed."
+    ),
+) -> None:
+    """Start the batch jobs of due schedules, until SIGTERM or Ctrl-C.
+
+    Run one or more: only the holder of the `batch-scheduler` database lease acts, and no tick
+    ever starts two jobs. Jobs run as their own processes and outlive the scheduler.
+
+    Example: berth scheduler --interval 30s --grace 1h
+    """
+    every, late = parse_duration(interval), parse_duration(grace)
+    if every < timedelta(seconds=1):
+        raise InvalidInput("--interval must be at least 1s, e.g. 30s")
+    if not once and late < every:
+        # A tick is found up to one interval after it falls due; a shorter grace misses it.
+        raise InvalidInput(f"--grace ({grace}) must be at least --interval ({interval})")
+    config = settings()
+    log_format = config.log_format or ("console" if config.dev else "json")
+    configure_logging(config.log_level, json=log_format == "json")
+    db = registry().db
+    lease = Lease(db, LEASE_NAME, process_holder(), ttl_seconds=lease_ttl(every))
+    worker = Scheduler(db, process_launcher(config), lease=lease, grace=late)
+    if once:
+        try:
+            result = worker.tick()
+        finally:
+            worker.close()
+        _report(result, lease)
+        return
+    stop = threading.Event()
+    with _stopped_by_signals(stop):
+        worker.run(every, stop)
+
+
+def _report(result: Pass, lease: Lease) -> None:
+    if not result.acted:
+        holder = lease.current()
+        who = holder.holder if holder else "another process"
+        console.print(f"Another scheduler ({who}) holds the {LEASE_NAME} lease; did nothing.")
+        return
+    for started in result.started:
+        console.print(
+            f"Started job {started.job_id} for {started.schedule} "
+            f"(tick {started.tick.isoformat()}).",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(result.missed) > _LISTED:
+        console.print(f"Recorded {len(result.missed)} missed ticks; `berth batch runs NAME`.")
+    for missed in result.missed[-_LISTED:]:
+        console.print(
+            f"Missed {missed.schedule} (tick {missed.tick.isoformat()}): {missed.reason}.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not result.started and not result.missed:
+        console.print("Nothing was due.")
+
+
+@contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT end the loop after the current pass (the lease is released)."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
