@@ -177,6 +177,10 @@ def test_config_show_redacts_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) 
             )
         ),
         *(["experiments", command] for command in ("start", "report", "conclude", "list")),
+        *(["batch", c] for c in ("run", "schedule", "schedules", "unschedule", "runs")),
+        ["scheduler"],
+        ["stream", "run"],
+        *(["jobs", command] for command in ("list", "show", "cancel")),
     ],
 )
 def test_every_command_has_help_with_an_example(run: Run, command: list[str]) -> None:

@@ -82,6 +82,8 @@ class Fuzzed:
     """Valid request bodies per served model: `features`, `instances` and `v2` (OIP inputs)."""
     cases: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    launched: list[int] = field(default_factory=list)
+    """Jobs POST /api/v1/jobs would have started: the app's launcher only records them."""
 
 
 @pytest.fixture
@@ -93,7 +95,8 @@ def fuzzed(
     """A secured app (keys and JWT) serving iris (tensor) and churn (tabular), plus `spare`.
 
     `spare` (two versions, alias `staging`, not served) is what DELETE requests aim at, so the
-    served models stay intact for the whole run while deletions still go through.
+    served models stay intact for the whole run while deletions still go through. Batch jobs
+    are recorded but never started: generated sources and sinks are paths on this machine.
     """
     from berth.api.app import build_services, create_app
 
@@ -115,12 +118,20 @@ def fuzzed(
     keys.create("fuzz-user", ("predict", "read"))
     keys.create("fuzz-victim", ("read",))
     app = create_app(settings, build_services(settings, registry))
+    launched: list[int] = []
+    app.state.job_launcher = lambda _settings, job_id, _args: launched.append(job_id)
     # Loading the schema starts the app's lifespan (models load, the refresher runs); it runs
     # until shut down, before the registry goes (schemathesis' pytest plugin would do it too).
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     bodies = {name: _valid_bodies(registry.resolve(name)) for name in ("iris", "churn")}
     try:
-        yield Fuzzed(schema=schema, registry=registry, admin_key=admin_key, bodies=bodies)
+        yield Fuzzed(
+            schema=schema,
+            registry=registry,
+            admin_key=admin_key,
+            bodies=bodies,
+            launched=launched,
+        )
     finally:
         asgi.shutdown_lifespans()
         registry.db.dispose()
@@ -149,8 +160,12 @@ def test_every_operation_as_admin(fuzzed: Fuzzed, request: pytest.FixtureRequest
         "GET /v2/models/{name}/versions/{version}/ready",
         "PUT /api/v1/models/{name}/aliases/{alias}",
         "POST /api/v1/keys/{name}/rotate",
+        "GET /api/v1/jobs/{id}",
     ):
         assert fuzzed.statuses[(label, 200)], (label, _statuses_of(fuzzed, label))
+    started = fuzzed.statuses[("POST /api/v1/jobs", 202)]
+    assert started, _statuses_of(fuzzed, "POST /api/v1/jobs")
+    assert len(fuzzed.launched) == started  # each accepted job recorded, none run
 
 
 def test_every_operation_without_valid_credentials(
@@ -327,6 +342,10 @@ def _known_requests(
         ]
     if path.endswith("/aliases/{alias}") and method == "PUT":
         found += [(parameters, _json({"version": 1})) for parameters, _ in found]
+    if path == "/api/v1/jobs" and method == "POST":
+        job = {"model": "iris@production", "source": "in.csv", "sink": "out.parquet"}
+        found += [({}, _json(job)), ({}, _json({"args": ["churn", "--source", "a.csv",
+                                                          "--sink", "b.csv"]}))]  # fmt: skip
     kind = {"predict": "features", "batch-predict": "instances", "infer": "v2"}.get(
         path.rsplit("/", 1)[-1]
     )
@@ -401,7 +420,7 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
             assert len(success) == 1, label
             assert responses[success[0]]["content"], label
             for status, response in responses.items():
-                assert status in ("200", "201") or int(status) >= 400, (label, status)
+                assert status in ("200", "201", "202") or int(status) >= 400, (label, status)
                 for content in response.get("content", {}).values():
                     assert content.get("schema") not in (None, {}), (label, status)
             if label in OPEN_OPERATIONS:
@@ -416,8 +435,8 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
-    # + 20 traffic admin (endpoints, rollouts, experiments)
-    assert operations == 52
+    # + 20 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs
+    assert operations == 56
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:
