@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from berth.config import Settings
+from berth.jobs.records import JobService
 from berth.registry.service import RegisterRequest, Registry
 from berth.rollouts.endpoints import EndpointService
 from berth.security.audit import AuditLog
@@ -101,6 +102,7 @@ def secured(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Secur
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2", "/v2/", "/v2/health/live", "/v2/health/ready"}
 PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "production", "id": "1"}
 TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
+JOBS_ADMIN = "/api/v1/jobs"
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
     "/api/v1/batch-predict": {"instances": [IRIS_ROW]},
@@ -114,6 +116,8 @@ BODIES: dict[str, Any] = {
     "/api/v1/keys/{name}/rotate": {"grace": "1h"},
     "/api/v1/models/{name}/aliases/{alias}": {"version": 1},
     "/api/v1/feedback": {"prediction_id": "0123456789abcdef", "actual": 1},
+    # a job the server could start: refusals must come from the credentials, not the body
+    "/api/v1/jobs": {"model": "iris", "source": "/nonexistent/in.csv", "sink": "/nonexistent/out"},
 }
 
 
@@ -136,7 +140,7 @@ def insufficient_key(template: str, method: str) -> str:
     traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
     admin_routes = (
         traffic_admin
-        or template.startswith(("/api/v1/keys", "/api/v1/audit"))
+        or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN))
         or method in ("PUT", "DELETE")
     )
     if admin_routes:
@@ -176,17 +180,23 @@ def _state(secured: Secured) -> tuple[Any, ...]:
     models = secured.registry.list_models()
     keys = [(k.name, k.active) for k in secured.keys.list()]
     predictions = secured.client.get("/metrics").text.count('status="ok"')
+    jobs = [(j.id, j.status, j.cancel_requested) for j in JobService(secured.registry.db).list()]
     return (
         tuple(m.to_dict()["aliases"] for m in models),
         tuple(m.to_dict()["versions"] for m in models),
         tuple(keys),
         predictions,
+        tuple(jobs),
     )
 
 
 def test_auth_matrix_every_protected_route_refuses_without_side_effects(secured: Secured) -> None:
     routes = protected_routes(secured.client)
     assert len(routes) >= 20
+    job = JobService(secured.registry.db).create(  # job 1, which a cancel would change
+        job_key="k", model="iris", source="/nonexistent/in.csv", sink="/nonexistent/out", args=[]
+    )
+    assert str(job.id) == PATH_VALUES["id"]
     before = _state(secured)
     checked = 0
     for method, template, path in routes:
@@ -211,8 +221,12 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
     secured.client.portal.call(dataplane.refresh_endpoints)  # type: ignore[union-attr]
     for method, template, path in protected_routes(secured.client):
         traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
-        if method in ("DELETE", "PUT") or template.startswith("/api/v1/keys") or traffic_admin:
-            continue  # changes are exercised by the admin tests (here and in test_traffic_*)
+        if (
+            method in ("DELETE", "PUT")
+            or template.startswith(("/api/v1/keys", JOBS_ADMIN))
+            or traffic_admin
+        ):
+            continue  # exercised by the admin tests (here, in test_traffic_* and test_jobs_api)
         key = "admin" if template.startswith("/api/v1/audit") else "user"
         response = secured.client.request(
             method, path, json=BODIES.get(template), headers=secured.as_(key)
