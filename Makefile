@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers wrk prometheus
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch wrk prometheus
 
 install: $(STAMP)
 
@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/berth demo
 
+# Two pytest-xdist workers: most tests wait on servers, databases and subprocesses, so two
+# processes on two cores take about a third of the serial time.
+TEST_WORKERS ?= 2
 test: install prometheus
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # promtool and prometheus (Debian's package) for tests/test_alerts.py and the end-to-end test.
 # Installed only when missing and apt-get can run (as root, or with sudo without a password);
@@ -58,6 +61,10 @@ bench: install wrk
 # The demo churn model on v1 and v2 (benchmarks/wrk_demo.sh).
 bench-demo: install wrk
 	bash benchmarks/wrk_demo.sh
+
+# A 1M-row Parquet to Parquet batch job against in-process predict (benchmarks/batch_throughput.py).
+bench-batch: install
+	$(BIN)/python benchmarks/batch_throughput.py
 
 # MLServer, BentoML and bare FastAPI with the same models, when the peer benchmark is present.
 PEERS ?= ../shared/bench/peers

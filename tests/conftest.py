@@ -249,6 +249,10 @@ def run(
     from berth.cli.main import main
 
     monkeypatch.setenv("COLUMNS", "200")
+    # The consoles read COLUMNS when berth.cli.context is first imported, which may have happened
+    # before this fixture (another test imported the CLI), so their width is set here too.
+    for console in (context.console, context.err_console):
+        monkeypatch.setattr(console, "width", 200)
 
     def invoke(*args: str) -> Outcome:
         context.settings.cache_clear()

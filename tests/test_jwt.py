@@ -715,6 +715,23 @@ def test_rs256_token_with_only_a_secret_is_refused(
         hand_made({"alg": "HS256", "kid": 7}, claims(), key=SECRET.encode()),
         hs256(claims(pad="x" * 20_000)),  # too long
     ],
+    # Explicit ids: the signed tokens differ per process (a random secret), and pytest-xdist
+    # workers must collect the same test names.
+    ids=[
+        "garbage",
+        "empty",
+        "two-segments",
+        "four-segments",
+        "not-base64",
+        "no-json",
+        "bad-base64-length",
+        "header-not-object",
+        "payload-list",
+        "payload-text",
+        "payload-not-utf8",
+        "kid-not-string",
+        "too-long",
+    ],
 )
 def test_malformed_tokens(hs: JwtVerifier, token: str) -> None:
     with pytest.raises(Unauthenticated, match="the bearer token is malformed") as caught:
