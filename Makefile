@@ -10,11 +10,11 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 install: $(STAMP)
 
-# torch==2.13.0 is the CPU build the machine provides; the extras pin it.
+# torch==2.13.0 is the CPU build the machine provides; the extras pin it (and Ray Serve).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[dev,onnx,torch]"
+	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[dev,onnx,torch,ray]"
 	touch $(STAMP)
 
 demo: install

@@ -263,6 +263,23 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     """Proxy addresses whose X-Forwarded-For/-Proto are believed, JSON such as `["127.0.0.1"]`."""
 
+    # Ray Serve engine (`berth serve --engine ray`) ------------------------------------------
+
+    ray_address: str | None = None
+    """Ray cluster `--engine ray` deploys to (`127.0.0.1:6379`, `ray://head:10001`, `auto`); unset starts a local Ray instance."""
+
+    ray_min_replicas: int = Field(default=1, ge=1)
+    """Fewest Ray Serve replicas of the server."""
+
+    ray_max_replicas: int = Field(default=4, ge=1)
+    """Most Ray Serve replicas the autoscaler may start."""
+
+    ray_target_ongoing_requests: float = Field(default=8.0, gt=0)
+    """Requests in flight per replica the Ray Serve autoscaler aims at (more add replicas, fewer remove them)."""
+
+    ray_replica_cpus: float = Field(default=1.0, gt=0)
+    """CPUs Ray reserves for each replica."""
+
     # artifacts ------------------------------------------------------------------------------
 
     trusted_types: list[str] = Field(default_factory=list)

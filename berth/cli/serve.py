@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -16,6 +17,11 @@ from berth.config import DEFAULT_PORT, load_settings
 from berth.errors import InvalidInput
 from berth.registry.references import DEFAULT_ALIAS
 from berth.rollouts.endpoints import EndpointService
+
+
+class Engine(enum.StrEnum):
+    uvicorn = "uvicorn"
+    ray = "ray"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,25 @@ def serve(
     ),
     tls_cert: Path | None = typer.Option(None, help="PEM certificate chain: serve HTTPS."),
     tls_key: Path | None = typer.Option(None, help="PEM private key for --tls-cert."),
+    engine: Engine = typer.Option(
+        Engine.uvicorn,
+        help="uvicorn: this machine's processes; ray: a Ray Serve deployment with autoscaling.",
+    ),
+    address: str | None = typer.Option(
+        None,
+        help="Ray cluster for --engine ray (host:6379, ray://host:10001, auto); default "
+        "BERTH_RAY_ADDRESS, else a local Ray instance.",
+    ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="--engine ray on a cluster: deploy, then return and leave it running.",
+    ),
+    bundle: Path | None = typer.Option(
+        None,
+        help="A model folder baked by `berth build` (with berth-bundle.json): verified by "
+        "sha256, registered if new, then served.",
+    ),
 ) -> None:
     """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
 
@@ -68,7 +93,12 @@ def serve(
     Example: berth serve churn@production --port 9000 --workers 2 --tls-cert cert.pem --tls-key key.pem
     """
     current = settings()
-    served = list(references or []) or _production_models()
+    served = list(references or [])
+    if bundle is not None:
+        from berth.deploy.bundle import install_bundle
+
+        served.append(install_bundle(registry(), bundle))
+    served = served or _production_models()
     for reference in served:
         registry().resolve(reference)
     options = ServerOptions(
@@ -80,7 +110,33 @@ def serve(
         tls_cert=tls_cert or current.tls_cert_file,
         tls_key=tls_key or current.tls_key_file,
     )
+    if engine is Engine.ray:
+        _serve_on_ray(options, address or current.ray_address, detach)
+        return
+    if address is not None or detach:
+        raise InvalidInput("--address and --detach apply to --engine ray only")
     start_server(options)
+
+
+def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> None:
+    if options.workers > 1 or options.tls_cert is not None:
+        raise InvalidInput(
+            "--engine ray scales with replicas (BERTH_RAY_MIN_REPLICAS, BERTH_RAY_MAX_REPLICAS), "
+            "not --workers, and Ray Serve's proxy speaks HTTP: drop --workers and the TLS "
+            "options (terminate TLS at a load balancer in front of it)"
+        )
+    try:
+        from berth.deploy.ray_engine import RayServing, serve_on_ray
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise InvalidInput(
+            f"--engine ray needs Ray Serve ({exc}); install it with `pip install 'berth[ray]'`"
+        ) from exc
+    os.environ.update(options.environment())
+    if options.dev:
+        err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
+    console.print(f"Deploying {', '.join(options.served)} to Ray Serve ...")
+    serving = RayServing(options.served, options.host, options.port, address, detach)
+    serve_on_ray(serving, load_settings(), console.print)
 
 
 def _production_models() -> list[str]:

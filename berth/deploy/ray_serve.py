@@ -1,0 +1,142 @@
+"""Berth as a Ray Serve application: every replica runs the server's own ASGI app.
+
+A replica builds `berth.api.app.create_app_from_env()` inside its own process, from the `BERTH_*`
+variables of its runtime environment, so the API, authentication, rate limits, batching, metrics
+and the rollout controller are exactly those of `berth serve`; Ray Serve only adds replicas and
+spreads requests over them. The app's lifespan (model loading, background tasks) runs in each
+replica when it starts and stops.
+
+`build_app` is an application builder, the form Ray Serve's config files and KubeRay's
+`serveConfigV2` name in `import_path` (`berth.deploy.ray_serve:build_app`), with `args` such as
+`{"served": ["churn@production"], "min_replicas": 1, "max_replicas": 4}`; `berth serve --engine
+ray` uses the same builder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ray import serve
+
+from berth.config import Settings
+from berth.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from ray.serve.deployment import Application, Deployment
+
+DEPLOYMENT_NAME = "Berth"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable
+APPLICATION_NAME = "berth"
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """How many replicas Ray Serve runs and how it scales them."""
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 8.0
+    max_ongoing_requests: int = 64
+    replica_cpus: float = 1.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables every replica starts with: the `BERTH_*` settings it builds its app from."""
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 1:
+            raise InvalidInput(f"min_replicas is {self.min_replicas}; it must be at least 1")
+        if self.max_replicas < self.min_replicas:
+            raise InvalidInput(
+                f"max_replicas ({self.max_replicas}) is below min_replicas "
+                f"({self.min_replicas}); raise BERTH_RAY_MAX_REPLICAS or lower the minimum"
+            )
+        if self.target_ongoing_requests <= 0 or self.max_ongoing_requests < 1:
+            raise InvalidInput(
+                "target_ongoing_requests must be above 0 and max_ongoing_requests at least 1"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: dict[str, str]) -> ReplicaOptions:
+        return cls(
+            min_replicas=settings.ray_min_replicas,
+            max_replicas=settings.ray_max_replicas,
+            target_ongoing_requests=settings.ray_target_ongoing_requests,
+            # A replica sheds load beyond this itself (503), so Ray need not queue more on it.
+            max_ongoing_requests=settings.max_concurrent_requests,
+            replica_cpus=settings.ray_replica_cpus,
+            env=env,
+        )
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The keyword arguments of `serve.deployment(...).options(...)` (Ray 2.60 names)."""
+        options: dict[str, Any] = {
+            "name": DEPLOYMENT_NAME,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            },
+            "ray_actor_options": {"num_cpus": self.replica_cpus},
+        }
+        if self.env:
+            options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(self.env)}
+        return options
+
+    def to_args(self) -> dict[str, Any]:
+        """The builder's `args` (what a Ray Serve config file or RayService carries)."""
+        args = asdict(self)
+        args.pop("env")
+        return args
+
+
+@serve.ingress()
+class BerthReplica:
+    """One replica: the server's ASGI app, built in the replica's process after it starts."""
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        # The replicas of one machine sum their metrics in one folder (see ray_engine); on a
+        # cluster node it does not exist until the first replica there makes it.
+        shared = os.environ.get(MULTIPROCESS_ENV)
+        if shared:
+            os.makedirs(shared, exist_ok=True)
+        # Imported here: the driver that deploys this class needs none of the serving stack.
+        from berth.api.app import create_app_from_env
+
+        return create_app_from_env()
+
+
+def application(options: ReplicaOptions) -> Application:
+    """The bound Serve application of one Berth server."""
+    deployment: Deployment = serve.deployment(**options.deployment_options())(BerthReplica)
+    return deployment.bind()
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder for Ray Serve config files and KubeRay (`import_path`).
+
+    `args` takes the fields of `ReplicaOptions` (except `env`) and `served`, the references to
+    serve (default: what the replica's `BERTH_SERVED` says, else every `production` alias).
+    Other settings reach replicas as `BERTH_*` variables of the cluster or the config's
+    `runtime_env`.
+    """
+    known = {"served", *ReplicaOptions.__dataclass_fields__} - {"env"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise InvalidInput(f"unknown Berth application args {unknown}; use only {sorted(known)}")
+    values = {name: value for name, value in args.items() if name != "served"}
+    served = args.get("served")
+    env = {"BERTH_SERVED": _json_list(served)} if served else {}
+    return application(ReplicaOptions(**values, env=env))
+
+
+def _json_list(served: Any) -> str:
+    if isinstance(served, str):
+        served = [served]
+    if not isinstance(served, list) or not all(isinstance(ref, str) for ref in served):
+        raise InvalidInput('args.served must be a list of references such as ["churn@production"]')
+    return json.dumps(served)
