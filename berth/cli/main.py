@@ -15,6 +15,7 @@ from berth.cli import (
     demo,
     endpoints,
     experiments,
+    export,
     feedback,
     init,
     jobs,
@@ -57,6 +58,7 @@ app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("bench")(bench.bench)
 app.command("validate")(validate.validate)
+app.command("export")(export.export)
 app.command("scheduler")(schedules.scheduler)
 
 

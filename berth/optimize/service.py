@@ -86,7 +86,7 @@ def optimize(
     conversion (it may be tightened), `QUANTIZED_TOLERANCE` by default for int8.
     """
     step = progress or _silent
-    limit = _tolerance(tolerance, quantize)
+    limit = check_tolerance(tolerance, quantize)
     if alias is not None:
         check_name("alias", alias)
     source = registry.resolve(reference)
@@ -95,7 +95,7 @@ def optimize(
     step("preparing the check rows")
     rows = check_data(source, data)
     step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
-    converted = _convert(source, source_runtime, float_only=quantize is not None)
+    converted = convert_source(source, source_runtime, float_only=quantize is not None)
     graph = converted.onnx_bytes if converted else registry.fetch(source).read_bytes()
     if quantize is not None:
         step("quantizing to int8")
@@ -122,7 +122,8 @@ def _silent(_: str) -> None:
     return None
 
 
-def _tolerance(tolerance: float | None, quantize: str | None) -> float:
+def check_tolerance(tolerance: float | None, quantize: str | None) -> float:
+    """The tolerance in effect for a conversion (optionally quantized); shared with export."""
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise InvalidInput(
             f"unknown quantization '{quantize}'; use one of {', '.join(QUANTIZATIONS)}"
@@ -153,7 +154,8 @@ def _source_runtime(registry: Registry, source: VersionInfo, quantize: str | Non
     return registry.load_runtime(source)
 
 
-def _convert(source: VersionInfo, runtime: Runtime, *, float_only: bool) -> Converted | None:
+def convert_source(source: VersionInfo, runtime: Runtime, *, float_only: bool) -> Converted | None:
+    """The ONNX conversion of a loaded scikit-learn version; None for an ONNX version."""
     if source.flavor == "onnx":
         return None
     model = getattr(runtime, "model", None)

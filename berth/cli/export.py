@@ -1,0 +1,98 @@
+"""`berth export`: a version as a self-contained folder for edge devices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from berth.cli.context import console, registry
+
+if TYPE_CHECKING:
+    from berth.deploy.edge import EdgeExport
+
+
+def export(
+    reference: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    format: str = typer.Option(..., "--format", help="Export format; only onnx exists."),
+    out: Path = typer.Option(..., "--out", help="Directory to write; created if missing."),
+    quantize: str | None = typer.Option(
+        None, help="int8: also quantize weights to int8 (dynamic), checked with --tolerance."
+    ),
+    tolerance: float | None = typer.Option(
+        None,
+        help="Largest probability (or relative value) difference accepted: 1e-4 for a plain "
+        "conversion (may only be tightened), 1e-2 by default with --quantize int8. The "
+        "folder's own test compares with it too.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Rows to check the graph on (.csv/.parquet with the signature's columns, .npy for "
+        "tensor models); default: the version's example rows topped up with generated rows.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Write into a non-empty --out, overwriting the export's files."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Write a version as a folder that runs with onnxruntime and numpy only.
+
+    The folder holds model.onnx, signature.json, run.py (`python run.py rows.json`),
+    requirements.txt, sample.json, expected.json (Berth's own answers for the sample) and
+    test_run.py (`python -m unittest`: run.py's answers equal Berth's). scikit-learn, XGBoost
+    and LightGBM versions are converted and checked like `berth models optimize` (labels
+    identical on 99.9% of the check rows, probabilities within the tolerance) before anything
+    is written; ONNX versions are exported as they are.
+
+    Example: berth export churn@production --format onnx --out churn-edge
+    """
+    # Imported here: the converters (skl2onnx, onnx) cost a second to import.
+    from berth.deploy.edge import export_edge
+
+    with console.status(f"Exporting {reference} ...") as status:
+        report = export_edge(
+            registry(),
+            reference,
+            out,
+            format=format,
+            quantize=quantize,
+            tolerance=tolerance,
+            data=data,
+            force=force,
+            progress=lambda step: status.update(f"Exporting {reference}: {step} ..."),
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    _print_export(report)
+
+
+def _print_export(report: EdgeExport) -> None:
+    from berth.deploy.edge import figures
+
+    check = report.check
+    table = Table("measure", "value", title=f"{report.source.ref} exported")
+    table.add_row("graph", report.how)
+    table.add_row("rows checked", f"{check.rows} ({report.data.describe()})")
+    if check.label_agreement is not None:
+        table.add_row(
+            "label agreement",
+            f"{check.agreeing}/{check.rows} ({check.label_agreement:.3%}; required "
+            f"{check.min_agreement:.1%})"
+            + (f", {check.ties} of them ties broken the other way" if check.ties else ""),
+        )
+    for what, value in (
+        ("max probability difference", check.max_probability_diff),
+        ("max relative difference", check.max_value_diff),
+    ):
+        if value is not None:
+            table.add_row(what, f"{value:.3g} (tolerance {check.tolerance:g})")
+    table.add_row("sample", figures(check, report.data, report.sample)[-1])
+    console.print(table)
+    console.print(
+        f"Wrote [bold]{report.folder}[/] ({', '.join(report.files)}); its own test passed. "
+        f"Try: cd {report.folder} && python run.py sample.json"
+    )

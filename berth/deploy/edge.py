@@ -1,0 +1,197 @@
+"""`export_edge`: a version as a self-contained folder that runs with onnxruntime and numpy only.
+
+The CLI (`berth export REF --format onnx --out DIR`) calls this one function. Steps: refuse
+early what cannot work (an unknown format, a non-empty DIR without --force, a torch or python
+version); load the version as it is served; take its ONNX graph (an ONNX version's own bytes)
+or convert it with the same converter `berth models optimize` uses, optionally quantize it to
+int8; check the graph against the served version on the check rows (the optimize rules and
+tolerances: refused with the measured differences otherwise); pick sample rows and ask Berth's
+own serving path for their answers; write the folder to a staging directory, run its own test
+there, and only then copy it into DIR.
+
+Modules: `edge_sample` (sample rows and Berth's answers), `edge_folder` (the files, the self
+test, installing), `edge_runner` (the runner, copied as run.py), `edge_selftest` (its test,
+copied as test_run.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from berth.deploy import edge_folder
+from berth.deploy.edge_sample import Sample, sample
+from berth.errors import InvalidInput
+from berth.optimize.convert import Converted
+from berth.optimize.data import CheckData, check_data
+from berth.optimize.equivalence import EquivalenceReport, NotEquivalent, check
+from berth.optimize.quantize import quantize_int8
+from berth.optimize.service import check_tolerance, convert_source
+from berth.registry.service import Registry, VersionInfo
+from berth.runtimes import load_runtime
+
+FORMATS = ("onnx",)
+
+Progress = Callable[[str], None]
+
+_NOT_CONVERTIBLE = {
+    "torch": (
+        "Berth does not convert torch networks to ONNX. Export the network yourself "
+        "(torch.onnx.export(model, example_input, 'model.onnx')), register that file with "
+        "`berth models register NAME model.onnx`, and export the ONNX version"
+    ),
+    "python": (
+        "a python-flavor version runs your own class, which cannot be converted to ONNX. "
+        "Register an ONNX form of the model (`berth models register NAME model.onnx`) and "
+        "export that version"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EdgeExport:
+    source: VersionInfo
+    folder: Path
+    files: tuple[str, ...]
+    check: EquivalenceReport
+    data: CheckData
+    sample: Sample
+    converted: Converted | None
+    """How the graph was converted; None when the version is an ONNX graph already."""
+    quantized: str | None
+
+    @property
+    def how(self) -> str:
+        return _how(self.source, self.converted, self.quantized)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source.ref,
+            "folder": str(self.folder),
+            "files": list(self.files),
+            "format": "onnx",
+            "how": self.how,
+            "precision": self.converted.precision if self.converted else None,
+            "quantized": self.quantized,
+            "check": {**self.check.to_dict(), "data": self.data.to_dict()},
+            "sample_rows": len(self.sample.instances),
+            "sample_left_out": self.sample.left_out,
+        }
+
+
+def export_edge(
+    registry: Registry,
+    reference: str,
+    out: Path,
+    *,
+    format: str = "onnx",
+    quantize: str | None = None,
+    tolerance: float | None = None,
+    data: Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> EdgeExport:
+    """Write `reference` as an ONNX folder in `out`, or refuse and say why (nothing written).
+
+    `tolerance`: as for `berth models optimize` (1e-4 for a conversion, may only be tightened;
+    1e-2 by default with int8); it also bounds the shipped test's probability comparison.
+    """
+    step = progress or _silent
+    if format not in FORMATS:
+        raise InvalidInput(f"unknown export format '{format}'; use one of {', '.join(FORMATS)}")
+    limit = check_tolerance(tolerance, quantize)
+    target = edge_folder.check_target(out, force)
+    source = registry.resolve(reference)
+    if source.flavor in _NOT_CONVERTIBLE:
+        raise InvalidInput(f"{source.ref} cannot be exported: {_NOT_CONVERTIBLE[source.flavor]}")
+    step(f"loading {source.ref}")
+    served = registry.load_runtime(source)
+    step("preparing the check rows")
+    rows = check_data(source, data)
+    step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
+    converted = convert_source(source, served, float_only=quantize is not None)
+    graph = converted.onnx_bytes if converted else registry.fetch(source).read_bytes()
+    if quantize is not None:
+        step("quantizing to int8")
+        graph = quantize_int8(graph)
+    with tempfile.TemporaryDirectory(prefix="berth-export-") as staging:
+        staged = Path(staging)
+        (staged / edge_folder.MODEL).write_bytes(graph)
+        exported = load_runtime("onnx", staged / edge_folder.MODEL)
+        step(f"checking equivalence on {rows.rows} rows")
+        result = check(served, exported, rows, tolerance=limit)
+        if not result.passed:
+            raise NotEquivalent(_refusal(source, result, rows, quantize), result)
+        step("asking Berth for the sample rows' answers")
+        picked = sample(registry, source, exported, rows)
+        how = _how(source, converted, quantize)
+        contents = edge_folder.Contents(
+            source,
+            graph,
+            picked,
+            limit,
+            how,
+            figures(result, rows, picked),
+            _why_different(source, converted, quantize),
+        )
+        edge_folder.write(staged, contents)
+        step("running the folder's own test")
+        edge_folder.self_test(staged)
+        edge_folder.install(staged, target)
+    return EdgeExport(source, target, edge_folder.FILES, result, rows, picked, converted, quantize)
+
+
+def figures(result: EquivalenceReport, rows: CheckData, picked: Sample) -> tuple[str, ...]:
+    """The equivalence figures, one line each (README and CLI)."""
+    lines = [f"checked on {rows.rows} rows ({rows.describe()}): {result.summary()}"]
+    sampled = f"{len(picked.instances)} sample rows with Berth's answers"
+    if picked.left_out:
+        sampled += (
+            f"; {picked.left_out} check rows the graph labels differently (ties) left out of "
+            "the sample"
+        )
+    lines.append(sampled)
+    return tuple(lines)
+
+
+def _how(source: VersionInfo, converted: Converted | None, quantized: str | None) -> str:
+    made = (
+        f"converted from {source.flavor} ({converted.precision}, {converted.converter})"
+        if converted
+        else "the registered ONNX graph"
+    )
+    return f"{made}, {quantized}-quantized" if quantized else made
+
+
+def _why_different(source: VersionInfo, converted: Converted | None, quantized: str | None) -> str:
+    """Why the graph's numbers may differ from the served version's at all."""
+    if quantized:
+        return f"the graph's weights are quantized to {quantized}"
+    if converted:
+        bits = "float32" if converted.precision == "float" else "float64"
+        return f"the graph computes in {bits}, the {source.flavor} model in its own precision"
+    return "Berth serves this same graph; only onnxruntime's threading may move the last digits"
+
+
+def _refusal(
+    source: VersionInfo, result: EquivalenceReport, rows: CheckData, quantize: str | None
+) -> str:
+    what = "the int8-quantized ONNX form" if quantize else "the ONNX form"
+    worst = "; ".join(row.describe() for row in result.worst[:3])
+    advice = (
+        "raise --tolerance if that difference is acceptable, or export without --quantize"
+        if quantize
+        else f"serve {source.ref} with Berth instead"
+    )
+    return (
+        f"export refused: {what} of {source.ref} differs from it on {rows.rows} rows "
+        f"({rows.describe()}): {'; '.join(result.failures())}"
+        f"{f'; worst rows: {worst}' if worst else ''}. Nothing was written; {advice}"
+    )
+
+
+def _silent(_: str) -> None:
+    return None
