@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch wrk prometheus
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch wrk prometheus nginx cluster-demo
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ demo: install
 # Two pytest-xdist workers: most tests wait on servers, databases and subprocesses, so two
 # processes on two cores take about a third of the serial time.
 TEST_WORKERS ?= 2
-test: install prometheus
+test: install prometheus nginx
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # promtool and prometheus (Debian's package) for tests/test_alerts.py and the end-to-end test.
@@ -44,6 +44,28 @@ prometheus:
 	else \
 		echo "promtool/prometheus not found and apt-get unavailable: their tests will skip"; \
 	fi
+
+# nginx (Debian's package) for the multi-replica test and `make cluster-demo`; RUNLEVEL=1 keeps
+# the package from starting its own server on port 80.
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && $(SUDO) true 2>/dev/null; then \
+		echo "installing Debian's nginx package ..."; \
+		log=$$(mktemp); \
+		if ! { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+				apt-get install -y -qq --no-install-recommends nginx; } >$$log 2>&1; then \
+			cat $$log; echo "could not install Debian's nginx package: the cluster test will skip"; \
+		fi; \
+		rm -f $$log; \
+	else \
+		echo "nginx not found and apt-get unavailable: the cluster test will skip"; \
+	fi
+
+# Three Berth replicas behind nginx on this machine, sharing PostgreSQL, Redis and one artifact
+# store (berth/deploy/local_cluster.py); needs the PostgreSQL and Redis the README names.
+cluster-demo: install nginx
+	$(BIN)/python -m berth.deploy.local_cluster $(ARGS)
 
 lint: install
 	$(BIN)/ruff check berth tests benchmarks
