@@ -181,6 +181,8 @@ def test_config_show_redacts_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) 
         ["scheduler"],
         ["stream", "run"],
         *(["jobs", command] for command in ("list", "show", "cancel")),
+        ["export"],
+        ["build"],
     ],
 )
 def test_every_command_has_help_with_an_example(run: Run, command: list[str]) -> None:

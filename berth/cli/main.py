@@ -11,6 +11,7 @@ from berth.cli import (
     audit,
     batch,
     bench,
+    build,
     config_cmd,
     demo,
     endpoints,
@@ -59,6 +60,7 @@ app.command("demo")(demo.demo)
 app.command("bench")(bench.bench)
 app.command("validate")(validate.validate)
 app.command("export")(export.export)
+app.command("build")(build.build)
 app.command("scheduler")(schedules.scheduler)
 
 

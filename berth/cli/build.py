@@ -1,0 +1,128 @@
+"""`berth build`: write a deployable bundle (image, compose, Kubernetes, KubeRay) for a model."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from berth.cli.context import console, registry
+from berth.config import DEFAULT_PORT
+from berth.deploy.build import BuildResult
+from berth.deploy.build import build as build_bundle
+from berth.deploy.plan import TARGETS, BuildOptions
+
+
+class Target(enum.StrEnum):
+    compose = "compose"
+    kubernetes = "kubernetes"
+    kuberay = "kuberay"
+
+
+class Source(enum.StrEnum):
+    bake = "bake"
+    registry = "registry"
+
+
+def build(
+    reference: str = typer.Argument(
+        ..., help="A model (NAME, NAME:VERSION, NAME@ALIAS) or an endpoint name."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write the bundle into (new or empty)."),
+    target: list[Target] = typer.Option(
+        [],
+        "--target",
+        help="compose, kubernetes or kuberay (repeatable; default all three). The Dockerfile "
+        "is always written.",
+    ),
+    model_source: Source | None = typer.Option(
+        None,
+        "--model-source",
+        help="bake: the model goes into the image (default for a model); registry: the server "
+        "reads it from BERTH_DATABASE_URL/BERTH_ARTIFACT_URL (default for an endpoint).",
+    ),
+    image: str | None = typer.Option(
+        None, "--image", help="Image NAME:TAG (default berth-<model>:<version>)."
+    ),
+    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port the server listens on."),
+    replicas: int = typer.Option(2, "--replicas", min=1, help="Replicas in production."),
+    min_replicas: int | None = typer.Option(
+        None,
+        "--min-replicas",
+        min=1,
+        help="Fewest replicas the autoscaler keeps (default --replicas).",
+    ),
+    max_replicas: int | None = typer.Option(
+        None,
+        "--max-replicas",
+        min=1,
+        help="Most replicas the autoscaler starts (default 2x, at least 4).",
+    ),
+    cpu: float = typer.Option(
+        0.5, "--cpu", help="CPU cores requested per replica (the limit is twice that)."
+    ),
+    memory: str = typer.Option("1Gi", "--memory", help="Memory per replica, e.g. 512Mi or 2Gi."),
+    target_in_flight: float = typer.Option(
+        8.0, "--target-in-flight", help="Requests in flight per replica the autoscalers aim at."
+    ),
+    package: list[str] = typer.Option(
+        [],
+        "--with",
+        help="An installed distribution the model needs at run time, pinned into the image "
+        "with its dependencies (repeatable), e.g. --with lightgbm.",
+    ),
+    base_image: str | None = typer.Option(
+        None, "--base-image", help="Python base image (default: this interpreter's slim image)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace what a previous build wrote into a non-empty --out."
+    ),
+) -> None:
+    """Write a deployable bundle: Dockerfile, compose.yaml, Kubernetes manifests, a RayService.
+
+    Dependencies are pinned to the versions installed here. Kubernetes manifests are a
+    kustomize base with staging and production overlays; every batch schedule becomes a
+    CronJob. Nothing secret is written: secrets are templates with placeholders.
+
+    Example: berth build churn@production --out deploy/churn --target kubernetes --image registry.example.com/churn:3
+    """
+    options = BuildOptions(
+        targets=tuple(t.value for t in target) or TARGETS,
+        model_source=model_source.value if model_source else None,
+        image=image,
+        port=port,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu=cpu,
+        memory=memory,
+        target_in_flight=target_in_flight,
+        packages=tuple(package),
+        base_image=base_image,
+        force=force,
+    )
+    result = build_bundle(registry(), reference, out, options)
+    _report(result)
+
+
+def _report(result: BuildResult) -> None:
+    plan = result.plan
+    what = (
+        plan.subject.version.ref if plan.model_source == "bake" else ", ".join(plan.subject.served)
+    )
+    console.print(
+        f"Wrote the bundle for {escape(plan.subject.reference)} ({plan.model_source}: "
+        f"{escape(what)}) to {escape(str(result.out))}:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    artifact = [f for f in result.files if f.startswith("model/artifact/")]
+    for name in result.files:
+        if name.startswith("model/artifact/"):
+            continue
+        console.print(f"  {escape(name)}", highlight=False, soft_wrap=True)
+    if artifact:
+        console.print(f"  model/artifact/ ({len(artifact)} file(s))", highlight=False)
+    console.print(f"Next: docker build -t {escape(plan.image)} {escape(str(result.out))}")

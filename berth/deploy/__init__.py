@@ -1,0 +1,1 @@
+"""Deploying Berth: bundles (Dockerfile, compose, Kubernetes, KubeRay) and the Ray Serve engine."""
