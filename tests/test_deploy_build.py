@@ -37,7 +37,7 @@ from berth.deploy import kustomize
 from berth.deploy.build import BuildResult, build
 from berth.deploy.cronjobs import kubernetes_schedule
 from berth.deploy.dockerfile import healthcheck_command
-from berth.deploy.plan import BuildOptions
+from berth.deploy.plan import DEFAULT_TARGETS, TARGETS, BuildOptions
 from berth.deploy.requirements import canonical, image_environment
 from berth.deploy.requirements import render as render_requirements
 from berth.errors import InvalidInput
@@ -48,7 +48,7 @@ from berth.observability.prometheus_config import ScrapeOptions, build_config
 from berth.registry.service import Registry
 from berth.rollouts.endpoints import EndpointService
 from berth.security.keys import server_secret
-from tests.conftest import Run, register_churn, require_service
+from tests.conftest import Run, register_churn, register_iris, require_service
 
 SCHEMAS = Path(__file__).parent / "schemas"
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -109,7 +109,7 @@ def built(
     schedules = ScheduleService(registry.db)
     schedules.put("nightly", cron="30 2 * * 5-7", args=SCHEDULE_ARGS, timezone="Europe/Berlin")
     schedules.put("paused", cron="@hourly", args=SCHEDULE_ARGS, enabled=False)
-    options = BuildOptions(replicas=3, max_replicas=9, cpu=0.75, memory="768Mi")
+    options = BuildOptions(targets=TARGETS, replicas=3, max_replicas=9, cpu=0.75, memory="768Mi")
     result = build(registry, "churn@production", root / "bundle", options)
     yield Built(result, secret)
     registry.db.dispose()
@@ -249,7 +249,7 @@ def test_the_deployment_is_restricted_probed_and_bounded(built: Built) -> None:
         {"configMapRef": {"name": "berth-churn"}},
         {"secretRef": {"name": "berth-churn-secrets"}},
     ]
-    assert deployment["spec"]["replicas"] == 3
+    assert "replicas" not in deployment["spec"]  # the HPA's to set
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     service = built.doc("kubernetes/base/service.yaml")
@@ -309,8 +309,9 @@ def test_overlays_render_to_valid_objects_in_their_namespace(built: Built, overl
             assert pod["containers"][0]["image"] == "berth-churn:1"
     by_kind = {o["kind"]: o for o in objects}
     hpa, deployment = by_kind["HorizontalPodAutoscaler"]["spec"], by_kind["Deployment"]["spec"]
-    expected = {"staging": (1, 1, 2), "production": (3, 3, 9)}[overlay]
-    assert (deployment["replicas"], hpa["minReplicas"], hpa["maxReplicas"]) == expected
+    expected = {"staging": (1, 2), "production": (3, 9)}[overlay]
+    assert "replicas" not in deployment
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == expected
     assert (
         deployment["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "768Mi"
     )
@@ -551,6 +552,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_healthchecked(built: Built)
     assert "/health" in health
     (command,) = [json.loads(args) for keyword, args in final if keyword == "CMD"]
     assert command[:4] == ["berth", "serve", "--bundle", "/opt/berth/model"]
+    assert "--trust-pickle" not in command  # churn is a skops file, no pickle to vouch for
     assert ("COPY", "model/ /opt/berth/model/") in final
     assert ("EXPOSE", "8321") in final
     for keyword, args in steps:
@@ -741,6 +743,9 @@ def cli(run: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> R
     registry = Registry.from_settings(settings)
     register_churn(registry, churn_files)
     ScheduleService(registry.db).put("hourly", cron="@hourly", args=SCHEDULE_ARGS)
+    # Another model's schedule: its job would need that model's libraries, not in this image.
+    other = ["fraud@production", "--source", "in.csv", "--sink", "out.parquet"]
+    ScheduleService(registry.db).put("fraud-nightly", cron="0 2 * * *", args=other)
     EndpointService(registry).create("checkout", "churn@production")
     registry.db.dispose()
     return run
@@ -752,6 +757,7 @@ def test_build_command_writes_the_asked_targets_and_lists_them(cli: Run, tmp_pat
                "--image", "registry.example.com/ml/churn:2026-01", "--port", "9100")  # fmt: skip
     assert done.code == 0, done.err
     assert "kubernetes/base/cronjob-berth-churn-hourly.yaml" in done.out
+    assert "fraud" not in done.out
     assert "model/berth-bundle.json" in done.out
     assert "model/artifact/ (1 file(s))" in done.out
     assert not (out / "compose.yaml").exists()
@@ -824,3 +830,28 @@ def test_build_command_checks_its_options(cli: Run, tmp_path: Path) -> None:
         assert done.code != 0, args
         assert message in done.err, (args, done.err)
     assert not (tmp_path / "b").exists()
+
+
+def test_default_targets_are_compose_and_kubernetes(cli: Run, tmp_path: Path) -> None:
+    """KubeRay pins Ray (the `berth[ray]` extra), so it is written only when asked for."""
+    out = tmp_path / "bundle"
+    done = cli("build", "churn@production", "--out", str(out))
+    assert done.code == 0, done.err
+    assert DEFAULT_TARGETS == ("compose", "kubernetes")
+    assert (out / "compose.yaml").is_file()
+    assert (out / "kubernetes" / "base" / "deployment.yaml").is_file()
+    assert not (out / "kuberay").exists()
+    assert not (out / "Dockerfile.ray").exists()
+
+
+def test_a_baked_pickle_is_vouched_for_by_the_images_command(
+    settings: Settings, iris_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The bundle's manifest cannot vouch for its own pickle; the image's command does."""
+    registry = Registry.from_settings(settings)
+    register_iris(registry, iris_files, aliases=("production",))
+    build(registry, "iris@production", tmp_path / "b", BuildOptions(targets=("compose",)))
+    registry.db.dispose()
+    steps = instructions((tmp_path / "b" / "Dockerfile").read_text())
+    (command,) = [json.loads(args) for keyword, args in steps if keyword == "CMD"]
+    assert command[:5] == ["berth", "serve", "--bundle", "/opt/berth/model", "--trust-pickle"]

@@ -25,7 +25,7 @@ from berth.api.app import build_services, create_app
 from berth.config import Settings
 from berth.deploy.bundle import ARTIFACT, MANIFEST, Manifest, bake, install_bundle
 from berth.deploy.dockerfile import healthcheck_command
-from berth.errors import ArtifactIntegrityError, InvalidInput
+from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound
 from berth.registry.artifacts import artifact_sha256
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from tests.conftest import berth, register_churn, register_iris, serving
@@ -177,7 +177,12 @@ def test_a_pickle_models_trust_travels_with_its_verified_bytes(
     manifest = bake(source, version, folder, "iris:1")
     source.db.dispose()
     assert Manifest.read(folder) == manifest
-    ref = install_bundle(registry, folder)
+    # The manifest cannot vouch for itself: the operator's --trust-pickle must.
+    with pytest.raises(InvalidInput, match="--trust-pickle"):
+        install_bundle(registry, folder)
+    with pytest.raises(NotFound):
+        registry.get_model("iris")
+    ref = install_bundle(registry, folder, trust_pickle=True)
     installed = registry.resolve(ref)
     assert installed.pickle_trusted
     assert installed.example == version.example  # tensor examples survive as .npy

@@ -184,7 +184,11 @@ def deployed(
     finally:
         if process.poll() is None:
             process.terminate()
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
 
 def _without_ids(body: dict[str, Any]) -> dict[str, Any]:

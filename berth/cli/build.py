@@ -12,7 +12,7 @@ from berth.cli.context import console, registry
 from berth.config import DEFAULT_PORT
 from berth.deploy.build import BuildResult
 from berth.deploy.build import build as build_bundle
-from berth.deploy.plan import TARGETS, BuildOptions
+from berth.deploy.plan import DEFAULT_TARGETS, BuildOptions
 
 
 class Target(enum.StrEnum):
@@ -34,8 +34,8 @@ def build(
     target: list[Target] = typer.Option(
         [],
         "--target",
-        help="compose, kubernetes or kuberay (repeatable; default all three). The Dockerfile "
-        "is always written.",
+        help="compose, kubernetes or kuberay (repeatable; default compose and kubernetes). The "
+        "Dockerfile is always written.",
     ),
     model_source: Source | None = typer.Option(
         None,
@@ -89,7 +89,7 @@ def build(
     Example: berth build churn@production --out deploy/churn --target kubernetes --image registry.example.com/churn:3
     """
     options = BuildOptions(
-        targets=tuple(t.value for t in target) or TARGETS,
+        targets=tuple(t.value for t in target) or DEFAULT_TARGETS,
         model_source=model_source.value if model_source else None,
         image=image,
         port=port,

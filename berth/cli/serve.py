@@ -85,6 +85,12 @@ def serve(
         help="A model folder baked by `berth build` (with berth-bundle.json): verified by "
         "sha256, registered if new, then served.",
     ),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="With --bundle: the baked model is a pickle you trust (the bundle's own manifest "
+        "cannot vouch for itself).",
+    ),
 ) -> None:
     """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
 
@@ -93,11 +99,13 @@ def serve(
     Example: berth serve churn@production --port 9000 --workers 2 --tls-cert cert.pem --tls-key key.pem
     """
     current = settings()
+    address = address or current.ray_address
+    _check_engine(engine, address, detach, workers or current.workers, tls_cert or tls_key)
     served = list(references or [])
     if bundle is not None:
         from berth.deploy.bundle import install_bundle
 
-        served.append(install_bundle(registry(), bundle))
+        served.append(install_bundle(registry(), bundle, trust_pickle=trust_pickle))
     served = served or _production_models()
     for reference in served:
         registry().resolve(reference)
@@ -111,32 +119,46 @@ def serve(
         tls_key=tls_key or current.tls_key_file,
     )
     if engine is Engine.ray:
-        _serve_on_ray(options, address or current.ray_address, detach)
+        _serve_on_ray(options, address, detach)
         return
-    if address is not None or detach:
-        raise InvalidInput("--address and --detach apply to --engine ray only")
     start_server(options)
 
 
-def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> None:
-    if options.workers > 1 or options.tls_cert is not None:
+def _check_engine(
+    engine: Engine, address: str | None, detach: bool, workers: int, tls: Path | None
+) -> None:
+    """Refuse option mixes before anything is registered or started."""
+    if engine is not Engine.ray:
+        if detach or (address is not None and address != settings().ray_address):
+            raise InvalidInput("--address and --detach apply to --engine ray only")
+        return
+    if workers > 1 or tls is not None:
         raise InvalidInput(
             "--engine ray scales with replicas (BERTH_RAY_MIN_REPLICAS, BERTH_RAY_MAX_REPLICAS), "
             "not --workers, and Ray Serve's proxy speaks HTTP: drop --workers and the TLS "
             "options (terminate TLS at a load balancer in front of it)"
         )
+    if detach and not address:
+        raise InvalidInput(
+            "--detach needs a Ray cluster (--address or BERTH_RAY_ADDRESS): a local Ray "
+            "instance stops with this command"
+        )
+
+
+def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> None:
     try:
         from berth.deploy.ray_engine import RayServing, serve_on_ray
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise InvalidInput(
             f"--engine ray needs Ray Serve ({exc}); install it with `pip install 'berth[ray]'`"
         ) from exc
-    os.environ.update(options.environment())
     if options.dev:
         err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
     console.print(f"Deploying {', '.join(options.served)} to Ray Serve ...")
     serving = RayServing(options.served, options.host, options.port, address, detach)
-    serve_on_ray(serving, load_settings(), console.print)
+    # Replicas get the options as variables; this process's environment stays as it was.
+    environ = {**os.environ, **options.environment()}
+    serve_on_ray(serving, load_settings(), console.print, environ=environ)
 
 
 def _production_models() -> list[str]:

@@ -24,7 +24,7 @@ from berth.deploy.documents import dump
 from berth.deploy.plan import RAY_VERSION, BuildOptions, ModelSource, Plan, Subject, make_plan
 from berth.deploy.readme import render_readme
 from berth.errors import Conflict, InvalidInput, NotFound
-from berth.jobs.schedules import ScheduleService
+from berth.jobs.schedules import ScheduleInfo, ScheduleService
 from berth.observability.alerts import render_rules
 from berth.observability.prometheus_config import render_config
 from berth.registry.references import parse_reference
@@ -98,7 +98,7 @@ def build(registry: Registry, reference: str, out: Path, options: BuildOptions) 
     plan = make_plan(subject, options, wheel=tree is not None, model_source=source)
     pins = _pins(plan)
     ray_pins = _ray_pins(plan) if "kuberay" in options.targets else None
-    schedules = ScheduleService(registry.db).list(enabled_only=True)
+    schedules = _own_schedules(ScheduleService(registry.db).list(enabled_only=True), subject)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
         stage = Path(scratch)
@@ -231,6 +231,14 @@ _BASE: tuple[tuple[str, _Maker, str], ...] = (
      "Prometheus Operator: Berth's alerting and recording rules (berth observability alerts),\n"
      "for the scrape job named after the Service. Add your ruleSelector's label if needed."),
 )  # fmt: skip
+
+
+def _own_schedules(schedules: list[ScheduleInfo], subject: Subject) -> list[ScheduleInfo]:
+    """The schedules that score this bundle's models: the image holds only their libraries."""
+    from berth.cli.batch import parse_run_args  # checks stored arguments as the command does
+
+    models = {version.model for version in subject.versions}
+    return [s for s in schedules if parse_reference(parse_run_args(s.args).model).name in models]
 
 
 def _write_kubernetes(files: _Files, plan: Plan, schedules: list[Any]) -> None:

@@ -40,8 +40,9 @@ log = logging.getLogger("berth.deploy")
 MANIFEST = "berth-bundle.json"
 ARTIFACT = "artifact"
 FORMAT = 1
-INSTALL_WAIT_SECONDS = 600.0
-"""How long a replica waits for another one to register the bundle before giving up."""
+INSTALL_WAIT_SECONDS = 240.0
+"""How long a replica waits for another one to register the bundle before giving up (less
+than the Deployment's startup probe allows, so the probe never kills a waiting pod)."""
 _LEASE_SECONDS = 300.0
 _POLL_SECONDS = 0.25
 
@@ -164,7 +165,11 @@ def verify(folder: Path, manifest: Manifest) -> None:
 
 
 def install_bundle(
-    registry: Registry, folder: Path, wait_seconds: float = INSTALL_WAIT_SECONDS
+    registry: Registry,
+    folder: Path,
+    wait_seconds: float = INSTALL_WAIT_SECONDS,
+    *,
+    trust_pickle: bool = False,
 ) -> str:
     """Verify the bundle in `folder`, register it if new, and return the reference to serve.
 
@@ -175,6 +180,13 @@ def install_bundle(
     folder = folder.expanduser()
     manifest = Manifest.read(folder)
     verify(folder, manifest)
+    if manifest.pickle_trusted and not trust_pickle:
+        # The sha256 above only proves the files match the manifest that sits beside them; who
+        # wrote both is for the operator to vouch for (the image's command does, with the flag).
+        raise InvalidInput(
+            f"bundle {manifest.source} holds a pickle, which runs code when loaded; serve it "
+            "only from an image you built, with `berth serve --bundle DIR --trust-pickle`"
+        )
     deadline = time.monotonic() + wait_seconds
     # A holder of this call's own: two installs in one process must not share the lease.
     holder = f"{process_holder()[:119]}:{secrets.token_hex(4)}"
@@ -235,8 +247,8 @@ def _request(manifest: Manifest, folder: Path, scratch: Path) -> RegisterRequest
         metrics=manifest.metrics,
         tags={**manifest.tags, "bundle": manifest.source},
         description=manifest.description,
-        # The bytes were trusted when the source version was registered, and they are those
-        # bytes: the sha256 was verified above and is checked again on every load.
+        # Trusted when the source version was registered and vouched for again by the
+        # operator's --trust-pickle (install_bundle); the sha256 is checked on every load.
         trust_pickle=manifest.pickle_trusted,
         trusted_types=tuple(manifest.trusted_types),
         reference_stats=manifest.reference_stats,

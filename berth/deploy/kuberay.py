@@ -77,7 +77,13 @@ def _security() -> dict[str, Any]:
 
 
 def _template(
-    plan: Plan, name: str, cpu: str, memory: str, ports: list[dict[str, Any]]
+    plan: Plan,
+    name: str,
+    cpu: str,
+    memory: str,
+    ports: list[dict[str, Any]],
+    *,
+    api_access: bool = False,
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
@@ -96,7 +102,9 @@ def _template(
     return {
         "metadata": {"labels": plan.labels("ray")},
         "spec": {
-            "automountServiceAccountToken": False,
+            # The head runs KubeRay's in-tree autoscaler, which patches the RayCluster with the
+            # pod's service-account token; workers need no API access.
+            "automountServiceAccountToken": api_access,
             "enableServiceLinks": False,
             "containers": [container],
             "volumes": [{"name": "ray-tmp", "emptyDir": {}}],
@@ -127,7 +135,12 @@ def ray_service(plan: Plan) -> dict[str, Any]:
                     # No Serve replicas on the head: it runs the GCS, the dashboard and proxies.
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},  # noqa: S104
                     "template": _template(
-                        plan, "ray-head", quantity(HEAD_CPU), HEAD_MEMORY, head_ports
+                        plan,
+                        "ray-head",
+                        quantity(HEAD_CPU),
+                        HEAD_MEMORY,
+                        head_ports,
+                        api_access=True,
                     ),
                 },
                 "workerGroupSpecs": [

@@ -9,7 +9,6 @@ Secret, so no placeholder can reach a cluster as a real value).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,7 +52,7 @@ def quantity(value: float) -> str:
     """A number as a Kubernetes quantity: whole numbers plainly, fractions in thousandths."""
     if float(value).is_integer():
         return str(int(value))
-    return f"{math.ceil(value * 1000)}m"
+    return f"{max(1, round(value * 1000))}m"  # round: 2.007 * 1000 is 2007.0000000000002
 
 
 def resources(plan: Plan) -> dict[str, Any]:
@@ -147,6 +146,9 @@ def deployment(plan: Plan) -> dict[str, Any]:
         "startupProbe": _probe("/health", 5, 60),
         "livenessProbe": _probe("/health", 10, 3),
         "readinessProbe": _probe("/ready", 5, 3),
+        # Endpoints drop a terminating pod a moment after SIGTERM; until then requests still
+        # arrive, so the server keeps answering for 5 s before it starts to stop.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
     }
     spec = pod_spec(plan, container)
     spec["terminationGracePeriodSeconds"] = 30
@@ -162,8 +164,9 @@ def deployment(plan: Plan) -> dict[str, Any]:
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(plan, plan.app),
+        # No `replicas`: the HorizontalPodAutoscaler owns the count (from minReplicas), and a
+        # value here would reset it on every `kubectl apply`.
         "spec": {
-            "replicas": plan.options.replicas,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": plan.selector()},
             "strategy": {

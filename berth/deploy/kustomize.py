@@ -40,7 +40,6 @@ _CONTAINER_PATHS = (
 class Overlay:
     name: str
     namespace: str
-    replicas: int
     min_replicas: int
     max_replicas: int
     cpu: float
@@ -51,10 +50,9 @@ def overlays(plan: Plan) -> tuple[Overlay, ...]:
     options = plan.options
     low, high = options.replica_bounds
     return (
-        Overlay("staging", "berth-staging", 1, 1, 2, options.cpu, options.memory),
-        Overlay("production", "berth-production", options.replicas, low, high, options.cpu,
-                options.memory),
-    )  # fmt: skip
+        Overlay("staging", "berth-staging", 1, 2, options.cpu, options.memory),
+        Overlay("production", "berth-production", low, high, options.cpu, options.memory),
+    )
 
 
 def base_kustomization(resources: list[str]) -> dict[str, Any]:
@@ -82,7 +80,6 @@ def overlay_kustomization(plan: Plan, overlay: Overlay) -> dict[str, Any]:
         "limits": {"cpu": quantity(2 * overlay.cpu), "memory": overlay.memory},
     }
     deployment_ops = [
-        {"op": "replace", "path": "/spec/replicas", "value": overlay.replicas},
         {"op": "replace", "path": "/spec/template/spec/containers/0/resources", "value": resources},
     ]
     autoscaler_ops = [

@@ -19,6 +19,8 @@ from berth.registry.service import VersionInfo
 
 Target = Literal["compose", "kubernetes", "kuberay"]
 TARGETS: tuple[Target, ...] = ("compose", "kubernetes", "kuberay")
+DEFAULT_TARGETS: tuple[Target, ...] = ("compose", "kubernetes")
+"""Without --target; kuberay is asked for by name (it pins Ray, which `berth[ray]` installs)."""
 ModelSource = Literal["bake", "registry"]
 SubjectKind = Literal["model", "endpoint"]
 
@@ -62,7 +64,7 @@ class Subject:
 class BuildOptions:
     """Everything `berth build` can be told; the defaults suit a small production service."""
 
-    targets: tuple[Target, ...] = TARGETS
+    targets: tuple[Target, ...] = DEFAULT_TARGETS
     model_source: ModelSource | None = None
     """bake (the model inside the image) or registry; default bake for a model, registry for
     an endpoint."""
@@ -165,6 +167,8 @@ class Plan:
         """The server's command line in the image."""
         if self.model_source == "bake":
             refs = ["--bundle", BUNDLE_DIR]
+            if self.subject.version.pickle_trusted:  # trusted when registered; vouched again
+                refs.append("--trust-pickle")
         else:
             refs = list(self.subject.served)
         return ["berth", "serve", *refs, "--host", BIND_ALL, "--port", str(self.port)]
@@ -187,8 +191,9 @@ class Plan:
             "BERTH_DATABASE_URL": "postgresql+psycopg://berth:REPLACE-password@postgres:5432/berth",
             "BERTH_REDIS_URL": "redis://:REPLACE-password@redis:6379/0",
         }
-        if self.model_source == "registry":
-            values["BERTH_ARTIFACT_URL"] = "s3://REPLACE-bucket/berth/artifacts"
+        # Shared by every server pod, batch job and Ray replica; with a baked model the
+        # servers store its artifact there too, so jobs and Ray can load it.
+        values["BERTH_ARTIFACT_URL"] = "s3://REPLACE-bucket/berth/artifacts"
         return values
 
     def labels(self, component: str = "server") -> dict[str, str]:

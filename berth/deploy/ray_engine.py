@@ -56,6 +56,9 @@ def replica_environment(settings: Settings, environ: dict[str, str]) -> dict[str
 
     Replicas run in Ray's worker processes, whose working directory is not this one, so the
     data directory (and with it the default SQLite registry and artifact folder) is resolved.
+    A variable left out of this environment is read from the one the Ray nodes were started
+    with: credentials kept there stay out of the runtime environment, which Ray's dashboard
+    and `serve status` show to whoever can reach the cluster.
     """
     env = {name: value for name, value in environ.items() if name.startswith("BERTH_")}
     env["BERTH_HOME"] = str(Path(settings.home).resolve())
@@ -79,6 +82,8 @@ def serve_on_ray(
             "--detach needs a Ray cluster (--address or BERTH_RAY_ADDRESS): a local Ray "
             "instance stops with this command"
         )
+    if not serving.local:
+        _check_shared_state(settings)
     from berth.deploy.ray_serve import APPLICATION_NAME, ReplicaOptions
 
     env = replica_environment(settings, dict(os.environ if environ is None else environ))
@@ -112,6 +117,22 @@ def serve_on_ray(
                 serve.delete(APPLICATION_NAME)
 
 
+def _check_shared_state(settings: Settings) -> None:
+    """Replicas on other machines must reach the same registry and artifacts as this one."""
+    database = settings.resolved_database_url
+    artifacts = settings.resolved_artifact_url
+    if database.startswith("sqlite") or "://" not in artifacts:
+        # A warning, not a refusal: a one-machine cluster (or a shared mount) works.
+        log.warning(
+            "replicas on other machines of the Ray cluster cannot read this machine's registry "
+            "(%s) or artifacts (%s); set BERTH_DATABASE_URL to a PostgreSQL server and "
+            "BERTH_ARTIFACT_URL to shared storage (s3://..., gs://...) unless every node "
+            "shares these paths",
+            database.split("://")[0],
+            artifacts,
+        )
+
+
 @contextmanager
 def _ray(serving: RayServing) -> Iterator[None]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a server
@@ -125,6 +146,11 @@ def _ray(serving: RayServing) -> Iterator[None]:
             configure_logging=False,
         )
     except (ConnectionError, ValueError, RuntimeError) as exc:
+        if serving.local:
+            raise InvalidInput(
+                f"could not start a local Ray instance: {exc}; check `ray start --head` works "
+                "here, or pass --address of a running cluster"
+            ) from exc
         raise InvalidInput(
             f"could not connect to Ray at {serving.address}: {exc}; start a cluster with "
             "`ray start --head` and pass its address (host:6379, or ray://host:10001)"
