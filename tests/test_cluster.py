@@ -334,7 +334,8 @@ def test_a_key_rate_limit_holds_in_total_across_replicas(stack: Stack) -> None:
     )
     result = run_async(LoadTest(burst, Load(concurrency=6, requests=120)).run())
     ok, refused = result.status_codes.get(200, 0), result.status_codes.get(429, 0)
-    entries = [e for e in _access_since(stack, offset) if e.request_id == request_id]
+    logged = _access_since(stack, offset, at_least=120)
+    entries = [e for e in logged if e.request_id == request_id]
     per_replica = {address: 0 for e in entries for address in e.upstreams}
     for entry in entries:
         per_replica[entry.upstreams[-1]] += 1
@@ -361,7 +362,12 @@ def test_a_prediction_cached_by_one_replica_is_a_hit_on_the_others(stack: Stack)
 
     first, *others = stack.cluster.replicas
     assert cache_of(first.url) == "miss"
-    time.sleep(0.3)  # the entry is stored after the answer, off the hot path
+    # The entry is stored in Redis after the answer, off the hot path: once the first replica
+    # itself hits, it is there, and the others have never seen the row.
+    deadline = time.monotonic() + 5
+    while cache_of(first.url) != "hit":
+        assert time.monotonic() < deadline, "the first replica never stored its entry"
+        time.sleep(0.05)
     assert [cache_of(replica.url) for replica in others] == ["hit", "hit"]
 
 
@@ -371,7 +377,7 @@ def test_nginx_passes_the_request_id_and_the_client_address(stack: Stack) -> Non
     assert mine.headers["X-Request-ID"] == "trace-42.a"
     generated = stack.client.get(f"{stack.cluster.url}/ready").headers["X-Request-ID"]
     assert len(generated) == 32  # nginx's $request_id, which Berth kept
-    logged = {entry.request_id for entry in _access_since(stack, offset)}
+    logged = {entry.request_id for entry in _access_since(stack, offset, at_least=2)}
     assert {"trace-42.a", generated} <= logged
 
     # Berth believes nginx's X-Forwarded-For: the open-route bucket is the client's address.
@@ -407,12 +413,18 @@ def test_killing_a_replica_under_load_loses_no_request(stack: Stack) -> None:
     # (The `stack` fixture restarts the replica if another test of this module runs after.)
 
 
-def _access_since(stack: Stack, offset: int) -> list[AccessEntry]:
+def _access_since(stack: Stack, offset: int, at_least: int = 1) -> list[AccessEntry]:
+    """nginx's access-log entries after `offset`, once `at_least` of them are written (nginx
+    writes a line just after its answer, so the last one may lag behind a loaded client)."""
     log = stack.cluster.nginx.config.access_log
-    time.sleep(0.05)  # nginx writes its log line just after the answer
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        return parse_access_log(handle.read().decode())
+    deadline = time.monotonic() + 5
+    while True:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            entries = parse_access_log(handle.read().decode())
+        if len(entries) >= at_least or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.02)
 
 
 # nginx alone ---------------------------------------------------------------------------------

@@ -422,7 +422,9 @@ def test_redis_is_atomic_across_processes(shared_redis: SharedRedis) -> None:
     barrier = context.Barrier(3)
     results = context.Queue()
     workers = [
-        context.Process(target=_hammer, args=(shared_redis.prefix, 150, barrier, results))
+        # 80 attempts each for 100 tokens: exactly 100 allowed proves the count is atomic, and
+        # needs both processes (neither can take more than 80), whatever the scheduler does.
+        context.Process(target=_hammer, args=(shared_redis.prefix, 80, barrier, results))
         for _ in range(2)
     ]
     for worker in workers:
@@ -435,8 +437,8 @@ def test_redis_is_atomic_across_processes(shared_redis: SharedRedis) -> None:
             worker.join(10)
             if worker.is_alive():
                 worker.kill()
-    assert sum(counts) == 100
-    assert all(count > 0 for count in counts), counts  # both really competed
+    assert sum(counts) == 100, counts
+    assert all(20 <= count <= 80 for count in counts), counts
 
 
 # Redis outages, private server ----------------------------------------------------------------
