@@ -11,9 +11,8 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +22,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from berth.config import Settings
+from berth.errors import InvalidInput
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from tests.ports import free_port
 from tests.private_redis import PrivateRedis
@@ -71,22 +69,24 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    from berth.deploy.local_cluster import isolated_schema
+
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(isolated_schema(POSTGRES_URL, prefix="t"))
+        except InvalidInput as exc:  # only the schema's creation: the test's own errors pass
+            require_service("PostgreSQL", str(exc))
+        yield url
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        require_service("PostgreSQL", str(exc.orig).strip())
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -34,8 +34,6 @@ import httpx
 import pytest
 import redis
 from pydantic import SecretStr
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from berth.config import Settings
 from berth.deploy.local_cluster import (
@@ -60,7 +58,7 @@ from berth.registry.service import Registry, VersionInfo
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import KEY_PREFIX, parse_rate
 from berth.serving.router import key_unit
-from tests.conftest import POSTGRES_URL, register_churn, require_service
+from tests.conftest import postgres_schema, register_churn, require_service
 from tests.ports import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres]
@@ -90,19 +88,8 @@ def _require_redis() -> None:
 @pytest.fixture(scope="module")
 def schema_url() -> Iterator[str]:
     """A PostgreSQL URL on a fresh schema for the module (conftest's `postgres_url` is per test)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        require_service("PostgreSQL", str(exc.orig).strip())
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from berth.optimize.convert import Converted
 from berth.optimize.data import CheckData, check_data
 from berth.optimize.equivalence import EquivalenceReport, NotEquivalent, check
 from berth.optimize.quantize import quantize_int8
-from berth.optimize.service import check_tolerance, convert_source
+from berth.optimize.service import check_tolerance, convert_source, refusal
 from berth.registry.service import Registry, VersionInfo
 from berth.runtimes import load_runtime
 
@@ -124,7 +124,16 @@ def export_edge(
         step(f"checking equivalence on {rows.rows} rows")
         result = check(served, exported, rows, tolerance=limit)
         if not result.passed:
-            raise NotEquivalent(_refusal(source, result, rows, quantize), result)
+            message = refusal(
+                source,
+                result,
+                rows,
+                quantize,
+                action="export",
+                outcome="Nothing was written",
+                otherwise=f"serve {source.ref} with Berth instead",
+            )
+            raise NotEquivalent(message, result)
         step("asking Berth for the sample rows' answers")
         picked = sample(registry, source, exported, rows)
         how = _how(source, converted, quantize)
@@ -174,23 +183,6 @@ def _why_different(source: VersionInfo, converted: Converted | None, quantized: 
         bits = "float32" if converted.precision == "float" else "float64"
         return f"the graph computes in {bits}, the {source.flavor} model in its own precision"
     return "Berth serves this same graph; only onnxruntime's threading may move the last digits"
-
-
-def _refusal(
-    source: VersionInfo, result: EquivalenceReport, rows: CheckData, quantize: str | None
-) -> str:
-    what = "the int8-quantized ONNX form" if quantize else "the ONNX form"
-    worst = "; ".join(row.describe() for row in result.worst[:3])
-    advice = (
-        "raise --tolerance if that difference is acceptable, or export without --quantize"
-        if quantize
-        else f"serve {source.ref} with Berth instead"
-    )
-    return (
-        f"export refused: {what} of {source.ref} differs from it on {rows.rows} rows "
-        f"({rows.describe()}): {'; '.join(result.failures())}"
-        f"{f'; worst rows: {worst}' if worst else ''}. Nothing was written; {advice}"
-    )
 
 
 def _silent(_: str) -> None:

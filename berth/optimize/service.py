@@ -107,7 +107,7 @@ def optimize(
         step(f"checking equivalence on {rows.rows} rows")
         result = check(source_runtime, optimized, rows, tolerance=limit)
         if not result.passed:
-            raise NotEquivalent(_refusal(source, result, rows, quantize), result)
+            raise NotEquivalent(refusal(source, result, rows, quantize), result)
         step("measuring speed")
         speed = compare(source_runtime, optimized, rows)
         step("registering")
@@ -164,20 +164,28 @@ def convert_source(source: VersionInfo, runtime: Runtime, *, float_only: bool) -
     return to_onnx(model, source.signature, float_only=float_only)
 
 
-def _refusal(
-    source: VersionInfo, result: EquivalenceReport, rows: CheckData, quantize: str | None
+def refusal(
+    source: VersionInfo,
+    result: EquivalenceReport,
+    rows: CheckData,
+    quantize: str | None,
+    *,
+    action: str = "optimize",
+    outcome: str = "Nothing was registered",
+    otherwise: str | None = None,
 ) -> str:
+    """Why a conversion is refused, with the measured differences (optimize's and export's)."""
     what = "the int8-quantized ONNX form" if quantize else "the ONNX conversion"
     worst = "; ".join(row.describe() for row in result.worst[:3])
     advice = (
-        "raise --tolerance if that difference is acceptable, or optimize without --quantize"
+        f"raise --tolerance if that difference is acceptable, or {action} without --quantize"
         if quantize
-        else f"keep serving {source.ref}"
+        else otherwise or f"keep serving {source.ref}"
     )
     return (
-        f"optimize refused: {what} of {source.ref} differs from it on "
+        f"{action} refused: {what} of {source.ref} differs from it on "
         f"{rows.rows} rows ({rows.describe()}): {'; '.join(result.failures())}"
-        f"{f'; worst rows: {worst}' if worst else ''}. Nothing was registered; {advice}"
+        f"{f'; worst rows: {worst}' if worst else ''}. {outcome}; {advice}"
     )
 
 
