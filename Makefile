@@ -63,9 +63,9 @@ nginx:
 	fi
 
 # Three Berth replicas behind nginx on this machine, sharing PostgreSQL, Redis and one artifact
-# store (berth/deploy/local_cluster.py); needs the PostgreSQL and Redis the README names.
+# store (berth/deploy/cluster_demo.py); needs the PostgreSQL and Redis the README names.
 cluster-demo: install nginx
-	$(BIN)/python -m berth.deploy.local_cluster $(ARGS)
+	$(BIN)/python -m berth.deploy.cluster_demo $(ARGS)
 
 lint: install
 	$(BIN)/ruff check berth tests benchmarks

@@ -1,4 +1,4 @@
-"""Several `berth serve` replicas behind nginx on one machine, and the demo that shows them.
+"""Several `berth serve` replicas behind nginx on one machine.
 
 `LocalCluster` starts N replicas (subprocesses on free ports) sharing one registry database,
 one artifact store, one Redis (rate limits, prediction cache) and one server secret, puts nginx
@@ -6,27 +6,21 @@ in front of them (`berth.deploy.nginx`) and stops everything on exit. It is what
 on several machines looks like, shrunk to one: replicas share nothing but those services, and
 each converges on registry changes within BERTH_REFRESH_SECONDS.
 
-`python -m berth.deploy.local_cluster` (`make cluster-demo`) registers the demo churn model in
-a fresh PostgreSQL schema, starts 3 replicas and nginx, sends load through nginx, kills one
-replica with SIGKILL in the middle and prints what the clients saw (sent, failed, p50/p99).
+`kill_under_load` measures what clients see when one replica dies mid-load; the demo
+(`berth.deploy.cluster_demo`, `make cluster-demo`) runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import secrets
-import shlex
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,21 +28,18 @@ from types import TracebackType
 
 import httpx
 import redis
-from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from berth.config import Settings, load_settings
 from berth.deploy.nginx import (
     Nginx,
     ProxyConfig,
     Replica,
-    find_nginx,
     parse_access_log,
     worker_user,
 )
-from berth.errors import BerthError, InvalidInput, NotReady
+from berth.errors import InvalidInput, NotReady
 from berth.ops.http1 import HttpRequest
 from berth.ops.loadtest import Load, LoadTest, run_async
 
@@ -412,138 +403,3 @@ def kill_under_load(
         killed_after=killed_after,
         retried=cluster.retried_since(offset),
     )
-
-
-# the demo -----------------------------------------------------------------------------------
-
-
-def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, bytes]:
-    """Register churn@production and create a predict key; the key and an example body."""
-    # Training and the registry bring pandas and scikit-learn: imported when the demo runs.
-    from berth.cli.demo import MODEL, train
-    from berth.registry.service import RegisterRequest, Registry
-    from berth.security.keys import KeyService, server_secret
-
-    settings = Settings(
-        home=workdir / "home",
-        database_url=database_url,
-        artifact_url=str(workdir / "artifacts"),
-        secret_key=SecretStr(secret),
-    )
-    registry = Registry.from_settings(settings)
-    try:
-        model, sample, signature, metrics = train(workdir / "train")
-        version = registry.register(
-            RegisterRequest(
-                name=MODEL,
-                path=model,
-                sample=sample,
-                signature=signature,
-                metrics=metrics,
-                aliases=("production",),
-            )
-        )
-        _, key = KeyService(registry.db, server_secret(settings)).create(
-            "cluster-demo", ("predict", "read")
-        )
-    finally:
-        registry.db.dispose()
-    return key, json.dumps({"features": (version.example or [{}])[0]}).encode()
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m berth.deploy.local_cluster",
-        description="Three Berth replicas behind nginx on PostgreSQL and Redis; load, then "
-        "one replica killed under it.",
-    )
-    parser.add_argument("--replicas", type=int, default=3, help="replicas to start (default 3)")
-    parser.add_argument("--requests", type=int, default=2000, help="requests to send (2000)")
-    parser.add_argument("--concurrency", type=int, default=8, help="client connections (8)")
-    parser.add_argument(
-        "--database-url", help="PostgreSQL (default BERTH_DATABASE_URL, else local)"
-    )
-    parser.add_argument("--redis-url", help="Redis (default BERTH_REDIS_URL, else local)")
-    parser.add_argument("--keep", action="store_true", help="stay up until Ctrl-C")
-    return parser
-
-
-def _demo(args: argparse.Namespace) -> None:
-    settings = load_settings()
-    database_url = args.database_url or settings.database_url or DEFAULT_DATABASE_URL
-    redis_url = args.redis_url or settings.redis_url or DEFAULT_REDIS_URL
-    if args.replicas < 2:
-        raise InvalidInput("--replicas must be at least 2: the demo kills one")
-    require_services(database_url, redis_url)
-    find_nginx()
-    with (
-        tempfile.TemporaryDirectory(prefix="berth-cluster-") as folder,
-        isolated_schema(database_url) as url,
-    ):
-        workdir = Path(folder)
-        secret = secrets.token_hex(32)
-        print("Training and registering the demo churn model ...", flush=True)
-        key, body = _register_demo(url, workdir, secret)
-        config = ClusterConfig(
-            database_url=url,
-            redis_url=redis_url,
-            artifact_url=str(workdir / "artifacts"),
-            secret_key=secret,
-            workdir=workdir,
-            replicas=args.replicas,
-            served=("churn@production",),
-            max_body_bytes=settings.max_body_bytes,
-            request_timeout_seconds=settings.request_timeout_seconds,
-        )
-        print(f"Starting {args.replicas} replicas and nginx ...", flush=True)
-        with LocalCluster(config) as cluster:
-            request = HttpRequest(
-                f"{cluster.url}{PREDICT_PATH}",
-                method="POST",
-                headers={"Content-Type": "application/json"},
-                body=body,
-                api_key=key,
-            )
-            _announce(cluster, request)
-            victim = 1
-            print(
-                f"\nSending {args.requests} requests; replica {victim} gets SIGKILL after a third"
-            )
-            figures = kill_under_load(cluster, request, args.requests, victim, args.concurrency)
-            print(figures.summary(), flush=True)
-            if args.keep:
-                cluster.revive()
-                print(f"\nReplica {victim} is back. The cluster stays up: Ctrl-C to stop.")
-                threading.Event().wait()
-
-
-def _announce(cluster: LocalCluster, request: HttpRequest) -> None:
-    replicas = ", ".join(r.url for r in cluster.replicas)
-    print(f"\nnginx: {cluster.url}  (replicas {replicas})")
-    print(f"logs: {cluster.config.workdir}")
-    print(
-        f"curl -s {request.url} -H 'X-API-Key: {request.api_key}' "
-        f"-H 'Content-Type: application/json' -d {shlex.quote(request.body.decode())}",
-        flush=True,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        _demo(args)
-    except BerthError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Stopped the replicas and nginx.", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    # Ctrl-C and kill both stop everything cleanly, even where SIGINT came in ignored (a
-    # background job of a script).
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.default_int_handler)
-    sys.exit(main())
