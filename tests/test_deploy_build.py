@@ -218,7 +218,9 @@ def test_every_kubernetes_object_validates_strictly(built: Built) -> None:
     assert {o["kind"] for o in objects} == BASE_KINDS
     secret = built.doc("kubernetes/base/secret.example.yaml")
     assert "secret.example.yaml" not in listed  # a template is never applied by kustomize
-    others = [secret, *built.docs("kuberay/configmap.yaml")]
+    (ray_config,) = built.docs("kuberay/configmap.yaml")
+    assert ray_config["metadata"]["name"] == "berth-churn-ray"
+    others = [secret, ray_config]
     for obj in [*objects, *others]:
         validate(obj)
     assert sorted(p.name for p in base.iterdir()) == sorted(
@@ -458,7 +460,7 @@ def test_rayservice_matches_the_crd_and_its_pods_validate(built: Built) -> None:
         (container,) = template["spec"]["containers"]
         assert container["image"] == "berth-churn:1-ray"
         assert container["envFrom"] == [
-            {"configMapRef": {"name": "berth-churn"}},
+            {"configMapRef": {"name": "berth-churn-ray"}},  # its own: kuberay's, not the server's
             {"secretRef": {"name": "berth-churn-secrets"}},
         ]
         assert container["securityContext"]["runAsNonRoot"] is True

@@ -76,6 +76,11 @@ def _security() -> dict[str, Any]:
     }
 
 
+def ray_config_map_name(plan: Plan) -> str:
+    """The Ray pods' own ConfigMap: deleting the kuberay kustomization leaves the server's."""
+    return f"{plan.app}-ray"
+
+
 def _template(
     plan: Plan,
     name: str,
@@ -89,7 +94,7 @@ def _template(
         "name": name,
         "image": plan.ray_image,
         "imagePullPolicy": "IfNotPresent",
-        "envFrom": env_sources(plan),
+        "envFrom": env_sources(plan, ray_config_map_name(plan)),
         "resources": {
             "requests": {"cpu": cpu, "memory": memory},
             "limits": {"cpu": cpu, "memory": memory},

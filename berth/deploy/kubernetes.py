@@ -25,11 +25,12 @@ def metadata(plan: Plan, name: str, component: str = "server") -> dict[str, Any]
     return {"name": name, "labels": plan.labels(component)}
 
 
-def config_map(plan: Plan) -> dict[str, Any]:
+def config_map(plan: Plan, name: str | None = None) -> dict[str, Any]:
+    """The non-secret settings; `name` gives another kustomization its own copy."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(plan, plan.app),
+        "metadata": metadata(plan, name or plan.app),
         "data": plan.settings(),
     }
 
@@ -87,8 +88,11 @@ def pod_security() -> dict[str, Any]:
     }
 
 
-def env_sources(plan: Plan) -> list[dict[str, Any]]:
-    return [{"configMapRef": {"name": plan.app}}, {"secretRef": {"name": plan.secret_name}}]
+def env_sources(plan: Plan, config_map_name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        {"configMapRef": {"name": config_map_name or plan.app}},
+        {"secretRef": {"name": plan.secret_name}},
+    ]
 
 
 def volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
