@@ -488,7 +488,8 @@ def test_serve_config_is_valid_for_ray_and_for_berths_builder(built: Built) -> N
             ServeDeploySchema,
         )
 
-        from berth.deploy.ray_serve import DEPLOYMENT_NAME, build_app
+        from berth.deploy.ray_options import DEPLOYMENT_NAME
+        from berth.deploy.ray_serve import build_app
     except ImportError as exc:
         require_service("Ray Serve", f"cannot import it ({exc}); install berth[ray]")
     config = yaml.safe_load(built.doc("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])
@@ -503,7 +504,12 @@ def test_serve_config_is_valid_for_ray_and_for_berths_builder(built: Built) -> N
     assert deployment["name"] == DEPLOYMENT_NAME
     assert set(deployment) <= set(DeploymentSchema.model_fields)
     autoscaling = deployment["autoscaling_config"]
-    assert set(autoscaling) == {"min_replicas", "max_replicas", "target_ongoing_requests"}
+    assert set(autoscaling) == {
+        "min_replicas",
+        "initial_replicas",
+        "max_replicas",
+        "target_ongoing_requests",
+    }
     assert set(autoscaling) <= set(AutoscalingConfig.model_fields)
     assert deployment["ray_actor_options"] == {"num_cpus": 0.75}
     assert application["args"]["served"] == ["churn@production"]

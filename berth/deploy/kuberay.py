@@ -1,8 +1,9 @@
 """A KubeRay RayService running Berth on Ray Serve (berth.deploy.ray_serve).
 
 The Serve application is `berth.deploy.ray_serve:build_app` with the served references and the
-replica options as `args`; the deployment section repeats them in Ray 2.60's names so that
-`serve status` and the KubeRay dashboard show what the builder set. Every Ray pod reads the
+replica options as `args`; the deployment section repeats them in Ray 2.60's names (the same
+`ReplicaOptions` the engine deploys with) so that `serve status` and the KubeRay dashboard show
+what the builder set. Every Ray pod reads the
 `BERTH_*` settings from the ConfigMap and Secret the Kubernetes target uses (by name), so the
 replicas share the registry: the Ray target always serves the references from the registry,
 even when the server image bakes a model in.
@@ -16,10 +17,8 @@ from berth.config import Settings
 from berth.deploy.documents import dump
 from berth.deploy.kubernetes import env_sources, metadata, quantity
 from berth.deploy.plan import RAY_VERSION, Plan
+from berth.deploy.ray_options import APPLICATION_NAME, IMPORT_PATH, ReplicaOptions
 
-APPLICATION = "berth"
-DEPLOYMENT = "Berth"  # berth.deploy.ray_serve.DEPLOYMENT_NAME
-IMPORT_PATH = "berth.deploy.ray_serve:build_app"
 WORKER_GROUP = "berth"
 HEAD_CPU = 1
 HEAD_MEMORY = "2Gi"
@@ -30,36 +29,24 @@ def serve_config(plan: Plan) -> dict[str, Any]:
     """The Ray Serve config (what `serve deploy` takes) of Berth's application."""
     options = plan.options
     low, high = options.replica_bounds
-    replica_cpus = options.cpu
-    # A replica sheds load beyond BERTH_MAX_CONCURRENT_REQUESTS itself (503); Ray queues no more.
-    max_ongoing = _SHED_AT
+    replicas = ReplicaOptions(
+        min_replicas=low,
+        max_replicas=high,
+        target_ongoing_requests=options.target_in_flight,
+        # A replica sheds load beyond BERTH_MAX_CONCURRENT_REQUESTS itself (503).
+        max_ongoing_requests=_SHED_AT,
+        replica_cpus=options.cpu,
+    )
+    deployment = replicas.deployment_options()  # what `berth serve --engine ray` deploys
     return {
         "http_options": {"host": "0.0.0.0", "port": plan.port},  # noqa: S104 - in the pod
         "applications": [
             {
-                "name": APPLICATION,
+                "name": APPLICATION_NAME,
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
-                "args": {
-                    "served": list(plan.subject.served),
-                    "min_replicas": low,
-                    "max_replicas": high,
-                    "target_ongoing_requests": options.target_in_flight,
-                    "max_ongoing_requests": max_ongoing,
-                    "replica_cpus": replica_cpus,
-                },
-                "deployments": [
-                    {
-                        "name": DEPLOYMENT,
-                        "max_ongoing_requests": max_ongoing,
-                        "autoscaling_config": {
-                            "min_replicas": low,
-                            "max_replicas": high,
-                            "target_ongoing_requests": options.target_in_flight,
-                        },
-                        "ray_actor_options": {"num_cpus": replica_cpus},
-                    }
-                ],
+                "args": {"served": list(plan.subject.served), **replicas.to_args()},
+                "deployments": [deployment],
             }
         ],
     }

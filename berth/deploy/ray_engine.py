@@ -20,13 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from berth.config import Settings
+from berth.deploy.ray_options import APPLICATION_NAME, ReplicaOptions
 from berth.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from berth.deploy.ray_serve import ReplicaOptions
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable
 
@@ -84,8 +81,6 @@ def serve_on_ray(
         )
     if not serving.local:
         _check_shared_state(settings)
-    from berth.deploy.ray_serve import APPLICATION_NAME, ReplicaOptions
-
     env = replica_environment(settings, dict(os.environ if environ is None else environ))
     with _shared_metrics(serving, env):
         options = ReplicaOptions.from_settings(settings, env)
@@ -187,7 +182,7 @@ def _start_serve(serving: RayServing) -> RayServing:
 def _deploy(options: ReplicaOptions) -> None:
     from ray import serve
 
-    from berth.deploy.ray_serve import APPLICATION_NAME, application
+    from berth.deploy.ray_serve import application
 
     try:
         serve.run(application(options), name=APPLICATION_NAME, route_prefix="/", blocking=False)
