@@ -12,11 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 import joblib
@@ -206,3 +207,28 @@ def metric(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+E = TypeVar("E")
+
+
+class Producer(Generic[E]):
+    """Sends events in small chunks from a thread, so events keep flowing across kills."""
+
+    def __init__(self, send: Callable[[list[E]], object], events: list[E], chunk: int = 20) -> None:
+        self.send = send
+        self.events = events
+        self.chunk = chunk
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for start in range(0, len(self.events), self.chunk):
+            self.send(self.events[start : start + self.chunk])
+            time.sleep(0.02)
+
+    def __enter__(self) -> Producer[E]:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.thread.join(timeout=60)

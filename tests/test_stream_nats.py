@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 import uuid
 from collections import Counter
@@ -32,6 +31,7 @@ from berth.jobs.stream.transport import BrokerUnavailable
 from berth.registry.service import Registry
 from tests.conftest import free_port, require_service
 from tests.stream_helpers import (
+    Producer,
     assert_output,
     consumer_env,
     customers,
@@ -255,28 +255,6 @@ def test_scores_events_and_dead_letters_the_bad_ones(
     assert metric(text, "berth_stream_events_total", outcome="dead_lettered", **source) == 3
 
 
-class Producer:
-    """Publishes events in small chunks from a thread, so events keep flowing across a kill."""
-
-    def __init__(self, subjects: Subjects, events: list[bytes], chunk: int = 20) -> None:
-        self.subjects = subjects
-        self.events = events
-        self.chunk = chunk
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for start in range(0, len(self.events), self.chunk):
-            self.subjects.publish(self.events[start : start + self.chunk])
-            time.sleep(0.02)
-
-    def __enter__(self) -> Producer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.thread.join(timeout=60)
-
-
 def test_kill_9_then_restart_publishes_each_output_once(
     subjects: Subjects, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -315,7 +293,7 @@ def test_kill_9_then_restart_publishes_each_output_once(
         acknowledged = _delivered(info) - (info.num_ack_pending or 0)
         return subjects.count(subjects.sink) - acknowledged
 
-    with Producer(subjects, events):
+    with Producer(subjects.publish, events):
         wait_for(lambda: _delivered(subjects.consumer(group)) >= 300, "300 read")
         if not first.freeze_when(lambda: in_flight() > 0 and written_not_acknowledged() > 0, 1.2):
             assert first.freeze_when(lambda: in_flight() > 0), "no events were ever in flight"

@@ -10,7 +10,6 @@ import json
 import logging
 import re
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -32,6 +31,7 @@ from berth.registry.service import Registry
 from tests.conftest import free_port, require_service
 from tests.private_redis import PrivateRedis
 from tests.stream_helpers import (
+    Producer,
     assert_output,
     consumer_env,
     customers,
@@ -143,28 +143,6 @@ def env(
 ) -> dict[str, str]:
     register_model(sqlite_registry, model_files)
     return consumer_env(settings)
-
-
-class Producer:
-    """Adds `count` events in small chunks from a thread, so events keep flowing across kills."""
-
-    def __init__(self, streams: Streams, events: list[dict[str, Any]], chunk: int = 20) -> None:
-        self.streams = streams
-        self.events = events
-        self.chunk = chunk
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for start in range(0, len(self.events), self.chunk):
-            self.streams.add(self.events[start : start + self.chunk])
-            time.sleep(0.02)
-
-    def __enter__(self) -> Producer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.thread.join(timeout=60)
 
 
 def test_scores_every_event_and_reports_lag(
@@ -323,7 +301,7 @@ def _crash_then_finish(
         written = int(output.xlen(f"{streams.name}.out"))
         return written - (int(info["entries-read"] or 0) - int(info["pending"]))
 
-    with Producer(streams, events):
+    with Producer(streams.add, events):
         wait_for(lambda: streams.entries_read() >= 300, "300 events read")
         worst = lambda: in_flight() and written_not_acknowledged() > 0  # noqa: E731
         if atomic or not first.freeze_when(worst, 1.2):
@@ -397,7 +375,7 @@ def test_sigterm_drains_and_exits_0(streams: Streams, env: dict[str, str], tmp_p
     streams.add(customers(1000))
     consumer = start_consumer(env, tmp_path / "c.log", *streams.consumer_args("--batch-size", "20"))
     consumer.wait_consuming()
-    with Producer(streams, customers(1000, prefix="late")):
+    with Producer(streams.add, customers(1000, prefix="late")):
         wait_for(lambda: len(streams.outputs()) >= 100, "the first outputs")
         consumer.signal(signal.SIGTERM)
         assert consumer.process.wait(timeout=30) == 0, consumer.text()

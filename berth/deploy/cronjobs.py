@@ -23,18 +23,9 @@ from typing import Any
 
 from berth.deploy.kubernetes import pod_spec
 from berth.deploy.plan import Plan, dns_label
-from berth.jobs.cron import Cron
+from berth.jobs.cron import SHORTCUTS, Cron
 from berth.jobs.schedules import ScheduleInfo
 
-_SHORTCUTS = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-}
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@/\s]+)@")
 _QUERY_PASSWORD = re.compile(
     r"(?i)(?P<head>[?&](?:password|passwd|pwd|secret|token)=)(?P<secret>[^&#\s]+)"
@@ -77,7 +68,7 @@ class ScheduleSecrets:
 
 def kubernetes_schedule(cron: str) -> str:
     """`cron` in the syntax of Kubernetes' CronJob controller (same ticks)."""
-    text = _SHORTCUTS.get(cron.strip().lower(), cron.strip())
+    text = SHORTCUTS.get(cron.strip().lower(), cron.strip())
     fields = text.split()
     if len(fields) != 5:
         return text  # Berth refused it when the schedule was saved; let validation say so

@@ -22,10 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from berth.config import Settings
-from berth.deploy.ray_options import APPLICATION_NAME, ReplicaOptions
+from berth.deploy.ray_options import APPLICATION_NAME, MULTIPROCESS_ENV, ReplicaOptions
 from berth.errors import InvalidInput
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable
 
 log = logging.getLogger("berth.serve")
 

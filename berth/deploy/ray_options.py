@@ -16,6 +16,8 @@ DEPLOYMENT_NAME = "Berth"
 APPLICATION_NAME = "berth"
 IMPORT_PATH = "berth.deploy.ray_serve:build_app"
 """The application builder Ray Serve config files and KubeRay name."""
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's variable: the folder where the replicas of one machine sum metrics."""
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
-from berth.deploy.ray_options import ReplicaOptions
+from berth.deploy.ray_options import MULTIPROCESS_ENV, ReplicaOptions
 from berth.errors import InvalidInput
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve.deployment import Application, Deployment
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable
 
 
 @serve.ingress()

@@ -41,7 +41,7 @@ __all__ = ["Cron", "time_zone"]
 
 EXAMPLE = "'0 2 * * *' (02:00 every day) or '*/15 * * * mon-fri'"
 
-_SHORTCUTS = {
+SHORTCUTS = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
     "@midnight": "0 0 * * *",
@@ -211,12 +211,12 @@ def _split(expression: str) -> list[str]:
     if not text:
         raise InvalidInput(f"the cron expression is empty; give five fields, e.g. {EXAMPLE}")
     if text.startswith("@"):
-        if text not in _SHORTCUTS:
+        if text not in SHORTCUTS:
             raise InvalidInput(
                 f"unknown cron shortcut '{expression.strip()}'; use one of "
-                f"{', '.join(_SHORTCUTS)} or five fields, e.g. {EXAMPLE}"
+                f"{', '.join(SHORTCUTS)} or five fields, e.g. {EXAMPLE}"
             )
-        text = _SHORTCUTS[text]
+        text = SHORTCUTS[text]
     fields = text.split()
     if len(fields) != len(_FIELDS):
         raise InvalidInput(
