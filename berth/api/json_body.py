@@ -12,7 +12,11 @@ from berth.errors import InvalidInput
 
 
 async def read_object(request: Request) -> dict[str, Any]:
-    body = await request.body()
+    return parse_object(await request.body())
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; `InvalidInput` naming what is wrong otherwise."""
     if not body:
         raise InvalidInput("the request body is empty; send a JSON object")
     try:

@@ -32,14 +32,13 @@ from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key
 from berth.serving.ids import new_id
+from berth.serving.offload import INLINE_BYTES, Offloader
 from berth.serving.route_stats import RouteStats
 from berth.serving.router import Router
 from berth.serving.validation import decode_instances
 
 log = logging.getLogger("berth.serving")
 
-INLINE_DECODE_BYTES = 64 * 1024
-"""Request bodies up to this size are decoded on the event loop (a thread hop costs more)."""
 INLINE_MAX_ROWS = 256
 """Fast models predict on the event loop only for requests up to this many rows."""
 INLINE_FLAVORS = frozenset({"sklearn", "onnx"})
@@ -138,6 +137,7 @@ class DataPlane:
         inline_seconds: float = 0.0,
         cache: PredictionCache | None = None,
         route_stats: RouteStats | None = None,
+        offload: Offloader | None = None,
     ) -> None:
         self.registry = registry
         self.endpoint_service = EndpointService(registry)
@@ -150,6 +150,7 @@ class DataPlane:
         self.inline_seconds = inline_seconds
         self.cache = cache
         self._limiter = CapacityLimiter(threads or os.cpu_count() or 1)
+        self.offload = offload or Offloader(limiter=self._limiter)
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -199,6 +200,7 @@ class DataPlane:
         await self.route_stats.stop()
         if self.cache is not None:
             await self.cache.close()
+        self.offload.close()
 
     def loaded_versions(self) -> list[VersionInfo]:
         return [v.info for v in self._loaded.values()]
@@ -210,6 +212,20 @@ class DataPlane:
         """The endpoint as this process serves it now, or None when there is no such endpoint."""
         found = self._endpoints.get(name)
         return found.info if found is not None else None
+
+    def require_endpoint(self, name: str) -> EndpointInfo:
+        """The endpoint as this process serves it now; `NotFound` when there is none."""
+        return self._served_endpoint(name).info
+
+    def _served_endpoint(self, name: str) -> _Endpoint:
+        served = self._endpoints.get(name)
+        if served is None:
+            known = ", ".join(self._endpoints) or "none"
+            raise NotFound(
+                f"no endpoint '{name}' is served here (endpoints: {known}); create it with "
+                f"`berth endpoints create {name} --model MODEL@production`"
+            )
+        return served
 
     @property
     def endpoint_names(self) -> list[str]:
@@ -244,13 +260,7 @@ class DataPlane:
     ) -> PredictResult:
         """Predict through an endpoint: its router picks the route (sticky `key`, or the route
         `forced` by name), and a share of requests is copied to the shadow route, if any."""
-        served = self._endpoints.get(name)
-        if served is None:
-            known = ", ".join(self._endpoints) or "none"
-            raise NotFound(
-                f"no endpoint '{name}' is served here (endpoints: {known}); create it with "
-                f"`berth endpoints create {name} --model MODEL@production`"
-            )
+        served = self._served_endpoint(name)
         route = served.router.pick(key, forced)
         loaded = served.versions[route.label]
         stats_key = (name, loaded.info.model, loaded.info.number)
@@ -267,7 +277,7 @@ class DataPlane:
         if not forced:
             shadow = served.router.mirror()
             if shadow is not None:
-                self._mirror(served, shadow, decode, result, inputs)
+                self._mirror(served, shadow, decode, result, inputs, size)
         return result
 
     async def _predict_loaded(
@@ -285,7 +295,7 @@ class DataPlane:
             with tracing.span(
                 "predict", **{"berth.model": info.model, "berth.version": info.number}
             ):
-                inputs = await self._decode(loaded, decode, size)
+                inputs = await self._decode(loaded.info.signature, decode, size)
                 prediction, cached = await self._cached_predict(loaded, inputs)
         except BerthError as exc:
             kind = "invalid_input" if isinstance(exc, InvalidInput) else "rejected"
@@ -319,12 +329,15 @@ class DataPlane:
         decode: Decoder,
         primary: PredictResult,
         inputs: ModelInput,
+        size: int,
     ) -> None:
         loaded = served.versions[shadow.label]
         if len(self._shadows) >= MAX_SHADOW_TASKS:
             metrics.SHADOW_SKIPPED.labels(served.info.name).inc()
             return
-        task = asyncio.create_task(self._shadow(served.info.name, loaded, decode, primary, inputs))
+        task = asyncio.create_task(
+            self._shadow(served.info.name, loaded, decode, primary, inputs, size)
+        )
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
@@ -335,6 +348,7 @@ class DataPlane:
         decode: Decoder,
         primary: PredictResult,
         inputs: ModelInput,
+        size: int,
     ) -> None:
         """Predict with the shadow version; compare; record. Never raises, never answers."""
         info = loaded.info
@@ -342,7 +356,7 @@ class DataPlane:
         started = time.perf_counter()
         try:
             if loaded.info.signature != primary.version.signature:
-                inputs = await anyio.to_thread.run_sync(decode, info.signature)
+                inputs = await self._decode(info.signature, decode, max(size, INLINE_BYTES + 1))
             prediction = await self._infer(loaded, inputs)
         except Exception as exc:
             self.route_stats.record(key, time.perf_counter() - started, error=True)
@@ -366,13 +380,11 @@ class DataPlane:
                 # Monitoring must never fail a prediction that succeeded.
                 log.exception("prediction observer %r failed", observer)
 
-    async def _decode(self, loaded: LoadedVersion, decode: Decoder, size: int) -> ModelInput:
-        signature = loaded.info.signature
-        if size <= INLINE_DECODE_BYTES:
-            with tracing.span("decode and validate"):
-                return decode(signature)
-        return await anyio.to_thread.run_sync(
-            _traced_decode, decode, signature, limiter=self._limiter
+    async def _decode(self, signature: Signature, decode: Decoder, size: int) -> ModelInput:
+        """On the loop, in a thread or in the helper process, by the request's size."""
+        portable = getattr(decode, "portable", False) is True
+        return await self.offload.run(
+            size, decode, signature, portable=portable, span="decode and validate"
         )
 
     async def _cached_predict(
@@ -607,11 +619,6 @@ class DataPlane:
         for key in [k for k in self._loaded if k not in routed]:
             del self._loaded[key]
             metrics.MODEL_LOADED.labels(key[0], str(key[1])).set(0)
-
-
-def _traced_decode(decode: Decoder, signature: Signature) -> ModelInput:
-    with tracing.span("decode and validate"):
-        return decode(signature)
 
 
 def _traced_predict(runtime: Runtime, inputs: ModelInput, submitted_ns: int) -> Prediction:
