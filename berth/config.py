@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=1024)
     """Server worker processes."""
 
+    worker_preload: bool = True
+    """With several workers, fork them from a process that has imported the server once (a killed worker is back in about a second); false starts each from scratch."""
+
     dev: bool = False
     """Dev mode: prediction and model routes accept requests without an API key."""
 
