@@ -50,6 +50,9 @@ DEV_MODE_WARNING = (
 
 def build_services(settings: Settings, registry: Registry | None = None) -> Services:
     registry = registry or Registry.from_settings(settings)
+    # Without references the server serves every model with a production alias, including
+    # models given one while it runs.
+    follow = None if settings.served else DEFAULT_ALIAS
     served = settings.served or [
         f"{name}@{DEFAULT_ALIAS}" for name in registry.models_with_alias(DEFAULT_ALIAS)
     ]
@@ -65,6 +68,7 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         cache=_prediction_cache(settings),
         route_stats=RouteStats(registry.db, interval=settings.refresh_seconds),
         offload=Offloader(process_bytes=settings.decode_process_bytes),
+        follow_alias=follow,
     )
     dataplane.observers.append(
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)

@@ -138,8 +138,12 @@ class DataPlane:
         cache: PredictionCache | None = None,
         route_stats: RouteStats | None = None,
         offload: Offloader | None = None,
+        follow_alias: str | None = None,
     ) -> None:
+        """`follow_alias`: serve every model that has this alias, including models given it
+        while the server runs (found with each refresh), besides `served`."""
         self.registry = registry
+        self.follow_alias = follow_alias
         self.endpoint_service = EndpointService(registry)
         self.route_stats = route_stats or RouteStats(None)
         self.served = [parse_reference(r) for r in served]
@@ -598,6 +602,8 @@ class DataPlane:
 
     async def refresh(self) -> None:
         """Re-resolve every routed reference; load and swap in versions that changed."""
+        if self.follow_alias is not None:
+            await self._serve_newly_aliased(self.follow_alias)
         for reference, route in list(self._routes.items()):
             try:
                 info = await anyio.to_thread.run_sync(self.registry.resolve, route.reference)
@@ -612,6 +618,22 @@ class DataPlane:
                 route.checked_at = time.monotonic()
         self._unload_unrouted()
         await self.refresh_endpoints()
+
+    async def _serve_newly_aliased(self, alias: str) -> None:
+        """Start serving models that were given `alias` since the last look (one query)."""
+        names = await anyio.to_thread.run_sync(self.registry.models_with_alias, alias)
+        for name in names:
+            if name in self.served_names:
+                continue
+            reference = parse_reference(f"{name}@{alias}")
+            self.served.append(reference)
+            try:
+                loaded = await self._route(str(reference))
+            except BerthError as exc:
+                self.served.remove(reference)  # tried again with the next refresh
+                log.error("%s cannot be served: %s", reference, exc.message)
+                continue
+            log.info("now serving %s (%s, newly given @%s)", name, loaded.info.ref, alias)
 
     def _unload_unrouted(self) -> None:
         routed = {(r.version.info.model, r.version.info.number) for r in self._routes.values()}
