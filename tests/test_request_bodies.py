@@ -307,11 +307,19 @@ def test_a_declared_shape_the_model_cannot_take_is_400_before_the_data_is_read(
 def test_v1_rows_over_the_limit_are_413_even_if_later_rows_are_malformed(api: ApiSetup) -> None:
     rows: list[Any] = [IRIS_ROW] * 10_001
     rows[-1] = "not a row"
+    before = scrape(api.client)
     response = api.client.post(
         "/api/v1/models/iris/batch-predict", json={"instances": rows}, headers=api.auth()
     )
     assert response.status_code == 413
     assert "10001 rows, more than the limit of 10000" in response.json()["error"]
+    # The client's fault: counted with invalid input, never as a server-side failure.
+    after = scrape(api.client)
+    errors = "berth_prediction_errors_total"
+    assert value(after, errors, model="iris", kind="invalid_input") == (
+        value(before, errors, model="iris", kind="invalid_input") + 1
+    )
+    assert value(after, errors, model="iris", kind="rejected") == 0
 
 
 def test_large_bodies_are_decoded_in_the_helper_process(

@@ -302,7 +302,9 @@ class DataPlane:
                 inputs = await self._decode(loaded.info.signature, decode, size)
                 prediction, cached = await self._cached_predict(loaded, inputs)
         except BerthError as exc:
-            kind = "invalid_input" if isinstance(exc, InvalidInput) else "rejected"
+            # The client's request is at fault (as for route stats): never a server failure.
+            client = isinstance(exc, InvalidInput | PayloadTooLarge)
+            kind = "invalid_input" if client else "rejected"
             self._count(labels, endpoint, kind)
             raise
         except Exception:
