@@ -110,9 +110,10 @@ def demo(
     """
     current = settings()
     port = port or current.port
+    store = registry()  # opened first: a broken setup fails before seconds of training
     with console.status("Training a churn classifier on generated data ..."):
         model_path, sample, signature, metrics = train(current.home / "demo")
-    version = registry().register(
+    version = store.register(
         RegisterRequest(
             name=MODEL,
             path=model_path,
