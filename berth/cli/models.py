@@ -89,6 +89,8 @@ def register(
         f"Registered [bold]{version.ref}[/] ({version.flavor}, sha256 {version.artifact.sha256[:12]}, "
         f"aliases: {aliases})"
     )
+    for note in version.notes:
+        console.print(f"Note: {note}", highlight=False, markup=False)
     if version.reference_stats:
         features = len(version.reference_stats.get("features", {}))
         console.print(
