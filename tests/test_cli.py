@@ -279,6 +279,14 @@ def test_bad_names_are_refused(run: Run) -> None:
         assert "not valid" in outcome.err or "not a model reference" in outcome.err, args
 
 
+def test_empty_registry_listing_says_how_to_register(run: Run) -> None:
+    listed = run("models", "list")
+    assert listed.code == 0
+    assert "No models registered yet" in listed.out
+    assert "berth models register NAME" in listed.out
+    assert json.loads(run("models", "list", "--json").out) == []  # JSON stays plain
+
+
 def test_register_says_what_it_inferred_and_what_it_already_had(
     run: Run, churn_files: tuple[Path, Path, Path]
 ) -> None:
@@ -333,3 +341,22 @@ def test_a_model_raising_during_register_is_one_line(run: Run, tmp_path: Path) -
     assert "RuntimeError: the model is broken" in outcome.err
     assert "this is a bug" not in outcome.err
 
+
+def test_flags_show_as_flags_in_help(run: Run) -> None:
+    import typer.main
+
+    from berth.cli.main import app
+
+    def leaves(command: object, path: list[str]) -> list[list[str]]:
+        children = getattr(command, "commands", None)
+        if not children:
+            return [path]
+        return [leaf for name, c in children.items() for leaf in leaves(c, [*path, name])]
+
+    commands = leaves(typer.main.get_command(app), [])
+    assert len(commands) > 40
+    for command in [[], *commands]:
+        shown = run(*command, "--help").out
+        assert "<bool>" not in shown, command
+    assert "--json  " in run("models", "list", "--help").out
+    assert "--serve / --no-serve" in run("demo", "--help").out

@@ -40,6 +40,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: typer's rich help shows every flag as taking a value (`--json <bool>`).
+    rich_markup_mode=None,
 )
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")

@@ -109,6 +109,14 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
         return
+    if not models:
+        console.print(
+            "No models registered yet. Register one with `berth models register NAME "
+            "model.skops --sample rows.csv`, or run `berth demo` for a ready-made one.",
+            highlight=False,
+            markup=False,
+        )
+        return
     table = Table("model", "latest", "versions", "aliases", "flavor")
     for model in models:
         latest = model.latest
