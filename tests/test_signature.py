@@ -437,6 +437,8 @@ def test_csv_header_rows_are_still_headers(tmp_path: Path) -> None:
         (["3", "basic"], None, True),
         (["tenure", "3"], ["tenure", "plan"], True),
         (["3", "basic", "x"], ["tenure", "plan"], True),
+        (["2019", "2020"], ["2019", "2020"], True),  # numbers, but the model's column names
+        (["2019", "2020"], None, False),
         ([], None, True),
     ],
 )

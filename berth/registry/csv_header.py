@@ -3,6 +3,7 @@
 A CSV without one would otherwise lose its first row to column names such as "5.1" and "3.5".
 The rule, in order:
 
+- a first row made of the known column names (the model's) is a header, even of numbers;
 - a first row whose cells are all numbers (or empty) is data, except `0,1,2,...` (the column
   labels pandas writes for a frame built from an array, with or without an index column);
 - when the column names are known (the model's), a first row of that width that shares no
@@ -35,13 +36,16 @@ def has_header(row: Sequence[str] | None, names: Sequence[str] | None = None) ->
     """Whether `row` (a CSV file's first) names columns rather than holding values."""
     if not row:
         return True
+    known = {str(name) for name in names or ()}
+    if known and set(row) <= known:
+        return True
     numbers = [cell for cell in row if _number(cell)]
     if not numbers:
         return True
     if all(cell == "" or _number(cell) for cell in row):
         return _default_labels(row)
-    if names is not None and len(row) == len(names):
-        return bool(set(row) & {str(name) for name in names})
+    if known and len(row) == len(names or ()):
+        return bool(set(row) & known)
     return True
 
 
