@@ -255,3 +255,38 @@ def test_the_real_process_prints_no_traceback(tmp_path: Path) -> None:
     for setting, fragment, code, err in results:
         assert code == 1, (setting, err)
         _assert_one_clean_line(code, err, fragment)
+
+
+def test_an_unexpected_error_is_one_line_and_berth_debug_shows_it(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort: an exception Berth did not expect (a bug) is still one line, and
+    BERTH_DEBUG=1 lets it through with its traceback for the bug report."""
+    from berth.registry.service import Registry
+
+    def broken(self: Registry) -> None:
+        raise RuntimeError("list_models broke")
+
+    monkeypatch.setattr(Registry, "list_models", broken)
+    outcome = run("models", "list")
+    assert outcome.code == 1
+    assert "Traceback" not in outcome.err
+    assert outcome.err.startswith("error: unexpected RuntimeError: list_models broke; ")
+    assert len(outcome.err.strip().splitlines()) == 1
+    assert "this is a bug, please report it" in outcome.err
+    assert "BERTH_DEBUG=1" in outcome.err
+    monkeypatch.setenv("BERTH_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="list_models broke"):
+        run("models", "list")
+
+
+def test_an_operating_system_refusal_is_one_line(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from berth.registry.service import Registry
+
+    def refused(self: Registry) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/berth/registry.db")
+
+    monkeypatch.setattr(Registry, "list_models", refused)
+    outcome = run("models", "list")
+    _assert_one_clean_line(outcome.code, outcome.err, "Permission denied (/srv/berth/registry.db)")
+    assert outcome.code == 1
