@@ -119,6 +119,17 @@ def _corrupt_registry(home: Path) -> dict[str, str]:
     return {}
 
 
+def _newer_registry(home: Path) -> dict[str, str]:
+    """A registry.db migrated by a later Berth: its schema revision is unknown here."""
+    import sqlite3
+
+    home.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(home / "registry.db") as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('9999')")
+    return {}
+
+
 def _home_is_a_file(home: Path) -> dict[str, str]:
     home.parent.mkdir(parents=True, exist_ok=True)
     home.write_text("a file, not a folder\n")
@@ -137,6 +148,7 @@ BROKEN: list[tuple[str, Callable[[Path], dict[str, str]], str]] = [
     ("postgres-unreachable", _bogus_postgres, "BERTH_DATABASE_URL"),
     ("database-url-nonsense", _nonsense_url, "BERTH_DATABASE_URL"),
     ("registry-db-corrupt", _corrupt_registry, "registry.db"),
+    ("registry-db-newer", _newer_registry, "upgrade Berth"),
     ("home-is-a-file", _home_is_a_file, "BERTH_HOME"),
     ("artifact-backend-missing", _artifact_backend_missing, "pip install"),
 ]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from fsspec.registry import known_implementations
 
 from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound
 
@@ -165,6 +164,8 @@ def _filesystem(url: str) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except ImportError as exc:
+        from fsspec.registry import known_implementations
+
         # fsspec names the class it could not import: its package is the backend to install.
         implementation = known_implementations.get(protocol, {})
         package = str(implementation.get("class", "")).split(".", 1)[0] or exc.name or protocol

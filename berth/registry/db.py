@@ -6,17 +6,20 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.errors import InvalidInput, NotReady
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.exc import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -48,6 +51,9 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; safe when several processes start at once."""
+        from alembic.util.exc import CommandError
+        from sqlalchemy.exc import DatabaseError
+
         try:
             with self.engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
@@ -100,6 +106,8 @@ def _create_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+    from sqlalchemy.exc import NoSuchModuleError
+
     try:
         engine = create_engine(url, **kwargs)
     except NoSuchModuleError as exc:
