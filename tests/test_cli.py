@@ -11,6 +11,7 @@ from berth.cli import context
 from berth.config import Settings
 from berth.security.audit import AuditLog, cli_actor
 from tests.conftest import Run
+from tests.test_cli_errors import leaf_commands
 
 
 def test_init_creates_home(run: Run, settings: Settings) -> None:
@@ -343,17 +344,7 @@ def test_a_model_raising_during_register_is_one_line(run: Run, tmp_path: Path) -
 
 
 def test_flags_show_as_flags_in_help(run: Run) -> None:
-    import typer.main
-
-    from berth.cli.main import app
-
-    def leaves(command: object, path: list[str]) -> list[list[str]]:
-        children = getattr(command, "commands", None)
-        if not children:
-            return [path]
-        return [leaf for name, c in children.items() for leaf in leaves(c, [*path, name])]
-
-    commands = leaves(typer.main.get_command(app), [])
+    commands = [path for path, _ in leaf_commands()]
     assert len(commands) > 40
     for command in [[], *commands]:
         shown = run(*command, "--help").out

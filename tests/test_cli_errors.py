@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -62,26 +63,38 @@ REMOTE = {"bench"}
 LONG_RUNNING = {"serve", "scheduler", "stream run", "demo"}
 
 
-def _commands() -> list[tuple[str, list[str]]]:
-    """Every leaf command of the app with its arguments, e.g. ("models list", [...])."""
+def leaf_commands() -> list[tuple[list[str], Any]]:
+    """Every leaf command of the app, with its click command, through click's own listing
+    (so a lazily loaded group is listed too)."""
+    import click
     import typer.main
 
     from berth.cli.main import app
 
-    found: list[tuple[str, list[str]]] = []
+    found: list[tuple[list[str], Any]] = []
 
-    def walk(command: object, path: list[str]) -> None:
-        children = getattr(command, "commands", None)
-        if children:
-            for name, child in children.items():
-                walk(child, [*path, name])
+    def walk(command: Any, path: list[str], parent: click.Context | None) -> None:
+        if not hasattr(command, "list_commands"):
+            found.append((path, command))
             return
+        context = click.Context(command, parent=parent)
+        for name in command.list_commands(context):
+            walk(command.get_command(context, name), [*path, name], context)
+
+    walk(typer.main.get_command(app), [], None)
+    return found
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """Every leaf command with its cheapest invocation, e.g. ("models list", [...])."""
+    found: list[tuple[str, list[str]]] = []
+    for path, command in leaf_commands():
         name = " ".join(path)
         if name in CHEAPEST:
             found.append((name, [*path, *CHEAPEST[name]]))
-            return
+            continue
         args: list[str] = []
-        for param in getattr(command, "params", []):
+        for param in command.params:
             if not param.required:
                 continue
             if param.param_type_name == "argument":
@@ -89,8 +102,6 @@ def _commands() -> list[tuple[str, list[str]]]:
             else:
                 args.extend([max(param.opts, key=len), "x"])
         found.append((name, [*path, *args]))
-
-    walk(typer.main.get_command(app), [])
     return found
 
 
