@@ -6,6 +6,7 @@ BERTH_REQUIRE_SERVICES=1 (set by .ci/run): then an absent service fails the test
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -258,11 +259,18 @@ def run(
         context.settings.cache_clear()
         context.registry.cache_clear()
         monkeypatch.setattr(sys, "argv", ["berth", *args])
+        # Commands that serve or consume configure logging for their process; in this shared
+        # process that would outlive the command and write the next commands' logs to stderr.
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
         code = 0
         try:
             main()
         except SystemExit as exc:
             code = int(exc.code or 0)
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
         captured = capsys.readouterr()
         return Outcome(code, captured.out, captured.err)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -166,6 +167,26 @@ def _level(level: str) -> str:
     return name
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to `sys.stderr` as it is when the record is written.
+
+    A plain StreamHandler keeps the stream it was configured with: when a caller swaps
+    `sys.stderr` (a test capturing output, an embedding application) and closes the old one,
+    every later record fails with "I/O operation on closed file" and a traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def logging_config(level: str, json: bool) -> dict[str, Any]:
     """A `logging.config.dictConfig` document: everything, uvicorn included, through one handler.
 
@@ -183,11 +204,7 @@ def logging_config(level: str, json: bool) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"berth": {"()": formatter}},
         "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "berth",
-                "stream": "ext://sys.stderr",
-            }
+            "stderr": {"class": "berth.observability.logging.StderrHandler", "formatter": "berth"}
         },
         "root": {"handlers": ["stderr"], "level": name},
         "loggers": {
