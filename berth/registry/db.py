@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +21,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 # Any constant works: it only has to be the same for every Berth process sharing a database.
 _MIGRATION_LOCK_ID = 0x6265727468
+_REVISION_LINE = re.compile(r"^(revision|down_revision) = (?:\"([^\"]+)\"|None)$", re.MULTILINE)
 
 
 class Database:
@@ -46,17 +47,20 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision; safe when several processes start at once."""
+        """Bring the schema to the newest revision; safe when several processes start at once.
+
+        A schema already at the newest revision is told by one query, without Alembic: every
+        command opens the registry, and importing Alembic alone takes longer than most of them.
+        """
         try:
             with self.engine.begin() as connection:
+                if _at_head(connection):
+                    return
                 if connection.dialect.name == "postgresql":
                     connection.execute(
                         text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
                     )
-                config = Config()
-                config.set_main_option("script_location", str(MIGRATIONS))
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                _upgrade(connection)
         except OperationalError as exc:
             raise NotReady(
                 f"cannot reach the registry database at {_safe(self.url)}: {exc.orig}; "
@@ -65,6 +69,47 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the schema is at the newest revision (False when unsure: Alembic then decides)."""
+    head = head_revision()
+    if head is None or not inspect(connection).has_table("alembic_version"):
+        return False
+    current = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
+    return current == [head]
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration's revision, read from the migration files without Alembic.
+
+    None when the files are not one plain chain of `revision = "..."` lines (then Alembic runs
+    and reads them itself).
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        found = dict(_REVISION_LINE.findall(path.read_text("utf-8")))
+        if "revision" not in found or "down_revision" not in found:
+            return None
+        revisions.add(found["revision"])
+        if found["down_revision"]:
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 def _create_engine(url: str) -> Engine:
