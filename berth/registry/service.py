@@ -25,17 +25,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import numpy as np
-import pandas as pd
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from berth.config import Settings
 from berth.errors import ArtifactIntegrityError, Conflict, InvalidInput, NotFound
-from berth.observability.drift import reference_statistics, reference_summary
 from berth.registry.archives import is_archive, safe_extract
 from berth.registry.artifacts import (
     ArtifactStore,
@@ -64,8 +60,16 @@ from berth.runtimes import (
     needs_pickle_trust,
     pickle_refusal,
 )
-from berth.runtimes.base import Prediction, Runtime
 from berth.security import audit
+
+# numpy, pandas and the drift statistics are imported by the functions that use them: listing
+# and resolving versions (most commands) need none of them.
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from berth.config import Settings
+    from berth.runtimes.base import Prediction, Runtime
 
 log = logging.getLogger("berth.registry")
 
@@ -121,6 +125,8 @@ class VersionInfo:
         return f"{self.model}:{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
+        from berth.observability.drift import reference_summary
+
         return {
             "model": self.model,
             "version": self.number,
@@ -519,7 +525,7 @@ class Registry:
 # helpers ---------------------------------------------------------------------------------
 
 
-Sample = np.ndarray[Any, Any] | pd.DataFrame
+Sample: TypeAlias = "np.ndarray[Any, Any] | pd.DataFrame"
 
 
 def _signature_for(request: RegisterRequest, runtime: Runtime, sample: Sample | None) -> Signature:
@@ -542,6 +548,8 @@ def _signature_for(request: RegisterRequest, runtime: Runtime, sample: Sample | 
 
 
 def _sample_input(sample: Sample, signature: Signature) -> Sample:
+    import pandas as pd
+
     rows = sample[:_SAMPLE_ROWS]
     if isinstance(rows, pd.DataFrame):
         missing = [n for n in signature.input_names if n not in rows.columns]
@@ -556,6 +564,9 @@ def _sample_input(sample: Sample, signature: Signature) -> Sample:
 
 def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
     """Up to three sample rows as JSON-safe v1 instances (for warm-up and docs)."""
+    import numpy as np
+    import pandas as pd
+
     if sample is None:
         return None
     rows = _sample_input(sample, signature)[:_EXAMPLE_ROWS]
@@ -567,6 +578,8 @@ def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
 
 def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] | None:
     """Drift reference statistics of the --reference data, checked against the signature."""
+    from berth.observability.drift import reference_statistics
+
     if path is None:
         return None
     path = path.expanduser()
@@ -577,6 +590,8 @@ def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] 
 
 
 def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
+    import numpy as np
+
     predictions = np.asarray(prediction.predictions)
     specs = [
         TensorSpec(

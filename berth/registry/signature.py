@@ -14,12 +14,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from berth.errors import InvalidInput
+
+# numpy and pandas are imported by the functions that read and infer from data: a signature
+# read from the registry needs neither, and every CLI command reads some.
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 TENSOR_DTYPES = (
     "bool",
@@ -235,6 +238,8 @@ def infer_from_frame(sample: pd.DataFrame) -> Signature:
 
 
 def _column_dtype(series: pd.Series[Any]) -> str:
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(series):
         return "bool"
     if pd.api.types.is_integer_dtype(series):
@@ -249,6 +254,9 @@ def _column_dtype(series: pd.Series[Any]) -> str:
 
 def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
     """Read sample data: `.npy` as an array; CSV, Parquet, JSON and JSON lines as a table."""
+    import numpy as np
+    import pandas as pd
+
     suffix = path.suffix.lower()
     if not path.exists():
         raise InvalidInput(
@@ -273,6 +281,8 @@ def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
 
 
 def infer_signature(sample: np.ndarray[Any, Any] | pd.DataFrame) -> Signature:
+    import pandas as pd
+
     if isinstance(sample, pd.DataFrame):
         return infer_from_frame(sample)
     return infer_from_array(sample)
