@@ -55,17 +55,18 @@ _NOT_FOR_HELP = (
     "sqlalchemy",
     "starlette",
     "uvicorn",
-    "yaml",
 )
 
-# `berth models list` reads the registry (settings and SQLAlchemy) and nothing else: no data
-# libraries, no migration tool on a current schema, no server or HTTP client.
+# `berth models list` opens the registry (settings, SQLAlchemy, the artifact store's fsspec) and
+# nothing else: no data libraries, no migration tool on a current schema, no server or client.
 _NOT_FOR_LISTING = tuple(
-    name for name in _NOT_FOR_HELP if name not in ("pydantic_settings", "sqlalchemy")
+    name for name in _NOT_FOR_HELP if name not in ("fsspec", "pydantic_settings", "sqlalchemy")
 )
 
 
-def _imported(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[set[str], str]:
+def _imported(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[set[str], str]:
     """The top-level packages `berth ARGS` imported, and what it printed."""
     out = tmp_path / "modules.json"
     result = subprocess.run(
@@ -127,7 +128,7 @@ def test_models_list_imports_the_registry_only(
 
 
 def test_a_fresh_database_is_migrated(settings: Settings, tmp_path: Path) -> None:
-    imported, printed = _imported(tmp_path, "models", "list")
+    imported, _ = _imported(tmp_path, "models", "list")
     assert "alembic" in imported  # no schema yet: the migrations ran
     assert _revisions(settings.resolved_database_url) == [db.head_revision()]
     again, _ = _imported(tmp_path, "models", "list")
