@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch wrk prometheus nginx cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-cli wrk prometheus nginx cluster-demo
 
 install: $(STAMP)
 
@@ -87,6 +87,11 @@ bench-demo: install wrk
 # A 1M-row Parquet to Parquet batch job against in-process predict (benchmarks/batch_throughput.py).
 bench-batch: install
 	$(BIN)/python benchmarks/batch_throughput.py
+
+# Start-up of `berth --help`, `--version` and `models list`, 20 runs each (benchmarks/cli_startup.py);
+# ARGS="main=../main ." measures two checkouts side by side.
+bench-cli: install
+	$(BIN)/python benchmarks/cli_startup.py $(ARGS)
 
 # MLServer, BentoML and bare FastAPI with the same models, when the peer benchmark is present.
 PEERS ?= ../shared/bench/peers
