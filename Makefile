@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-cli wrk prometheus nginx cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli wrk prometheus nginx cluster-demo
 
 install: $(STAMP)
 
@@ -87,6 +87,15 @@ bench-demo: install wrk
 # A 1M-row Parquet to Parquet batch job against in-process predict (benchmarks/batch_throughput.py).
 bench-batch: install
 	$(BIN)/python benchmarks/batch_throughput.py
+
+# How fast `berth serve --workers 2` replaces a worker killed with SIGKILL (benchmarks/worker_restart.py).
+bench-restart: install
+	$(BIN)/python benchmarks/worker_restart.py
+
+# Small predictions while the same worker decodes 15 MB bodies (benchmarks/loop_stall.py);
+# SOURCE_BEFORE=DIR adds a run of an earlier checkout.
+bench-decode: install
+	$(BIN)/python benchmarks/loop_stall.py
 
 # Start-up of `berth --help`, `--version` and `models list`, 20 runs each (benchmarks/cli_startup.py);
 # ARGS="main=../main ." measures two checkouts side by side.

@@ -88,22 +88,37 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Address `berth serve` binds to."""
 
-    port: int = DEFAULT_PORT
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     """Port `berth serve` listens on."""
 
-    workers: int = 1
+    workers: int = Field(default=1, ge=1, le=1024)
     """Server worker processes."""
+
+    worker_preload: bool = True
+    """With several workers, fork them from a process that has imported the server once (a killed worker is back in about a second); false starts each from scratch."""
 
     dev: bool = False
     """Dev mode: prediction and model routes accept requests without an API key."""
 
-    max_body_bytes: int = 16 * 1024 * 1024
-    """Largest request body accepted; larger ones get 413."""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    """Largest request body accepted (after decompression); larger ones get 413."""
 
-    max_batch_rows: int = 10_000
+    max_batch_rows: int = Field(default=10_000, ge=1)
     """Most rows one prediction request may carry; more get 413."""
 
-    refresh_seconds: float = 1.0
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest a client may take to send a request body; slower ones get 408 and are disconnected."""
+
+    decode_process_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Request bodies of at least this many bytes are decoded in a helper process per worker, so parsing them never stalls other requests; 0 decodes them in threads."""
+
+    compress_min_bytes: int = Field(default=1024, ge=0)
+    """Responses of at least this many bytes are gzip-compressed for clients that accept gzip; 0 never compresses."""
+
+    docs: Literal["authenticated", "public", "off"] = "authenticated"
+    """API docs at /docs and /openapi.json: `authenticated` (the page is open, the document needs a valid key), `public`, or `off`."""
+
+    refresh_seconds: float = Field(default=1.0, gt=0)
     """How often a server re-reads aliases and keys from the registry (revocations apply within it)."""
 
     log_level: str = "info"
@@ -175,10 +190,10 @@ class Settings(BaseSettings):
 
     # limits and load shedding ---------------------------------------------------------------
 
-    request_timeout_seconds: float = 30.0
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
     """Longest a prediction may take; slower ones get 504."""
 
-    max_concurrent_requests: int = 64
+    max_concurrent_requests: int = Field(default=64, ge=1)
     """Prediction requests one worker handles at once; beyond it, 503 with Retry-After."""
 
     # speed ----------------------------------------------------------------------------------
@@ -236,7 +251,7 @@ class Settings(BaseSettings):
     jwt_jwks: str | None = None
     """JWKS document for RS256/ES256 tokens: a file path or an http(s) URL (cached, refreshed)."""
 
-    jwt_jwks_refresh_seconds: float = 300.0
+    jwt_jwks_refresh_seconds: float = Field(default=300.0, gt=0)
     """How long a fetched JWKS document is reused before it is fetched again."""
 
     jwt_issuer: str | None = None
@@ -248,7 +263,7 @@ class Settings(BaseSettings):
     jwt_scope_claim: str = "scope"
     """Claim holding Berth scopes: a space-separated string or a list (`scope` or `scp`)."""
 
-    jwt_leeway_seconds: float = 30.0
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0)
     """Clock skew allowed when checking `exp` and `nbf`."""
 
     # transport ------------------------------------------------------------------------------

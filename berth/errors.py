@@ -36,9 +36,11 @@ class Conflict(BerthError):
 
 
 class Unauthenticated(BerthError):
-    """`reason` is the RFC 6750 error code (invalid_request, invalid_token) for the challenge."""
+    """`reason` is the RFC 6750 error code for the challenge: `invalid_request` (malformed),
+    `invalid_token` (unknown, revoked, expired), or None when no credentials came at all (the
+    RFC says a challenge to a caller who sent none carries no error code)."""
 
-    def __init__(self, message: str, reason: str = "invalid_request") -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
 

@@ -29,6 +29,7 @@ FIXTURES = Path(__file__).parent / "promtool"
 ALERTS = [
     "HighLatency",
     "HighErrorRate",
+    "HighClientErrorRate",
     "ModelAccuracyDrop",
     "FeatureDrift",
     "ModelNotLoaded",
@@ -78,9 +79,9 @@ def alerts_by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_default_rules_name_every_alert_and_recording_rule() -> None:
     document = build_rules()
     assert rule_names(document) == [
-        *ALERTS[:6],
+        *ALERTS[:7],
         *(f"model:berth_prediction_server_errors:ratio_rate{w}" for w in WINDOWS),
-        *ALERTS[6:],
+        *ALERTS[7:],
     ]
     for name, rule in alerts_by_name(document).items():
         assert rule["labels"]["severity"] in {"page", "critical", "ticket", "warning"}, name
@@ -93,6 +94,13 @@ def test_default_rules_name_every_alert_and_recording_rule() -> None:
         in rules["HighLatency"]["annotations"]["description"]
     )
     assert rules["HighErrorRate"]["labels"]["severity"] == "critical"
+    # the page counts server-side failures only, as the error budget does; bad input only warns
+    assert rules["HighErrorRate"]["expr"].startswith(
+        'sum by (model, version) (rate(berth_prediction_errors_total{kind!="invalid_input"}[5m]))'
+    )
+    assert 'kind="invalid_input"' in rules["HighClientErrorRate"]["expr"]
+    assert rules["HighClientErrorRate"]["labels"]["severity"] == "warning"
+    assert rules["HighClientErrorRate"]["for"] == "15m"
     assert rules["ErrorBudgetBurnFast"]["labels"] == {"severity": "page", "slo": "availability"}
     assert rules["ErrorBudgetBurnSlow"]["labels"]["severity"] == "ticket"
 
@@ -119,6 +127,7 @@ def test_thresholds_and_timings_are_configurable() -> None:
     options = AlertOptions(
         slo_p99_ms=150,
         error_rate=0.02,
+        client_error_rate=0.1,
         accuracy_drop=0.1,
         accuracy_baseline="7d",
         drift_psi=0.3,
@@ -132,6 +141,7 @@ def test_thresholds_and_timings_are_configurable() -> None:
     rules = alerts_by_name(document)
     assert rules["HighLatency"]["expr"].endswith("[2m]))) > 0.15")
     assert rules["HighErrorRate"]["expr"].endswith("[2m])) > 0.02")
+    assert rules["HighClientErrorRate"]["expr"].endswith("[2m])) > 0.1")
     assert rules["ModelAccuracyDrop"]["expr"].startswith(
         'max_over_time(berth_model_accuracy{metric=~"accuracy|balanced_accuracy|f1|'
     )
@@ -156,6 +166,7 @@ def test_thresholds_and_timings_are_configurable() -> None:
         (AlertOptions(slo_availability=0), "--slo-availability"),
         (AlertOptions(slo_p99_ms=0), "--slo-p99-ms"),
         (AlertOptions(error_rate=1.5), "--error-rate"),
+        (AlertOptions(client_error_rate=0), "--client-error-rate"),
         (AlertOptions(accuracy_drop=0), "--accuracy-drop"),
         (AlertOptions(drift_psi=-1), "--drift-psi"),
         (AlertOptions(for_override="soon"), "is not a duration"),
@@ -194,7 +205,7 @@ def test_generated_rules_pass_promtool_check(
 ) -> None:
     rules = tmp_path / "berth-rules.yml"
     rules.write_text(render_rules(build_rules(options)))
-    assert "SUCCESS: 15 rules found" in run_promtool(promtool, "check", "rules", str(rules))
+    assert "SUCCESS: 16 rules found" in run_promtool(promtool, "check", "rules", str(rules))
 
 
 def test_rule_unit_tests_pass_promtool_test(promtool: str, tmp_path: Path) -> None:
@@ -365,13 +376,24 @@ def test_cli_writes_files_and_prints_to_stdout(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yml"
     result = runner.invoke(
         app,
-        ["alerts", "--slo-p99-ms", "120", "--slo-availability", "0.99", "--out", str(rules)],
+        [
+            "alerts",
+            "--slo-p99-ms",
+            "120",
+            "--slo-availability",
+            "0.99",
+            "--client-error-rate",
+            "0.03",
+            "--out",
+            str(rules),
+        ],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
-    assert "Wrote 8 alerts and 7 recording rules" in result.output
+    assert "Wrote 9 alerts and 7 recording rules" in result.output
     written = alerts_by_name(yaml.safe_load(rules.read_text()))
     assert written["HighLatency"]["expr"].endswith("> 0.12")
+    assert written["HighClientErrorRate"]["expr"].endswith("> 0.03")
     assert "14.4 * 0.01" in written["ErrorBudgetBurnFast"]["expr"]
 
     dashboard = tmp_path / "dashboard.json"

@@ -249,7 +249,10 @@ def test_open_routes_need_no_key(api: ApiSetup) -> None:
     metrics = api.client.get("/metrics").text
     assert "berth_predictions_total" in metrics
     assert api.client.get("/docs").status_code == 200
-    assert "/api/v1/models/{ref}/predict" in api.client.get("/openapi.json").json()["paths"]
+    # The OpenAPI document itself needs credentials (BERTH_DOCS=authenticated, the default).
+    assert api.client.get("/openapi.json").status_code == 401
+    document = api.client.get("/openapi.json", headers=api.auth(api.read_key)).json()
+    assert "/api/v1/models/{ref}/predict" in document["paths"]
 
 
 def test_metrics_count_predictions_by_model_version_status(api: ApiSetup) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from berth.config import DEFAULT_PORT, Settings, field_docs
+from berth.config import DEFAULT_PORT, Settings, field_docs, load_settings
 from berth.errors import InvalidInput
 
 POSTGRES = "postgresql+psycopg://berth:s3cret@db.internal:5432/registry"
@@ -271,3 +271,29 @@ def test_field_docs_has_a_line_for_every_field() -> None:
         assert "\n" not in line, name
     assert "413" in docs["max_batch_rows"]
     assert "registry.db" in docs["database_url"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BERTH_MAX_BATCH_ROWS", "-5"),
+        ("BERTH_MAX_BATCH_ROWS", "0"),
+        ("BERTH_MAX_BODY_BYTES", "-1"),
+        ("BERTH_MAX_CONCURRENT_REQUESTS", "0"),
+        ("BERTH_REQUEST_TIMEOUT_SECONDS", "-1"),
+        ("BERTH_BODY_TIMEOUT_SECONDS", "0"),
+        ("BERTH_REFRESH_SECONDS", "0"),
+        ("BERTH_WORKERS", "-3"),
+        ("BERTH_PORT", "0"),
+        ("BERTH_PORT", "99999"),
+        ("BERTH_DECODE_PROCESS_BYTES", "-1"),
+        ("BERTH_COMPRESS_MIN_BYTES", "-1"),
+        ("BERTH_JWT_LEEWAY_SECONDS", "-1"),
+    ],
+)
+def test_limits_out_of_range_are_refused_by_name(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidInput, match=variable):
+        load_settings()

@@ -391,6 +391,15 @@ def test_bad_bodies_are_400(api: Api, body: dict[str, Any]) -> None:
     assert answer.json()["error"]
 
 
+def test_a_bare_list_is_400_naming_the_feedback_form(api: Api) -> None:
+    items = [{"prediction_id": "p", "actual": 1}]
+    answer = api.client.post("/api/v1/feedback", json=items, headers=api.auth())
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "must be a JSON object, not a list" in error
+    assert '{"feedback": [{"prediction_id"' in error
+
+
 def test_feedback_and_performance_need_credentials_and_scopes(api: Api) -> None:
     ids, _ = _predict(api)
     body = {"prediction_id": ids[0], "actual": 0}

@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.testclient import TestClient
 
 from berth.api.middleware.access_log import AccessLogMiddleware
-from berth.api.middleware.body_limit import BodyLimitMiddleware
+from berth.api.middleware.compression import CompressionMiddleware
 from berth.config import Settings
 from berth.observability import metrics
 from berth.observability.logging import bind_prediction
@@ -51,8 +51,8 @@ def instrument(app: Any, settings: Settings) -> None:
     """What `create_app` installs (the access-log middleware and the observers), if it does not yet."""
     stack = app.user_middleware  # outermost first
     if not any(m.cls is AccessLogMiddleware for m in stack):
-        # Inside request id (and tracing), just outside the body limit.
-        at = next(i for i, m in enumerate(stack) if m.cls is BodyLimitMiddleware)
+        # Inside request id (and tracing), just outside compression and the body reader.
+        at = next(i for i, m in enumerate(stack) if m.cls is CompressionMiddleware)
         stack.insert(
             at,
             Middleware(

@@ -3,7 +3,8 @@
 Berth serves a python-flavor model that raises while a flag file exists. Prometheus (from
 Debian's prometheus package) scrapes it every second and evaluates the generated rules every
 second, with `--for 0s`. Queries over Berth's metrics must count exactly the predictions sent;
-once the model fails, HighErrorRate must fire.
+once the model fails, HighErrorRate must fire; a client's invalid input fires only the
+HighClientErrorRate warning.
 """
 
 from __future__ import annotations
@@ -297,6 +298,48 @@ def test_prometheus_counts_predictions_and_fires_high_error_rate(stack: Stack) -
         f"HighErrorRate fired {fired_at - failed_at:.1f} s ({high_error_failures} failed requests) "
         f"after the model started failing; alerts firing: {sorted(names)}"
     )
+
+
+def test_clients_bad_input_warns_and_never_pages(stack: Stack) -> None:
+    """400s from a client breaking the signature fire the warning, never the critical page."""
+    with httpx.Client(timeout=10) as client:
+
+        def bad_input() -> int:
+            answer = client.post(
+                f"{stack.berth_url}/api/v1/models/flaky@production/predict",
+                json={"features": [1.0, 2.0]},  # the signature has three columns
+                headers={"X-API-Key": stack.key},
+            )
+            return answer.status_code
+
+        assert [stack.predict(client) for _ in range(OK_REQUESTS)] == [200] * OK_REQUESTS
+        sent = 0
+
+        def refused_then_warned() -> dict[str, Any] | None:
+            nonlocal sent
+            assert bad_input() == 400
+            sent += 1
+            firing = {a["labels"]["alertname"]: a for a in stack.alerts()}
+            # the two alerts share a group, a window and an evaluation: once the warning is
+            # out, a page counting the same requests would be out too
+            assert "HighErrorRate" not in firing, firing["HighErrorRate"]
+            return firing.get("HighClientErrorRate")
+
+        alert = wait_for(
+            refused_then_warned, 60, "HighClientErrorRate did not fire", stack.diagnose
+        )
+        for _ in range(5):  # and a few more evaluations later, still no page
+            time.sleep(1)
+            refused_then_warned()
+    assert alert["labels"] == {
+        "alertname": "HighClientErrorRate",
+        "model": "flaky",
+        "version": "1",
+        "severity": "warning",
+    }
+    names = {a["labels"]["alertname"] for a in stack.alerts()}
+    assert names.isdisjoint({"HighErrorRate", "ErrorBudgetBurnFast", "ErrorBudgetBurnSlow"})
+    assert stack.value('sum(berth_prediction_errors_total{kind="invalid_input"})') is not None
 
 
 def test_rollout_evidence_from_prometheus_equals_the_servers_own(stack: Stack) -> None:

@@ -682,11 +682,133 @@ def test_p99_latency_checks() -> None:
     verdict = judge_canary(None, slow, criteria)
     check = check_named(verdict, "p99 latency")
     assert (verdict.decision, check.status) == ("fail", "fail")
-    assert check.detail == "canary p99 498 ms, above the 100 ms limit"
+    assert check.detail == (
+        "canary p99 498 ms, above the 100 ms limit; no stable traffic to compare with"
+    )
 
     # Enough requests, but none answered: nothing to judge latency on.
     silent = RouteWindow(requests=200, errors=200)
     assert check_named(judge_canary(None, silent, criteria), "p99 latency").status == "wait"
+
+
+def slow(seconds: float, count: int) -> RouteWindow:
+    """`count` answered requests that each took `seconds`."""
+    return latency_window(np.full(count, seconds))
+
+
+def test_a_canary_as_slow_as_stable_is_not_failed_on_an_absolute_limit() -> None:
+    """Issue 15: the whole machine was slow (canary and stable p99 ~900 ms, limit 200 ms).
+
+    Rolling back cannot make stable faster; like the error rate, latency over the limit fails
+    only when the canary is also slower than stable in the same window."""
+    criteria = CanaryCriteria(min_requests=100, max_p99_ms=200)
+    verdict = judge_canary(slow(0.91, 2000), slow(0.92, 200), criteria)
+    check = check_named(verdict, "p99 latency")
+    assert (verdict.decision, check.status) == ("pass", "pass")
+    assert check.value == pytest.approx(995.0)
+    assert check.detail == (
+        "canary p99 995 ms vs stable 995 ms in the same window: above the 200 ms limit, but "
+        "within 1.5x stable + 10 ms (1502 ms): stable is as slow, so rolling back would not help"
+    )
+    # A canary much slower than a slow stable still fails.
+    verdict = judge_canary(slow(0.3, 2000), slow(0.92, 200), criteria)
+    check = check_named(verdict, "p99 latency")
+    assert (verdict.decision, check.status) == ("fail", "fail")
+    assert check.threshold == pytest.approx(497.5 * 1.5 + 10)
+    assert check.detail == (
+        "canary p99 995 ms vs stable 498 ms in the same window: above the 200 ms limit and "
+        "1.5x stable + 10 ms (756 ms)"
+    )
+
+
+def test_by_default_latency_is_judged_against_stable_in_the_same_window() -> None:
+    criteria = CanaryCriteria(min_requests=100)
+    assert (criteria.max_p99_ms, criteria.max_p99_ratio, criteria.p99_slack_ms) == (None, 1.5, 10)
+    same = judge_canary(slow(0.91, 2000), slow(0.92, 200), criteria)
+    check = check_named(same, "p99 latency")
+    assert (same.decision, check.status) == ("pass", "pass")
+    assert check.detail == (
+        "canary p99 995 ms vs stable 995 ms in the same window: within 1.5x stable + 10 ms "
+        "(1502 ms)"
+    )
+    slower = judge_canary(slow(0.04, 2000), slow(0.92, 200), criteria)
+    check = check_named(slower, "p99 latency")
+    assert (slower.decision, check.status) == ("fail", "fail")
+    assert check.detail == (
+        "canary p99 995 ms vs stable 49.8 ms in the same window: above 1.5x stable + 10 ms "
+        "(84.6 ms)"
+    )
+    assert slower.reasons == [check.detail]
+    # Tiny latencies: 1 ms against 5 ms is five times slower, but within the 10 ms slack.
+    tiny = judge_canary(slow(0.0008, 2000), slow(0.004, 200), criteria)
+    assert check_named(tiny, "p99 latency").status == "pass"
+    # The ratio and the slack are the criteria's.
+    strict = CanaryCriteria(max_p99_ratio=1.2, p99_slack_ms=0)
+    verdict = judge_canary(slow(0.004, 2000), slow(0.008, 200), strict)
+    assert check_named(verdict, "p99 latency").detail == (
+        "canary p99 10 ms vs stable 5 ms in the same window: above 1.2x stable (6 ms)"
+    )
+
+
+def test_latency_without_stable_to_compare_with() -> None:
+    criteria = CanaryCriteria(min_requests=100)
+    # The last step (100%): stable has no traffic; only an absolute limit can fail the canary.
+    for stable in (RouteWindow(), slow(0.01, 40)):
+        verdict = judge_canary(stable, slow(0.92, 200), criteria)
+        check = check_named(verdict, "p99 latency")
+        assert (verdict.decision, check.status) == ("pass", "pass")
+        assert check.detail == (
+            f"canary p99 995 ms; too little stable traffic in this window to compare with "
+            f"({stable.observed_latencies} of 100 requests)"
+        )
+        limited = judge_canary(stable, slow(0.92, 200), CanaryCriteria(max_p99_ms=200))
+        assert check_named(limited, "p99 latency").detail == (
+            "canary p99 995 ms, above the 200 ms limit; no stable traffic to compare with"
+        )
+        assert limited.decision == "fail"
+    # Blue-green after the switch has no stable at all: without a limit, no latency check.
+    assert [c.name for c in judge_canary(None, slow(0.92, 200), criteria).checks] == ["requests"]
+
+
+def test_latency_at_the_last_step_compares_with_stable_at_the_previous_step() -> None:
+    criteria = CanaryCriteria(min_requests=100, max_p99_ms=200)
+    before = slow(0.91, 1000)
+    verdict = judge_canary(RouteWindow(), slow(0.92, 200), criteria, stable_before=before)
+    assert verdict.decision == "pass"
+    assert check_named(verdict, "p99 latency").detail == (
+        "canary p99 995 ms vs stable 995 ms at the previous step (too little stable traffic in "
+        "this one): above the 200 ms limit, but within 1.5x stable + 10 ms (1502 ms): stable is "
+        "as slow, so rolling back would not help"
+    )
+    # Enough stable traffic in this window: the same window wins over the earlier one.
+    verdict = judge_canary(slow(0.04, 500), slow(0.92, 200), criteria, stable_before=before)
+    assert verdict.decision == "fail"
+    assert "vs stable 49.8 ms in the same window" in verdict.reasons[0]
+    # An earlier window too small to compare with is no comparison.
+    verdict = judge_canary(RouteWindow(), slow(0.92, 200), criteria, stable_before=slow(0.9, 5))
+    assert verdict.reasons == [
+        "canary p99 995 ms, above the 200 ms limit; no stable traffic to compare with"
+    ]
+
+
+def test_latency_ratio_zero_keeps_the_absolute_limit_alone() -> None:
+    criteria = CanaryCriteria(max_p99_ms=200, max_p99_ratio=0)
+    verdict = judge_canary(slow(0.91, 2000), slow(0.92, 200), criteria)
+    assert verdict.decision == "fail"
+    assert verdict.reasons == ["canary p99 995 ms, above the 200 ms limit"]
+    off = CanaryCriteria(max_p99_ratio=0)
+    assert [c.name for c in judge_canary(slow(0.01, 2000), slow(0.9, 200), off).checks] == [
+        "requests"
+    ]
+
+
+def test_criteria_stored_before_the_latency_ratio_still_load() -> None:
+    stored = {"min_requests": 50, "max_error_rate": 0.02, "max_p99_ms": 250.0, "alpha": 0.05}
+    loaded = CanaryCriteria.from_dict(stored)
+    assert loaded == CanaryCriteria(min_requests=50, max_error_rate=0.02, max_p99_ms=250.0)
+    assert (loaded.max_p99_ratio, loaded.p99_slack_ms) == (1.5, 10.0)
+    custom = CanaryCriteria(max_p99_ratio=2.0, p99_slack_ms=0.0)
+    assert CanaryCriteria.from_dict(json.loads(strict_json(custom.to_dict()))) == custom
 
 
 def test_accuracy_checks() -> None:
@@ -768,6 +890,10 @@ def test_verdict_and_criteria_json_round_trip() -> None:
         {"max_error_rate": 1.5},
         {"min_accuracy": -0.1},
         {"max_p99_ms": 0.0},
+        {"max_p99_ratio": 0.9},
+        {"max_p99_ratio": -1.0},
+        {"p99_slack_ms": -1.0},
+        {"p99_slack_ms": math.inf},
     ],
 )
 def test_canary_criteria_rejects_nonsense(kwargs: dict[str, Any]) -> None:

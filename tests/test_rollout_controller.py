@@ -181,6 +181,97 @@ def test_too_slow_a_canary_is_rolled_back(setup: Setup) -> None:
     assert "p99" in info.reason
 
 
+def test_a_canary_as_slow_as_stable_on_a_slow_machine_is_promoted(setup: Setup) -> None:
+    """Issue 15: the whole machine is slow, canary and stable p99 ~1 s, over the 200 ms limit.
+
+    Judged against stable in the same window, nothing is wrong with the canary; at the last
+    step stable has no traffic, and the canary is compared with stable at the previous step."""
+    rollout = _canary(setup)  # CRITERIA: max_p99_ms=200
+    setup.tick()
+    for following in (50.0, 100.0):
+        setup.traffic.add(1, 900, seconds=0.9)
+        setup.traffic.add(2, 150, seconds=0.92)
+        setup.clock.advance(61)
+        setup.tick()
+        info = setup.service.get(rollout)
+        assert (info.status, info.weight) == (s.RUNNING, following), info.reason
+    setup.traffic.add(2, 150, seconds=0.92)
+    setup.clock.advance(61)
+    setup.tick()
+    info = setup.service.get(rollout)
+    assert info.status == s.PROMOTED, info.reason
+    details = {
+        e.message: next(c["detail"] for c in e.detail["checks"] if c["name"] == "p99 latency")
+        for e in info.events
+        if e.kind in ("step", "promoted") and e.detail
+    }
+    assert details == {
+        "passed at 10%; now 50%": "canary p99 995 ms vs stable 995 ms in the same window: "
+        "above the 200 ms limit, but within 1.5x stable + 10 ms (1502 ms): stable is as slow, "
+        "so rolling back would not help",
+        "passed at 50%; now 100%": "canary p99 995 ms vs stable 995 ms in the same window: "
+        "above the 200 ms limit, but within 1.5x stable + 10 ms (1502 ms): stable is as slow, "
+        "so rolling back would not help",
+        "iris:2 passed at 100%: promoted": "canary p99 995 ms vs stable 995 ms at the previous "
+        "step (too little stable traffic in this one): above the 200 ms limit, but within 1.5x stable + 10 ms "
+        "(1502 ms): stable is as slow, so rolling back would not help",
+    }
+
+
+def test_a_canary_much_slower_than_stable_is_rolled_back_by_default(setup: Setup) -> None:
+    rollout = _canary(setup, criteria=CanaryCriteria(min_requests=100))  # no absolute limit
+    setup.tick()
+    setup.traffic.add(1, 900, seconds=0.3)
+    setup.traffic.add(2, 150, seconds=0.92)
+    setup.tick()
+    info = setup.service.get(rollout)
+    assert info.status == s.ROLLED_BACK
+    assert info.reason == (
+        "canary failed at 10%: canary p99 995 ms vs stable 498 ms in the same window: above "
+        "1.5x stable + 10 ms (756 ms)"
+    )
+
+
+def test_a_slow_last_step_is_judged_against_stable_at_the_previous_step(setup: Setup) -> None:
+    rollout = _canary(setup, steps=(50.0, 100.0))
+    setup.tick()
+    setup.traffic.add(1, 500, seconds=0.04)
+    setup.traffic.add(2, 500, seconds=0.04)
+    setup.clock.advance(61)
+    setup.tick()
+    assert setup.service.get(rollout).weight == 100.0
+    setup.traffic.add(2, 500, seconds=0.92)  # all traffic now, and 20 times slower
+    setup.tick()
+    info = setup.service.get(rollout)
+    assert info.status == s.ROLLED_BACK
+    assert (
+        "vs stable 49.8 ms at the previous step (too little stable traffic in this one)"
+        in info.reason
+    )
+
+
+def test_waiting_records_an_event_when_a_check_changes_not_every_tick(setup: Setup) -> None:
+    rollout = _canary(setup)
+    setup.tick()
+    for _ in range(5):  # traffic trickles in: the counts change at every tick
+        setup.traffic.add(1, 90)
+        setup.traffic.add(2, 10)
+        setup.clock.advance(1)
+        setup.tick()
+    info = setup.service.get(rollout)
+    analyses = [e.message for e in info.events if e.kind == "analysis"]
+    assert len(analyses) == 1, analyses
+    assert analyses[0].startswith("wait: 10 of 100 requests so far")
+    # The state still holds the newest counts, for `berth rollout status`.
+    assert info.state["last_verdict"]["reasons"][0] == "50 of 100 requests so far"
+    setup.traffic.add(1, 900)
+    setup.traffic.add(2, 100)
+    setup.clock.advance(1)
+    setup.tick()  # enough traffic: every check passes, the interval is not over
+    analyses = [e.message for e in setup.service.get(rollout).events if e.kind == "analysis"]
+    assert analyses[1:] == ["pass"]
+
+
 def test_without_enough_traffic_it_waits_and_says_so_once(setup: Setup) -> None:
     rollout = _canary(setup)
     setup.tick()

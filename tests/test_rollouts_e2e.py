@@ -4,12 +4,17 @@
   of the stable route see no errors;
 - a good candidate climbs to 100% and is promoted;
 - a blue-green switch under concurrent load loses no request;
-- two server processes agree on an endpoint's weights within 2 s of a change.
+- two server processes agree on an endpoint's weights within 2 s of a change;
+- on a slow machine (both versions equally slow, over the absolute p99 limit) the candidate is
+  promoted, and `berth rollout wait` prints one line per change, not one per look.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -27,9 +32,11 @@ from berth.rollouts import strategies as s
 from berth.rollouts.analysis import CanaryCriteria
 from berth.rollouts.endpoints import EndpointService, RouteSpec
 from berth.rollouts.service import RolloutInfo, RolloutService
-from tests.conftest import serving
+from tests.conftest import BERTH, berth, serving
 
 SCORER = """
+import time
+
 import numpy as np
 
 
@@ -40,6 +47,7 @@ class Scorer:
         pass
 
     def predict(self, inputs):
+        time.sleep({delay})
         x = np.asarray(inputs, dtype=float)
         if self.FAILS and np.any(np.floor(x[:, 0]) % 5 == 0):
             raise RuntimeError("candidate bug: rows whose first feature is a multiple of 5")
@@ -52,9 +60,9 @@ class Stack:
     env: dict[str, str]
     registry: Registry
 
-    def register(self, directory: Path, fails: bool, cut: int) -> str:
+    def register(self, directory: Path, fails: bool, cut: int, delay: float = 0.0) -> str:
         directory.mkdir()
-        (directory / "model.py").write_text(SCORER.format(fails=fails, cut=cut))
+        (directory / "model.py").write_text(SCORER.format(fails=fails, cut=cut, delay=delay))
         sample = directory.parent / f"{directory.name}.npy"
         np.save(sample, np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 0.5, 7.0]]))
         info = self.registry.register(
@@ -266,3 +274,58 @@ def test_two_servers_agree_on_weights_within_two_seconds(stack: Stack, tmp_path:
         print(
             f"\nboth servers served the new weights after {', '.join(f'{d:.2f}' for d in delays)} s"
         )
+
+
+def test_on_a_slow_machine_a_canary_as_slow_as_stable_is_promoted(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 15: both versions answer in ~150 ms, over a 50 ms absolute limit. The canary is
+    judged against stable in the same window and promoted; `berth rollout wait`, polling ten
+    times a second, prints a line per change of phase, weight or decision."""
+    stable = stack.register(tmp_path / "v1", fails=False, cut=10, delay=0.15)
+    candidate = stack.register(tmp_path / "v2", fails=False, cut=9, delay=0.15)
+    EndpointService(stack.registry).create("scores", stable)
+    with serving(stack.env) as (base, _port):
+        load = Load(base, clients=6).start()
+        started = berth(
+            stack.env,
+            *("rollout", "start", "scores", "--to", candidate, "--steps", "50,100"),
+            *("--interval", "2s", "--min-requests", "30", "--max-p99-ms", "50"),
+        )
+        assert started.returncode == 0, started.stderr
+        waited = subprocess.run(
+            [*BERTH, "rollout", "wait", "scores", "--timeout", "90s", "--poll-seconds", "0.1"],
+            env={**stack.env, "COLUMNS": "250"},  # one line per event, unwrapped
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        load.stop()
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    lines = [re.sub(r"^\d\d:\d\d:\d\d  ", "", line) for line in waited.stdout.splitlines()]
+    kinds = [line.split()[0] for line in lines]
+    assert kinds[0] == "started", lines
+    assert kinds[-1] == "rollout", lines
+    assert "promoted" in lines[-1]
+    steps = [line for line in lines if line.startswith("step")]
+    assert steps == [
+        f"step        {candidate} answered its smoke request; 50% of traffic",
+        "step        passed at 50%; now 100%",
+    ]
+    # A line per change: no analysis line repeats the decision of the line before it.
+    decisions = [
+        (kind, line.split()[1].rstrip(":") if kind == "analysis" else None)
+        for kind, line in zip(kinds, lines, strict=True)
+    ]
+    repeated = [a for a, b in itertools.pairwise(decisions) if a == b and a[0] == "analysis"]
+    assert repeated == [], lines
+    assert len(lines) <= 9, lines
+    info = RolloutService(stack.registry).latest("scores")
+    assert info.status == s.PROMOTED, info.reason
+    judged = next(e for e in info.events if e.message == "passed at 50%; now 100%")
+    assert judged.detail is not None
+    (latency,) = [c for c in judged.detail["checks"] if c["name"] == "p99 latency"]
+    assert "above the 50.0 ms limit, but within 1.5x stable + 10 ms" in latency["detail"]
+    assert "stable is as slow" in latency["detail"]
+    print("\n" + "\n".join(lines))

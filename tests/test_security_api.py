@@ -236,6 +236,29 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         assert response.status_code == expected, (method, path, response.text)
 
 
+def test_the_challenge_names_the_failure_as_rfc_6750_does(secured: Secured) -> None:
+    """No credentials: no error code; an unknown, revoked or expired key: invalid_token;
+    a malformed token: invalid_request."""
+    cases = {
+        "no credentials": ({}, 'Bearer realm="berth"'),
+        "another scheme": ({"Authorization": "Basic dXNlcjpwYXNz"}, 'Bearer realm="berth"'),
+        "unknown key": (
+            {"X-API-Key": "berth_0123456789ab_not-a-real-secret"},
+            'Bearer realm="berth", error="invalid_token"',
+        ),
+        "revoked key": (secured.as_("revoked"), 'Bearer realm="berth", error="invalid_token"'),
+        "expired key": (secured.as_("expired"), 'Bearer realm="berth", error="invalid_token"'),
+        "malformed token": (
+            {"Authorization": "Bearer eyJ.not-a.jwt"},
+            'Bearer realm="berth", error="invalid_request"',
+        ),
+    }
+    for case, (headers, challenge) in cases.items():
+        response = secured.client.get("/api/v1/models", headers=headers)
+        assert response.status_code == 401, case
+        assert response.headers["WWW-Authenticate"] == challenge, case
+
+
 def test_jwt_with_scopes_is_accepted_and_named(secured: Secured) -> None:
     token = _token(scope="predict:iris")
     headers = {"Authorization": f"Bearer {token}"}
@@ -473,7 +496,9 @@ def test_secrets_never_reach_docs_errors_or_config(
     secured: Secured, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
-    docs = secured.client.get("/openapi.json").text + secured.client.get("/docs").text
+    spec = secured.client.get("/openapi.json", headers=secured.as_("user"))
+    assert spec.status_code == 200
+    docs = spec.text + secured.client.get("/docs").text
     bad = secured.client.get("/api/v1/models", headers={"X-API-Key": secured.secrets["revoked"]})
     settings = secured.client.app.state.services.settings  # type: ignore[attr-defined]
     shown = str(settings.redacted())

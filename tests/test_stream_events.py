@@ -206,6 +206,12 @@ def test_nats_urls() -> None:
     )
     assert address.display == "nats://u:***@127.0.0.1:4222/orders.created?stream=ORDERS"
     assert dead_letter_url("nats://h:4222/orders") == "nats://h:4222/orders.dead"
+    # The source's stream does not hold `orders.created.dead`: the dead-letter sink finds (or
+    # creates) the stream that does, by subject.
+    assert (
+        dead_letter_url("nats://u:pw@h:4222/orders.created?stream=ORDERS")
+        == "nats://u:pw@h:4222/orders.created.dead"
+    )
     with pytest.raises(InvalidInput, match="has wildcards"):
         dead_letter_url("nats://h:4222/orders.>")
     for bad in ("nats://h/a..b", "nats://h/a.>.b", "nats://h/a b"):

@@ -39,6 +39,7 @@ from tests.stream_helpers import (
     kill_leftovers,
     metric,
     register_model,
+    run_consumer,
     scraper,
     start_consumer,
     train_model,
@@ -329,6 +330,94 @@ async def _create_stream(base: str) -> None:
     client = await nats.connect(NATS)
     await client.jetstream().add_stream(name=base, subjects=[f"{base}.>"])
     await client.close()
+
+
+async def _add_stream(name: str, subjects: list[str]) -> None:
+    client = await nats.connect(NATS)
+    await client.jetstream().add_stream(name=name, subjects=subjects)
+    await client.close()
+
+
+async def _delete_stream(name: str) -> None:
+    client = await nats.connect(NATS)
+    await client.jetstream().delete_stream(name)
+    await client.close()
+
+
+def test_a_source_that_names_its_stream_gets_its_dead_letters(
+    subjects: Subjects, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 15: `nats://.../SUBJECT?stream=NAME` as the source, dead letters by default.
+
+    NAME holds SUBJECT only, as a stream made for it by its owner would. The dead letters go
+    to SUBJECT.dead, which NAME does not hold: the consumer creates the stream that does (and
+    says so), every bad event is dead-lettered once and acknowledged, none is delivered again.
+    Deleted while the consumer runs, the dead-letter stream is created again."""
+    stream = f"{subjects.base}_ORDERS"
+    asyncio.run(_add_stream(stream, [subjects.source]))
+    group = "named"
+    consumer = start_consumer(
+        env,
+        tmp_path / "consumer.log",
+        "churn@production",
+        "--source",
+        f"{subjects.url(subjects.source)}?stream={stream}",
+        "--sink",
+        subjects.url(subjects.sink),
+        "--group",
+        group,
+        "--claim-idle-ms",
+        "1000",
+    )
+    bad = [b"{not json", json.dumps({"id": "short", "plan": "pro"}).encode()]
+    try:
+        consumer.wait_consuming()
+        dead_stream = subjects.dead.replace(".", "_")
+        assert f"created stream {dead_stream} for it" in consumer.text()
+        subjects.publish([json.dumps(e).encode() for e in customers(20)] + bad)
+        wait_for(lambda: subjects.count(subjects.dead) >= 2, "the dead letters", 20)
+        wait_for(lambda: subjects.count(subjects.sink) >= 20, "every output", 20)
+        wait_for(lambda: (subjects.consumer(group).num_ack_pending or 0) == 0, "all acked")
+        time.sleep(1.5)  # longer than the ack wait: nothing comes back
+        info = subjects.consumer(group)
+        assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+
+        asyncio.run(_delete_stream(dead_stream))
+        subjects.publish([b"{still not json"])
+        wait_for(lambda: subjects.count(subjects.dead) >= 1, "a dead letter after the delete")
+        wait_for(lambda: (subjects.consumer(group).num_ack_pending or 0) == 0, "all acked")
+    finally:
+        assert consumer.stop() == 0, consumer.text()
+    assert "nothing answered" not in consumer.text()
+    assert [m.data["payload"] for m in subjects.messages(subjects.dead)] == ["{still not json"]
+
+
+def test_a_named_stream_that_does_not_hold_the_subject_is_refused_at_start(
+    subjects: Subjects, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Publishing to a subject no stream holds gets no answer: rather than retrying forever
+    and blaming NATS, the consumer refuses to start and says what to change."""
+    stream = f"{subjects.base}_ORDERS"
+    asyncio.run(_add_stream(stream, [subjects.source]))
+    wrong = f"{subjects.base}.failed"
+    done = run_consumer(
+        env,
+        "churn@production",
+        "--source",
+        f"{subjects.url(subjects.source)}?stream={stream}",
+        "--sink",
+        subjects.url(subjects.sink),
+        "--dead-letter",
+        f"{subjects.url(wrong)}?stream={stream}",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    *_logs, error = done.stderr.strip().splitlines()
+    assert error == (
+        f"error: JetStream stream {stream!r} at {NATS}/{wrong}?stream={stream} does not hold "
+        f"subject {wrong!r} (its subjects: {subjects.source}); add the subject to the stream, "
+        "or drop ?stream= to let Berth find the stream that holds it (or create one)"
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_unreachable_nats_and_bad_subjects_are_clear(

@@ -255,6 +255,7 @@ def test_rollout_start_act_and_read(admin: Admin) -> None:
     assert rollout["config"]["steps"] == [10.0, 50.0, 100.0]
     assert rollout["config"]["interval_seconds"] == 300.0
     assert rollout["config"]["criteria"]["min_requests"] == 40
+    assert rollout["config"]["criteria"]["max_p99_ratio"] == 1.5  # the default comparison
     assert rollout["actor"] == "ops"
     assert admin.routes() == [("stable", "iris:1", 100.0), ("canary", "iris:2", 0.0)]
     assert "in progress" in _error(
@@ -301,6 +302,20 @@ def test_rollout_start_act_and_read(admin: Admin) -> None:
     ]
 
 
+def test_rollout_latency_ratio_and_slack_are_stored(admin: Admin) -> None:
+    _create(admin)
+    started = _start(admin, max_p99_ms=300, max_p99_ratio=2, p99_slack_ms=25)
+    criteria = started["rollout"]["config"]["criteria"]
+    assert (criteria["max_p99_ms"], criteria["max_p99_ratio"], criteria["p99_slack_ms"]) == (
+        300.0,
+        2.0,
+        25.0,
+    )
+    admin.post("/api/v1/endpoints/flowers/rollout/abort")
+    off = _start(admin, max_p99_ratio=0)["rollout"]["config"]["criteria"]
+    assert off["max_p99_ratio"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("action", "body", "status", "reason"),
     [
@@ -335,6 +350,9 @@ def test_abort_and_rollback_restore_the_old_version(
         ({"interval": "soon"}, 400, "not a duration"),
         ({"interval": 60}, 400, "'interval' must be a string"),
         ({"max_error_rate": 2}, 400, "max_error_rate is a fraction"),
+        ({"max_p99_ratio": 0.5}, 400, "max_p99_ratio must be at least 1 (or 0"),
+        ({"max_p99_ratio": "1.5"}, 400, "'max_p99_ratio' must be a number"),
+        ({"p99_slack_ms": -5}, 400, "p99_slack_ms must not be negative"),
         ({"alpha": 0.9}, 400, "alpha must be within"),
         ({"min_requests": -1}, 400, "'min_requests' must be a whole number"),
         ({"min_requests": 1.5}, 400, "'min_requests' must be a whole number"),

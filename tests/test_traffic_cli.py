@@ -337,6 +337,8 @@ def test_rollout_errors_say_what_to_do(run: Run, iris3: Registry) -> None:
         (("iris:2", "--max-error-rate", "2"), "--max-error-rate is a fraction"),
         (("iris:2", "--alpha", "0.7"), "--alpha must be within"),
         (("iris:2", "--max-p99-ms", "0"), "--max-p99-ms must be positive"),
+        (("iris:2", "--max-p99-ratio", "0.5"), "--max-p99-ratio must be at least 1 (or 0"),
+        (("iris:2", "--p99-slack-ms", "-1"), "--p99-slack-ms must not be negative"),
         (("iris:2", "--strategy", "yolo"), "canary or blue-green"),
         (("iris:2", "--switch", "maybe"), "--switch must be auto or manual"),
         (("iris:2", "--metrics-source", "statsd"), "Prometheus server"),
@@ -389,6 +391,56 @@ def test_gates_that_fail_record_a_failed_rollout_and_keep_the_routes(
     assert document["rollout"]["status"] == "running"
     assert document["rollout"]["config"]["gates"]["no_nan"] is True
     assert [r[2] for r in _routes(iris3)] == ["iris:1", "iris:2"]
+
+
+def test_latency_against_stable_is_the_default_and_its_flags_are_stored(
+    run: Run, iris3: Registry
+) -> None:
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    criteria = _start(run)["rollout"]["config"]["criteria"]
+    assert (criteria["max_p99_ms"], criteria["max_p99_ratio"], criteria["p99_slack_ms"]) == (
+        None,
+        1.5,
+        10.0,
+    )
+    assert run("rollout", "abort", "flowers").code == 0
+    started = _start(run, "--max-p99-ms", "300", "--max-p99-ratio", "2", "--p99-slack-ms", "25")
+    criteria = started["rollout"]["config"]["criteria"]
+    assert (criteria["max_p99_ms"], criteria["max_p99_ratio"], criteria["p99_slack_ms"]) == (
+        300.0,
+        2.0,
+        25.0,
+    )
+    text = _flat(run("rollout", "status", "flowers").out)
+    assert "max_p99_ms=300, max_p99_ratio=2, p99_slack_ms=25" in text
+    assert run("rollout", "abort", "flowers").code == 0
+    off = _start(run, "--max-p99-ratio", "0")["rollout"]["config"]["criteria"]
+    assert off["max_p99_ratio"] == 0.0
+
+
+def test_wait_prints_a_line_per_change_not_per_poll(run: Run, iris3: Registry) -> None:
+    """A history with an analysis event per controller tick (counts moving while it waits)
+    prints one line per change of decision, phase or weight, and the final line."""
+    run("endpoints", "create", "flowers", "--model", "iris:1")
+    _start(run)
+    service = RolloutService(iris3)
+    for decision, count in (("wait", 10), ("wait", 20), ("wait", 30), ("pass", 100)):
+        info = service.latest("flowers")
+        reasons = [f"{count} of 100 requests so far"] if decision == "wait" else []
+        message = decision + (": " + reasons[0] if reasons else "")
+        service.record(info, "analysis", message, {"decision": decision, "reasons": reasons})
+    service.record(service.latest("flowers"), "analysis", "pass", {"decision": "pass"})
+    assert run("rollout", "promote", "flowers").code == 0
+    waited = run("rollout", "wait", "flowers", "--timeout", "5s")
+    assert waited.code == 0, waited.err
+    lines = [re.sub(r"^\d\d:\d\d:\d\d  ", "", line) for line in waited.out.splitlines()]
+    assert lines == [
+        "started     rollout 1: loading iris:2 at 0%",
+        "analysis    wait: 10 of 100 requests so far",
+        "analysis    pass",
+        "promoted    promoted by hand",
+        "rollout 1 of flowers: promoted (promoted by hand)",
+    ]
 
 
 def test_wait_gives_up_at_the_timeout(run: Run, iris3: Registry) -> None:

@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from berth import __version__
-from berth.api import admin, drift, errors, feedback, health, jobs, traffic, v1, v2
+from berth.api import admin, docs, drift, errors, feedback, health, jobs, traffic, v1, v2
 from berth.api.auth import Authenticator
 from berth.api.hot_path import HotPathMiddleware
 from berth.api.middleware.access_log import AccessLogMiddleware
-from berth.api.middleware.body_limit import BodyLimitMiddleware
+from berth.api.middleware.compression import CompressionMiddleware
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
 from berth.api.middleware.rate_headers import RateHeadersMiddleware
+from berth.api.middleware.request_body import RequestBodyMiddleware
 from berth.api.middleware.request_id import RequestIdMiddleware
 from berth.api.middleware.tracing import TracingMiddleware
 from berth.api.services import Services
@@ -36,6 +37,7 @@ from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
 from berth.serving.cache import PredictionCache, build_cache
 from berth.serving.dataplane import DataPlane
+from berth.serving.offload import Offloader
 from berth.serving.route_stats import RouteStats
 
 log = logging.getLogger("berth.api")
@@ -48,6 +50,9 @@ DEV_MODE_WARNING = (
 
 def build_services(settings: Settings, registry: Registry | None = None) -> Services:
     registry = registry or Registry.from_settings(settings)
+    # Without references the server serves every model with a production alias, including
+    # models given one while it runs.
+    follow = None if settings.served else DEFAULT_ALIAS
     served = settings.served or [
         f"{name}@{DEFAULT_ALIAS}" for name in registry.models_with_alias(DEFAULT_ALIAS)
     ]
@@ -62,6 +67,8 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         inline_seconds=settings.inline_predict_ms / 1000,
         cache=_prediction_cache(settings),
         route_stats=RouteStats(registry.db, interval=settings.refresh_seconds),
+        offload=Offloader(process_bytes=settings.decode_process_bytes),
+        follow_alias=follow,
     )
     dataplane.observers.append(
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
@@ -140,20 +147,31 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         version=__version__,
         description="Model serving: Berth v1 REST API and the Open Inference Protocol v2.",
         lifespan=lifespan,
+        # berth.api.docs serves these under BERTH_DOCS, with local assets (no CDN).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.services = svc
     errors.install(app)
     for router in (health.router, v1.router, v2.router, admin.router, traffic.router, jobs.router):
         app.include_router(router)
+    docs.attach(app, "public" if settings.dev else settings.docs)
     monitoring = feedback.attach(app, svc)
     drift_monitor = drift.attach(app, svc, window_rows=settings.drift_window_rows)
     controller = _rollout_controller(settings, svc)
-    # Added innermost first: a request passes request id, body limit, load shedding, headers,
-    # and prediction routes then go straight to their handlers.
+    # Added innermost first: a request passes request id, tracing, access log, compression, then
+    # its whole body is received (bounded in size and time) before load shedding counts it;
+    # prediction routes then go straight to their handlers.
     app.add_middleware(HotPathMiddleware)
     app.add_middleware(RateHeadersMiddleware)
     app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestBodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+    )
+    app.add_middleware(CompressionMiddleware, min_bytes=settings.compress_min_bytes)
     app.add_middleware(
         AccessLogMiddleware, enabled=settings.access_log, sample=settings.access_log_sample
     )

@@ -72,7 +72,10 @@ async def _berth_error(_request: Request, exc: Exception) -> Response:
 def _headers(exc: BerthError) -> dict[str, str] | None:
     if isinstance(exc, Unauthenticated):
         # RFC 6750: the kind of failure, never the detail (no token, no key material).
-        return {"WWW-Authenticate": f'Bearer realm="berth", error="{exc.reason}"'}
+        challenge = 'Bearer realm="berth"'
+        if exc.reason is not None:
+            challenge += f', error="{exc.reason}"'
+        return {"WWW-Authenticate": challenge}
     if isinstance(exc, RateLimited):
         return {
             "Retry-After": str(max(1, math.ceil(exc.retry_after))),

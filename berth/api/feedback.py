@@ -173,7 +173,7 @@ async def post_feedback(request: Request) -> Response:
             f"key '{principal.name}' may not send feedback; it needs a predict scope "
             "for the model that made the prediction"
         )
-    items = parse_feedback(await read_object(request))
+    items = parse_feedback(await read_object(request, _EXAMPLE))
     monitoring = _monitoring(request)
     if monitoring is not None:
         await monitoring.log.flush()  # this worker's own recent predictions become visible

@@ -11,16 +11,23 @@ from starlette.responses import Response
 from berth.errors import InvalidInput
 
 
-async def read_object(request: Request) -> dict[str, Any]:
-    body = await request.body()
+async def read_object(request: Request, example: str | None = None) -> dict[str, Any]:
+    return parse_object(await request.body(), example)
+
+
+def parse_object(body: bytes, example: str | None = None) -> dict[str, Any]:
+    """The body as a JSON object; `InvalidInput` naming what is wrong otherwise (and, with
+    `example`, what to send instead)."""
+    hint = f"; send e.g. {example}" if example else ""
     if not body:
-        raise InvalidInput("the request body is empty; send a JSON object")
+        raise InvalidInput(f"the request body is empty; send a JSON object{hint}")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+        raise InvalidInput(f"the request body is not valid JSON: {exc}{hint}") from exc
     if not isinstance(document, dict):
-        raise InvalidInput("the request body must be a JSON object")
+        kind = "a list" if isinstance(document, list) else type(document).__name__
+        raise InvalidInput(f"the request body must be a JSON object, not {kind}{hint}")
     return document
 
 

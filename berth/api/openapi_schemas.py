@@ -884,7 +884,26 @@ START_ROLLOUT_BODY: Schema = {
             },
             "interval": {**_TRAFFIC_DURATION, "default": "60s"},
             "max_error_rate": _FRACTION,
-            "max_p99_ms": {"type": "number", "exclusiveMinimum": 0},
+            "max_p99_ms": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Absolute p99 limit in ms: above it the candidate is rolled "
+                "back, unless stable is as slow in the same window (within max_p99_ratio).",
+            },
+            "max_p99_ratio": {
+                "type": "number",
+                "minimum": 0,
+                "default": 1.5,
+                "description": "Roll back when the candidate's p99 is above this many times "
+                "stable's in the same window, plus p99_slack_ms; at least 1, or 0 for no "
+                "comparison.",
+            },
+            "p99_slack_ms": {
+                "type": "number",
+                "minimum": 0,
+                "default": 10,
+                "description": "Milliseconds added to stable's p99 times max_p99_ratio.",
+            },
             "min_requests": {"type": "integer", "minimum": 0, "default": 100},
             "min_accuracy": _FRACTION,
             "min_feedback": {"type": "integer", "minimum": 0, "default": 30},
@@ -904,6 +923,8 @@ START_ROLLOUT_BODY: Schema = {
             "interval",
             "max_error_rate",
             "max_p99_ms",
+            "max_p99_ratio",
+            "p99_slack_ms",
             "min_requests",
             "min_accuracy",
             "min_feedback",

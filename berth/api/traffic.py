@@ -361,7 +361,14 @@ _action(
 
 def _rollout_config(body: dict[str, Any]) -> s.RolloutConfig:
     criteria_values: dict[str, Any] = {}
-    for key in ("max_error_rate", "max_p99_ms", "min_accuracy", "alpha"):
+    for key in (
+        "max_error_rate",
+        "max_p99_ms",
+        "max_p99_ratio",
+        "p99_slack_ms",
+        "min_accuracy",
+        "alpha",
+    ):
         if body.get(key) is not None:
             criteria_values[key] = _number(body, key)
     for key in ("min_requests", "min_feedback"):

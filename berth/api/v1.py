@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from berth.api import openapi_schemas as doc
-from berth.api.json_body import json_response, read_object, require
+from berth.api.json_body import json_response
 from berth.api.routing_keys import forced_route, sticky_key
 from berth.api.services import services
+from berth.api.v1_codec import RowsDecoder
 from berth.errors import InvalidInput
 from berth.observability import tracing
 from berth.registry.references import MAX_VERSION, check_name, parse_reference
@@ -23,9 +24,6 @@ from berth.serving.responses import batch_document, result_headers, single_docum
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 _VERSION = re.compile(r"[0-9]{1,10}")
-
-_FEATURES_EXAMPLE = '{"features": [5.1, 3.5, 1.4, 0.2]} or {"features": {"age": 42, "plan": "pro"}}'
-_INSTANCES_EXAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]]}'
 
 _PREDICT_BODY = doc.json_body(
     {
@@ -128,47 +126,42 @@ async def endpoint_batch_predict(request: Request) -> Response:
 
 
 async def _predict(request: Request, ref: str, endpoint: bool = False) -> Response:
-    result = await _run(request, ref, "features", _FEATURES_EXAMPLE, True, endpoint)
+    result = await _run(request, ref, True, endpoint)
     with tracing.span("encode"):
         return json_response(single_document(result), headers=result_headers(result))
 
 
 async def _batch_predict(request: Request, ref: str, endpoint: bool = False) -> Response:
-    result = await _run(request, ref, "instances", _INSTANCES_EXAMPLE, False, endpoint)
+    result = await _run(request, ref, False, endpoint)
     with tracing.span("encode"):
         return json_response(batch_document(result), headers=result_headers(result))
 
 
-async def _run(
-    request: Request, ref: str, field: str, example: str, single: bool, endpoint: bool
-) -> PredictResult:
-    """`ref` is a model reference, or with `endpoint` an endpoint's name."""
+async def _run(request: Request, ref: str, single: bool, endpoint: bool) -> PredictResult:
+    """`ref` is a model reference, or with `endpoint` an endpoint's name.
+
+    The body is parsed as part of decoding, once the dataplane knows the version (see
+    `v1_codec.RowsDecoder`): an unknown model or endpoint is 404 whatever the body.
+    """
     svc = services(request)
     principal = await svc.auth.principal(request)
     name = check_name("endpoint", ref) if endpoint else parse_reference(ref).name
     principal.require_predict(name)
     await svc.auth.limit_model(request, name)
-    body = await read_object(request)
-    value = require(body, field, example)
-    if single and not isinstance(value, list | dict):
-        raise InvalidInput(
-            f"features: expected a list or an object of column values; send e.g. {example}"
-        )
-    rows = [value] if single else value
-    decoder = svc.dataplane.instances_decoder(rows, field, single=single)
-    size = len(await request.body())
+    body = await request.body()
+    decoder = RowsDecoder(body, single, svc.dataplane.max_batch_rows)
     if not endpoint:
-        return await svc.dataplane.predict(ref, decoder, size=size)
-    served = svc.dataplane.endpoint(name)
-    sticky = served.sticky if served is not None else None
-    if sticky is not None and sticky.kind == "field" and single and isinstance(value, dict):
-        body = {**value, **body}  # the key may be one of the row's columns
+        return await svc.dataplane.predict(ref, decoder, size=len(body))
+    sticky = svc.dataplane.require_endpoint(name).sticky
+    fields = None
+    if sticky is not None and sticky.kind == "field":  # the key is in the body
+        fields = await svc.dataplane.offload.run(len(body), decoder.fields)
     return await svc.dataplane.predict_endpoint(
         name,
         decoder,
-        key=sticky_key(request, sticky, body),
+        key=sticky_key(request, sticky, fields),
         forced=forced_route(request),
-        size=size,
+        size=len(body),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -25,7 +26,7 @@ from berth.registry.signature import Signature, TensorSpec
 from berth.rollouts.endpoints import EndpointInfo
 from berth.serving.dataplane import Decoder, PredictResult
 from berth.serving.responses import result_headers
-from berth.serving.validation import decode_named_arrays
+from berth.serving.validation import check_declared_shapes, decode_named_arrays
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -255,22 +256,29 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = parse_reference(ref).name  # `iris:1` and `iris@production` are model iris
     principal.require_predict(model)
     await svc.auth.limit_model(request, model)
-    body = await request.body()
-    length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
-    infer_request = v2_codec.parse_infer_request(body, length)
-    decoder = _decoder(infer_request, svc.dataplane.max_batch_rows)
-    endpoint = svc.dataplane.endpoint(name)
+    dataplane = svc.dataplane
+    endpoint = dataplane.endpoint(name)
     if endpoint is not None and version is not None:
         routed = any(r.ref == f"{r.model}:{version}" for r in endpoint.routes)
         endpoint = endpoint if routed else None  # then the model's own version answers
+    # The model first: an unknown model is 404 whatever the body, and a known version's
+    # signature refuses a wrong shape before millions of values are decoded.
+    signature = None if endpoint is not None else (await dataplane.version(ref)).signature
+    body = await request.body()
+    length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
+    shapes = partial(check_declared_shapes, signature, "inputs", dataplane.max_batch_rows)
+    infer_request = await dataplane.offload.run(
+        len(body), v2_codec.parse_infer_request, body, length, shapes, portable=True
+    )
+    decoder = _decoder(infer_request, dataplane.max_batch_rows)
     if endpoint is None:
-        result = await svc.dataplane.predict(ref, decoder, size=len(body))
+        result = await dataplane.predict(ref, decoder, size=len(body))
     else:
         # An endpoint name works where a model name does; /versions/N forces the route
         # serving version N.
         forced = forced_route(request) if version is None else _route_of(endpoint, version)
         key = sticky_key(request, endpoint.sticky, _sticky_fields(infer_request))
-        result = await svc.dataplane.predict_endpoint(
+        result = await dataplane.predict_endpoint(
             name, decoder, key=key, forced=forced, size=len(body)
         )
     with tracing.span("encode"):

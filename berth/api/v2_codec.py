@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ import numpy as np
 import orjson
 
 from berth.errors import InvalidInput, ModelLoadError
+from berth.serving.json_preview import preview
 
 NDArray = np.ndarray[Any, Any]
 
@@ -233,11 +234,19 @@ def parse_header_length(value: str | None) -> int | None:
     return int(text)
 
 
-def parse_infer_request(body: bytes, json_length: int | None) -> InferRequest:
+ShapeCheck = Callable[[Mapping[str, tuple[int, ...]]], None]
+"""Called with every input's declared shape before any data is decoded; raises to refuse."""
+
+
+def parse_infer_request(
+    body: bytes, json_length: int | None, check_shapes: ShapeCheck | None = None
+) -> InferRequest:
     """Parse and validate an inference request body; raises `InvalidInput` on any flaw.
 
     `json_length` is the Inference-Header-Content-Length value, None when absent (then the
-    whole body is JSON and there is no binary part).
+    whole body is JSON and there is no binary part). `check_shapes` sees the declared shapes
+    first, so a request too large or of the wrong shape is refused before its (possibly
+    millions of) values are decoded.
     """
     header, binary = _split_body(body, json_length)
     document = _load_json(header, json_length)
@@ -248,7 +257,7 @@ def parse_infer_request(body: bytes, json_length: int | None) -> InferRequest:
             "request parameters.binary_data_output: expected true or false, "
             f"got {_show(binary_output)}"
         )
-    inputs = _parse_inputs(document.get("inputs"), _BinaryPart(binary))
+    inputs = _parse_inputs(document.get("inputs"), _BinaryPart(binary), check_shapes)
     return InferRequest(
         id=_request_id(document),
         parameters=parameters,
@@ -298,26 +307,40 @@ def _request_id(document: dict[str, Any]) -> str | None:
     raise InvalidInput(f"request id: expected a string, got {_show(request_id)}")
 
 
-def _parse_inputs(raw: Any, binary: _BinaryPart) -> list[RequestInput]:
+def _parse_inputs(
+    raw: Any, binary: _BinaryPart, check_shapes: ShapeCheck | None
+) -> list[RequestInput]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput(
             f"request inputs: expected a non-empty list of input tensors, got {_show(raw)}"
         )
-    inputs: list[RequestInput] = []
-    seen: set[str] = set()
+    headers: list[_InputHeader] = []
     for index, item in enumerate(raw):
-        parsed = _parse_input(index, item, binary)
-        if parsed.name in seen:
+        header = _parse_header(index, item)
+        if any(h.name == header.name for h in headers):
             raise InvalidInput(
-                f"input '{parsed.name}' appears more than once; send each input once"
+                f"input '{header.name}' appears more than once; send each input once"
             )
-        seen.add(parsed.name)
-        inputs.append(parsed)
+        headers.append(header)
+    if check_shapes is not None:
+        check_shapes({h.name: h.shape for h in headers})
+    inputs = [_decode_input(h, binary) for h in headers]
     binary.check_consumed()
     return inputs
 
 
-def _parse_input(index: int, item: Any, binary: _BinaryPart) -> RequestInput:
+@dataclass(frozen=True)
+class _InputHeader:
+    """An input as declared, before its values are decoded."""
+
+    name: str
+    shape: tuple[int, ...]
+    datatype: str
+    parameters: dict[str, Any]
+    item: dict[str, Any]
+
+
+def _parse_header(index: int, item: Any) -> _InputHeader:
     if not isinstance(item, dict):
         raise InvalidInput(
             f"request inputs[{index}]: expected an object with name, shape, datatype and "
@@ -329,18 +352,23 @@ def _parse_input(index: int, item: Any, binary: _BinaryPart) -> RequestInput:
     shape = _parse_shape(name, item.get("shape"))
     datatype = _parse_datatype(name, item.get("datatype"))
     parameters = _optional_object(item, "parameters", f"input '{name}'")
-    size = parameters.get("binary_data_size")
     if "shared_memory_region" in parameters:
         raise InvalidInput(
             f"input '{name}': shared memory is not supported; send the data as JSON 'data' "
             "or as binary data after the JSON header"
         )
-    if "data" in item and size is not None:
+    if "data" in item and parameters.get("binary_data_size") is not None:
         raise InvalidInput(
             f"input '{name}': has both 'data' and parameters.binary_data_size; send one"
         )
-    if "data" in item:
-        array = _decode_json_data(name, datatype, shape, item["data"])
+    return _InputHeader(name, shape, datatype, parameters, item)
+
+
+def _decode_input(header: _InputHeader, binary: _BinaryPart) -> RequestInput:
+    name, shape, datatype = header.name, header.shape, header.datatype
+    size = header.parameters.get("binary_data_size")
+    if "data" in header.item:
+        array = _decode_json_data(name, datatype, shape, header.item["data"])
     elif size is not None:
         array = _decode_binary_data(name, datatype, shape, size, binary)
     else:
@@ -348,7 +376,7 @@ def _parse_input(index: int, item: Any, binary: _BinaryPart) -> RequestInput:
             f"input '{name}': no values; send them as 'data' or as binary data with "
             "parameters.binary_data_size"
         )
-    return RequestInput(name, shape, datatype, parameters, array)
+    return RequestInput(name, shape, datatype, header.parameters, array)
 
 
 def _parse_shape(name: str, raw: Any) -> tuple[int, ...]:
@@ -739,9 +767,5 @@ def _json_kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A short rendering of a JSON value for error messages."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A short rendering of a JSON value for error messages (bounded at any nesting depth)."""
+    return preview(value, 60)

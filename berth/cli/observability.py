@@ -47,7 +47,16 @@ def alerts(
         help="Availability objective (0.999 = 99.9%) for the error-budget burn-rate alerts.",
     ),
     error_rate: float = typer.Option(
-        0.05, "--error-rate", help="HighErrorRate fires above this share of failed predictions."
+        AlertOptions.error_rate,
+        "--error-rate",
+        help="HighErrorRate (critical) fires above this share of predictions failing on the "
+        "server side; clients' invalid input is not counted.",
+    ),
+    client_error_rate: float = typer.Option(
+        AlertOptions.client_error_rate,
+        "--client-error-rate",
+        help="HighClientErrorRate (warning) fires above this share of predictions refused as "
+        "invalid input.",
     ),
     accuracy_drop: float = typer.Option(
         0.05,
@@ -66,7 +75,9 @@ def alerts(
         0.25, "--drift-psi", help="FeatureDrift fires above this drift score (PSI)."
     ),
     rate_window: str = typer.Option(
-        "5m", "--rate-window", help="Rate window of HighLatency and HighErrorRate."
+        "5m",
+        "--rate-window",
+        help="Rate window of HighLatency, HighErrorRate and HighClientErrorRate.",
     ),
     hold: str | None = typer.Option(
         None,
@@ -86,8 +97,8 @@ def alerts(
 ) -> None:
     """Write Prometheus alerting and recording rules for Berth's metrics.
 
-    Alerts: HighLatency, HighErrorRate, ModelAccuracyDrop, FeatureDrift, ModelNotLoaded,
-    BerthTargetDown, and multi-window error-budget burn-rate alerts (ErrorBudgetBurnFast pages,
+    Alerts: HighLatency, HighErrorRate (server-side failures), HighClientErrorRate (invalid
+    input), ModelAccuracyDrop, FeatureDrift, ModelNotLoaded, BerthTargetDown, and multi-window error-budget burn-rate alerts (ErrorBudgetBurnFast pages,
     ErrorBudgetBurnSlow files a ticket). Check the file with `promtool check rules FILE`.
 
     Example: berth observability alerts --slo-p99-ms 150 --slo-availability 0.995 --out berth-rules.yml
@@ -96,6 +107,7 @@ def alerts(
         slo_p99_ms=slo_p99_ms,
         slo_availability=slo_availability,
         error_rate=error_rate,
+        client_error_rate=client_error_rate,
         accuracy_drop=accuracy_drop,
         accuracy_baseline=accuracy_baseline,
         accuracy_metrics=accuracy_metrics,

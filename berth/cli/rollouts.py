@@ -38,6 +38,8 @@ _CRITERIA_FLAGS = {
     "min_requests": "--min-requests",
     "max_error_rate": "--max-error-rate",
     "max_p99_ms": "--max-p99-ms",
+    "max_p99_ratio": "--max-p99-ratio",
+    "p99_slack_ms": "--p99-slack-ms",
     "min_accuracy": "--min-accuracy",
     "min_feedback": "--min-feedback",
     "alpha": "--alpha",
@@ -73,7 +75,19 @@ def start(
         None, help="Roll back when the candidate's error rate is significantly above this (0..1)."
     ),
     max_p99_ms: float | None = typer.Option(
-        None, help="Roll back when the candidate's p99 latency is above this, in milliseconds."
+        None,
+        help="Absolute p99 limit in milliseconds: above it the candidate is rolled back, "
+        "unless stable is as slow in the same window (within --max-p99-ratio).",
+    ),
+    max_p99_ratio: float = typer.Option(
+        CanaryCriteria.max_p99_ratio,
+        help="Roll back when the candidate's p99 latency is above this many times stable's "
+        "in the same window, plus --p99-slack-ms; 0 turns the comparison off.",
+    ),
+    p99_slack_ms: float = typer.Option(
+        CanaryCriteria.p99_slack_ms,
+        help="Milliseconds added to stable's p99 times --max-p99-ratio, so that tiny "
+        "latencies do not fail on noise.",
     ),
     min_requests: int = typer.Option(
         100, min=0, help="Candidate requests per step before error rate and latency are judged."
@@ -151,6 +165,8 @@ def start(
         min_requests=min_requests,
         max_error_rate=max_error_rate,
         max_p99_ms=max_p99_ms,
+        max_p99_ratio=max_p99_ratio,
+        p99_slack_ms=p99_slack_ms,
         min_accuracy=min_accuracy,
         min_feedback=min_feedback,
         alpha=alpha,
@@ -350,7 +366,10 @@ def wait(
     timeout: str = typer.Option("10m", help="Give up after this long, e.g. 90s, 10m, 1h."),
     poll_seconds: float = typer.Option(2.0, min=0.05, help="Seconds between looks at the rollout."),
 ) -> None:
-    """Wait until the endpoint's rollout finishes, printing its events; exit 0 only if promoted.
+    """Wait until the endpoint's rollout finishes, printing each change; exit 0 only if promoted.
+
+    One line per change of phase, weight or analysis decision (not per look at the rollout:
+    while a step waits for traffic its counts move all the time), then a final line.
 
     Exit 1 when it was rolled back, aborted or failed, or is still running at --timeout: a
     deployment pipeline can run `berth rollout start` and then this.
@@ -364,8 +383,17 @@ def wait(
     deadline = time.monotonic() + limit
     info = service.latest(endpoint)
     shown = 0
+    decision: str | None = None
     while True:
         for event in info.events[shown:]:
+            if event.kind == "analysis":
+                if _decision(event) == decision:
+                    continue  # the same verdict with newer counts
+                decision = _decision(event)
+            else:
+                # A step or switch carries the verdict that moved it; the next step starts
+                # from that one.
+                decision = _decision(event) if event.detail else None
             console.print(_event_line(event), highlight=False)
         shown = len(info.events)
         if not info.active:
@@ -522,6 +550,13 @@ def _gates_table(report: dict[str, Any]) -> Table:
             str(check.get("detail", "")),
         )
     return table
+
+
+def _decision(event: RolloutEvent) -> str:
+    """The analysis decision an event records (pass, wait, fail)."""
+    detail = event.detail or {}
+    found = detail.get("decision")
+    return str(found) if found is not None else event.message.split(":", 1)[0]
 
 
 def _event_line(event: RolloutEvent) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ class ServerOptions:
     dev: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    follow_production: bool = False
+    """`served` are today's production models; serve models given the alias later too."""
 
     @property
     def scheme(self) -> str:
@@ -42,7 +46,8 @@ class ServerOptions:
     def environment(self) -> dict[str, str]:
         """What worker processes need; they read their settings from the environment."""
         env = {
-            "BERTH_SERVED": json.dumps(self.served),
+            # No references at all: workers serve (and follow) every production alias.
+            "BERTH_SERVED": "[]" if self.follow_production else json.dumps(self.served),
             "BERTH_HOST": self.host,
             "BERTH_PORT": str(self.port),
             "BERTH_WORKERS": str(self.workers),
@@ -100,29 +105,67 @@ def serve(
     Example: berth serve churn@production --port 9000 --workers 2 --tls-cert cert.pem --tls-key key.pem
     """
     current = settings()
+    port = current.port if port is None else _checked("--port", port, 1, 65535)
+    workers = current.workers if workers is None else _checked("--workers", workers, 1, 1024)
     address = address or current.ray_address
-    _check_engine(engine, address, detach, workers or current.workers, tls_cert or tls_key)
-    served = list(references or [])
+    _check_engine(engine, address, detach, workers, tls_cert or tls_key)
+    host = host or current.host
+    if engine is Engine.uvicorn:
+        check_port_free(host, port)  # before any model loads: a clash is one line, at once
+    served = list(references or current.served)
     if bundle is not None:
         from berth.deploy.bundle import install_bundle
 
         served.append(install_bundle(registry(), bundle, trust_pickle=trust_pickle))
+    follow = not served
     served = served or _production_models()
     for reference in served:
         registry().resolve(reference)
     options = ServerOptions(
         served=served,
-        host=host or current.host,
-        port=port or current.port,
-        workers=workers or current.workers,
+        host=host,
+        port=port,
+        workers=workers,
         dev=dev or current.dev,
         tls_cert=tls_cert or current.tls_cert_file,
         tls_key=tls_key or current.tls_key_file,
+        follow_production=follow,
     )
     if engine is Engine.ray:
         _serve_on_ray(options, address, detach)
         return
     start_server(options)
+
+
+def _checked(option: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidInput(f"{option} must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse at once when the address cannot be bound (in use, not an address of this host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidInput(f"--host {host} is not an address of this machine ({exc})") from exc
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by a stopped server is free to reuse.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except PermissionError as exc:
+            raise InvalidInput(
+                f"port {port} needs privileges to bind; pick a port above 1023 with --port"
+            ) from exc
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidInput(
+                    f"port {port} on {host} is in use (another server?); stop it or pick "
+                    "another port with --port"
+                ) from exc
+            raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 def _check_engine(
@@ -194,9 +237,10 @@ def start_server(options: ServerOptions) -> None:
     os.environ.update(options.environment())
     if options.dev:
         err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
+    later = " (and models given a production alias later)" if options.follow_production else ""
     console.print(
-        f"Serving {', '.join(options.served)} on {options.scheme}://{options.host}:{options.port} "
-        f"({options.workers} worker(s))"
+        f"Serving {', '.join(options.served) or 'endpoints'}{later} on "
+        f"{options.scheme}://{options.host}:{options.port} ({options.workers} worker(s))"
     )
     if options.workers <= 1:
         supervisor.run(load_settings())  # read again: the options are in the environment now

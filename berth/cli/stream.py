@@ -35,7 +35,8 @@ def run(
         None,
         "--dead-letter",
         help="Where events that cannot be scored go, with the reason "
-        "(default: the source stream or subject + '.dead', on the same server).",
+        "(default: the source stream or subject + '.dead', on the same server; on NATS in "
+        "the stream that holds that subject, created when none does).",
     ),
     group: str | None = typer.Option(
         None,

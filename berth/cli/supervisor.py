@@ -4,8 +4,9 @@ With `--workers N` the process that started them only watches them, yet it held 
 CLI had imported (pandas, scikit-learn, the registry: 200 MB). `berth serve` therefore checks its
 arguments, puts the options into `BERTH_*` variables and replaces itself (exec, same pid) with
 `python -m berth.cli.supervisor`, which imports uvicorn and the settings and nothing of the data
-stack; each worker imports the app on its own. With one worker uvicorn runs the app in this
-process, so `berth serve` calls `run` directly.
+stack; workers are forked from a separate server process that has imported the app once (see
+berth.cli.worker_processes). With one worker uvicorn runs the app in this process, so
+`berth serve` calls `run` directly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from berth.cli.worker_processes import fork_workers_from_preloaded_server
 from berth.config import Settings, load_settings
 from berth.observability.logging import configure_logging, logging_config
 
@@ -35,6 +37,8 @@ def run(settings: Settings) -> None:
     configure_logging(settings.log_level, json=json_lines)
     proxies = settings.trusted_proxies
     cert, key = settings.tls_cert_file, settings.tls_key_file
+    if settings.workers > 1 and settings.worker_preload:
+        fork_workers_from_preloaded_server()
     with _worker_metrics(settings.workers):
         uvicorn.run(
             "berth.api.app:create_app_from_env",

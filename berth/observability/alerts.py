@@ -6,8 +6,12 @@
 Alerts (severity label: `page` wakes someone, `ticket`/`warning` waits for working hours):
 
 - HighLatency          p99 prediction latency of a version over the objective
-- HighErrorRate        share of failed predictions of a version (any cause, bad input included:
-                       a client that breaks its schema shows up here) over a threshold
+- HighErrorRate        share of predictions of a version that fail on the server side (the
+                       model raised, a timeout, overload) over a threshold: critical, because
+                       its runbook is "roll back"; a client's bad input is not counted
+- HighClientErrorRate  share of predictions of a version refused as invalid input (400s) over
+                       a threshold: a warning, since rolling back cannot fix a client, unless
+                       the new version's signature is what clients now break
 - ModelAccuracyDrop    accuracy from feedback fell by more than a margin below its recent best
 - FeatureDrift         a feature's drift score (PSI) over the threshold
 - ModelNotLoaded       a Berth instance knows a model but has no version of it loaded
@@ -18,6 +22,7 @@ Alerts (severity label: `page` wakes someone, `ticket`/`warning` waits for worki
 The burn-rate alerts follow the multiwindow, multi-burn-rate pattern of the Google SRE workbook
 ("Alerting on SLOs"). Their error ratios are recording rules per model, over server-side
 failures only: a request refused as invalid input does not spend the server's error budget.
+HighErrorRate counts the same failures, per version.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ BURN_RATE_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
 #: Failures that spend the availability budget: every kind but the client's own bad input.
 SERVER_ERRORS = 'berth_prediction_errors_total{kind!="invalid_input"}'
+#: Requests refused because the client sent what the signature does not accept (HTTP 400).
+CLIENT_ERRORS = 'berth_prediction_errors_total{kind="invalid_input"}'
 
 
 def error_ratio_record(window: str) -> str:
@@ -56,6 +63,9 @@ class AlertOptions:
     slo_p99_ms: float = 200.0
     slo_availability: float = 0.999
     error_rate: float = 0.05
+    #: Lower than `error_rate`: it only warns, and a client sending a few bad rows in every
+    #: twenty requests is worth telling its owner about before it grows.
+    client_error_rate: float = 0.02
     accuracy_drop: float = 0.05
     accuracy_baseline: str = "1d"
     #: Feedback metrics where higher is better; a drop of an error metric (mae) is good news.
@@ -64,6 +74,9 @@ class AlertOptions:
     rate_window: str = "5m"
     latency_for: str = "10m"
     error_rate_for: str = "5m"
+    #: Longer than `error_rate_for`: a client deploying a bad build for a few minutes is not
+    #: a trend, and nobody is woken up for this one.
+    client_error_rate_for: str = "15m"
     accuracy_for: str = "30m"
     drift_for: str = "30m"
     not_loaded_for: str = "5m"
@@ -83,13 +96,21 @@ class AlertOptions:
             raise InvalidInput(f"--slo-p99-ms must be positive (got {self.slo_p99_ms:g})")
         for flag, value in (
             ("--error-rate", self.error_rate),
+            ("--client-error-rate", self.client_error_rate),
             ("--accuracy-drop", self.accuracy_drop),
         ):
             if not 0 < value < 1:
                 raise InvalidInput(f"{flag} must lie strictly between 0 and 1 (got {value:g})")
         if self.drift_psi <= 0:
             raise InvalidInput(f"--drift-psi must be positive (got {self.drift_psi:g})")
-        holds = ("latency_for", "error_rate_for", "accuracy_for", "drift_for", "not_loaded_for")
+        holds = (
+            "latency_for",
+            "error_rate_for",
+            "client_error_rate_for",
+            "accuracy_for",
+            "drift_for",
+            "not_loaded_for",
+        )
         durations = {
             "--rate-window": self.rate_window,
             "--accuracy-baseline": self.accuracy_baseline,
@@ -143,6 +164,15 @@ def _percent(value: float) -> str:
     return f"{value * 100:g}%"
 
 
+def _share_of_predictions(errors: str, window: str, threshold: float) -> str:
+    """Per version: the share of predictions counted by the error selector `errors`."""
+    return (
+        f"sum by (model, version) (rate({errors}[{window}]))"
+        f" / sum by (model, version) (rate(berth_predictions_total[{window}]))"
+        f" > {threshold:g}"
+    )
+
+
 def model_alerts(options: AlertOptions) -> list[dict[str, Any]]:
     """Alerts per model version: latency, errors, accuracy, drift, loading, scraping."""
     window = options.rate_window
@@ -166,17 +196,31 @@ def model_alerts(options: AlertOptions) -> list[dict[str, Any]]:
         ),
         _alert(
             "HighErrorRate",
-            f'sum by (model, version) (rate(berth_predictions_total{{status="error"}}[{window}]))'
-            f" / sum by (model, version) (rate(berth_predictions_total[{window}]))"
-            f" > {options.error_rate:g}",
+            _share_of_predictions(SERVER_ERRORS, window, options.error_rate),
             options.hold(options.error_rate_for),
             "critical",
-            f"{version}: {{{{ $value | humanizePercentage }}}} of predictions fail",
-            f"{{{{ $value | humanizePercentage }}}} of the predictions of {version} failed over "
-            f"the last {window} (threshold {_percent(options.error_rate)}).",
-            "berth_prediction_errors_total by kind tells bad input (invalid_input: a client "
-            "sends the wrong schema) from failures of the model (internal); read the server "
-            "log, and move the alias back with `berth models alias` if a new version broke.",
+            f"{version}: {{{{ $value | humanizePercentage }}}} of predictions fail on the server",
+            f"{{{{ $value | humanizePercentage }}}} of the predictions of {version} failed on "
+            "the server side (model errors, timeouts, overload; bad input from clients is not "
+            f"counted) over the last {window} (threshold {_percent(options.error_rate)}).",
+            "berth_prediction_errors_total by kind tells failures of the model (internal) from "
+            "requests the server refused or timed out (rejected); read the server log, and "
+            "move the alias back with `berth models alias` if a new version broke.",
+            options,
+        ),
+        _alert(
+            "HighClientErrorRate",
+            _share_of_predictions(CLIENT_ERRORS, window, options.client_error_rate),
+            options.hold(options.client_error_rate_for),
+            "warning",
+            f"{version}: {{{{ $value | humanizePercentage }}}} of predictions refused as "
+            "invalid input",
+            f"{{{{ $value | humanizePercentage }}}} of the predictions of {version} were "
+            "refused as invalid input (HTTP 400: the client sent what the signature does not "
+            f"accept) over the last {window} (threshold {_percent(options.client_error_rate)}).",
+            "A client breaks the signature: the 400 responses and the server log name the "
+            "field; tell the client owners. If it began when the version changed, the new "
+            "signature refuses what clients send: move the alias back with `berth models alias`.",
             options,
         ),
         _alert(

@@ -439,6 +439,16 @@ class CanaryCriteria:
     max_error_rate: float | None = None
     """Fraction of failed requests, e.g. 0.01."""
     max_p99_ms: float | None = None
+    """Absolute p99 limit. Above it the canary fails only when it is also slower than stable
+    by `max_p99_ratio` (as the error rate fails only when worse than stable), unless the ratio
+    is 0: then the limit alone decides."""
+    max_p99_ratio: float = 1.5
+    """The canary's p99 may be at most this many times stable's p99 in the same window (plus
+    `p99_slack_ms`); 0 turns the comparison off. Judging against stable means a machine that is
+    slow for every version rolls nothing back."""
+    p99_slack_ms: float = 10.0
+    """Added to stable's p99 times the ratio, so that tiny latencies, where one histogram bucket
+    is a factor of 2.5, do not fail on a few milliseconds nobody notices."""
     min_accuracy: float | None = None
     """Fraction of correct labelled predictions, e.g. 0.9."""
     min_feedback: int = 30
@@ -458,6 +468,18 @@ class CanaryCriteria:
                 raise ValueError(f"{name} is a fraction within [0, 1], got {value}")
         if self.max_p99_ms is not None and not self.max_p99_ms > 0:
             raise ValueError(f"max_p99_ms must be positive, got {self.max_p99_ms}")
+        if not (self.max_p99_ratio == 0 or 1 <= self.max_p99_ratio < math.inf):
+            raise ValueError(
+                f"max_p99_ratio must be at least 1 (or 0 for no comparison with stable), "
+                f"got {self.max_p99_ratio}"
+            )
+        if not 0 <= self.p99_slack_ms < math.inf:
+            raise ValueError(f"p99_slack_ms must not be negative, got {self.p99_slack_ms}")
+
+    def enough_latencies(self, window: RouteWindow) -> bool:
+        """Whether a window's p99 can be compared with: held to the canary's minimum, since a
+        p99 of a handful of requests is noise."""
+        return window.observed_latencies >= max(self.min_requests, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -470,6 +492,8 @@ class CanaryCriteria:
             min_requests=int(d.get("min_requests", default.min_requests)),
             max_error_rate=_optional_float(d.get("max_error_rate")),
             max_p99_ms=_optional_float(d.get("max_p99_ms")),
+            max_p99_ratio=float(d.get("max_p99_ratio", default.max_p99_ratio)),
+            p99_slack_ms=float(d.get("p99_slack_ms", default.p99_slack_ms)),
             min_accuracy=_optional_float(d.get("min_accuracy")),
             min_feedback=int(d.get("min_feedback", default.min_feedback)),
             alpha=float(d.get("alpha", default.alpha)),
@@ -537,7 +561,10 @@ class Verdict:
 
 
 def judge_canary(
-    stable: RouteWindow | None, canary: RouteWindow, criteria: CanaryCriteria
+    stable: RouteWindow | None,
+    canary: RouteWindow,
+    criteria: CanaryCriteria,
+    stable_before: RouteWindow | None = None,
 ) -> Verdict:
     """Judge a canary's window against the criteria and, where it helps, the stable route's.
 
@@ -552,8 +579,20 @@ def judge_canary(
         - otherwise a one-sided pooled two-proportion z-test of canary errors > stable errors:
           p < alpha -> fail; not significant and stable's own rate > max too -> pass (stable
           fails as often, so rolling back would not help); otherwise wait for more evidence.
-    - "p99 latency" (`max_p99_ms` set): no latency observed yet -> wait; canary p99 (histogram
-      estimate, in ms) > max -> fail, else pass. Stable's latency is not consulted.
+    - "p99 latency" (`max_p99_ratio` > 0 with a stable window, or `max_p99_ms` set): no
+      canary latency observed yet -> wait (pass when only the comparison applies: every
+      request failed, which is the error rate's business). The canary's p99 (histogram
+      estimate, in ms) is compared with the bound `stable p99 * max_p99_ratio + p99_slack_ms`
+      from the same window, as the error rate is compared with stable's: a machine slow for
+      every version is no reason to roll back. Stable needs `min_requests` observed latencies
+      in the window; else `stable_before` (stable's window at an earlier step, for the last
+      step, where stable gets no traffic) is used when it has enough; else there is no
+      comparison:
+        - no `max_p99_ms`: above the bound -> fail, else pass; no comparison -> pass (nothing
+          says the canary is slow).
+        - `max_p99_ms` set: canary p99 <= max -> pass. Above it: over the bound too -> fail;
+          within the bound -> pass (stable is as slow, rolling back would not help); no
+          comparison (or a ratio of 0) -> fail.
     - "accuracy" (`min_accuracy` set): fewer than `min_feedback` labelled canary predictions (or
       none) -> wait; accuracy >= min -> pass; the one-sided (1 - alpha) Wilson upper bound
       < min -> fail (significantly below); else wait.
@@ -567,8 +606,9 @@ def judge_canary(
     enough = canary.requests >= criteria.min_requests
     if criteria.max_error_rate is not None:
         checks.append(_error_rate_check(stable, canary, criteria.max_error_rate, criteria, enough))
-    if criteria.max_p99_ms is not None:
-        checks.append(_latency_check(canary, criteria.max_p99_ms, criteria, enough))
+    compares_latency = stable is not None and criteria.max_p99_ratio > 0
+    if criteria.max_p99_ms is not None or compares_latency:
+        checks.append(_latency_check(stable, canary, criteria, enough, stable_before))
     if criteria.min_accuracy is not None:
         checks.append(_accuracy_check(canary, criteria.min_accuracy, criteria))
     final = tuple(checks)
@@ -650,22 +690,73 @@ def _error_rate_check(
 
 
 def _latency_check(
-    canary: RouteWindow, limit_ms: float, criteria: CanaryCriteria, enough: bool
+    stable: RouteWindow | None,
+    canary: RouteWindow,
+    criteria: CanaryCriteria,
+    enough: bool,
+    stable_before: RouteWindow | None = None,
 ) -> Check:
-    p99 = canary.latency_quantile(0.99)
-    p99_ms = None if p99 is None else p99 * 1000
+    limit_ms, ratio = criteria.max_p99_ms, criteria.max_p99_ratio
+    p99_ms = _p99_ms(canary)
+
+    def check(status: Status, detail: str, threshold: float | None = limit_ms) -> Check:
+        return Check("p99 latency", status, p99_ms, threshold, detail)
+
     if not enough:
-        detail = (
-            f"p99 latency waits for {criteria.min_requests} requests ({canary.requests} so far)"
+        return check(
+            "wait",
+            f"p99 latency waits for {criteria.min_requests} requests ({canary.requests} so far)",
         )
-        return Check("p99 latency", "wait", p99_ms, limit_ms, detail)
     if p99_ms is None:
-        return Check("p99 latency", "wait", None, limit_ms, "no canary latency observed yet")
-    if p99_ms > limit_ms:
-        detail = f"canary p99 {_ms(p99_ms)}, above the {_ms(limit_ms)} limit"
-        return Check("p99 latency", "fail", p99_ms, limit_ms, detail)
-    detail = f"canary p99 {_ms(p99_ms)}, within the {_ms(limit_ms)} limit"
-    return Check("p99 latency", "pass", p99_ms, limit_ms, detail)
+        if limit_ms is None:
+            # Only the comparison applies, and every canary request failed: the error rate
+            # speaks to that; latency has nothing to add.
+            return check("pass", "no canary latency observed to compare with stable")
+        return check("wait", "no canary latency observed yet")
+    canary_p99 = f"canary p99 {_ms(p99_ms)}"
+    if limit_ms is not None and p99_ms <= limit_ms:
+        return check("pass", f"{canary_p99}, within the {_ms(limit_ms)} limit")
+
+    when = "in the same window"
+    stable_ms = None
+    if stable is not None and ratio > 0:
+        if criteria.enough_latencies(stable):
+            stable_ms = _p99_ms(stable)
+        elif stable_before is not None and criteria.enough_latencies(stable_before):
+            stable_ms = _p99_ms(stable_before)
+            when = "at the previous step (too little stable traffic in this one)"
+    if stable_ms is None:
+        if limit_ms is None:
+            observed = stable.observed_latencies if stable is not None else 0
+            return check(
+                "pass",
+                f"{canary_p99}; too little stable traffic in this window to compare with "
+                f"({observed} of {max(criteria.min_requests, 1)} requests)",
+            )
+        above = f"{canary_p99}, above the {_ms(limit_ms)} limit"
+        return check("fail", above if ratio == 0 else f"{above}; no stable traffic to compare with")
+
+    bound = stable_ms * ratio + criteria.p99_slack_ms
+    slack = f" + {criteria.p99_slack_ms:g} ms" if criteria.p99_slack_ms else ""
+    rule = f"{ratio:g}x stable{slack} ({_ms(bound)})"
+    versus = f"{canary_p99} vs stable {_ms(stable_ms)} {when}"
+    if limit_ms is None:
+        if p99_ms > bound:
+            return check("fail", f"{versus}: above {rule}", bound)
+        return check("pass", f"{versus}: within {rule}", bound)
+    if p99_ms > bound:
+        return check("fail", f"{versus}: above the {_ms(limit_ms)} limit and {rule}", bound)
+    return check(
+        "pass",
+        f"{versus}: above the {_ms(limit_ms)} limit, but within {rule}: stable is as slow, "
+        "so rolling back would not help",
+        bound,
+    )
+
+
+def _p99_ms(window: RouteWindow) -> float | None:
+    p99 = window.latency_quantile(0.99)
+    return None if p99 is None else p99 * 1000
 
 
 def _accuracy_check(canary: RouteWindow, minimum: float, criteria: CanaryCriteria) -> Check:

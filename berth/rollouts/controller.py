@@ -167,7 +167,7 @@ class RolloutController:
                 lambda: self.service.record(info, "baseline", "step restarted", state=state)
             )
             return
-        verdict = await self._judge(info, stable=True)
+        verdict, stable = await self._judge(info, stable=True)
         index = int(info.state.get("step", 0))
         steps = info.config.steps
         if verdict.decision == "fail":
@@ -183,7 +183,15 @@ class RolloutController:
                 return
             message = f"passed at {steps[index]:g}%; now {steps[index + 1]:g}%"
             baseline = await self._totals(info)
-            change = step_change(info, now, index + 1, message, _dump(baseline), verdict.to_dict())
+            change = step_change(
+                info,
+                now,
+                index + 1,
+                message,
+                _dump(baseline),
+                verdict.to_dict(),
+                stable_before=_stable_before(info, stable),
+            )
             await self._apply(info, change)
             return
         await self._note(info, verdict)
@@ -202,7 +210,7 @@ class RolloutController:
             or criteria.max_p99_ms is not None
             or criteria.min_accuracy is not None
         ):
-            verdict = await self._judge(info, stable=False)
+            verdict, _blue = await self._judge(info, stable=False)
             if verdict.decision == "fail":
                 reason = "green failed after the switch: " + "; ".join(verdict.reasons)
                 await self._apply(
@@ -221,7 +229,8 @@ class RolloutController:
         source = self.sources(info.config.metrics_source)
         return await anyio.to_thread.run_sync(source.totals, info.endpoint)
 
-    async def _judge(self, info: RolloutInfo, stable: bool) -> Verdict:
+    async def _judge(self, info: RolloutInfo, stable: bool) -> tuple[Verdict, RouteWindow]:
+        """The verdict on the candidate's window since the step began, and stable's window."""
         totals = await self._totals(info)
         baseline = {k: RouteWindow.from_dict(v) for k, v in info.state.get("baseline", {}).items()}
         old, new, _others = routes_of(info)
@@ -238,14 +247,34 @@ class RolloutController:
                     self.db, candidate, info.endpoint, new.model, new.version, since
                 )
             )
-        return judge_canary(window(old) if stable else None, candidate, info.config.criteria)
+        before = info.state.get("stable_before")
+        old_window = window(old)
+        verdict = judge_canary(
+            old_window if stable else None,
+            candidate,
+            info.config.criteria,
+            RouteWindow.from_dict(before) if isinstance(before, dict) else None,
+        )
+        return verdict, old_window
 
     async def _note(self, info: RolloutInfo, verdict: Verdict) -> None:
-        """Keep the latest verdict in the state; an event only when the decision changes."""
-        summary = {"decision": verdict.decision, "reasons": verdict.reasons}
-        if info.state.get("last_verdict") == summary:
+        """Keep the latest verdict in the state; an event only when the decision or a check's
+        status changes. While traffic trickles in, the counts in the reasons change at every
+        tick: an event each time would bury the history (and `berth rollout wait`) in them."""
+        summary = {
+            "decision": verdict.decision,
+            "reasons": verdict.reasons,
+            "checks": {check.name: check.status for check in verdict.checks},
+        }
+        last = info.state.get("last_verdict")
+        if last == summary:
             return
         state = {**info.state, "last_verdict": summary}
+        if isinstance(last, dict) and all(
+            last.get(k) == summary[k] for k in ("decision", "checks")
+        ):
+            await anyio.to_thread.run_sync(lambda: self.service.keep_state(info, state))
+            return
         message = verdict.decision + (": " + "; ".join(verdict.reasons) if verdict.reasons else "")
         await anyio.to_thread.run_sync(
             lambda: self.service.record(info, "analysis", message, verdict.to_dict(), state)
@@ -255,6 +284,15 @@ class RolloutController:
         applied = await anyio.to_thread.run_sync(self.service.apply, info, change)
         if applied:
             log.info("rollout %s of %s: %s", info.id, info.endpoint, change.message)
+
+
+def _stable_before(info: RolloutInfo, stable: RouteWindow) -> dict[str, Any] | None:
+    """Stable's window for the steps to come: this step's when it holds enough latencies to
+    compare with, else the one kept from an earlier step (at 100% stable gets no traffic)."""
+    if info.config.criteria.enough_latencies(stable):
+        return stable.to_dict()
+    kept = info.state.get("stable_before")
+    return kept if isinstance(kept, dict) else None
 
 
 def _elapsed(info: RolloutInfo, now: datetime) -> float:

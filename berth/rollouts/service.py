@@ -394,6 +394,14 @@ class RolloutService:
             if state is not None:
                 row.state = state
 
+    def keep_state(self, info: RolloutInfo, state: dict[str, Any]) -> None:
+        """New state without an event (e.g. newer counts for a verdict that did not change)."""
+        with self.db.session(write=True) as session:
+            row = session.get(RolloutRow, info.id, with_for_update=True)
+            if row is None or row.updated_at != info.updated_at:
+                return
+            row.state = state
+
 
 # changes -------------------------------------------------------------------------------
 
@@ -413,7 +421,10 @@ def step_change(
     message: str,
     baseline: dict[str, Any],
     detail: dict[str, Any] | None = None,
+    stable_before: dict[str, Any] | None = None,
 ) -> Change:
+    """The candidate at steps[index]%. `stable_before`: stable's window (RouteWindow.to_dict)
+    to compare latency with when the new step gives stable too little traffic."""
     old, new, others = routes_of(info)
     weight = info.config.steps[index]
     state = {
@@ -423,6 +434,8 @@ def step_change(
         "phase_started_at": now.isoformat(),
         "baseline": baseline,
     }
+    if stable_before is not None:
+        state["stable_before"] = stable_before
     return Change(
         s.RUNNING,
         s.STEP,

@@ -97,10 +97,13 @@ class KeyVerifier:
         key_id = split_key(presented)
         stored = await self._stored(key_id) if key_id else None
         if stored is None or not stored.matches(hash_key(self.keys.secret, presented)):
-            raise Unauthenticated("the API key is not valid; check it or create a new one")
+            raise Unauthenticated(
+                "the API key is not valid; check it or create a new one", reason="invalid_token"
+            )
         if not stored.info.active:
             raise Unauthenticated(
-                f"the API key '{stored.info.name}' is revoked or expired; create a new one"
+                f"the API key '{stored.info.name}' is revoked or expired; create a new one",
+                reason="invalid_token",
             )
         self._used.add(stored.info.key_id)
         return Principal(name=stored.info.name, scopes=stored.info.scopes, rate=stored.info.rate)

@@ -32,14 +32,13 @@ from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key
 from berth.serving.ids import new_id
+from berth.serving.offload import INLINE_BYTES, Offloader
 from berth.serving.route_stats import RouteStats
 from berth.serving.router import Router
 from berth.serving.validation import decode_instances
 
 log = logging.getLogger("berth.serving")
 
-INLINE_DECODE_BYTES = 64 * 1024
-"""Request bodies up to this size are decoded on the event loop (a thread hop costs more)."""
 INLINE_MAX_ROWS = 256
 """Fast models predict on the event loop only for requests up to this many rows."""
 INLINE_FLAVORS = frozenset({"sklearn", "onnx"})
@@ -138,8 +137,13 @@ class DataPlane:
         inline_seconds: float = 0.0,
         cache: PredictionCache | None = None,
         route_stats: RouteStats | None = None,
+        offload: Offloader | None = None,
+        follow_alias: str | None = None,
     ) -> None:
+        """`follow_alias`: serve every model that has this alias, including models given it
+        while the server runs (found with each refresh), besides `served`."""
         self.registry = registry
+        self.follow_alias = follow_alias
         self.endpoint_service = EndpointService(registry)
         self.route_stats = route_stats or RouteStats(None)
         self.served = [parse_reference(r) for r in served]
@@ -150,6 +154,7 @@ class DataPlane:
         self.inline_seconds = inline_seconds
         self.cache = cache
         self._limiter = CapacityLimiter(threads or os.cpu_count() or 1)
+        self.offload = offload or Offloader(limiter=self._limiter)
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -199,6 +204,7 @@ class DataPlane:
         await self.route_stats.stop()
         if self.cache is not None:
             await self.cache.close()
+        self.offload.close()
 
     def loaded_versions(self) -> list[VersionInfo]:
         return [v.info for v in self._loaded.values()]
@@ -210,6 +216,20 @@ class DataPlane:
         """The endpoint as this process serves it now, or None when there is no such endpoint."""
         found = self._endpoints.get(name)
         return found.info if found is not None else None
+
+    def require_endpoint(self, name: str) -> EndpointInfo:
+        """The endpoint as this process serves it now; `NotFound` when there is none."""
+        return self._served_endpoint(name).info
+
+    def _served_endpoint(self, name: str) -> _Endpoint:
+        served = self._endpoints.get(name)
+        if served is None:
+            known = ", ".join(self._endpoints) or "none"
+            raise NotFound(
+                f"no endpoint '{name}' is served here (endpoints: {known}); create it with "
+                f"`berth endpoints create {name} --model MODEL@production`"
+            )
+        return served
 
     @property
     def endpoint_names(self) -> list[str]:
@@ -244,13 +264,7 @@ class DataPlane:
     ) -> PredictResult:
         """Predict through an endpoint: its router picks the route (sticky `key`, or the route
         `forced` by name), and a share of requests is copied to the shadow route, if any."""
-        served = self._endpoints.get(name)
-        if served is None:
-            known = ", ".join(self._endpoints) or "none"
-            raise NotFound(
-                f"no endpoint '{name}' is served here (endpoints: {known}); create it with "
-                f"`berth endpoints create {name} --model MODEL@production`"
-            )
+        served = self._served_endpoint(name)
         route = served.router.pick(key, forced)
         loaded = served.versions[route.label]
         stats_key = (name, loaded.info.model, loaded.info.number)
@@ -267,7 +281,7 @@ class DataPlane:
         if not forced:
             shadow = served.router.mirror()
             if shadow is not None:
-                self._mirror(served, shadow, decode, result, inputs)
+                self._mirror(served, shadow, decode, result, inputs, size)
         return result
 
     async def _predict_loaded(
@@ -285,10 +299,12 @@ class DataPlane:
             with tracing.span(
                 "predict", **{"berth.model": info.model, "berth.version": info.number}
             ):
-                inputs = await self._decode(loaded, decode, size)
+                inputs = await self._decode(loaded.info.signature, decode, size)
                 prediction, cached = await self._cached_predict(loaded, inputs)
         except BerthError as exc:
-            kind = "invalid_input" if isinstance(exc, InvalidInput) else "rejected"
+            # The client's request is at fault (as for route stats): never a server failure.
+            client = isinstance(exc, InvalidInput | PayloadTooLarge)
+            kind = "invalid_input" if client else "rejected"
             self._count(labels, endpoint, kind)
             raise
         except Exception:
@@ -319,12 +335,15 @@ class DataPlane:
         decode: Decoder,
         primary: PredictResult,
         inputs: ModelInput,
+        size: int,
     ) -> None:
         loaded = served.versions[shadow.label]
         if len(self._shadows) >= MAX_SHADOW_TASKS:
             metrics.SHADOW_SKIPPED.labels(served.info.name).inc()
             return
-        task = asyncio.create_task(self._shadow(served.info.name, loaded, decode, primary, inputs))
+        task = asyncio.create_task(
+            self._shadow(served.info.name, loaded, decode, primary, inputs, size)
+        )
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
@@ -335,6 +354,7 @@ class DataPlane:
         decode: Decoder,
         primary: PredictResult,
         inputs: ModelInput,
+        size: int,
     ) -> None:
         """Predict with the shadow version; compare; record. Never raises, never answers."""
         info = loaded.info
@@ -342,7 +362,7 @@ class DataPlane:
         started = time.perf_counter()
         try:
             if loaded.info.signature != primary.version.signature:
-                inputs = await anyio.to_thread.run_sync(decode, info.signature)
+                inputs = await self._decode(info.signature, decode, max(size, INLINE_BYTES + 1))
             prediction = await self._infer(loaded, inputs)
         except Exception as exc:
             self.route_stats.record(key, time.perf_counter() - started, error=True)
@@ -366,13 +386,11 @@ class DataPlane:
                 # Monitoring must never fail a prediction that succeeded.
                 log.exception("prediction observer %r failed", observer)
 
-    async def _decode(self, loaded: LoadedVersion, decode: Decoder, size: int) -> ModelInput:
-        signature = loaded.info.signature
-        if size <= INLINE_DECODE_BYTES:
-            with tracing.span("decode and validate"):
-                return decode(signature)
-        return await anyio.to_thread.run_sync(
-            _traced_decode, decode, signature, limiter=self._limiter
+    async def _decode(self, signature: Signature, decode: Decoder, size: int) -> ModelInput:
+        """On the loop, in a thread or in the helper process, by the request's size."""
+        portable = getattr(decode, "portable", False) is True
+        return await self.offload.run(
+            size, decode, signature, portable=portable, span="decode and validate"
         )
 
     async def _cached_predict(
@@ -586,6 +604,8 @@ class DataPlane:
 
     async def refresh(self) -> None:
         """Re-resolve every routed reference; load and swap in versions that changed."""
+        if self.follow_alias is not None:
+            await self._serve_newly_aliased(self.follow_alias)
         for reference, route in list(self._routes.items()):
             try:
                 info = await anyio.to_thread.run_sync(self.registry.resolve, route.reference)
@@ -601,17 +621,28 @@ class DataPlane:
         self._unload_unrouted()
         await self.refresh_endpoints()
 
+    async def _serve_newly_aliased(self, alias: str) -> None:
+        """Start serving models that were given `alias` since the last look (one query)."""
+        names = await anyio.to_thread.run_sync(self.registry.models_with_alias, alias)
+        for name in names:
+            if name in self.served_names:
+                continue
+            reference = parse_reference(f"{name}@{alias}")
+            self.served.append(reference)
+            try:
+                loaded = await self._route(str(reference))
+            except BerthError as exc:
+                self.served.remove(reference)  # tried again with the next refresh
+                log.error("%s cannot be served: %s", reference, exc.message)
+                continue
+            log.info("now serving %s (%s, newly given @%s)", name, loaded.info.ref, alias)
+
     def _unload_unrouted(self) -> None:
         routed = {(r.version.info.model, r.version.info.number) for r in self._routes.values()}
         routed |= {(r.model, r.version) for e in self._endpoints.values() for r in e.info.routes}
         for key in [k for k in self._loaded if k not in routed]:
             del self._loaded[key]
             metrics.MODEL_LOADED.labels(key[0], str(key[1])).set(0)
-
-
-def _traced_decode(decode: Decoder, signature: Signature) -> ModelInput:
-    with tracing.span("decode and validate"):
-        return decode(signature)
 
 
 def _traced_predict(runtime: Runtime, inputs: ModelInput, submitted_ns: int) -> Prediction:

@@ -18,6 +18,7 @@ import pandas as pd
 from berth.errors import InvalidInput, PayloadTooLarge
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec
 from berth.runtimes.base import ModelInput
+from berth.serving.json_preview import preview
 
 Array = np.ndarray[Any, Any]
 
@@ -43,16 +44,20 @@ def check_rows(count: int, limit: int, field: str) -> None:
 
 def validate_tensor(spec: TensorSpec, array: Array, field: str) -> Array:
     """Check shape, type and finiteness of one tensor (batch axis first) and cast it."""
-    if array.ndim != len(spec.shape):
+    _check_shape(spec, array.shape, field)
+    return _cast(spec.dtype, array, field)
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], field: str) -> None:
+    if len(shape) != len(spec.shape):
         raise InvalidInput(
             f"{field}: expected {len(spec.shape)}-dimensional data of shape {_shape(spec.shape)}, "
-            f"got shape {list(array.shape)}"
+            f"got shape {list(shape)}"
         )
-    for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+    for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
         if want != -1 and want != got:
-            what = "values per row" if axis == 1 and array.ndim == 2 else f"entries on axis {axis}"
+            what = "values per row" if axis == 1 and len(shape) == 2 else f"entries on axis {axis}"
             raise InvalidInput(f"{field}: expected {want} {what}, got {got}")
-    return _cast(spec.dtype, array, field)
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -264,6 +269,8 @@ def _json_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, list | tuple | Mapping):
+        return preview(value, 40)  # repr recurses: a deeply nested value would raise
     try:
         text = repr(value)
     except ValueError:  # Python refuses to print ints of more than 4300 digits, even nested
@@ -571,6 +578,29 @@ def _split_matrix(signature: Signature, arrays: Mapping[str, Array]) -> Mapping[
     if name in names or array.ndim != 2 or array.shape[1] != len(names):
         return arrays
     return {column: array[:, i] for i, column in enumerate(names)}
+
+
+def check_declared_shapes(
+    signature: Signature | None,
+    field: str,
+    max_rows: int,
+    shapes: Mapping[str, tuple[int, ...]],
+) -> None:
+    """Refuse named inputs by their declared shapes alone, before their values are decoded.
+
+    Rows (the first axis) over `max_rows` are 413. With a tensor signature, each input whose
+    spec is known (by name, or the only one) must have its rank and fixed dimensions. Everything
+    else is checked on the decoded values by `decode_named_arrays`.
+    """
+    check_rows(max((s[0] if s else 1 for s in shapes.values()), default=1), max_rows, field)
+    if signature is None or signature.kind != "tensor":
+        return
+    specs = {spec.name: spec for spec in signature.inputs}
+    single = len(signature.inputs) == 1 and len(shapes) == 1
+    for name, shape in shapes.items():
+        spec = signature.inputs[0] if single else specs.get(name)
+        if spec is not None:
+            _check_shape(spec, shape, f"{field}.{name}")
 
 
 def _check_same_rows(arrays: Mapping[str, Array], field: str, max_rows: int) -> None:

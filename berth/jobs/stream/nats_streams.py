@@ -3,7 +3,9 @@
 URL: `nats://[user:password@]host[:port]/SUBJECT[?stream=NAME]` (`tls://` for TLS). SUBJECT may
 hold wildcards for a source (`orders.*`); `stream` names the JetStream stream when it should not
 be looked up by subject. A stream missing for a source or sink subject is created (and logged),
-named after the subject. The dead-letter subject defaults to `SUBJECT.dead`.
+named after the subject; a sink's named stream must hold its subject (JetStream stores nothing
+published to a subject no stream holds). The dead-letter subject defaults to `SUBJECT.dead`, in
+the stream that holds it, found by subject (the source's `stream` does not hold it).
 
 Outputs and dead letters are published with the `Nats-Msg-Id` header set to the event id, and
 the input is acknowledged only after JetStream confirmed the publish. An event delivered again
@@ -132,6 +134,12 @@ def _broker(address: NatsAddress, doing: str) -> Iterator[None]:
             f"nothing answered at {address.display} while {doing}: is JetStream on "
             "(nats-server -js) and does a stream hold the subject?"
         ) from exc
+    except nats.js.errors.NoStreamResponseError as exc:
+        # NATS is up and took the publish; no stream stored it. Not a connection problem.
+        raise BrokerUnavailable(
+            f"no JetStream stream at {address.display} stored the message while {doing}: the "
+            "stream that holds the subject is gone or unavailable; see `nats stream ls`"
+        ) from exc
     except nats.js.errors.APIError as exc:
         raise BrokerUnavailable(
             f"JetStream at {address.display} refused {doing}: {exc.description or exc}"
@@ -172,14 +180,28 @@ async def _connect(address: NatsAddress) -> tuple[Client, JetStreamContext]:
     return client, js
 
 
-async def _stream_for(js: JetStreamContext, address: NatsAddress, subject: str) -> str:
-    """The stream holding `subject`, created when there is none."""
+async def _stream_for(
+    js: JetStreamContext, address: NatsAddress, subject: str, publishing: bool = False
+) -> str:
+    """The stream holding `subject`, created when there is none.
+
+    `publishing`: the named stream must hold the subject, or what is published there is lost
+    to no stream. (A source may read a stream without subjects of its own, e.g. a mirror.)
+    """
     if address.stream is not None:
         try:
-            await js.stream_info(address.stream)
-            return address.stream
+            info = await js.stream_info(address.stream)
         except nats.js.errors.NotFoundError:
             return await _create_stream(js, address, address.stream, subject)
+        held = info.config.subjects or []
+        if publishing and not any(subject_matches(pattern, subject) for pattern in held):
+            raise InvalidInput(
+                f"JetStream stream {address.stream!r} at {address.display} does not hold "
+                f"subject {subject!r} (its subjects: {', '.join(held) or 'none'}); add the "
+                "subject to the stream, or drop ?stream= to let Berth find the stream that "
+                "holds it (or create one)"
+            )
+        return address.stream
     try:
         return await js.find_stream_name_by_subject(subject)
     except nats.js.errors.NotFoundError:
@@ -217,17 +239,33 @@ class NatsSink:
     async def open(self) -> None:
         self._client, self._js = await _connect(self.address)
         with _broker(self.address, f"finding the stream of subject {self.name!r}"):
-            await _stream_for(self._js, self.address, self.name)
+            await _stream_for(self._js, self.address, self.name, publishing=True)
 
     async def write(self, records: Sequence[Record]) -> None:
         if not records:
             return
         assert self._js is not None, "open() the sink first"
         js = self._js
-        with _broker(self.address, f"publishing to {self.name!r}"):
-            acks = await asyncio.gather(
+
+        async def publish() -> list[Any]:
+            return await asyncio.gather(
                 *(js.publish(self.name, r.data, headers=_headers(r)) for r in records)
             )
+
+        with _broker(self.address, f"publishing to {self.name!r}"):
+            try:
+                acks = await publish()
+            except nats.js.errors.NoStreamResponseError:
+                # No stream holds the subject any more (deleted while we ran). The check of
+                # open() finds or creates it, or says why the named one cannot take it,
+                # instead of the batch coming back forever. Repeats are dropped by event id.
+                log.warning(
+                    "no JetStream stream held subject %s on %s any more; finding or creating one",
+                    self.name,
+                    self.display,
+                )
+                await _stream_for(js, self.address, self.name, publishing=True)
+                acks = await publish()
         duplicates = sum(1 for ack in acks if ack.duplicate)
         if duplicates:
             self.duplicates += duplicates
@@ -367,6 +405,9 @@ class NatsTransport:
         return NatsSink(url)
 
     def dead_letter_url(self, source_url: str) -> str:
+        """`SUBJECT.dead` on the source's server. Not in the source's `stream`: a stream made
+        for SUBJECT does not hold SUBJECT.dead; the sink finds the one that does, or creates
+        it."""
         address = NatsAddress.parse(source_url)
         if address.wildcard:
             raise InvalidInput(
@@ -374,7 +415,7 @@ class NatsTransport:
                 "dead-letter subject; pass --dead-letter nats://HOST:PORT/SUBJECT"
             )
         parts = split(source_url)
-        return parts._replace(path=f"/{address.subject}.dead").geturl()
+        return parts._replace(path=f"/{address.subject}.dead", query="").geturl()
 
 
 TRANSPORT = NatsTransport()
