@@ -21,12 +21,12 @@ from rich.table import Table
 from berth.cli.context import console, err_console, registry
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
+from berth.rollouts.analysis import CanaryCriteria
 from berth.rollouts.names import CANARY
 
 # The rollout service, its strategies and the validation gates (SQLAlchemy, numpy, httpx) are
 # imported by the commands that use them.
 if TYPE_CHECKING:
-    from berth.rollouts.analysis import CanaryCriteria
     from berth.rollouts.service import RolloutEvent, RolloutInfo, RolloutService
 
 app = typer.Typer(
@@ -422,8 +422,6 @@ def wait(
 
 def build_criteria(**values: Any) -> CanaryCriteria:
     """CanaryCriteria from the command line; its ValueError becomes a message about flags."""
-    from berth.rollouts.analysis import CanaryCriteria
-
     try:
         return CanaryCriteria(**values)
     except ValueError as exc:
