@@ -269,6 +269,11 @@ def test_bad_rows_go_to_the_errors_sink_with_reasons(
     assert not set(scores["customer_id"]) & {1003, 1010, 1500}
     assert "3 rejected" in summary.describe()
 
+    again = batch(sqlite_registry, settings, spec)  # the same command again records nothing twice
+    assert (again.counts.scored, again.counts.skipped, again.counts.rejected) == (0, 997, 3)
+    assert sorted(read_errors(tmp_path / "rejected.jsonl")["customer_id"]) == [1003, 1010, 1500]
+    assert len(read_folder(tmp_path / "out.parquet")) == 997
+
 
 def test_the_job_fails_when_rejected_rows_pass_the_limit(
     sqlite_registry: Registry,
@@ -455,6 +460,7 @@ def test_sql_rejected_rows_commit_with_the_chunk(
     churn: VersionInfo,
     customers: pd.DataFrame,
     warehouse: str,
+    tmp_path: Path,
 ) -> None:
     frame = customers.copy()
     frame.loc[5, "tenure_months"] = 999  # above the signature's maximum
@@ -470,6 +476,20 @@ def test_sql_rejected_rows_commit_with_the_chunk(
     assert list(errors["row_id"]) == ["1005"]
     assert "tenure_months" in errors["reason"][0]
     assert json.loads(errors["row"][0])["tenure_months"] == 999
+
+    for _ in range(2):  # the same command again records the row once, not once per run
+        again = batch(sqlite_registry, settings, spec)
+        assert (again.counts.scored, again.counts.rejected) == (0, 1)
+    assert list(table(warehouse, "SELECT row_id FROM scores_errors")["row_id"]) == ["1005"]
+    separate = BatchSpec(
+        model="churn", source=warehouse, table="customers", sink=warehouse,
+        sink_table="scores", id_column="customer_id", max_error_rate=0.01,
+        errors=f"sqlite:///{tmp_path / 'errors.db'}", errors_table="rejects",
+    )  # fmt: skip
+    for _ in range(2):
+        batch(sqlite_registry, settings, separate)
+    rejects = table(f"sqlite:///{tmp_path / 'errors.db'}", "SELECT row_id FROM rejects")
+    assert list(rejects["row_id"]) == ["1005"]
 
 
 def test_sql_source_errors_are_clear(

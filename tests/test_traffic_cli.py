@@ -91,6 +91,17 @@ def test_endpoint_lifecycle(run: Run, iris3: Registry) -> None:
     ]
     run("endpoints", "routes", "flowers", "--route", "stable=iris:1:90", "--route", "b=iris:2:10")
     assert _routes(iris3)[1] == ("b", "canary", "iris:2", 10.0)  # role defaults to canary
+    shown = run("endpoints", "routes", "flowers")  # without --route: the routes, unchanged
+    assert shown.code == 0, shown.err
+    assert shown.out.strip() == "flowers: stable iris:1 90%, b iris:2 10%"
+    assert [r["label"] for r in _json(run, "endpoints", "routes", "flowers")["routes"]] == [
+        "stable",
+        "b",
+    ]
+    assert _routes(iris3)[1] == ("b", "canary", "iris:2", 10.0)
+    assert "pass the --route options" in _error(
+        run, "endpoints", "routes", "flowers", "--sticky", "header:X"
+    )
 
     shadowed = run("endpoints", "shadow", "flowers", "--to", "iris:3", "--percent", "20")
     assert shadowed.code == 0, shadowed.err

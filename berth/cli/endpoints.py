@@ -182,10 +182,11 @@ def delete(name: str = typer.Argument(..., help="The endpoint's name.")) -> None
 def routes(
     name: str = typer.Argument(..., help="The endpoint's name."),
     route: list[str] = typer.Option(
-        ...,
+        None,
         "--route",
         help=f"{_ROUTE_FORMAT} (repeatable). ROLE defaults to stable for the label stable, "
-        f"shadow for the label shadow, else canary; roles: {', '.join(ROLES)}.",
+        f"shadow for the label shadow, else canary; roles: {', '.join(ROLES)}. Without "
+        "--route, the current routes are printed.",
     ),
     reason: str = typer.Option("set by hand", help="Why, for the endpoint's history."),
     sticky: str | None = typer.Option(
@@ -193,16 +194,22 @@ def routes(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Replace an endpoint's routes by hand. The weights of serving routes must add up to 100.
+    """Print an endpoint's routes, or replace them by hand with --route. The weights of serving
+    routes must add up to 100.
 
-    Refused while a rollout or an experiment owns the routes; a rollout is the safer way to
-    move traffic to a new version, since it rolls back on bad evidence.
+    Replacing is refused while a rollout or an experiment owns the routes; a rollout is the
+    safer way to move traffic to a new version, since it rolls back on bad evidence.
 
     Example: berth endpoints routes churn --route stable=churn:2:90 --route canary=churn:3:10
     """
     from berth.rollouts.endpoints import resolve_spec
     from berth.security.audit import cli_actor
 
+    if not route:
+        if sticky is not None:
+            raise InvalidInput("--sticky changes the routes: pass the --route options too")
+        _print_changed(_service().get(name), as_json)
+        return
     specs = [parse_route(text) for text in route]
     resolved = [
         resolve_spec(registry(), ref, label, role, weight) for label, ref, weight, role in specs

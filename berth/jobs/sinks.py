@@ -292,26 +292,51 @@ class FileSink:
 
 
 class FolderErrors:
-    """Rejected rows as a folder of parts, one per chunk, named by the chunk's number."""
+    """Rejected rows as a folder of parts, one per chunk, named by the chunk's number.
+
+    A row is recorded once: a rerun that rejects it again (the same command, run again over the
+    same source) does not add it a second time.
+    """
 
     def __init__(self, folder: Path, fmt: str) -> None:
         self.folder = folder
         self.format = fmt
         self.description = f"{folder}/"
+        self._recorded: set[str] = set()
 
     def open(self, job_key: str, chunks: int) -> None:
         if self.folder.exists() and not self.folder.is_dir():
             raise InvalidInput(f"--errors {self.folder} is a file; give a folder path for parts")
         if not self.folder.exists():
             return
-        for path in self.folder.iterdir():
+        for path in sorted(self.folder.iterdir()):
             match = _ERRORS_PART.match(path.name)
             if path.name.endswith(".tmp") or (match and int(match.group(1)) > chunks):
                 path.unlink()
+            elif match:
+                self._recorded.update(_ids_of(_read_part(path, match.group(2))))
 
     def write(self, job_key: str, chunk: int, rejected: pd.DataFrame) -> None:
+        fresh = rejected[~np.isin(_ids_of(rejected), list(self._recorded))]
+        if not len(fresh):
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_frame(rejected, self.folder / f"errors-{chunk:06d}.{self.format}", self.format)
+        write_frame(fresh, self.folder / f"errors-{chunk:06d}.{self.format}", self.format)
+        self._recorded.update(_ids_of(fresh))
+
+
+def _ids_of(rejected: pd.DataFrame) -> list[str]:
+    """The row ids of rejected rows (their first column), as text: a CSV reads them back as
+    numbers or strings alike."""
+    return [str(v) for v in rejected.iloc[:, 0].tolist()] if len(rejected.columns) else []
+
+
+def _read_part(path: Path, fmt: str) -> pd.DataFrame:
+    if fmt == PARQUET:
+        return pd.read_parquet(path)
+    if fmt == CSV:
+        return pd.read_csv(path)
+    return pd.read_json(path, orient="records", lines=True)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -644,9 +669,18 @@ def _errors_table(name: str) -> sa.Table:
 def _replace_rejects(
     connection: Connection, table: sa.Table, job_key: str, chunk: int, rejected: pd.DataFrame
 ) -> None:
+    """The chunk's rejected rows replace what the job recorded for that chunk, and for those
+    rows: a rerun that rejects a row again records it once, with the latest reason."""
     connection.execute(table.delete().where(table.c.job_key == job_key, table.c.chunk == chunk))
     if not len(rejected):
         return
+    ids = _ids_of(rejected)
+    for start in range(0, len(ids), _ID_QUERY_BATCH):
+        connection.execute(
+            table.delete().where(
+                table.c.job_key == job_key, table.c.row_id.in_(ids[start : start + _ID_QUERY_BATCH])
+            )
+        )
     rows = [
         {
             "row_id": str(record["id"]),
