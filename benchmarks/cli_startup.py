@@ -8,7 +8,12 @@ falls on all of them alike. The load average before and after is printed: on a b
 read the medians, and the CPU time (user + system) of the processes, which waiting for a core
 does not inflate.
 
-Usage: .venv/bin/python benchmarks/cli_startup.py [--runs N] [LABEL=DIR ...]
+Bytecode is cached as in an installed package: PYTHONDONTWRITEBYTECODE is dropped and the
+caches go to a temporary PYTHONPYCACHEPREFIX (the checkouts are not written to), filled by a
+warm-up run. --no-bytecode-cache keeps PYTHONDONTWRITEBYTECODE=1 instead: every run compiles
+Berth's own modules again, as on a machine that sets it.
+
+Usage: .venv/bin/python benchmarks/cli_startup.py [--runs N] [--no-bytecode-cache] [LABEL=DIR ...]
     e.g. benchmarks/cli_startup.py main=/tmp/berth-main branch=.
 DIR is a checkout (the folder holding `berth/`); without one, this checkout is measured. The
 `berth` script next to this interpreter runs each command, with PYTHONPATH=DIR.
@@ -36,12 +41,18 @@ class Checkout:
     label: str
     source: Path
     home: Path
+    pycache: Path | None
+    """Where bytecode is cached; None: not at all (PYTHONDONTWRITEBYTECODE=1)."""
     times: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "PYTHONDONT"))}
         env.update(PYTHONPATH=str(self.source), BERTH_HOME=str(self.home))
+        if self.pycache is None:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        else:
+            env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
         return env
 
 
@@ -96,6 +107,11 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="compile every run (PYTHONDONTWRITEBYTECODE=1) instead of caching bytecode",
+    )
     parser.add_argument("checkouts", nargs="*", metavar="LABEL=DIR")
     options = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
@@ -111,13 +127,16 @@ def main() -> None:
             if not (source / "berth" / "cli" / "main.py").is_file():
                 raise SystemExit(f"{path} is not a Berth checkout (no berth/cli/main.py)")
             label = label or source.name
-            checkout = Checkout(label, source, root / f"home-{len(checkouts)}")
+            pycache = None if options.no_bytecode_cache else root / "pycache"
+            checkout = Checkout(label, source, root / f"home-{len(checkouts)}", pycache)
             # Each checkout makes its own registry (and migrates it) with its own code.
             run(checkout, ["models", "register", "iris", str(model), "--sample", str(sample),
                            "--alias", "production"], root)  # fmt: skip
             checkouts.append(checkout)
 
-        print(f"berth start-up, {options.runs} runs per command; before: {load()}")
+        caching = "not cached" if options.no_bytecode_cache else "cached"
+        print(f"berth start-up, {options.runs} runs per command, bytecode {caching}")
+        print(f"before: {load()}")
         for command in TARGETS:
             args = command.split()
             for checkout in checkouts:
