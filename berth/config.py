@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,6 +75,15 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".berth"))
     """Data directory: SQLite registry, local artifacts and the key secret live here."""
+
+    @field_validator("home")
+    @classmethod
+    def _home_is_a_folder(cls, home: Path) -> Path:
+        # Checked once here: a file in the way would fail later in every place that writes there.
+        existing = next((p for p in (home, *home.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"{existing} is a file, not a folder; point it at a folder")
+        return home
 
     database_url: str | None = None
     """SQLAlchemy URL of the registry; default `sqlite:///<home>/registry.db`."""

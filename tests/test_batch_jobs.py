@@ -328,6 +328,20 @@ def test_a_tensor_model_takes_every_non_id_column_or_the_named_features(
     assert summary.counts.rejected == len(frame)
 
 
+def test_a_csv_source_without_header_row_is_refused_not_cut(
+    sqlite_registry: Registry, settings: Settings, iris_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    register_iris(sqlite_registry, iris_files)
+    np.savetxt(tmp_path / "in.csv", np.load(iris_files[1]), delimiter=",", fmt="%.3f")
+    spec = BatchSpec(model="iris", source=str(tmp_path / "in.csv"), sink=str(tmp_path / "o.csv"))
+    # Read with its first row as column names, one flower would silently go unscored.
+    with pytest.raises(
+        InvalidInput, match=r"has no header row .* add a first line with the column"
+    ):
+        batch(sqlite_registry, settings, spec)
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_workers_give_the_same_results_in_source_order(
     sqlite_registry: Registry,
     settings: Settings,

@@ -11,6 +11,7 @@ from berth.cli import context
 from berth.config import Settings
 from berth.security.audit import AuditLog, cli_actor
 from tests.conftest import Run
+from tests.test_cli_errors import leaf_commands
 
 
 def test_init_creates_home(run: Run, settings: Settings) -> None:
@@ -277,3 +278,76 @@ def test_bad_names_are_refused(run: Run) -> None:
         outcome = run(*args)
         assert outcome.code == 1, args
         assert "not valid" in outcome.err or "not a model reference" in outcome.err, args
+
+
+def test_empty_registry_listing_says_how_to_register(run: Run) -> None:
+    listed = run("models", "list")
+    assert listed.code == 0
+    assert "No models registered yet" in listed.out
+    assert "berth models register NAME" in listed.out
+    assert json.loads(run("models", "list", "--json").out) == []  # JSON stays plain
+
+
+def test_register_says_what_it_inferred_and_what_it_already_had(
+    run: Run, churn_files: tuple[Path, Path, Path]
+) -> None:
+    model = churn_files[0]
+    first = run("models", "register", "churn", str(model))
+    assert first.code == 0, first.err
+    assert "Registered churn:1" in first.out
+    assert "the model declares its inputs (4 columns: tenure_months float64" in first.out
+    again = run("models", "register", "churn", str(model))
+    assert again.code == 0, again.err
+    assert "Registered churn:2" in again.out
+    sha256 = json.loads(run("models", "show", "churn:1", "--json").out)["sha256"]
+    assert f"same artifact as churn:1 (sha256 {sha256[:12]})" in again.out
+
+
+def test_predict_reads_a_csv_without_header_row(run: Run, tmp_path: Path) -> None:
+    import pandas as pd
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    frame = pd.DataFrame({"a": [1.5, 2.5, 0.5, 3.5], "b": [0.0, 1.0, 1.0, 0.0]})
+    sio.dump(LogisticRegression().fit(frame, [0, 1, 0, 1]), tmp_path / "m.skops")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("1.5,0\n2.5,1\n0.5,1\n")
+    registered = run("models", "register", "m", str(tmp_path / "m.skops"), "--sample", str(rows))
+    assert registered.code == 0, registered.err
+    assert "rows.csv has no header row" in registered.out
+    predicted = run("predict", "m", "--input", str(rows))
+    assert predicted.code == 0, predicted.err
+    assert len(json.loads(predicted.out)["predictions"]) == 3
+
+
+def test_a_model_raising_during_register_is_one_line(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(
+        "class Broken:\n"
+        "    def load(self):\n"
+        "        pass\n"
+        "    def predict(self, rows):\n"
+        "        raise RuntimeError('the model is broken')\n"
+    )
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    outcome = run(
+        "models",
+        "register",
+        "m",
+        str(tmp_path / "model.py"),
+        "--sample",
+        str(tmp_path / "rows.csv"),
+    )
+    assert outcome.code == 1
+    assert len(outcome.err.strip().splitlines()) == 1
+    assert "RuntimeError: the model is broken" in outcome.err
+    assert "this is a bug" not in outcome.err
+
+
+def test_flags_show_as_flags_in_help(run: Run) -> None:
+    commands = [path for path, _ in leaf_commands()]
+    assert len(commands) > 40
+    for command in [[], *commands]:
+        shown = run(*command, "--help").out
+        assert "<bool>" not in shown, command
+    assert "--json  " in run("models", "list", "--help").out
+    assert "--serve / --no-serve" in run("demo", "--help").out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import Run, free_port
 
 pytestmark = pytest.mark.server
 
@@ -61,3 +61,13 @@ def test_demo_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
     assert metadata["name"] == "churn"
     assert {o["name"] for o in infer["outputs"]} == {"predict", "predict_proba"}
     assert ready["status"] == "ready"
+
+
+def test_demo_without_serving_does_not_claim_to_serve(run: Run) -> None:
+    outcome = run("demo", "--no-serve", "--port", "9123")
+    assert outcome.code == 0, outcome.err
+    assert "Berth is serving" not in outcome.out
+    assert "Stop with Ctrl-C" not in outcome.out
+    assert "churn@production is registered but not served" in outcome.out
+    assert "start the server with `berth serve --port 9123`" in outcome.out
+    assert "curl -s http://127.0.0.1:9123/ready" in outcome.out

@@ -8,6 +8,7 @@ import stat
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -95,6 +96,67 @@ def test_duplicate_name_conflicts(keys: KeyService) -> None:
     with pytest.raises(Conflict, match="a key named 'ci' already exists"):
         keys.create("ci", ("admin",))
     assert [k.scopes for k in keys.list()] == [("predict", "read")]
+
+
+def test_a_revoked_keys_name_can_be_reused(keys: KeyService) -> None:
+    old, old_secret = keys.create("ci", ("admin",))
+    keys.revoke("ci")
+    new, new_secret = keys.create("ci", ("read",))
+    assert new.key_id != old.key_id
+    # Both rows stay: the revoked one is what the audit trail of "ci" refers to.
+    listed = [(k.name, k.key_id, k.active) for k in keys.list()]
+    assert listed == [("ci", old.key_id, False), ("ci", new.key_id, True)]
+    stored_old, stored_new = keys.lookup(old.key_id), keys.lookup(new.key_id)
+    assert stored_old is not None
+    assert not stored_old.info.active
+    assert stored_new is not None
+    assert stored_new.info.active
+    assert stored_new.matches(hash_key(SECRET, new_secret))
+    assert not stored_new.matches(hash_key(SECRET, old_secret))
+    # The name means the unrevoked key: rotating and revoking act on it.
+    rotated, _ = keys.rotate("ci", timedelta(0))
+    assert rotated.key_id == new.key_id
+    # While it is active the name stays taken.
+    with pytest.raises(Conflict, match="a key named 'ci' already exists"):
+        keys.create("ci")
+    assert keys.revoke("ci").key_id == new.key_id
+    assert keys.revoke("ci").key_id == new.key_id  # again: the key revoked last, unchanged
+    third, _ = keys.create("ci")
+    assert [k.key_id for k in keys.list() if k.active] == [third.key_id]
+    actions = [(e.action, e.outcome) for e in reversed(keys.audit.list()) if e.target == "ci"]
+    assert actions[:3] == [("key.create", "ok"), ("key.revoke", "ok"), ("key.create", "ok")]
+
+
+def test_migration_0007_keeps_keys_and_frees_revoked_names(registry: Registry) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from berth.registry.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+
+    def migrate(action: Any, target: str) -> None:
+        with registry.db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            action(config, target)
+
+    keys = KeyService(registry.db, SECRET)
+    migrate(command.downgrade, "0006")  # names unique again, as before the fix
+    first, secret = keys.create("ci", ("admin",))
+    keys.revoke("ci")
+    with pytest.raises(Conflict):
+        keys.create("ci")
+    migrate(command.upgrade, "head")
+    stored = keys.lookup(first.key_id)
+    assert stored is not None
+    assert stored.matches(hash_key(SECRET, secret))
+    assert stored.info.scopes == ("admin",)
+    assert not stored.info.active
+    second, _ = keys.create("ci")
+    assert [k.key_id for k in keys.list()] == [first.key_id, second.key_id]
+    with pytest.raises(Conflict):
+        keys.create("ci")
 
 
 @pytest.mark.parametrize(

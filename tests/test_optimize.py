@@ -199,6 +199,20 @@ def test_generated_rows_follow_the_reference_statistics(
     assert report.version.reference_stats == version.reference_stats
 
 
+def test_check_data_without_header_row_gets_the_signatures_columns(
+    sqlite_registry: Registry, churn_files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    version = register_churn(sqlite_registry, churn_files)
+    frame = pd.read_csv(churn_files[1])
+    frame.to_csv(tmp_path / "rows.csv", index=False, header=False)
+
+    data = check_data(version, tmp_path / "rows.csv")
+
+    assert data.rows == len(frame)  # the first row is checked too
+    assert isinstance(data.inputs, pd.DataFrame)
+    assert list(data.inputs.columns) == list(frame.columns)
+
+
 def test_regressor_compares_values(sqlite_registry: Registry, tmp_path: Path) -> None:
     features, _ = make_classification(n_samples=200, n_features=5, random_state=1)
     _register(

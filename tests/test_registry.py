@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from berth.errors import Conflict, InvalidInput, NotFound
+from berth.errors import Conflict, InvalidInput, ModelLoadError, NotFound
 from berth.registry import service
 from berth.registry.artifacts import file_sha256
 from berth.registry.db import MIGRATIONS, Database
@@ -152,14 +152,129 @@ def test_register_stores_example_rows(
     assert registry.resolve("churn").example == churn.example
 
 
-def test_register_without_sample_or_signature_names_sample(
-    registry: Registry, iris_files: IrisFiles
+def test_register_without_sample_refuses_only_when_nothing_tells(
+    registry: Registry, tmp_path: Path
 ) -> None:
+    (tmp_path / "model.py").write_text(textwrap.dedent(ECHO_MODEL))
     with pytest.raises(InvalidInput, match="--sample"):
-        registry.register(RegisterRequest(name="iris", path=iris_files[0], trust_pickle=True))
+        registry.register(RegisterRequest(name="echo", path=tmp_path / "model.py"))
     # Nothing was recorded.
     with pytest.raises(NotFound):
-        registry.get_model("iris")
+        registry.get_model("echo")
+
+
+ECHO_MODEL = """
+class Echo:
+    def load(self):
+        pass
+
+    def predict(self, rows):
+        return [0] * len(rows)
+"""
+
+
+def test_register_without_sample_takes_the_estimators_inputs(
+    registry: Registry, iris_files: IrisFiles, churn_files: ChurnFiles
+) -> None:
+    # Fitted on an array: it knows its width.
+    iris = registry.register(RegisterRequest(name="iris", path=iris_files[0], trust_pickle=True))
+    assert iris.signature.inputs[0].shape == (-1, 4)
+    assert [o.name for o in iris.signature.outputs] == ["predict", "predict_proba"]
+    assert iris.example is None
+    assert any("declares its inputs" in note for note in iris.notes)
+    # Fitted on a DataFrame: it knows its columns, and its encoder knows which hold text.
+    churn = registry.register(RegisterRequest(name="churn", path=churn_files[0]))
+    columns = {c.name: c.dtype for c in churn.signature.columns}
+    assert columns == {
+        "tenure_months": "float64",
+        "monthly_charges": "float64",
+        "plan": "string",
+        "support_calls": "float64",
+    }
+    assert registry.resolve("churn:1").signature == churn.signature
+    assert registry.resolve("churn:1").notes == ()  # a note is news of the registration only
+
+
+def test_register_same_bytes_again_names_the_version_that_has_them(
+    registry: Registry, iris_files: IrisFiles
+) -> None:
+    first = register_iris(registry, iris_files)
+    assert first.notes == ()
+    second = register_iris(registry, iris_files)
+    assert second.number == 2  # a new version all the same: its metadata may differ
+    assert second.notes == (f"same artifact as iris:1 (sha256 {first.artifact.sha256[:12]})",)
+    other = registry.register(
+        RegisterRequest(name="flowers", path=iris_files[0], sample=iris_files[1], trust_pickle=True)
+    )
+    assert other.notes == (
+        f"same artifact as iris:1, iris:2 (sha256 {first.artifact.sha256[:12]})",
+    )
+
+
+def test_headerless_sample_csv_keeps_its_first_row(registry: Registry, tmp_path: Path) -> None:
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.asarray([[1.5, 0.0], [2.5, 1.0], [0.5, 1.0], [3.5, 0.0]])
+    frame = pd.DataFrame(rows, columns=["a", "b"])
+    sio.dump(LogisticRegression().fit(frame, [0, 1, 0, 1]), tmp_path / "named.skops")
+    sio.dump(LogisticRegression().fit(rows, [0, 1, 0, 1]), tmp_path / "plain.skops")
+    sample = tmp_path / "rows.csv"
+    sample.write_text("1.5,0\n2.5,1\n")
+
+    # The model knows its column names: the rows get them.
+    named = registry.register(
+        RegisterRequest(name="named", path=tmp_path / "named.skops", sample=sample)
+    )
+    assert named.signature.input_names == ["a", "b"]
+    assert named.example == [{"a": 1.5, "b": 0}, {"a": 2.5, "b": 1}]
+    assert any("rows.csv has no header row" in note for note in named.notes)
+    # It does not: the columns are positional, and no row is lost either.
+    plain = registry.register(
+        RegisterRequest(name="plain", path=tmp_path / "plain.skops", sample=sample)
+    )
+    assert plain.signature.input_names == ["0", "1"]
+    assert plain.example == [{"0": 1.5, "1": 0}, {"0": 2.5, "1": 1}]
+    # A width the model does not take is refused, with what to do.
+    sample.write_text("1.5,0,7\n2.5,1,7\n")
+    with pytest.raises(
+        InvalidInput, match=r"no header row.*add a first line with the column names"
+    ):
+        registry.register(
+            RegisterRequest(name="named", path=tmp_path / "named.skops", sample=sample)
+        )
+
+
+def test_python_model_that_raises_on_the_sample_is_one_clear_error(
+    registry: Registry, iris_files: IrisFiles, tmp_path: Path
+) -> None:
+    (tmp_path / "model.py").write_text(
+        textwrap.dedent(ECHO_MODEL).replace("return [0] * len(rows)", "raise KeyError('species')")
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"the model failed on the rows of .*sample.npy \(KeyError"
+    ):
+        registry.register(
+            RegisterRequest(name="echo", path=tmp_path / "model.py", sample=iris_files[1])
+        )
+
+
+def test_errors_name_the_users_file_not_berths_private_copy(
+    registry: Registry, tmp_path: Path
+) -> None:
+    (tmp_path / "model.py").write_text("import not_installed_anywhere\n")
+    with pytest.raises(ModelLoadError) as raised:
+        registry.register(RegisterRequest(name="echo", path=tmp_path / "model.py"))
+    assert str(tmp_path / "model.py") in raised.value.message
+    assert "berth-register-" not in raised.value.message
+    assert str(tmp_path / "model.py") in str(raised.value)
+    junk = tmp_path / "folder"
+    junk.mkdir()
+    (junk / "model.skops").write_bytes(b"not a zip file")
+    with pytest.raises(ModelLoadError) as raised:
+        registry.register(RegisterRequest(name="junk", path=junk))
+    assert str(junk / "model.skops") in raised.value.message
+    assert "berth-register-" not in raised.value.message
 
 
 def test_register_rejects_missing_path_and_bad_names(

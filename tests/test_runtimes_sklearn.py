@@ -16,6 +16,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError
 from berth.registry.artifacts import file_sha256
+from berth.registry.signature import ColumnSpec, Signature, TensorSpec
 from berth.runtimes import UntrustedArtifact, load_runtime
 from berth.runtimes.base import Runtime
 from berth.runtimes.sklearn import builtin_trusted
@@ -77,7 +78,15 @@ def test_logistic_regression_round_trip(
     result = runtime.predict(X[:10])
 
     assert runtime.flavor == "sklearn"
-    assert runtime.declared_signature() is None
+    # Fitted on an array, it knows its width: a float tensor of 3, and what it returns.
+    assert runtime.declared_signature() == Signature(
+        kind="tensor",
+        inputs=(TensorSpec("input", "float64", (-1, 3)),),
+        outputs=(
+            TensorSpec("predict", "int64", (-1,)),
+            TensorSpec("predict_proba", "float64", (-1, 2)),
+        ),
+    )
     assert_array_equal(result.predictions, logistic.predict(X[:10]))
     assert result.probabilities is not None
     assert_allclose(result.probabilities, logistic.predict_proba(X[:10]))
@@ -117,6 +126,56 @@ def test_column_transformer_pipeline_on_frame(tmp_path: Path, suffix: str) -> No
     assert_allclose(result.probabilities, pipeline.predict_proba(request))
     assert_allclose(result.probabilities.sum(axis=1), 1.0)
     assert result.classes == ["no", "yes"]
+
+
+def test_frame_fitted_pipeline_declares_its_columns(tmp_path: Path) -> None:
+    """Names from feature_names_in_, types from what the first step does with each column."""
+    from sklearn.impute import SimpleImputer
+
+    frame = _frame()
+    frame["plan"] = np.where(frame["age"] > 40, 1, 2)  # an integer category
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age"]),
+            ("scaled", StandardScaler(), [1]),  # income, by position
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
+        ]
+    )
+    model = make_pipeline(make_pipeline(pre), LogisticRegression()).fit(frame, Y)
+    sio.dump(model, tmp_path / "model.skops")
+
+    signature = _load(tmp_path / "model.skops").declared_signature()
+
+    assert signature is not None
+    assert signature.columns == (
+        ColumnSpec("age", "float64", nullable=True),  # imputed
+        ColumnSpec("income", "float64"),
+        ColumnSpec("city", "string"),
+        ColumnSpec("plan", "int64"),
+    )
+    assert [o.name for o in signature.outputs] == ["predict", "predict_proba"]
+
+
+def test_estimator_that_refuses_its_declared_inputs_says_so(tmp_path: Path) -> None:
+    model = _Picky().fit(pd.DataFrame({"a": X[:, 0] + 5, "b": X[:, 1] + 5}), Y)
+    joblib.dump(model, tmp_path / "model.joblib")
+
+    with pytest.raises(InvalidInput, match=r"names its inputs \(feature_names_in_\) but refused"):
+        _load(tmp_path / "model.joblib").declared_signature()
+
+
+class _Picky:
+    """Knows its columns, but refuses zeros: the probe row of its declared inputs fails."""
+
+    def fit(self, frame: pd.DataFrame, _target: Any) -> _Picky:
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        return self
+
+    def predict(self, rows: Any) -> Any:
+        if (np.asarray(rows, dtype=float) == 0).any():
+            raise ValueError("zero is not a valid reading")
+        return np.zeros(len(rows), dtype=np.int64)
 
 
 def test_named_arrays_become_a_table(tmp_path: Path) -> None:

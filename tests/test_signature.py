@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from berth.errors import InvalidInput
+from berth.registry.csv_header import has_header
 from berth.registry.signature import (
     COLUMN_DTYPES,
     TENSOR_DTYPES,
@@ -393,6 +394,56 @@ def test_read_csv_bool_column_with_gaps(tmp_path: Path) -> None:
     sample = read_sample(path)
     assert isinstance(sample, pd.DataFrame)
     assert infer_from_frame(sample).columns[0] == ColumnSpec("flag", "bool", nullable=True)
+
+
+def test_csv_without_header_row_keeps_its_first_row(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("5.1,3.5\n4.9,3.0\n")
+    positional = read_sample(path)
+    assert isinstance(positional, pd.DataFrame)
+    assert list(positional.columns) == ["0", "1"]
+    assert positional.to_numpy().tolist() == [[5.1, 3.5], [4.9, 3.0]]
+    named = read_sample(path, ["sepal_length", "sepal_width"])
+    assert isinstance(named, pd.DataFrame)
+    assert list(named.columns) == ["sepal_length", "sepal_width"]
+    assert len(named) == 2
+    text = message(read_sample, path, ["a", "b", "c"])
+    assert "has no header row (its first line, 5.1,3.5, holds values) and 2 columns" in text
+    assert "takes 3: a, b, c; add a first line with the column names" in text
+
+
+def test_csv_header_rows_are_still_headers(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("a,b\n1,2\n")
+    assert list(read_sample(path, ["a", "b"]).columns) == ["a", "b"]
+    # What pandas writes for a frame of an array, with or without its index: a header.
+    path.write_text("0,1\n7,8\n")
+    assert read_sample(path).to_numpy().tolist() == [[7, 8]]
+    path.write_text(",0,1\n0,7,8\n")
+    assert len(read_sample(path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "names", "header"),
+    [
+        (["sepal_length", "species"], None, True),
+        (["5.1", "3.5"], None, False),
+        (["5.1", "", "-2e3"], None, False),  # a gap is a missing value
+        (["0", "1", "2"], None, True),
+        (["", "0", "1"], None, True),
+        (["nan", "inf"], None, True),
+        # Text and numbers: data when the known names share none of its cells.
+        (["3", "basic"], ["tenure", "plan"], False),
+        (["3", "basic"], None, True),
+        (["tenure", "3"], ["tenure", "plan"], True),
+        (["3", "basic", "x"], ["tenure", "plan"], True),
+        (["2019", "2020"], ["2019", "2020"], True),  # numbers, but the model's column names
+        (["2019", "2020"], None, False),
+        ([], None, True),
+    ],
+)
+def test_has_header(row: list[str], names: list[str] | None, header: bool) -> None:
+    assert has_header(row, names) is header
 
 
 def test_unknown_extension(tmp_path: Path) -> None:

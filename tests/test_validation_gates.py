@@ -235,6 +235,25 @@ def test_labels_compare_by_value(
         assert found["auc"].value == expected["auc"].value
 
 
+def test_data_without_header_row_gets_the_signatures_columns(
+    sqlite_registry: Registry, cases: dict[str, Case], tmp_path: Path
+) -> None:
+    case = cases["binary"]
+    ref = _register(sqlite_registry, "churn", case)
+    features = case.frame.drop(columns=["y"])
+    headerless = tmp_path / "rows.csv"
+    features.to_csv(headerless, index=False, header=False)
+
+    report = run_gates(sqlite_registry, ref, GateConfig(data=headerless, no_nan=True))
+    assert report.rows == len(features)  # the first row is a row, not column names
+    # With the outcome column too, which column is which cannot be told: say what to add.
+    case.frame.to_csv(headerless, index=False, header=False)
+    with pytest.raises(
+        InvalidInput, match=r"no header row.*add a first line with the column names"
+    ):
+        run_gates(sqlite_registry, ref, GateConfig(data=headerless, target="y", min_auc=0.5))
+
+
 def test_tensor_model_takes_every_column_but_the_target(
     sqlite_registry: Registry, iris_files: tuple[Path, Path], tmp_path: Path
 ) -> None:

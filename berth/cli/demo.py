@@ -117,9 +117,10 @@ def demo(
 
     current = settings()
     port = port or current.port
+    store = registry()  # opened first: a broken setup fails before seconds of training
     with console.status("Training a churn classifier on generated data ..."):
         model_path, sample, signature, metrics = train(current.home / "demo")
-    version = registry().register(
+    version = store.register(
         RegisterRequest(
             name=MODEL,
             path=model_path,
@@ -136,16 +137,26 @@ def demo(
     info, secret = keys().create(f"demo-{int(time.time())}", ("predict", "read"))
     console.print(f"Created API key [bold]{info.name}[/] (predict, read)")
     base = f"http://{current.host}:{port}"
-    banner = curl_commands(base, secret, version)
     if not serve:
-        console.print(banner, highlight=False, soft_wrap=True)
+        command = "berth serve" + (f" --port {port}" if port != current.port else "")
+        banner = curl_commands(base, secret, version, serve_with=command)
+        console.print(banner, highlight=False, soft_wrap=True, markup=False)
         return
+    banner = curl_commands(base, secret, version)
     threading.Thread(target=_announce_when_ready, args=(base, banner), daemon=True).start()
     start_server(ServerOptions(served=[f"{MODEL}@production"], host=current.host, port=port))
 
 
-def curl_commands(base: str, key: str, version: VersionInfo) -> str:
+def curl_commands(base: str, key: str, version: VersionInfo, serve_with: str | None = None) -> str:
+    """What to paste to try the demo model; `serve_with` is the command that serves it, when
+    it is not served yet (`berth demo --no-serve`)."""
     example = version.example or []
+    intro = (
+        "Berth is serving churn@production. Try it (paste into another terminal):"
+        if serve_with is None
+        else f"churn@production is registered but not served: start the server with "
+        f"`{serve_with}`, then try it (paste into another terminal):"
+    )
     headers = f"-H 'X-API-Key: {key}' -H 'Content-Type: application/json'"
     v1_single = json.dumps({"features": example[0]})
     v1_batch = json.dumps({"instances": example[:2]})
@@ -153,7 +164,7 @@ def curl_commands(base: str, key: str, version: VersionInfo) -> str:
     return "\n".join(
         [
             "",
-            "Berth is serving churn@production. Try it (paste into another terminal):",
+            intro,
             "",
             "# v1: one row",
             f"curl -s {base}/api/v1/models/{MODEL}/predict {headers} -d {shlex.quote(v1_single)}",
@@ -165,7 +176,7 @@ def curl_commands(base: str, key: str, version: VersionInfo) -> str:
             "# operations (open)",
             f"curl -s {base}/ready",
             "",
-            f"API docs: {base}/docs    Stop with Ctrl-C.",
+            f"API docs: {base}/docs" + ("    Stop with Ctrl-C." if serve_with is None else ""),
         ]
     )
 
@@ -191,7 +202,7 @@ def _announce_when_ready(base: str, banner: str) -> None:
         try:
             with urllib.request.urlopen(f"{base}/ready", timeout=1) as response:  # noqa: S310
                 if response.status == 200:
-                    console.print(banner, highlight=False, soft_wrap=True)
+                    console.print(banner, highlight=False, soft_wrap=True, markup=False)
                     return
         except OSError:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import sys
 
 import typer
@@ -46,6 +47,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: typer's rich help shows every flag as taking a value (`--json <bool>`).
+    rich_markup_mode=None,
 )
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
@@ -86,11 +89,41 @@ def root(
     """Berth: register, serve and watch trained models."""
 
 
+DEBUG_VARIABLE = "BERTH_DEBUG"
+"""Set to 1 to let an unexpected exception through with its traceback (for a bug report)."""
+
+
 def main() -> None:
     try:
         app()
     except BerthError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(exc.message)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # The machine refused a file or network operation: the user can act on that.
+        if os.environ.get(DEBUG_VARIABLE) == "1":
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(
+            f"{exc.strerror or exc}{where}; check that the path exists and is writable, "
+            f"or run with {DEBUG_VARIABLE}=1 to see where it happened"
+        )
+    except Exception as exc:
+        # Every error Berth expects is a BerthError; anything else is a bug, still one line.
+        if os.environ.get(DEBUG_VARIABLE) == "1":
+            raise
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc}; this is a bug, please report it with the "
+            f"command you ran (run it again with {DEBUG_VARIABLE}=1 for the traceback)"
+        )
+
+
+def _fail(message: str) -> None:
+    """Print one line (a library's multi-line message is joined) and exit 1."""
+    from rich.text import Text
+
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    # A Text, not markup: messages hold brackets ("pip install 'berth[s3]'") that are not styles.
+    err_console.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True)
+    sys.exit(1)

@@ -93,6 +93,8 @@ def register(
         f"Registered [bold]{version.ref}[/] ({version.flavor}, sha256 {version.artifact.sha256[:12]}, "
         f"aliases: {aliases})"
     )
+    for note in version.notes:
+        console.print(f"Note: {note}", highlight=False, markup=False)
     if version.reference_stats:
         features = len(version.reference_stats.get("features", {}))
         console.print(
@@ -110,6 +112,14 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     models = registry().list_models()
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        return
+    if not models:
+        console.print(
+            "No models registered yet. Register one with `berth models register NAME "
+            "model.skops --sample rows.csv`, or run `berth demo` for a ready-made one.",
+            highlight=False,
+            markup=False,
+        )
         return
     table = Table("model", "latest", "versions", "aliases", "flavor")
     for model in models:

@@ -72,5 +72,8 @@ def _table_rows(sample: np.ndarray[Any, Any] | pd.DataFrame) -> list[Any]:
     import pandas as pd
 
     if isinstance(sample, pd.DataFrame):
+        if list(sample.columns) == [str(i) for i in range(sample.shape[1])]:
+            # A CSV without a header row: its rows are values in the model's column order.
+            return list(json.loads(sample.to_json(orient="values")))
         return list(json.loads(sample.to_json(orient="records")))
     return list(sample.tolist())

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from berth.errors import InvalidInput
 from berth.jobs.sql import is_sql_url, quote_relation, reason, safe_url, sql_engine
+from berth.registry.csv_header import describe, first_row, has_header
 
 Array = np.ndarray[Any, Any]
 Position = dict[str, Any]
@@ -80,7 +81,20 @@ def open_source(location: str, query: str | None, table: str | None, id_column: 
     fmt = file_format(location, "--source")
     if not path.is_file():
         raise InvalidInput(f"--source {path} does not exist; give an existing file or a SQL URL")
+    if fmt == CSV:
+        _refuse_headerless(path)
     return FileSource(path, fmt, id_column)
+
+
+def _refuse_headerless(path: Path) -> None:
+    # Read as a header, its first row would be lost and the columns named after its values.
+    row = first_row(path)
+    if row is not None and not has_header(row):
+        raise InvalidInput(
+            f"--source {path} has no header row (its first line, {describe(row)}, holds "
+            "values); add a first line with the column names (`berth models show MODEL` "
+            "lists the model's)"
+        )
 
 
 class FileSource:

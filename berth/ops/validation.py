@@ -359,7 +359,7 @@ def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateRep
     )
     assert config.data is not None  # GateConfig refuses gates without data
     path = config.data.expanduser()
-    table = _read_data(path)
+    table = _read_data(path, version.signature)
     target = _target(table, config.target, path)
     runtime = registry.load_runtime(version)
     inputs = _features(version.signature, table, config.target, path)
@@ -401,13 +401,15 @@ def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateRep
 # data --------------------------------------------------------------------------------------
 
 
-def _read_data(path: Path) -> DataTable:
+def _read_data(path: Path, signature: Signature) -> DataTable:
     if not path.is_file():
         raise InvalidInput(
             f"--data {path} does not exist; give a .csv, .parquet or .jsonl file of test rows"
         )
     try:
-        table = read_sample(path)
+        # A CSV without a header row gets the model's column names (see read_sample).
+        names = signature.input_names if signature.kind == "tabular" else None
+        table = read_sample(path, names)
     except InvalidInput as exc:
         cause = exc.__cause__
         why = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message

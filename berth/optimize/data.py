@@ -138,7 +138,7 @@ def _from_file(signature: Signature, path: Path) -> CheckData:
             f"--data {path} does not exist; give a .csv/.parquet/.json file with the "
             "signature's columns, or a .npy array for a tensor model"
         )
-    table = read_sample(path)
+    table = read_sample(path, signature.input_names if signature.kind == "tabular" else None)
     total = len(table)
     if total == 0:
         raise InvalidInput(f"--data {path} holds no rows")

@@ -22,6 +22,8 @@ import fsspec
 from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound
 
 _CHUNK = 1024 * 1024
+# The extra of Berth that installs the fsspec backend package of a remote artifact store.
+BACKEND_EXTRAS = {"s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class ArtifactStore:
 
     def __init__(self, url: str, cache_dir: Path) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs, self.root = _filesystem(self.url)
         self.cache_dir = cache_dir
 
     def _uri(self, digest: str) -> str:
@@ -154,6 +156,31 @@ class ArtifactStore:
 
     def info(self) -> dict[str, Any]:
         return {"url": self.url, "cache_dir": str(self.cache_dir)}
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of the store and the root path in it, or one clear error."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        from fsspec.registry import known_implementations
+
+        # fsspec names the class it could not import: its package is the backend to install.
+        implementation = known_implementations.get(protocol, {})
+        package = str(implementation.get("class", "")).split(".", 1)[0] or exc.name or protocol
+        extra = BACKEND_EXTRAS.get(package)
+        install = f"pip install 'berth[{extra}]'" if extra else f"pip install {package}"
+        raise InvalidInput(
+            f"the artifact store {url} (BERTH_ARTIFACT_URL) needs the {package} package for "
+            f"{protocol}:// URLs, which is not installed; run: {install}"
+        ) from exc
+    except ValueError as exc:  # "Protocol not known: ..."
+        raise InvalidInput(
+            f"the artifact store {url} (BERTH_ARTIFACT_URL) is not a URL Berth can store "
+            f"artifacts at ({exc}); use a local folder, s3://, gs:// or az://"
+        ) from exc
+    return fs, str(root)
 
 
 def _local_sha256(local: Path, artifact: StoredArtifact) -> str:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -16,6 +16,10 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.errors import InvalidInput, NotReady
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.exc import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -52,6 +56,8 @@ class Database:
         A schema already at the newest revision is told by one query, without Alembic: every
         command opens the registry, and importing Alembic alone takes longer than most of them.
         """
+        from sqlalchemy.exc import DatabaseError
+
         try:
             with self.engine.begin() as connection:
                 if _at_head(connection):
@@ -60,25 +66,42 @@ class Database:
                     connection.execute(
                         text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
                     )
-                _upgrade(connection)
+                _upgrade(connection, self.url)
         except OperationalError as exc:
+            if self.engine.dialect.name == "sqlite":
+                raise NotReady(
+                    f"cannot use the registry database {self.engine.url.database}: {exc.orig}; "
+                    "check that it and its folder are writable and no other program holds it "
+                    "locked (BERTH_HOME or BERTH_DATABASE_URL chooses where it is)"
+                ) from exc
             raise NotReady(
                 f"cannot reach the registry database at {_safe(self.url)}: {exc.orig}; "
                 "check BERTH_DATABASE_URL and that the server is running"
             ) from exc
+        except DatabaseError as exc:
+            raise InvalidInput(_unusable(self.engine.url, exc)) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection, url: str) -> None:
     from alembic import command
     from alembic.config import Config
+    from alembic.util.exc import CommandError
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:
+        # Typically a database migrated by a newer Berth: its revision is unknown here.
+        raise InvalidInput(
+            f"the registry database at {_safe(url)} has a schema this Berth version "
+            f"does not know ({exc}); upgrade Berth, or point BERTH_DATABASE_URL at another "
+            "database"
+        ) from exc
 
 
 def _at_head(connection: Connection) -> bool:
@@ -112,22 +135,39 @@ def head_revision() -> str | None:
     return heads.pop() if len(heads) == 1 else None
 
 
+_URL_FORMS = "use sqlite:///path.db or postgresql+psycopg://user@host/db"
+
+
 def _create_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise InvalidInput(
-            f"BERTH_DATABASE_URL '{url}' is not a database URL; use sqlite:///path.db or "
-            "postgresql+psycopg://user@host/db"
+            f"BERTH_DATABASE_URL '{url}' is not a database URL; {_URL_FORMS}"
         ) from exc
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(Path(parsed.database).parent)
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
-    engine = create_engine(url, **kwargs)
+    from sqlalchemy.exc import NoSuchModuleError
+
+    try:
+        engine = create_engine(url, **kwargs)
+    except NoSuchModuleError as exc:
+        raise InvalidInput(
+            f"BERTH_DATABASE_URL '{_safe(url)}' names a database SQLAlchemy does not know "
+            f"('{parsed.drivername}'); {_URL_FORMS}"
+        ) from exc
+    except ImportError as exc:
+        raise InvalidInput(
+            f"BERTH_DATABASE_URL '{_safe(url)}' needs the Python package '{exc.name}', which is "
+            f"not installed; install it, or {_URL_FORMS}"
+        ) from exc
+    except ArgumentError as exc:
+        raise InvalidInput(f"BERTH_DATABASE_URL '{_safe(url)}' is not usable: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -138,6 +178,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way (BERTH_HOME pointing at a file), no permission
+        raise InvalidInput(
+            f"cannot create the folder {folder} for the registry database ({exc.strerror}); "
+            "point BERTH_HOME (or BERTH_DATABASE_URL) at a folder you can write"
+        ) from exc
+
+
+def _unusable(url: URL, exc: DatabaseError) -> str:
+    """The one line for a database that answers, but not as a registry database can."""
+    if url.get_backend_name() == "sqlite":
+        return (
+            f"the registry database {url.database} is damaged or not a SQLite database "
+            f"({exc.orig}); restore it from a backup, or move it aside to start an empty registry "
+            "(BERTH_HOME or BERTH_DATABASE_URL chooses where it is)"
+        )
+    return (
+        f"the registry database at {url.render_as_string(hide_password=True)} refused the "
+        f"schema update ({exc.orig}); check that its user may create tables, or point "
+        "BERTH_DATABASE_URL at another database"
+    )
 
 
 def _safe(url: str) -> str:

@@ -21,7 +21,8 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +32,14 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from berth.errors import ArtifactIntegrityError, Conflict, InvalidInput, NotFound
+from berth.errors import (
+    ArtifactIntegrityError,
+    BerthError,
+    Conflict,
+    InvalidInput,
+    ModelLoadError,
+    NotFound,
+)
 from berth.registry.archives import is_archive, safe_extract
 from berth.registry.artifacts import (
     ArtifactStore,
@@ -40,14 +48,13 @@ from berth.registry.artifacts import (
     artifact_sha256,
     file_sha256,
 )
+from berth.registry.csv_header import first_row, has_header
 from berth.registry.db import Database
 from berth.registry.references import DEFAULT_ALIAS, Reference, check_name, parse_reference
 from berth.registry.signature import (
     Signature,
-    TensorSpec,
     infer_signature,
     load_signature_file,
-    numpy_dtype_name,
     read_sample,
 )
 from berth.registry.tables import AliasRow, EndpointRow, ModelRow, RouteRow, VersionRow, utcnow
@@ -62,8 +69,8 @@ from berth.runtimes import (
 )
 from berth.security import audit
 
-# numpy, pandas and the drift statistics are imported by the functions that use them: listing
-# and resolving versions (most commands) need none of them.
+# numpy, pandas, the drift statistics and the runtimes' helpers are imported by the functions
+# that use them: listing and resolving versions (most commands) need none of them.
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -119,6 +126,9 @@ class VersionInfo:
     """Per-feature reference statistics for drift (from --reference), or None."""
     lineage: Lineage | None = None
     """The version this one was derived from (e.g. by `berth models optimize`), or None."""
+    notes: tuple[str, ...] = field(default=(), compare=False)
+    """What registering it found worth telling (an inferred signature, the same bytes already
+    registered as another version); set by `register` only, never stored."""
 
     @property
     def ref(self) -> str:
@@ -251,7 +261,11 @@ class Registry:
                 f"{source} does not exist; pass the path of a model file, directory or archive"
             )
         # A private copy (mode 0700): what is hashed, loaded and stored cannot change under us.
-        with tempfile.TemporaryDirectory(prefix="berth-register-") as private:
+        # Messages about it name the user's path, never the private copy's.
+        with (
+            tempfile.TemporaryDirectory(prefix="berth-register-") as private,
+            _named_as_given(source, Path(private)),
+        ):
             staged = _stage(source, Path(private))
             flavor = request.flavor or detect_flavor(staged)
             entry = entry_file(staged, flavor)
@@ -275,9 +289,9 @@ class Registry:
                 )
             except UntrustedArtifact as exc:
                 raise InvalidInput(exc.message) from exc
-            sample = read_sample(request.sample) if request.sample is not None else None
-            signature = _signature_for(request, runtime, sample)
-            example = _example(sample, signature)
+            inputs = _inputs_for(request, runtime)
+            signature = inputs.signature
+            example = _example(inputs.sample, signature)
             reference_stats = _reference_stats(request.reference, signature)
             if request.reference_stats is not None:
                 reference_stats = dict(request.reference_stats)
@@ -296,6 +310,7 @@ class Registry:
                     row = self._insert_version(session, request, flavor, artifact, signature, trust)
                     row.example = example
                     row.reference_stats = reference_stats
+                    notes = (*inputs.notes, *_same_artifact(session, row))
                     audit.add(
                         session,
                         replace(
@@ -311,7 +326,7 @@ class Registry:
                             },
                         ),
                     )
-                    return _version_info(row)
+                    return replace(_version_info(row), notes=notes)
             except IntegrityError:
                 # Another writer created the same model first (the model row lock below
                 # serializes numbering only once the row exists); the next attempt finds it.
@@ -528,23 +543,125 @@ class Registry:
 Sample: TypeAlias = "np.ndarray[Any, Any] | pd.DataFrame"
 
 
-def _signature_for(request: RegisterRequest, runtime: Runtime, sample: Sample | None) -> Signature:
-    if request.signature is not None:
-        signature = load_signature_file(request.signature)
+@dataclass(frozen=True)
+class _Inputs:
+    """What registration learned about a version's inputs."""
+
+    signature: Signature
+    sample: Sample | None
+    notes: tuple[str, ...] = ()
+
+
+def _inputs_for(request: RegisterRequest, runtime: Runtime) -> _Inputs:
+    """The signature from --signature, else the --sample, else what the model declares."""
+    from berth.runtimes.base import output_specs
+
+    declared, undeclared = _declared(runtime)
+    given = load_signature_file(request.signature) if request.signature is not None else None
+    names = _column_names(given or declared)
+    notes: list[str] = []
+    sample = None
+    if request.sample is not None:
+        path = request.sample.expanduser()
+        sample = read_sample(path, names)
+        notes.extend(_headerless_note(path, names))
+    if given is not None:
+        signature = given
     elif sample is not None:
         signature = infer_signature(sample)
-    else:
-        declared = runtime.declared_signature()
-        if declared is None:
-            raise InvalidInput(
-                "cannot tell what inputs this model takes; pass --sample FILE (a few rows of "
-                "input data) or --signature FILE (a JSON signature)"
-            )
+    elif declared is not None:
         signature = declared
+        notes.append(
+            f"no --sample or --signature: the model declares its inputs ({_describe(declared)}); "
+            "pass --sample FILE to check them on real rows and keep example rows"
+        )
+    else:
+        raise InvalidInput(
+            f"cannot tell what inputs this model takes{f' ({undeclared})' if undeclared else ''}; "
+            "pass --sample FILE (a few rows of input data) or --signature FILE (a JSON signature)"
+        )
     if sample is None:
-        return signature
-    prediction = runtime.predict(_sample_input(sample, signature))
-    return signature.with_outputs(output_specs(prediction))
+        return _Inputs(signature, None, tuple(notes))
+    prediction = _predict_sample(runtime, _sample_input(sample, signature), request.sample)
+    return _Inputs(signature.with_outputs(output_specs(prediction)), sample, tuple(notes))
+
+
+def _declared(runtime: Runtime) -> tuple[Signature | None, str | None]:
+    """The signature the model declares, or None and why not (when it tried and failed)."""
+    try:
+        return runtime.declared_signature(), None
+    except BerthError as exc:
+        return None, exc.message
+
+
+def _column_names(signature: Signature | None) -> list[str] | None:
+    if signature is None or signature.kind != "tabular":
+        return None
+    return signature.input_names
+
+
+def _headerless_note(path: Path, names: list[str] | None) -> list[str]:
+    if path.suffix.lower() != ".csv":
+        return []
+    row = first_row(path)
+    if row is None or has_header(row, names):
+        return []
+    named = (
+        f"the model's column names ({', '.join(names)})"
+        if names
+        else "the positional column names 0, 1, ..."
+    )
+    return [f"{path.name} has no header row: its first line is data, with {named}"]
+
+
+def _describe(signature: Signature) -> str:
+    if signature.kind == "tabular":
+        columns = ", ".join(f"{c.name} {c.dtype}" for c in signature.columns)
+        return f"{len(signature.columns)} columns: {columns}"
+    return ", ".join(f"{t.name} {t.dtype} {list(t.shape)}" for t in signature.inputs)
+
+
+def _predict_sample(runtime: Runtime, rows: Sample, path: Path | None) -> Prediction:
+    """The model's prediction on the sample; its own errors become one clear BerthError."""
+    try:
+        return runtime.predict(rows)
+    except BerthError:
+        raise
+    except Exception as exc:  # the user's model code raised: say so, not a traceback
+        raise ModelLoadError(
+            f"the model failed on the rows of {path} ({type(exc).__name__}: {exc}); fix its "
+            "predict (call it on those rows yourself to see where), or pass other sample rows"
+        ) from exc
+
+
+@contextmanager
+def _named_as_given(source: Path, private: Path) -> Iterator[None]:
+    """Errors raised while working on the private copy name `source` instead of the copy."""
+    try:
+        yield
+    except BerthError as exc:
+        message = exc.message
+        for staged in (private / "artifact", private / source.name, private):
+            message = message.replace(str(staged), str(source))
+        exc.message = message
+        exc.args = (message, *exc.args[1:])
+        raise
+
+
+def _same_artifact(session: Session, row: VersionRow) -> list[str]:
+    """A note naming the versions that already have this version's bytes, if any do."""
+    same = session.execute(
+        select(ModelRow.name, VersionRow.number)
+        .join(ModelRow, VersionRow.model_id == ModelRow.id)
+        .where(VersionRow.sha256 == row.sha256, VersionRow.id != row.id)
+        .order_by(VersionRow.id)
+        .limit(4)
+    ).all()
+    if not same:
+        return []
+    refs = [f"{name}:{number}" for name, number in same[:3]]
+    more = " and others" if len(same) > 3 else ""
+    return [f"same artifact as {', '.join(refs)}{more} (sha256 {row.sha256[:12]})"]
 
 
 def _sample_input(sample: Sample, signature: Signature) -> Sample:
@@ -584,32 +701,9 @@ def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] 
         return None
     path = path.expanduser()
     try:
-        return reference_statistics(read_sample(path), signature)
+        return reference_statistics(read_sample(path, _column_names(signature)), signature)
     except InvalidInput as exc:
         raise InvalidInput(f"--reference {path}: {exc.message}") from exc
-
-
-def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
-    import numpy as np
-
-    predictions = np.asarray(prediction.predictions)
-    specs = [
-        TensorSpec(
-            name="predict",
-            dtype=numpy_dtype_name(predictions.dtype),
-            shape=(-1, *predictions.shape[1:]),
-        )
-    ]
-    if prediction.probabilities is not None:
-        probabilities = np.asarray(prediction.probabilities)
-        specs.append(
-            TensorSpec(
-                name="predict_proba",
-                dtype=numpy_dtype_name(probabilities.dtype),
-                shape=(-1, *probabilities.shape[1:]),
-            )
-        )
-    return tuple(specs)
 
 
 @dataclass(frozen=True)

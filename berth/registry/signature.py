@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from berth.errors import InvalidInput
+from berth.registry.csv_header import describe, first_row, has_header
 
 # numpy and pandas are imported by the functions that read and infer from data: a signature
 # read from the registry needs neither, and every CLI command reads some.
@@ -252,8 +254,15 @@ def _column_dtype(series: pd.Series[Any]) -> str:
     return "string"
 
 
-def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
-    """Read sample data: `.npy` as an array; CSV, Parquet, JSON and JSON lines as a table."""
+def read_sample(
+    path: Path, columns: Sequence[str] | None = None
+) -> np.ndarray[Any, Any] | pd.DataFrame:
+    """Read sample data: `.npy` as an array; CSV, Parquet, JSON and JSON lines as a table.
+
+    `columns` are the names of the model's input columns, when known: a CSV file without a
+    header row (see `berth.registry.csv_header`) gets them, or the positional names "0", "1",
+    ... when they are not known.
+    """
     import numpy as np
     import pandas as pd
 
@@ -266,7 +275,7 @@ def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
         if suffix == ".npy":
             return np.asarray(np.load(path, allow_pickle=False))
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return _read_csv(path, columns)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix in (".jsonl", ".ndjson"):
@@ -278,6 +287,25 @@ def read_sample(path: Path) -> np.ndarray[Any, Any] | pd.DataFrame:
     raise InvalidInput(
         f"sample file {path} has an unknown extension; use .csv, .parquet, .json, .jsonl or .npy"
     )
+
+
+def _read_csv(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    import pandas as pd
+
+    row = first_row(path)
+    if row is None or has_header(row, columns):
+        return pd.read_csv(path)
+    if columns is None:
+        frame = pd.read_csv(path, header=None)
+        frame.columns = [str(position) for position in range(frame.shape[1])]
+        return frame
+    if len(columns) != len(row):
+        raise InvalidInput(
+            f"{path} has no header row (its first line, {describe(row)}, holds values) and "
+            f"{len(row)} columns, while the model takes {len(columns)}: {', '.join(columns)}; "
+            "add a first line with the column names"
+        )
+    return pd.read_csv(path, header=None, names=list(columns))
 
 
 def infer_signature(sample: np.ndarray[Any, Any] | pd.DataFrame) -> Signature:

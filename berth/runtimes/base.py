@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from berth.registry.signature import Signature
+from berth.registry.signature import Signature, TensorSpec, numpy_dtype_name
 
 ModelInput = np.ndarray[Any, Any] | pd.DataFrame | dict[str, np.ndarray[Any, Any]]
 
@@ -58,3 +58,25 @@ def row_count(inputs: ModelInput) -> int:
 
 class RuntimeLoader(Protocol):
     def __call__(self, path: Path) -> Runtime: ...
+
+
+def output_specs(prediction: Prediction) -> tuple[TensorSpec, ...]:
+    """The output tensors a prediction shows a version returns (for its signature)."""
+    predictions = np.asarray(prediction.predictions)
+    specs = [
+        TensorSpec(
+            name="predict",
+            dtype=numpy_dtype_name(predictions.dtype),
+            shape=(-1, *predictions.shape[1:]),
+        )
+    ]
+    if prediction.probabilities is not None:
+        probabilities = np.asarray(prediction.probabilities)
+        specs.append(
+            TensorSpec(
+                name="predict_proba",
+                dtype=numpy_dtype_name(probabilities.dtype),
+                shape=(-1, *probabilities.shape[1:]),
+            )
+        )
+    return tuple(specs)

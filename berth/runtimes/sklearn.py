@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
-from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError
+from berth.errors import ArtifactIntegrityError, BerthError, InvalidInput, ModelLoadError
 from berth.registry.signature import Signature
 from berth.runtimes import SKOPS_SUFFIX, UntrustedArtifact, pickle_refusal
-from berth.runtimes.base import ModelInput, Prediction
+from berth.runtimes.base import ModelInput, Prediction, output_specs
 
 
 def argmax_families() -> tuple[type, ...]:
@@ -85,7 +85,23 @@ class SklearnRuntime:
         return Prediction(predictions=predictions, probabilities=probabilities, classes=classes)
 
     def declared_signature(self) -> Signature | None:
-        return None
+        """The inputs the estimator knows (`feature_names_in_`, `n_features_in_`), with the
+        outputs of a probe row; None when it knows none. Raises `InvalidInput` when the model
+        refuses the probe: then its declared inputs are not enough to call it."""
+        from berth.runtimes.sklearn_inputs import declared_inputs
+
+        declared = declared_inputs(self.model)
+        if declared is None:
+            return None
+        try:
+            prediction = self.predict(declared.probe)
+        except Exception as exc:  # the estimator's own code: any error means "cannot tell"
+            reason = exc.message if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
+            raise InvalidInput(
+                f"the estimator names its inputs ({declared.source}) but refused a row built "
+                f"from them: {reason}"
+            ) from exc
+        return declared.signature.with_outputs(output_specs(prediction))
 
     def _features(self, inputs: ModelInput) -> np.ndarray[Any, Any] | pd.DataFrame:
         if isinstance(inputs, dict):

@@ -182,7 +182,8 @@ class KeyService:
                     return _info(row), key
             except IntegrityError as exc:
                 raise Conflict(
-                    f"a key named '{name}' already exists; pick another name or revoke it first"
+                    f"a key named '{name}' already exists; pick another name or revoke it first "
+                    f"(`berth keys revoke {name}`: its name is then free again)"
                 ) from exc
 
     def rotate(
@@ -213,8 +214,10 @@ class KeyService:
             return _info(row)
 
     def list(self) -> list[KeyInfo]:
+        """Every key, revoked ones included (a name may have several: one unrevoked at most)."""
         with self.db.session() as session:
-            return [_info(r) for r in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.name))]
+            rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.name, ApiKeyRow.id))
+            return [_info(r) for r in rows]
 
     def lookup(self, key_id: str) -> StoredKey | None:
         with self.db.session() as session:
@@ -242,7 +245,13 @@ class KeyService:
 
 
 def _row(session: Session, name: str) -> ApiKeyRow:
-    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
+    """The key a name means: its unrevoked key, else the one revoked last."""
+    row = session.scalar(
+        select(ApiKeyRow)
+        .where(ApiKeyRow.name == name)
+        .order_by(ApiKeyRow.revoked_at.is_not(None), ApiKeyRow.id.desc())
+        .limit(1)
+    )
     if row is None:
         raise NotFound(f"no key named '{name}'; see `berth keys list`")
     return row
