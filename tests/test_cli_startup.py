@@ -60,6 +60,7 @@ _NOT_FOR_HELP = (
     "sqlalchemy",
     "starlette",
     "uvicorn",
+    "yaml",
 )
 
 # `berth models list` opens the registry (settings, SQLAlchemy, the artifact store's fsspec) and
