@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode soak wrk prometheus nginx cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli soak wrk prometheus nginx cluster-demo
 
 install: $(STAMP)
 
@@ -96,6 +96,11 @@ bench-restart: install
 # SOURCE_BEFORE=DIR adds a run of an earlier checkout.
 bench-decode: install
 	$(BIN)/python benchmarks/loop_stall.py
+
+# Start-up of `berth --help`, `--version` and `models list`, 20 runs each (benchmarks/cli_startup.py);
+# ARGS="main=../main ." measures two checkouts side by side.
+bench-cli: install
+	$(BIN)/python benchmarks/cli_startup.py $(ARGS)
 
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).
 soak: install

@@ -20,9 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from berth.defaults import DEFAULT_PORT
 from berth.errors import InvalidInput
-
-DEFAULT_PORT = 8321
 
 
 def _config_file() -> Path | None:

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from berth.cli.context import console, registry
 from berth.durations import parse_duration
-from berth.security.audit import AuditLog
 
 app = typer.Typer(help="Read the audit log.", no_args_is_help=True)
 
@@ -28,6 +27,8 @@ def list_events(
 
     Example: berth audit list --since 24h --actor cli:alice
     """
+    from berth.security.audit import AuditLog
+
     start = datetime.now(UTC) - parse_duration(since) if since else None
     events = AuditLog(registry().db).list(since=start, actor=actor, limit=limit)
     if as_json:

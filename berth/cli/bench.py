@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import signal
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import orjson
 import typer
-from rich.live import Live
 from rich.table import Table
 
 from berth.cli.context import console, err_console, settings
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.ops import locust as locustfiles
-from berth.ops.http1 import HttpRequest
-from berth.ops.loadtest import Load, LoadTest, Progress, Result, run_async
-from berth.ops.targets import Target, preflight, resolve_target
+
+# The load generator (asyncio, ssl, orjson) is imported when `berth bench` runs, not by every
+# command that registers this one.
+if TYPE_CHECKING:
+    import asyncio
+
+    from berth.ops.http1 import HttpRequest
+    from berth.ops.loadtest import Load, LoadTest, Progress, Result
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE_CONCURRENCY = 32
@@ -98,6 +100,9 @@ def bench(
 
     Example: berth bench iris --rate 100 --locust locustfile.py
     """
+    from berth.ops.loadtest import LoadTest, run_async
+    from berth.ops.targets import Target, preflight, resolve_target
+
     load = _load(concurrency, rate, duration, requests, warmup, timeout)
     spec = Target(
         target=target,
@@ -134,6 +139,8 @@ def _load(
     warmup: str,
     timeout: str,
 ) -> Load:
+    from berth.ops.loadtest import Load
+
     if duration is not None and requests is not None:
         raise InvalidInput("give --duration or --requests, not both")
     default = DEFAULT_CONCURRENCY if rate is None else DEFAULT_RATE_CONCURRENCY
@@ -169,6 +176,8 @@ def _default_server() -> str:
 
 
 def _body(text: str | None) -> bytes | None:
+    import orjson
+
     if text is None:
         return None
     if text.startswith("@"):
@@ -190,6 +199,8 @@ def _body(text: str | None) -> bytes | None:
 
 
 def _write_locustfile(path: Path, request: HttpRequest, load: Load) -> None:
+    from berth.ops import locust as locustfiles
+
     run_time = f"{math.ceil(load.seconds)}s" if load.seconds else "30s"
     source = locustfiles.locustfile(request, path, load.concurrency, load.rate, run_time)
     try:
@@ -216,6 +227,8 @@ def _plan(request: HttpRequest, load: Load) -> str:
 
 
 async def _measure(test: LoadTest, live: bool) -> Result:
+    import asyncio
+
     running = asyncio.ensure_future(test.run())
     restore = _stop_on_interrupt(test.stop)
     try:
@@ -228,6 +241,8 @@ async def _measure(test: LoadTest, live: bool) -> Result:
 
 def _stop_on_interrupt(stop: Callable[[], None]) -> Callable[[], None]:
     """Ctrl-C ends the run early (with its summary) instead of losing it; returns the undo."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     try:
         loop.add_signal_handler(signal.SIGINT, stop)
@@ -241,6 +256,10 @@ def _stop_on_interrupt(stop: Callable[[], None]) -> Callable[[], None]:
 
 
 async def _show(test: LoadTest, running: asyncio.Future[Result]) -> None:
+    import asyncio
+
+    from rich.live import Live
+
     view = LiveView()
     with Live(view.render(test.progress()), console=console, auto_refresh=False) as live:
         # refreshed from this loop, not rich's thread, which would compete for the GIL

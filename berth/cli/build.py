@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from berth.cli.context import console, registry
-from berth.config import DEFAULT_PORT
-from berth.deploy.build import BuildResult
-from berth.deploy.build import build as build_bundle
-from berth.deploy.plan import DEFAULT_TARGETS, BuildOptions
+from berth.defaults import DEFAULT_PORT
+
+if TYPE_CHECKING:  # the bundle writer reads the registry: imported when `berth build` runs
+    from berth.deploy.build import BuildResult
 
 
 class Target(enum.StrEnum):
@@ -88,6 +89,9 @@ def build(
 
     Example: berth build churn@production --out deploy/churn --target kubernetes --image registry.example.com/churn:3
     """
+    from berth.deploy.build import build as build_bundle
+    from berth.deploy.plan import DEFAULT_TARGETS, BuildOptions
+
     options = BuildOptions(
         targets=tuple(t.value for t in target) or DEFAULT_TARGETS,
         model_source=model_source.value if model_source else None,

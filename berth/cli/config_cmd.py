@@ -6,7 +6,6 @@ import typer
 from rich.table import Table
 
 from berth.cli.context import console, settings
-from berth.config import field_docs
 
 app = typer.Typer(help="Show configuration.", no_args_is_help=True)
 
@@ -17,6 +16,8 @@ def show() -> None:
 
     Example: BERTH_PORT=9000 berth config show
     """
+    from berth.config import field_docs
+
     table = Table("setting", "env", "value", "meaning")
     docs = field_docs()
     for name, value in settings().redacted().items():

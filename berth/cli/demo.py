@@ -6,18 +6,19 @@ import json
 import shlex
 import threading
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 import typer
 
 from berth.cli.context import console, keys, registry, settings
 from berth.cli.serve import ServerOptions, start_server
-from berth.registry.service import RegisterRequest, VersionInfo
-from berth.security.audit import cli_actor
+
+if TYPE_CHECKING:  # imported when the demo runs, not by every command
+    import numpy as np
+    import pandas as pd
+
+    from berth.registry.service import VersionInfo
 
 MODEL = "churn"
 PLANS = ("basic", "pro", "enterprise")
@@ -35,6 +36,9 @@ SIGNATURE = {
 
 def churn_data(rows: int, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
     """Synthetic customers; churn is likelier with short tenure, many calls, the basic plan."""
+    import numpy as np
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
         {
@@ -108,6 +112,9 @@ def demo(
 
     Example: berth demo --port 9000
     """
+    from berth.registry.service import RegisterRequest
+    from berth.security.audit import cli_actor
+
     current = settings()
     port = port or current.port
     store = registry()  # opened first: a broken setup fails before seconds of training
@@ -188,6 +195,8 @@ def v2_inputs(version: VersionInfo, rows: list[dict[str, Any]]) -> list[dict[str
 
 
 def _announce_when_ready(base: str, banner: str) -> None:
+    import urllib.request  # with ssl and email: only when the demo serves
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

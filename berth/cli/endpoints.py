@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from berth.cli.context import console, registry
 from berth.errors import InvalidInput
-from berth.rollouts.analysis import RouteWindow
-from berth.rollouts.endpoints import (
-    ROLES,
-    STABLE,
-    EndpointChange,
-    EndpointInfo,
-    EndpointService,
-    RouteSpec,
-    resolve_spec,
-    routes_summary,
-)
-from berth.rollouts.service import RolloutService
-from berth.security.audit import cli_actor
-from berth.serving.route_stats import ShadowTotals, read_shadow, read_totals, stats_document
+from berth.rollouts.names import ROLES, STABLE
+
+# The endpoint and rollout services (SQLAlchemy) are imported by the commands that use them.
+if TYPE_CHECKING:
+    from berth.rollouts.analysis import RouteWindow
+    from berth.rollouts.endpoints import EndpointChange, EndpointInfo, EndpointService, RouteSpec
+    from berth.serving.route_stats import ShadowTotals
 
 app = typer.Typer(
     help="Endpoints: the names clients call, and the versions (routes) behind them.",
@@ -34,6 +28,8 @@ _ROUTE_FORMAT = "LABEL=REF:WEIGHT[:ROLE], e.g. stable=churn:2:90 or canary=churn
 
 
 def _service() -> EndpointService:
+    from berth.rollouts.endpoints import EndpointService
+
     return EndpointService(registry())
 
 
@@ -58,6 +54,8 @@ def create(
 
     Example: berth endpoints create churn --model churn@production --sticky header:X-User-ID
     """
+    from berth.security.audit import cli_actor
+
     info = _service().create(name, model, sticky=sticky, description=description, actor=cli_actor())
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
@@ -75,6 +73,8 @@ def list_endpoints(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
     Example: berth endpoints list
     """
+    from berth.rollouts.endpoints import routes_summary
+
     found = _service().all()
     if as_json:
         typer.echo(json.dumps([e.to_dict() for e in found], indent=2))
@@ -105,6 +105,9 @@ def show(
 
     Example: berth endpoints show churn
     """
+    from berth.rollouts.service import RolloutService
+    from berth.serving.route_stats import read_shadow, read_totals, stats_document
+
     service = _service()
     info = service.get(name)
     db = registry().db
@@ -169,6 +172,8 @@ def delete(name: str = typer.Argument(..., help="The endpoint's name.")) -> None
 
     Example: berth endpoints delete churn
     """
+    from berth.security.audit import cli_actor
+
     _service().delete(name, actor=cli_actor())
     console.print(f"Deleted endpoint {name}", highlight=False)
 
@@ -197,6 +202,9 @@ def routes(
 
     Example: berth endpoints routes churn --route stable=churn:2:90 --route canary=churn:3:10
     """
+    from berth.rollouts.endpoints import resolve_spec
+    from berth.security.audit import cli_actor
+
     if not route:
         if sticky is not None:
             raise InvalidInput("--sticky changes the routes: pass the --route options too")
@@ -230,6 +238,9 @@ def shadow(
 
     Example: berth endpoints shadow churn --to churn:4 --percent 10
     """
+    from berth.rollouts.endpoints import resolve_spec
+    from berth.security.audit import cli_actor
+
     if off == (to is not None):
         raise InvalidInput(
             "give either --to REF to mirror traffic to a version, or --off to stop mirroring"
@@ -293,6 +304,8 @@ def _is_number(text: str) -> bool:
 
 
 def _routes_table(info: EndpointInfo, totals: dict[tuple[str, int], RouteWindow]) -> Table:
+    from berth.rollouts.analysis import RouteWindow
+
     table = Table(
         "label",
         "role",
@@ -331,6 +344,8 @@ def _shadow_line(shadow: RouteSpec, found: ShadowTotals | None) -> str:
 
 
 def _history_table(changes: list[EndpointChange], title: str | None = None) -> Table:
+    from berth.rollouts.endpoints import routes_summary
+
     table = Table("at", "actor", "reason", "routes", title=title)
     for change in changes:
         table.add_row(
@@ -343,6 +358,8 @@ def _history_table(changes: list[EndpointChange], title: str | None = None) -> T
 
 
 def _print_changed(info: EndpointInfo, as_json: bool) -> None:
+    from berth.rollouts.endpoints import routes_summary
+
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return

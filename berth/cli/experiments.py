@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from berth.cli.context import console, registry
-from berth.rollouts.analysis import ExperimentReport, VariantRow
-from berth.rollouts.experiments import METRICS, ExperimentInfo, ExperimentService
-from berth.security.audit import cli_actor
+from berth.rollouts.names import EXPERIMENT_METRICS as METRICS
+
+# The experiment service (SQLAlchemy, numpy) is imported by the commands that use it.
+if TYPE_CHECKING:
+    from berth.rollouts.analysis import ExperimentReport, VariantRow
+    from berth.rollouts.experiments import ExperimentInfo, ExperimentService
 
 app = typer.Typer(
     help="A/B experiments: split an endpoint between versions, compare them, pick a winner.",
@@ -19,6 +23,8 @@ app = typer.Typer(
 
 
 def _service() -> ExperimentService:
+    from berth.rollouts.experiments import ExperimentService
+
     return ExperimentService(registry())
 
 
@@ -54,6 +60,8 @@ def start(
 
     Example: berth experiments start churn --variant a=churn:2:50 --variant b=churn:3:50 --metric accuracy
     """
+    from berth.security.audit import cli_actor
+
     info = _service().start(
         endpoint, variant, sticky, metric, alpha, min_samples, actor=cli_actor()
     )
@@ -103,6 +111,8 @@ def conclude(
 
     Example: berth experiments conclude churn --winner b
     """
+    from berth.security.audit import cli_actor
+
     info = _service().conclude(endpoint, winner, actor=cli_actor())
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))

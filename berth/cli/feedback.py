@@ -9,8 +9,7 @@ from rich.table import Table
 
 from berth.cli.context import console, registry, settings
 from berth.durations import parse_duration
-from berth.observability.performance import MAX_LABELLED, Window, compute_performance
-from berth.observability.prediction_log import MonitoringConfig, PredictionLog
+from berth.observability.window import MAX_LABELLED, Window
 
 app = typer.Typer(
     help="Live performance from feedback, and the prediction log.", no_args_is_help=True
@@ -35,6 +34,8 @@ def performance(
 
     Example: berth feedback performance churn --window 7d
     """
+    from berth.observability.performance import compute_performance
+
     since = None if window == "all" else parse_duration(window)
     found = compute_performance(registry().db, model, version, Window(since=since, last=last))
     if as_json:
@@ -59,6 +60,8 @@ def prune() -> None:
 
     A running server does this every minute on its own.
     """
+    from berth.observability.prediction_log import MonitoringConfig, PredictionLog
+
     log = PredictionLog(registry().db, MonitoringConfig.from_settings(settings()))
     deleted = log.apply_retention()
     typer.echo(f"deleted {deleted} logged predictions")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from berth.cli.context import console, registry, settings
-from berth.security.keys import server_secret
 
 
 def init() -> None:
@@ -11,6 +10,8 @@ def init() -> None:
 
     Example: berth init   (uses BERTH_HOME, default ./.berth)
     """
+    from berth.security.keys import server_secret
+
     current = settings()
     registry()
     server_secret(current)

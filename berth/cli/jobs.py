@@ -11,16 +11,19 @@ import json
 import shlex
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
 from berth.cli.context import console, registry, settings
-from berth.jobs import records as r
-from berth.jobs.launch import job_log
-from berth.jobs.records import LOST, MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
-from berth.jobs.sql import shown
+from berth.jobs import states as r
+from berth.jobs.states import LOST, MAX_LIMIT, STATES
+
+# The records and SQL helpers (SQLAlchemy) are imported by the commands that read them.
+if TYPE_CHECKING:
+    from berth.jobs.records import JobInfo, JobService
 
 app = typer.Typer(
     help="Recorded batch jobs: list them, show one's progress, cancel one.", no_args_is_help=True
@@ -36,6 +39,8 @@ def rerun_command(args: Iterable[str]) -> str:
 
 
 def _service() -> JobService:
+    from berth.jobs.records import JobService
+
     return JobService(registry().db)
 
 
@@ -54,6 +59,9 @@ def list_jobs(
 
     Example: berth jobs list --status running
     """
+    from berth.jobs.records import find_jobs
+    from berth.jobs.sql import shown
+
     found = find_jobs(_service(), status, limit)
     if as_json:
         typer.echo(json.dumps([job.to_dict() for job in found], indent=2))
@@ -94,6 +102,9 @@ def show(
 
     Example: berth jobs show 12
     """
+    from berth.jobs.launch import job_log
+    from berth.jobs.sql import shown
+
     job = _service().get(job_id)
     log = job_log(settings(), job.id)
     if as_json:
@@ -132,6 +143,9 @@ def cancel(
 
     Example: berth jobs cancel 12
     """
+    from berth.jobs.records import cancel_job
+    from berth.jobs.sql import shown
+
     job = cancel_job(registry().db, job_id)
     if as_json:
         typer.echo(json.dumps(job.to_dict(), indent=2))
@@ -163,6 +177,8 @@ def _say(text: str) -> None:
 
 
 def _fields(job: JobInfo) -> list[tuple[str, str]]:
+    from berth.jobs.sql import shown
+
     counts = job.counts
     rows_total = "unknown" if job.rows_total is None else f"{job.rows_total:,}"
     eta = "-" if job.eta_seconds is None or job.lost else _span(job.eta_seconds)

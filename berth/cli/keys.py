@@ -9,8 +9,7 @@ from rich.table import Table
 
 from berth.cli.context import console, err_console, keys
 from berth.durations import parse_duration
-from berth.security.audit import cli_actor
-from berth.security.keys import DEFAULT_SCOPES
+from berth.security.scopes import DEFAULT_SCOPES
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 
@@ -32,6 +31,8 @@ def create(
 
     Example: berth keys create web --scope predict:churn --expires 90d
     """
+    from berth.security.audit import cli_actor
+
     expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
     info, secret = keys().create(name, tuple(scope), expires_at, rate, actor=cli_actor())
     err_console.print(
@@ -68,6 +69,8 @@ def revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
 
     Example: berth keys revoke web
     """
+    from berth.security.audit import cli_actor
+
     info = keys().revoke(name, actor=cli_actor())
     console.print(f"Revoked key {info.name}")
 
@@ -83,6 +86,8 @@ def rotate(
 
     Example: berth keys rotate web --grace 24h
     """
+    from berth.security.audit import cli_actor
+
     info, secret = keys().rotate(name, parse_duration(grace), actor=cli_actor())
     err_console.print(
         f"Rotated key [bold]{info.name}[/]; the old secret stops working in {grace}. New secret:"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
@@ -33,6 +35,11 @@ from berth.cli import (
 )
 from berth.cli.context import err_console
 from berth.errors import BerthError
+
+# A command's process ends with it. At exit, the objects SQLAlchemy, pydantic and the rest built
+# are left to the OS instead of being garbage-collected one by one, which took up to 0.3 s a
+# command. Exit handlers still run; only the last collection of cyclic garbage is skipped.
+atexit.register(gc.freeze)
 
 app = typer.Typer(
     name="berth",

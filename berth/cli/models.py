@@ -7,20 +7,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 import typer
 from rich.table import Table
 
 from berth.cli.context import console, registry
 from berth.errors import BerthError, InvalidInput
-from berth.observability.drift import verdict
 from berth.registry.references import parse_reference
-from berth.registry.service import RegisterRequest, VersionInfo, parse_metrics, parse_pairs
 from berth.runtimes import FLAVORS
-from berth.security.audit import cli_actor
 
+# The registry, the HTTP client and the drift statistics are imported by the commands that use
+# them, so that `berth --help` and `berth models list` do not pay for them.
 if TYPE_CHECKING:
+    import httpx
+
     from berth.optimize.service import OptimizeReport
+    from berth.registry.service import VersionInfo
 
 app = typer.Typer(help="Register and manage model versions.", no_args_is_help=True)
 
@@ -67,6 +68,9 @@ def register(
 
     Example: berth models register churn model.skops --sample train.csv --reference train.csv --metric auc=0.91 --alias production
     """
+    from berth.registry.service import RegisterRequest, parse_metrics, parse_pairs
+    from berth.security.audit import cli_actor
+
     request = RegisterRequest(
         name=name,
         path=path,
@@ -231,6 +235,7 @@ def optimize_command(
     # Imported here: the converters (skl2onnx, onnx) cost a second to import, and every other
     # command (and `berth serve`) would pay it.
     from berth.optimize.service import optimize
+    from berth.security.audit import cli_actor
 
     with console.status(f"Optimizing {reference} ...") as status:
         report = optimize(
@@ -295,6 +300,8 @@ def alias(
 
     Example: berth models alias churn production 3
     """
+    from berth.security.audit import cli_actor
+
     if remove:
         registry().remove_alias(name, alias_name, actor=cli_actor())
         console.print(f"Removed {name}@{alias_name}")
@@ -318,6 +325,8 @@ def delete(
 
     Example: berth models delete churn:2
     """
+    from berth.security.audit import cli_actor
+
     ref = parse_reference(reference)
     if ref.alias is not None:
         raise InvalidInput("delete takes NAME:VERSION or NAME, not an alias")
@@ -359,6 +368,8 @@ def drift(
 
     Example: berth models drift churn --url http://127.0.0.1:8321 --key berth_...
     """
+    from berth.observability.drift import verdict
+
     if url is None:
         _print_reference(registry().resolve(reference), as_json)
         return
@@ -437,10 +448,14 @@ def _print_reference(version: VersionInfo, as_json: bool) -> None:
 
 
 def _http_client(url: str) -> httpx.Client:
+    import httpx
+
     return httpx.Client(base_url=url.rstrip("/"), timeout=30.0)
 
 
 def _fetch_drift(url: str, reference: str, key: str | None) -> dict[str, Any]:
+    import httpx
+
     parse_reference(reference)  # a bad reference fails here, with the usual message
     headers = {"X-API-Key": key} if key else {}
     client = _http_client(url)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from berth.cli.context import console
-from berth.config import DEFAULT_PORT
+from berth.defaults import DEFAULT_PORT
 from berth.errors import InvalidInput
 from berth.observability.alerts import AlertOptions, build_rules, render_rules, rule_names
 from berth.observability.dashboard import build_dashboard, render_dashboard

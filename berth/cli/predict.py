@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import orjson
-import pandas as pd
 import typer
 
 from berth.cli.context import registry, settings
 from berth.errors import InvalidInput
-from berth.registry.signature import read_sample
-from berth.serving.dataplane import DataPlane
-from berth.serving.responses import batch_document, single_document
+
+# The dataplane (the serving stack, numpy, pandas) is imported when `berth predict` runs.
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 def predict(
@@ -29,6 +27,13 @@ def predict(
 
     Example: berth predict churn@production --input '{"features": {"tenure_months": 3, "plan": "basic"}}'
     """
+    import asyncio
+
+    import orjson
+
+    from berth.serving.dataplane import DataPlane
+    from berth.serving.responses import batch_document, single_document
+
     rows, single = _rows(input_)
     dataplane = DataPlane(registry(), [reference], max_batch_rows=settings().max_batch_rows)
     field = "features" if single else "instances"
@@ -46,6 +51,8 @@ def _rows(text: str) -> tuple[list[Any], bool]:
         if not path.exists():
             raise InvalidInput(f"--input {text!r} is neither JSON nor an existing file")
         if path.suffix.lower() != ".json":
+            from berth.registry.signature import read_sample
+
             return _table_rows(read_sample(path)), False
         text = path.read_text()
     try:
@@ -62,6 +69,8 @@ def _rows(text: str) -> tuple[list[Any], bool]:
 
 
 def _table_rows(sample: np.ndarray[Any, Any] | pd.DataFrame) -> list[Any]:
+    import pandas as pd
+
     if isinstance(sample, pd.DataFrame):
         if list(sample.columns) == [str(i) for i in range(sample.shape[1])]:
             # A CSV without a header row: its rows are values in the model's column order.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -21,12 +21,13 @@ from rich.table import Table
 from berth.cli.context import console, err_console, registry
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.ops.validation import GateConfig, format_value, parse_output_range, report_table
-from berth.rollouts import strategies as s
 from berth.rollouts.analysis import CanaryCriteria
-from berth.rollouts.endpoints import EndpointService
-from berth.rollouts.service import RolloutEvent, RolloutInfo, RolloutService
-from berth.security.audit import cli_actor
+from berth.rollouts.names import CANARY
+
+# The rollout service, its strategies and the validation gates (SQLAlchemy, numpy, httpx) are
+# imported by the commands that use them.
+if TYPE_CHECKING:
+    from berth.rollouts.service import RolloutEvent, RolloutInfo, RolloutService
 
 app = typer.Typer(
     help="Roll an endpoint out to a new version (canary or blue-green), and act on rollouts.",
@@ -52,6 +53,8 @@ _CHECK_EVENTS = ("analysis", "step", "switched", "promoted", "rolled_back")
 
 
 def _service() -> RolloutService:
+    from berth.rollouts.service import RolloutService
+
     return RolloutService(registry())
 
 
@@ -59,7 +62,7 @@ def _service() -> RolloutService:
 def start(
     endpoint: str = typer.Argument(..., help="The endpoint to move, e.g. churn."),
     to: str = typer.Option(..., "--to", help="The candidate version: NAME:VERSION or NAME@ALIAS."),
-    strategy: str = typer.Option(s.CANARY, help="canary or blue-green."),
+    strategy: str = typer.Option(CANARY, help="canary or blue-green."),
     steps: str = typer.Option(
         "5,25,50,100", help="Canary: the candidate's share of traffic at each step, in percent."
     ),
@@ -153,6 +156,11 @@ def start(
 
     Example: berth rollout start churn --to churn:3 --steps 10,50,100 --interval 5m --max-error-rate 0.01 --gate-data holdout.csv --gate-target churned --gate-min-auc 0.85 --gate-no-regression
     """
+    from berth.ops.validation import GateConfig, parse_output_range, report_table
+    from berth.rollouts import strategies as s
+    from berth.rollouts.endpoints import EndpointService
+    from berth.security.audit import cli_actor
+
     criteria = build_criteria(
         min_requests=min_requests,
         max_error_rate=max_error_rate,
@@ -284,6 +292,8 @@ def list_rollouts(
 
 
 def _act(endpoint: str, action: Callable[..., RolloutInfo], past: str, **extra: Any) -> RolloutInfo:
+    from berth.security.audit import cli_actor
+
     info = action(endpoint, actor=cli_actor(), **extra)
     console.print(
         f"rollout {info.id} of {endpoint} {past}: {_status(info.status)}, phase {info.phase}, "
@@ -366,6 +376,8 @@ def wait(
 
     Example: berth rollout wait churn --timeout 30m
     """
+    from berth.rollouts import strategies as s
+
     limit = parse_duration(timeout).total_seconds()
     service = _service()
     deadline = time.monotonic() + limit
@@ -473,6 +485,8 @@ def print_rollout(info: RolloutInfo, now: datetime | None = None) -> None:
 
 
 def _progress(info: RolloutInfo, now: datetime) -> str:
+    from berth.rollouts import strategies as s
+
     parts = []
     if info.strategy == s.CANARY and info.phase == s.STEP:
         index = int(info.state.get("step", 0))
@@ -521,6 +535,8 @@ def _check_value(name: str, value: Any) -> str:
 
 
 def _gates_table(report: dict[str, Any]) -> Table:
+    from berth.ops.validation import format_value
+
     table = Table("gate", "value", "threshold", "result", "detail", title="validation gates")
     for check in report.get("checks", []):
         value = check.get("value")

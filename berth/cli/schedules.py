@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -24,16 +24,12 @@ from rich.text import Text
 from berth.cli.context import console, registry, settings
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.jobs.scheduler import (
-    LEASE_NAME,
-    Pass,
-    Scheduler,
-    lease_ttl,
-    process_launcher,
-)
-from berth.jobs.schedules import MISSED, RunInfo, ScheduleService, when
-from berth.observability.logging import configure_logging
-from berth.rollouts.lease import Lease, process_holder
+
+# The schedules, the scheduler and its lease (SQLAlchemy) are imported by the commands.
+if TYPE_CHECKING:
+    from berth.jobs.scheduler import Pass
+    from berth.jobs.schedules import RunInfo, ScheduleService
+    from berth.rollouts.lease import Lease
 
 UPCOMING = 3
 """How many run times `berth batch schedule` shows."""
@@ -61,6 +57,8 @@ def register(batch_app: typer.Typer) -> None:
 
 
 def _service() -> ScheduleService:
+    from berth.jobs.schedules import ScheduleService
+
     return ScheduleService(registry().db)
 
 
@@ -90,6 +88,8 @@ def schedule(
 
     `berth scheduler` runs the ticks.
     """
+    from berth.jobs.schedules import when
+
     args = list(context.args)
     info, outcome = _service().put(
         name, cron=cron, timezone=timezone, args=args, enabled=not disabled
@@ -124,6 +124,8 @@ def list_schedules(
 
     Example: berth batch schedules --json
     """
+    from berth.jobs.schedules import when
+
     found = _service().list()
     now = _now()
     if as_json:
@@ -165,6 +167,8 @@ def runs(
 
     Example: berth batch runs nightly
     """
+    from berth.jobs.schedules import when
+
     service = _service()
     zone = service.get(name).expression.zone
     found = service.runs(name, limit=limit)
@@ -188,6 +192,8 @@ def runs(
 
 def enable(name: str = typer.Argument(..., help="The schedule to resume.")) -> None:
     """Resume a schedule; ticks from while it was disabled are not caught up."""
+    from berth.jobs.schedules import when
+
     info = _service().set_enabled(name, True)
     upcoming = info.next_run(_now())
     assert upcoming is not None
@@ -205,6 +211,8 @@ def disable(name: str = typer.Argument(..., help="The schedule to pause.")) -> N
 
 
 def _outcome(run: RunInfo) -> str:
+    from berth.jobs.schedules import MISSED
+
     if run.status == MISSED:
         return f"missed: {run.message}"
     if run.job_id is None:
@@ -231,6 +239,10 @@ def scheduler(
 
     Example: berth scheduler --interval 30s --grace 1h
     """
+    from berth.jobs.scheduler import LEASE_NAME, Scheduler, lease_ttl, process_launcher
+    from berth.observability.logging import configure_logging
+    from berth.rollouts.lease import Lease, process_holder
+
     every, late = parse_duration(interval), parse_duration(grace)
     if every < timedelta(seconds=1):
         raise InvalidInput("--interval must be at least 1s, e.g. 30s")
@@ -256,6 +268,8 @@ def scheduler(
 
 
 def _report(result: Pass, lease: Lease) -> None:
+    from berth.jobs.scheduler import LEASE_NAME
+
     if not result.acted:
         holder = lease.current()
         who = holder.holder if holder else "another process"

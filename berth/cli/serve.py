@@ -13,12 +13,13 @@ from pathlib import Path
 
 import typer
 
-from berth.cli import supervisor
 from berth.cli.context import console, err_console, registry, settings
-from berth.config import DEFAULT_PORT, load_settings
+from berth.defaults import DEFAULT_PORT
 from berth.errors import InvalidInput
 from berth.registry.references import DEFAULT_ALIAS
-from berth.rollouts.endpoints import EndpointService
+
+# uvicorn, the settings and the endpoints are imported when a server starts: every command
+# imports this module to register `berth serve`.
 
 
 class Engine(enum.StrEnum):
@@ -189,6 +190,8 @@ def _check_engine(
 
 
 def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> None:
+    from berth.config import load_settings
+
     try:
         from berth.deploy.ray_engine import RayServing, serve_on_ray
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -205,6 +208,8 @@ def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> 
 
 
 def _production_models() -> list[str]:
+    from berth.rollouts.endpoints import EndpointService
+
     names = registry().models_with_alias(DEFAULT_ALIAS)
     if not names and not EndpointService(registry()).all():
         raise InvalidInput(
@@ -225,6 +230,9 @@ def _check_tls(options: ServerOptions) -> None:
 
 def start_server(options: ServerOptions) -> None:
     """Run uvicorn with the options; worker processes read them from the environment."""
+    from berth.cli import supervisor
+    from berth.config import load_settings
+
     _check_tls(options)
     os.environ.update(options.environment())
     if options.dev:

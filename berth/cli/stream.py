@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from berth.cli.context import registry, settings
@@ -89,6 +87,8 @@ def run(
 
     Example: berth stream run churn@production --source 'redis://127.0.0.1:6379/0?stream=events' --sink 'redis://127.0.0.1:6379/0?stream=predictions'
     """
+    import asyncio
+
     from berth.jobs.stream.options import StreamOptions
     from berth.jobs.stream.runner import run_stream
     from berth.observability.logging import configure_logging

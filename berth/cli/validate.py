@@ -8,13 +8,6 @@ from pathlib import Path
 import typer
 
 from berth.cli.context import console, registry
-from berth.ops.validation import (
-    GateConfig,
-    format_value,
-    parse_output_range,
-    report_table,
-    run_gates,
-)
 
 
 def validate(
@@ -61,6 +54,14 @@ def validate(
 
     Example: berth validate churn:4 --data holdout.csv --target churned --min-auc 0.85 --max-latency-ms 10 --no-regression-vs churn@production
     """
+    from berth.ops.validation import (
+        GateConfig,
+        format_value,
+        parse_output_range,
+        report_table,
+        run_gates,
+    )
+
     config = GateConfig(
         data=data,
         target=target,

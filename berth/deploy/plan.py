@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from berth import __version__
-from berth.config import DEFAULT_PORT
+from berth.defaults import DEFAULT_PORT
 from berth.errors import InvalidInput
 from berth.registry.service import VersionInfo
 

@@ -20,17 +20,22 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from berth.errors import Conflict, InvalidInput, NotFound
+
+# The state names are defined in berth.jobs.states (which `berth --help` reads without
+# SQLAlchemy) and re-exported here for the code that reads them from the records.
+from berth.jobs.states import ACTIVE as ACTIVE
+from berth.jobs.states import CANCELLED as CANCELLED
+from berth.jobs.states import FAILED as FAILED
+from berth.jobs.states import FINISHED as FINISHED
+from berth.jobs.states import LOST as LOST
+from berth.jobs.states import MAX_LIMIT as MAX_LIMIT
+from berth.jobs.states import QUEUED as QUEUED
+from berth.jobs.states import RUNNING as RUNNING
+from berth.jobs.states import STATES as STATES
+from berth.jobs.states import SUCCEEDED as SUCCEEDED
 from berth.registry.db import Database
 from berth.registry.tables import JobRow
 from berth.security.audit import AuditLog, event
-
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-ACTIVE = (QUEUED, RUNNING)
-FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
 HEARTBEAT_SECONDS = 1.0
 """How often a running job writes its counts (and so proves it is alive)."""
@@ -327,10 +332,6 @@ def _iso(value: datetime | None) -> str | None:
 
 # queries shared by `berth jobs` and the admin API ----------------------------------------------
 
-LOST = "lost"
-STATES = (QUEUED, RUNNING, LOST, SUCCEEDED, FAILED, CANCELLED)
-"""What `--status` and `?status=` accept: the stored statuses, and `lost` (running, silent)."""
-MAX_LIMIT = 1000
 _EVERY_RUNNING = 10_000
 """Running records fetched to tell live from lost: each is a process, so there are few."""
 

@@ -27,13 +27,15 @@ HighErrorRate counts the same failures, per version.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
+
+if TYPE_CHECKING:  # PyYAML is imported when YAML is written: `berth --help` shows AlertOptions
+    import yaml
 
 RULES_VERSION = 1
 
@@ -343,8 +345,16 @@ def rule_names(document: dict[str, Any]) -> list[str]:
     ]
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (long PromQL expressions) as literal blocks."""
+@functools.cache
+def _dumper() -> type[yaml.SafeDumper]:
+    """A SafeDumper writing multi-line strings (long PromQL expressions) as literal blocks."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(str, _string)
+    return Dumper
 
 
 def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -352,11 +362,10 @@ def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_Dumper.add_representer(str, _string)
-
-
 def dump_yaml(document: dict[str, Any]) -> str:
-    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+    import yaml
+
+    return yaml.dump(document, Dumper=_dumper(), sort_keys=False, width=1000, allow_unicode=True)
 
 
 def render_rules(document: dict[str, Any]) -> str:

@@ -40,6 +40,8 @@ from prometheus_client import (
     values,
 )
 
+from berth.observability.buckets import LATENCY_BUCKETS as LATENCY_BUCKETS
+
 if TYPE_CHECKING:
     from berth.runtimes.base import ModelInput
     from berth.serving.dataplane import PredictResult
@@ -61,25 +63,6 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_ENV)
 
 
-# 0.1 ms .. 10 s: fast tabular models answer in well under a millisecond.
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000)
 # No negative bounds: with one, prometheus_client stops exposing `_sum`, and mean confidence (sum /
 # count) is the first thing to watch. Negative values land in the `le="0.0"` bucket.

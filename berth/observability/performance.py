@@ -29,13 +29,12 @@ from prometheus_client import Gauge
 from sqlalchemy import func, select
 
 from berth.observability import metrics
+from berth.observability.window import MAX_LABELLED as MAX_LABELLED
+from berth.observability.window import Window as Window
 from berth.registry.db import Database
 from berth.registry.tables import FeedbackRow, PredictionRow
 
 log = logging.getLogger("berth.monitoring")
-
-MAX_LABELLED = 100_000
-"""Most labelled rows read per version and query (the most recent ones)."""
 
 # Defined in metrics.py (multiprocess-aware); a local one only if that file lacks it.
 MODEL_ACCURACY: Gauge = getattr(metrics, "MODEL_ACCURACY", None) or Gauge(
@@ -45,14 +44,6 @@ MODEL_ACCURACY: Gauge = getattr(metrics, "MODEL_ACCURACY", None) or Gauge(
     ["model", "version", "metric"],
 )
 METRICS = ("accuracy", "auc", "mae", "rmse")
-
-
-@dataclass(frozen=True)
-class Window:
-    since: timedelta | None = timedelta(hours=24)
-    """Predictions made within this span before now; None: every retained prediction."""
-    last: int | None = None
-    """Only the most recent this-many labelled rows per version (at most MAX_LABELLED)."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from berth.config import DEFAULT_PORT
+from berth.defaults import DEFAULT_PORT
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
 from berth.observability.alerts import dump_yaml

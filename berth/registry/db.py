@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 # Any constant works: it only has to be the same for every Berth process sharing a database.
 _MIGRATION_LOCK_ID = 0x6265727468
+_REVISION_LINE = re.compile(r"^(revision|down_revision) = (?:\"([^\"]+)\"|None)$", re.MULTILINE)
 
 
 class Database:
@@ -50,20 +51,22 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision; safe when several processes start at once."""
-        from alembic.util.exc import CommandError
+        """Bring the schema to the newest revision; safe when several processes start at once.
+
+        A schema already at the newest revision is told by one query, without Alembic: every
+        command opens the registry, and importing Alembic alone takes longer than most of them.
+        """
         from sqlalchemy.exc import DatabaseError
 
         try:
             with self.engine.begin() as connection:
+                if _at_head(connection):
+                    return
                 if connection.dialect.name == "postgresql":
                     connection.execute(
                         text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
                     )
-                config = Config()
-                config.set_main_option("script_location", str(MIGRATIONS))
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                _upgrade(connection, self.url)
         except OperationalError as exc:
             if self.engine.dialect.name == "sqlite":
                 raise NotReady(
@@ -77,16 +80,59 @@ class Database:
             ) from exc
         except DatabaseError as exc:
             raise InvalidInput(_unusable(self.engine.url, exc)) from exc
-        except CommandError as exc:
-            # Typically a database migrated by a newer Berth: its revision is unknown here.
-            raise InvalidInput(
-                f"the registry database at {_safe(self.url)} has a schema this Berth version "
-                f"does not know ({exc}); upgrade Berth, or point BERTH_DATABASE_URL at another "
-                "database"
-            ) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _upgrade(connection: Connection, url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util.exc import CommandError
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:
+        # Typically a database migrated by a newer Berth: its revision is unknown here.
+        raise InvalidInput(
+            f"the registry database at {_safe(url)} has a schema this Berth version "
+            f"does not know ({exc}); upgrade Berth, or point BERTH_DATABASE_URL at another "
+            "database"
+        ) from exc
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the schema is at the newest revision (False when unsure: Alembic then decides)."""
+    head = head_revision()
+    if head is None or not inspect(connection).has_table("alembic_version"):
+        return False
+    current = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
+    return current == [head]
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration's revision, read from the migration files without Alembic.
+
+    None when the files are not one plain chain of `revision = "..."` lines (then Alembic runs
+    and reads them itself).
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        found = dict(_REVISION_LINE.findall(path.read_text("utf-8")))
+        if "revision" not in found or "down_revision" not in found:
+            return None
+        revisions.add(found["revision"])
+        if found["down_revision"]:
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 _URL_FORMS = "use sqlite:///path.db or postgresql+psycopg://user@host/db"

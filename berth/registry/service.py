@@ -26,15 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import numpy as np
-import pandas as pd
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from berth.config import Settings
 from berth.errors import (
     ArtifactIntegrityError,
     BerthError,
@@ -43,7 +40,6 @@ from berth.errors import (
     ModelLoadError,
     NotFound,
 )
-from berth.observability.drift import reference_statistics, reference_summary
 from berth.registry.archives import is_archive, safe_extract
 from berth.registry.artifacts import (
     ArtifactStore,
@@ -71,8 +67,16 @@ from berth.runtimes import (
     needs_pickle_trust,
     pickle_refusal,
 )
-from berth.runtimes.base import Prediction, Runtime, output_specs
 from berth.security import audit
+
+# numpy, pandas, the drift statistics and the runtimes' helpers are imported by the functions
+# that use them: listing and resolving versions (most commands) need none of them.
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from berth.config import Settings
+    from berth.runtimes.base import Prediction, Runtime
 
 log = logging.getLogger("berth.registry")
 
@@ -131,6 +135,8 @@ class VersionInfo:
         return f"{self.model}:{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
+        from berth.observability.drift import reference_summary
+
         return {
             "model": self.model,
             "version": self.number,
@@ -534,7 +540,7 @@ class Registry:
 # helpers ---------------------------------------------------------------------------------
 
 
-Sample = np.ndarray[Any, Any] | pd.DataFrame
+Sample: TypeAlias = "np.ndarray[Any, Any] | pd.DataFrame"
 
 
 @dataclass(frozen=True)
@@ -548,6 +554,8 @@ class _Inputs:
 
 def _inputs_for(request: RegisterRequest, runtime: Runtime) -> _Inputs:
     """The signature from --signature, else the --sample, else what the model declares."""
+    from berth.runtimes.base import output_specs
+
     declared, undeclared = _declared(runtime)
     given = load_signature_file(request.signature) if request.signature is not None else None
     names = _column_names(given or declared)
@@ -657,6 +665,8 @@ def _same_artifact(session: Session, row: VersionRow) -> list[str]:
 
 
 def _sample_input(sample: Sample, signature: Signature) -> Sample:
+    import pandas as pd
+
     rows = sample[:_SAMPLE_ROWS]
     if isinstance(rows, pd.DataFrame):
         missing = [n for n in signature.input_names if n not in rows.columns]
@@ -671,6 +681,9 @@ def _sample_input(sample: Sample, signature: Signature) -> Sample:
 
 def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
     """Up to three sample rows as JSON-safe v1 instances (for warm-up and docs)."""
+    import numpy as np
+    import pandas as pd
+
     if sample is None:
         return None
     rows = _sample_input(sample, signature)[:_EXAMPLE_ROWS]
@@ -682,6 +695,8 @@ def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
 
 def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] | None:
     """Drift reference statistics of the --reference data, checked against the signature."""
+    from berth.observability.drift import reference_statistics
+
     if path is None:
         return None
     path = path.expanduser()

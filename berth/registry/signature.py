@@ -15,13 +15,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from berth.errors import InvalidInput
 from berth.registry.csv_header import describe, first_row, has_header
+
+# numpy and pandas are imported by the functions that read and infer from data: a signature
+# read from the registry needs neither, and every CLI command reads some.
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 TENSOR_DTYPES = (
     "bool",
@@ -237,6 +240,8 @@ def infer_from_frame(sample: pd.DataFrame) -> Signature:
 
 
 def _column_dtype(series: pd.Series[Any]) -> str:
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(series):
         return "bool"
     if pd.api.types.is_integer_dtype(series):
@@ -258,6 +263,9 @@ def read_sample(
     header row (see `berth.registry.csv_header`) gets them, or the positional names "0", "1",
     ... when they are not known.
     """
+    import numpy as np
+    import pandas as pd
+
     suffix = path.suffix.lower()
     if not path.exists():
         raise InvalidInput(
@@ -282,6 +290,8 @@ def read_sample(
 
 
 def _read_csv(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    import pandas as pd
+
     row = first_row(path)
     if row is None or has_header(row, columns):
         return pd.read_csv(path)
@@ -299,6 +309,8 @@ def _read_csv(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
 
 
 def infer_signature(sample: np.ndarray[Any, Any] | pd.DataFrame) -> Signature:
+    import pandas as pd
+
     if isinstance(sample, pd.DataFrame):
         return infer_from_frame(sample)
     return infer_from_array(sample)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from statistics import NormalDist
 from typing import Any, Literal, cast
 
-from berth.observability.metrics import LATENCY_BUCKETS
+from berth.observability.buckets import LATENCY_BUCKETS
 
 Alternative = Literal["two-sided", "greater", "less"]
 Status = Literal["pass", "fail", "wait"]

@@ -33,12 +33,12 @@ from berth.registry.tables import (
     VersionRow,
     utcnow,
 )
+from berth.rollouts.names import ROLES as ROLES
+from berth.rollouts.names import SERVING_ROLES as SERVING_ROLES
+from berth.rollouts.names import STABLE as STABLE
 from berth.security import audit
 
-ROLES = ("stable", "canary", "green", "blue", "variant", "shadow")
-SERVING_ROLES = frozenset(ROLES) - {"shadow"}
 TOPIC = "endpoints"
-STABLE = "stable"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STICKY = re.compile(r"(?P<kind>header|cookie|field):(?P<name>[A-Za-z0-9._-]{1,150})")
 ACTIVE_ROLLOUT = ("running", "paused")

@@ -34,9 +34,10 @@ from berth.rollouts.endpoints import (
     route_spec,
 )
 from berth.rollouts.evidence import metrics_source, with_outcomes
+from berth.rollouts.names import EXPERIMENT_METRICS
 from berth.security import audit
 
-METRICS = ("accuracy", "outcome")
+METRICS = EXPERIMENT_METRICS
 RUNNING, CONCLUDED = "running", "concluded"
 _VARIANT = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})=(?P<ref>.+):(?P<weight>[0-9.]+)")
 

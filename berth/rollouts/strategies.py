@@ -19,10 +19,9 @@ from berth.errors import InvalidInput
 from berth.rollouts.analysis import CanaryCriteria
 from berth.rollouts.endpoints import ACTIVE_ROLLOUT, STABLE, RouteSpec
 from berth.rollouts.evidence import check_metrics_source
-
-CANARY = "canary"
-BLUE_GREEN = "blue-green"
-STRATEGIES = (CANARY, BLUE_GREEN)
+from berth.rollouts.names import BLUE_GREEN as BLUE_GREEN
+from berth.rollouts.names import CANARY as CANARY
+from berth.rollouts.names import STRATEGIES as STRATEGIES
 
 RUNNING, PAUSED = "running", "paused"
 PROMOTED, ROLLED_BACK, ABORTED, FAILED = "promoted", "rolled_back", "aborted", "failed"

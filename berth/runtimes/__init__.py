@@ -16,9 +16,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from berth.errors import InvalidInput, ModelLoadError
-from berth.runtimes.base import Runtime
+
+if TYPE_CHECKING:  # base imports numpy and pandas; FLAVORS is read by `berth --help`
+    from berth.runtimes.base import Runtime
 
 FLAVORS = ("sklearn", "onnx", "python", "torch")
 SKOPS_SUFFIX = ".skops"

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
-from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,11 +27,21 @@ from berth.errors import BerthError
 from berth.registry.db import Database
 from berth.registry.tables import AuditRow
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
 log = logging.getLogger("berth.audit")
 
-AUDIT_DROPPED = Counter(
-    "berth_audit_events_dropped", "Audit events dropped because the write queue was full."
-)
+
+@functools.cache
+def _dropped_counter() -> Counter:
+    # Made with the first queue (a server's): the CLI records events directly and should not
+    # pay for importing prometheus_client.
+    from prometheus_client import Counter
+
+    return Counter(
+        "berth_audit_events_dropped", "Audit events dropped because the write queue was full."
+    )
 
 
 @dataclass(frozen=True)
@@ -146,12 +155,13 @@ class AuditQueue:
         self.interval = interval
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(capacity)
         self._task: asyncio.Task[None] | None = None
+        self._dropped = _dropped_counter()
 
     def put(self, event: AuditEvent) -> None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            AUDIT_DROPPED.inc()
+            self._dropped.inc()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -168,10 +178,12 @@ class AuditQueue:
         while not self._queue.empty():
             events.append(self._queue.get_nowait())
         if events:
+            import anyio.to_thread
+
             try:
                 await anyio.to_thread.run_sync(self.audit.record_many, events)
             except Exception:
-                AUDIT_DROPPED.inc(len(events))
+                self._dropped.inc(len(events))
                 log.exception("could not write %d audit events", len(events))
 
     async def _run(self) -> None:

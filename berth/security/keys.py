@@ -28,10 +28,10 @@ from berth.registry.references import check_name
 from berth.registry.tables import ApiKeyRow, utcnow
 from berth.security import audit
 from berth.security.ratelimit import parse_rate
+from berth.security.scopes import DEFAULT_SCOPES as DEFAULT_SCOPES
+from berth.security.scopes import SCOPES as SCOPES
 
 KEY_PREFIX = "berth"
-SCOPES = ("predict", "read", "admin")
-DEFAULT_SCOPES = ("predict", "read")
 
 
 @dataclass(frozen=True)
