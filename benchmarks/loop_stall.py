@@ -45,7 +45,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def prepare(folder: Path, env: dict[str, str]) -> None:
+def prepare(folder: Path, env: dict[str, str], source: Path) -> None:
     rng = np.random.default_rng(0)
     wide_x = rng.random((2000, FEATURES)).astype(np.float32)
     wide = LogisticRegression(max_iter=200).fit(wide_x, (wide_x[:, 0] > 0.5).astype(int))
@@ -60,7 +60,7 @@ def prepare(folder: Path, env: dict[str, str]) -> None:
             [sys.executable, "-m", "berth.cli", "models", "register", name,
              str(folder / f"{name}.skops"), "--sample", str(folder / f"{name}.npy"),
              "--alias", "production"],
-            env=env, check=True, capture_output=True,
+            env={**env, "PYTHONPATH": str(source)}, cwd=source, check=True, capture_output=True,
         )  # fmt: skip
 
 
@@ -78,11 +78,14 @@ def measure(env: dict[str, str], body: bytes, source: Path) -> dict[str, float]:
         env={**env, "PYTHONPATH": str(source)},
         cwd=source,  # `python -m` puts the working directory first on sys.path
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                error = server.stderr.read().decode()[-3000:] if server.stderr else ""
+                raise RuntimeError(f"the server did not start:\n{error}")
             try:
                 if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
                     break
@@ -114,7 +117,7 @@ def measure(env: dict[str, str], body: bytes, source: Path) -> dict[str, float]:
                 answer = client.post(
                     "/api/v1/models/iris/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}
                 )
-                assert answer.status_code == 200
+                assert answer.status_code == 200, (answer.status_code, answer.text[:300])
                 small.append(time.perf_counter() - started)
                 time.sleep(0.005)
         stop.set()
@@ -138,9 +141,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-        base_env["BERTH_HOME"] = str(folder / "home")
         base_env["BERTH_PREDICTION_LOG_ENABLED"] = "false"
-        prepare(folder, base_env)
+        base_env["BERTH_OPEN_ROUTE_RATE"] = ""  # dev mode limits every route per address
         here = Path(__file__).resolve().parents[1]
         runs = {
             "process (default)": (base_env, here),
@@ -151,7 +153,12 @@ def main() -> None:
         }
         if SOURCE_BEFORE:
             runs["before (SOURCE_BEFORE)"] = (base_env, Path(SOURCE_BEFORE).resolve())
-        results = {label: measure(env, body, source) for label, (env, source) in runs.items()}
+        results = {}
+        for number, (label, (env, source)) in enumerate(runs.items()):
+            # Each checkout its own registry: an older one cannot open a newer schema.
+            env = {**env, "BERTH_HOME": str(folder / f"home-{number}")}
+            prepare(folder, env, source)
+            results[label] = measure(env, body, source)
     columns = list(next(iter(results.values())))
     print(f"{'decoding':<40}" + "".join(f"{c:>15}" for c in columns))
     for label, figures in results.items():
