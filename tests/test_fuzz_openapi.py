@@ -123,9 +123,7 @@ def fuzzed(
     # Loading the schema starts the app's lifespan (models load, the refresher runs); it runs
     # until shut down, before the registry goes (schemathesis' pytest plugin would do it too).
     # The document needs credentials (BERTH_DOCS=authenticated, the default).
-    schema = schemathesis.openapi.from_asgi(
-        "/openapi.json", app, headers={"X-API-Key": admin_key}
-    )
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"X-API-Key": admin_key})
     bodies = {name: _valid_bodies(registry.resolve(name)) for name in ("iris", "churn")}
     try:
         yield Fuzzed(
