@@ -231,6 +231,27 @@ def berth(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def iris_home(home: Path, iris_files: tuple[Path, Path]) -> dict[str, str]:
+    """A clean environment whose BERTH_HOME holds iris (the joblib file) at production,
+    registered through the real `berth` command."""
+    model, sample = iris_files
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_HOME"] = str(home)
+    registered = berth(
+        env, "models", "register", "iris", str(model), "--sample", str(sample),
+        "--alias", "production", "--trust-pickle",
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    return env
+
+
+def create_key(env: dict[str, str], name: str, *options: str) -> str:
+    """A new key's secret, through the real `berth keys create`."""
+    created = berth(env, "keys", "create", name, *options)
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().splitlines()[-1]
+
+
 @dataclass(frozen=True)
 class Outcome:
     code: int

@@ -3,7 +3,6 @@ and a server started without references serving models given a production alias 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -15,7 +14,7 @@ from starlette.testclient import TestClient
 from berth.api.app import build_services, create_app
 from berth.config import Settings
 from berth.registry.service import Registry
-from tests.conftest import BERTH, Run, berth, free_port, register_churn, register_iris
+from tests.conftest import BERTH, Run, free_port, iris_home, register_churn, register_iris
 
 
 @pytest.mark.parametrize(
@@ -39,14 +38,7 @@ def test_bad_arguments_are_one_line(run: Run, args: list[str], message: str) -> 
 def test_a_port_in_use_is_reported_before_models_load(
     tmp_path: Path, iris_files: tuple[Path, Path]
 ) -> None:
-    model, sample = iris_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env["BERTH_HOME"] = str(tmp_path / "home")
-    registered = berth(
-        env, "models", "register", "iris", str(model), "--sample", str(sample),
-        "--alias", "production", "--trust-pickle",
-    )  # fmt: skip
-    assert registered.returncode == 0, registered.stderr
+    env = iris_home(tmp_path / "home", iris_files)
     port = free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))

@@ -8,7 +8,6 @@ counted, not logged as errors.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import threading
@@ -23,7 +22,7 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BERTH, berth, free_port, wait_ready
+from tests.conftest import BERTH, create_key, free_port, iris_home, wait_ready
 
 pytestmark = pytest.mark.server
 
@@ -44,18 +43,9 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, iris_files: tuple[Path, Path]
 ) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("slow")
-    model, sample = iris_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env["BERTH_HOME"] = str(folder / "home")
+    env = iris_home(folder / "home", iris_files)
     env["BERTH_BODY_TIMEOUT_SECONDS"] = str(BODY_TIMEOUT)
-    registered = berth(
-        env, "models", "register", "iris", str(model), "--sample", str(sample),
-        "--alias", "production", "--trust-pickle",
-    )  # fmt: skip
-    assert registered.returncode == 0, registered.stderr
-    created = berth(env, "keys", "create", "client")
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip().splitlines()[-1]
+    key = create_key(env, "client")
     port = free_port()
     log = folder / "server.log"
     with log.open("wb") as sink:

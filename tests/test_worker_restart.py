@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BERTH, berth, free_port, wait_ready
+from tests.conftest import BERTH, free_port, iris_home, wait_ready
 from tests.processes import children_of, command_of, parent_of
 
 pytestmark = pytest.mark.server
@@ -33,14 +33,7 @@ def _ready_workers(log: Path) -> int:
 def test_a_killed_worker_is_replaced_by_a_fork_of_the_preloaded_server(
     tmp_path: Path, iris_files: tuple[Path, Path]
 ) -> None:
-    model, sample = iris_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env["BERTH_HOME"] = str(tmp_path / "home")
-    registered = berth(
-        env, "models", "register", "iris", str(model), "--sample", str(sample),
-        "--alias", "production", "--trust-pickle",
-    )  # fmt: skip
-    assert registered.returncode == 0, registered.stderr
+    env = iris_home(tmp_path / "home", iris_files)
     port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as sink:
