@@ -9,7 +9,7 @@ import pytest
 
 from berth.cli import context
 from berth.config import Settings
-from berth.security.audit import AuditLog, cli_actor
+from berth.store.audit import AuditLog, cli_actor
 from tests.conftest import Run
 from tests.test_cli_errors import leaf_commands
 

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from berth.config import Settings
-from berth.registry import db
 from berth.registry.service import Registry
+from berth.store import db
 from tests.conftest import register_iris
 
 # Imports `berth.cli.main` as the `berth` script does and runs the command. At exit, after

@@ -45,8 +45,8 @@ from berth.jobs.cron import Cron
 from berth.jobs.schedules import ScheduleService
 from berth.observability.alerts import AlertOptions, build_rules
 from berth.observability.prometheus_config import ScrapeOptions, build_config
+from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
-from berth.rollouts.endpoints import EndpointService
 from berth.security.keys import server_secret
 from tests.conftest import Run, register_churn, register_iris, require_service
 
@@ -600,7 +600,7 @@ def test_requirements_are_pinned_complete_and_what_runs_here(built: Built) -> No
         names = archive.namelist()
         assert "berth/deploy/bundle.py" in names
         assert "berth/py.typed" in names
-        assert any(n.startswith("berth/registry/migrations/versions/0001") for n in names)
+        assert any(n.startswith("berth/store/migrations/versions/0001") for n in names)
         metadata = archive.read(f"berth-{__version__}.dist-info/METADATA").decode()
     assert f"Version: {__version__}" in metadata
 

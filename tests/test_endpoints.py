@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry.endpoints import EndpointService, RouteSpec, parse_sticky
 from berth.registry.service import Registry
-from berth.rollouts.endpoints import EndpointService, RouteSpec, parse_sticky
 from berth.serving.router import Router, key_unit
 from tests.conftest import ApiSetup, register_iris
 
@@ -101,7 +101,7 @@ def test_a_routed_version_cannot_be_deleted(
 def _router(stable: float, canary: float) -> Router:
     from datetime import UTC, datetime
 
-    from berth.rollouts.endpoints import EndpointInfo
+    from berth.registry.endpoints import EndpointInfo
 
     now = datetime.now(UTC)
     return Router(EndpointInfo("e", None, "", tuple(_routes(stable, canary)), now, now))

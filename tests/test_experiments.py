@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry.endpoints import EndpointService, RouteSpec
 from berth.rollouts import strategies as s
-from berth.rollouts.endpoints import EndpointService, RouteSpec
 from berth.rollouts.experiments import ExperimentService, parse_variant
 from berth.rollouts.service import RolloutService
 from tests.conftest import ApiSetup, register_iris

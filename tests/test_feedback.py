@@ -28,8 +28,8 @@ from berth.observability.performance import (
 )
 from berth.observability.prediction_log import MonitoringConfig
 from berth.registry.service import Registry
-from berth.registry.tables import FeedbackRow, PredictionRow
 from berth.security.auth import Principal
+from berth.store.tables import FeedbackRow, PredictionRow
 from tests.conftest import register_iris
 
 # metrics by hand -------------------------------------------------------------------------

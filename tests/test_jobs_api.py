@@ -24,8 +24,8 @@ from berth.jobs import records as r
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
-from berth.security.audit import AuditLog
 from berth.security.keys import KeyService, server_secret
+from berth.store.audit import AuditLog
 from tests.conftest import register_iris, serving
 
 SOURCE = "/data/in.csv"

@@ -19,7 +19,7 @@ from berth.jobs.launch import job_log
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
-from berth.security.audit import AuditLog, cli_actor
+from berth.store.audit import AuditLog, cli_actor
 from tests.conftest import Run
 
 SPEC = BatchSpec(model="iris@production", source="/data/in.csv", sink="/data/out.parquet")

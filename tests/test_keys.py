@@ -16,7 +16,6 @@ from sqlalchemy import select
 from berth.config import Settings
 from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, NotReady, Unauthenticated
 from berth.registry.service import Registry
-from berth.registry.tables import ApiKeyRow
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
 from berth.security.keys import (
     KeyService,
@@ -26,6 +25,7 @@ from berth.security.keys import (
     server_secret,
     split_key,
 )
+from berth.store.tables import ApiKeyRow
 
 SECRET = b"test-server-secret"
 
@@ -131,7 +131,7 @@ def test_migration_0007_keeps_keys_and_frees_revoked_names(registry: Registry) -
     from alembic import command
     from alembic.config import Config
 
-    from berth.registry.db import MIGRATIONS
+    from berth.store.db import MIGRATIONS
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

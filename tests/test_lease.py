@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from berth.errors import InvalidInput
-from berth.registry.db import Database
 from berth.registry.service import Registry
-from berth.rollouts.lease import Lease, LeaseInfo, process_holder
+from berth.store.db import Database
+from berth.store.lease import Lease, LeaseInfo, process_holder
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,8 +257,8 @@ def _race_threads(leases: list[Lease]) -> list[bool]:
 # process gets the same start time, so the rounds begin at the same instant in all of them.
 _CONTENDER = """
 import json, sys, time
-from berth.registry.db import Database
-from berth.rollouts.lease import Lease, process_holder
+from berth.store.db import Database
+from berth.store.lease import Lease, process_holder
 
 url, names, spacing = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 db = Database(url)

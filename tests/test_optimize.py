@@ -36,10 +36,10 @@ from berth.optimize.data import MIN_ROWS, CheckData, check_data, model_input
 from berth.optimize.equivalence import NotEquivalent, check, compare
 from berth.optimize.quantize import QuantizationError
 from berth.optimize.service import optimize
-from berth.registry.db import MIGRATIONS
 from berth.registry.service import Lineage, RegisterRequest, Registry
 from berth.runtimes import load_runtime
 from berth.runtimes.base import Prediction, Runtime
+from berth.store.db import MIGRATIONS
 from tests.conftest import Run, register_churn, register_iris
 
 onnx = pytest.importorskip("onnx")

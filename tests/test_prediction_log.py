@@ -21,9 +21,9 @@ from berth.observability.prediction_log import (
     prediction_rows,
 )
 from berth.registry.service import Registry, VersionInfo
-from berth.registry.tables import FeedbackRow, PredictionRow
 from berth.runtimes.base import Prediction
 from berth.serving.dataplane import PredictResult
+from berth.store.tables import FeedbackRow, PredictionRow
 
 
 def result(

@@ -345,8 +345,8 @@ def test_clients_bad_input_warns_and_never_pages(stack: Stack) -> None:
 def test_rollout_evidence_from_prometheus_equals_the_servers_own(stack: Stack) -> None:
     """`--metrics-source http://prometheus` and the default source count the same traffic."""
     from berth.config import Settings
+    from berth.registry.endpoints import EndpointService
     from berth.registry.service import Registry
-    from berth.rollouts.endpoints import EndpointService
     from berth.rollouts.evidence import PrometheusMetrics, ServerMetrics
 
     registry = Registry.from_settings(Settings(home=stack.logs / "home"))

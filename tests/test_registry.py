@@ -21,11 +21,11 @@ from sqlalchemy import inspect, text
 from berth.errors import Conflict, InvalidInput, ModelLoadError, NotFound
 from berth.registry import service
 from berth.registry.artifacts import file_sha256
-from berth.registry.db import MIGRATIONS, Database
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
-from berth.registry.tables import AuditRow, Base
 from berth.runtimes import load_runtime
-from berth.security.audit import AuditLog, cli_actor
+from berth.store.audit import AuditLog, cli_actor
+from berth.store.db import MIGRATIONS, Database
+from berth.store.tables import AuditRow, Base
 from tests.conftest import register_churn, register_iris
 
 IrisFiles = tuple[Path, Path]

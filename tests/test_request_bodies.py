@@ -18,7 +18,7 @@ import pytest
 
 from berth.api import hot_path
 from berth.config import Settings
-from berth.rollouts.endpoints import EndpointService
+from berth.registry.endpoints import EndpointService
 from tests.conftest import ApiSetup
 from tests.test_metrics import scrape, value
 

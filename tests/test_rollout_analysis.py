@@ -20,21 +20,16 @@ import pytest
 from scipy import stats
 
 from berth.observability.metrics import LATENCY_BUCKETS
-from berth.rollouts import analysis
-from berth.rollouts.analysis import (
-    CanaryCriteria,
-    Check,
-    ExperimentReport,
-    RouteWindow,
-    VariantSample,
-    Verdict,
-    experiment_report,
-    judge_canary,
+from berth.rollouts import experiment_analysis, statistics
+from berth.rollouts.canary_analysis import CanaryCriteria, Check, Verdict, judge_canary
+from berth.rollouts.experiment_analysis import ExperimentReport, VariantSample, experiment_report
+from berth.rollouts.statistics import (
     mean_interval,
     two_proportion_z_test,
     welch_t_test,
     wilson_interval,
 )
+from berth.serving.route_window import RouteWindow
 
 BUCKETS = len(LATENCY_BUCKETS) + 1
 
@@ -197,7 +192,7 @@ def test_two_proportion_z_test_is_the_chi_squared_test_of_the_table() -> None:
 )
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
 def test_two_proportion_z_test_degenerate(
-    x1: int, n1: int, x2: int, n2: int, alternative: analysis.Alternative
+    x1: int, n1: int, x2: int, n2: int, alternative: statistics.Alternative
 ) -> None:
     result = two_proportion_z_test(x1, n1, x2, n2, alternative)
     assert (result.statistic, result.p_value) == (0.0, 1.0)
@@ -218,7 +213,7 @@ def test_two_proportion_z_test_rejects_impossible_input() -> None:
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
 @pytest.mark.parametrize(("n1", "n2", "seed"), [(5, 40, 1), (30, 30, 2), (400, 90, 3), (2, 3, 4)])
 def test_welch_t_test_matches_scipy(
-    alternative: analysis.Alternative, n1: int, n2: int, seed: int
+    alternative: statistics.Alternative, n1: int, n2: int, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     a = rng.normal(10.3, 1.0, size=n1)
@@ -264,9 +259,9 @@ def test_welch_t_test_degenerate(args: tuple[float, float, int, float, float, in
 
 
 def test_test_result_is_not_collected_by_pytest() -> None:
-    assert analysis.TestResult.__test__ is False
-    result = analysis.TestResult("x", 1.5, 0.2)
-    assert analysis.TestResult.from_dict(json.loads(strict_json(result.to_dict()))) == result
+    assert statistics.TestResult.__test__ is False
+    result = statistics.TestResult("x", 1.5, 0.2)
+    assert statistics.TestResult.from_dict(json.loads(strict_json(result.to_dict()))) == result
 
 
 # --------------------------------------------------------------------------------------------
@@ -905,7 +900,8 @@ def test_judging_a_canary_does_not_import_scipy() -> None:
     # The controller judges often; the normal distribution comes from the standard library.
     code = (
         "import sys\n"
-        "from berth.rollouts.analysis import CanaryCriteria, RouteWindow, judge_canary\n"
+        "from berth.rollouts.canary_analysis import CanaryCriteria, judge_canary\n"
+        "from berth.serving.route_window import RouteWindow\n"
         "criteria = CanaryCriteria(max_error_rate=0.01, min_accuracy=0.9)\n"
         "judge_canary(RouteWindow(requests=500, errors=1), "
         "RouteWindow(requests=200, errors=9, labelled=40, correct=30), criteria)\n"
@@ -1087,7 +1083,7 @@ def test_report_with_latency_columns() -> None:
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "outcome"])
-def test_report_on_empty_windows_has_no_nan(metric: analysis.Metric) -> None:
+def test_report_on_empty_windows_has_no_nan(metric: experiment_analysis.Metric) -> None:
     samples = [VariantSample("a", "m:1", RouteWindow()), VariantSample("b", "m:2", RouteWindow())]
     report = experiment_report(samples, metric, min_samples=0)
     assert report.recommendation is None

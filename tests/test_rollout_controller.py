@@ -12,15 +12,16 @@ import pytest
 
 from berth.errors import Conflict, NotFound
 from berth.observability.metrics import LATENCY_BUCKETS
+from berth.registry.endpoints import EndpointService, RouteSpec
 from berth.registry.service import Registry
-from berth.registry.tables import FeedbackRow, PredictionRow
 from berth.rollouts import strategies as s
-from berth.rollouts.analysis import CanaryCriteria, RouteWindow
+from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.controller import LEASE_NAME, RolloutController
-from berth.rollouts.endpoints import EndpointService, RouteSpec
 from berth.rollouts.evidence import Totals
-from berth.rollouts.lease import Lease
 from berth.rollouts.service import RolloutService
+from berth.serving.route_window import RouteWindow
+from berth.store.lease import Lease
+from berth.store.tables import FeedbackRow, PredictionRow
 from tests.conftest import register_iris
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

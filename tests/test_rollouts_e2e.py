@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from berth.config import Settings
+from berth.registry.endpoints import EndpointService, RouteSpec
 from berth.registry.service import RegisterRequest, Registry
 from berth.rollouts import strategies as s
-from berth.rollouts.analysis import CanaryCriteria
-from berth.rollouts.endpoints import EndpointService, RouteSpec
+from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.service import RolloutInfo, RolloutService
 from tests.conftest import BERTH, berth, serving
 

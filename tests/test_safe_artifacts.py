@@ -26,7 +26,7 @@ from berth.registry import service
 from berth.registry.artifacts import file_sha256
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.runtimes import UntrustedArtifact, load_runtime
-from berth.security.audit import AuditEvent, AuditLog
+from berth.store.audit import AuditEvent, AuditLog
 
 FEATURES, TARGET = load_iris(return_X_y=True)
 ROWS = FEATURES[:5]

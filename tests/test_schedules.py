@@ -26,10 +26,10 @@ from berth.jobs import records
 from berth.jobs.records import Counts, JobService
 from berth.jobs.scheduler import LEASE_NAME, NOT_RUNNING, Pass, Scheduler
 from berth.jobs.schedules import MISSED, STARTED, ScheduleService
-from berth.registry.db import Database
 from berth.registry.service import Registry
-from berth.registry.tables import JobRow
-from berth.rollouts.lease import Lease
+from berth.store.db import Database
+from berth.store.lease import Lease
+from berth.store.tables import JobRow
 from tests.conftest import BERTH, Run, berth, register_iris
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,10 +21,10 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.jobs.records import JobService
+from berth.registry.endpoints import EndpointService
 from berth.registry.service import RegisterRequest, Registry
-from berth.rollouts.endpoints import EndpointService
-from berth.security.audit import AuditLog
 from berth.security.keys import KeyService, server_secret
+from berth.store.audit import AuditLog
 from tests.conftest import register_iris
 
 JWT_SECRET = "jwt-shared-secret-for-tests-0123456789"

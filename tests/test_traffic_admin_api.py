@@ -12,11 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from berth.config import Settings
+from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
-from berth.rollouts.endpoints import EndpointService
-from berth.security.audit import AuditLog
 from berth.security.keys import KeyService, server_secret
 from berth.serving.route_stats import RouteStats, _Totals
+from berth.store.audit import AuditLog
 from tests.conftest import register_iris
 
 TRAFFIC_PREFIXES = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")

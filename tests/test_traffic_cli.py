@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from berth.observability.metrics import LATENCY_BUCKETS
+from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
-from berth.rollouts.analysis import Check, Verdict
-from berth.rollouts.endpoints import EndpointService
+from berth.rollouts.canary_analysis import Check, Verdict
 from berth.rollouts.service import RolloutService
-from berth.security.audit import AuditLog, cli_actor
 from berth.serving.route_stats import RouteStats, _Totals
+from berth.store.audit import AuditLog, cli_actor
 from tests.conftest import Run, register_iris
 
 

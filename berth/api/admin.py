@@ -20,8 +20,8 @@ from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.security.audit import AuditLog
 from berth.security.keys import DEFAULT_SCOPES
+from berth.store.audit import AuditLog
 
 router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
 

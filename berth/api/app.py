@@ -28,9 +28,7 @@ from berth.observability.metrics import PredictionMetrics
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
 from berth.rollouts.controller import LEASE_NAME, RolloutController
-from berth.rollouts.lease import Lease, process_holder
 from berth.rollouts.probe import DataPlaneProbe
-from berth.security.audit import AuditLog, AuditQueue
 from berth.security.auth import KeyVerifier
 from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
@@ -39,6 +37,8 @@ from berth.serving.cache import PredictionCache, build_cache
 from berth.serving.dataplane import DataPlane
 from berth.serving.offload import Offloader
 from berth.serving.route_stats import RouteStats
+from berth.store.audit import AuditLog, AuditQueue
+from berth.store.lease import Lease, process_holder
 
 log = logging.getLogger("berth.api")
 

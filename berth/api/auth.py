@@ -7,10 +7,10 @@ from starlette.requests import Request
 from berth.config import Settings
 from berth.errors import Unauthenticated
 from berth.observability import tracing
-from berth.security.audit import AuditEvent, AuditQueue
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
 from berth.security.jwt import JwtVerifier, looks_like_jwt
 from berth.security.ratelimit import Decision, RateLimiter, check, parse_rate
+from berth.store.audit import AuditEvent, AuditQueue
 
 RATE_STATE = "rate_limit"
 

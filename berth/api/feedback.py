@@ -38,9 +38,9 @@ from berth.observability.performance import (
     compute_performance,
 )
 from berth.observability.prediction_log import MonitoringConfig, PredictionLog
-from berth.registry.db import Database
-from berth.registry.tables import FeedbackRow, PredictionRow
 from berth.security.auth import Principal
+from berth.store.db import Database
+from berth.store.tables import FeedbackRow, PredictionRow
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
 

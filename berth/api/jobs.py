@@ -31,7 +31,7 @@ from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_jo
 from berth.jobs.spec import BatchSpec
 from berth.jobs.sql import shown
 from berth.registry.references import MAX_VERSION
-from berth.security.audit import AuditLog, event
+from berth.store.audit import AuditLog, event
 
 T = TypeVar("T")
 Launcher = Callable[[Settings, int, Sequence[str]], object]

@@ -613,7 +613,7 @@ V2_INFER_OK: Responses = {
 # Endpoints, rollouts and experiments (berth/api/traffic.py). The imports sit here rather than
 # at the top because this section was appended while the rest of the file was being edited.
 
-from berth.rollouts.endpoints import ROLES  # noqa: E402
+from berth.registry.endpoints import ROLES  # noqa: E402
 from berth.rollouts.experiments import METRICS as EXPERIMENT_METRICS  # noqa: E402
 from berth.rollouts.strategies import STRATEGIES  # noqa: E402
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from berth.rollouts.endpoints import Sticky
+from berth.registry.endpoints import Sticky
 
 ROUTE_HEADER = "x-berth-route"
 MAX_KEY_LENGTH = 512

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from berth.api.auth import Authenticator
 from berth.config import Settings
 from berth.registry.service import Registry
-from berth.security.audit import AuditQueue
 from berth.security.keys import KeyService
 from berth.serving.dataplane import DataPlane
+from berth.store.audit import AuditQueue
 
 
 @dataclass(frozen=True)

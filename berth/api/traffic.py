@@ -25,10 +25,10 @@ from berth.api.services import Services
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
 from berth.ops.validation import GateConfig
+from berth.registry.endpoints import STABLE, EndpointService, RouteSpec
 from berth.registry.references import MAX_VERSION, check_name
 from berth.rollouts import strategies as s
-from berth.rollouts.analysis import CanaryCriteria
-from berth.rollouts.endpoints import STABLE, EndpointService, RouteSpec
+from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.experiments import ExperimentService
 from berth.rollouts.service import RolloutInfo, RolloutService
 from berth.serving.route_stats import read_shadow, read_totals, stats_document

@@ -20,10 +20,10 @@ from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.errors import InvalidInput, NotFound, NotReady
 from berth.observability import tracing
+from berth.registry.endpoints import EndpointInfo
 from berth.registry.references import parse_reference
 from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature, TensorSpec
-from berth.rollouts.endpoints import EndpointInfo
 from berth.serving.dataplane import Decoder, PredictResult
 from berth.serving.responses import result_headers
 from berth.serving.validation import check_declared_shapes, decode_named_arrays

@@ -27,7 +27,7 @@ def list_events(
 
     Example: berth audit list --since 24h --actor cli:alice
     """
-    from berth.security.audit import AuditLog
+    from berth.store.audit import AuditLog
 
     start = datetime.now(UTC) - parse_duration(since) if since else None
     events = AuditLog(registry().db).list(since=start, actor=actor, limit=limit)

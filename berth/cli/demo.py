@@ -113,7 +113,7 @@ def demo(
     Example: berth demo --port 9000
     """
     from berth.registry.service import RegisterRequest
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     current = settings()
     port = port or current.port

@@ -10,13 +10,13 @@ from rich.table import Table
 
 from berth.cli.context import console, registry
 from berth.errors import InvalidInput
-from berth.rollouts.names import ROLES, STABLE
+from berth.registry.roles import ROLES, STABLE
 
 # The endpoint and rollout services (SQLAlchemy) are imported by the commands that use them.
 if TYPE_CHECKING:
-    from berth.rollouts.analysis import RouteWindow
-    from berth.rollouts.endpoints import EndpointChange, EndpointInfo, EndpointService, RouteSpec
+    from berth.registry.endpoints import EndpointChange, EndpointInfo, EndpointService, RouteSpec
     from berth.serving.route_stats import ShadowTotals
+    from berth.serving.route_window import RouteWindow
 
 app = typer.Typer(
     help="Endpoints: the names clients call, and the versions (routes) behind them.",
@@ -28,7 +28,7 @@ _ROUTE_FORMAT = "LABEL=REF:WEIGHT[:ROLE], e.g. stable=churn:2:90 or canary=churn
 
 
 def _service() -> EndpointService:
-    from berth.rollouts.endpoints import EndpointService
+    from berth.registry.endpoints import EndpointService
 
     return EndpointService(registry())
 
@@ -54,7 +54,7 @@ def create(
 
     Example: berth endpoints create churn --model churn@production --sticky header:X-User-ID
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     info = _service().create(name, model, sticky=sticky, description=description, actor=cli_actor())
     if as_json:
@@ -73,7 +73,7 @@ def list_endpoints(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
     Example: berth endpoints list
     """
-    from berth.rollouts.endpoints import routes_summary
+    from berth.registry.endpoints import routes_summary
 
     found = _service().all()
     if as_json:
@@ -172,7 +172,7 @@ def delete(name: str = typer.Argument(..., help="The endpoint's name.")) -> None
 
     Example: berth endpoints delete churn
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     _service().delete(name, actor=cli_actor())
     console.print(f"Deleted endpoint {name}", highlight=False)
@@ -202,8 +202,8 @@ def routes(
 
     Example: berth endpoints routes churn --route stable=churn:2:90 --route canary=churn:3:10
     """
-    from berth.rollouts.endpoints import resolve_spec
-    from berth.security.audit import cli_actor
+    from berth.registry.endpoints import resolve_spec
+    from berth.store.audit import cli_actor
 
     if not route:
         if sticky is not None:
@@ -238,8 +238,8 @@ def shadow(
 
     Example: berth endpoints shadow churn --to churn:4 --percent 10
     """
-    from berth.rollouts.endpoints import resolve_spec
-    from berth.security.audit import cli_actor
+    from berth.registry.endpoints import resolve_spec
+    from berth.store.audit import cli_actor
 
     if off == (to is not None):
         raise InvalidInput(
@@ -304,7 +304,7 @@ def _is_number(text: str) -> bool:
 
 
 def _routes_table(info: EndpointInfo, totals: dict[tuple[str, int], RouteWindow]) -> Table:
-    from berth.rollouts.analysis import RouteWindow
+    from berth.serving.route_window import RouteWindow
 
     table = Table(
         "label",
@@ -344,7 +344,7 @@ def _shadow_line(shadow: RouteSpec, found: ShadowTotals | None) -> str:
 
 
 def _history_table(changes: list[EndpointChange], title: str | None = None) -> Table:
-    from berth.rollouts.endpoints import routes_summary
+    from berth.registry.endpoints import routes_summary
 
     table = Table("at", "actor", "reason", "routes", title=title)
     for change in changes:
@@ -358,7 +358,7 @@ def _history_table(changes: list[EndpointChange], title: str | None = None) -> T
 
 
 def _print_changed(info: EndpointInfo, as_json: bool) -> None:
-    from berth.rollouts.endpoints import routes_summary
+    from berth.registry.endpoints import routes_summary
 
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))

@@ -13,7 +13,7 @@ from berth.rollouts.names import EXPERIMENT_METRICS as METRICS
 
 # The experiment service (SQLAlchemy, numpy) is imported by the commands that use it.
 if TYPE_CHECKING:
-    from berth.rollouts.analysis import ExperimentReport, VariantRow
+    from berth.rollouts.experiment_analysis import ExperimentReport, VariantRow
     from berth.rollouts.experiments import ExperimentInfo, ExperimentService
 
 app = typer.Typer(
@@ -60,7 +60,7 @@ def start(
 
     Example: berth experiments start churn --variant a=churn:2:50 --variant b=churn:3:50 --metric accuracy
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     info = _service().start(
         endpoint, variant, sticky, metric, alpha, min_samples, actor=cli_actor()
@@ -111,7 +111,7 @@ def conclude(
 
     Example: berth experiments conclude churn --winner b
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     info = _service().conclude(endpoint, winner, actor=cli_actor())
     if as_json:

@@ -31,7 +31,7 @@ def create(
 
     Example: berth keys create web --scope predict:churn --expires 90d
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
     info, secret = keys().create(name, tuple(scope), expires_at, rate, actor=cli_actor())
@@ -69,7 +69,7 @@ def revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
 
     Example: berth keys revoke web
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     info = keys().revoke(name, actor=cli_actor())
     console.print(f"Revoked key {info.name}")
@@ -86,7 +86,7 @@ def rotate(
 
     Example: berth keys rotate web --grace 24h
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     info, secret = keys().rotate(name, parse_duration(grace), actor=cli_actor())
     err_console.print(

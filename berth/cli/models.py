@@ -69,7 +69,7 @@ def register(
     Example: berth models register churn model.skops --sample train.csv --reference train.csv --metric auc=0.91 --alias production
     """
     from berth.registry.service import RegisterRequest, parse_metrics, parse_pairs
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     request = RegisterRequest(
         name=name,
@@ -235,7 +235,7 @@ def optimize_command(
     # Imported here: the converters (skl2onnx, onnx) cost a second to import, and every other
     # command (and `berth serve`) would pay it.
     from berth.optimize.service import optimize
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     with console.status(f"Optimizing {reference} ...") as status:
         report = optimize(
@@ -300,7 +300,7 @@ def alias(
 
     Example: berth models alias churn production 3
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     if remove:
         registry().remove_alias(name, alias_name, actor=cli_actor())
@@ -325,7 +325,7 @@ def delete(
 
     Example: berth models delete churn:2
     """
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     ref = parse_reference(reference)
     if ref.alias is not None:

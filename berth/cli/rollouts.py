@@ -21,7 +21,7 @@ from rich.table import Table
 from berth.cli.context import console, err_console, registry
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.rollouts.analysis import CanaryCriteria
+from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.names import CANARY
 
 # The rollout service, its strategies and the validation gates (SQLAlchemy, numpy, httpx) are
@@ -157,9 +157,9 @@ def start(
     Example: berth rollout start churn --to churn:3 --steps 10,50,100 --interval 5m --max-error-rate 0.01 --gate-data holdout.csv --gate-target churned --gate-min-auc 0.85 --gate-no-regression
     """
     from berth.ops.validation import GateConfig, parse_output_range, report_table
+    from berth.registry.endpoints import EndpointService
     from berth.rollouts import strategies as s
-    from berth.rollouts.endpoints import EndpointService
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     criteria = build_criteria(
         min_requests=min_requests,
@@ -292,7 +292,7 @@ def list_rollouts(
 
 
 def _act(endpoint: str, action: Callable[..., RolloutInfo], past: str, **extra: Any) -> RolloutInfo:
-    from berth.security.audit import cli_actor
+    from berth.store.audit import cli_actor
 
     info = action(endpoint, actor=cli_actor(), **extra)
     console.print(

@@ -29,7 +29,7 @@ from berth.errors import InvalidInput
 if TYPE_CHECKING:
     from berth.jobs.scheduler import Pass
     from berth.jobs.schedules import RunInfo, ScheduleService
-    from berth.rollouts.lease import Lease
+    from berth.store.lease import Lease
 
 UPCOMING = 3
 """How many run times `berth batch schedule` shows."""
@@ -241,7 +241,7 @@ def scheduler(
     """
     from berth.jobs.scheduler import LEASE_NAME, Scheduler, lease_ttl, process_launcher
     from berth.observability.logging import configure_logging
-    from berth.rollouts.lease import Lease, process_holder
+    from berth.store.lease import Lease, process_holder
 
     every, late = parse_duration(interval), parse_duration(grace)
     if every < timedelta(seconds=1):

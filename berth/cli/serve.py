@@ -208,7 +208,7 @@ def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> 
 
 
 def _production_models() -> list[str]:
-    from berth.rollouts.endpoints import EndpointService
+    from berth.registry.endpoints import EndpointService
 
     names = registry().models_with_alias(DEFAULT_ALIAS)
     if not names and not EndpointService(registry()).all():

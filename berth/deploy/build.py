@@ -27,9 +27,9 @@ from berth.errors import Conflict, InvalidInput, NotFound
 from berth.jobs.schedules import ScheduleInfo, ScheduleService
 from berth.observability.alerts import render_rules
 from berth.observability.prometheus_config import render_config
+from berth.registry.endpoints import EndpointService
 from berth.registry.references import parse_reference
 from berth.registry.service import Registry
-from berth.rollouts.endpoints import EndpointService
 
 GENERATED = (
     "Dockerfile", "Dockerfile.ray", ".dockerignore", "requirements.txt", "requirements-ray.txt",

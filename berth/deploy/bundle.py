@@ -33,7 +33,7 @@ from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound, NotRead
 from berth.registry.artifacts import artifact_sha256
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.registry.signature import TENSOR_DTYPES, Signature
-from berth.rollouts.lease import Lease, process_holder
+from berth.store.lease import Lease, process_holder
 
 log = logging.getLogger("berth.deploy")
 

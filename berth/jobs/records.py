@@ -33,9 +33,9 @@ from berth.jobs.states import QUEUED as QUEUED
 from berth.jobs.states import RUNNING as RUNNING
 from berth.jobs.states import STATES as STATES
 from berth.jobs.states import SUCCEEDED as SUCCEEDED
-from berth.registry.db import Database
-from berth.registry.tables import JobRow
-from berth.security.audit import AuditLog, event
+from berth.store.audit import AuditLog, event
+from berth.store.db import Database
+from berth.store.tables import JobRow
 
 HEARTBEAT_SECONDS = 1.0
 """How often a running job writes its counts (and so proves it is alive)."""

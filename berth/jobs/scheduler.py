@@ -40,8 +40,8 @@ from berth.jobs import records
 from berth.jobs.records import Counts, JobService
 from berth.jobs.schedules import MISSED, STARTED, ScheduleInfo, ScheduleService, when
 from berth.jobs.spec import BatchSpec
-from berth.registry.db import Database
-from berth.rollouts.lease import Lease
+from berth.store.db import Database
+from berth.store.lease import Lease
 
 log = logging.getLogger("berth.jobs.scheduler")
 

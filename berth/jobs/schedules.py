@@ -31,8 +31,8 @@ from berth.cli.batch import parse_run_args
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.jobs.cron import Cron
 from berth.jobs.records import JobService
-from berth.registry.db import Database
-from berth.registry.tables import ScheduleRow, ScheduleRunRow
+from berth.store.db import Database
+from berth.store.tables import ScheduleRow, ScheduleRunRow
 
 STARTED = "started"
 MISSED = "missed"

@@ -31,8 +31,8 @@ from sqlalchemy import func, select
 from berth.observability import metrics
 from berth.observability.window import MAX_LABELLED as MAX_LABELLED
 from berth.observability.window import Window as Window
-from berth.registry.db import Database
-from berth.registry.tables import FeedbackRow, PredictionRow
+from berth.store.db import Database
+from berth.store.tables import FeedbackRow, PredictionRow
 
 log = logging.getLogger("berth.monitoring")
 

@@ -28,10 +28,10 @@ from prometheus_client import Counter
 from sqlalchemy import Table, delete, insert, select
 
 from berth.durations import parse_duration
-from berth.registry.db import Database
-from berth.registry.tables import FeedbackRow, PredictionRow
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
+from berth.store.db import Database
+from berth.store.tables import FeedbackRow, PredictionRow
 
 log = logging.getLogger("berth.monitoring")
 

@@ -49,7 +49,6 @@ from berth.registry.artifacts import (
     file_sha256,
 )
 from berth.registry.csv_header import first_row, has_header
-from berth.registry.db import Database
 from berth.registry.references import DEFAULT_ALIAS, Reference, check_name, parse_reference
 from berth.registry.signature import (
     Signature,
@@ -57,7 +56,6 @@ from berth.registry.signature import (
     load_signature_file,
     read_sample,
 )
-from berth.registry.tables import AliasRow, EndpointRow, ModelRow, RouteRow, VersionRow, utcnow
 from berth.runtimes import (
     SKOPS_SUFFIX,
     UntrustedArtifact,
@@ -67,7 +65,9 @@ from berth.runtimes import (
     needs_pickle_trust,
     pickle_refusal,
 )
-from berth.security import audit
+from berth.store import audit
+from berth.store.db import Database
+from berth.store.tables import AliasRow, EndpointRow, ModelRow, RouteRow, VersionRow, utcnow
 
 # numpy, pandas, the drift statistics and the runtimes' helpers are imported by the functions
 # that use them: listing and resolving versions (most commands) need none of them.

@@ -26,12 +26,11 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
+from berth.registry.endpoints import RouteSpec
 from berth.registry.service import Registry
 from berth.rollouts import strategies as s
-from berth.rollouts.analysis import RouteWindow, Verdict, judge_canary
-from berth.rollouts.endpoints import RouteSpec
+from berth.rollouts.canary_analysis import Verdict, judge_canary
 from berth.rollouts.evidence import MetricsSource, Totals, metrics_source, with_outcomes
-from berth.rollouts.lease import Lease
 from berth.rollouts.service import (
     Change,
     RolloutInfo,
@@ -42,6 +41,8 @@ from berth.rollouts.service import (
     step_change,
     switch_change,
 )
+from berth.serving.route_window import RouteWindow
+from berth.store.lease import Lease
 
 log = logging.getLogger("berth.rollouts")
 

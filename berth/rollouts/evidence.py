@@ -25,10 +25,10 @@ from sqlalchemy import select
 from berth.errors import InvalidInput, NotReady
 from berth.observability.metrics import LATENCY_BUCKETS
 from berth.observability.performance import label_key
-from berth.registry.db import Database
-from berth.registry.tables import FeedbackRow, PredictionRow
-from berth.rollouts.analysis import RouteWindow
 from berth.serving.route_stats import read_totals
+from berth.serving.route_window import RouteWindow
+from berth.store.db import Database
+from berth.store.tables import FeedbackRow, PredictionRow
 
 Totals = dict[tuple[str, int], RouteWindow]
 """Running totals by (model, version)."""

@@ -20,11 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from berth.errors import InvalidInput, NotFound
-from berth.registry.references import check_name, parse_reference
-from berth.registry.service import Registry
-from berth.registry.tables import ExperimentRow
-from berth.rollouts.analysis import ExperimentReport, RouteWindow, VariantSample, experiment_report
-from berth.rollouts.endpoints import (
+from berth.registry.endpoints import (
     STABLE,
     RouteSpec,
     endpoint_row,
@@ -33,9 +29,14 @@ from berth.rollouts.endpoints import (
     replace_routes,
     route_spec,
 )
+from berth.registry.references import check_name, parse_reference
+from berth.registry.service import Registry
 from berth.rollouts.evidence import metrics_source, with_outcomes
+from berth.rollouts.experiment_analysis import ExperimentReport, VariantSample, experiment_report
 from berth.rollouts.names import EXPERIMENT_METRICS
-from berth.security import audit
+from berth.serving.route_window import RouteWindow
+from berth.store import audit
+from berth.store.tables import ExperimentRow
 
 METRICS = EXPERIMENT_METRICS
 RUNNING, CONCLUDED = "running", "concluded"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from berth.rollouts.endpoints import RouteSpec
+from berth.registry.endpoints import RouteSpec
 from berth.serving.dataplane import DataPlane
 
 

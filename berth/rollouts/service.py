@@ -18,11 +18,7 @@ from sqlalchemy.orm import Session
 
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.ops.validation import GateConfig, GateReport, run_gates
-from berth.registry.references import check_name
-from berth.registry.service import Registry
-from berth.registry.tables import RolloutEventRow, RolloutRow
-from berth.rollouts import strategies as s
-from berth.rollouts.endpoints import (
+from berth.registry.endpoints import (
     STABLE,
     EndpointInfo,
     EndpointService,
@@ -32,7 +28,11 @@ from berth.rollouts.endpoints import (
     replace_routes,
     spec_for,
 )
-from berth.security import audit
+from berth.registry.references import check_name
+from berth.registry.service import Registry
+from berth.rollouts import strategies as s
+from berth.store import audit
+from berth.store.tables import RolloutEventRow, RolloutRow
 
 Clock = Callable[[], datetime]
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from berth.errors import InvalidInput
-from berth.rollouts.analysis import CanaryCriteria
-from berth.rollouts.endpoints import ACTIVE_ROLLOUT, STABLE, RouteSpec
+from berth.registry.endpoints import ACTIVE_ROLLOUT, STABLE, RouteSpec
+from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.evidence import check_metrics_source
 from berth.rollouts.names import BLUE_GREEN as BLUE_GREEN
 from berth.rollouts.names import CANARY as CANARY

@@ -23,13 +23,13 @@ from sqlalchemy.orm import Session
 
 from berth.config import Settings
 from berth.errors import Conflict, InvalidInput, NotFound
-from berth.registry.db import Database
 from berth.registry.references import check_name
-from berth.registry.tables import ApiKeyRow, utcnow
-from berth.security import audit
 from berth.security.ratelimit import parse_rate
 from berth.security.scopes import DEFAULT_SCOPES as DEFAULT_SCOPES
 from berth.security.scopes import SCOPES as SCOPES
+from berth.store import audit
+from berth.store.db import Database
+from berth.store.tables import ApiKeyRow, utcnow
 
 KEY_PREFIX = "berth"
 

@@ -24,10 +24,10 @@ from anyio import CapacityLimiter
 from berth.config import ModelServing
 from berth.errors import BerthError, InvalidInput, NotFound, NotReady, PayloadTooLarge, TimedOut
 from berth.observability import metrics, tracing
+from berth.registry.endpoints import EndpointInfo, EndpointService, RouteSpec, current_revision
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
-from berth.rollouts.endpoints import EndpointInfo, EndpointService, RouteSpec, current_revision
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key

@@ -25,10 +25,10 @@ from sqlalchemy import delete, func, select, update
 
 from berth.observability import metrics
 from berth.observability.metrics import LATENCY_BUCKETS
-from berth.registry.db import Database
-from berth.registry.tables import RouteStatsRow, utcnow
-from berth.rollouts.analysis import RouteWindow
-from berth.rollouts.endpoints import EndpointInfo, RouteSpec
+from berth.registry.endpoints import EndpointInfo, RouteSpec
+from berth.serving.route_window import RouteWindow
+from berth.store.db import Database
+from berth.store.tables import RouteStatsRow, utcnow
 
 log = logging.getLogger("berth.serving")
 

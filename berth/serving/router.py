@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 
 from berth.errors import InvalidInput
-from berth.rollouts.endpoints import SERVING_ROLES, EndpointInfo, RouteSpec
+from berth.registry.endpoints import SERVING_ROLES, EndpointInfo, RouteSpec
 
 _SCALE = float(1 << 64)
 

@@ -27,8 +27,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from berth.errors import InvalidInput
-from berth.registry.db import Database
-from berth.registry.tables import LeaseRow, UTCDateTime
+from berth.store.db import Database
+from berth.store.tables import LeaseRow, UTCDateTime
 
 __all__ = ["Clock", "Lease", "LeaseInfo", "process_holder"]
 

@@ -24,8 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from berth.errors import BerthError
-from berth.registry.db import Database
-from berth.registry.tables import AuditRow
+from berth.store.db import Database
+from berth.store.tables import AuditRow
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

@@ -19,10 +19,14 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from berth.errors import Conflict, InvalidInput, NotFound
-from berth.registry.db import Database
 from berth.registry.references import check_name, parse_reference
+from berth.registry.roles import ROLES as ROLES
+from berth.registry.roles import SERVING_ROLES as SERVING_ROLES
+from berth.registry.roles import STABLE as STABLE
 from berth.registry.service import Registry, VersionInfo
-from berth.registry.tables import (
+from berth.store import audit
+from berth.store.db import Database
+from berth.store.tables import (
     EndpointChangeRow,
     EndpointRow,
     ExperimentRow,
@@ -33,10 +37,6 @@ from berth.registry.tables import (
     VersionRow,
     utcnow,
 )
-from berth.rollouts.names import ROLES as ROLES
-from berth.rollouts.names import SERVING_ROLES as SERVING_ROLES
-from berth.rollouts.names import STABLE as STABLE
-from berth.security import audit
 
 TOPIC = "endpoints"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
