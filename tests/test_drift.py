@@ -22,14 +22,8 @@ from berth.cli import models as cli_models
 from berth.cli.demo import churn_data
 from berth.config import Settings
 from berth.errors import InvalidInput
-from berth.observability.drift import (
-    OTHER,
-    DriftMonitor,
-    find_monitor,
-    psi,
-    reference_statistics,
-    verdict,
-)
+from berth.monitoring.drift import DriftMonitor, find_monitor, psi, verdict
+from berth.registry.profile import OTHER, reference_statistics
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.registry.signature import Signature, TensorSpec, infer_signature, read_sample
 from tests.conftest import Outcome, Run

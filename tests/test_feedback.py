@@ -19,14 +19,14 @@ from starlette.testclient import TestClient
 
 from berth.api.feedback import MAX_FEEDBACK_ITEMS, Monitoring, attach, store_feedback
 from berth.config import Settings
-from berth.observability.performance import (
+from berth.monitoring.performance import (
     PerformanceGauges,
     Window,
     compute_performance,
     measure,
     roc_auc,
 )
-from berth.observability.prediction_log import MonitoringConfig
+from berth.monitoring.prediction_log import MonitoringConfig
 from berth.registry.service import Registry
 from berth.security.auth import Principal
 from berth.store.tables import FeedbackRow, PredictionRow

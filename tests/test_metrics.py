@@ -21,9 +21,9 @@ from starlette.testclient import TestClient
 from berth.api.middleware.access_log import AccessLogMiddleware
 from berth.api.middleware.compression import CompressionMiddleware
 from berth.config import Settings
+from berth.monitoring.log_fields import bind_prediction
+from berth.monitoring.prediction_metrics import PredictionMetrics, feature_values, prediction_values
 from berth.observability import metrics
-from berth.observability.logging import bind_prediction
-from berth.observability.metrics import PredictionMetrics, feature_values, prediction_values
 from berth.registry.service import Registry
 from tests.conftest import BERTH, berth, free_port, register_churn, register_iris, wait_ready
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import func, insert, select
 
-from berth.observability.prediction_log import (
+from berth.monitoring.prediction_log import (
     MonitoringConfig,
     PredictionLog,
     json_safe,

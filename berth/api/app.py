@@ -22,9 +22,9 @@ from berth.api.middleware.request_id import RequestIdMiddleware
 from berth.api.middleware.tracing import TracingMiddleware
 from berth.api.services import Services
 from berth.config import Settings, load_settings
+from berth.monitoring.log_fields import bind_prediction
+from berth.monitoring.prediction_metrics import PredictionMetrics
 from berth.observability import tracing
-from berth.observability.logging import bind_prediction
-from berth.observability.metrics import PredictionMetrics
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
 from berth.rollouts.controller import LEASE_NAME, RolloutController

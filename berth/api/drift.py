@@ -17,7 +17,7 @@ from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
 from berth.api.services import Services, services
 from berth.errors import NotFound
-from berth.observability.drift import (
+from berth.monitoring.drift import (
     DRIFTED,
     MODERATE,
     DriftMonitor,

@@ -31,13 +31,13 @@ from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
 from berth.errors import Forbidden, InvalidInput, PayloadTooLarge
-from berth.observability.performance import (
+from berth.monitoring.performance import (
     MAX_LABELLED,
     PerformanceGauges,
     Window,
     compute_performance,
 )
-from berth.observability.prediction_log import MonitoringConfig, PredictionLog
+from berth.monitoring.prediction_log import MonitoringConfig, PredictionLog
 from berth.security.auth import Principal
 from berth.store.db import Database
 from berth.store.tables import FeedbackRow, PredictionRow

@@ -34,7 +34,7 @@ def performance(
 
     Example: berth feedback performance churn --window 7d
     """
-    from berth.observability.performance import compute_performance
+    from berth.monitoring.performance import compute_performance
 
     since = None if window == "all" else parse_duration(window)
     found = compute_performance(registry().db, model, version, Window(since=since, last=last))
@@ -60,7 +60,7 @@ def prune() -> None:
 
     A running server does this every minute on its own.
     """
-    from berth.observability.prediction_log import MonitoringConfig, PredictionLog
+    from berth.monitoring.prediction_log import MonitoringConfig, PredictionLog
 
     log = PredictionLog(registry().db, MonitoringConfig.from_settings(settings()))
     deleted = log.apply_retention()

@@ -368,7 +368,7 @@ def drift(
 
     Example: berth models drift churn --url http://127.0.0.1:8321 --key berth_...
     """
-    from berth.observability.drift import verdict
+    from berth.monitoring.drift import verdict
 
     if url is None:
         _print_reference(registry().resolve(reference), as_json)

@@ -20,15 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from berth.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from berth.runtimes.base import ModelInput
-    from berth.serving.dataplane import PredictResult
 
 try:  # tracing is optional: lines carry trace ids only when opentelemetry is installed
     from opentelemetry import trace as _otel_trace
@@ -82,15 +78,6 @@ def current_request_id() -> str | None:
     context = _REQUEST.get()
     found = context.get("request_id") if context else None
     return str(found) if found is not None else None
-
-
-def bind_prediction(result: PredictResult, _inputs: ModelInput) -> None:
-    """A dataplane observer: lines after a prediction (and the access line) name its version."""
-    bind(
-        model=result.version.model,
-        version=str(result.version.number),
-        prediction_id=result.prediction_id,
-    )
 
 
 def _trace_fields() -> dict[str, str]:

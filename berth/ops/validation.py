@@ -36,7 +36,7 @@ import pandas as pd
 from rich.table import Table
 
 from berth.errors import InvalidInput, ModelLoadError
-from berth.observability.performance import label_key
+from berth.monitoring.performance import label_key
 from berth.optimize.data import model_input
 from berth.registry.references import parse_reference
 from berth.registry.service import Registry, VersionInfo

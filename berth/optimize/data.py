@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from berth.errors import InvalidInput
-from berth.observability.drift import OTHER
+from berth.registry.profile import OTHER
 from berth.registry.service import VersionInfo
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec, read_sample
 from berth.runtimes.base import ModelInput

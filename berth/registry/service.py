@@ -135,7 +135,7 @@ class VersionInfo:
         return f"{self.model}:{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
-        from berth.observability.drift import reference_summary
+        from berth.registry.profile import reference_summary
 
         return {
             "model": self.model,
@@ -695,7 +695,7 @@ def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
 
 def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] | None:
     """Drift reference statistics of the --reference data, checked against the signature."""
-    from berth.observability.drift import reference_statistics
+    from berth.registry.profile import reference_statistics
 
     if path is None:
         return None

@@ -23,8 +23,8 @@ import httpx
 from sqlalchemy import select
 
 from berth.errors import InvalidInput, NotReady
+from berth.monitoring.performance import label_key
 from berth.observability.metrics import LATENCY_BUCKETS
-from berth.observability.performance import label_key
 from berth.serving.route_stats import read_totals
 from berth.serving.route_window import RouteWindow
 from berth.store.db import Database

@@ -31,7 +31,7 @@ from berth.jobs.stream.transport import (
     open_sink,
     open_source,
 )
-from berth.observability.metrics import PredictionMetrics
+from berth.monitoring.prediction_metrics import PredictionMetrics
 from berth.registry.service import Registry
 from berth.serving.dataplane import DataPlane
 
