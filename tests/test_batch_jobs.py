@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from berth.cli.batch import parse_run_args, run_args
 from berth.cli.demo import churn_data
 from berth.config import Settings
 from berth.errors import Conflict, InvalidInput
 from berth.jobs import records as r
 from berth.jobs.batch import Summary, run_job
 from berth.jobs.records import JobService
+from berth.jobs.run_args import parse_run_args, run_args
 from berth.jobs.sinks import MANIFEST
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry, VersionInfo
@@ -559,6 +559,32 @@ def test_run_arguments_round_trip() -> None:
         parse_run_args(["churn", "--source", "a.csv", "--sink", "b.csv", "--bogus"])
     with pytest.raises(InvalidInput, match="--mode"):
         parse_run_args(["churn", "--source", "a.csv", "--sink", "b.csv", "--mode", "merge"])
+
+
+def test_stored_arguments_are_read_as_the_command_reads_them() -> None:
+    import typer
+
+    from berth.cli.batch import app
+    from berth.jobs.run_args import OPTIONS
+
+    command = typer.main.get_command(app)
+    run = getattr(command, "commands", {}).get("run", command)
+    declared = {f for p in run.params for f in p.opts if f.startswith("--")}
+    reporting = {"--job", "--quiet", "--json", "--install-completion", "--show-completion"}
+    assert declared - reporting == {o.flag for o in OPTIONS}
+    base = ["churn", "--source", "a.csv", "--sink", "b.csv"]
+    assert parse_run_args([*base, "--chunk-size=7", "--quiet", "--job", "3"]).chunk_size == 7
+    for args, message in [
+        ([*base, "--chunk-size", "x"], "'--chunk-size': 'x' is not an integer"),
+        ([*base, "--workers"], "requires an argument"),
+        (base[1:], "Missing argument 'MODEL'"),
+        (base[:3], "Missing option '--sink'"),
+        ([*base, "extra"], "unexpected extra argument"),
+        ([*base, "--skip-scored=yes"], "does not take a value"),
+        ([*base, "--help"], "asked for help"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            parse_run_args(args)
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from berth.cli.batch import parse_run_args, run_args
 from berth.config import Settings
 from berth.jobs import records as r
 from berth.jobs.records import Counts, JobInfo, JobService
+from berth.jobs.run_args import parse_run_args, run_args
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
 from berth.security.keys import KeyService, server_secret

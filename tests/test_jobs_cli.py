@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from berth.cli.batch import run_args
 from berth.config import Settings
 from berth.jobs import records as r
 from berth.jobs.launch import job_log
 from berth.jobs.records import Counts, JobInfo, JobService
+from berth.jobs.run_args import run_args
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
 from berth.store.audit import AuditLog, cli_actor

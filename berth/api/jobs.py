@@ -21,13 +21,13 @@ from berth.api import openapi_schemas as doc
 from berth.api.admin import admin_caller
 from berth.api.json_body import json_response, read_object
 from berth.api.services import Services
-from berth.cli.batch import parse_run_args, run_args, spec_from_options
 from berth.config import Settings
 from berth.errors import InvalidInput
 from berth.jobs import records as r
 from berth.jobs import spec as s
 from berth.jobs.launch import launch
 from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
+from berth.jobs.run_args import parse_run_args, run_args, spec_from_options
 from berth.jobs.spec import BatchSpec
 from berth.jobs.sql import shown
 from berth.registry.references import MAX_VERSION
@@ -131,12 +131,9 @@ class JobFields(BaseModel):
     )
 
     def spec(self) -> BatchSpec:
-        return spec_from_options(
-            self.model, self.source, self.sink, self.query, self.table, self.sink_table,
-            self.id_column, self.mode, ",".join(self.features) if self.features else None,
-            self.chunk_size, self.workers, self.skip_scored, self.errors, self.errors_table,
-            self.max_error_rate,
-        )  # fmt: skip
+        fields = self.model_dump(exclude={"model", "features"})
+        features = ",".join(self.features) if self.features else None
+        return spec_from_options(self.model, features, **fields)
 
 
 _EXAMPLE = {

@@ -1,7 +1,7 @@
 """`berth batch ...`: score a table or file with a registered version, now or on a schedule.
 
-`run` options are declared once here; a schedule and the admin API store the same arguments and
-check them with `parse_run_args`, so a stored job always runs exactly as `berth batch run` would.
+A schedule and the admin API store the same arguments as `run` takes and check them with
+`berth.jobs.run_args.parse_run_args`, so a stored job always runs exactly as `berth batch run` would.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 
 from berth.cli.context import console, err_console, registry, settings
-from berth.errors import InvalidInput
 from berth.jobs import spec as s
-from berth.jobs.spec import BatchSpec
+from berth.jobs.run_args import run_args, spec_from_options
 
 app = typer.Typer(
     help="Score tables and files in batch: resumable, exactly once, optionally on a schedule.",
@@ -88,8 +87,10 @@ def run(
     from berth.jobs.progress import RichProgress
 
     spec = spec_from_options(
-        model, source, sink, query, table, sink_table, id_column, mode, features,
-        chunk_size, workers, skip_scored, errors, errors_table, max_error_rate,
+        model, features, source=source, sink=sink, query=query, table=table,
+        sink_table=sink_table, id_column=id_column, mode=mode, chunk_size=chunk_size,
+        workers=workers, skip_scored=skip_scored, errors=errors, errors_table=errors_table,
+        max_error_rate=max_error_rate,
     )  # fmt: skip
     progress = None if quiet or as_json else RichProgress(console)
     with stop_on_signals() as stop:
@@ -121,98 +122,3 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def spec_from_options(
-    model: str,
-    source: str,
-    sink: str,
-    query: str | None,
-    table: str | None,
-    sink_table: str | None,
-    id_column: str,
-    mode: str,
-    features: str | None,
-    chunk_size: int,
-    workers: int,
-    skip_scored: bool,
-    errors: str | None,
-    errors_table: str | None,
-    max_error_rate: float,
-) -> BatchSpec:
-    names = None
-    if features is not None:
-        names = tuple(n.strip() for n in features.split(",") if n.strip())
-        if not names:
-            raise InvalidInput("--features lists no column; give e.g. --features age,income")
-    return BatchSpec(
-        model=model,
-        source=source,
-        sink=sink,
-        query=query,
-        table=table,
-        sink_table=sink_table,
-        id_column=id_column,
-        mode=mode,
-        features=names,
-        chunk_size=chunk_size,
-        workers=workers,
-        skip_scored=skip_scored,
-        errors=errors,
-        errors_table=errors_table,
-        max_error_rate=max_error_rate,
-    )
-
-
-_RUN_ONLY = ("job", "quiet", "as_json")
-
-
-def parse_run_args(args: Sequence[str]) -> BatchSpec:
-    """Check stored `berth batch run` arguments (a schedule's, an API request's) as the command
-    would, and return the job they describe."""
-    command = typer.main.get_command(app)
-    # typer makes an app of one command that command itself, and a group otherwise
-    commands = getattr(command, "commands", None)
-    run_command = commands["run"] if commands else command
-    try:
-        context = run_command.make_context("berth batch run", list(args))
-    except typer.Exit as exc:
-        raise InvalidInput("the job arguments asked for help; give the run options") from exc
-    except Exception as exc:
-        # typer bundles its own click; its usage errors are the ones that can format a message
-        format_message = getattr(exc, "format_message", None)
-        if format_message is None:
-            raise
-        raise InvalidInput(f"invalid job arguments: {format_message()}") from exc
-    params = {k: v for k, v in context.params.items() if k not in _RUN_ONLY}
-    return spec_from_options(**params)
-
-
-def run_args(spec: BatchSpec) -> list[str]:
-    """The `berth batch run` arguments that describe `spec` (the inverse of parse_run_args)."""
-    args = [spec.model, "--source", spec.source, "--sink", spec.sink]
-    optional = {
-        "--query": spec.query,
-        "--table": spec.table,
-        "--sink-table": spec.sink_table,
-        "--errors": spec.errors,
-        "--errors-table": spec.errors_table,
-        "--features": ",".join(spec.features) if spec.features else None,
-    }
-    for flag, value in optional.items():
-        if value is not None:
-            args += [flag, value]
-    defaults = BatchSpec(model="", source="", sink="")
-    if spec.id_column != defaults.id_column:
-        args += ["--id-column", spec.id_column]
-    if spec.mode != defaults.mode:
-        args += ["--mode", spec.mode]
-    if spec.chunk_size != defaults.chunk_size:
-        args += ["--chunk-size", str(spec.chunk_size)]
-    if spec.workers != defaults.workers:
-        args += ["--workers", str(spec.workers)]
-    if spec.max_error_rate != defaults.max_error_rate:
-        args += ["--max-error-rate", repr(spec.max_error_rate)]
-    if spec.skip_scored:
-        args.append("--skip-scored")
-    return args

@@ -235,7 +235,7 @@ _BASE: tuple[tuple[str, _Maker, str], ...] = (
 
 def _own_schedules(schedules: list[ScheduleInfo], subject: Subject) -> list[ScheduleInfo]:
     """The schedules that score this bundle's models: the image holds only their libraries."""
-    from berth.cli.batch import parse_run_args  # checks stored arguments as the command does
+    from berth.jobs.run_args import parse_run_args  # checks stored arguments as the command does
 
     models = {version.model for version in subject.versions}
     return [s for s in schedules if parse_reference(parse_run_args(s.args).model).name in models]

@@ -33,11 +33,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from berth.cli.batch import parse_run_args
 from berth.config import Settings
 from berth.errors import BerthError, InvalidInput
 from berth.jobs import records
 from berth.jobs.records import Counts, JobService
+from berth.jobs.run_args import parse_run_args
 from berth.jobs.schedules import MISSED, STARTED, ScheduleInfo, ScheduleService, when
 from berth.jobs.spec import BatchSpec
 from berth.store.db import Database

@@ -26,11 +26,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-# The one definition of `berth batch run` and its options lives with the command.
-from berth.cli.batch import parse_run_args
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.jobs.cron import Cron
 from berth.jobs.records import JobService
+
+# The one definition of `berth batch run` and its options lives with the command.
+from berth.jobs.run_args import parse_run_args
 from berth.store.db import Database
 from berth.store.tables import ScheduleRow, ScheduleRunRow
 
