@@ -71,6 +71,7 @@ lint: install
 	$(BIN)/ruff check berth tests benchmarks
 	$(BIN)/ruff format --check berth tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix berth tests benchmarks

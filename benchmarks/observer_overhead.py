@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from berth.api.app import build_services
-from berth.cli.demo import train
 from berth.config import Settings
+from berth.demo_model import train
 from berth.registry.service import RegisterRequest, Registry
 
 ROW = {"tenure_months": 8, "monthly_charges": 71.79, "plan": "pro", "support_calls": 1}

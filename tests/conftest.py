@@ -123,7 +123,7 @@ def iris_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def churn_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """The demo's churn pipeline (skops), a CSV sample and a signature with ranges."""
-    from berth.cli.demo import train
+    from berth.demo_model import train
 
     model, sample, signature, _metrics = train(tmp_path_factory.mktemp("churn"))
     return model, sample, signature

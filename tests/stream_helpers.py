@@ -23,8 +23,8 @@ import httpx
 import joblib
 import numpy as np
 
-from berth.cli.demo import SIGNATURE, churn_data
 from berth.config import Settings
+from berth.demo_model import SIGNATURE, churn_data
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from berth.serving.validation import decode_instances
 

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from berth.cli.demo import churn_data
+from berth.demo_model import churn_data
 from tests.conftest import BERTH, berth
 from tests.stream_helpers import train_model
 

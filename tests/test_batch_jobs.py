@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from berth.cli.demo import churn_data
 from berth.config import Settings
+from berth.demo_model import churn_data
 from berth.errors import Conflict, InvalidInput
 from berth.jobs import records as r
 from berth.jobs.batch import Summary, run_job

@@ -19,8 +19,8 @@ from starlette.testclient import TestClient
 
 from berth.api.drift import router as drift_router
 from berth.cli import models as cli_models
-from berth.cli.demo import churn_data
 from berth.config import Settings
+from berth.demo_model import churn_data
 from berth.errors import InvalidInput
 from berth.monitoring.drift import DriftMonitor, find_monitor, psi, verdict
 from berth.registry.profile import OTHER, reference_statistics

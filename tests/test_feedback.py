@@ -17,8 +17,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy import insert, select
 from starlette.testclient import TestClient
 
-from berth.api.feedback import MAX_FEEDBACK_ITEMS, Monitoring, attach, store_feedback
+from berth.api.feedback import MAX_FEEDBACK_ITEMS, Monitoring, attach
 from berth.config import Settings
+from berth.monitoring.feedback import store_feedback
 from berth.monitoring.performance import (
     PerformanceGauges,
     Window,

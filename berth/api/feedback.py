@@ -14,14 +14,10 @@ items are not kept; send them again later.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,6 +27,7 @@ from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
 from berth.errors import Forbidden, InvalidInput, PayloadTooLarge
+from berth.monitoring.feedback import store_feedback
 from berth.monitoring.performance import (
     MAX_LABELLED,
     PerformanceGauges,
@@ -38,9 +35,6 @@ from berth.monitoring.performance import (
     compute_performance,
 )
 from berth.monitoring.prediction_log import MonitoringConfig, PredictionLog
-from berth.security.auth import Principal
-from berth.store.db import Database
-from berth.store.tables import FeedbackRow, PredictionRow
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
 
@@ -48,7 +42,6 @@ MAX_FEEDBACK_ITEMS = 10_000
 MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 1024
 MAX_LIST_ITEMS = 1000
-_CHUNK = 1000
 _EXAMPLE = (
     '{"prediction_id": "3f2a...", "actual": "setosa"} or '
     '{"feedback": [{"prediction_id": "3f2a...", "actual": 1}]}'
@@ -254,49 +247,6 @@ def _scalar(value: Any, where: str) -> None:
         f"{where}: expected a label or number (or a list of them), got "
         f"{'null' if value is None else type(value).__name__}"
     )
-
-
-def store_feedback(
-    db: Database, items: dict[str, Any], principal: Principal
-) -> tuple[int, list[str]]:
-    """Check the caller may give feedback on each prediction's model, then upsert; in a thread.
-
-    Returns (ids stored against a logged prediction, ids with no logged prediction).
-    """
-    ids = list(items)
-    with db.session() as session:
-        owners: dict[str, str] = {}
-        for chunk in _chunks(ids):
-            query = select(PredictionRow.id, PredictionRow.model).where(PredictionRow.id.in_(chunk))
-            owners.update((row.id, row.model) for row in session.execute(query))
-        for model in sorted(set(owners.values())):
-            principal.require_predict(model)
-        unknown = [i for i in ids if i not in owners]
-        keep = ids if _unrestricted(principal) else [i for i in ids if i in owners]
-        now = datetime.now(UTC)
-        rows = [{"prediction_id": i, "actual": items[i], "received_at": now} for i in keep]
-        for chunk in _chunks(rows):
-            session.execute(_upsert(db, chunk))
-    return len(owners), unknown
-
-
-def _unrestricted(principal: Principal) -> bool:
-    """May predict with every model (so with whatever model an unknown id turns out to be)."""
-    return any(scope in ("admin", "predict") for scope in principal.scopes)
-
-
-def _upsert(db: Database, rows: list[dict[str, Any]]) -> Any:
-    dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(FeedbackRow).values(rows)
-    return statement.on_conflict_do_update(
-        index_elements=[FeedbackRow.prediction_id],
-        set_={"actual": statement.excluded.actual, "received_at": statement.excluded.received_at},
-    )
-
-
-def _chunks(values: list[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
 
 
 # ---------------------------------------------------------------------------- performance

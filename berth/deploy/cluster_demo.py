@@ -40,7 +40,7 @@ from berth.ops.http1 import HttpRequest
 def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, bytes]:
     """Register churn@production and create a predict key; the key and an example body."""
     # Training and the registry bring pandas and scikit-learn: imported when the demo runs.
-    from berth.cli.demo import MODEL, train
+    from berth.demo_model import MODEL, train
     from berth.registry.service import RegisterRequest, Registry
     from berth.security.keys import KeyService, server_secret
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from berth.errors import BerthError, InvalidInput
-from berth.optimize.data import model_input
 from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature
 from berth.runtimes.base import Prediction, Runtime
+from berth.serving.table_input import model_input
 
 Array = np.ndarray[Any, Any]
 

@@ -37,11 +37,11 @@ from rich.table import Table
 
 from berth.errors import InvalidInput, ModelLoadError
 from berth.monitoring.performance import label_key
-from berth.optimize.data import model_input
 from berth.registry.references import parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature, read_sample
 from berth.runtimes.base import ModelInput, Prediction, Runtime
+from berth.serving.table_input import model_input
 from berth.serving.validation import decode_named_arrays
 
 Array = np.ndarray[Any, Any]

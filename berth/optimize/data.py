@@ -28,10 +28,10 @@ from berth.registry.profile import OTHER
 from berth.registry.service import VersionInfo
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec, read_sample
 from berth.runtimes.base import ModelInput
+from berth.serving.table_input import CheckInput, model_input, single_input
 from berth.serving.validation import validate_columns, validate_tensor
 
 Array = np.ndarray[Any, Any]
-CheckInput = Array | pd.DataFrame
 
 MIN_ROWS = 1_000
 """Rows the check runs on without --data; at 99.9% agreement one disagreeing row fails it."""
@@ -112,26 +112,6 @@ def check_data(version: VersionInfo, path: Path | None = None) -> CheckData:
     return CheckData(_concat(parts), tuple(sources), where)
 
 
-def model_input(signature: Signature, table: CheckInput, field: str) -> CheckInput:
-    """A table or array as the runtime gets it when serving: checked and cast per signature."""
-    if signature.kind == "tabular":
-        if not isinstance(table, pd.DataFrame):
-            raise InvalidInput(
-                f"{field}: this model takes a table; give .csv or .parquet with the columns "
-                f"{signature.input_names}"
-            )
-        missing = [n for n in signature.input_names if n not in table.columns]
-        if missing:
-            raise InvalidInput(f"{field}: missing the signature's columns {missing}")
-        arrays = {name: table[name].to_numpy() for name in signature.input_names}
-        return validate_columns(signature, arrays, field)
-    spec = _single_input(signature)
-    array = table.to_numpy() if isinstance(table, pd.DataFrame) else np.asarray(table)
-    if len(spec.shape) == 1 and array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    return validate_tensor(spec, array, field)
-
-
 def _from_file(signature: Signature, path: Path) -> CheckData:
     if not path.is_file():
         raise InvalidInput(
@@ -154,17 +134,8 @@ def _example_table(version: VersionInfo) -> CheckInput:
     example = version.example or []
     if version.signature.kind == "tabular":
         return pd.DataFrame(list(example))
-    spec = _single_input(version.signature)
+    spec = single_input(version.signature)
     return np.asarray(example, dtype=object if spec.dtype == "string" else spec.dtype)
-
-
-def _single_input(signature: Signature) -> TensorSpec:
-    if len(signature.inputs) != 1:
-        raise InvalidInput(
-            f"the signature has {len(signature.inputs)} tensor inputs; optimize handles models "
-            "with one input tensor or a table"
-        )
-    return signature.inputs[0]
 
 
 def _concat(parts: list[CheckInput]) -> CheckInput:
@@ -196,7 +167,7 @@ def _generate(
             for column in signature.columns
         }
         return validate_columns(signature, arrays, "generated rows")
-    spec = _single_input(signature)
+    spec = single_input(signature)
     array = None if examples is None else np.asarray(examples)
     return validate_tensor(spec, _tensor(spec, array, features, rows, rng), "generated rows")
 
