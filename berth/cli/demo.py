@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # imported when the demo runs, not by every command
     import numpy as np
     import pandas as pd
 
-    from berth.registry.service import VersionInfo
+    from berth.registry.versions import VersionInfo
 
 MODEL = "churn"
 PLANS = ("basic", "pro", "enterprise")
@@ -112,7 +112,7 @@ def demo(
 
     Example: berth demo --port 9000
     """
-    from berth.registry.service import RegisterRequest
+    from berth.registration.service import RegisterRequest, register
     from berth.store.audit import cli_actor
 
     current = settings()
@@ -120,7 +120,8 @@ def demo(
     store = registry()  # opened first: a broken setup fails before seconds of training
     with console.status("Training a churn classifier on generated data ..."):
         model_path, sample, signature, metrics = train(current.home / "demo")
-    version = store.register(
+    version = register(
+        store,
         RegisterRequest(
             name=MODEL,
             path=model_path,
@@ -131,7 +132,7 @@ def demo(
             description="Synthetic churn classifier trained by `berth demo`",
             aliases=("production",),
             actor=cli_actor(),
-        )
+        ),
     )
     console.print(f"Registered [bold]{version.ref}[/] as {MODEL}@production (metrics {metrics})")
     info, secret = keys().create(f"demo-{int(time.time())}", ("predict", "read"))

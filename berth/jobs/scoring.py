@@ -19,8 +19,8 @@ import pandas as pd
 
 from berth.errors import BerthError, InvalidInput
 from berth.optimize.data import model_input
-from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction, Runtime
 
 Array = np.ndarray[Any, Any]
