@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from berth.config import Settings
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
+from berth.runtimes.loading import load_version
 
 ROWS = int(os.environ.get("ROWS", "1000000"))
 CHUNK = int(os.environ.get("CHUNK", "50000"))
@@ -55,7 +57,7 @@ def make_input(path: Path) -> np.ndarray:  # type: ignore[type-arg]
 
 
 def in_process_rate(registry: Registry, features: np.ndarray) -> float:  # type: ignore[type-arg]
-    runtime = registry.load_runtime(registry.resolve("rf"))
+    runtime = load_version(registry, registry.resolve("rf"))
     runtime.predict(features[:CHUNK])  # warm-up
     started = time.perf_counter()
     for start in range(0, ROWS, CHUNK):
@@ -107,7 +109,7 @@ def main() -> None:
         settings = Settings(home=root / "home")
         registry = Registry.from_settings(settings)
         model, sample = train_rf(root)
-        registry.register(RegisterRequest(name="rf", path=model, sample=sample, trust_pickle=True))
+        register(registry, RegisterRequest(name="rf", path=model, sample=sample, trust_pickle=True))
         source = root / "input.parquet"
         features = make_input(source)
         small = root / "small.parquet"

@@ -15,7 +15,8 @@ from pathlib import Path
 from berth.api.app import build_services
 from berth.config import Settings
 from berth.demo_model import train
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
 
 ROW = {"tenure_months": 8, "monthly_charges": 71.79, "plan": "pro", "support_calls": 1}
 
@@ -40,7 +41,7 @@ async def main() -> None:
     request = RegisterRequest(
         name="churn", path=model, sample=sample, signature=signature, aliases=("production",)
     )
-    registry.register(request)
+    register(registry, request)
     svc = build_services(settings, registry)
     await svc.dataplane.start()
     with_observers = await _rate(svc, rounds)

@@ -27,7 +27,9 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.errors import InvalidInput
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 
@@ -136,7 +138,7 @@ def register_iris(
     model, sample = iris_files
     extra.setdefault("trust_pickle", True)
     request = RegisterRequest(name="iris", path=model, sample=sample, **extra)  # type: ignore[arg-type]
-    return registry.register(request)
+    return register(registry, request)
 
 
 def register_churn(
@@ -145,10 +147,11 @@ def register_churn(
     aliases: tuple[str, ...] = ("production",),
 ) -> VersionInfo:
     model, sample, signature = churn_files
-    return registry.register(
+    return register(
+        registry,
         RegisterRequest(
             name="churn", path=model, sample=sample, signature=signature, aliases=aliases
-        )
+        ),
     )
 
 

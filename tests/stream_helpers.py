@@ -25,7 +25,10 @@ import numpy as np
 
 from berth.config import Settings
 from berth.demo_model import SIGNATURE, churn_data
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
+from berth.runtimes.loading import load_version
 from berth.serving.validation import decode_instances
 
 T = TypeVar("T")
@@ -65,7 +68,7 @@ def register_model(registry: Registry, files: tuple[Path, Path, Path]) -> Versio
         aliases=("production",),
         trust_pickle=True,
     )
-    return registry.register(request)
+    return register(registry, request)
 
 
 def customers(count: int, seed: int = 11, prefix: str = "e") -> list[dict[str, Any]]:
@@ -78,7 +81,7 @@ def customers(count: int, seed: int = 11, prefix: str = "e") -> list[dict[str, A
 def expected(registry: Registry, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """What the runtime itself predicts for the events: id -> (prediction, probabilities)."""
     version = registry.resolve(f"{MODEL}@production")
-    runtime = registry.load_runtime(version)
+    runtime = load_version(registry, version)
     rows = [{k: v for k, v in event.items() if k != "id"} for event in events]
     prediction = runtime.predict(decode_instances(version.signature, rows, "rows", len(rows)))
     assert prediction.probabilities is not None

@@ -21,6 +21,7 @@ from berth.registry.artifacts import (
     file_sha256,
 )
 from berth.registry.service import Registry
+from berth.runtimes.loading import artifact_path
 from tests.conftest import register_iris
 
 IrisFiles = tuple[Path, Path]
@@ -227,9 +228,9 @@ def test_registry_never_hands_out_a_tampered_artifact(
     version = register_iris(sqlite_registry, iris_files)
     stored = Path(version.artifact.uri) / version.artifact.entry
     stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")
-    # Registry.fetch is the only way to a loadable path: it raises instead of returning one.
+    # artifact_path is the only way to a loadable path: it raises instead of returning one.
     with pytest.raises(ArtifactIntegrityError):
-        sqlite_registry.fetch(sqlite_registry.resolve("iris"))
+        artifact_path(sqlite_registry, sqlite_registry.resolve("iris"))
     assert not any(sqlite_registry.store.cache_dir.rglob("model.joblib"))
 
 

@@ -24,7 +24,9 @@ from berth.jobs.records import JobService
 from berth.jobs.run_args import parse_run_args, run_args
 from berth.jobs.sinks import MANIFEST
 from berth.jobs.spec import BatchSpec
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
+from berth.runtimes.loading import load_version
 from tests.conftest import Run, register_churn, register_iris
 
 FEATURES = ["tenure_months", "monthly_charges", "plan", "support_calls"]
@@ -45,7 +47,7 @@ def customers() -> pd.DataFrame:
 
 
 def expected(version: VersionInfo, registry: Registry, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
-    runtime = registry.load_runtime(version)
+    runtime = load_version(registry, version)
     return np.asarray(runtime.predict(frame[FEATURES]).predictions)
 
 
@@ -316,7 +318,7 @@ def test_a_tensor_model_takes_every_non_id_column_or_the_named_features(
     )  # fmt: skip
     assert batch(sqlite_registry, settings, spec).ok
     scores = read_folder(tmp_path / "o.parquet")
-    want = sqlite_registry.load_runtime(version).predict(rows).predictions
+    want = load_version(sqlite_registry, version).predict(rows).predictions
     assert list(scores["id"]) == list(frame["id"])
     np.testing.assert_array_equal(scores["prediction"].to_numpy(), want)
 

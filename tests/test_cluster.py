@@ -54,7 +54,8 @@ from berth.deploy.nginx import (
 from berth.errors import InvalidInput, NotFound, NotReady
 from berth.ops.http1 import HttpRequest
 from berth.ops.loadtest import Load, LoadTest, run_async
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import KEY_PREFIX, parse_rate
 from berth.serving.router import key_unit

@@ -11,7 +11,8 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.errors import NotFound
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
 from berth.serving.dataplane import DataPlane, Decoder
 
 GATED_MODEL = """
@@ -59,13 +60,14 @@ def gated(sqlite_registry: Registry, tmp_path: Path) -> tuple[Registry, Path]:
     for number, (offset, slow) in enumerate([(0.0, False), (100.0, True)], start=1):
         folder = _gated_model(tmp_path / f"v{number}", gate, offset, slow)
         gate.touch()  # registration loads the model once: let it through
-        sqlite_registry.register(
+        register(
+            sqlite_registry,
             RegisterRequest(
                 name="gated",
                 path=folder,
                 sample=sample,
                 aliases=("production",) if number == 1 else (),
-            )
+            ),
         )
         gate.unlink()
     return sqlite_registry, gate

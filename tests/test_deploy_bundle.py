@@ -26,8 +26,11 @@ from berth.config import Settings
 from berth.deploy.bundle import ARTIFACT, MANIFEST, Manifest, bake, install_bundle
 from berth.deploy.dockerfile import healthcheck_command
 from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound
+from berth.registration.service import RegisterRequest, register
 from berth.registry.artifacts import artifact_sha256
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
+from berth.runtimes.loading import load_version
 from tests.conftest import berth, register_churn, register_iris, serving
 
 CHURN_ROW = {"tenure_months": 5, "monthly_charges": 80.5, "plan": "basic", "support_calls": 3}
@@ -105,7 +108,7 @@ def test_a_registry_with_other_versions_gets_the_next_number_once(
     folder, _ = churn_bundle
     model, sample = iris_files
     # churn:1 exists already, with other bytes (the iris model registered under that name)
-    registry.register(RegisterRequest(name="churn", path=model, sample=sample, trust_pickle=True))
+    register(registry, RegisterRequest(name="churn", path=model, sample=sample, trust_pickle=True))
     assert install_bundle(registry, folder) == "churn:2"
     assert install_bundle(registry, folder) == "churn:2"
     assert [v.number for v in registry.get_model("churn").versions] == [1, 2]
@@ -186,7 +189,7 @@ def test_a_pickle_models_trust_travels_with_its_verified_bytes(
     installed = registry.resolve(ref)
     assert installed.pickle_trusted
     assert installed.example == version.example  # tensor examples survive as .npy
-    prediction = registry.load_runtime(installed).predict(np.array([IRIS_ROW], dtype=np.float32))
+    prediction = load_version(registry, installed).predict(np.array([IRIS_ROW], dtype=np.float32))
     assert list(prediction.predictions) == [0]
 
 

@@ -23,9 +23,11 @@ from berth.config import Settings
 from berth.demo_model import churn_data
 from berth.errors import InvalidInput
 from berth.monitoring.drift import DriftMonitor, find_monitor, psi, verdict
+from berth.registration.service import RegisterRequest, register
 from berth.registry.profile import OTHER, reference_statistics
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registry.service import Registry
 from berth.registry.signature import Signature, TensorSpec, infer_signature, read_sample
+from berth.registry.versions import VersionInfo
 from tests.conftest import Outcome, Run
 
 CHURN_COLUMNS = ["tenure_months", "monthly_charges", "plan", "support_calls"]
@@ -147,7 +149,8 @@ def _register_churn(
     registry: Registry, churn_files: tuple[Path, Path, Path], **extra: Any
 ) -> VersionInfo:
     model, sample, signature = churn_files
-    return registry.register(
+    return register(
+        registry,
         RegisterRequest(
             name="churn",
             path=model,
@@ -155,7 +158,7 @@ def _register_churn(
             signature=signature,
             aliases=("production",),
             **extra,
-        )
+        ),
     )
 
 

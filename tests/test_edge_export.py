@@ -32,7 +32,9 @@ from berth.deploy.edge import export_edge
 from berth.optimize import speed
 from berth.optimize.equivalence import NotEquivalent
 from berth.optimize.service import optimize
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
+from berth.runtimes.loading import artifact_path
 from tests.conftest import Run, register_churn, register_iris, serving
 
 onnx = pytest.importorskip("onnx")
@@ -153,13 +155,14 @@ def register_network(registry: Registry, folder: Path) -> Path:
     joblib.dump(model, folder / "network.joblib")
     np.save(folder / "network.npy", features[:20])
     np.save(folder / "holdout.npy", features[400:])
-    registry.register(
+    register(
+        registry,
         RegisterRequest(
             name="network",
             path=folder / "network.joblib",
             sample=folder / "network.npy",
             trust_pickle=True,
-        )
+        ),
     )
     return folder / "holdout.npy"
 
@@ -331,10 +334,11 @@ def test_onnx_versions_are_exported_as_registered(
         to_onnx(model, features[:1].astype(np.float32)).SerializeToString()
     )
     np.save(tmp_path / "zipmap.npy", features[:20].astype(np.float32))
-    zipmap = sqlite_registry.register(
+    zipmap = register(
+        sqlite_registry,
         RegisterRequest(
             name="zipmap", path=tmp_path / "zipmap.onnx", sample=tmp_path / "zipmap.npy"
-        )
+        ),
     )
 
     for version in (optimized, zipmap):
@@ -343,7 +347,9 @@ def test_onnx_versions_are_exported_as_registered(
         out = report.folder
         assert report.converted is None
         assert report.how == "the registered ONNX graph"
-        assert (out / "model.onnx").read_bytes() == sqlite_registry.fetch(version).read_bytes()
+        assert (out / "model.onnx").read_bytes() == artifact_path(
+            sqlite_registry, version
+        ).read_bytes()
         berth = expected(out)
         assert berth["source"] == version.ref
         assert berth["classes"] == [0, 1, 2]
@@ -478,8 +484,9 @@ def test_python_flavor_is_refused_with_what_to_do(
         "        return (np.asarray(inputs).sum(axis=1) * 2).tolist()\n"
     )
     np.save(tmp_path / "sample.npy", np.ones((3, 2), dtype=np.float32))
-    sqlite_registry.register(
-        RegisterRequest(name="doubler", path=folder, sample=tmp_path / "sample.npy")
+    register(
+        sqlite_registry,
+        RegisterRequest(name="doubler", path=folder, sample=tmp_path / "sample.npy"),
     )
 
     done = run("export", "doubler:1", "--format", "onnx", "--out", str(tmp_path / "out"))

@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from starlette.testclient import TestClient
 
 from berth.config import Settings
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
 
 FEATURES, TARGET = load_iris(return_X_y=True)
 ROWS = FEATURES[[0, 60, 120]].astype(np.float32)
@@ -88,13 +89,14 @@ def test_flavor_registers_and_serves(flavor: str, settings: Settings, tmp_path: 
     np.save(sample, FEATURES[:10].astype(np.float32))
     registry = Registry.from_settings(settings)
     # ONNX declares its own signature; the others infer it from the sample.
-    version = registry.register(
+    version = register(
+        registry,
         RegisterRequest(
             name="iris",
             path=artifact,
             sample=None if flavor == "onnx" else sample,
             aliases=("production",),
-        )
+        ),
     )
     assert version.flavor == flavor
     app = create_app(

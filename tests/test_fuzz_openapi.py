@@ -47,7 +47,9 @@ from schemathesis.specs.openapi.checks import (
 
 from berth.api.v2 import input_tensors
 from berth.config import Settings
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import register_churn, register_iris
 
@@ -108,10 +110,11 @@ def fuzzed(
     register_churn(registry, churn_files)
     model, sample = iris_files
     for aliases in (("staging",), ()):
-        registry.register(
+        register(
+            registry,
             RegisterRequest(
                 name="spare", path=model, sample=sample, aliases=aliases, trust_pickle=True
-            )
+            ),
         )
     keys = KeyService(registry.db, server_secret(settings))
     _, admin_key = keys.create(ADMIN, ("admin",))

@@ -36,9 +36,12 @@ from berth.optimize.data import MIN_ROWS, CheckData, check_data, model_input
 from berth.optimize.equivalence import NotEquivalent, check, compare
 from berth.optimize.quantize import QuantizationError
 from berth.optimize.service import optimize
-from berth.registry.service import Lineage, RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
+from berth.registry.versions import Lineage
 from berth.runtimes import load_runtime
 from berth.runtimes.base import Prediction, Runtime
+from berth.runtimes.loading import artifact_path, load_version
 from berth.store.db import MIGRATIONS
 from tests.conftest import Run, register_churn, register_iris
 
@@ -61,13 +64,14 @@ def _register(
 ) -> None:
     joblib.dump(model, folder / f"{name}.joblib")
     np.save(folder / f"{name}.npy", sample)
-    registry.register(
+    register(
+        registry,
         RegisterRequest(
             name=name,
             path=folder / f"{name}.joblib",
             sample=folder / f"{name}.npy",
             trust_pickle=True,
-        )
+        ),
     )
 
 
@@ -104,8 +108,8 @@ def test_iris_becomes_an_onnx_version_linked_to_its_source(
     assert [t.batch for t in report.speed.timings] == [1, 256]
     assert all(t.optimized_ms > 0 for t in report.speed.timings)
 
-    expected = registry.load_runtime(source).predict(IRIS_X)
-    actual = registry.load_runtime(version).predict(IRIS_X)
+    expected = load_version(registry, source).predict(IRIS_X)
+    actual = load_version(registry, version).predict(IRIS_X)
     assert_array_equal(actual.predictions, expected.predictions)
     assert actual.classes == expected.classes == [0, 1, 2]
     assert actual.probabilities is not None
@@ -153,7 +157,7 @@ def test_random_forest_checked_on_given_data(sqlite_registry: Registry, tmp_path
     assert report.check.rows == 600
     assert report.check.agreeing is not None
     assert report.check.agreeing == 600  # ties break to the first class, as in scikit-learn
-    optimized = sqlite_registry.load_runtime(report.version).predict(features)
+    optimized = load_version(sqlite_registry, report.version).predict(features)
     assert_allclose(optimized.probabilities, forest.predict_proba(features), atol=1e-4)
 
 
@@ -169,8 +173,8 @@ def test_churn_pipeline_takes_the_same_columns(
     assert report.version.example == source.example
     assert sqlite_registry.resolve("churn@production").number == 1
     frame = model_input(source.signature, sample, "sample")
-    expected = sqlite_registry.load_runtime(source).predict(frame)
-    actual = sqlite_registry.load_runtime(report.version).predict(frame)
+    expected = load_version(sqlite_registry, source).predict(frame)
+    actual = load_version(sqlite_registry, report.version).predict(frame)
     assert_array_equal(actual.predictions, expected.predictions)
     assert_allclose(actual.probabilities, expected.probabilities, atol=1e-4)
     assert actual.classes == expected.classes
@@ -180,10 +184,11 @@ def test_generated_rows_follow_the_reference_statistics(
     sqlite_registry: Registry, churn_files: tuple[Path, Path, Path]
 ) -> None:
     model, sample, signature = churn_files
-    version = sqlite_registry.register(
+    version = register(
+        sqlite_registry,
         RegisterRequest(
             name="churn", path=model, sample=sample, signature=signature, reference=sample
-        )
+        ),
     )
 
     data = check_data(version)
@@ -286,7 +291,7 @@ def test_int8_quantization_within_a_tolerance(network: Registry) -> None:
     assert report.check.tolerance == 0.5
     lineage = report.version.to_dict()["lineage"]
     assert lineage["quantized"] == "int8"
-    graph = onnx.load_from_string(network.fetch(report.version).read_bytes())
+    graph = onnx.load_from_string(artifact_path(network, report.version).read_bytes())
     assert "MatMulInteger" in {node.op_type for node in graph.graph.node}
 
 
@@ -368,7 +373,7 @@ def test_check_refuses_a_different_model(
     path.write_bytes(to_onnx(other, source.signature).onnx_bytes)
     data = CheckData(IRIS_X, (("iris rows", len(IRIS_X)),))
 
-    report = check(sqlite_registry.load_runtime(source), load_runtime("onnx", path), data)
+    report = check(load_version(sqlite_registry, source), load_runtime("onnx", path), data)
 
     assert not report.passed
     assert report.label_agreement is not None
@@ -417,7 +422,7 @@ def test_rejected_rows_fail_the_check(sqlite_registry: Registry, iris_files: Iri
             return None
 
     refusing: Runtime = Refusing()
-    report = check(sqlite_registry.load_runtime(source), refusing, check_data(source))
+    report = check(load_version(sqlite_registry, source), refusing, check_data(source))
 
     assert not report.passed
     assert "rejected rows" in report.failures()[0]
@@ -442,8 +447,9 @@ def test_python_model_is_refused(sqlite_registry: Registry, tmp_path: Path) -> N
         "    def predict(self, inputs):\n        return inputs.sum(axis=1)\n"
     )
     np.save(tmp_path / "sample.npy", IRIS_X[:5])
-    sqlite_registry.register(
-        RegisterRequest(name="scorer", path=tmp_path / "scorer.py", sample=tmp_path / "sample.npy")
+    register(
+        sqlite_registry,
+        RegisterRequest(name="scorer", path=tmp_path / "scorer.py", sample=tmp_path / "sample.npy"),
     )
 
     with pytest.raises(InvalidInput, match="is a python model; optimize converts scikit-learn"):
@@ -497,7 +503,7 @@ def test_lineage_needs_a_registered_source(
         lineage=Lineage("iris", 7, {"method": "onnx"}),
     )
     with pytest.raises(NotFound, match="source version iris:7"):
-        sqlite_registry.register(request)
+        register(sqlite_registry, request)
 
 
 # migration ---------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from berth.monitoring.prediction_log import (
     json_safe,
     prediction_rows,
 )
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
 from berth.serving.dataplane import PredictResult
 from berth.store.tables import FeedbackRow, PredictionRow

@@ -19,10 +19,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from berth.errors import Conflict, InvalidInput, ModelLoadError, NotFound
+from berth.registration.service import RegisterRequest, register
 from berth.registry import service
 from berth.registry.artifacts import file_sha256
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.runtimes import load_runtime
+from berth.runtimes.loading import artifact_path, load_version
 from berth.store.audit import AuditLog, cli_actor
 from berth.store.db import MIGRATIONS, Database
 from berth.store.tables import AuditRow, Base
@@ -47,8 +50,8 @@ def test_register_numbers_versions_from_one(registry: Registry, iris_files: Iris
     assert [v.number for v in registry.get_model("iris").versions] == [1, 2, 3]
     # Numbering is per model: another model starts at 1 again.
     model, sample = iris_files
-    other = registry.register(
-        RegisterRequest(name="iris-b", path=model, sample=sample, trust_pickle=True)
+    other = register(
+        registry, RegisterRequest(name="iris-b", path=model, sample=sample, trust_pickle=True)
     )
     assert other.number == 1
     assert other.ref == "iris-b:1"
@@ -76,7 +79,7 @@ def test_register_infers_tabular_signature_from_csv(
     registry: Registry, churn_files: ChurnFiles
 ) -> None:
     model, sample, _signature = churn_files
-    version = registry.register(RegisterRequest(name="churn", path=model, sample=sample))
+    version = register(registry, RegisterRequest(name="churn", path=model, sample=sample))
     signature = version.signature
     assert version.flavor == "sklearn"
     assert signature.kind == "tabular"
@@ -157,7 +160,7 @@ def test_register_without_sample_refuses_only_when_nothing_tells(
 ) -> None:
     (tmp_path / "model.py").write_text(textwrap.dedent(ECHO_MODEL))
     with pytest.raises(InvalidInput, match="--sample"):
-        registry.register(RegisterRequest(name="echo", path=tmp_path / "model.py"))
+        register(registry, RegisterRequest(name="echo", path=tmp_path / "model.py"))
     # Nothing was recorded.
     with pytest.raises(NotFound):
         registry.get_model("echo")
@@ -177,13 +180,13 @@ def test_register_without_sample_takes_the_estimators_inputs(
     registry: Registry, iris_files: IrisFiles, churn_files: ChurnFiles
 ) -> None:
     # Fitted on an array: it knows its width.
-    iris = registry.register(RegisterRequest(name="iris", path=iris_files[0], trust_pickle=True))
+    iris = register(registry, RegisterRequest(name="iris", path=iris_files[0], trust_pickle=True))
     assert iris.signature.inputs[0].shape == (-1, 4)
     assert [o.name for o in iris.signature.outputs] == ["predict", "predict_proba"]
     assert iris.example is None
     assert any("declares its inputs" in note for note in iris.notes)
     # Fitted on a DataFrame: it knows its columns, and its encoder knows which hold text.
-    churn = registry.register(RegisterRequest(name="churn", path=churn_files[0]))
+    churn = register(registry, RegisterRequest(name="churn", path=churn_files[0]))
     columns = {c.name: c.dtype for c in churn.signature.columns}
     assert columns == {
         "tenure_months": "float64",
@@ -203,8 +206,11 @@ def test_register_same_bytes_again_names_the_version_that_has_them(
     second = register_iris(registry, iris_files)
     assert second.number == 2  # a new version all the same: its metadata may differ
     assert second.notes == (f"same artifact as iris:1 (sha256 {first.artifact.sha256[:12]})",)
-    other = registry.register(
-        RegisterRequest(name="flowers", path=iris_files[0], sample=iris_files[1], trust_pickle=True)
+    other = register(
+        registry,
+        RegisterRequest(
+            name="flowers", path=iris_files[0], sample=iris_files[1], trust_pickle=True
+        ),
     )
     assert other.notes == (
         f"same artifact as iris:1, iris:2 (sha256 {first.artifact.sha256[:12]})",
@@ -223,15 +229,15 @@ def test_headerless_sample_csv_keeps_its_first_row(registry: Registry, tmp_path:
     sample.write_text("1.5,0\n2.5,1\n")
 
     # The model knows its column names: the rows get them.
-    named = registry.register(
-        RegisterRequest(name="named", path=tmp_path / "named.skops", sample=sample)
+    named = register(
+        registry, RegisterRequest(name="named", path=tmp_path / "named.skops", sample=sample)
     )
     assert named.signature.input_names == ["a", "b"]
     assert named.example == [{"a": 1.5, "b": 0}, {"a": 2.5, "b": 1}]
     assert any("rows.csv has no header row" in note for note in named.notes)
     # It does not: the columns are positional, and no row is lost either.
-    plain = registry.register(
-        RegisterRequest(name="plain", path=tmp_path / "plain.skops", sample=sample)
+    plain = register(
+        registry, RegisterRequest(name="plain", path=tmp_path / "plain.skops", sample=sample)
     )
     assert plain.signature.input_names == ["0", "1"]
     assert plain.example == [{"0": 1.5, "1": 0}, {"0": 2.5, "1": 1}]
@@ -240,8 +246,8 @@ def test_headerless_sample_csv_keeps_its_first_row(registry: Registry, tmp_path:
     with pytest.raises(
         InvalidInput, match=r"no header row.*add a first line with the column names"
     ):
-        registry.register(
-            RegisterRequest(name="named", path=tmp_path / "named.skops", sample=sample)
+        register(
+            registry, RegisterRequest(name="named", path=tmp_path / "named.skops", sample=sample)
         )
 
 
@@ -254,8 +260,8 @@ def test_python_model_that_raises_on_the_sample_is_one_clear_error(
     with pytest.raises(
         ModelLoadError, match=r"the model failed on the rows of .*sample.npy \(KeyError"
     ):
-        registry.register(
-            RegisterRequest(name="echo", path=tmp_path / "model.py", sample=iris_files[1])
+        register(
+            registry, RegisterRequest(name="echo", path=tmp_path / "model.py", sample=iris_files[1])
         )
 
 
@@ -264,7 +270,7 @@ def test_errors_name_the_users_file_not_berths_private_copy(
 ) -> None:
     (tmp_path / "model.py").write_text("import not_installed_anywhere\n")
     with pytest.raises(ModelLoadError) as raised:
-        registry.register(RegisterRequest(name="echo", path=tmp_path / "model.py"))
+        register(registry, RegisterRequest(name="echo", path=tmp_path / "model.py"))
     assert str(tmp_path / "model.py") in raised.value.message
     assert "berth-register-" not in raised.value.message
     assert str(tmp_path / "model.py") in str(raised.value)
@@ -272,7 +278,7 @@ def test_errors_name_the_users_file_not_berths_private_copy(
     junk.mkdir()
     (junk / "model.skops").write_bytes(b"not a zip file")
     with pytest.raises(ModelLoadError) as raised:
-        registry.register(RegisterRequest(name="junk", path=junk))
+        register(registry, RegisterRequest(name="junk", path=junk))
     assert str(junk / "model.skops") in raised.value.message
     assert "berth-register-" not in raised.value.message
 
@@ -281,9 +287,9 @@ def test_register_rejects_missing_path_and_bad_names(
     registry: Registry, iris_files: IrisFiles, tmp_path: Path
 ) -> None:
     with pytest.raises(InvalidInput, match="does not exist"):
-        registry.register(RegisterRequest(name="iris", path=tmp_path / "nope.joblib"))
+        register(registry, RegisterRequest(name="iris", path=tmp_path / "nope.joblib"))
     with pytest.raises(InvalidInput, match="model name"):
-        registry.register(RegisterRequest(name="bad name", path=iris_files[0]))
+        register(registry, RegisterRequest(name="bad name", path=iris_files[0]))
     with pytest.raises(InvalidInput, match="alias name"):
         register_iris(registry, iris_files, aliases=("no spaces",))
 
@@ -543,7 +549,7 @@ def test_directory_artifact_registers_and_fetches(registry: Registry, tmp_path: 
     sample = tmp_path / "sample.npy"
     np.save(sample, np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]))
 
-    version = registry.register(RegisterRequest(name="scaled", path=folder, sample=sample))
+    version = register(registry, RegisterRequest(name="scaled", path=folder, sample=sample))
     assert version.flavor == "python"
     assert version.artifact.is_directory
     assert version.artifact.entry == ""
@@ -552,7 +558,7 @@ def test_directory_artifact_registers_and_fetches(registry: Registry, tmp_path: 
 
     # The runtime loads the stored copy, not the folder it was registered from.
     (folder / "weights.txt").write_text("0\n0\n0\n")
-    entry = registry.fetch(registry.resolve("scaled"))
+    entry = artifact_path(registry, registry.resolve("scaled"))
     assert entry.name == "model.py"
     assert entry.parent != folder
     assert (entry.parent / "weights.txt").read_text() == "1\n10\n100\n"
@@ -564,10 +570,10 @@ def test_directory_artifact_registers_and_fetches(registry: Registry, tmp_path: 
 def test_file_artifact_fetches_the_file(registry: Registry, iris_files: IrisFiles) -> None:
     version = register_iris(registry, iris_files)
     assert version.pickle_trusted
-    path = registry.fetch(version)
+    path = artifact_path(registry, version)
     assert path.name == "model.joblib"
     assert path.read_bytes() == iris_files[0].read_bytes()
-    runtime = registry.load_runtime(version)
+    runtime = load_version(registry, version)
     assert len(runtime.predict(np.load(iris_files[1])).predictions) == 20
 
 

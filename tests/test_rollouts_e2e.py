@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 
 from berth.config import Settings
+from berth.registration.service import RegisterRequest, register
 from berth.registry.endpoints import EndpointService, RouteSpec
-from berth.registry.service import RegisterRequest, Registry
+from berth.registry.service import Registry
 from berth.rollouts import strategies as s
 from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.service import RolloutInfo, RolloutService
@@ -65,8 +66,9 @@ class Stack:
         (directory / "model.py").write_text(SCORER.format(fails=fails, cut=cut, delay=delay))
         sample = directory.parent / f"{directory.name}.npy"
         np.save(sample, np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 0.5, 7.0]]))
-        info = self.registry.register(
-            RegisterRequest(name="scorer", path=directory, flavor="python", sample=sample)
+        info = register(
+            self.registry,
+            RegisterRequest(name="scorer", path=directory, flavor="python", sample=sample),
         )
         return info.ref
 

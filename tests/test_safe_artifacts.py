@@ -22,10 +22,13 @@ from sklearn.pipeline import make_pipeline
 
 from berth.config import Settings
 from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError, NotFound
-from berth.registry import service
+from berth.registration import service as registration
+from berth.registration.service import RegisterRequest, register
 from berth.registry.artifacts import file_sha256
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
-from berth.runtimes import UntrustedArtifact, load_runtime
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
+from berth.runtimes import UntrustedArtifact, load_runtime, loading
+from berth.runtimes.loading import artifact_path, load_version
 from berth.store.audit import AuditEvent, AuditLog
 
 FEATURES, TARGET = load_iris(return_X_y=True)
@@ -67,8 +70,8 @@ def registry(sqlite_registry: Registry) -> Registry:
 
 
 def _register(registry: Registry, path: Path, sample: Path, **extra: Any) -> VersionInfo:
-    return registry.register(
-        RegisterRequest(name="iris", path=path, sample=sample, actor="tester", **extra)
+    return register(
+        registry, RegisterRequest(name="iris", path=path, sample=sample, actor="tester", **extra)
     )
 
 
@@ -77,7 +80,7 @@ def _events(registry: Registry) -> list[AuditEvent]:
 
 
 def _predicts(registry: Registry, version: VersionInfo) -> None:
-    runtime = registry.load_runtime(version)
+    runtime = load_version(registry, version)
     assert runtime.predict(ROWS).predictions.tolist() == [0, 0, 0, 0, 0]
 
 
@@ -131,7 +134,7 @@ def test_trusted_pickle_registers_audits_and_loads(
     _predicts(registry, version)
     # Serving the old way (a path and no trust) never unpickles it.
     with pytest.raises(UntrustedArtifact, match="--trust-pickle"):
-        load_runtime(version.flavor, registry.fetch(version))
+        load_runtime(version.flavor, artifact_path(registry, version))
 
 
 def test_trust_pickle_on_a_skops_file_records_no_pickle_trust(
@@ -149,18 +152,18 @@ def test_registration_loads_and_stores_the_same_bytes(
     source = tmp_path / "model.joblib"
     shutil.copyfile(files["joblib"], source)
     original = file_sha256(source)
-    real_load = service.load_runtime
+    real_load = registration.load_runtime
 
     def swap_then_load(*args: Any, **kwargs: Any) -> Any:
         joblib.dump({"not": "the model"}, source)  # the attacker's swap, mid-registration
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(service, "load_runtime", swap_then_load)
+    monkeypatch.setattr(registration, "load_runtime", swap_then_load)
     version = _register(registry, source, files["sample"], trust_pickle=True)
 
     assert file_sha256(source) != original
     assert version.artifact.sha256 == original
-    assert registry.fetch(version).read_bytes() == files["joblib"].read_bytes()
+    assert artifact_path(registry, version).read_bytes() == files["joblib"].read_bytes()
 
 
 def test_pickle_swapped_in_the_store_is_refused_at_load(
@@ -171,7 +174,7 @@ def test_pickle_swapped_in_the_store_is_refused_at_load(
     joblib.dump(LogisticRegression(C=0.01, max_iter=1000).fit(FEATURES, TARGET), stored)
 
     with pytest.raises(ArtifactIntegrityError, match="sha256"):
-        registry.load_runtime(version)
+        load_version(registry, version)
 
 
 def test_skops_swapped_in_the_store_is_refused_at_load(
@@ -182,7 +185,7 @@ def test_skops_swapped_in_the_store_is_refused_at_load(
     sio.dump(LogisticRegression(C=0.01, max_iter=1000).fit(FEATURES, TARGET), stored)
 
     with pytest.raises(ArtifactIntegrityError, match="changed after registration"):
-        registry.load_runtime(version)
+        load_version(registry, version)
 
 
 def _swap_after_fetch(
@@ -201,24 +204,24 @@ def _swap_after_fetch(
 
 def _swap_before_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
     """Change the entry file after every check the registry makes, just before the runtime."""
-    real_load = service.load_runtime
+    real_load = loading.load_runtime
 
     def swap_then_load(flavor: str, entry: Path, **trust: Any) -> Any:
         joblib.dump({"evil": 1}, entry)
         return real_load(flavor, entry, **trust)
 
-    monkeypatch.setattr(service, "load_runtime", swap_then_load)
+    monkeypatch.setattr(loading, "load_runtime", swap_then_load)
 
 
 def test_pickle_swapped_after_verification_is_never_unpickled(
     registry: Registry, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     version = _register(registry, files["joblib"], files["sample"], trust_pickle=True)
-    registry.fetch(version)  # cached and verified
+    artifact_path(registry, version)  # cached and verified
     _swap_before_unpickling(monkeypatch)
 
     with pytest.raises(ArtifactIntegrityError, match="will not be unpickled"):
-        registry.load_runtime(version)
+        load_version(registry, version)
 
 
 # skops types ---------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def test_trusted_type_is_recorded_and_loads_later(
     assert event.detail is not None
     assert event.detail["trusted_types"] == [DOUBLER]
     # Later, in another process: fetch (verified) and load with the version's own trust.
-    path = registry.fetch(stored)
+    path = artifact_path(registry, stored)
     runtime = load_runtime(stored.flavor, path, trusted_types=stored.trusted_types)
     assert runtime.predict(ROWS).predictions.tolist() == [0, 0, 0, 0, 0]
     _predicts(registry, stored)
@@ -274,7 +277,7 @@ def test_server_wide_trusted_types(
     plain = Registry.from_settings(Settings())
     try:
         with pytest.raises(UntrustedArtifact, match=DOUBLER):
-            plain.load_runtime(plain.resolve("iris"))
+            load_version(plain, plain.resolve("iris"))
     finally:
         plain.db.dispose()
 
@@ -321,7 +324,7 @@ def test_tar_archive_registers_as_a_directory(
 
     assert version.flavor == "sklearn"
     assert version.artifact.is_directory
-    entry = registry.fetch(version)
+    entry = artifact_path(registry, version)
     assert entry.name == "model.skops"
     assert (entry.parent / "notes" / "README.txt").read_text() == "trained on iris\n"
     _predicts(registry, version)
@@ -348,11 +351,11 @@ def test_zip_archive_with_a_pickle_needs_trust(
             registry, patch, lambda local: joblib.dump({"evil": 1}, local / "model.joblib")
         )
         with pytest.raises(ArtifactIntegrityError, match="changed after registration"):
-            registry.load_runtime(version)
+            load_version(registry, version)
     shutil.rmtree(registry.store.cache_dir)
     _swap_before_unpickling(monkeypatch)
     with pytest.raises(ArtifactIntegrityError, match="will not be unpickled"):
-        registry.load_runtime(version)
+        load_version(registry, version)
 
 
 def test_directory_pickle_swapped_in_the_store_is_refused(
@@ -363,7 +366,7 @@ def test_directory_pickle_swapped_in_the_store_is_refused(
     joblib.dump({"evil": 1}, Path(version.artifact.uri) / "model.joblib")
 
     with pytest.raises(ArtifactIntegrityError):
-        registry.load_runtime(version)
+        load_version(registry, version)
 
 
 def test_unsafe_archive_is_refused_at_registration(
@@ -393,8 +396,8 @@ def _entry_points(
     registry: Registry, name: str, files: dict[str, Path]
 ) -> dict[str, Callable[[], Any]]:
     return {
-        "register": lambda: registry.register(
-            RegisterRequest(name=name, path=files["skops"], sample=files["sample"])
+        "register": lambda: register(
+            registry, RegisterRequest(name=name, path=files["skops"], sample=files["sample"])
         ),
         "get_model": lambda: registry.get_model(name),
         "get_version": lambda: registry.get_version(name, 1),
@@ -407,10 +410,11 @@ def _entry_points(
         "delete_version": lambda: registry.delete_version(name, 1),
         "delete_model": lambda: registry.delete_model(name),
         "models_with_alias": lambda: registry.models_with_alias(name),
-        "register-alias": lambda: registry.register(
+        "register-alias": lambda: register(
+            registry,
             RegisterRequest(
                 name="iris", path=files["skops"], sample=files["sample"], aliases=(name,)
-            )
+            ),
         ),
     }
 

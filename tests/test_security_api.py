@@ -21,8 +21,10 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.jobs.records import JobService
+from berth.registration.service import RegisterRequest, register
 from berth.registry.endpoints import EndpointService
-from berth.registry.service import RegisterRequest, Registry
+from berth.registry.service import Registry
+from berth.runtimes.loading import artifact_path
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from tests.conftest import register_iris
@@ -329,7 +331,10 @@ def test_admin_api_manages_keys_and_aliases_and_is_audited(secured: Secured) -> 
     assert secured.client.delete("/api/v1/keys/web", headers=admin).json()["key"]["active"] is False
     register_iris(
         secured.registry,
-        (Path(secured.registry.fetch(secured.registry.resolve("iris:1"))), _sample(secured)),
+        (
+            Path(artifact_path(secured.registry, secured.registry.resolve("iris:1"))),
+            _sample(secured),
+        ),
         trust_pickle=True,
     )
     moved = secured.client.put(
@@ -448,13 +453,14 @@ def _slow_app(settings: Settings, tmp_path: Path, **overrides: Any) -> TestClien
     np.save(tmp_path / "slow.npy", -np.ones((2, 2)))
     settings = settings.model_copy(update={"dev": True, **overrides})
     registry = Registry.from_settings(settings)
-    registry.register(
+    register(
+        registry,
         RegisterRequest(
             name="slow",
             path=tmp_path / "slow",
             sample=tmp_path / "slow.npy",
             aliases=("production",),
-        )
+        ),
     )
     return TestClient(create_app(settings, build_services(settings, registry)))
 

@@ -31,7 +31,8 @@ from starlette.testclient import TestClient
 
 from berth.api import hot_path
 from berth.config import ModelServing, Settings
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
 from berth.runtimes.base import ModelInput, Prediction
 from berth.security.keys import KeyService, server_secret
 from berth.serving import dataplane as dataplane_module
@@ -102,10 +103,11 @@ def register_python(registry: Registry, folder: Path, name: str, source: str) ->
     folder.mkdir(parents=True)
     (folder / "model.py").write_text(source)
     np.save(folder / "sample.npy", np.ones((2, 2)))
-    registry.register(
+    register(
+        registry,
         RegisterRequest(
             name=name, path=folder, sample=folder / "sample.npy", aliases=("production",)
-        )
+        ),
     )
 
 

@@ -23,8 +23,10 @@ from berth.jobs.stream.nats_streams import NatsAddress, subject_matches
 from berth.jobs.stream.options import StreamOptions
 from berth.jobs.stream.redis_streams import RedisAddress
 from berth.jobs.stream.transport import dead_letter_url, redact, split
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
 from berth.serving.dataplane import DataPlane
 
@@ -137,7 +139,7 @@ def _version(registry: Registry, directory: Path) -> VersionInfo:
     sample = directory.parent / "sample.npy"
     np.save(sample, np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 1.0, 0.5, 7.0]], dtype=np.float32))
     request = RegisterRequest(name="scorer", path=directory, flavor="python", sample=sample)
-    return registry.register(request)
+    return register(registry, request)
 
 
 def test_outputs_carry_id_prediction_probabilities_model_version_and_time(

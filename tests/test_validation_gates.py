@@ -25,7 +25,8 @@ from berth.ops.validation import (
     report_table,
     run_gates,
 )
-from berth.registry.service import RegisterRequest, Registry
+from berth.registration.service import RegisterRequest, register
+from berth.registry.service import Registry
 from tests.conftest import Run, register_iris
 
 # trained models and their files ----------------------------------------------------------
@@ -99,7 +100,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 
 
 def _register(registry: Registry, name: str, case: Case) -> str:
-    version = registry.register(RegisterRequest(name=name, path=case.model, sample=case.sample))
+    version = register(registry, RegisterRequest(name=name, path=case.model, sample=case.sample))
     return version.ref
 
 
@@ -405,8 +406,9 @@ class Shaky:
 def test_no_nan_gate(sqlite_registry: Registry, tmp_path: Path) -> None:
     (tmp_path / "shaky.py").write_text(textwrap.dedent(SHAKY_MODEL))
     pd.DataFrame({"x": [0.0, 1.0]}).to_csv(tmp_path / "sample.csv", index=False)
-    sqlite_registry.register(
-        RegisterRequest(name="shaky", path=tmp_path / "shaky.py", sample=tmp_path / "sample.csv")
+    register(
+        sqlite_registry,
+        RegisterRequest(name="shaky", path=tmp_path / "shaky.py", sample=tmp_path / "sample.csv"),
     )
     pd.DataFrame({"x": [0.0, 1.0, 2.0]}).to_csv(tmp_path / "clean.csv", index=False)
     pd.DataFrame({"x": [0.0, 6.0, -7.0, 8.0]}).to_csv(tmp_path / "dirty.csv", index=False)

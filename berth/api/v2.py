@@ -22,8 +22,8 @@ from berth.errors import InvalidInput, NotFound, NotReady
 from berth.observability import tracing
 from berth.registry.endpoints import EndpointInfo
 from berth.registry.references import parse_reference
-from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature, TensorSpec
+from berth.registry.versions import VersionInfo
 from berth.serving.dataplane import Decoder, PredictResult
 from berth.serving.responses import result_headers
 from berth.serving.validation import check_declared_shapes, decode_named_arrays

@@ -15,7 +15,7 @@ from berth.cli.serve import ServerOptions, start_server
 from berth.demo_model import MODEL, train
 
 if TYPE_CHECKING:  # imported when the demo runs, not by every command
-    from berth.registry.service import VersionInfo
+    from berth.registry.versions import VersionInfo
 
 
 def demo(
@@ -26,7 +26,7 @@ def demo(
 
     Example: berth demo --port 9000
     """
-    from berth.registry.service import RegisterRequest
+    from berth.registration.service import RegisterRequest, register
     from berth.store.audit import cli_actor
 
     current = settings()
@@ -34,7 +34,8 @@ def demo(
     store = registry()  # opened first: a broken setup fails before seconds of training
     with console.status("Training a churn classifier on generated data ..."):
         model_path, sample, signature, metrics = train(current.home / "demo")
-    version = store.register(
+    version = register(
+        store,
         RegisterRequest(
             name=MODEL,
             path=model_path,
@@ -45,7 +46,7 @@ def demo(
             description="Synthetic churn classifier trained by `berth demo`",
             aliases=("production",),
             actor=cli_actor(),
-        )
+        ),
     )
     console.print(f"Registered [bold]{version.ref}[/] as {MODEL}@production (metrics {metrics})")
     info, secret = keys().create(f"demo-{int(time.time())}", ("predict", "read"))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import httpx
 
     from berth.optimize.service import OptimizeReport
-    from berth.registry.service import VersionInfo
+    from berth.registry.versions import VersionInfo
 
 app = typer.Typer(help="Register and manage model versions.", no_args_is_help=True)
 
@@ -68,7 +68,8 @@ def register(
 
     Example: berth models register churn model.skops --sample train.csv --reference train.csv --metric auc=0.91 --alias production
     """
-    from berth.registry.service import RegisterRequest, parse_metrics, parse_pairs
+    from berth.registration.service import RegisterRequest, parse_metrics, parse_pairs
+    from berth.registration.service import register as register_version
     from berth.store.audit import cli_actor
 
     request = RegisterRequest(
@@ -87,7 +88,7 @@ def register(
         actor=cli_actor(),
     )
     with console.status(f"Checking and storing {path} ..."):
-        version = registry().register(request)
+        version = register_version(registry(), request)
     aliases = ", ".join(f"@{a}" for a in version.aliases) or "none"
     console.print(
         f"Registered [bold]{version.ref}[/] ({version.flavor}, sha256 {version.artifact.sha256[:12]}, "

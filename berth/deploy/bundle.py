@@ -30,9 +30,11 @@ import numpy as np
 
 from berth import __version__
 from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound, NotReady
+from berth.registration.service import RegisterRequest, register
 from berth.registry.artifacts import artifact_sha256
-from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.registry.service import Registry
 from berth.registry.signature import TENSOR_DTYPES, Signature
+from berth.registry.versions import VersionInfo
 from berth.store.lease import Lease, process_holder
 
 log = logging.getLogger("berth.deploy")
@@ -216,7 +218,7 @@ def _install(registry: Registry, folder: Path, manifest: Manifest) -> str:
         return found.ref
     with tempfile.TemporaryDirectory(prefix="berth-bundle-") as scratch:
         request = _request(manifest, folder, Path(scratch))
-        version = registry.register(request)
+        version = register(registry, request)
     if version.artifact.sha256 != manifest.sha256:  # registration hashes its own copy
         raise ArtifactIntegrityError(
             f"bundle {manifest.source} registered with sha256 {version.artifact.sha256}, not "

@@ -41,7 +41,8 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
     """Register churn@production and create a predict key; the key and an example body."""
     # Training and the registry bring pandas and scikit-learn: imported when the demo runs.
     from berth.demo_model import MODEL, train
-    from berth.registry.service import RegisterRequest, Registry
+    from berth.registration.service import RegisterRequest, register
+    from berth.registry.service import Registry
     from berth.security.keys import KeyService, server_secret
 
     settings = Settings(
@@ -53,7 +54,8 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
     registry = Registry.from_settings(settings)
     try:
         model, sample, signature, metrics = train(workdir / "train")
-        version = registry.register(
+        version = register(
+            registry,
             RegisterRequest(
                 name=MODEL,
                 path=model,
@@ -61,7 +63,7 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
                 signature=signature,
                 metrics=metrics,
                 aliases=("production",),
-            )
+            ),
         )
         _, key = KeyService(registry.db, server_secret(settings)).create(
             "cluster-demo", ("predict", "read")

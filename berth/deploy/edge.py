@@ -30,8 +30,10 @@ from berth.optimize.data import CheckData, check_data
 from berth.optimize.equivalence import EquivalenceReport, NotEquivalent, check
 from berth.optimize.quantize import quantize_int8
 from berth.optimize.service import check_tolerance, convert_source, refusal
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.runtimes import load_runtime
+from berth.runtimes.loading import artifact_path, load_version
 
 FORMATS = ("onnx",)
 
@@ -108,12 +110,12 @@ def export_edge(
     if source.flavor in _NOT_CONVERTIBLE:
         raise InvalidInput(f"{source.ref} cannot be exported: {_NOT_CONVERTIBLE[source.flavor]}")
     step(f"loading {source.ref}")
-    served = registry.load_runtime(source)
+    served = load_version(registry, source)
     step("preparing the check rows")
     rows = check_data(source, data)
     step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
     converted = convert_source(source, served, float_only=quantize is not None)
-    graph = converted.onnx_bytes if converted else registry.fetch(source).read_bytes()
+    graph = converted.onnx_bytes if converted else artifact_path(registry, source).read_bytes()
     if quantize is not None:
         step("quantizing to int8")
         graph = quantize_int8(graph)

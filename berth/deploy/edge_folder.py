@@ -25,7 +25,7 @@ import onnxruntime
 from berth import __version__
 from berth.deploy.edge_sample import Sample
 from berth.errors import InvalidInput
-from berth.registry.service import VersionInfo
+from berth.registry.versions import VersionInfo
 
 MODEL = "model.onnx"
 RUNNER = "run.py"

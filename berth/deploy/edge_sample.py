@@ -23,7 +23,8 @@ import pandas as pd
 
 from berth.errors import InvalidInput
 from berth.optimize.data import CheckData
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Runtime
 from berth.serving.dataplane import DataPlane
 from berth.serving.responses import batch_document, plain

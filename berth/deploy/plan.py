@@ -15,7 +15,7 @@ from typing import Literal
 from berth import __version__
 from berth.defaults import DEFAULT_PORT
 from berth.errors import InvalidInput
-from berth.registry.service import VersionInfo
+from berth.registry.versions import VersionInfo
 
 Target = Literal["compose", "kubernetes", "kuberay"]
 TARGETS: tuple[Target, ...] = ("compose", "kubernetes", "kuberay")

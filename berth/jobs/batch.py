@@ -32,7 +32,9 @@ from berth.jobs.scoring import Scored, Scorer
 from berth.jobs.sinks import Checkpoint, FileSink, Sink, open_sink
 from berth.jobs.sources import CSV, Chunk, FileSource, Source, open_source
 from berth.jobs.spec import APPEND, UPSERT, BatchSpec
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
+from berth.runtimes.loading import load_version
 
 log = logging.getLogger("berth.jobs")
 
@@ -150,7 +152,7 @@ class _Run:
         self.source: Source = open_source(spec.source, spec.query, spec.table, spec.id_column)
         self.scorer = Scorer(
             self.version,
-            registry.load_runtime(self.version),
+            load_version(registry, self.version),
             spec.id_column,
             spec.features,
             text_source=_text_source(self.source),
@@ -439,7 +441,7 @@ def _start_worker(settings: Settings, model: str, number: int, spec: BatchSpec) 
     source = open_source(spec.source, spec.query, spec.table, spec.id_column)
     _worker_scorer = Scorer(
         version,
-        registry.load_runtime(version),
+        load_version(registry, version),
         spec.id_column,
         spec.features,
         text_source=_text_source(source),

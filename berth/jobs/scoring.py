@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from berth.errors import BerthError, InvalidInput
-from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction, Runtime
 from berth.serving.table_input import model_input
 

@@ -26,7 +26,7 @@ from prometheus_client import Gauge
 
 from berth.observability import metrics
 from berth.registry.profile import EPSILON, OTHER, FeatureSource
-from berth.registry.service import VersionInfo
+from berth.registry.versions import VersionInfo
 from berth.serving.dataplane import PredictResult
 
 log = logging.getLogger("berth.drift")

@@ -38,9 +38,11 @@ from rich.table import Table
 from berth.errors import InvalidInput, ModelLoadError
 from berth.monitoring.performance import label_key
 from berth.registry.references import parse_reference
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
 from berth.registry.signature import Signature, read_sample
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import ModelInput, Prediction, Runtime
+from berth.runtimes.loading import load_version
 from berth.serving.table_input import model_input
 from berth.serving.validation import decode_named_arrays
 
@@ -361,7 +363,7 @@ def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateRep
     path = config.data.expanduser()
     table = _read_data(path, version.signature)
     target = _target(table, config.target, path)
-    runtime = registry.load_runtime(version)
+    runtime = load_version(registry, version)
     inputs = _features(version.signature, table, config.target, path)
     rows = len(table)
     candidate = _predict(runtime, inputs, rows, version.ref)
@@ -381,7 +383,7 @@ def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateRep
         checks.append(_range_check(candidate, config.output_range))
     if baseline is not None:
         before = _predict(
-            registry.load_runtime(baseline),
+            load_version(registry, baseline),
             _features(baseline.signature, table, config.target, path),
             rows,
             baseline.ref,

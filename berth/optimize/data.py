@@ -25,8 +25,8 @@ import pandas as pd
 
 from berth.errors import InvalidInput
 from berth.registry.profile import OTHER
-from berth.registry.service import VersionInfo
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec, read_sample
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import ModelInput
 from berth.serving.table_input import CheckInput, model_input, single_input
 from berth.serving.validation import validate_columns, validate_tensor

@@ -4,7 +4,7 @@ The CLI (`berth models optimize`) and any admin API call this one function. Step
 source version as it is served; gather the check rows; convert (scikit-learn, XGBoost and
 LightGBM models) or take the ONNX graph of an ONNX version; optionally quantize to int8; run
 both on the check rows; refuse with the measured differences when they differ, else measure
-the speed of both and register the graph through `Registry.register` (content-addressed,
+the speed of both and register the graph (`berth.registration`: content-addressed,
 loaded and smoke-tested like any version) as the next version of the same model, with the
 source's signature, example rows, tags and drift reference, linked to its source. No alias
 moves unless one is asked for.
@@ -34,10 +34,13 @@ from berth.optimize.equivalence import (
 )
 from berth.optimize.quantize import QUANTIZATIONS, quantize_int8
 from berth.optimize.speed import SpeedReport, compare
+from berth.registration.service import RegisterRequest, register
 from berth.registry.references import check_name
-from berth.registry.service import Lineage, RegisterRequest, Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import Lineage, VersionInfo
 from berth.runtimes import load_runtime
 from berth.runtimes.base import Runtime
+from berth.runtimes.loading import artifact_path, load_version
 
 QUANTIZED_TOLERANCE = 1e-2
 """The default probability tolerance of an int8-quantized graph (--tolerance changes it)."""
@@ -96,7 +99,7 @@ def optimize(
     rows = check_data(source, data)
     step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
     converted = convert_source(source, source_runtime, float_only=quantize is not None)
-    graph = converted.onnx_bytes if converted else registry.fetch(source).read_bytes()
+    graph = converted.onnx_bytes if converted else artifact_path(registry, source).read_bytes()
     if quantize is not None:
         step("quantizing to int8")
         graph = quantize_int8(graph)
@@ -114,7 +117,7 @@ def optimize(
         precision = converted.precision if converted else None
         lineage = _lineage(source, converted, quantize, result, rows, speed)
         request = _register_request(source, path, Path(folder), lineage, alias, actor, address)
-        version = registry.register(request)
+        version = register(registry, request)
     return OptimizeReport(source, version, result, rows, speed, precision, quantize)
 
 
@@ -151,7 +154,7 @@ def _source_runtime(registry: Registry, source: VersionInfo, quantize: str | Non
             f"{source.ref} is a {source.flavor} model; optimize converts scikit-learn models "
             "(and XGBoost/LightGBM estimators) to ONNX, and quantizes ONNX models"
         )
-    return registry.load_runtime(source)
+    return load_version(registry, source)
 
 
 def convert_source(source: VersionInfo, runtime: Runtime, *, float_only: bool) -> Converted | None:

@@ -205,3 +205,24 @@ def verify(local: Path, artifact: StoredArtifact) -> None:
             "Delete the cached copy under the cache directory and restore the store, "
             "or register the model again"
         )
+
+
+def entry_sha256(root: Path, entry: Path, artifact: StoredArtifact) -> str:
+    """The registered digest of a file of the artifact, from the same hashing that verifies it.
+
+    For a file artifact that is the artifact's own digest. For a directory it is the file's line
+    in a manifest whose digest matches the registered one, so it is bound to the registration.
+    """
+    if not artifact.is_directory:
+        return artifact.sha256
+    digests = {p.relative_to(root).as_posix(): file_sha256(p) for p in _files_under(root)}
+    manifest = "".join(f"{digest}  {rel}\n" for rel, digest in digests.items())
+    actual = hashlib.sha256(manifest.encode()).hexdigest()
+    relative = entry.relative_to(root).as_posix()
+    if actual != artifact.sha256 or relative not in digests:
+        raise ArtifactIntegrityError(
+            f"artifact of this version fails its sha256 check (expected {artifact.sha256}, got "
+            f"{actual}); it was changed after registration and will not be loaded. Restore the "
+            "store, or register the model again"
+        )
+    return digests[relative]

@@ -23,7 +23,8 @@ from berth.registry.references import check_name, parse_reference
 from berth.registry.roles import ROLES as ROLES
 from berth.registry.roles import SERVING_ROLES as SERVING_ROLES
 from berth.registry.roles import STABLE as STABLE
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
+from berth.registry.versions import VersionInfo
 from berth.store import audit
 from berth.store.db import Database
 from berth.store.tables import (

@@ -15,6 +15,7 @@ _REFERENCE = re.compile(
 )
 
 DEFAULT_ALIAS = "production"
+_ALIAS_MAX = 64  # aliases.name is VARCHAR(64)
 MAX_VERSION = 2**31 - 1
 """Version numbers are 32-bit INTEGER columns; a larger number cannot name a version."""
 
@@ -59,3 +60,12 @@ def check_name(kind: str, name: str) -> str:
             "starting with a letter or digit, at most 128 characters"
         )
     return name
+
+
+def check_alias(alias: str) -> str:
+    check_name("alias", alias)
+    if len(alias) > _ALIAS_MAX:
+        raise InvalidInput(
+            f"alias name '{alias}' is too long; aliases have at most {_ALIAS_MAX} characters"
+        )
+    return alias

@@ -1,215 +1,46 @@
-"""The registry service: the one place that registers, resolves, aliases and deletes versions.
+"""The registry service: the one place that adds, resolves, aliases and deletes versions.
 
 The CLI and the admin API both call these functions; neither holds registry logic of its own.
+Adding a version records metadata only: the registration flow (berth.registration) checks and
+stores the artifact first.
 
 Every change records an audit event in the transaction that makes it (`actor` and `address`
 say who asked, from where); a refused change is recorded as `refused` in a transaction of its
 own, since the change itself rolls back. Names, aliases and references are checked at every
 entry point.
-
-Registration works on a private copy of the artifact (an archive is unpacked into one): the
-copy is hashed, loaded and stored, so the bytes checked are the bytes stored. Loading goes
-through `load_runtime(version)`, which verifies the stored bytes and passes the version's trust
-(a pickle's digest, extra skops types) to the runtime.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from berth.errors import (
-    ArtifactIntegrityError,
-    BerthError,
-    Conflict,
-    InvalidInput,
-    ModelLoadError,
-    NotFound,
+from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry.artifacts import ArtifactStore, StoredArtifact
+from berth.registry.references import (
+    DEFAULT_ALIAS,
+    Reference,
+    check_alias,
+    check_name,
+    parse_reference,
 )
-from berth.registry.archives import is_archive, safe_extract
-from berth.registry.artifacts import (
-    ArtifactStore,
-    StoredArtifact,
-    _files_under,
-    artifact_sha256,
-    file_sha256,
-)
-from berth.registry.csv_header import first_row, has_header
-from berth.registry.references import DEFAULT_ALIAS, Reference, check_name, parse_reference
-from berth.registry.signature import (
-    Signature,
-    infer_signature,
-    load_signature_file,
-    read_sample,
-)
-from berth.runtimes import (
-    SKOPS_SUFFIX,
-    UntrustedArtifact,
-    detect_flavor,
-    entry_file,
-    load_runtime,
-    needs_pickle_trust,
-    pickle_refusal,
-)
+from berth.registry.signature import Signature
+from berth.registry.versions import Lineage, ModelInfo, NewVersion, VersionInfo
 from berth.store import audit
 from berth.store.db import Database
 from berth.store.tables import AliasRow, EndpointRow, ModelRow, RouteRow, VersionRow, utcnow
 
-# numpy, pandas, the drift statistics and the runtimes' helpers are imported by the functions
-# that use them: listing and resolving versions (most commands) need none of them.
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-
     from berth.config import Settings
-    from berth.runtimes.base import Prediction, Runtime
 
-log = logging.getLogger("berth.registry")
-
-_SAMPLE_ROWS = 100
-_EXAMPLE_ROWS = 3
-_REGISTER_ATTEMPTS = 5
-_ALIAS_MAX = 64  # aliases.name is VARCHAR(64)
+_ADD_ATTEMPTS = 5
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """Where a version came from: the version it was derived from, and how (a JSON detail)."""
-
-    source_model: str
-    source_version: int
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    """e.g. {"method": "onnx", "quantized": "int8", "check": {...}}; stored as given."""
-
-    @property
-    def source(self) -> str:
-        return f"{self.source_model}:{self.source_version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, **self.detail}
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    model: str
-    number: int
-    flavor: str
-    artifact: StoredArtifact
-    signature: Signature
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    description: str
-    created_at: datetime
-    aliases: tuple[str, ...] = ()
-    example: list[Any] | None = None
-    """A few input rows from the registration sample, in the v1 `instances` format."""
-    trusted_types: tuple[str, ...] = ()
-    """Types beyond the built-in allow-list its skops file may load (--trust-type)."""
-    pickle_trusted: bool = False
-    """Registered with --trust-pickle: its pickle is unpickled (after its sha256 matches)."""
-    reference_stats: dict[str, Any] | None = None
-    """Per-feature reference statistics for drift (from --reference), or None."""
-    lineage: Lineage | None = None
-    """The version this one was derived from (e.g. by `berth models optimize`), or None."""
-    notes: tuple[str, ...] = field(default=(), compare=False)
-    """What registering it found worth telling (an inferred signature, the same bytes already
-    registered as another version); set by `register` only, never stored."""
-
-    @property
-    def ref(self) -> str:
-        return f"{self.model}:{self.number}"
-
-    def to_dict(self) -> dict[str, Any]:
-        from berth.registry.profile import reference_summary
-
-        return {
-            "model": self.model,
-            "version": self.number,
-            "flavor": self.flavor,
-            "sha256": self.artifact.sha256,
-            "size_bytes": self.artifact.size_bytes,
-            "signature": self.signature.to_dict(),
-            "metrics": self.metrics,
-            "tags": self.tags,
-            "description": self.description,
-            "aliases": list(self.aliases),
-            "created_at": self.created_at.isoformat(),
-            "example": self.example,
-            "trusted_types": list(self.trusted_types),
-            "pickle_trusted": self.pickle_trusted,
-            "reference": reference_summary(self.reference_stats),
-            "lineage": self.lineage.to_dict() if self.lineage else None,
-        }
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    description: str
-    created_at: datetime
-    versions: tuple[VersionInfo, ...]
-    aliases: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def latest(self) -> VersionInfo | None:
-        return self.versions[-1] if self.versions else None
-
-    def to_dict(self) -> dict[str, Any]:
-        latest = self.latest
-        return {
-            "name": self.name,
-            "description": self.description,
-            "created_at": self.created_at.isoformat(),
-            "latest_version": latest.number if latest else None,
-            "versions": [v.number for v in self.versions],
-            "aliases": self.aliases,
-        }
-
-
-@dataclass(frozen=True)
-class RegisterRequest:
-    """Everything `register` needs; the CLI and the admin API build one of these."""
-
-    name: str
-    path: Path
-    flavor: str | None = None
-    sample: Path | None = None
-    signature: Path | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)
-    description: str = ""
-    aliases: tuple[str, ...] = ()
-    trust_pickle: bool = False
-    """Accept a pickle/joblib file, whose loading runs any code it holds (--trust-pickle)."""
-    trusted_types: tuple[str, ...] = ()
-    """Types beyond the built-in allow-list the skops file may load, recorded on the version."""
-    reference: Path | None = None
-    """Reference data (.csv/.parquet/.json/.npy) whose per-feature statistics drift is measured
-    against (--reference)."""
-    reference_stats: Mapping[str, Any] | None = None
-    """Reference statistics computed before (e.g. those of the source of a derived version),
-    instead of `reference` data."""
-    lineage: Lineage | None = None
-    """The registered version this one was derived from; it must exist."""
-    actor: str | None = None
-    """Who registers, for the audit log; None is the local user (`cli:<user>`)."""
-    address: str | None = None
-    """The client address of an API caller, for the audit log."""
 
 
 class Registry:
@@ -229,156 +60,31 @@ class Registry:
         store = ArtifactStore(settings.resolved_artifact_url, settings.home.resolve() / "cache")
         return cls(db, store, settings.trusted_types)
 
-    # registration ------------------------------------------------------------------------
+    # adding ------------------------------------------------------------------------------
 
-    def register(self, request: RegisterRequest) -> VersionInfo:
-        """Check the artifact loads and predicts, store it, and record a new version."""
-        event = audit.event(
-            request.actor,
-            request.address,
-            "model.register",
-            request.name,
-            {
-                "trust_pickle": request.trust_pickle,
-                "trusted_types": list(request.trusted_types),
-                "aliases": list(request.aliases),
-                **_lineage_detail(request.lineage),
-            },
-        )
-        with audit.AuditLog(self.db).refusals(event):
-            return self._register(request, event)
+    def add_version(self, new: NewVersion, event: audit.AuditEvent) -> VersionInfo:
+        """Record `new` as the next version of its model (created if need be), with its aliases.
 
-    def _register(self, request: RegisterRequest, event: audit.AuditEvent) -> VersionInfo:
-        check_name("model", request.name)
-        for alias in request.aliases:
-            _check_alias(alias)
-        trusted_types = check_type_names(request.trusted_types, "--trust-type")
-        if request.reference is not None and request.reference_stats is not None:
-            raise InvalidInput("give reference data or reference statistics, not both")
-        source = request.path.expanduser()
-        if not source.exists():
-            raise InvalidInput(
-                f"{source} does not exist; pass the path of a model file, directory or archive"
-            )
-        # A private copy (mode 0700): what is hashed, loaded and stored cannot change under us.
-        # Messages about it name the user's path, never the private copy's.
-        with (
-            tempfile.TemporaryDirectory(prefix="berth-register-") as private,
-            _named_as_given(source, Path(private)),
-        ):
-            staged = _stage(source, Path(private))
-            flavor = request.flavor or detect_flavor(staged)
-            entry = entry_file(staged, flavor)
-            digest = artifact_sha256(staged)
-            pickle_sha256 = None
-            if needs_pickle_trust(flavor, entry):
-                if not request.trust_pickle:
-                    raise InvalidInput(pickle_refusal(entry.name))
-                pickle_sha256 = digest if entry == staged else file_sha256(entry)
-            if trusted_types and (flavor != "sklearn" or entry.suffix.lower() != SKOPS_SUFFIX):
-                raise InvalidInput(
-                    "--trust-type applies to scikit-learn models saved with skops (.skops); "
-                    f"{entry.name} is not one"
-                )
-            try:
-                runtime = load_runtime(
-                    flavor,
-                    entry,
-                    trusted_types=(*self.trusted_types, *trusted_types),
-                    pickle_sha256=pickle_sha256,
-                )
-            except UntrustedArtifact as exc:
-                raise InvalidInput(exc.message) from exc
-            inputs = _inputs_for(request, runtime)
-            signature = inputs.signature
-            example = _example(inputs.sample, signature)
-            reference_stats = _reference_stats(request.reference, signature)
-            if request.reference_stats is not None:
-                reference_stats = dict(request.reference_stats)
-            artifact = self.store.put(staged)
-        if artifact.sha256 != digest:
-            raise InvalidInput(
-                f"{source} changed while it was being checked (its files were modified when it "
-                "was loaded); make the model leave its own files alone, and register it again"
-            )
-        trust = _Trust(
-            types=trusted_types, pickle=pickle_sha256 is not None and request.trust_pickle
-        )
-        for attempt in range(_REGISTER_ATTEMPTS):
+        `event` is recorded in the same transaction, with the new version's reference as its
+        target; recording a refusal is the caller's, since most refusals come before this.
+        """
+        check_name("model", new.name)
+        for alias in new.aliases:
+            check_alias(alias)
+        for attempt in range(_ADD_ATTEMPTS):
             try:
                 with self.db.session(write=True) as session:
-                    row = self._insert_version(session, request, flavor, artifact, signature, trust)
-                    row.example = example
-                    row.reference_stats = reference_stats
-                    notes = (*inputs.notes, *_same_artifact(session, row))
-                    audit.add(
-                        session,
-                        replace(
-                            event,
-                            target=f"{request.name}:{row.number}",
-                            detail={
-                                "flavor": flavor,
-                                "sha256": artifact.sha256,
-                                "trust_pickle": request.trust_pickle,
-                                "trusted_types": list(trusted_types),
-                                "aliases": list(request.aliases),
-                                **_lineage_detail(request.lineage),
-                            },
-                        ),
-                    )
+                    row = _insert_version(session, new)
+                    notes = tuple(_same_artifact(session, row))
+                    audit.add(session, replace(event, target=f"{new.name}:{row.number}"))
                     return replace(_version_info(row), notes=notes)
             except IntegrityError:
-                # Another writer created the same model first (the model row lock below
-                # serializes numbering only once the row exists); the next attempt finds it.
-                if attempt == _REGISTER_ATTEMPTS - 1:
+                # Another writer created the same model first (the model row lock in
+                # _insert_version serializes numbering only once the row exists); the next
+                # attempt finds it.
+                if attempt == _ADD_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
-
-    def _insert_version(
-        self,
-        session: Session,
-        request: RegisterRequest,
-        flavor: str,
-        artifact: StoredArtifact,
-        signature: Signature,
-        trust: _Trust,
-    ) -> VersionRow:
-        # Locking the model row serializes concurrent registrations of one model on PostgreSQL
-        # (SQLite holds the database write lock already), so max(number) + 1 is free.
-        model = session.scalar(
-            select(ModelRow).where(ModelRow.name == request.name).with_for_update()
-        )
-        if model is None:
-            model = ModelRow(name=request.name, description=request.description)
-            session.add(model)
-            session.flush()
-        latest = session.scalar(
-            select(func.max(VersionRow.number)).where(VersionRow.model_id == model.id)
-        )
-        row = VersionRow(
-            model=model,
-            number=(latest or 0) + 1,
-            flavor=flavor,
-            sha256=artifact.sha256,
-            artifact_uri=artifact.uri,
-            entry=artifact.entry,
-            is_directory=artifact.is_directory,
-            size_bytes=artifact.size_bytes,
-            signature=signature.to_dict(),
-            metrics=dict(request.metrics),
-            tags=dict(request.tags),
-            description=request.description,
-            trusted_types=list(trust.types) or None,
-            pickle_trusted=trust.pickle,
-        )
-        session.add(row)
-        if request.lineage is not None:
-            _link_source(session, row, request.lineage)
-        session.flush()
-        for alias in request.aliases:
-            _point_alias(session, model, alias, row)
-        session.flush()
-        return row
 
     # reading -----------------------------------------------------------------------------
 
@@ -418,37 +124,10 @@ class Registry:
             return _version_info(model.versions[-1])
 
     def models_with_alias(self, alias: str) -> list[str]:
-        _check_alias(alias)
+        check_alias(alias)
         with self.db.session() as session:
             query = select(ModelRow.name).join(AliasRow).where(AliasRow.name == alias)
             return sorted(session.scalars(query).all())
-
-    def fetch(self, version: VersionInfo) -> Path:
-        """A verified local path of the version's artifact, ready for its runtime."""
-        local = self.store.fetch(version.artifact)
-        if version.artifact.is_directory:
-            return entry_file(local, version.flavor)
-        return local
-
-    def load_runtime(self, version: VersionInfo) -> Runtime:
-        """The version's runtime, loaded from verified bytes with the trust it was registered with.
-
-        This is how a version is served: a pickle is unpickled only for a version registered with
-        --trust-pickle, and only bytes whose sha256 is the one recorded at registration; a skops
-        file may load the allow-list, the server's BERTH_TRUSTED_TYPES and the version's own
-        --trust-type types.
-        """
-        local = self.store.fetch(version.artifact)
-        entry = entry_file(local, version.flavor) if version.artifact.is_directory else local
-        pickle_sha256 = None
-        if version.pickle_trusted and needs_pickle_trust(version.flavor, entry):
-            pickle_sha256 = _entry_sha256(local, entry, version.artifact)
-        return load_runtime(
-            version.flavor,
-            entry,
-            trusted_types=(*self.trusted_types, *version.trusted_types),
-            pickle_sha256=pickle_sha256,
-        )
 
     # changes -----------------------------------------------------------------------------
 
@@ -465,7 +144,7 @@ class Registry:
         event = audit.event(actor, address, "alias.set", f"{name}@{alias}", {"version": number})
         with audit.AuditLog(self.db).refusals(event):
             check_name("model", name)
-            _check_alias(alias)
+            check_alias(alias)
             with self.db.session(write=True) as session:
                 model = _model_row(session, name, lock=True)
                 row = _version_row(session, model, number)
@@ -482,7 +161,7 @@ class Registry:
         event = audit.event(actor, address, "alias.remove", f"{name}@{alias}")
         with audit.AuditLog(self.db).refusals(event):
             check_name("model", name)
-            _check_alias(alias)
+            check_alias(alias)
             with self.db.session(write=True) as session:
                 model = _model_row(session, name, lock=True)
                 row = next((a for a in model.aliases if a.name == alias), None)
@@ -534,118 +213,60 @@ class Registry:
                 )
                 session.delete(model)
 
-    # audit -------------------------------------------------------------------------------
+
+def check_type_names(names: Iterable[str], source: str) -> tuple[str, ...]:
+    """Trusted type names, checked (`module.Name`), sorted and without duplicates."""
+    checked: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not _TYPE_NAME.fullmatch(name.strip()):
+            raise InvalidInput(
+                f"{source} '{name}' is not a type name; give the full dotted name skops reports, "
+                "e.g. mypackage.features.MyTransformer"
+            )
+        checked.add(name.strip())
+    return tuple(sorted(checked))
 
 
 # helpers ---------------------------------------------------------------------------------
 
 
-Sample: TypeAlias = "np.ndarray[Any, Any] | pd.DataFrame"
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """What registration learned about a version's inputs."""
-
-    signature: Signature
-    sample: Sample | None
-    notes: tuple[str, ...] = ()
-
-
-def _inputs_for(request: RegisterRequest, runtime: Runtime) -> _Inputs:
-    """The signature from --signature, else the --sample, else what the model declares."""
-    from berth.runtimes.base import output_specs
-
-    declared, undeclared = _declared(runtime)
-    given = load_signature_file(request.signature) if request.signature is not None else None
-    names = _column_names(given or declared)
-    notes: list[str] = []
-    sample = None
-    if request.sample is not None:
-        path = request.sample.expanduser()
-        sample = read_sample(path, names)
-        notes.extend(_headerless_note(path, names))
-    if given is not None:
-        signature = given
-    elif sample is not None:
-        signature = infer_signature(sample)
-    elif declared is not None:
-        signature = declared
-        notes.append(
-            f"no --sample or --signature: the model declares its inputs ({_describe(declared)}); "
-            "pass --sample FILE to check them on real rows and keep example rows"
-        )
-    else:
-        raise InvalidInput(
-            f"cannot tell what inputs this model takes{f' ({undeclared})' if undeclared else ''}; "
-            "pass --sample FILE (a few rows of input data) or --signature FILE (a JSON signature)"
-        )
-    if sample is None:
-        return _Inputs(signature, None, tuple(notes))
-    prediction = _predict_sample(runtime, _sample_input(sample, signature), request.sample)
-    return _Inputs(signature.with_outputs(output_specs(prediction)), sample, tuple(notes))
-
-
-def _declared(runtime: Runtime) -> tuple[Signature | None, str | None]:
-    """The signature the model declares, or None and why not (when it tried and failed)."""
-    try:
-        return runtime.declared_signature(), None
-    except BerthError as exc:
-        return None, exc.message
-
-
-def _column_names(signature: Signature | None) -> list[str] | None:
-    if signature is None or signature.kind != "tabular":
-        return None
-    return signature.input_names
-
-
-def _headerless_note(path: Path, names: list[str] | None) -> list[str]:
-    if path.suffix.lower() != ".csv":
-        return []
-    row = first_row(path)
-    if row is None or has_header(row, names):
-        return []
-    named = (
-        f"the model's column names ({', '.join(names)})"
-        if names
-        else "the positional column names 0, 1, ..."
+def _insert_version(session: Session, new: NewVersion) -> VersionRow:
+    # Locking the model row serializes concurrent registrations of one model on PostgreSQL
+    # (SQLite holds the database write lock already), so max(number) + 1 is free.
+    model = session.scalar(select(ModelRow).where(ModelRow.name == new.name).with_for_update())
+    if model is None:
+        model = ModelRow(name=new.name, description=new.description)
+        session.add(model)
+        session.flush()
+    latest = session.scalar(
+        select(func.max(VersionRow.number)).where(VersionRow.model_id == model.id)
     )
-    return [f"{path.name} has no header row: its first line is data, with {named}"]
-
-
-def _describe(signature: Signature) -> str:
-    if signature.kind == "tabular":
-        columns = ", ".join(f"{c.name} {c.dtype}" for c in signature.columns)
-        return f"{len(signature.columns)} columns: {columns}"
-    return ", ".join(f"{t.name} {t.dtype} {list(t.shape)}" for t in signature.inputs)
-
-
-def _predict_sample(runtime: Runtime, rows: Sample, path: Path | None) -> Prediction:
-    """The model's prediction on the sample; its own errors become one clear BerthError."""
-    try:
-        return runtime.predict(rows)
-    except BerthError:
-        raise
-    except Exception as exc:  # the user's model code raised: say so, not a traceback
-        raise ModelLoadError(
-            f"the model failed on the rows of {path} ({type(exc).__name__}: {exc}); fix its "
-            "predict (call it on those rows yourself to see where), or pass other sample rows"
-        ) from exc
-
-
-@contextmanager
-def _named_as_given(source: Path, private: Path) -> Iterator[None]:
-    """Errors raised while working on the private copy name `source` instead of the copy."""
-    try:
-        yield
-    except BerthError as exc:
-        message = exc.message
-        for staged in (private / "artifact", private / source.name, private):
-            message = message.replace(str(staged), str(source))
-        exc.message = message
-        exc.args = (message, *exc.args[1:])
-        raise
+    row = VersionRow(
+        model=model,
+        number=(latest or 0) + 1,
+        flavor=new.flavor,
+        sha256=new.artifact.sha256,
+        artifact_uri=new.artifact.uri,
+        entry=new.artifact.entry,
+        is_directory=new.artifact.is_directory,
+        size_bytes=new.artifact.size_bytes,
+        signature=new.signature.to_dict(),
+        metrics=dict(new.metrics),
+        tags=dict(new.tags),
+        description=new.description,
+        trusted_types=list(new.trusted_types) or None,
+        pickle_trusted=new.pickle_trusted,
+        example=new.example,
+        reference_stats=None if new.reference_stats is None else dict(new.reference_stats),
+    )
+    session.add(row)
+    if new.lineage is not None:
+        _link_source(session, row, new.lineage)
+    session.flush()
+    for alias in new.aliases:
+        _point_alias(session, model, alias, row)
+    session.flush()
+    return row
 
 
 def _same_artifact(session: Session, row: VersionRow) -> list[str]:
@@ -662,113 +283,6 @@ def _same_artifact(session: Session, row: VersionRow) -> list[str]:
     refs = [f"{name}:{number}" for name, number in same[:3]]
     more = " and others" if len(same) > 3 else ""
     return [f"same artifact as {', '.join(refs)}{more} (sha256 {row.sha256[:12]})"]
-
-
-def _sample_input(sample: Sample, signature: Signature) -> Sample:
-    import pandas as pd
-
-    rows = sample[:_SAMPLE_ROWS]
-    if isinstance(rows, pd.DataFrame):
-        missing = [n for n in signature.input_names if n not in rows.columns]
-        if signature.kind == "tabular":
-            if missing:
-                raise InvalidInput(f"sample is missing the signature's columns: {missing}")
-            return rows[signature.input_names]
-        dtype = signature.inputs[0].dtype
-        return rows.to_numpy(dtype=None if dtype == "string" else dtype)
-    return rows
-
-
-def _example(sample: Sample | None, signature: Signature) -> list[Any] | None:
-    """Up to three sample rows as JSON-safe v1 instances (for warm-up and docs)."""
-    import numpy as np
-    import pandas as pd
-
-    if sample is None:
-        return None
-    rows = _sample_input(sample, signature)[:_EXAMPLE_ROWS]
-    if isinstance(rows, pd.DataFrame):
-        records = json.loads(rows.to_json(orient="records"))
-        return list(records)
-    return list(np.asarray(rows).tolist())
-
-
-def _reference_stats(path: Path | None, signature: Signature) -> dict[str, Any] | None:
-    """Drift reference statistics of the --reference data, checked against the signature."""
-    from berth.registry.profile import reference_statistics
-
-    if path is None:
-        return None
-    path = path.expanduser()
-    try:
-        return reference_statistics(read_sample(path, _column_names(signature)), signature)
-    except InvalidInput as exc:
-        raise InvalidInput(f"--reference {path}: {exc.message}") from exc
-
-
-@dataclass(frozen=True)
-class _Trust:
-    types: tuple[str, ...] = ()
-    pickle: bool = False
-
-
-def check_type_names(names: Iterable[str], source: str) -> tuple[str, ...]:
-    """Trusted type names, checked (`module.Name`), sorted and without duplicates."""
-    checked: set[str] = set()
-    for name in names:
-        if not isinstance(name, str) or not _TYPE_NAME.fullmatch(name.strip()):
-            raise InvalidInput(
-                f"{source} '{name}' is not a type name; give the full dotted name skops reports, "
-                "e.g. mypackage.features.MyTransformer"
-            )
-        checked.add(name.strip())
-    return tuple(sorted(checked))
-
-
-def _check_alias(alias: str) -> str:
-    check_name("alias", alias)
-    if len(alias) > _ALIAS_MAX:
-        raise InvalidInput(
-            f"alias name '{alias}' is too long; aliases have at most {_ALIAS_MAX} characters"
-        )
-    return alias
-
-
-def _stage(source: Path, private: Path) -> Path:
-    """A private copy of a model file or directory, or the unpacked contents of an archive."""
-    if is_archive(source):
-        return safe_extract(source, private / "artifact")
-    try:
-        if source.is_dir():
-            target = private / "artifact"
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target = private / source.name
-            shutil.copyfile(source, target)
-    except (OSError, shutil.Error) as exc:
-        raise InvalidInput(f"could not read {source}: {exc}") from exc
-    return target
-
-
-def _entry_sha256(root: Path, entry: Path, artifact: StoredArtifact) -> str:
-    """The registered digest of a file of the artifact, from the same hashing that verifies it.
-
-    For a file artifact that is the artifact's own digest. For a directory it is the file's line
-    in a manifest whose digest matches the registered one, so it is bound to the registration.
-    """
-    if not artifact.is_directory:
-        return artifact.sha256
-    digests = {p.relative_to(root).as_posix(): file_sha256(p) for p in _files_under(root)}
-    manifest = "".join(f"{digest}  {rel}\n" for rel, digest in digests.items())
-    actual = hashlib.sha256(manifest.encode()).hexdigest()
-    relative = entry.relative_to(root).as_posix()
-    if actual != artifact.sha256 or relative not in digests:
-        raise ArtifactIntegrityError(
-            f"artifact of this version fails its sha256 check (expected {artifact.sha256}, got "
-            f"{actual}); it was changed after registration and will not be loaded. Restore the "
-            "store, or register the model again"
-        )
-    return digests[relative]
 
 
 def _link_source(session: Session, row: VersionRow, lineage: Lineage) -> None:
@@ -788,10 +302,6 @@ def _link_source(session: Session, row: VersionRow, lineage: Lineage) -> None:
     row.source_model = lineage.source_model
     row.source_version = lineage.source_version
     row.lineage = dict(lineage.detail)
-
-
-def _lineage_detail(lineage: Lineage | None) -> dict[str, Any]:
-    return {} if lineage is None else {"source": lineage.source}
 
 
 def _lineage(row: VersionRow) -> Lineage | None:
@@ -885,28 +395,3 @@ def _model_info(row: ModelRow) -> ModelInfo:
         versions=tuple(_version_info(v) for v in row.versions),
         aliases={a.name: a.version.number for a in row.aliases},
     )
-
-
-def parse_pairs(pairs: Iterable[str], what: str) -> dict[str, str]:
-    """`k=v` strings (from --metric/--tag) into a dict, with a clear error for a bad one."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(
-                f"{what} '{pair}' is not KEY=VALUE; write e.g. --{what} accuracy=0.93"
-            )
-        out[key.strip()] = value.strip()
-    return out
-
-
-def parse_metrics(pairs: Iterable[str]) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    for key, value in parse_pairs(pairs, "metric").items():
-        try:
-            metrics[key] = float(value)
-        except ValueError as exc:
-            raise InvalidInput(
-                f"metric '{key}' has value '{value}', which is not a number"
-            ) from exc
-    return metrics

@@ -7,8 +7,8 @@ Trust: a scikit-learn pickle (.joblib/.pkl/.pickle, or any sklearn file that is 
 unpickled only when the caller passes `pickle_sha256`, the digest the registry recorded for a
 version registered with --trust-pickle; the runtime reads the file once, checks those bytes
 against the digest and unpickles the same bytes. skops files load types beyond the built-in
-allow-list only when they are named in `trusted_types`. `Registry.load_runtime(version)` is the
-one caller that passes both, from the version's record and the server settings.
+allow-list only when they are named in `trusted_types`. `loading.load_version(registry, version)`
+is the one caller that passes both, from the version's record and the server settings.
 """
 
 from __future__ import annotations

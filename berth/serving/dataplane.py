@@ -26,9 +26,11 @@ from berth.errors import BerthError, InvalidInput, NotFound, NotReady, PayloadTo
 from berth.observability import metrics, tracing
 from berth.registry.endpoints import EndpointInfo, EndpointService, RouteSpec, current_revision
 from berth.registry.references import Reference, parse_reference
-from berth.registry.service import Registry, VersionInfo
+from berth.registry.service import Registry
 from berth.registry.signature import Signature
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
+from berth.runtimes.loading import load_version
 from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key
 from berth.serving.ids import new_id
@@ -513,7 +515,7 @@ class DataPlane:
 
     def _load_sync(self, info: VersionInfo) -> LoadedVersion:
         started = time.perf_counter()
-        runtime = self.registry.load_runtime(info)
+        runtime = load_version(self.registry, info)
         row_seconds = warm_up(runtime, info)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOADED.labels(info.model, str(info.number)).set(1)

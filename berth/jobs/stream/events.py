@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from berth.errors import InvalidInput
-from berth.registry.service import VersionInfo
 from berth.registry.signature import Signature
+from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
 from berth.serving.responses import plain
 from berth.serving.validation import json_type
