@@ -17,14 +17,9 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, mean_absolute_error, roc_auc_score
 
 from berth.errors import InvalidInput, NotFound
-from berth.ops.validation import (
-    GateCheck,
-    GateConfig,
-    GateReport,
-    parse_output_range,
-    report_table,
-    run_gates,
-)
+from berth.ops.gate_config import GateConfig, parse_output_range
+from berth.ops.gate_report import GateCheck, GateReport, report_table
+from berth.ops.validation import run_gates
 from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from tests.conftest import Run, register_iris

@@ -24,7 +24,7 @@ from berth.api.json_body import json_response, read_object
 from berth.api.services import Services
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.ops.validation import GateConfig
+from berth.ops.gate_config import GateConfig
 from berth.registry.endpoints import STABLE, EndpointService, RouteSpec
 from berth.registry.references import MAX_VERSION, check_name
 from berth.rollouts import strategies as s

@@ -156,7 +156,8 @@ def start(
 
     Example: berth rollout start churn --to churn:3 --steps 10,50,100 --interval 5m --max-error-rate 0.01 --gate-data holdout.csv --gate-target churned --gate-min-auc 0.85 --gate-no-regression
     """
-    from berth.ops.validation import GateConfig, parse_output_range, report_table
+    from berth.ops.gate_config import GateConfig, parse_output_range
+    from berth.ops.gate_report import report_table
     from berth.registry.endpoints import EndpointService
     from berth.rollouts import strategies as s
     from berth.store.audit import cli_actor
@@ -535,7 +536,7 @@ def _check_value(name: str, value: Any) -> str:
 
 
 def _gates_table(report: dict[str, Any]) -> Table:
-    from berth.ops.validation import format_value
+    from berth.ops.gate_report import format_value
 
     table = Table("gate", "value", "threshold", "result", "detail", title="validation gates")
     for check in report.get("checks", []):

@@ -54,13 +54,9 @@ def validate(
 
     Example: berth validate churn:4 --data holdout.csv --target churned --min-auc 0.85 --max-latency-ms 10 --no-regression-vs churn@production
     """
-    from berth.ops.validation import (
-        GateConfig,
-        format_value,
-        parse_output_range,
-        report_table,
-        run_gates,
-    )
+    from berth.ops.gate_config import GateConfig, parse_output_range
+    from berth.ops.gate_report import format_value, report_table
+    from berth.ops.validation import run_gates
 
     config = GateConfig(
         data=data,

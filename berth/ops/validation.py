@@ -26,18 +26,25 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from berth.errors import InvalidInput, ModelLoadError
 from berth.monitoring.performance import label_key
-from berth.registry.references import parse_reference
+from berth.ops.gate_config import (
+    CLASSIFIER,
+    GATE_METRICS,
+    MULTI_OUTPUT,
+    REGRESSOR,
+    GateConfig,
+    GateMetric,
+)
+from berth.ops.gate_report import GateCheck, GateReport
 from berth.registry.service import Registry
 from berth.registry.signature import Signature, read_sample
 from berth.registry.versions import VersionInfo
@@ -58,273 +65,8 @@ CHUNK_ROWS = 10_000
 _EPSILON = 1e-9
 """Slack for float arithmetic: 0.9 must not fail `>= 0.91 - 0.01`."""
 
-_CLASSIFIER = "classifier"
-_REGRESSOR = "regressor"
-_MULTI_OUTPUT = "multi-output model"
-
-
-# configuration -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """Which gates to run, and on which data. Invalid combinations are refused on creation."""
-
-    data: Path | None = None
-    target: str | None = None
-    min_accuracy: float | None = None
-    min_auc: float | None = None
-    max_rmse: float | None = None
-    max_mae: float | None = None
-    max_latency_ms: float | None = None
-    no_nan: bool = False
-    output_range: tuple[float, float] | None = None
-    no_regression_vs: str | None = None
-    """A model reference, e.g. churn:2 or churn@production."""
-    regression_tolerance: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_bounded("--min-accuracy", self.min_accuracy, 0.0, 1.0)
-        _check_bounded("--min-auc", self.min_auc, 0.0, 1.0)
-        _check_bounded("--max-rmse", self.max_rmse, 0.0, math.inf)
-        _check_bounded("--max-mae", self.max_mae, 0.0, math.inf)
-        _check_bounded("--max-latency-ms", self.max_latency_ms, 0.0, math.inf)
-        if self.max_latency_ms == 0:
-            raise InvalidInput("--max-latency-ms must be greater than 0, e.g. --max-latency-ms 10")
-        _check_bounded("--regression-tolerance", self.regression_tolerance, 0.0, math.inf)
-        if self.output_range is not None:
-            low, high = self.output_range
-            if math.isnan(low) or math.isnan(high) or low > high:
-                raise InvalidInput(
-                    f"--output-range {low:g},{high:g} is empty; give LOW,HIGH with LOW <= HIGH, "
-                    "e.g. --output-range 0,1"
-                )
-        if self.target is not None and not self.target.strip():
-            raise InvalidInput("--target is empty; give the name of the column with the outcome")
-        if self.no_regression_vs is not None:
-            parse_reference(self.no_regression_vs)
-        if not self.any():
-            return
-        if self.data is None:
-            flags = self._flags()
-            raise InvalidInput(
-                f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'} test rows; pass "
-                "--data FILE (.csv, .parquet or .jsonl)"
-            )
-        needing_target = self._flags(target_only=True)
-        if needing_target and self.target is None:
-            verb = "compares" if len(needing_target) == 1 else "compare"
-            raise InvalidInput(
-                f"{', '.join(needing_target)} {verb} predictions with the true outcome; pass "
-                "--target COLUMN naming the column of --data that holds it"
-            )
-
-    def any(self) -> bool:
-        """True when at least one gate is configured."""
-        return bool(self._flags())
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metrics with a threshold, in report order."""
-        return tuple(m for m in _METRICS if getattr(self, _METRICS[m].field) is not None)
-
-    def _flags(self, target_only: bool = False) -> list[str]:
-        flags = [_METRICS[m].flag for m in self.metrics]
-        if self.no_regression_vs is not None:
-            flags.append("--no-regression-vs")
-        if target_only:
-            return flags
-        if self.max_latency_ms is not None:
-            flags.append("--max-latency-ms")
-        if self.no_nan:
-            flags.append("--no-nan")
-        if self.output_range is not None:
-            flags.append("--output-range")
-        return flags
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["data"] = None if self.data is None else str(self.data)
-        out["output_range"] = None if self.output_range is None else list(self.output_range)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GateConfig:
-        """The inverse of `to_dict`; unknown keys are refused, since an ignored gate passes."""
-        if not isinstance(data, Mapping):
-            raise InvalidInput(f"gate configuration must be a JSON object, got {data!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise InvalidInput(
-                f"gate configuration has unknown keys {unknown}; known keys are {sorted(known)}"
-            )
-        values: dict[str, Any] = {}
-        for key in ("data", "target", "no_regression_vs"):
-            if data.get(key) is not None:
-                values[key] = _json_text(data[key], key)
-        if "data" in values:
-            values["data"] = Path(values["data"])
-        for key in ("min_accuracy", "min_auc", "max_rmse", "max_mae", "max_latency_ms"):
-            if data.get(key) is not None:
-                values[key] = _json_number(data[key], key)
-        if data.get("regression_tolerance") is not None:
-            values["regression_tolerance"] = _json_number(
-                data["regression_tolerance"], "regression_tolerance"
-            )
-        if "no_nan" in data:
-            if not isinstance(data["no_nan"], bool):
-                raise InvalidInput(f"gate 'no_nan' must be true or false, got {data['no_nan']!r}")
-            values["no_nan"] = data["no_nan"]
-        bounds = data.get("output_range")
-        if bounds is not None:
-            if not isinstance(bounds, list | tuple) or len(bounds) != 2:
-                raise InvalidInput(f"gate 'output_range' must be [low, high], got {bounds!r}")
-            values["output_range"] = (
-                _json_number(bounds[0], "output_range"),
-                _json_number(bounds[1], "output_range"),
-            )
-        return cls(**values)
-
-
-def _check_bounded(flag: str, value: float | None, low: float, high: float) -> None:
-    if value is None:
-        return
-    if math.isnan(value) or value < low or value > high:
-        span = f"at least {low:g}" if math.isinf(high) else f"between {low:g} and {high:g}"
-        raise InvalidInput(f"{flag} must be a number {span}, got {value:g}")
-
-
-def _json_text(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"gate '{key}' must be a string, got {value!r}")
-    return value
-
-
-def _json_number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"gate '{key}' must be a number, got {value!r}")
-    return float(value)
-
-
-def parse_output_range(text: str) -> tuple[float, float]:
-    """'0,1' -> (0.0, 1.0); brackets and spaces are allowed ('[0, 1]')."""
-    parts = text.strip().strip("[]()").split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError(text)
-        low, high = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise InvalidInput(
-            f"--output-range {text!r} is not LOW,HIGH; write two numbers separated by a comma, "
-            "e.g. --output-range 0,1"
-        ) from None
-    if math.isnan(low) or math.isnan(high) or low > high:
-        raise InvalidInput(
-            f"--output-range {text!r} is empty; LOW must not be greater than HIGH, e.g. 0,1"
-        )
-    return low, high
-
-
-# the report --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    name: str
-    """accuracy, auc, rmse, mae, latency_p99_ms, no_nan, output_range or no_regression.METRIC."""
-    passed: bool
-    value: float | None
-    """What was measured (the candidate's metric for no_regression.*); None if nothing was."""
-    threshold: str
-    """What the value had to be, e.g. '>= 0.8' or '[0, 1]'."""
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        value = self.value
-        # JSON has no NaN or infinity; the detail says what the value was.
-        if value is not None and not math.isfinite(value):
-            value = None
-        return {
-            "name": self.name,
-            "passed": self.passed,
-            "value": value,
-            "threshold": self.threshold,
-            "detail": self.detail,
-        }
-
-
-@dataclass(frozen=True)
-class GateReport:
-    reference: str
-    """The version checked, as NAME:VERSION (an alias is resolved when the gates run)."""
-    rows: int
-    """Rows of the data file the gates ran on."""
-    checks: tuple[GateCheck, ...]
-
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
-
-    def failures(self) -> list[GateCheck]:
-        return [check for check in self.checks if not check.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "rows": self.rows,
-            "passed": self.passed,
-            "checks": [check.to_dict() for check in self.checks],
-        }
-
-
-def report_table(report: GateReport, title: str | None = None) -> Table:
-    """The report as a rich table: check, value, threshold, result, detail."""
-    table = Table(
-        "check",
-        "value",
-        "threshold",
-        "result",
-        "detail",
-        title=title or f"{report.reference} on {report.rows} rows",
-    )
-    for check in report.checks:
-        table.add_row(
-            check.name,
-            format_value(check.value),
-            check.threshold,
-            "[green]PASS[/]" if check.passed else "[bold red]FAIL[/]",
-            check.detail,
-        )
-    return table
-
-
-def format_value(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return f"{value:.4g}"
-
 
 # running the gates -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Metric:
-    field: str
-    flag: str
-    kind: str
-    """The kind of model it applies to."""
-    higher_is_better: bool
-
-
-_METRICS: dict[str, _Metric] = {
-    "accuracy": _Metric("min_accuracy", "--min-accuracy", _CLASSIFIER, True),
-    "auc": _Metric("min_auc", "--min-auc", _CLASSIFIER, True),
-    "rmse": _Metric("max_rmse", "--max-rmse", _REGRESSOR, False),
-    "mae": _Metric("max_mae", "--max-mae", _REGRESSOR, False),
-}
 
 
 @dataclass(frozen=True)
@@ -374,7 +116,9 @@ def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateRep
         metrics = _default_metrics(candidate)
     measured = {name: _measure(name, candidate, target) for name in metrics}
     for name in config.metrics:
-        checks.append(_threshold_check(name, measured[name], getattr(config, _METRICS[name].field)))
+        checks.append(
+            _threshold_check(name, measured[name], getattr(config, GATE_METRICS[name].field))
+        )
     if config.max_latency_ms is not None:
         checks.append(_latency_check(runtime, inputs, rows, config.max_latency_ms))
     if config.no_nan:
@@ -508,13 +252,13 @@ def _predict(runtime: Runtime, inputs: ModelInput, rows: int, ref: str) -> _Pred
 def _kind(prediction: Prediction) -> str:
     predictions = prediction.predictions
     if predictions.ndim > 2 or (predictions.ndim == 2 and predictions.shape[1] != 1):
-        return _MULTI_OUTPUT
+        return MULTI_OUTPUT
     if prediction.probabilities is not None or prediction.classes is not None:
-        return _CLASSIFIER
+        return CLASSIFIER
     # Integers are labels (a classifier without predict_proba, e.g. SVC); floats are values.
     if predictions.dtype.kind in "iub" or not _numeric(predictions):
-        return _CLASSIFIER
-    return _REGRESSOR
+        return CLASSIFIER
+    return REGRESSOR
 
 
 def _numeric(values: Array) -> bool:
@@ -530,10 +274,10 @@ def _numeric(values: Array) -> bool:
 
 def _default_metrics(candidate: _Predicted) -> tuple[str, ...]:
     """What --no-regression-vs compares when no metric threshold is given."""
-    if candidate.kind == _CLASSIFIER:
+    if candidate.kind == CLASSIFIER:
         has_auc = candidate.prediction.probabilities is not None
         return ("accuracy", "auc") if has_auc else ("accuracy",)
-    if candidate.kind == _REGRESSOR:
+    if candidate.kind == REGRESSOR:
         return ("rmse", "mae")
     raise InvalidInput(
         f"--no-regression-vs compares accuracy/AUC or RMSE/MAE, which need one prediction per "
@@ -547,7 +291,7 @@ def _default_metrics(candidate: _Predicted) -> tuple[str, ...]:
 def _measure(
     name: str, predicted: _Predicted, target: pd.Series[Any] | None, baseline: bool = False
 ) -> _Measured:
-    metric = _METRICS[name]
+    metric = GATE_METRICS[name]
     assert target is not None  # GateConfig refuses metric gates without --target
     if predicted.kind != metric.kind and baseline:
         raise InvalidInput(
@@ -567,10 +311,10 @@ def _measure(
     return measure(predicted, target)
 
 
-def _wrong_kind(metric: _Metric, predicted: _Predicted) -> str:
-    if predicted.kind == _CLASSIFIER:
+def _wrong_kind(metric: GateMetric, predicted: _Predicted) -> str:
+    if predicted.kind == CLASSIFIER:
         what, instead = "a classifier (it returns class labels)", "--min-accuracy or --min-auc"
-    elif predicted.kind == _REGRESSOR:
+    elif predicted.kind == REGRESSOR:
         what = "a regressor (it returns numbers without class probabilities)"
         instead = "--max-rmse or --max-mae"
     else:
@@ -702,7 +446,7 @@ def _some(labels: set[str]) -> str:
 
 
 def _threshold_check(name: str, measured: _Measured, threshold: float) -> GateCheck:
-    metric = _METRICS[name]
+    metric = GATE_METRICS[name]
     value = measured.value
     # NaN compares false both ways: a NaN metric fails whichever way the gate points.
     if metric.higher_is_better:
@@ -804,7 +548,7 @@ def _regression_check(
     tolerance: float,
 ) -> GateCheck:
     (version, now), (other, before) = candidate, baseline
-    if _METRICS[name].higher_is_better:
+    if GATE_METRICS[name].higher_is_better:
         limit = before.value - tolerance
         passed = now.value >= limit - _EPSILON
         shown = f">= {limit:.4g}"

@@ -17,7 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from berth.errors import Conflict, InvalidInput, NotFound
-from berth.ops.validation import GateConfig, GateReport, run_gates
+from berth.ops.gate_config import GateConfig
+from berth.ops.gate_report import GateReport
+from berth.ops.validation import run_gates
 from berth.registry.endpoints import (
     STABLE,
     EndpointInfo,
