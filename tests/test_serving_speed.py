@@ -36,7 +36,8 @@ from berth.registry.service import Registry
 from berth.runtimes.base import ModelInput, Prediction
 from berth.security.keys import KeyService, server_secret
 from berth.serving import dataplane as dataplane_module
-from berth.serving.cache import KEY_PREFIX, cache_key
+from berth.serving.cache import KEY_PREFIX
+from berth.serving.cache_keys import cache_key
 from berth.serving.dataplane import DataPlane, LoadedVersion
 from tests.conftest import register_iris, require_service
 

@@ -32,7 +32,8 @@ from berth.registry.versions import VersionInfo
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.runtimes.loading import load_version
 from berth.serving.batcher import Batcher
-from berth.serving.cache import NotCacheable, PredictionCache, cache_key
+from berth.serving.cache import PredictionCache
+from berth.serving.cache_keys import NotCacheable, cache_key
 from berth.serving.ids import new_id
 from berth.serving.offload import INLINE_BYTES, Offloader
 from berth.serving.route_stats import RouteStats
