@@ -29,6 +29,8 @@ from berth.config import Settings
 from berth.errors import InvalidInput
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
 from tests.ports import free_port
+from tests.private_postgres import PrivatePostgres
+from tests.private_postgres import missing as private_postgres_missing
 from tests.private_redis import PrivateRedis
 
 __all__ = ["free_port"]
@@ -55,6 +57,22 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own, started, to stop and restart without touching the
+    shared server."""
+    reason = private_postgres_missing()
+    if reason is not None:
+        require_service("a private PostgreSQL cluster", reason)
+    server = PrivatePostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture
