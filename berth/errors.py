@@ -8,6 +8,7 @@ BerthError
 ├── Forbidden             valid credentials without the needed scope
 ├── PayloadTooLarge       a body or batch over the configured limit
 ├── NotReady              the server or a model is still loading
+│   └── DatabaseUnavailable   the registry database cannot be reached (or stays locked)
 ├── ArtifactIntegrityError  an artifact's bytes do not match its recorded sha256
 └── ModelLoadError        a runtime could not load or run an artifact
 """
@@ -69,6 +70,12 @@ class NotReady(BerthError):
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DatabaseUnavailable(NotReady):
+    """The registry database refused or dropped the connection, or stayed locked or busy past
+    its timeout: waiting may help, so edges answer like NotReady (503 with Retry-After). Raised
+    only for such outages; a bad statement or a violated constraint keeps its own error."""
 
 
 class ArtifactIntegrityError(BerthError):

@@ -31,6 +31,8 @@ from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from tests.ports import free_port
+from tests.private_postgres import PrivatePostgres
+from tests.private_postgres import missing as private_postgres_missing
 from tests.private_redis import PrivateRedis
 
 __all__ = ["free_port"]
@@ -57,6 +59,22 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own, started, to stop and restart without touching the
+    shared server."""
+    reason = private_postgres_missing()
+    if reason is not None:
+        require_service("a private PostgreSQL cluster", reason)
+    server = PrivatePostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture

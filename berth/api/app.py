@@ -10,7 +10,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from berth import __version__
-from berth.api import admin, docs, drift, errors, feedback, health, jobs, traffic, v1, v2
+from berth.api import (
+    admin,
+    docs,
+    drift,
+    errors,
+    feedback,
+    health,
+    jobs,
+    prediction_routes,
+    traffic,
+    v1,
+    v2,
+)
 from berth.api.auth import Authenticator
 from berth.api.hot_path import HotPathMiddleware
 from berth.api.middleware.access_log import AccessLogMiddleware
@@ -154,7 +166,17 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     )
     app.state.services = svc
     errors.install(app)
-    for router in (health.router, v1.router, v2.router, admin.router, traffic.router, jobs.router):
+    routers = (
+        health.router,
+        prediction_routes.router(v1.TAG),
+        v1.router,
+        v2.router,
+        prediction_routes.router(v2.TAG),
+        admin.router,
+        traffic.router,
+        jobs.router,
+    )
+    for router in routers:
         app.include_router(router)
     docs.attach(app, "public" if settings.dev else settings.docs)
     monitoring = feedback.attach(app, svc)

@@ -2,42 +2,25 @@
 
 FastAPI matches a request against every route, builds a dependency context and wraps the call in
 several layers; for a model that answers in 100 us that costs as much as the prediction itself.
-The prediction routes are few and fixed, so this middleware (the innermost one: auth, limits,
-request ids and headers all still apply) matches them with one regular expression each and calls
-the same handler functions the FastAPI routes call, mapping errors with the same handlers. Every
-other request, and any method other than POST, continues to FastAPI unchanged, and the routes
-stay declared there for the OpenAPI document.
+The prediction routes are few and fixed (`berth.api.prediction_routes`), so this middleware
+(the innermost one: auth, limits, request ids and headers all still apply) matches them with one
+regular expression each and calls the same handler functions the FastAPI routes call, mapping
+errors with the same handlers. Every other request, and any method other than POST, continues to
+FastAPI unchanged, and the routes stay declared there for the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from berth.api import errors, v1, v2
+from berth.api import errors, prediction_routes
+from berth.api.prediction_routes import Endpoint
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-_SEGMENT = "[^/]+"
-ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = (
-    (re.compile(rf"/api/v1/models/(?P<ref>{_SEGMENT})/predict"), v1.predict),
-    (re.compile(rf"/api/v1/models/(?P<ref>{_SEGMENT})/batch-predict"), v1.batch_predict),
-    (re.compile(rf"/api/v1/endpoints/(?P<name>{_SEGMENT})/predict"), v1.endpoint_predict),
-    (
-        re.compile(rf"/api/v1/endpoints/(?P<name>{_SEGMENT})/batch-predict"),
-        v1.endpoint_batch_predict,
-    ),
-    (re.compile(r"/api/v1/predict"), v1.predict_default),
-    (re.compile(r"/api/v1/batch-predict"), v1.batch_predict_default),
-    (re.compile(rf"/v2/models/(?P<name>{_SEGMENT})/infer"), v2.infer),
-    (
-        re.compile(rf"/v2/models/(?P<name>{_SEGMENT})/versions/(?P<version>{_SEGMENT})/infer"),
-        v2.version_infer,
-    ),
+ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
+    (route.pattern, route.endpoint) for route in prediction_routes.ROUTES
 )
 
 

@@ -21,106 +21,34 @@ from berth.registry.references import MAX_VERSION, check_name, parse_reference
 from berth.serving.dataplane import PredictResult
 from berth.serving.responses import batch_document, result_headers, single_document
 
-router = APIRouter(prefix="/api/v1", tags=["v1"])
+TAG = "v1"
+router = APIRouter(prefix="/api/v1", tags=[TAG])
 
 _VERSION = re.compile(r"[0-9]{1,10}")
 
-_PREDICT_BODY = doc.json_body(
-    {
-        "type": "object",
-        "required": ["features"],
-        "properties": {
-            "features": {
-                "description": "One row: a list for tensor signatures, an object of column "
-                "values (or a list in column order) for tabular ones.",
-                "oneOf": [{"type": "array"}, {"type": "object"}],
-            }
-        },
-    },
-    example={"features": [5.1, 3.5, 1.4, 0.2]},
-)
-_BATCH_BODY = doc.json_body(
-    {
-        "type": "object",
-        "required": ["instances"],
-        "properties": {
-            "instances": {
-                "type": "array",
-                "items": {},
-                "description": "Rows, each as `features` would be.",
-            }
-        },
-    },
-    example={"instances": [[5.1, 3.5, 1.4, 0.2]]},
-)
-_PREDICT_RESPONSES = {
-    **doc.ok(doc.SINGLE_PREDICTION, "The prediction for the row."),
-    **doc.errors(*doc.PREDICT_ERRORS),
-}
-_BATCH_RESPONSES = {
-    **doc.ok(doc.BATCH_PREDICTION, "One prediction per row, in order."),
-    **doc.errors(*doc.PREDICT_ERRORS),
-}
-_WITH_REF = doc.parameters(doc.MODEL_REF)
-_WITH_ENDPOINT = doc.parameters(doc.ENDPOINT_NAME)
+# The prediction handlers: `berth.api.prediction_routes` declares their routes.
 
 
-@router.post(
-    "/predict",
-    openapi_extra=doc.secured(_PREDICT_BODY),
-    responses=_PREDICT_RESPONSES,
-    summary="Predict one row with the default model",
-)
 async def predict_default(request: Request) -> Response:
     return await _predict(request, services(request).dataplane.default_reference)
 
 
-@router.post(
-    "/batch-predict",
-    openapi_extra=doc.secured(_BATCH_BODY),
-    responses=_BATCH_RESPONSES,
-    summary="Predict rows with the default model",
-)
 async def batch_predict_default(request: Request) -> Response:
     return await _batch_predict(request, services(request).dataplane.default_reference)
 
 
-@router.post(
-    "/models/{ref}/predict",
-    openapi_extra=doc.secured(_WITH_REF, _PREDICT_BODY),
-    responses=_PREDICT_RESPONSES,
-    summary="Predict one row",
-)
 async def predict(request: Request) -> Response:
     return await _predict(request, request.path_params["ref"])
 
 
-@router.post(
-    "/models/{ref}/batch-predict",
-    openapi_extra=doc.secured(_WITH_REF, _BATCH_BODY),
-    responses=_BATCH_RESPONSES,
-    summary="Predict rows",
-)
 async def batch_predict(request: Request) -> Response:
     return await _batch_predict(request, request.path_params["ref"])
 
 
-@router.post(
-    "/endpoints/{name}/predict",
-    openapi_extra=doc.secured(_WITH_ENDPOINT, _PREDICT_BODY),
-    responses=_PREDICT_RESPONSES,
-    summary="Predict one row through an endpoint (its routes pick the version)",
-)
 async def endpoint_predict(request: Request) -> Response:
     return await _predict(request, request.path_params["name"], endpoint=True)
 
 
-@router.post(
-    "/endpoints/{name}/batch-predict",
-    openapi_extra=doc.secured(_WITH_ENDPOINT, _BATCH_BODY),
-    responses=_BATCH_RESPONSES,
-    summary="Predict rows through an endpoint (one route answers the whole request)",
-)
 async def endpoint_batch_predict(request: Request) -> Response:
     return await _batch_predict(request, request.path_params["name"], endpoint=True)
 

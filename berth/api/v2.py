@@ -28,7 +28,8 @@ from berth.serving.dataplane import Decoder, PredictResult
 from berth.serving.responses import result_headers
 from berth.serving.validation import check_declared_shapes, decode_named_arrays
 
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+TAG = "v2 (Open Inference Protocol)"
+router = APIRouter(prefix="/v2", tags=[TAG])
 
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -60,8 +61,6 @@ _READY_RESPONSES = {
     **doc.errors(400, 404, *doc.READ_ERRORS),
     503: doc.error(503, "The model is not loaded (yet), or the server is not ready."),
 }
-_INFER_RESPONSES = {**doc.V2_INFER_OK, **doc.errors(*doc.PREDICT_ERRORS)}
-_INFER_PARAMETERS = [doc.INFERENCE_HEADER_LENGTH]
 
 
 @router.get(
@@ -148,26 +147,13 @@ async def version_ready(request: Request) -> Response:
     return await _ready(request, request.path_params["name"], request.path_params["version"])
 
 
-@router.post(
-    "/models/{name}/infer",
-    summary="Inference",
-    openapi_extra=doc.secured(
-        doc.parameters(doc.MODEL_NAME, *_INFER_PARAMETERS), doc.V2_INFER_BODY
-    ),
-    responses=_INFER_RESPONSES,
-)
+# The inference handlers: `berth.api.prediction_routes` declares their routes.
+
+
 async def infer(request: Request) -> Response:
     return await _infer(request, request.path_params["name"], None)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    summary="Inference (one version)",
-    openapi_extra=doc.secured(
-        doc.parameters(doc.MODEL_NAME, doc.VERSION, *_INFER_PARAMETERS), doc.V2_INFER_BODY
-    ),
-    responses=_INFER_RESPONSES,
-)
 async def version_infer(request: Request) -> Response:
     return await _infer(request, request.path_params["name"], request.path_params["version"])
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 
-from berth.errors import Forbidden, NotReady, Unauthenticated
+from berth.errors import DatabaseUnavailable, Forbidden, NotReady, Unauthenticated
 from berth.security.keys import KeyService, StoredKey, hash_key, split_key
 
 _MAX_CACHED = 10_000
@@ -149,7 +149,7 @@ class KeyVerifier:
         now = time.monotonic()
         try:
             stored = await anyio.to_thread.run_sync(self._refresh, key_id, used)
-        except SQLAlchemyError as exc:
+        except (DatabaseUnavailable, SQLAlchemyError) as exc:
             self._used |= used  # recorded with the next successful read
             entry = self._stale(key_id, self._cache.get(key_id), exc)
         else:

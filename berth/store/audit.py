@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from berth.errors import BerthError
+from berth.errors import BerthError, DatabaseUnavailable
 from berth.store.db import Database
 from berth.store.tables import AuditRow
 
@@ -111,6 +111,8 @@ class AuditLog:
         """Record a refused action in its own transaction (the action's own rolled back)."""
         try:
             yield
+        except DatabaseUnavailable:
+            raise  # nothing was refused, and recording it would wait on the same database
         except BerthError as exc:
             detail = {**(event.detail or {}), "error": exc.message}
             try:

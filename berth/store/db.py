@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from berth.errors import InvalidInput, NotReady
+from berth.errors import DatabaseUnavailable, InvalidInput
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -44,8 +46,11 @@ class Database:
         it takes the write lock up front (`BEGIN IMMEDIATE`), so concurrent writers queue on the
         busy timeout instead of reading stale rows and colliding. PostgreSQL callers lock rows
         with `SELECT ... FOR UPDATE` instead.
+
+        A database that cannot be used now raises `DatabaseUnavailable` (see `outages_mapped`),
+        whether it fails at connect, in the middle of the work or at commit.
         """
-        with self._sessions.begin() as session:
+        with outages_mapped(self.engine.dialect.name), self._sessions.begin() as session:
             if write and self.engine.dialect.name == "sqlite":
                 session.execute(text("BEGIN IMMEDIATE"))
             yield session
@@ -69,12 +74,12 @@ class Database:
                 _upgrade(connection, self.url)
         except OperationalError as exc:
             if self.engine.dialect.name == "sqlite":
-                raise NotReady(
+                raise DatabaseUnavailable(
                     f"cannot use the registry database {self.engine.url.database}: {exc.orig}; "
                     "check that it and its folder are writable and no other program holds it "
                     "locked (BERTH_HOME or BERTH_DATABASE_URL chooses where it is)"
                 ) from exc
-            raise NotReady(
+            raise DatabaseUnavailable(
                 f"cannot reach the registry database at {_safe(self.url)}: {exc.orig}; "
                 "check BERTH_DATABASE_URL and that the server is running"
             ) from exc
@@ -83,6 +88,65 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# SQLite's primary result codes that waiting or the operator can clear: the write lock held
+# past the busy timeout, and a file that cannot be opened, read or written. Its other
+# OperationalErrors ("no such table", a syntax error) are bugs.
+_SQLITE_OUTAGES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+
+
+@contextmanager
+def outages_mapped(backend: str) -> Iterator[None]:
+    """Errors of a `backend` database (SQLAlchemy's name) that mean "cannot be used now" raise
+    `DatabaseUnavailable` instead.
+
+    Waiting may clear those, so every edge answers them as it answers NotReady: 503 with
+    Retry-After, one CLI line. Only outages are mapped: a refused, dropped or timed-out
+    connection, an exhausted pool, SQLite's lock and file failures; a constraint violation, a
+    bad statement or a missing table pass through unchanged. The message names no host (API
+    clients read it); the driver's error stays chained as its cause.
+    """
+    try:
+        yield
+    except PoolTimeoutError as exc:
+        raise DatabaseUnavailable(
+            "every connection to the registry database is in use; retry in a few seconds"
+        ) from exc
+    except DBAPIError as exc:
+        if not is_outage(backend, exc):
+            raise
+        what = "is locked or its file cannot be used" if backend == "sqlite" else "is unreachable"
+        raise DatabaseUnavailable(
+            f"the registry database {what}; retry in a few seconds (if it lasts, check the "
+            "database and BERTH_DATABASE_URL)"
+        ) from exc
+
+
+def is_outage(backend: str, exc: DBAPIError) -> bool:
+    """Whether `exc`, raised by a `backend` database, means it cannot be used now."""
+    if exc.connection_invalidated:  # the dialect recognised a lost connection
+        return True
+    if backend == "sqlite":
+        # sqlite3's InterfaceError is API misuse (a parameter of an unsupported type).
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        return (
+            isinstance(exc, OperationalError)
+            and code is not None
+            and code & 0xFF in _SQLITE_OUTAGES
+        )
+    # Server databases' drivers raise these for connection failures and for conditions the
+    # server reports as transient (shutdown, cancelled statement, lock or serialization failure).
+    return isinstance(exc, OperationalError | InterfaceError)
 
 
 def _upgrade(connection: Connection, url: str) -> None:

@@ -23,10 +23,8 @@ from typing import Any
 
 from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from berth.errors import InvalidInput
+from berth.errors import DatabaseUnavailable, InvalidInput
 from berth.store.db import Database
 from berth.store.tables import LeaseRow, UTCDateTime
 
@@ -37,10 +35,11 @@ log = logging.getLogger("berth.rollouts")
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime (a naive one is taken as UTC)."""
 
-# What "the database cannot be reached" looks like: a refused or dropped connection, a
-# locked SQLite file past its busy timeout, an exhausted pool. Anything else (a missing
-# table, a bad statement) is a bug and should crash loudly instead of looking like a lost lease.
-_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+# What "the database cannot be reached" looks like (a refused or dropped connection, a
+# locked SQLite file past its busy timeout, an exhausted pool: `Database.session` says which).
+# Anything else (a missing table, a bad statement) is a bug and should crash loudly instead of
+# looking like a lost lease.
+_UNREACHABLE = DatabaseUnavailable
 
 _NAME_LIMIT = 64
 _HOLDER_LIMIT = 128

@@ -10,13 +10,12 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.middleware.asgi import send_error
+from berth.api.prediction_routes import is_prediction
 from berth.observability.metrics import REQUESTS_IN_FLIGHT as IN_FLIGHT
 
 SHED = Counter(
     "berth_requests_shed", "Prediction requests refused because the worker was at capacity."
 )
-
-_PREDICTION_SUFFIXES = ("/predict", "/batch-predict", "/infer")
 
 
 class LoadSheddingMiddleware:
@@ -26,7 +25,7 @@ class LoadSheddingMiddleware:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(_PREDICTION_SUFFIXES):
+        if scope["type"] != "http" or not is_prediction(scope["path"]):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_concurrent:
