@@ -31,11 +31,13 @@ def predict(
 
     import orjson
 
+    from berth.serving.config import ServingConfig
     from berth.serving.dataplane import DataPlane
     from berth.serving.responses import batch_document, single_document
 
     rows, single = _rows(input_)
-    dataplane = DataPlane(registry(), [reference], max_batch_rows=settings().max_batch_rows)
+    config = ServingConfig(max_batch_rows=settings().max_batch_rows)
+    dataplane = DataPlane(registry(), [reference], config)
     field = "features" if single else "instances"
     result = asyncio.run(
         dataplane.predict(reference, dataplane.instances_decoder(rows, field, single))

@@ -25,6 +25,7 @@ from berth.errors import InvalidInput
 from berth.optimize.data import CheckData
 from berth.registry.service import Registry, VersionInfo
 from berth.runtimes.base import Runtime
+from berth.serving.config import ServingConfig
 from berth.serving.dataplane import DataPlane
 from berth.serving.responses import batch_document, plain
 from berth.serving.validation import decode_instances
@@ -87,7 +88,8 @@ def served_answer(registry: Registry, source: VersionInfo, rows: list[Any]) -> d
     """What `berth serve` answers for `rows` of `source` (v1 batch-predict, without ids)."""
 
     async def predict() -> dict[str, Any]:
-        dataplane = DataPlane(registry, [source.ref], max_batch_rows=max(1, len(rows)))
+        config = ServingConfig(max_batch_rows=max(1, len(rows)))
+        dataplane = DataPlane(registry, [source.ref], config)
         try:
             decoder = dataplane.instances_decoder(rows, "instances")
             return batch_document(await dataplane.predict(source.ref, decoder))

@@ -31,6 +31,7 @@ from berth.rollouts.endpoints import EndpointInfo, EndpointService, RouteSpec, c
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.serving.batcher import Batcher
 from berth.serving.cache import NotCacheable, PredictionCache, cache_key
+from berth.serving.config import ServingConfig
 from berth.serving.ids import new_id
 from berth.serving.offload import INLINE_BYTES, Offloader
 from berth.serving.route_stats import RouteStats
@@ -129,12 +130,8 @@ class DataPlane:
         self,
         registry: Registry,
         served: list[str],
-        refresh_seconds: float = 2.0,
-        max_batch_rows: int = 10_000,
-        threads: int | None = None,
-        timeout_seconds: float | None = None,
-        serving: Callable[[str], ModelServing] | None = None,
-        inline_seconds: float = 0.0,
+        config: ServingConfig | None = None,
+        *,
         cache: PredictionCache | None = None,
         route_stats: RouteStats | None = None,
         offload: Offloader | None = None,
@@ -143,17 +140,13 @@ class DataPlane:
         """`follow_alias`: serve every model that has this alias, including models given it
         while the server runs (found with each refresh), besides `served`."""
         self.registry = registry
+        self.config = config if config is not None else ServingConfig()
         self.follow_alias = follow_alias
         self.endpoint_service = EndpointService(registry)
         self.route_stats = route_stats or RouteStats(None)
         self.served = [parse_reference(r) for r in served]
-        self.refresh_seconds = refresh_seconds
-        self.max_batch_rows = max_batch_rows
-        self.timeout_seconds = timeout_seconds
-        self.serving = serving or (lambda _model: ModelServing())
-        self.inline_seconds = inline_seconds
         self.cache = cache
-        self._limiter = CapacityLimiter(threads or os.cpu_count() or 1)
+        self._limiter = CapacityLimiter(self.config.threads or os.cpu_count() or 1)
         self.offload = offload or Offloader(limiter=self._limiter)
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
@@ -423,13 +416,14 @@ class DataPlane:
             self._meters((loaded.info.model, str(loaded.info.number)), "").batch.observe(
                 row_count(inputs)
             )
-        if self.timeout_seconds is None or self._runs_inline(loaded, inputs):
+        timeout = self.config.timeout_seconds
+        if timeout is None or self._runs_inline(loaded, inputs):
             return await work
         try:
-            return await asyncio.wait_for(work, self.timeout_seconds)
+            return await asyncio.wait_for(work, timeout)
         except TimeoutError as exc:
             raise TimedOut(
-                f"{loaded.info.ref} did not answer within {self.timeout_seconds:g} s; send fewer "
+                f"{loaded.info.ref} did not answer within {timeout:g} s; send fewer "
                 "rows per request, or raise BERTH_REQUEST_TIMEOUT_SECONDS"
             ) from exc
 
@@ -480,7 +474,7 @@ class DataPlane:
     def instances_decoder(self, instances: Any, field: str, single: bool = False) -> Decoder:
         """A decoder for v1 `instances` (rows as lists or objects); `single`: one row, unindexed."""
         return lambda signature: decode_instances(
-            signature, instances, field, self.max_batch_rows, single=single
+            signature, instances, field, self.config.max_batch_rows, single=single
         )
 
     # routing and loading -----------------------------------------------------------------
@@ -518,14 +512,14 @@ class DataPlane:
         seconds = time.perf_counter() - started
         metrics.MODEL_LOADED.labels(info.model, str(info.number)).set(1)
         metrics.MODEL_LOAD_SECONDS.observe(seconds)
-        options = self.serving(info.model)
+        options = self.config.model_options(info.model)
         loaded = LoadedVersion(
             info=info,
             runtime=runtime,
             load_seconds=seconds,
             row_seconds=row_seconds,
             options=options,
-            inline=info.flavor in INLINE_FLAVORS and row_seconds < self.inline_seconds,
+            inline=info.flavor in INLINE_FLAVORS and row_seconds < self.config.inline_seconds,
         )
         if options.batching:
             loaded.batcher = self._batcher(loaded)
@@ -554,7 +548,7 @@ class DataPlane:
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_seconds)
+            await asyncio.sleep(self.config.refresh_seconds)
             try:
                 await self.refresh()
             except Exception:
