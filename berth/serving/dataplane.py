@@ -1,9 +1,10 @@
 """The dataplane: resolve a reference, keep versions loaded, predict off the event loop.
 
-It knows nothing of HTTP: REST v1, Open Inference Protocol v2 and (later) streams and batch jobs
-all call `predict`. Registry state (which version an alias points at) is cached in memory and
-refreshed in the background, so a request never waits on the database; when an alias moves, the
-new version is loaded beside the old one and swapped in only once it is ready.
+It knows nothing of HTTP or wire formats: REST v1, Open Inference Protocol v2, stream consumers
+and the CLI all call `predict` with a decoder of their own. Registry state (which version an
+alias points at) is cached in memory and refreshed in the background, so a request never waits
+on the database; when an alias moves, the new version is loaded beside the old one and swapped
+in only once it is ready.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -36,7 +36,7 @@ from berth.serving.ids import new_id
 from berth.serving.offload import INLINE_BYTES, Offloader
 from berth.serving.route_stats import RouteStats
 from berth.serving.router import Router
-from berth.serving.validation import decode_instances
+from berth.serving.warm_up import warm_up
 
 log = logging.getLogger("berth.serving")
 
@@ -46,12 +46,13 @@ INLINE_FLAVORS = frozenset({"sklearn", "onnx"})
 """Flavors whose cost follows the row count; a user's Python class may sleep or call out."""
 INLINE_GIVE_UP_CPU_SECONDS = 0.005
 INLINE_GIVE_UP_WALL_SECONDS = 0.1
-WARM_UP_ROUNDS = 5
 MAX_SHADOW_TASKS = 64
 """Mirrored requests in flight at most; beyond it copies are skipped (and counted), so a slow
 shadow version can never hold the server's memory or threads hostage."""
 
 Decoder = Callable[[Signature], ModelInput]
+"""The caller's request as validated input for the signature of the version that answers (which
+only the dataplane knows: an endpoint picks it per request); e.g. `v1_codec.RowsDecoder`."""
 Observer = Callable[["PredictResult", ModelInput], None]
 """Called on the event loop after each successful prediction; must be quick (enqueue, count)."""
 
@@ -471,12 +472,6 @@ class DataPlane:
         metrics.PREDICTIONS.labels(*labels, endpoint, "error").inc()
         metrics.PREDICTION_ERRORS.labels(*labels, kind).inc()
 
-    def instances_decoder(self, instances: Any, field: str, single: bool = False) -> Decoder:
-        """A decoder for v1 `instances` (rows as lists or objects); `single`: one row, unindexed."""
-        return lambda signature: decode_instances(
-            signature, instances, field, self.config.max_batch_rows, single=single
-        )
-
     # routing and loading -----------------------------------------------------------------
 
     async def _route(self, reference: str) -> LoadedVersion:
@@ -645,29 +640,6 @@ def _traced_predict(runtime: Runtime, inputs: ModelInput, submitted_ns: int) -> 
         tracing.record_interval("queue wait", submitted_ns, tracing.now_ns())
     with tracing.span("inference", **{"berth.batch_size": row_count(inputs)}):
         return runtime.predict(inputs)
-
-
-def warm_up(runtime: Runtime, info: VersionInfo) -> float:
-    """Predict the registration example, so the first request pays no lazy setup.
-
-    Returns the fastest of a few one-row predictions (inf without an example): how the
-    dataplane decides whether the model is cheap enough to run on the event loop.
-    """
-    if not info.example:
-        return math.inf
-    try:
-        runtime.predict(
-            decode_instances(info.signature, info.example, "example", len(info.example))
-        )
-        row = decode_instances(info.signature, info.example[:1], "example", 1)
-        fastest = math.inf
-        for _ in range(WARM_UP_ROUNDS):
-            started = time.perf_counter()
-            runtime.predict(row)
-            fastest = min(fastest, time.perf_counter() - started)
-    except InvalidInput as exc:
-        raise NotReady(f"{info.ref} failed its warm-up prediction: {exc.message}") from exc
-    return fastest
 
 
 def agreement(primary: Prediction, shadow: Prediction) -> tuple[int, int]:
