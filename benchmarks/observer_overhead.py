@@ -17,13 +17,14 @@ from berth.config import Settings
 from berth.demo_model import train
 from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
+from berth.serving.validation import instances_decoder
 
 ROW = {"tenure_months": 8, "monthly_charges": 71.79, "plan": "pro", "support_calls": 1}
 
 
 async def _rate(svc: object, rounds: int) -> float:
     dataplane = svc.dataplane  # type: ignore[attr-defined]
-    decoder = dataplane.instances_decoder([ROW], "features", single=True)
+    decoder = instances_decoder([ROW], "features", dataplane.config.max_batch_rows, single=True)
     for _ in range(200):
         await dataplane.predict("churn", decoder)
     started = time.perf_counter()

@@ -35,10 +35,10 @@ from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.runtimes.base import ModelInput, Prediction
 from berth.security.keys import KeyService, server_secret
-from berth.serving import dataplane as dataplane_module
 from berth.serving.cache import KEY_PREFIX
 from berth.serving.cache_keys import cache_key
 from berth.serving.dataplane import DataPlane, LoadedVersion
+from berth.serving.warm_up import WARM_UP_ROUNDS
 from tests.conftest import register_iris, require_service
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -318,7 +318,7 @@ def test_a_request_the_model_fails_on_fails_alone_in_its_batch(serve: Serve) -> 
     assert "breaks the model" not in responses["broken"].text  # no detail of the bug leaks
     # The model saw the requests joined first (so the failures really shared a batch).
     calls = served.loaded("poison").runtime.model.calls  # type: ignore[attr-defined]
-    warm_up = 1 + dataplane_module.WARM_UP_ROUNDS
+    warm_up = 1 + WARM_UP_ROUNDS
     joined = calls[warm_up]
     assert sorted(joined) == sorted(row[0] for r in rows.values() for row in r)
 

@@ -46,6 +46,7 @@ from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
 from berth.serving.cache import PredictionCache, build_cache
+from berth.serving.config import ServingConfig
 from berth.serving.dataplane import DataPlane
 from berth.serving.offload import Offloader
 from berth.serving.route_stats import RouteStats
@@ -71,12 +72,7 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
     dataplane = DataPlane(
         registry,
         served,
-        refresh_seconds=settings.refresh_seconds,
-        max_batch_rows=settings.max_batch_rows,
-        timeout_seconds=settings.request_timeout_seconds,
-        threads=settings.predict_threads,
-        serving=settings.serving,
-        inline_seconds=settings.inline_predict_ms / 1000,
+        ServingConfig.from_settings(settings),
         cache=_prediction_cache(settings),
         route_stats=RouteStats(registry.db, interval=settings.refresh_seconds),
         offload=Offloader(process_bytes=settings.decode_process_bytes),

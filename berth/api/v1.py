@@ -77,7 +77,7 @@ async def _run(request: Request, ref: str, single: bool, endpoint: bool) -> Pred
     principal.require_predict(name)
     await svc.auth.limit_model(request, name)
     body = await request.body()
-    decoder = RowsDecoder(body, single, svc.dataplane.max_batch_rows)
+    decoder = RowsDecoder(body, single, svc.dataplane.config.max_batch_rows)
     if not endpoint:
         return await svc.dataplane.predict(ref, decoder, size=len(body))
     sticky = svc.dataplane.require_endpoint(name).sticky

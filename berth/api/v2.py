@@ -252,11 +252,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     signature = None if endpoint is not None else (await dataplane.version(ref)).signature
     body = await request.body()
     length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
-    shapes = partial(check_declared_shapes, signature, "inputs", dataplane.max_batch_rows)
+    max_rows = dataplane.config.max_batch_rows
+    shapes = partial(check_declared_shapes, signature, "inputs", max_rows)
     infer_request = await dataplane.offload.run(
         len(body), v2_codec.parse_infer_request, body, length, shapes, portable=True
     )
-    decoder = _decoder(infer_request, dataplane.max_batch_rows)
+    decoder = _decoder(infer_request, max_rows)
     if endpoint is None:
         result = await dataplane.predict(ref, decoder, size=len(body))
     else:

@@ -33,13 +33,13 @@ def predict(
 
     from berth.serving.dataplane import DataPlane
     from berth.serving.responses import batch_document, single_document
+    from berth.serving.validation import instances_decoder
 
     rows, single = _rows(input_)
-    dataplane = DataPlane(registry(), [reference], max_batch_rows=settings().max_batch_rows)
+    dataplane = DataPlane(registry(), [reference])
     field = "features" if single else "instances"
-    result = asyncio.run(
-        dataplane.predict(reference, dataplane.instances_decoder(rows, field, single))
-    )
+    decoder = instances_decoder(rows, field, settings().max_batch_rows, single)
+    result = asyncio.run(dataplane.predict(reference, decoder))
     document = single_document(result) if single else batch_document(result)
     typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
 

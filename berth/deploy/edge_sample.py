@@ -28,7 +28,7 @@ from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Runtime
 from berth.serving.dataplane import DataPlane
 from berth.serving.responses import batch_document, plain
-from berth.serving.validation import decode_instances
+from berth.serving.validation import decode_instances, instances_decoder
 
 SAMPLE_ROWS = 20
 """Rows in sample.json: enough to cover the classes of a small model, quick to read."""
@@ -88,9 +88,9 @@ def served_answer(registry: Registry, source: VersionInfo, rows: list[Any]) -> d
     """What `berth serve` answers for `rows` of `source` (v1 batch-predict, without ids)."""
 
     async def predict() -> dict[str, Any]:
-        dataplane = DataPlane(registry, [source.ref], max_batch_rows=max(1, len(rows)))
+        dataplane = DataPlane(registry, [source.ref])
         try:
-            decoder = dataplane.instances_decoder(rows, "instances")
+            decoder = instances_decoder(rows, "instances", max(1, len(rows)))
             return batch_document(await dataplane.predict(source.ref, decoder))
         finally:
             await dataplane.stop()

@@ -6,6 +6,7 @@ import anyio.to_thread
 
 from berth.registry.endpoints import RouteSpec
 from berth.serving.dataplane import DataPlane
+from berth.serving.validation import instances_decoder
 
 
 class DataPlaneProbe:
@@ -28,6 +29,8 @@ class DataPlaneProbe:
         )
         if not info.example:
             return True  # nothing to send: loading and warming it was the test
-        decoder = self.dataplane.instances_decoder(info.example[:1], "example")
+        decoder = instances_decoder(
+            info.example[:1], "example", self.dataplane.config.max_batch_rows
+        )
         await self.dataplane.predict_endpoint(endpoint, decoder, forced=route.label)
         return True

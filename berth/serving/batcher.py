@@ -29,8 +29,8 @@ from berth.runtimes.base import ModelInput, Prediction, row_count
 
 log = logging.getLogger("berth.serving")
 
-ModelCall = Callable[[ModelInput], Awaitable[Prediction]]
-"""One model call (in a worker thread, or on the loop for fast models)."""
+BatchCall = Callable[[ModelInput], Awaitable[Prediction]]
+"""One model call for a batch (in a worker thread, or on the loop for fast models)."""
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Batcher:
 
     def __init__(
         self,
-        call: ModelCall,
+        call: BatchCall,
         *,
         max_batch_size: int,
         max_latency_seconds: float,

@@ -1,28 +1,28 @@
 """The dataplane: resolve a reference, keep versions loaded, predict off the event loop.
 
-It knows nothing of HTTP: REST v1, Open Inference Protocol v2 and (later) streams and batch jobs
-all call `predict`. Registry state (which version an alias points at) is cached in memory and
-refreshed in the background, so a request never waits on the database; when an alias moves, the
-new version is loaded beside the old one and swapped in only once it is ready.
+It knows nothing of HTTP or wire formats: REST v1, Open Inference Protocol v2, stream consumers
+and the CLI all call `predict` with a decoder of their own. Registry state (which version an
+alias points at) is cached in memory and refreshed in the background, so a request never waits
+on the database; when an alias moves, the new version is loaded beside the old one and swapped
+in only once it is ready. Each loaded version's calls (cache, timeout, batcher, runtime) are
+composed once when it loads (`berth.serving.chain`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio.to_thread
 import numpy as np
 from anyio import CapacityLimiter
 
 from berth.config import ModelServing
-from berth.errors import BerthError, InvalidInput, NotFound, NotReady, PayloadTooLarge, TimedOut
+from berth.errors import BerthError, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from berth.observability import metrics, tracing
 from berth.registry.endpoints import EndpointInfo, EndpointService, RouteSpec, current_revision
 from berth.registry.references import Reference, parse_reference
@@ -33,27 +33,24 @@ from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
 from berth.runtimes.loading import load_version
 from berth.serving.batcher import Batcher
 from berth.serving.cache import PredictionCache
-from berth.serving.cache_keys import NotCacheable, cache_key
+from berth.serving.chain.call import CallContext
+from berth.serving.chain.compose import Chain, compose
+from berth.serving.config import ServingConfig
 from berth.serving.ids import new_id
 from berth.serving.offload import INLINE_BYTES, Offloader
 from berth.serving.route_stats import RouteStats
 from berth.serving.router import Router
-from berth.serving.validation import decode_instances
+from berth.serving.warm_up import warm_up
 
 log = logging.getLogger("berth.serving")
 
-INLINE_MAX_ROWS = 256
-"""Fast models predict on the event loop only for requests up to this many rows."""
-INLINE_FLAVORS = frozenset({"sklearn", "onnx"})
-"""Flavors whose cost follows the row count; a user's Python class may sleep or call out."""
-INLINE_GIVE_UP_CPU_SECONDS = 0.005
-INLINE_GIVE_UP_WALL_SECONDS = 0.1
-WARM_UP_ROUNDS = 5
 MAX_SHADOW_TASKS = 64
 """Mirrored requests in flight at most; beyond it copies are skipped (and counted), so a slow
 shadow version can never hold the server's memory or threads hostage."""
 
 Decoder = Callable[[Signature], ModelInput]
+"""The caller's request as validated input for the signature of the version that answers (which
+only the dataplane knows: an endpoint picks it per request); e.g. `v1_codec.RowsDecoder`."""
 Observer = Callable[["PredictResult", ModelInput], None]
 """Called on the event loop after each successful prediction; must be quick (enqueue, count)."""
 
@@ -63,14 +60,20 @@ class LoadedVersion:
     info: VersionInfo
     runtime: Runtime
     load_seconds: float
-    row_seconds: float = math.inf
+    row_seconds: float
     """One-row prediction time measured at warm-up (inf when the version has no example)."""
-    options: ModelServing = field(default_factory=ModelServing)
-    batcher: Batcher | None = None
-    inline: bool = False
-    """Fast enough to predict on the event loop: a thread hop would cost more than the model.
-    Cleared for good if one call on the loop turns out slow (`INLINE_GIVE_UP_CPU_SECONDS` of
-    CPU, or `INLINE_GIVE_UP_WALL_SECONDS` in all)."""
+    options: ModelServing
+    chain: Chain
+    """Its calls, composed at load: cache, timeout, batcher, runtime (each when on)."""
+
+    @property
+    def inline(self) -> bool:
+        """Predicts (inputs of up to `INLINE_MAX_ROWS` rows) on the event loop, for now."""
+        return self.chain.runtime.inline
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.chain.batcher
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,6 @@ class _Meters:
     def __init__(self, labels: tuple[str, str], endpoint: str) -> None:
         self.ok = metrics.PREDICTIONS.labels(*labels, endpoint, "ok")
         self.duration = metrics.PREDICTION_DURATION.labels(*labels, endpoint)
-        self.batch = metrics.BATCH_SIZE.labels(*labels)
 
 
 @dataclass
@@ -132,12 +134,8 @@ class DataPlane:
         self,
         registry: Registry,
         served: list[str],
-        refresh_seconds: float = 2.0,
-        max_batch_rows: int = 10_000,
-        threads: int | None = None,
-        timeout_seconds: float | None = None,
-        serving: Callable[[str], ModelServing] | None = None,
-        inline_seconds: float = 0.0,
+        config: ServingConfig | None = None,
+        *,
         cache: PredictionCache | None = None,
         route_stats: RouteStats | None = None,
         offload: Offloader | None = None,
@@ -146,17 +144,13 @@ class DataPlane:
         """`follow_alias`: serve every model that has this alias, including models given it
         while the server runs (found with each refresh), besides `served`."""
         self.registry = registry
+        self.config = config if config is not None else ServingConfig()
         self.follow_alias = follow_alias
         self.endpoint_service = EndpointService(registry)
         self.route_stats = route_stats or RouteStats(None)
         self.served = [parse_reference(r) for r in served]
-        self.refresh_seconds = refresh_seconds
-        self.max_batch_rows = max_batch_rows
-        self.timeout_seconds = timeout_seconds
-        self.serving = serving or (lambda _model: ModelServing())
-        self.inline_seconds = inline_seconds
         self.cache = cache
-        self._limiter = CapacityLimiter(threads or os.cpu_count() or 1)
+        self._limiter = CapacityLimiter(self.config.threads or os.cpu_count() or 1)
         self.offload = offload or Offloader(limiter=self._limiter)
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._routes: dict[str, _Route] = {}
@@ -249,8 +243,9 @@ class DataPlane:
         """Decode the request against the version's signature and predict.
 
         `size` is the request body's length: small requests are decoded on the event loop, large
-        ones in a worker thread. Then the cache (when on for the model), then the batcher (when
-        on) or one model call, on the loop for fast models and in a thread otherwise.
+        ones in a worker thread. Then the version's chain: the cache (when on for the model), the
+        timeout, the batcher (when on) or one model call, on the loop for fast models and in a
+        thread otherwise.
         """
         loaded = await self._route(reference)
         result, inputs = await self._predict_loaded(loaded, decode, endpoint, size)
@@ -303,7 +298,8 @@ class DataPlane:
                 "predict", **{"berth.model": info.model, "berth.version": info.number}
             ):
                 inputs = await self._decode(loaded.info.signature, decode, size)
-                prediction, cached = await self._cached_predict(loaded, inputs)
+                context = CallContext(row_count(inputs))
+                prediction = await loaded.chain.predict(inputs, context)
         except BerthError as exc:
             # The client's request is at fault (as for route stats): never a server failure.
             client = isinstance(exc, InvalidInput | PayloadTooLarge)
@@ -321,10 +317,10 @@ class DataPlane:
             version=info,
             prediction=prediction,
             prediction_id=new_id(),
-            rows=row_count(inputs),
+            rows=context.rows,
             seconds=seconds,
             endpoint=endpoint,
-            cached=cached,
+            cached=context.cached,
             route=route,
         )
         return result, inputs
@@ -366,7 +362,7 @@ class DataPlane:
         try:
             if loaded.info.signature != primary.version.signature:
                 inputs = await self._decode(info.signature, decode, max(size, INLINE_BYTES + 1))
-            prediction = await self._infer(loaded, inputs)
+            prediction = await loaded.chain.infer(inputs, CallContext(row_count(inputs)))
         except Exception as exc:
             self.route_stats.record(key, time.perf_counter() - started, error=True)
             metrics.SHADOW_REQUESTS.labels(endpoint, info.model, str(info.number), "error").inc()
@@ -396,79 +392,6 @@ class DataPlane:
             size, decode, signature, portable=portable, span="decode and validate"
         )
 
-    async def _cached_predict(
-        self, loaded: LoadedVersion, inputs: ModelInput
-    ) -> tuple[Prediction, bool | None]:
-        if self.cache is None or not loaded.options.cache:
-            return await self._infer(loaded, inputs), None
-        info = loaded.info
-        try:
-            key = cache_key(info.model, info.number, inputs, info.artifact.sha256)
-        except NotCacheable:
-            return await self._infer(loaded, inputs), None
-        found = await self.cache.get(key)
-        metrics.CACHE_LOOKUPS.labels(info.model, "miss" if found is None else "hit").inc()
-        if found is not None:
-            return found, True
-        prediction = await self._infer(loaded, inputs)
-        # Storing must not delay the answer (with Redis it is a network round trip).
-        task = asyncio.create_task(self.cache.put(key, prediction))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return prediction, False
-
-    async def _infer(self, loaded: LoadedVersion, inputs: ModelInput) -> Prediction:
-        batcher = loaded.batcher
-        if batcher is not None and row_count(inputs) < batcher.max_batch_size:
-            work = batcher.submit(inputs)  # it records the size of the batches it makes
-        else:
-            work = self._call_model(loaded, inputs)
-            self._meters((loaded.info.model, str(loaded.info.number)), "").batch.observe(
-                row_count(inputs)
-            )
-        if self.timeout_seconds is None or self._runs_inline(loaded, inputs):
-            return await work
-        try:
-            return await asyncio.wait_for(work, self.timeout_seconds)
-        except TimeoutError as exc:
-            raise TimedOut(
-                f"{loaded.info.ref} did not answer within {self.timeout_seconds:g} s; send fewer "
-                "rows per request, or raise BERTH_REQUEST_TIMEOUT_SECONDS"
-            ) from exc
-
-    def _runs_inline(self, loaded: LoadedVersion, inputs: ModelInput) -> bool:
-        return loaded.inline and row_count(inputs) <= INLINE_MAX_ROWS
-
-    async def _call_model(self, loaded: LoadedVersion, inputs: ModelInput) -> Prediction:
-        """One model call: on the event loop for fast models, else in a worker thread."""
-        if self._runs_inline(loaded, inputs):
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            with tracing.span("inference", **{"berth.batch_size": row_count(inputs)}):
-                prediction = loaded.runtime.predict(inputs)
-            cpu = time.thread_time() - cpu_started
-            wall = time.perf_counter() - started
-            # CPU time, not wall time, is the model's own cost: under load the OS preempts the
-            # loop for milliseconds at a time, which says nothing about the model.
-            if cpu > INLINE_GIVE_UP_CPU_SECONDS or wall > INLINE_GIVE_UP_WALL_SECONDS:
-                loaded.inline = False
-                log.warning(
-                    "%s took %.1f ms (%.1f ms of CPU) on the event loop; it predicts in worker "
-                    "threads from now on",
-                    loaded.info.ref,
-                    wall * 1000,
-                    cpu * 1000,
-                )
-            return prediction
-        return await anyio.to_thread.run_sync(
-            _traced_predict,
-            loaded.runtime,
-            inputs,
-            tracing.now_ns() if tracing.enabled() else 0,
-            limiter=self._limiter,
-            # On timeout the caller gets its answer now; the thread finishes on its own.
-            abandon_on_cancel=True,
-        )
-
     def _meters(self, labels: tuple[str, str], endpoint: str) -> _Meters:
         meters = self._children.get((*labels, endpoint))
         if meters is None:
@@ -479,12 +402,6 @@ class DataPlane:
     def _count(labels: tuple[str, str], endpoint: str, kind: str) -> None:
         metrics.PREDICTIONS.labels(*labels, endpoint, "error").inc()
         metrics.PREDICTION_ERRORS.labels(*labels, kind).inc()
-
-    def instances_decoder(self, instances: Any, field: str, single: bool = False) -> Decoder:
-        """A decoder for v1 `instances` (rows as lists or objects); `single`: one row, unindexed."""
-        return lambda signature: decode_instances(
-            signature, instances, field, self.max_batch_rows, single=single
-        )
 
     # routing and loading -----------------------------------------------------------------
 
@@ -521,17 +438,25 @@ class DataPlane:
         seconds = time.perf_counter() - started
         metrics.MODEL_LOADED.labels(info.model, str(info.number)).set(1)
         metrics.MODEL_LOAD_SECONDS.observe(seconds)
-        options = self.serving(info.model)
+        options = self.config.model_options(info.model)
+        chain = compose(
+            runtime,
+            info,
+            options,
+            row_seconds,
+            self.config,
+            limiter=self._limiter,
+            cache=self.cache,
+            background=self._background,
+        )
         loaded = LoadedVersion(
             info=info,
             runtime=runtime,
             load_seconds=seconds,
             row_seconds=row_seconds,
             options=options,
-            inline=info.flavor in INLINE_FLAVORS and row_seconds < self.inline_seconds,
+            chain=chain,
         )
-        if options.batching:
-            loaded.batcher = self._batcher(loaded)
         log.info(
             "loaded %s (%s) in %.3fs; one row predicts in %.3f ms%s%s",
             info.ref,
@@ -545,19 +470,9 @@ class DataPlane:
         )
         return loaded
 
-    def _batcher(self, loaded: LoadedVersion) -> Batcher:
-        options = loaded.options
-        return Batcher(
-            lambda inputs: self._call_model(loaded, inputs),
-            max_batch_size=options.max_batch_size,
-            max_latency_seconds=options.max_latency_ms / 1000,
-            max_in_flight=options.max_batches_in_flight,
-            labels=(loaded.info.model, str(loaded.info.number)),
-        )
-
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_seconds)
+            await asyncio.sleep(self.config.refresh_seconds)
             try:
                 await self.refresh()
             except Exception:
@@ -646,37 +561,6 @@ class DataPlane:
         for key in [k for k in self._loaded if k not in routed]:
             del self._loaded[key]
             metrics.MODEL_LOADED.labels(key[0], str(key[1])).set(0)
-
-
-def _traced_predict(runtime: Runtime, inputs: ModelInput, submitted_ns: int) -> Prediction:
-    """Runs in a worker thread (which carries the request's trace context)."""
-    if submitted_ns:
-        tracing.record_interval("queue wait", submitted_ns, tracing.now_ns())
-    with tracing.span("inference", **{"berth.batch_size": row_count(inputs)}):
-        return runtime.predict(inputs)
-
-
-def warm_up(runtime: Runtime, info: VersionInfo) -> float:
-    """Predict the registration example, so the first request pays no lazy setup.
-
-    Returns the fastest of a few one-row predictions (inf without an example): how the
-    dataplane decides whether the model is cheap enough to run on the event loop.
-    """
-    if not info.example:
-        return math.inf
-    try:
-        runtime.predict(
-            decode_instances(info.signature, info.example, "example", len(info.example))
-        )
-        row = decode_instances(info.signature, info.example[:1], "example", 1)
-        fastest = math.inf
-        for _ in range(WARM_UP_ROUNDS):
-            started = time.perf_counter()
-            runtime.predict(row)
-            fastest = min(fastest, time.perf_counter() - started)
-    except InvalidInput as exc:
-        raise NotReady(f"{info.ref} failed its warm-up prediction: {exc.message}") from exc
-    return fastest
 
 
 def agreement(primary: Prediction, shadow: Prediction) -> tuple[int, int]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -533,6 +534,16 @@ def decode_instances(
     if signature.kind == "tabular":
         return decode_table_rows(signature, instances, field, single)
     return decode_tensor_rows(signature, instances, field, single)
+
+
+def instances_decoder(
+    instances: Any, field: str, max_rows: int, single: bool = False
+) -> Callable[[Signature], ModelInput]:
+    """`decode_instances` for these rows, against the signature of whichever version answers
+    (a dataplane decoder); `single`: one row, unindexed."""
+    return partial(
+        decode_instances, instances=instances, field=field, max_rows=max_rows, single=single
+    )
 
 
 def decode_named_arrays(

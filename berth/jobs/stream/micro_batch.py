@@ -22,7 +22,7 @@ from berth.jobs.stream.events import Event, Received, Rejected, parse
 from berth.registry.signature import Signature
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import DataPlane, Decoder, PredictResult
-from berth.serving.validation import decode_instances
+from berth.serving.validation import decode_instances, instances_decoder
 
 log = logging.getLogger("berth.stream")
 
@@ -102,7 +102,7 @@ class MicroBatch:
         outcome: Outcome,
     ) -> None:
         rows = [e.row for e in events]
-        decode = self.dataplane.instances_decoder(rows, BATCH_FIELD)
+        decode = instances_decoder(rows, BATCH_FIELD, self.dataplane.config.max_batch_rows)
         if inputs is not None:
             decode = _reuse(signature, inputs, decode)
         try:
@@ -122,7 +122,9 @@ class MicroBatch:
     async def _one_by_one(self, events: list[Event], outcome: Outcome) -> None:
         failures: list[Exception] = []
         for event in events:
-            decode = self.dataplane.instances_decoder([event.row], EVENT_FIELD, single=True)
+            decode = instances_decoder(
+                [event.row], EVENT_FIELD, self.dataplane.config.max_batch_rows, single=True
+            )
             try:
                 result = await self.dataplane.predict(self.reference, decode)
             except Exception as exc:

@@ -33,6 +33,7 @@ from berth.jobs.stream.transport import (
 )
 from berth.monitoring.prediction_metrics import PredictionMetrics
 from berth.registry.service import Registry
+from berth.serving.config import ServingConfig
 from berth.serving.dataplane import DataPlane
 
 log = logging.getLogger("berth.stream")
@@ -40,16 +41,7 @@ log = logging.getLogger("berth.stream")
 
 def build_dataplane(registry: Registry, settings: Settings, reference: str) -> DataPlane:
     """A dataplane for one reference, configured as `berth serve` configures its own."""
-    dataplane = DataPlane(
-        registry,
-        [reference],
-        refresh_seconds=settings.refresh_seconds,
-        max_batch_rows=settings.max_batch_rows,
-        timeout_seconds=settings.request_timeout_seconds,
-        threads=settings.predict_threads,
-        serving=settings.serving,
-        inline_seconds=settings.inline_predict_ms / 1000,
-    )
+    dataplane = DataPlane(registry, [reference], ServingConfig.from_settings(settings))
     dataplane.observers.append(
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
     )
