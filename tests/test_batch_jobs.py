@@ -20,9 +20,9 @@ from berth.demo_model import churn_data
 from berth.errors import Conflict, InvalidInput
 from berth.jobs import records as r
 from berth.jobs.batch import Summary, run_job
+from berth.jobs.file_sinks import MANIFEST
 from berth.jobs.records import JobService
 from berth.jobs.run_args import parse_run_args, run_args
-from berth.jobs.sinks import MANIFEST
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
@@ -529,7 +529,8 @@ def test_two_runs_of_one_sql_job_never_commit_the_same_chunk(
     postgres_url: str,
 ) -> None:
     """The checkpoint update is conditional: a second writer's chunk rolls back."""
-    from berth.jobs.sinks import Checkpoint, open_sink
+    from berth.jobs.sink_types import Checkpoint
+    from berth.jobs.sinks import open_sink
 
     first = open_sink(postgres_url, "scores", "customer_id", False, None, None)
     second = open_sink(postgres_url, "scores", "customer_id", False, None, None)

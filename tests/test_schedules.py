@@ -635,7 +635,7 @@ def _finished(jobs: JobService, job_id: int) -> records.JobInfo:
 
 def _read_parts(folder: Path) -> pd.DataFrame:
     """A file sink's result: the parts its manifest names."""
-    from berth.jobs.sinks import MANIFEST
+    from berth.jobs.file_sinks import MANIFEST
 
     manifest = json.loads((folder / MANIFEST).read_text())
     return pd.concat([pd.read_parquet(folder / part["file"]) for part in manifest["parts"]])

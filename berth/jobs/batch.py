@@ -26,10 +26,12 @@ import numpy as np
 from berth.config import Settings
 from berth.errors import BerthError
 from berth.jobs import records as r
+from berth.jobs.file_sinks import FileSink
 from berth.jobs.progress import ProgressReport
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.scoring import Scored, Scorer
-from berth.jobs.sinks import Checkpoint, FileSink, Sink, open_sink
+from berth.jobs.sink_types import Checkpoint, Sink
+from berth.jobs.sinks import open_sink
 from berth.jobs.sources import CSV, Chunk, FileSource, Source, open_source
 from berth.jobs.spec import APPEND, UPSERT, BatchSpec
 from berth.registry.service import Registry
