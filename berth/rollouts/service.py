@@ -32,6 +32,7 @@ from berth.rollouts.endpoints import (
     replace_routes,
     spec_for,
 )
+from berth.rollouts.requests import RolloutRequest
 from berth.security import audit
 
 Clock = Callable[[], datetime]
@@ -128,6 +129,29 @@ class RolloutService:
         self.clock = clock or (lambda: datetime.now(UTC))
 
     # starting ----------------------------------------------------------------------------
+
+    def start_from(
+        self, request: RolloutRequest, *, actor: str | None = None, address: str | None = None
+    ) -> StartResult:
+        """`start` as asked by `berth rollout start` or `POST /api/v1/rollouts`.
+
+        `no_regression` gates compare with the version the endpoint serves now, looked up here.
+        """
+        gates = None
+        if request.gates is not None:
+            current = None
+            if request.gates.no_regression:
+                current = EndpointService(self.registry).get(request.endpoint).primary.ref
+            gates = request.gates.config(current)
+        return self.start(
+            request.endpoint,
+            request.to,
+            request.strategy,
+            request.config(),
+            gates,
+            actor=actor,
+            address=address,
+        )
 
     def start(
         self,
