@@ -7,7 +7,9 @@ from datetime import timedelta
 
 from berth.errors import InvalidInput
 
-_DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
+PATTERN = r"^([0-9]{1,9})([smhd])$"
+"""What `parse_duration` reads (stripped of blanks), for documents that describe a duration."""
+_DURATION = re.compile(PATTERN)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

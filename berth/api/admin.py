@@ -15,19 +15,16 @@ from starlette.responses import Response
 
 from berth.api import openapi_schemas as doc
 from berth.api.auth import client_address
-from berth.api.json_body import json_response, read_object, require
+from berth.api.json_body import json_response, read_object
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
-from berth.security.keys import DEFAULT_SCOPES
+from berth.registry.requests import AliasRequest
+from berth.security.requests import KeyRequest, RotateRequest
 from berth.store.audit import AuditLog
 
 router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
-
-"""Longest expiry, grace period or audit window: beyond it, datetime arithmetic overflows."""
-
-_KEY_EXAMPLE = '{"name": "web", "scopes": ["predict:churn"], "expires": "90d"}'
 
 
 async def admin_caller(request: Request) -> tuple[Services, dict[str, Any]]:
@@ -36,27 +33,6 @@ async def admin_caller(request: Request) -> tuple[Services, dict[str, Any]]:
     principal = await svc.auth.principal(request)
     principal.require_admin()
     return svc, {"actor": principal.name, "address": client_address(request)}
-
-
-def _text(document: dict[str, Any], key: str) -> str | None:
-    value = document.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"'{key}' must be a string")
-    return value
-
-
-def _version_number(version: Any) -> int:
-    """A version number from a JSON body: an integer or a string of digits, in range."""
-    if isinstance(version, int) and not isinstance(version, bool):
-        version = str(version) if abs(version) < 10**12 else "a very large number"
-    if not isinstance(version, str):
-        raise InvalidInput(f"version must be a whole number, got {_show(version)}")
-    return version_number(version, '{"version": 3}')
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @router.get(
@@ -74,9 +50,7 @@ async def list_keys(request: Request) -> Response:
     "/keys",
     summary="Create an API key; the secret is in this answer only",
     status_code=201,
-    openapi_extra=doc.json_body(
-        doc.CREATE_KEY_BODY, example={"name": "web", "scopes": ["predict:churn"], "expires": "90d"}
-    ),
+    openapi_extra=doc.request_body(KeyRequest),
     responses={
         **doc.ok(doc.KEY_WITH_SECRET, "The key, and its secret (shown only here).", status=201),
         **doc.errors(400, 409, 413, *doc.READ_ERRORS),
@@ -84,20 +58,10 @@ async def list_keys(request: Request) -> Response:
 )
 async def create_key(request: Request) -> Response:
     svc, who = await admin_caller(request)
-    body = await read_object(request)
-    name = require(body, "name", _KEY_EXAMPLE)
-    scopes = body.get("scopes", list(DEFAULT_SCOPES))
-    if (
-        not isinstance(name, str)
-        or not isinstance(scopes, list)
-        or not all(isinstance(s, str) for s in scopes)
-    ):
-        raise InvalidInput("'name' must be a string and 'scopes' a list of strings")
-    expires = _text(body, "expires")
-    expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
-    rate = _text(body, "rate")
+    body = KeyRequest.parse(await read_object(request))
+    expires_at = body.expires_at(datetime.now(UTC))
     info, secret = await anyio.to_thread.run_sync(
-        lambda: svc.keys.create(name, tuple(scopes), expires_at, rate, **who)
+        lambda: svc.keys.create(body.name, tuple(body.scopes), expires_at, body.rate, **who)
     )
     return json_response({"key": info.to_dict(), "secret": secret}, status=201)
 
@@ -105,9 +69,7 @@ async def create_key(request: Request) -> Response:
 @router.post(
     "/keys/{name}/rotate",
     summary="New secret; the old one works for the grace period",
-    openapi_extra=doc.combined(
-        doc.parameters(doc.KEY_NAME), doc.json_body(doc.ROTATE_KEY_BODY, example={"grace": "1h"})
-    ),
+    openapi_extra=doc.combined(doc.parameters(doc.KEY_NAME), doc.request_body(RotateRequest)),
     responses={
         **doc.ok(doc.KEY_WITH_SECRET, "The key, and its new secret (shown only here)."),
         **doc.errors(400, 404, 409, 413, *doc.READ_ERRORS),
@@ -116,8 +78,7 @@ async def create_key(request: Request) -> Response:
 async def rotate_key(request: Request) -> Response:
     name = request.path_params["name"]
     svc, who = await admin_caller(request)
-    body = await read_object(request)
-    grace = parse_duration(_text(body, "grace") or "1h")
+    grace = RotateRequest.parse(await read_object(request)).grace_period()
     info, secret = await anyio.to_thread.run_sync(lambda: svc.keys.rotate(name, grace, **who))
     return json_response({"key": info.to_dict(), "secret": secret})
 
@@ -143,7 +104,7 @@ async def revoke_key(request: Request) -> Response:
     summary="Point an alias at a version",
     openapi_extra=doc.combined(
         doc.parameters(doc.MODEL_NAME, doc.ALIAS),
-        doc.json_body(doc.SET_ALIAS_BODY, example={"version": 3}),
+        doc.request_body(AliasRequest),
     ),
     responses={
         **doc.ok(doc.VERSION_INFO, "The version the alias now points at."),
@@ -153,7 +114,7 @@ async def revoke_key(request: Request) -> Response:
 async def set_alias(request: Request) -> Response:
     name, alias = request.path_params["name"], request.path_params["alias"]
     svc, who = await admin_caller(request)
-    number = _version_number(require(await read_object(request), "version", '{"version": 3}'))
+    number = AliasRequest.parse(await read_object(request)).version
     info = await anyio.to_thread.run_sync(
         lambda: svc.registry.set_alias(name, alias, number, **who)
     )
@@ -188,7 +149,7 @@ async def remove_alias(request: Request) -> Response:
 async def delete_version(request: Request) -> Response:
     name = request.path_params["name"]
     svc, who = await admin_caller(request)
-    number = _version_number(request.path_params["version"])
+    number = version_number(request.path_params["version"], '{"version": 3}')
     await anyio.to_thread.run_sync(lambda: svc.registry.delete_version(name, number, **who))
     return json_response({"deleted": f"{name}:{number}"})
 

@@ -9,11 +9,10 @@ host. Listing and cancelling call the functions `berth jobs` calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,13 +23,21 @@ from berth.api.services import Services
 from berth.config import Settings
 from berth.errors import InvalidInput
 from berth.jobs import records as r
-from berth.jobs import spec as s
 from berth.jobs.launch import launch
 from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
-from berth.jobs.run_args import parse_run_args, run_args, spec_from_options
+from berth.jobs.requests import (
+    ARGS_EXAMPLE,
+    FIELD_NAMES,
+    FIELDS_EXAMPLE,
+    JobArgs,
+    JobFields,
+    validated,
+)
+from berth.jobs.run_args import parse_run_args, run_args
 from berth.jobs.spec import BatchSpec
 from berth.jobs.sql import shown
 from berth.registry.references import MAX_VERSION
+from berth.request_model import NoFields
 from berth.store.audit import AuditLog, event
 
 T = TypeVar("T")
@@ -40,112 +47,6 @@ Launcher = Callable[[Settings, int, Sequence[str]], object]
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], dependencies=doc.PROTECTED)
 
-_MAX_ARGS = 200
-"""Far more arguments than `berth batch run` has options; a bound on what is stored."""
-
-
-# request bodies ------------------------------------------------------------------------------
-
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text and JSON cannot hold NUL; refuse it here rather than fail in the database.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-def _column_name(value: str) -> str:
-    # Features travel as `--features a,b,c`: a comma or blank would split or drop a name.
-    if not value or value != value.strip() or "," in value:
-        raise ValueError(f"{value!r} is not a column name (empty, commas, or spaces around it)")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
-
-
-class JobArgs(BaseModel):
-    """The job as `berth batch run` arguments."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, title="JobArguments")
-
-    args: list[Text] = Field(
-        min_length=1,
-        max_length=_MAX_ARGS,
-        description="The arguments of `berth batch run`, e.g. "
-        '["churn@production", "--source", "/data/customers.csv", "--sink", "/data/scores"]. '
-        "`--job` is the server's to set.",
-    )
-
-
-class JobFields(BaseModel):
-    """The job as one field per `berth batch run` option."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, title="JobOptions")
-
-    model: Text = Field(
-        min_length=1, max_length=256, description="The version: NAME, NAME:N or NAME@ALIAS."
-    )
-    source: Text = Field(
-        min_length=1,
-        description="A .csv/.parquet/.jsonl file, or a SQLAlchemy URL (with query or table).",
-    )
-    sink: Text = Field(
-        min_length=1,
-        description="A .csv/.parquet/.jsonl path (a folder of parts), or a SQLAlchemy URL.",
-    )
-    query: Text | None = Field(None, description="SQL source: the SELECT to score.")
-    table: Text | None = Field(None, description="SQL source: the table to score.")
-    sink_table: Text | None = Field(
-        None, description="SQL sink: the table results go to (created when missing)."
-    )
-    id_column: Text = Field(
-        "id", min_length=1, description="Unique row key: pages SQL sources, keys upserts, skips."
-    )
-    mode: Literal["append", "upsert"] = Field(
-        "append", description="append (keep rows already in the sink) or upsert (replace them)."
-    )
-    features: list[Annotated[Text, AfterValidator(_column_name)]] | None = Field(
-        None, min_length=1, description="Input columns; default the signature's."
-    )
-    chunk_size: int = Field(
-        s.DEFAULT_CHUNK_ROWS,
-        ge=1,
-        le=s.MAX_CHUNK_ROWS,
-        description="Rows read, scored and committed at a time.",
-    )
-    workers: int = Field(1, ge=1, le=s.MAX_WORKERS, description="Processes scoring chunks.")
-    skip_scored: bool = Field(False, description="Score only rows the sink holds no result for.")
-    errors: Text | None = Field(
-        None, description="Where rejected rows go, with the reason (file or SQLAlchemy URL)."
-    )
-    errors_table: Text | None = Field(
-        None, description="SQL errors sink: the table (default <sink_table>_errors)."
-    )
-    max_error_rate: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        allow_inf_nan=False,
-        description="Fail when more than this share of rows is rejected (0..1).",
-    )
-
-    def spec(self) -> BatchSpec:
-        fields = self.model_dump(exclude={"model", "features"})
-        features = ",".join(self.features) if self.features else None
-        return spec_from_options(self.model, features, **fields)
-
-
-_EXAMPLE = {
-    "model": "churn@production",
-    "source": "/data/customers.parquet",
-    "sink": "/data/scores.parquet",
-    "id_column": "customer_id",
-}
-_ARGS_EXAMPLE = {"args": ["churn@production", "--source", "/data/customers.parquet", "--sink",
-                          "/data/scores.parquet", "--id-column", "customer_id"]}  # fmt: skip
-_FIELDS = ", ".join(JobFields.model_fields)
-
 
 def job_request(body: dict[str, Any]) -> tuple[BatchSpec, list[str]]:
     """The job a request body asks for, and its `berth batch run` arguments, checked as the
@@ -153,39 +54,21 @@ def job_request(body: dict[str, Any]) -> tuple[BatchSpec, list[str]]:
     if "args" in body:
         if len(body) > 1:
             raise InvalidInput(
-                f"give either 'args' or the job's fields ({_FIELDS}), not both; "
-                f"e.g. {_ARGS_EXAMPLE}"
+                f"give either 'args' or the job's fields ({FIELD_NAMES}), not both; "
+                f"e.g. {ARGS_EXAMPLE}"
             )
-        given = _validated(JobArgs, body, _ARGS_EXAMPLE).args
+        given = validated(JobArgs, body, ARGS_EXAMPLE).args
         if any(arg == "--job" or arg.startswith("--job=") for arg in given):
             raise InvalidInput("leave out --job: the server creates the job record and sets it")
         spec = parse_run_args(given)
     else:
-        spec = _validated(JobFields, body, _EXAMPLE).spec()
+        spec = validated(JobFields, body, FIELDS_EXAMPLE).spec()
     args = run_args(spec)
     # What runs is the command line: a value the command would read differently (a model
     # reference that looks like an option, say) is refused rather than run as something else.
     if parse_run_args(args) != spec:
         raise InvalidInput("the job cannot be written as `berth batch run` arguments unchanged")
     return spec, args
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _validated(model: type[M], body: dict[str, Any], example: Any) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "extra_forbidden":
-            problem = f"unknown field '{where}'; known fields: args, or {_FIELDS}"
-        elif first["type"] == "missing":
-            problem = f"the request body has no '{where}' field"
-        else:
-            problem = f"'{where}': {first['msg'].removeprefix('Value error, ')}"
-        raise InvalidInput(f"{problem}; send e.g. {example}") from None
 
 
 # documentation -------------------------------------------------------------------------------
@@ -242,7 +125,7 @@ JOBS = {
     "required": ["jobs"],
     "properties": {"jobs": {"type": "array", "items": JOB_INFO, "description": "Newest first."}},
 }
-START_JOB_BODY = {"oneOf": [JobFields.model_json_schema(), JobArgs.model_json_schema()]}
+START_JOB_BODY = {"oneOf": [doc.model_schema(JobFields), doc.model_schema(JobArgs)]}
 JOB_ID = {
     "name": "id",
     "in": "path",
@@ -308,7 +191,7 @@ async def list_jobs(request: Request) -> Response:
     summary="Start a batch job in the background",
     description=_START_DESCRIPTION,
     status_code=202,
-    openapi_extra=doc.json_body(START_JOB_BODY, example=_EXAMPLE),
+    openapi_extra=doc.json_body(START_JOB_BODY, example=FIELDS_EXAMPLE),
     responses={
         202: {
             "description": "The job, queued; its process is starting.",
@@ -381,9 +264,7 @@ async def get_job(request: Request) -> Response:
     summary="Cancel a job: a running one stops after its current chunk, a queued one at once",
     description="What the job committed stays committed; starting the same job again (its "
     "`args`) resumes where it stopped. A finished job answers 409.",
-    openapi_extra=doc.combined(
-        doc.parameters(JOB_ID), doc.optional_json_body(doc.ROLLOUT_ACTION_BODY, {})
-    ),
+    openapi_extra=doc.combined(doc.parameters(JOB_ID), doc.request_body(NoFields, required=False)),
     responses={
         **doc.ok(JOB_INFO, "The job, cancelled or asked to stop (`cancel_requested`)."),
         **doc.errors(400, 413, *doc.READ_ERRORS),

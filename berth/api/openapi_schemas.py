@@ -1,10 +1,11 @@
 """OpenAPI documentation of the routes: parameters, request bodies, responses and credentials.
 
 The routes read and write JSON themselves (orjson, no pydantic models on the hot path), so
-FastAPI cannot infer any of this. It is declared here as plain JSON Schema (OpenAPI 3.1) dicts,
-attached with `openapi_extra=` and `responses=`; nothing here runs per request, except two
-no-op dependencies on the admin routes that put the credential schemes in the document (see
-`PROTECTED`). The `Authenticator` is what checks credentials.
+FastAPI cannot infer any of this. Admin request bodies are documented from the request models
+that validate them (`request_body`); the rest is declared here as plain JSON Schema (OpenAPI
+3.1) dicts. Both are attached with `openapi_extra=` and `responses=`; nothing here runs per
+request, except two no-op dependencies on the admin routes that put the credential schemes in
+the document (see `PROTECTED`). The `Authenticator` is what checks credentials.
 
 Nothing here may hold a secret or an example key: the document is public.
 """
@@ -16,11 +17,13 @@ from typing import Any
 from fastapi import Security
 from fastapi.params import Depends
 from fastapi.security import APIKeyHeader, HTTPBearer
+from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from berth.api.v2_codec import DATATYPES, HEADER_LENGTH
 from berth.registry.references import MAX_VERSION, NAME_PATTERN
 from berth.registry.signature import COLUMN_DTYPES, TENSOR_DTYPES
+from berth.request_model import RequestModel
 
 Schema = dict[str, Any]
 Responses = dict[int | str, dict[str, Any]]
@@ -100,6 +103,37 @@ def json_body(schema: Schema, example: Any, description: str = "") -> dict[str, 
     if description:
         body["description"] = description
     return {"requestBody": body}
+
+
+def request_body(model: type[RequestModel], required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` for a JSON request body declared by a request model."""
+    extra = json_body(model_schema(model), model.EXAMPLE, description=model.__doc__ or "")
+    extra["requestBody"]["required"] = required
+    return extra
+
+
+def model_schema(model: type[BaseModel]) -> Schema:
+    """The model's JSON schema with its `$defs` written in place.
+
+    In the OpenAPI document a schema sits deep inside an operation, where pydantic's
+    `#/$defs/...` references would not resolve; request bodies are small, so nested models are
+    repeated rather than moved to `components`.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inlined(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inlined(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return {**inlined(definitions[node["$ref"].rsplit("/", 1)[-1]]), **inlined(rest)}
+        return {key: inlined(value) for key, value in node.items()}
+
+    result: Schema = inlined(schema)
+    return result
 
 
 def ok(schema: Schema, description: str, status: int = 200) -> Responses:
@@ -384,37 +418,6 @@ _DURATION: Schema = {
     "pattern": "^[0-9]{1,9}[smhd]$",
     "description": "A duration: a number and s, m, h or d, e.g. 90d.",
 }
-_RATE: Schema = {
-    "type": "string",
-    "description": "A rate: a number of requests per s, m, h or d, e.g. 100/s.",
-}
-CREATE_KEY_BODY: Schema = _object(
-    {
-        "name": {"type": "string", "description": "A unique name for the key."},
-        "scopes": {
-            **_STRINGS,
-            "description": "e.g. predict, read, admin, or predict:MODEL; default predict and read.",
-        },
-        "expires": {**_DURATION, "description": "Lifetime, e.g. 90d; no expiry if absent."},
-        "rate": {**_RATE, "description": "The key's own rate limit, e.g. 100/s."},
-    },
-    optional=("scopes", "expires", "rate"),
-)
-ROTATE_KEY_BODY: Schema = _object(
-    {"grace": {**_DURATION, "description": "How long the old secret keeps working; default 1h."}},
-    optional=("grace",),
-)
-SET_ALIAS_BODY: Schema = _object(
-    {
-        "version": {
-            "description": "The version number to point the alias at.",
-            "oneOf": [
-                {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
-                {"type": "string", "pattern": "^[0-9]+$"},
-            ],
-        }
-    }
-)
 ALIAS_REMOVED: Schema = _object({"removed": {"type": "string", "description": "NAME@ALIAS"}})
 VERSION_DELETED: Schema = _object({"deleted": {"type": "string", "description": "NAME:VERSION"}})
 AUDIT_EVENTS: Schema = _object(
@@ -620,37 +623,11 @@ from berth.rollouts.strategies import STRATEGIES  # noqa: E402
 _COUNT: Schema = {"type": "integer", "minimum": 0}
 _OPTIONAL_NUMBER: Schema = {"type": ["number", "null"]}
 _OPTIONAL_INTEGER: Schema = {"type": ["integer", "null"]}
-_WEIGHT: Schema = {
-    "type": "number",
-    "minimum": 0,
-    "maximum": 100,
-    "description": "Percent of traffic (of a shadow route: percent of requests mirrored).",
-}
-_VERSION_NUMBER: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
 _LABEL: Schema = {
     "type": "string",
     "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
     "description": "The route's name, unique per endpoint; `X-Berth-Route: LABEL` forces it.",
 }
-_ENDPOINT_FIELD: Schema = {**_NAME_SCHEMA, "description": "An endpoint's name."}
-_REFERENCE: Schema = {
-    "type": "string",
-    "description": "A model reference: NAME, NAME:VERSION or NAME@ALIAS.",
-}
-_STICKY: Schema = {
-    "type": "string",
-    "pattern": "^(header|cookie|field):[A-Za-z0-9._-]{1,150}$",
-    "description": "Where a caller's sticky key is read: header:NAME, cookie:NAME or field:NAME "
-    "(a top-level field of the JSON body).",
-}
-_FREE_TEXT: Schema = {"type": "string", "maxLength": 1000}
-_FRACTION: Schema = {"type": "number", "minimum": 0, "maximum": 1}
-_TRAFFIC_DURATION: Schema = {
-    "type": "string",
-    "pattern": "^[0-9]{1,9}[smhd]$",
-    "description": "A duration: a number and s, m, h or d, e.g. 60s or 5m.",
-}
-
 ROUTE: Schema = _object(
     {
         "label": _LABEL,
@@ -735,44 +712,6 @@ ENDPOINT_STATS: Schema = _object(
         },
     }
 )
-CREATE_ENDPOINT_BODY: Schema = _object(
-    {
-        "name": _ENDPOINT_FIELD,
-        "model": {**_REFERENCE, "description": "The version the one stable route serves."},
-        "sticky": _STICKY,
-        "description": _FREE_TEXT,
-    },
-    optional=("sticky", "description"),
-)
-_ROUTE_BODY: Schema = _object(
-    {
-        "label": _LABEL,
-        "role": {
-            "enum": list(ROLES),
-            "description": "Default: stable for the label stable, shadow for the label shadow, "
-            "else canary.",
-        },
-        "model": {**_NAME_SCHEMA, "description": "A model name."},
-        "version": _VERSION_NUMBER,
-        "weight": _WEIGHT,
-    },
-    optional=("role",),
-)
-SET_ROUTES_BODY: Schema = _object(
-    {
-        "routes": {
-            "type": "array",
-            "minItems": 1,
-            "items": _ROUTE_BODY,
-            "description": "The new routes; the weights of serving routes add up to 100, and "
-            "at most one route is a shadow.",
-        },
-        "reason": {**_FREE_TEXT, "description": "Why, for the endpoint's history."},
-        "sticky": {**_STICKY, "description": "A new sticky key; unchanged if absent."},
-    },
-    optional=("reason", "sticky"),
-)
-
 _ROLLOUT_EVENT: Schema = _object(
     {
         "at": _TIMESTAMP,
@@ -848,107 +787,6 @@ ROLLOUT_STARTED: Schema = _object(
         "gates": {"oneOf": [{"type": "null"}, GATE_REPORT]},
     }
 )
-_GATES_BODY: Schema = {
-    "type": "object",
-    "description": "Validation gates the candidate must pass on test rows before it takes "
-    "traffic (as `berth validate`). `data` is a path on the server. `no_regression: true` "
-    "compares with the version the endpoint serves now.",
-    "properties": {
-        "data": _STRING,
-        "target": _STRING,
-        "min_accuracy": _FRACTION,
-        "min_auc": _FRACTION,
-        "max_rmse": {"type": "number", "minimum": 0},
-        "max_mae": {"type": "number", "minimum": 0},
-        "max_latency_ms": {"type": "number", "exclusiveMinimum": 0},
-        "no_nan": _BOOLEAN,
-        "output_range": {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2},
-        "no_regression": _BOOLEAN,
-        "no_regression_vs": _REFERENCE,
-        "regression_tolerance": {"type": "number", "minimum": 0},
-    },
-    "additionalProperties": False,
-}
-START_ROLLOUT_BODY: Schema = {
-    **_object(
-        {
-            "endpoint": _ENDPOINT_FIELD,
-            "to": {**_REFERENCE, "description": "The candidate version."},
-            "strategy": {"enum": list(STRATEGIES), "default": "canary"},
-            "steps": {
-                "type": "array",
-                "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-                "minItems": 1,
-                "description": "Canary weights in percent, rising, ending at 100; default "
-                "[5, 25, 50, 100].",
-            },
-            "interval": {**_TRAFFIC_DURATION, "default": "60s"},
-            "max_error_rate": _FRACTION,
-            "max_p99_ms": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "description": "Absolute p99 limit in ms: above it the candidate is rolled "
-                "back, unless stable is as slow in the same window (within max_p99_ratio).",
-            },
-            "max_p99_ratio": {
-                "type": "number",
-                "minimum": 0,
-                "default": 1.5,
-                "description": "Roll back when the candidate's p99 is above this many times "
-                "stable's in the same window, plus p99_slack_ms; at least 1, or 0 for no "
-                "comparison.",
-            },
-            "p99_slack_ms": {
-                "type": "number",
-                "minimum": 0,
-                "default": 10,
-                "description": "Milliseconds added to stable's p99 times max_p99_ratio.",
-            },
-            "min_requests": {"type": "integer", "minimum": 0, "default": 100},
-            "min_accuracy": _FRACTION,
-            "min_feedback": {"type": "integer", "minimum": 0, "default": 30},
-            "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5},
-            "metrics_source": {
-                "type": "string",
-                "description": "server (default) or a Prometheus URL, e.g. http://host:9090.",
-            },
-            "switch": {"enum": ["auto", "manual"], "default": "auto"},
-            "preview": {**_TRAFFIC_DURATION, "default": "0s"},
-            "finalize_after": _TRAFFIC_DURATION,
-            "gates": _GATES_BODY,
-        },
-        optional=(
-            "strategy",
-            "steps",
-            "interval",
-            "max_error_rate",
-            "max_p99_ms",
-            "max_p99_ratio",
-            "p99_slack_ms",
-            "min_requests",
-            "min_accuracy",
-            "min_feedback",
-            "alpha",
-            "metrics_source",
-            "switch",
-            "preview",
-            "finalize_after",
-            "gates",
-        ),
-    ),
-    "additionalProperties": False,
-}
-ROLLOUT_ACTION_BODY: Schema = {
-    "type": "object",
-    "properties": {},
-    "additionalProperties": False,
-    "description": "Nothing (an empty object).",
-}
-ROLLBACK_BODY: Schema = {
-    "type": "object",
-    "properties": {"reason": {**_FREE_TEXT, "description": "Why, for the history."}},
-    "additionalProperties": False,
-}
 ROLLOUT_ID = _path(
     "id", f"A rollout's id (1 to {MAX_VERSION}).", {"type": "string", "pattern": "^[0-9]+$"}
 )
@@ -966,13 +804,6 @@ METRICS_SOURCE_QUERY: Schema = {
     "description": "Where traffic totals come from: server (default) or a Prometheus URL.",
     "schema": _STRING,
 }
-
-
-def optional_json_body(schema: Schema, example: Any, description: str = "") -> dict[str, Any]:
-    """`openapi_extra` for a JSON request body that may be left out."""
-    extra = json_body(schema, example, description)
-    extra["requestBody"]["required"] = False
-    return extra
 
 
 EXPERIMENT_INFO: Schema = _object(
@@ -1055,35 +886,4 @@ EXPERIMENT_REPORT: Schema = _object(
             }
         ),
     }
-)
-START_EXPERIMENT_BODY: Schema = {
-    **_object(
-        {
-            "endpoint": _ENDPOINT_FIELD,
-            "variants": {
-                "type": "array",
-                "minItems": 2,
-                "items": {
-                    "type": "string",
-                    "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}=.+:[0-9.]+$",
-                },
-                "description": "NAME=MODEL:VERSION:WEIGHT each, e.g. a=churn:2:50; the first "
-                "is the control; weights add up to 100.",
-            },
-            "sticky": {**_STICKY, "default": "header:X-User-ID"},
-            "metric": {"enum": list(EXPERIMENT_METRICS), "default": "accuracy"},
-            "alpha": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "exclusiveMaximum": 0.5,
-                "default": 0.05,
-            },
-            "min_samples": {"type": "integer", "minimum": 1, "default": 100},
-        },
-        optional=("sticky", "metric", "alpha", "min_samples"),
-    ),
-    "additionalProperties": False,
-}
-CONCLUDE_EXPERIMENT_BODY: Schema = _object(
-    {"winner": {"type": "string", "description": "The winning variant's name, e.g. b."}}
 )

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from berth.cli.context import console, registry
 from berth.errors import InvalidInput
-from berth.registry.roles import ROLES, STABLE
+from berth.registry.roles import ROLES
 
 # The endpoint and rollout services (SQLAlchemy) are imported by the commands that use them.
 if TYPE_CHECKING:
@@ -54,9 +54,22 @@ def create(
 
     Example: berth endpoints create churn --model churn@production --sticky header:X-User-ID
     """
+    from berth.cli.flags import from_flags
+    from berth.rollouts.requests import EndpointRequest
     from berth.store.audit import cli_actor
 
-    info = _service().create(name, model, sticky=sticky, description=description, actor=cli_actor())
+    asked = from_flags(
+        EndpointRequest,
+        {"name": "NAME", "model": "--model", "sticky": "--sticky", "description": "--description"},
+        {"name": name, "model": model, "sticky": sticky, "description": description},
+    )
+    info = _service().create(
+        asked.name,
+        asked.model,
+        sticky=asked.sticky,
+        description=asked.description,
+        actor=cli_actor(),
+    )
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return
@@ -202,7 +215,8 @@ def routes(
 
     Example: berth endpoints routes churn --route stable=churn:2:90 --route canary=churn:3:10
     """
-    from berth.registry.endpoints import resolve_spec
+    from berth.cli.flags import from_flags
+    from berth.rollouts.requests import RoutesRequest
     from berth.store.audit import cli_actor
 
     if not route:
@@ -210,11 +224,19 @@ def routes(
             raise InvalidInput("--sticky changes the routes: pass the --route options too")
         _print_changed(_service().get(name), as_json)
         return
-    specs = [parse_route(text) for text in route]
-    resolved = [
-        resolve_spec(registry(), ref, label, role, weight) for label, ref, weight, role in specs
-    ]
-    info = _service().set_routes(name, resolved, reason, actor=cli_actor(), sticky=sticky)
+    routes = []
+    for label, ref, weight, role in (parse_route(text) for text in route):
+        version = registry().resolve(ref)
+        routes.append({"label": label, "role": role, "model": version.model,
+                       "version": version.number, "weight": weight})  # fmt: skip
+    asked = from_flags(
+        RoutesRequest,
+        {"routes": "--route", "reason": "--reason", "sticky": "--sticky"},
+        {"routes": routes, "reason": reason, "sticky": sticky},
+    )
+    info = _service().set_routes(
+        name, asked.specs(), asked.reason, actor=cli_actor(), sticky=asked.sticky
+    )
     _print_changed(info, as_json)
 
 
@@ -268,8 +290,9 @@ def shadow(
 # parsing -------------------------------------------------------------------------------------
 
 
-def parse_route(text: str) -> tuple[str, str, float, str]:
-    """'canary=churn:3:10' -> ('canary', 'churn:3', 10.0, 'canary').
+def parse_route(text: str) -> tuple[str, str, float, str | None]:
+    """'canary=churn:3:10:variant' -> ('canary', 'churn:3', 10.0, 'variant'); without a role,
+    the role is None (the route request's default for the label).
 
     The reference itself may hold a colon (churn:3), so the fields are read from the right: an
     optional role (never a number), then the weight, and what is left is the reference.
@@ -285,11 +308,7 @@ def parse_route(text: str) -> tuple[str, str, float, str]:
         raise InvalidInput(f"--route '{text}' has no weight; write {_ROUTE_FORMAT}")
     weight = float(parts.pop())
     label = label.strip()
-    return label, ":".join(parts).strip(), weight, role or default_role(label)
-
-
-def default_role(label: str) -> str:
-    return label if label in (STABLE, SHADOW) else "canary"
+    return label, ":".join(parts).strip(), weight, role or None
 
 
 def _is_number(text: str) -> bool:

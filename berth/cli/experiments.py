@@ -60,10 +60,25 @@ def start(
 
     Example: berth experiments start churn --variant a=churn:2:50 --variant b=churn:3:50 --metric accuracy
     """
+    from berth.cli.flags import from_flags
+    from berth.rollouts.requests import ExperimentRequest
     from berth.store.audit import cli_actor
 
+    asked = from_flags(
+        ExperimentRequest,
+        {"endpoint": "ENDPOINT", "variants": "--variant", "sticky": "--sticky",
+         "metric": "--metric", "alpha": "--alpha", "min_samples": "--min-samples"},
+        {"endpoint": endpoint, "variants": variant, "sticky": sticky, "metric": metric,
+         "alpha": alpha, "min_samples": min_samples},
+    )  # fmt: skip
     info = _service().start(
-        endpoint, variant, sticky, metric, alpha, min_samples, actor=cli_actor()
+        asked.endpoint,
+        asked.variants,
+        asked.sticky,
+        asked.metric,
+        asked.alpha,
+        asked.min_samples,
+        actor=cli_actor(),
     )
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
@@ -111,9 +126,12 @@ def conclude(
 
     Example: berth experiments conclude churn --winner b
     """
+    from berth.cli.flags import from_flags
+    from berth.rollouts.requests import ConcludeRequest
     from berth.store.audit import cli_actor
 
-    info = _service().conclude(endpoint, winner, actor=cli_actor())
+    asked = from_flags(ConcludeRequest, {"winner": "--winner"}, {"winner": winner})
+    info = _service().conclude(endpoint, asked.winner, actor=cli_actor())
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return

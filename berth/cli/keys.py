@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from berth.cli.context import console, err_console, keys
-from berth.durations import parse_duration
 from berth.security.scopes import DEFAULT_SCOPES
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -31,10 +30,22 @@ def create(
 
     Example: berth keys create web --scope predict:churn --expires 90d
     """
+    from berth.cli.flags import from_flags
+    from berth.security.requests import KeyRequest
     from berth.store.audit import cli_actor
 
-    expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
-    info, secret = keys().create(name, tuple(scope), expires_at, rate, actor=cli_actor())
+    asked = from_flags(
+        KeyRequest,
+        {"name": "NAME", "scopes": "--scope", "expires": "--expires", "rate": "--rate"},
+        {"name": name, "scopes": scope, "expires": expires, "rate": rate},
+    )
+    info, secret = keys().create(
+        asked.name,
+        tuple(asked.scopes),
+        asked.expires_at(datetime.now(UTC)),
+        asked.rate,
+        actor=cli_actor(),
+    )
     err_console.print(
         f"Created key [bold]{info.name}[/] (scopes: {', '.join(info.scopes)}). Store it now; it is not shown again:"
     )
@@ -86,9 +97,12 @@ def rotate(
 
     Example: berth keys rotate web --grace 24h
     """
+    from berth.cli.flags import from_flags
+    from berth.security.requests import RotateRequest
     from berth.store.audit import cli_actor
 
-    info, secret = keys().rotate(name, parse_duration(grace), actor=cli_actor())
+    asked = from_flags(RotateRequest, {"grace": "--grace"}, {"grace": grace})
+    info, secret = keys().rotate(name, asked.grace_period(), actor=cli_actor())
     err_console.print(
         f"Rotated key [bold]{info.name}[/]; the old secret stops working in {grace}. New secret:"
     )

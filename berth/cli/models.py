@@ -301,6 +301,8 @@ def alias(
 
     Example: berth models alias churn production 3
     """
+    from berth.cli.flags import from_flags
+    from berth.registry.requests import AliasRequest
     from berth.store.audit import cli_actor
 
     if remove:
@@ -311,7 +313,8 @@ def alias(
         raise InvalidInput(
             "give the version to point at, e.g. `berth models alias churn production 3`"
         )
-    registry().set_alias(name, alias_name, version, actor=cli_actor())
+    asked = from_flags(AliasRequest, {"version": "VERSION"}, {"version": version})
+    registry().set_alias(name, alias_name, asked.version, actor=cli_actor())
     console.print(f"{name}@{alias_name} → {name}:{version}")
 
 

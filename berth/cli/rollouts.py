@@ -10,7 +10,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,20 +34,22 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_CRITERIA_FLAGS = {
-    "min_requests": "--min-requests",
-    "max_error_rate": "--max-error-rate",
-    "max_p99_ms": "--max-p99-ms",
-    "max_p99_ratio": "--max-p99-ratio",
-    "p99_slack_ms": "--p99-slack-ms",
-    "min_accuracy": "--min-accuracy",
-    "min_feedback": "--min-feedback",
-    "alpha": "--alpha",
+_GATES = ("data", "target", "min_accuracy", "min_auc", "max_rmse", "max_mae", "max_latency_ms",
+          "no_nan", "output_range", "no_regression", "regression_tolerance")  # fmt: skip
+_OPTIONS = ("to", "strategy", "steps", "interval", "max_error_rate", "max_p99_ms", "max_p99_ratio",
+            "p99_slack_ms", "min_requests", "min_accuracy", "min_feedback", "alpha",
+            "metrics_source", "switch", "preview", "finalize_after")  # fmt: skip
+_FLAGS = {
+    **{name: f"--{name.replace('_', '-')}" for name in _OPTIONS},
+    "endpoint": "ENDPOINT",
+    "gates": "--gate-*",
+    **{f"gates.{name}": f"--gate-{name.replace('_', '-')}" for name in _GATES},
 }
+"""The flag that sets each field of the rollout request."""
 # GateConfig names the flags of `berth validate`; here the same gates carry a --gate- prefix.
 _GATE_FLAGS = re.compile(
     r"--(min-accuracy|min-auc|max-rmse|max-mae|max-latency-ms|no-nan|output-range|"
-    r"no-regression-vs|regression-tolerance|data|target)\b"
+    r"no-regression-vs|no-regression|regression-tolerance|data|target)\b"
 )
 _CHECK_EVENTS = ("analysis", "step", "switched", "promoted", "rolled_back")
 
@@ -156,61 +158,57 @@ def start(
 
     Example: berth rollout start churn --to churn:3 --steps 10,50,100 --interval 5m --max-error-rate 0.01 --gate-data holdout.csv --gate-target churned --gate-min-auc 0.85 --gate-no-regression
     """
-    from berth.ops.gate_config import GateConfig, parse_output_range
+    from berth.cli.flags import from_flags
+    from berth.ops.gate_config import parse_output_range
     from berth.ops.gate_report import report_table
-    from berth.registry.endpoints import EndpointService
     from berth.rollouts import strategies as s
+    from berth.rollouts.requests import RolloutRequest
     from berth.store.audit import cli_actor
 
-    criteria = build_criteria(
-        min_requests=min_requests,
-        max_error_rate=max_error_rate,
-        max_p99_ms=max_p99_ms,
-        max_p99_ratio=max_p99_ratio,
-        p99_slack_ms=p99_slack_ms,
-        min_accuracy=min_accuracy,
-        min_feedback=min_feedback,
-        alpha=alpha,
-    )
-    config = s.RolloutConfig(
-        steps=s.parse_steps(steps),
-        interval_seconds=parse_duration(interval).total_seconds(),
-        criteria=criteria,
-        metrics_source=metrics_source,
-        switch=switch,
-        preview_seconds=parse_duration(preview).total_seconds(),
-        finalize_after_seconds=(
-            parse_duration(finalize_after).total_seconds() if finalize_after else None
-        ),
-    )
     with _gate_flags():
-        current = (
-            EndpointService(registry()).get(endpoint).primary.ref if gate_no_regression else None
-        )
-        gates = GateConfig(
-            data=gate_data,
-            target=gate_target,
-            min_accuracy=gate_min_accuracy,
-            min_auc=gate_min_auc,
-            max_rmse=gate_max_rmse,
-            max_mae=gate_max_mae,
-            max_latency_ms=gate_max_latency_ms,
-            no_nan=gate_no_nan,
-            output_range=parse_output_range(gate_output_range) if gate_output_range else None,
-            no_regression_vs=current,
-            regression_tolerance=gate_regression_tolerance,
-        )
-    if gate_data is not None and not gates.any():
-        raise InvalidInput(
-            "--gate-data is given but no gate; add one, e.g. --gate-min-accuracy 0.9, "
-            "--gate-no-nan or --gate-no-regression"
-        )
-    status = f"Running validation gates on {to} ..." if gates.any() else f"Starting {to} ..."
-    if as_json:
-        result = _service().start(endpoint, to, strategy, config, gates, actor=cli_actor())
-    else:
-        with console.status(status):
-            result = _service().start(endpoint, to, strategy, config, gates, actor=cli_actor())
+        output_range = parse_output_range(gate_output_range) if gate_output_range else None
+    gates = {
+        "data": str(gate_data) if gate_data is not None else None,
+        "target": gate_target,
+        "min_accuracy": gate_min_accuracy,
+        "min_auc": gate_min_auc,
+        "max_rmse": gate_max_rmse,
+        "max_mae": gate_max_mae,
+        "max_latency_ms": gate_max_latency_ms,
+        "no_nan": gate_no_nan or None,
+        "output_range": list(output_range) if output_range else None,
+        "no_regression": gate_no_regression or None,
+        "regression_tolerance": gate_regression_tolerance or None,
+    }
+    given = {key: value for key, value in gates.items() if value is not None}
+    request = from_flags(
+        RolloutRequest,
+        _FLAGS,
+        {
+            "endpoint": endpoint,
+            "to": to,
+            "strategy": strategy,
+            "steps": steps,
+            "interval": interval,
+            "max_error_rate": max_error_rate,
+            "max_p99_ms": max_p99_ms,
+            "max_p99_ratio": max_p99_ratio,
+            "p99_slack_ms": p99_slack_ms,
+            "min_requests": min_requests,
+            "min_accuracy": min_accuracy,
+            "min_feedback": min_feedback,
+            "alpha": alpha,
+            "metrics_source": metrics_source,
+            "switch": switch,
+            "preview": preview,
+            "finalize_after": finalize_after,
+            "gates": given or None,
+        },
+    )
+    status = f"Running validation gates on {to} ..." if given else f"Starting {to} ..."
+    waiting = nullcontext() if as_json else console.status(status)
+    with _gate_flags(), waiting:
+        result = _service().start_from(request, actor=cli_actor())
     rollout = result.rollout
     failed = rollout.status == s.FAILED
     if as_json:
@@ -349,7 +347,11 @@ def rollback(
 
     Example: berth rollout rollback churn --reason "support tickets about scores"
     """
-    _act(endpoint, _service().rollback, "rolled back", reason=reason)
+    from berth.cli.flags import from_flags
+    from berth.rollouts.requests import RollbackRequest
+
+    asked = from_flags(RollbackRequest, {"reason": "--reason"}, {"reason": reason})
+    _act(endpoint, _service().rollback, "rolled back", reason=asked.reason or reason)
 
 
 @app.command("abort")
@@ -419,19 +421,6 @@ def wait(
 
 
 # building ------------------------------------------------------------------------------------
-
-
-def build_criteria(**values: Any) -> CanaryCriteria:
-    """CanaryCriteria from the command line; its ValueError becomes a message about flags."""
-    try:
-        return CanaryCriteria(**values)
-    except ValueError as exc:
-        message = str(exc)
-        for name, flag in _CRITERIA_FLAGS.items():
-            message = message.replace(name, flag)
-        raise InvalidInput(
-            f"{message}; e.g. --max-error-rate 0.01 --min-accuracy 0.9 --alpha 0.05"
-        ) from None
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from berth.registry.endpoints import (
 from berth.registry.references import check_name
 from berth.registry.service import Registry
 from berth.rollouts import strategies as s
+from berth.rollouts.requests import RolloutRequest
 from berth.store import audit
 from berth.store.tables import RolloutEventRow, RolloutRow
 
@@ -130,6 +131,29 @@ class RolloutService:
         self.clock = clock or (lambda: datetime.now(UTC))
 
     # starting ----------------------------------------------------------------------------
+
+    def start_from(
+        self, request: RolloutRequest, *, actor: str | None = None, address: str | None = None
+    ) -> StartResult:
+        """`start` as asked by `berth rollout start` or `POST /api/v1/rollouts`.
+
+        `no_regression` gates compare with the version the endpoint serves now, looked up here.
+        """
+        gates = None
+        if request.gates is not None:
+            current = None
+            if request.gates.no_regression:
+                current = EndpointService(self.registry).get(request.endpoint).primary.ref
+            gates = request.gates.config(current)
+        return self.start(
+            request.endpoint,
+            request.to,
+            request.strategy,
+            request.config(),
+            gates,
+            actor=actor,
+            address=address,
+        )
 
     def start(
         self,
