@@ -228,10 +228,11 @@ def with_monitoring(app: FastAPI, monitoring: Monitoring) -> None:
 @pytest.fixture
 def api(registry: Registry, settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Api]:
     from berth.api.app import build_services, create_app
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
     register_iris(registry, iris_files, aliases=("production",))
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     made = {
         name: keys.create(name, scopes)[1]
         for name, scopes in {

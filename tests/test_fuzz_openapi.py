@@ -48,6 +48,7 @@ from schemathesis.specs.openapi.checks import (
 from berth.api.v2 import input_tensors
 from berth.config import Settings
 from berth.registry.service import RegisterRequest, Registry, VersionInfo
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import register_churn, register_iris
 
@@ -113,7 +114,7 @@ def fuzzed(
                 name="spare", path=model, sample=sample, aliases=aliases, trust_pickle=True
             )
         )
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     _, admin_key = keys.create(ADMIN, ("admin",))
     keys.create("fuzz-user", ("predict", "read"))
     keys.create("fuzz-victim", ("read",))

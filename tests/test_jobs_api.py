@@ -24,6 +24,7 @@ from berth.jobs import records as r
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from tests.conftest import register_iris, serving
@@ -78,7 +79,7 @@ def api(registry: Registry, settings: Settings, iris_files: tuple[Path, Path]) -
         update={"database_url": registry.db.url, "rollout_controller": False}
     )
     register_iris(registry, iris_files, aliases=("production",))
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     secrets = {
         "admin": keys.create("ops", ("admin",))[1],
         "user": keys.create("user", ("predict", "read"))[1],
@@ -291,7 +292,9 @@ def test_a_job_posted_to_a_real_server_runs_to_the_end(
     process, which scores the iris CSV into Parquet parts while GET reports its progress."""
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    admin = KeyService(registry.db, server_secret(settings)).create("ops", ("admin",))[1]
+    admin = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
+        "ops", ("admin",)
+    )[1]
     registry.db.dispose()
     features = np.load(iris_files[1])  # float32 rows the model was registered with
     rows = np.tile(features, (10, 1))  # 200 rows, scored in chunks of 64

@@ -33,6 +33,7 @@ from berth.api import hot_path
 from berth.config import ModelServing, Settings
 from berth.registry.service import RegisterRequest, Registry
 from berth.runtimes.base import ModelInput, Prediction
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.serving import dataplane as dataplane_module
 from berth.serving.cache import KEY_PREFIX, cache_key
@@ -139,9 +140,9 @@ def serve(settings: Settings, iris_files: tuple[Path, Path], tmp_path: Path) -> 
             register_iris(registry, iris_files, aliases=("production",))
             for name, source in (python or {}).items():
                 register_python(registry, tmp_path / f"{name}-{uuid.uuid4().hex[:6]}", name, source)
-            key = KeyService(registry.db, server_secret(configured)).create(
-                f"tester-{uuid.uuid4().hex[:6]}", ("predict", "read")
-            )[1]
+            key = KeyService(
+                registry.db, server_secret(KeyConfig.from_settings(configured))
+            ).create(f"tester-{uuid.uuid4().hex[:6]}", ("predict", "read"))[1]
         app = create_app(configured, build_services(configured, registry))
         return Served(app=app, registry=registry, key=key, home=home)
 

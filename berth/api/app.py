@@ -30,6 +30,7 @@ from berth.registry.service import Registry
 from berth.rollouts.controller import LEASE_NAME, RolloutController
 from berth.rollouts.probe import DataPlaneProbe
 from berth.security.auth import KeyVerifier
+from berth.security.config import JwtConfig, KeyConfig, RateLimitConfig
 from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
@@ -74,13 +75,15 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
     )
     dataplane.observers.append(bind_prediction)
-    keys = KeyService(registry.db, server_secret(settings))
+    key_config = KeyConfig.from_settings(settings)
+    keys = KeyService(registry.db, server_secret(key_config))
     audit = AuditQueue(AuditLog(registry.db))
+    rates = RateLimitConfig.from_settings(settings)
     auth = Authenticator(
-        settings,
-        keys=None if settings.dev else KeyVerifier(keys, settings.refresh_seconds),
-        jwt=None if settings.dev else JwtVerifier.from_settings(settings),
-        limiter=build_limiter(settings),
+        rates,
+        keys=None if settings.dev else KeyVerifier(keys, key_config.refresh_seconds),
+        jwt=None if settings.dev else JwtVerifier.from_config(JwtConfig.from_settings(settings)),
+        limiter=build_limiter(rates),
         audit=audit,
     )
     return Services(

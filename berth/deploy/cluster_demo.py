@@ -42,6 +42,7 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
     # Training and the registry bring pandas and scikit-learn: imported when the demo runs.
     from berth.cli.demo import MODEL, train
     from berth.registry.service import RegisterRequest, Registry
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
     settings = Settings(
@@ -63,7 +64,7 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
                 aliases=("production",),
             )
         )
-        _, key = KeyService(registry.db, server_secret(settings)).create(
+        _, key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
             "cluster-demo", ("predict", "read")
         )
     finally:
