@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 from berth.cli.batch import parse_run_args, run_args
 from berth.config import Settings
 from berth.jobs import records as r
+from berth.jobs.config import JobsConfig
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
@@ -48,7 +49,7 @@ class Launched:
     calls: list[tuple[int, list[str]]] = field(default_factory=list)
     fail: bool = False
 
-    def __call__(self, _settings: Settings, job_id: int, args: Sequence[str]) -> None:
+    def __call__(self, _config: JobsConfig, job_id: int, args: Sequence[str]) -> None:
         if self.fail:
             raise OSError("no more processes")
         self.calls.append((job_id, list(args)))
