@@ -192,12 +192,13 @@ def api(
 ) -> Iterator[ApiSetup]:
     """An in-process app serving iris@production and churn@production, with two keys."""
     from berth.api.app import build_services, create_app
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
     found = Registry.from_settings(settings)
     register_iris(found, iris_files, aliases=("production",))
     register_churn(found, churn_files)
-    keys = KeyService(found.db, server_secret(settings))
+    keys = KeyService(found.db, server_secret(KeyConfig.from_settings(settings)))
     _, key = keys.create("tester", ("predict", "read"))
     _, read_key = keys.create("reader", ("read",))
     app = create_app(settings, build_services(settings, found))

@@ -27,6 +27,7 @@ from berth.config import Settings
 from berth.ops.http1 import Connection, Endpoint, HttpRequest
 from berth.ops.loadtest import Histogram, Load, LoadTest, Result, run, run_async
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import Run, free_port, register_iris, serving
 
@@ -192,7 +193,9 @@ def server(
     settings = Settings(home=home)
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    _, key = KeyService(registry.db, server_secret(settings)).create("bench")
+    _, key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
+        "bench"
+    )
     registry.db.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env["BERTH_HOME"] = str(home)

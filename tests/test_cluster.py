@@ -56,6 +56,7 @@ from berth.ops.http1 import HttpRequest
 from berth.ops.loadtest import Load, LoadTest, run_async
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import KEY_PREFIX, parse_rate
 from berth.serving.router import key_unit
@@ -130,7 +131,7 @@ def module_stack(
     try:
         first = register_churn(registry, churn_files)
         second = register_churn(registry, churn_files, aliases=())
-        keys = KeyService(registry.db, server_secret(settings))
+        keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
         tag = uuid.uuid4().hex[:8]  # rate-limit buckets in the shared Redis are named by key
         _, admin_key = keys.create(f"admin-{tag}", ("admin",))
         _, predict_key = keys.create(f"load-{tag}", ("predict",))

@@ -47,6 +47,7 @@ from berth.observability.alerts import AlertOptions, build_rules
 from berth.observability.prometheus_config import ScrapeOptions, build_config
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import server_secret
 from tests.conftest import Run, register_churn, register_iris, require_service
 
@@ -104,7 +105,9 @@ def built(
         artifact_url=str(root / "home" / "artifacts"),
     )
     registry = Registry.from_settings(settings)
-    secret = server_secret(settings)  # the build machine has one before it builds
+    secret = server_secret(
+        KeyConfig.from_settings(settings)
+    )  # the build machine has one before it builds
     register_churn(registry, churn_files)
     schedules = ScheduleService(registry.db)
     schedules.put("nightly", cron="30 2 * * 5-7", args=SCHEDULE_ARGS, timezone="Europe/Berlin")

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from berth.api.app import build_services, create_app
 from berth.config import Settings
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import register_iris
 
@@ -19,7 +20,9 @@ from tests.conftest import register_iris
 def _client(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[tuple[TestClient, str]]:
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    _, key = KeyService(registry.db, server_secret(settings)).create("reader", ("read",))
+    _, key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
+        "reader", ("read",)
+    )
     with TestClient(create_app(settings, build_services(settings, registry))) as client:
         yield client, key
     registry.db.dispose()

@@ -386,11 +386,12 @@ class Served:
 @pytest.fixture
 def served(settings: Settings, churn_files: tuple[Path, Path, Path]) -> Iterator[Served]:
     from berth.api.app import build_services, create_app
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
     registry = Registry.from_settings(settings)
     _register_churn(registry, churn_files, reference=churn_files[1])
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     _, key = keys.create("tester", ("predict", "read"))
     svc = build_services(settings, registry)
     monitor = DriftMonitor(window_rows=1000, max_rows_per_request=500, gauge=_gauge())

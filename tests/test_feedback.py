@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from berth.api.feedback import MAX_FEEDBACK_ITEMS, Monitoring, attach
 from berth.config import Settings
+from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
 from berth.monitoring.feedback import store_feedback
 from berth.monitoring.performance import (
     PerformanceGauges,
@@ -27,7 +28,6 @@ from berth.monitoring.performance import (
     measure,
     roc_auc,
 )
-from berth.monitoring.prediction_log import MonitoringConfig
 from berth.registry.service import Registry
 from berth.security.auth import Principal
 from berth.store.tables import FeedbackRow, PredictionRow
@@ -187,7 +187,9 @@ def test_feedback_upserts_last_wins(registry: Registry) -> None:
 def test_performance_gauges_for_served_versions(registry: Registry) -> None:
     _predictions(registry, [("g1", 7, "a", None, 0), ("g2", 7, "b", None, 0)])
     store_feedback(registry.db, {"g1": "a", "g2": "a"}, ADMIN)
-    gauges = PerformanceGauges(registry.db, lambda: [("m", 7)])
+    gauges = PerformanceGauges(
+        registry.db, lambda: [("m", 7)], PerformanceConfig.from_settings(Settings())
+    )
     gauges.update()
     labels = {"model": "m", "version": "7", "metric": "accuracy"}
     assert REGISTRY.get_sample_value("berth_model_accuracy", labels) == pytest.approx(0.5)
@@ -229,10 +231,11 @@ def with_monitoring(app: FastAPI, monitoring: Monitoring) -> None:
 @pytest.fixture
 def api(registry: Registry, settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Api]:
     from berth.api.app import build_services, create_app
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
     register_iris(registry, iris_files, aliases=("production",))
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     made = {
         name: keys.create(name, scopes)[1]
         for name, scopes in {
@@ -244,7 +247,8 @@ def api(registry: Registry, settings: Settings, iris_files: tuple[Path, Path]) -
     }
     svc = build_services(settings, registry)
     app = create_app(settings, svc)
-    monitoring = attach(app, svc, MonitoringConfig(flush_seconds=0.05))
+    log = replace(PredictionLogConfig.from_settings(settings), flush_seconds=0.05)
+    monitoring = attach(app, svc, log, PerformanceConfig.from_settings(settings))
     with_monitoring(app, monitoring)
     with TestClient(app) as client:
         yield Api(client=client, registry=registry, monitoring=monitoring, keys=made)

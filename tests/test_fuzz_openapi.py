@@ -50,6 +50,7 @@ from berth.config import Settings
 from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import register_churn, register_iris
 
@@ -116,7 +117,7 @@ def fuzzed(
                 name="spare", path=model, sample=sample, aliases=aliases, trust_pickle=True
             ),
         )
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     _, admin_key = keys.create(ADMIN, ("admin",))
     keys.create("fuzz-user", ("predict", "read"))
     keys.create("fuzz-victim", ("read",))

@@ -20,10 +20,12 @@ from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.jobs import records as r
+from berth.jobs.config import JobsConfig
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.run_args import parse_run_args, run_args
 from berth.jobs.spec import BatchSpec
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from tests.conftest import register_iris, serving
@@ -47,7 +49,7 @@ class Launched:
     calls: list[tuple[int, list[str]]] = field(default_factory=list)
     fail: bool = False
 
-    def __call__(self, _settings: Settings, job_id: int, args: Sequence[str]) -> None:
+    def __call__(self, _config: JobsConfig, job_id: int, args: Sequence[str]) -> None:
         if self.fail:
             raise OSError("no more processes")
         self.calls.append((job_id, list(args)))
@@ -78,7 +80,7 @@ def api(registry: Registry, settings: Settings, iris_files: tuple[Path, Path]) -
         update={"database_url": registry.db.url, "rollout_controller": False}
     )
     register_iris(registry, iris_files, aliases=("production",))
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     secrets = {
         "admin": keys.create("ops", ("admin",))[1],
         "user": keys.create("user", ("predict", "read"))[1],
@@ -291,7 +293,9 @@ def test_a_job_posted_to_a_real_server_runs_to_the_end(
     process, which scores the iris CSV into Parquet parts while GET reports its progress."""
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    admin = KeyService(registry.db, server_secret(settings)).create("ops", ("admin",))[1]
+    admin = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
+        "ops", ("admin",)
+    )[1]
     registry.db.dispose()
     features = np.load(iris_files[1])  # float32 rows the model was registered with
     rows = np.tile(features, (10, 1))  # 200 rows, scored in chunks of 64

@@ -14,6 +14,7 @@ import pytest
 
 from berth.config import Settings
 from berth.jobs import records as r
+from berth.jobs.config import JobsConfig
 from berth.jobs.launch import job_log
 from berth.jobs.records import Counts, JobInfo, JobService
 from berth.jobs.run_args import run_args
@@ -138,7 +139,7 @@ def test_show_has_every_field_the_log_and_the_command_that_resumes(
         features=("a", "b"),
     )
     job = _running(jobs, spec, scored=200, rows_per_second=100.0)
-    log = job_log(settings, job.id)
+    log = job_log(JobsConfig.from_settings(settings), job.id)
     log.parent.mkdir(parents=True)
     log.write_text("started\n")
 

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 from berth.config import Settings
 from berth.errors import InvalidInput, NotReady, Unauthenticated
 from berth.security.auth import Principal
+from berth.security.config import JwtConfig
 from berth.security.jwt import JwtVerifier, looks_like_jwt
 
 SECRET = "hs-" + secrets.token_hex(24)
@@ -53,6 +54,11 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 
 # helpers ------------------------------------------------------------------------------------
+
+
+def from_settings(settings: Settings) -> JwtVerifier | None:
+    """The verifier a server with these settings uses."""
+    return JwtVerifier.from_config(JwtConfig.from_settings(settings))
 
 
 def claims(**changes: Any) -> dict[str, Any]:
@@ -220,22 +226,20 @@ def test_hs256_valid_token_maps_to_a_principal() -> None:
 def test_hs256_from_a_secret_file(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "jwt.secret"
     path.write_text(SECRET + "\n")
-    verifier = JwtVerifier.from_settings(settings.model_copy(update={"jwt_secret_file": path}))
+    verifier = from_settings(settings.model_copy(update={"jwt_secret_file": path}))
     assert verifier is not None
     assert verifier.algorithms == {"HS256"}
     assert verify(verifier, hs256(claims())).name == "jwt:alice"
 
 
 def test_hs256_from_the_environment(settings: Settings) -> None:
-    verifier = JwtVerifier.from_settings(
-        settings.model_copy(update={"jwt_secret": SecretStr(SECRET)})
-    )
+    verifier = from_settings(settings.model_copy(update={"jwt_secret": SecretStr(SECRET)}))
     assert verifier is not None
     assert verify(verifier, hs256(claims())).scopes == ("predict", "read")
 
 
 def test_from_settings_without_jwt_config_is_none(settings: Settings) -> None:
-    assert JwtVerifier.from_settings(settings) is None
+    assert from_settings(settings) is None
 
 
 def test_from_settings_with_jwks_and_a_secret(
@@ -243,7 +247,7 @@ def test_from_settings_with_jwks_and_a_secret(
 ) -> None:
     path = write_jwks(tmp_path / "jwks.json", jwks(jwk(rsa_key, "k1")))
     update = {"jwt_secret": SecretStr(SECRET), "jwt_jwks": str(path), "jwt_audience": "berth"}
-    verifier = JwtVerifier.from_settings(settings.model_copy(update=update))
+    verifier = from_settings(settings.model_copy(update=update))
     assert verifier is not None
     assert verifier.algorithms == {"HS256", "RS256", "ES256"}
     assert verify(verifier, hs256(claims(aud="berth"))).name == "jwt:alice"
@@ -254,29 +258,27 @@ def test_from_settings_with_jwks_and_a_secret(
     pem_file.write_bytes(pem(rsa_key))
     both = {"jwt_public_key_file": pem_file, "jwt_jwks": str(path)}
     with pytest.raises(InvalidInput, match="not both"):
-        JwtVerifier.from_settings(settings.model_copy(update=both))
+        from_settings(settings.model_copy(update=both))
 
 
 def test_bad_secret_config_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
     empty = tmp_path / "empty.secret"
     empty.write_text("\n")
     with pytest.raises(InvalidInput, match="is empty") as caught:
-        JwtVerifier.from_settings(settings.model_copy(update={"jwt_secret_file": empty}))
+        from_settings(settings.model_copy(update={"jwt_secret_file": empty}))
     assert str(empty) in caught.value.message
 
     with pytest.raises(InvalidInput, match="cannot be read"):
-        JwtVerifier.from_settings(
-            settings.model_copy(update={"jwt_secret_file": tmp_path / "missing"})
-        )
+        from_settings(settings.model_copy(update={"jwt_secret_file": tmp_path / "missing"}))
 
     short = "too-short-" + secrets.token_hex(4)
     with pytest.raises(InvalidInput, match="at least 32") as caught:
-        JwtVerifier.from_settings(settings.model_copy(update={"jwt_secret": SecretStr(short)}))
+        from_settings(settings.model_copy(update={"jwt_secret": SecretStr(short)}))
     assert short not in caught.value.message
 
     both = {"jwt_secret": SecretStr(SECRET), "jwt_secret_file": empty}
     with pytest.raises(InvalidInput, match="not both"):
-        JwtVerifier.from_settings(settings.model_copy(update=both))
+        from_settings(settings.model_copy(update=both))
 
 
 # RS256 / ES256 with a PEM file --------------------------------------------------------------
@@ -291,9 +293,7 @@ def test_rs256_and_es256_with_a_pem_file(
     for key, alg in ((rsa_key, "RS256"), (ec_key, "ES256")):
         path = tmp_path / f"{alg}.pem"
         path.write_bytes(pem(key))
-        verifier = JwtVerifier.from_settings(
-            settings.model_copy(update={"jwt_public_key_file": path})
-        )
+        verifier = from_settings(settings.model_copy(update={"jwt_public_key_file": path}))
         assert verifier is not None
         assert verifier.algorithms == {alg}
         assert verify(verifier, signed(claims(sub="svc"), key)).name == "jwt:svc"
@@ -319,7 +319,7 @@ def test_pem_certificate_is_accepted(
     )
     path = tmp_path / "idp.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    verifier = JwtVerifier.from_settings(settings.model_copy(update={"jwt_public_key_file": path}))
+    verifier = from_settings(settings.model_copy(update={"jwt_public_key_file": path}))
     assert verifier is not None
     assert verify(verifier, signed(claims(), rsa_key)).name == "jwt:alice"
 
@@ -335,23 +335,21 @@ def test_bad_public_key_files_are_clear_errors(
     )
     private.write_bytes(private_pem)
     with pytest.raises(InvalidInput, match="-pubout") as caught:
-        JwtVerifier.from_settings(settings.model_copy(update={"jwt_public_key_file": private}))
+        from_settings(settings.model_copy(update={"jwt_public_key_file": private}))
     assert "PRIVATE KEY" not in caught.value.message
 
     small = tmp_path / "small.pem"
     small.write_bytes(pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))
     with pytest.raises(InvalidInput, match="1024-bit"):
-        JwtVerifier.from_settings(settings.model_copy(update={"jwt_public_key_file": small}))
+        from_settings(settings.model_copy(update={"jwt_public_key_file": small}))
 
     p384 = tmp_path / "p384.pem"
     p384.write_bytes(pem(ec.generate_private_key(ec.SECP384R1())))
     with pytest.raises(InvalidInput, match="P-256"):
-        JwtVerifier.from_settings(settings.model_copy(update={"jwt_public_key_file": p384}))
+        from_settings(settings.model_copy(update={"jwt_public_key_file": p384}))
 
     with pytest.raises(InvalidInput, match="cannot be read"):
-        JwtVerifier.from_settings(
-            settings.model_copy(update={"jwt_public_key_file": tmp_path / "missing.pem"})
-        )
+        from_settings(settings.model_copy(update={"jwt_public_key_file": tmp_path / "missing.pem"}))
 
 
 # JWKS file ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from berth.config import Settings
 from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, NotReady, Unauthenticated
 from berth.registry.service import Registry
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
+from berth.security.config import KeyConfig
 from berth.security.keys import (
     KeyService,
     StoredKey,
@@ -449,20 +450,20 @@ def test_principal_scope_rules() -> None:
 def test_server_secret_file_is_private_and_reused(settings: Settings) -> None:
     path = settings.home / "secret.key"
     assert not path.exists()
-    first = server_secret(settings)
+    first = server_secret(KeyConfig.from_settings(settings))
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(first) >= 32
-    assert server_secret(settings) == first
+    assert server_secret(KeyConfig.from_settings(settings)) == first
     assert path.read_text().strip().encode() == first
     # Another process on the same data directory gets the same secret.
-    assert server_secret(Settings()) == first
+    assert server_secret(KeyConfig.from_settings(Settings())) == first
 
 
 def test_server_secret_is_private_under_a_loose_umask(settings: Settings) -> None:
     old = os.umask(0)
     try:
-        server_secret(settings)
+        server_secret(KeyConfig.from_settings(settings))
     finally:
         os.umask(old)
     assert stat.S_IMODE((settings.home / "secret.key").stat().st_mode) == 0o600
@@ -471,16 +472,16 @@ def test_server_secret_is_private_under_a_loose_umask(settings: Settings) -> Non
 def test_server_secret_from_environment_wins(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server_secret(settings)  # a file exists too
+    server_secret(KeyConfig.from_settings(settings))  # a file exists too
     monkeypatch.setenv("BERTH_SECRET_KEY", "from-the-environment")
-    assert server_secret(Settings()) == b"from-the-environment"
+    assert server_secret(KeyConfig.from_settings(Settings())) == b"from-the-environment"
 
 
 def test_server_secret_from_environment_writes_no_file(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BERTH_SECRET_KEY", "from-the-environment")
-    assert server_secret(Settings()) == b"from-the-environment"
+    assert server_secret(KeyConfig.from_settings(Settings())) == b"from-the-environment"
     assert not (settings.home / "secret.key").exists()
 
 
@@ -493,7 +494,7 @@ def test_server_secret_created_concurrently(settings: Settings) -> None:
 
     def create(_: int) -> bytes:
         barrier.wait()
-        return server_secret(settings)
+        return server_secret(KeyConfig.from_settings(settings))
 
     with ThreadPoolExecutor(8) as pool:
         secrets = set(pool.map(create, range(8)))
@@ -505,8 +506,10 @@ def test_server_secret_created_concurrently(settings: Settings) -> None:
 def test_keys_with_a_file_secret_verify_across_instances(
     settings: Settings, sqlite_registry: Registry
 ) -> None:
-    _, key = KeyService(sqlite_registry.db, server_secret(settings)).create("ci")
-    again = KeyService(sqlite_registry.db, server_secret(Settings()))
+    _, key = KeyService(
+        sqlite_registry.db, server_secret(KeyConfig.from_settings(settings))
+    ).create("ci")
+    again = KeyService(sqlite_registry.db, server_secret(KeyConfig.from_settings(Settings())))
     assert verify(KeyVerifier(again, refresh_seconds=60), key).name == "ci"
 
 
@@ -515,7 +518,10 @@ def test_server_secret_in_a_new_nested_home(
 ) -> None:
     home = tmp_path / "a dir" / "nested"
     monkeypatch.setenv("BERTH_HOME", str(home))
-    assert server_secret(Settings()) == (home / "secret.key").read_text().strip().encode()
+    assert (
+        server_secret(KeyConfig.from_settings(Settings()))
+        == (home / "secret.key").read_text().strip().encode()
+    )
 
 
 def test_registry_outage_keeps_known_keys_and_refuses_unknown_with_503(
@@ -523,7 +529,7 @@ def test_registry_outage_keeps_known_keys_and_refuses_unknown_with_503(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    keys = KeyService(sqlite_registry.db, server_secret(settings))
+    keys = KeyService(sqlite_registry.db, server_secret(KeyConfig.from_settings(settings)))
     _, secret = keys.create("known")
     verifier = KeyVerifier(keys, refresh_seconds=0.0)
     assert asyncio.run(verifier.verify(secret)).name == "known"
@@ -533,6 +539,8 @@ def test_registry_outage_keeps_known_keys_and_refuses_unknown_with_503(
 
     keys.lookup = down  # type: ignore[method-assign]
     assert asyncio.run(verifier.verify(secret)).name == "known"
-    _, other = KeyService(sqlite_registry.db, server_secret(settings)).create("other")
+    _, other = KeyService(
+        sqlite_registry.db, server_secret(KeyConfig.from_settings(settings))
+    ).create("other")
     with pytest.raises(NotReady, match="unreachable"):
         asyncio.run(verifier.verify(other))

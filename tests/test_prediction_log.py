@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -14,8 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import func, insert, select
 
+from berth.config import Settings
+from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
 from berth.monitoring.prediction_log import (
-    MonitoringConfig,
     PredictionLog,
     json_safe,
     prediction_rows,
@@ -25,6 +27,11 @@ from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
 from berth.serving.dataplane import PredictResult
 from berth.store.tables import FeedbackRow, PredictionRow
+
+
+def log_config(**changes: Any) -> PredictionLogConfig:
+    """The log's configuration under the default settings, with these fields changed."""
+    return replace(PredictionLogConfig.from_settings(Settings()), **changes)
 
 
 def result(
@@ -95,7 +102,7 @@ def test_regression_rows_have_no_score_and_json_safe_values() -> None:
 
 
 def test_flushes_in_batches_off_the_hot_path(registry: Registry) -> None:
-    log = PredictionLog(registry.db, MonitoringConfig(batch_rows=5, flush_seconds=30.0))
+    log = PredictionLog(registry.db, log_config(batch_rows=5, flush_seconds=30.0))
 
     async def scenario() -> tuple[int, float, int]:
         log.start()
@@ -122,7 +129,7 @@ def test_flushes_in_batches_off_the_hot_path(registry: Registry) -> None:
 
 
 def test_flushes_on_its_timer_and_on_stop(registry: Registry) -> None:
-    log = PredictionLog(registry.db, MonitoringConfig(batch_rows=1000, flush_seconds=0.05))
+    log = PredictionLog(registry.db, log_config(batch_rows=1000, flush_seconds=0.05))
 
     async def scenario() -> tuple[int, int]:
         log.start()
@@ -140,7 +147,7 @@ def test_flushes_on_its_timer_and_on_stop(registry: Registry) -> None:
 
 
 def test_drops_and_counts_when_full(registry: Registry) -> None:
-    log = PredictionLog(registry.db, MonitoringConfig(queue_rows=3))
+    log = PredictionLog(registry.db, log_config(queue_rows=3))
     before = dropped()
     log.observe(result([1.0, 2.0]))
     log.observe(result([3.0, 4.0]))  # 4 > 3: all of its rows are dropped
@@ -152,13 +159,13 @@ def test_drops_and_counts_when_full(registry: Registry) -> None:
 
 
 def test_disabled_log_keeps_nothing(registry: Registry) -> None:
-    log = PredictionLog(registry.db, MonitoringConfig(enabled=False))
+    log = PredictionLog(registry.db, log_config(enabled=False))
     log.observe(result([1.0]))
     assert log.pending_rows == 0
 
 
 def test_a_failed_write_is_counted_not_raised(registry: Registry) -> None:
-    log = PredictionLog(registry.db)
+    log = PredictionLog(registry.db, log_config())
     before = dropped()
     broken = result([1.0])
     log.observe(broken)
@@ -209,7 +216,7 @@ def _ids(registry: Registry) -> tuple[list[str], list[str]]:
 def test_retention_by_age(registry: Registry) -> None:
     now = datetime.now(UTC)
     _insert(registry, [0.1, 1, 29, 31, 45], now)
-    log = PredictionLog(registry.db, MonitoringConfig(max_age=timedelta(days=30)))
+    log = PredictionLog(registry.db, log_config(max_age=timedelta(days=30)))
     assert log.apply_retention(now) == 2
     predictions, feedback = _ids(registry)
     assert predictions == ["p0", "p1", "p2"]
@@ -220,7 +227,7 @@ def test_retention_by_age(registry: Registry) -> None:
 def test_retention_by_rows_keeps_the_newest(registry: Registry) -> None:
     now = datetime.now(UTC)
     _insert(registry, [5, 1, 3, 2, 4], now)
-    log = PredictionLog(registry.db, MonitoringConfig(max_rows=3))
+    log = PredictionLog(registry.db, log_config(max_rows=3))
     assert log.apply_retention(now) == 2
     predictions, feedback = _ids(registry)
     assert predictions == ["p1", "p2", "p3"]
@@ -228,14 +235,16 @@ def test_retention_by_rows_keeps_the_newest(registry: Registry) -> None:
     assert log.apply_retention(now) == 0
 
 
-def test_config_from_settings_reads_fields_when_present() -> None:
-    config = MonitoringConfig.from_settings(
-        SimpleNamespace(
-            prediction_log_max_age="7d", prediction_log_max_rows=10, performance_window="1h"
-        )
+def test_config_from_settings_reads_each_field(settings: Settings) -> None:
+    changed = settings.model_copy(
+        update={
+            "prediction_log_max_age": "7d",
+            "prediction_log_max_rows": 10,
+            "performance_window": "1h",
+        }
     )
+    config = PredictionLogConfig.from_settings(changed)
     assert config.max_age == timedelta(days=7)
     assert config.max_rows == 10
-    assert config.performance_window == timedelta(hours=1)
-    assert config.batch_rows == MonitoringConfig().batch_rows
-    assert MonitoringConfig.from_settings(object()) == MonitoringConfig()
+    assert PerformanceConfig.from_settings(changed).window == timedelta(hours=1)
+    assert config.batch_rows == settings.prediction_log_batch_rows

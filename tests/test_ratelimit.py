@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 
 from berth.config import Settings
 from berth.errors import InvalidInput, NotReady, RateLimited
+from berth.security.config import RateLimitConfig
 from berth.security.ratelimit import (
     KEY_PREFIX,
     Decision,
@@ -282,8 +283,10 @@ def test_check_needs_a_bucket() -> None:
 
 
 def test_build_limiter_picks_the_backend(settings: Settings) -> None:
-    assert isinstance(build_limiter(settings), MemoryRateLimiter)
-    limiter = build_limiter(settings.model_copy(update={"redis_url": SHARED_REDIS_URL}))
+    assert isinstance(build_limiter(RateLimitConfig.from_settings(settings)), MemoryRateLimiter)
+    limiter = build_limiter(
+        RateLimitConfig.from_settings(settings.model_copy(update={"redis_url": SHARED_REDIS_URL}))
+    )
     assert isinstance(limiter, RedisRateLimiter)
     assert limiter.fail_open is settings.rate_limit_fail_open
     asyncio.run(limiter.close())

@@ -28,6 +28,7 @@ import pytest
 
 from berth.config import Settings
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from tests.conftest import BERTH, Run, register_iris, require_service, serving
 from tests.ports import free_port
@@ -147,7 +148,9 @@ def deployed(
     settings = Settings(home=folder / "home")
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    _, key = KeyService(registry.db, server_secret(settings)).create("client", ("predict",))
+    _, key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
+        "client", ("predict",)
+    )
     registry.db.dispose()
     env = dict(ray_cluster.env)
     env.update(

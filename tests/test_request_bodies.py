@@ -155,6 +155,7 @@ def api_factory(iris_files: Any, churn_files: Any) -> Iterator[Any]:
 
     from berth.api.app import build_services, create_app
     from berth.registry.service import Registry
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
     from tests.conftest import register_churn, register_iris
 
@@ -165,7 +166,9 @@ def api_factory(iris_files: Any, churn_files: Any) -> Iterator[Any]:
         register_iris(registry, iris_files, aliases=("production",))
         register_churn(registry, churn_files)
         EndpointService(registry).create("iris", "iris@production")
-        _, key = KeyService(registry.db, server_secret(settings)).create("t", ("predict", "read"))
+        _, key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
+            "t", ("predict", "read")
+        )
         client = TestClient(create_app(settings, build_services(settings, registry)))
         client.__enter__()
         opened.append((client, registry))

@@ -25,6 +25,7 @@ from berth.registration.service import RegisterRequest, register
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
 from berth.runtimes.loading import artifact_path
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from tests.conftest import register_iris
@@ -73,7 +74,7 @@ def _secured(
     )
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",), trust_pickle=True)
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     secrets: dict[str, str] = {}
     for name, scopes in {
         "admin": ("admin",),

@@ -34,6 +34,7 @@ from berth.config import ModelServing, Settings
 from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.runtimes.base import ModelInput, Prediction
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.serving.cache import KEY_PREFIX
 from berth.serving.cache_keys import cache_key
@@ -142,9 +143,9 @@ def serve(settings: Settings, iris_files: tuple[Path, Path], tmp_path: Path) -> 
             register_iris(registry, iris_files, aliases=("production",))
             for name, source in (python or {}).items():
                 register_python(registry, tmp_path / f"{name}-{uuid.uuid4().hex[:6]}", name, source)
-            key = KeyService(registry.db, server_secret(configured)).create(
-                f"tester-{uuid.uuid4().hex[:6]}", ("predict", "read")
-            )[1]
+            key = KeyService(
+                registry.db, server_secret(KeyConfig.from_settings(configured))
+            ).create(f"tester-{uuid.uuid4().hex[:6]}", ("predict", "read"))[1]
         app = create_app(configured, build_services(configured, registry))
         return Served(app=app, registry=registry, key=key, home=home)
 

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from berth.config import Settings
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
+from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.serving.route_stats import RouteStats, _Totals
 from berth.store.audit import AuditLog
@@ -59,7 +60,7 @@ def admin(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Admin]:
     register_iris(registry, iris_files, aliases=("production",))
     register_iris(registry, iris_files)
     register_iris(registry, iris_files)
-    keys = KeyService(registry.db, server_secret(settings))
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
     secrets = {
         "admin": keys.create("ops", ("admin",))[1],
         "user": keys.create("user", ("predict", "read"))[1],

@@ -24,6 +24,7 @@ from berth.api import (
     v2,
 )
 from berth.api.auth import Authenticator
+from berth.api.config import HttpConfig
 from berth.api.hot_path import HotPathMiddleware
 from berth.api.middleware.access_log import AccessLogMiddleware
 from berth.api.middleware.compression import CompressionMiddleware
@@ -34,14 +35,17 @@ from berth.api.middleware.request_id import RequestIdMiddleware
 from berth.api.middleware.tracing import TracingMiddleware
 from berth.api.services import Services
 from berth.config import Settings, load_settings
+from berth.monitoring.config import DriftConfig, PerformanceConfig, PredictionLogConfig
 from berth.monitoring.log_fields import bind_prediction
 from berth.monitoring.prediction_metrics import PredictionMetrics
 from berth.observability import tracing
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
+from berth.rollouts.config import RolloutControllerConfig
 from berth.rollouts.controller import LEASE_NAME, RolloutController
 from berth.rollouts.probe import DataPlaneProbe
 from berth.security.auth import KeyVerifier
+from berth.security.config import JwtConfig, KeyConfig, RateLimitConfig
 from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
@@ -82,13 +86,15 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
     )
     dataplane.observers.append(bind_prediction)
-    keys = KeyService(registry.db, server_secret(settings))
+    key_config = KeyConfig.from_settings(settings)
+    keys = KeyService(registry.db, server_secret(key_config))
     audit = AuditQueue(AuditLog(registry.db))
+    rates = RateLimitConfig.from_settings(settings)
     auth = Authenticator(
-        settings,
-        keys=None if settings.dev else KeyVerifier(keys, settings.refresh_seconds),
-        jwt=None if settings.dev else JwtVerifier.from_settings(settings),
-        limiter=build_limiter(settings),
+        rates,
+        keys=None if settings.dev else KeyVerifier(keys, key_config.refresh_seconds),
+        jwt=None if settings.dev else JwtVerifier.from_config(JwtConfig.from_settings(settings)),
+        limiter=build_limiter(rates),
         audit=audit,
     )
     return Services(
@@ -108,22 +114,24 @@ def _prediction_cache(settings: Settings) -> PredictionCache | None:
     )
 
 
-def _rollout_controller(settings: Settings, svc: Services) -> RolloutController | None:
+def _rollout_controller(config: RolloutControllerConfig, svc: Services) -> RolloutController | None:
     """Every server process runs one; the lease lets one of them act at a time."""
-    if not settings.rollout_controller:
+    if not config.enabled:
         return None
-    lease = Lease(svc.registry.db, LEASE_NAME, process_holder(), ttl_seconds=settings.lease_seconds)
+    lease = Lease(svc.registry.db, LEASE_NAME, process_holder(), ttl_seconds=config.lease_seconds)
     return RolloutController(
         svc.registry,
         DataPlaneProbe(svc.dataplane),
         lease=lease,
-        interval=settings.controller_interval_seconds,
+        interval=config.interval_seconds,
     )
 
 
 def create_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:
     settings = settings or Settings()
     svc = svc or build_services(settings)
+    http = HttpConfig.from_settings(settings)
+    drift_config = DriftConfig.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -132,7 +140,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         svc.audit.start()
         await monitoring.start()
         await svc.dataplane.start()
-        drift_monitor.start(settings.drift_refresh_seconds)
+        drift_monitor.start(drift_config.refresh_seconds)
         if controller is not None:
             controller.start()
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
@@ -174,25 +182,28 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     )
     for router in routers:
         app.include_router(router)
-    docs.attach(app, "public" if settings.dev else settings.docs)
-    monitoring = feedback.attach(app, svc)
-    drift_monitor = drift.attach(app, svc, window_rows=settings.drift_window_rows)
-    controller = _rollout_controller(settings, svc)
+    docs.attach(app, http.docs)
+    monitoring = feedback.attach(
+        app,
+        svc,
+        PredictionLogConfig.from_settings(settings),
+        PerformanceConfig.from_settings(settings),
+    )
+    drift_monitor = drift.attach(app, svc, drift_config)
+    controller = _rollout_controller(RolloutControllerConfig.from_settings(settings), svc)
     # Added innermost first: a request passes request id, tracing, access log, compression, then
     # its whole body is received (bounded in size and time) before load shedding counts it;
     # prediction routes then go straight to their handlers.
     app.add_middleware(HotPathMiddleware)
     app.add_middleware(RateHeadersMiddleware)
-    app.add_middleware(LoadSheddingMiddleware, max_concurrent=settings.max_concurrent_requests)
+    app.add_middleware(LoadSheddingMiddleware, max_concurrent=http.max_concurrent_requests)
     app.add_middleware(
         RequestBodyMiddleware,
-        max_bytes=settings.max_body_bytes,
-        timeout_seconds=settings.body_timeout_seconds,
+        max_bytes=http.max_body_bytes,
+        timeout_seconds=http.body_timeout_seconds,
     )
-    app.add_middleware(CompressionMiddleware, min_bytes=settings.compress_min_bytes)
-    app.add_middleware(
-        AccessLogMiddleware, enabled=settings.access_log, sample=settings.access_log_sample
-    )
+    app.add_middleware(CompressionMiddleware, min_bytes=http.compress_min_bytes)
+    app.add_middleware(AccessLogMiddleware, enabled=http.access_log, sample=http.access_log_sample)
     app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from berth.config import Settings
 from berth.errors import Unauthenticated
 from berth.observability import tracing
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
+from berth.security.config import RateLimitConfig
 from berth.security.jwt import JwtVerifier, looks_like_jwt
 from berth.security.ratelimit import Decision, RateLimiter, check, parse_rate
 from berth.store.audit import AuditEvent, AuditQueue
@@ -18,14 +18,14 @@ RATE_STATE = "rate_limit"
 class Authenticator:
     def __init__(
         self,
-        settings: Settings,
+        rates: RateLimitConfig,
         keys: KeyVerifier | None,
         jwt: JwtVerifier | None,
         limiter: RateLimiter,
         audit: AuditQueue | None,
     ) -> None:
         """`keys=None` means dev mode: every caller is trusted (and limited by address)."""
-        self.settings = settings
+        self.rates = rates
         self.keys = keys
         self.jwt = jwt
         self.limiter = limiter
@@ -43,7 +43,7 @@ class Authenticator:
             raise
         await self._limit(
             request,
-            [("key", f"key:{principal.name}", principal.rate or self.settings.default_key_rate)],
+            [("key", f"key:{principal.name}", principal.rate or self.rates.default_key_rate)],
         )
         return principal
 
@@ -53,14 +53,12 @@ class Authenticator:
         return await self.keys.verify(credentials) if self.keys else DEV_PRINCIPAL
 
     async def limit_model(self, request: Request, model: str) -> None:
-        await self._limit(
-            request, [("model", f"model:{model}", self.settings.model_rates.get(model))]
-        )
+        await self._limit(request, [("model", f"model:{model}", self.rates.model_rates.get(model))])
 
     async def limit_address(self, request: Request) -> None:
         await self._limit(
             request,
-            [("address", f"address:{client_address(request)}", self.settings.open_route_rate)],
+            [("address", f"address:{client_address(request)}", self.rates.open_route_rate)],
         )
 
     async def _limit(self, request: Request, wanted: list[tuple[str, str, str | None]]) -> None:

@@ -17,6 +17,7 @@ from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
 from berth.api.services import Services, services
 from berth.errors import NotFound
+from berth.monitoring.config import DriftConfig
 from berth.monitoring.drift import (
     DRIFTED,
     MODERATE,
@@ -112,14 +113,14 @@ async def drift(request: Request) -> Response:
     )
 
 
-def attach(app: FastAPI, svc: Services, window_rows: int = 5_000) -> DriftMonitor:
+def attach(app: FastAPI, svc: Services, config: DriftConfig) -> DriftMonitor:
     """Watch drift in this process: the monitor observes predictions and the route serves it.
 
-    The caller starts it in the lifespan (`monitor.start(interval)`) and stops it
+    The caller starts it in the lifespan (`monitor.start(config.refresh_seconds)`) and stops it
     (`await monitor.stop()`). With several worker processes each keeps its own window of the
     requests it handled; the route answers from the worker that takes the request.
     """
-    monitor = DriftMonitor(window_rows=window_rows, is_active=svc.dataplane.is_loaded)
+    monitor = DriftMonitor(window_rows=config.window_rows, is_active=svc.dataplane.is_loaded)
     svc.dataplane.observers.append(monitor)
     app.state.drift = monitor
     app.include_router(router)

@@ -27,6 +27,7 @@ from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
 from berth.errors import Forbidden, InvalidInput, PayloadTooLarge
+from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
 from berth.monitoring.feedback import store_feedback
 from berth.monitoring.performance import (
     MAX_LABELLED,
@@ -34,7 +35,7 @@ from berth.monitoring.performance import (
     Window,
     compute_performance,
 )
-from berth.monitoring.prediction_log import MonitoringConfig, PredictionLog
+from berth.monitoring.prediction_log import PredictionLog
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
 
@@ -53,16 +54,16 @@ _EXAMPLE = (
 class Monitoring:
     """The prediction log and the performance gauges of one server process."""
 
-    def __init__(self, svc: Services, config: MonitoringConfig | None = None) -> None:
-        self.config = config or MonitoringConfig.from_settings(svc.settings)
+    def __init__(
+        self, svc: Services, log: PredictionLogConfig, performance: PerformanceConfig
+    ) -> None:
         db = svc.registry.db
-        self.log = PredictionLog(db, self.config)
+        self.log = PredictionLog(db, log)
         dataplane = svc.dataplane
         self.gauges = PerformanceGauges(
             db,
             lambda: [(v.model, v.number) for v in dataplane.loaded_versions()],
-            window=self.config.performance_window,
-            interval=self.config.performance_refresh_seconds,
+            performance,
         )
 
     async def start(self) -> None:
@@ -74,12 +75,14 @@ class Monitoring:
         await self.log.stop()
 
 
-def attach(app: FastAPI, svc: Services, config: MonitoringConfig | None = None) -> Monitoring:
+def attach(
+    app: FastAPI, svc: Services, log: PredictionLogConfig, performance: PerformanceConfig
+) -> Monitoring:
     """Serve the routes, log every prediction; the caller starts and stops the result."""
-    monitoring = Monitoring(svc, config)
+    monitoring = Monitoring(svc, log, performance)
     app.state.monitoring = monitoring
     app.include_router(router)
-    if monitoring.config.enabled:
+    if log.enabled:
         svc.dataplane.observers.append(monitoring.log.observe)
     return monitoring
 

@@ -20,9 +20,9 @@ from berth.api import openapi_schemas as doc
 from berth.api.admin import admin_caller
 from berth.api.json_body import json_response, read_object
 from berth.api.services import Services
-from berth.config import Settings
 from berth.errors import InvalidInput
 from berth.jobs import records as r
+from berth.jobs.config import JobsConfig
 from berth.jobs.launch import launch
 from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
 from berth.jobs.requests import (
@@ -41,7 +41,7 @@ from berth.request_model import NoFields
 from berth.store.audit import AuditLog, event
 
 T = TypeVar("T")
-Launcher = Callable[[Settings, int, Sequence[str]], object]
+Launcher = Callable[[JobsConfig, int, Sequence[str]], object]
 """Starts the process of a queued job (`berth.jobs.launch.launch`). Tests put another on
 `app.state.job_launcher`, so that requests they make start no process."""
 
@@ -235,7 +235,7 @@ def _start(
         event(who["actor"], who["address"], "job.create", f"job {info.id}", detail)
     )
     try:
-        launcher(svc.settings, info.id, args)
+        launcher(JobsConfig.from_settings(svc.settings), info.id, args)
     except OSError as exc:
         service.finish(info.id, r.FAILED, r.Counts(), f"its process could not start: {exc}")
         raise

@@ -33,6 +33,7 @@ def registry() -> Registry:
 
 
 def keys() -> KeyService:
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
-    return KeyService(registry().db, server_secret(settings()))
+    return KeyService(registry().db, server_secret(KeyConfig.from_settings(settings())))

@@ -60,8 +60,9 @@ def prune() -> None:
 
     A running server does this every minute on its own.
     """
-    from berth.monitoring.prediction_log import MonitoringConfig, PredictionLog
+    from berth.monitoring.config import PredictionLogConfig
+    from berth.monitoring.prediction_log import PredictionLog
 
-    log = PredictionLog(registry().db, MonitoringConfig.from_settings(settings()))
+    log = PredictionLog(registry().db, PredictionLogConfig.from_settings(settings()))
     deleted = log.apply_retention()
     typer.echo(f"deleted {deleted} logged predictions")

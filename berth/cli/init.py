@@ -10,10 +10,11 @@ def init() -> None:
 
     Example: berth init   (uses BERTH_HOME, default ./.berth)
     """
+    from berth.security.config import KeyConfig
     from berth.security.keys import server_secret
 
     current = settings()
     registry()
-    server_secret(current)
+    server_secret(KeyConfig.from_settings(current))
     console.print(f"Initialised Berth in [bold]{current.home.resolve()}[/]")
     console.print("Next: berth models register NAME PATH --sample FILE --alias production")

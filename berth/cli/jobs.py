@@ -102,11 +102,12 @@ def show(
 
     Example: berth jobs show 12
     """
+    from berth.jobs.config import JobsConfig
     from berth.jobs.launch import job_log
     from berth.jobs.sql import shown
 
     job = _service().get(job_id)
-    log = job_log(settings(), job.id)
+    log = job_log(JobsConfig.from_settings(settings()), job.id)
     if as_json:
         document = {
             **job.to_dict(),

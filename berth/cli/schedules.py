@@ -239,6 +239,7 @@ def scheduler(
 
     Example: berth scheduler --interval 30s --grace 1h
     """
+    from berth.jobs.config import JobsConfig
     from berth.jobs.scheduler import LEASE_NAME, Scheduler, lease_ttl, process_launcher
     from berth.observability.logging import configure_logging
     from berth.store.lease import Lease, process_holder
@@ -254,7 +255,8 @@ def scheduler(
     configure_logging(config.log_level, json=log_format == "json")
     db = registry().db
     lease = Lease(db, LEASE_NAME, process_holder(), ttl_seconds=lease_ttl(every))
-    worker = Scheduler(db, process_launcher(config), lease=lease, grace=late)
+    launcher = process_launcher(JobsConfig.from_settings(config))
+    worker = Scheduler(db, launcher, lease=lease, grace=late)
     if once:
         try:
             result = worker.tick()

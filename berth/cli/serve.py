@@ -194,6 +194,7 @@ def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> 
 
     try:
         from berth.deploy.ray_engine import RayServing, serve_on_ray
+        from berth.deploy.ray_options import ReplicaOptions
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise InvalidInput(
             f"--engine ray needs Ray Serve ({exc}); install it with `pip install 'berth[ray]'`"
@@ -201,10 +202,21 @@ def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> 
     if options.dev:
         err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
     console.print(f"Deploying {', '.join(options.served)} to Ray Serve ...")
-    serving = RayServing(options.served, options.host, options.port, address, detach)
+    current = load_settings()
+    serving = RayServing(
+        options.served,
+        options.host,
+        options.port,
+        replicas=ReplicaOptions.from_settings(current),
+        home=current.home,
+        database_url=current.resolved_database_url,
+        artifact_url=current.resolved_artifact_url,
+        address=address,
+        detach=detach,
+    )
     # Replicas get the options as variables; this process's environment stays as it was.
     environ = {**os.environ, **options.environment()}
-    serve_on_ray(serving, load_settings(), console.print, environ=environ)
+    serve_on_ray(serving, console.print, environ=environ)
 
 
 def _production_models() -> list[str]:

@@ -43,6 +43,7 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
     from berth.demo_model import MODEL, train
     from berth.registration.service import RegisterRequest, register
     from berth.registry.service import Registry
+    from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
 
     settings = Settings(
@@ -65,7 +66,7 @@ def _register_demo(database_url: str, workdir: Path, secret: str) -> tuple[str, 
                 aliases=("production",),
             ),
         )
-        _, key = KeyService(registry.db, server_secret(settings)).create(
+        _, key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
             "cluster-demo", ("predict", "read")
         )
     finally:

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from berth.config import Settings
 from berth.deploy.ray_options import APPLICATION_NAME, MULTIPROCESS_ENV, ReplicaOptions
 from berth.errors import InvalidInput
 
@@ -33,10 +32,23 @@ class RayServing:
     """Where and how `berth serve --engine ray` deploys."""
 
     served: list[str]
+    """References the application serves."""
     host: str
+    """Address Ray Serve's proxy listens on."""
     port: int
+    """Port Ray Serve's proxy listens on."""
+    replicas: ReplicaOptions
+    """Replica count, autoscaling and CPUs."""
+    home: Path
+    """The data directory replicas use (made absolute for them: their working directory differs)."""
+    database_url: str
+    """The registry replicas read: on a cluster, one every node reaches."""
+    artifact_url: str
+    """The artifact store replicas read: on a cluster, one every node reaches."""
     address: str | None = None
+    """Ray cluster to deploy to; None starts a local Ray instance."""
     detach: bool = False
+    """Leave the application running on the cluster when the command stops."""
 
     @property
     def local(self) -> bool:
@@ -46,7 +58,7 @@ class RayServing:
         return "a local Ray instance" if self.local else f"the Ray cluster at {self.address}"
 
 
-def replica_environment(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
+def replica_environment(home: Path, environ: dict[str, str]) -> dict[str, str]:
     """The `BERTH_*` variables replicas start with; relative paths made absolute.
 
     Replicas run in Ray's worker processes, whose working directory is not this one, so the
@@ -56,7 +68,7 @@ def replica_environment(settings: Settings, environ: dict[str, str]) -> dict[str
     and `serve status` show to whoever can reach the cluster.
     """
     env = {name: value for name, value in environ.items() if name.startswith("BERTH_")}
-    env["BERTH_HOME"] = str(Path(settings.home).resolve())
+    env["BERTH_HOME"] = str(home.resolve())
     if "BERTH_CONFIG" in env:
         env["BERTH_CONFIG"] = str(Path(env["BERTH_CONFIG"]).resolve())
     elif Path("berth.toml").is_file():  # found by its relative name, which replicas would miss
@@ -67,7 +79,6 @@ def replica_environment(settings: Settings, environ: dict[str, str]) -> dict[str
 
 def serve_on_ray(
     serving: RayServing,
-    settings: Settings,
     say: Callable[[str], None],
     environ: dict[str, str] | None = None,
 ) -> None:
@@ -78,10 +89,10 @@ def serve_on_ray(
             "instance stops with this command"
         )
     if not serving.local:
-        _check_shared_state(settings)
-    env = replica_environment(settings, dict(os.environ if environ is None else environ))
+        _check_shared_state(serving)
+    env = replica_environment(serving.home, dict(os.environ if environ is None else environ))
     with _shared_metrics(serving, env):
-        options = ReplicaOptions.from_settings(settings, env)
+        options = replace(serving.replicas, env=env)
         with _ray(serving):
             from ray import serve
 
@@ -110,10 +121,10 @@ def serve_on_ray(
                 serve.delete(APPLICATION_NAME)
 
 
-def _check_shared_state(settings: Settings) -> None:
+def _check_shared_state(serving: RayServing) -> None:
     """Replicas on other machines must reach the same registry and artifacts as this one."""
-    database = settings.resolved_database_url
-    artifacts = settings.resolved_artifact_url
+    database = serving.database_url
+    artifacts = serving.artifact_url
     if database.startswith("sqlite") or "://" not in artifacts:
         # A warning, not a refusal: a one-machine cluster (or a shared mount) works.
         log.warning(

@@ -22,13 +22,22 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 @dataclass(frozen=True)
 class ReplicaOptions:
-    """How many replicas Ray Serve runs and how it scales them."""
+    """How many replicas Ray Serve runs and how it scales them.
+
+    The defaults are those of an application builder's `args` that leave a field out; a server
+    deploys with `from_settings`.
+    """
 
     min_replicas: int = 1
+    """Fewest replicas (and how many start)."""
     max_replicas: int = 4
+    """Most replicas the autoscaler may start."""
     target_ongoing_requests: float = 8.0
+    """Requests in flight per replica the autoscaler aims at."""
     max_ongoing_requests: int = 64
+    """Requests Ray sends one replica at once; the replica sheds load beyond it itself."""
     replica_cpus: float = 1.0
+    """CPUs Ray reserves for each replica."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables every replica starts with: the `BERTH_*` settings it builds its app from."""
 
@@ -46,7 +55,8 @@ class ReplicaOptions:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings, env: dict[str, str]) -> ReplicaOptions:
+    def from_settings(cls, settings: Settings) -> ReplicaOptions:
+        """The `ray_*` settings; `env` is left for the engine to fill in."""
         return cls(
             min_replicas=settings.ray_min_replicas,
             max_replicas=settings.ray_max_replicas,
@@ -54,7 +64,6 @@ class ReplicaOptions:
             # A replica sheds load beyond this itself (503), so Ray need not queue more on it.
             max_ongoing_requests=settings.max_concurrent_requests,
             replica_cpus=settings.ray_replica_cpus,
-            env=env,
         )
 
     def deployment_options(self) -> dict[str, Any]:

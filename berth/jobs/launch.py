@@ -10,17 +10,17 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from berth.config import Settings
+from berth.jobs.config import JobsConfig
 
 
-def job_log(settings: Settings, job_id: int) -> Path:
-    return settings.home.resolve() / "jobs" / f"{job_id}.log"
+def job_log(config: JobsConfig, job_id: int) -> Path:
+    return config.log_dir / f"{job_id}.log"
 
 
-def launch(settings: Settings, job_id: int, args: Sequence[str]) -> subprocess.Popen[bytes]:
+def launch(config: JobsConfig, job_id: int, args: Sequence[str]) -> subprocess.Popen[bytes]:
     """Run `berth batch run *args --job job_id --quiet` detached; the process inherits the
     environment (so the same registry and artifact store) and survives its parent."""
-    log = job_log(settings, job_id)
+    log = job_log(config, job_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,

@@ -33,9 +33,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from berth.config import Settings
 from berth.errors import BerthError, InvalidInput
 from berth.jobs import records
+from berth.jobs.config import JobsConfig
 from berth.jobs.records import Counts, JobService
 from berth.jobs.run_args import parse_run_args
 from berth.jobs.schedules import MISSED, STARTED, ScheduleInfo, ScheduleService, when
@@ -67,11 +67,11 @@ Launcher = Callable[[int, Sequence[str]], Child | None]
 """Starts `berth batch run ARGS --job ID` for the job id and run arguments given."""
 
 
-def process_launcher(settings: Settings) -> Launcher:
-    """The real launcher: each job a detached process logging to `<home>/jobs/ID.log`."""
+def process_launcher(config: JobsConfig) -> Launcher:
+    """The real launcher: each job a detached process logging to `<log_dir>/ID.log`."""
     from berth.jobs.launch import launch
 
-    return lambda job_id, args: launch(settings, job_id, args)
+    return lambda job_id, args: launch(config, job_id, args)
 
 
 def lease_ttl(interval: timedelta) -> float:

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -28,6 +28,7 @@ import numpy as np
 from prometheus_client import Gauge
 from sqlalchemy import func, select
 
+from berth.monitoring.config import PerformanceConfig
 from berth.observability import metrics
 from berth.observability.window import MAX_LABELLED as MAX_LABELLED
 from berth.observability.window import Window as Window
@@ -216,13 +217,11 @@ class PerformanceGauges:
         self,
         db: Database,
         versions: Callable[[], list[tuple[str, int]]],
-        window: timedelta = timedelta(hours=24),
-        interval: float = 10.0,
+        config: PerformanceConfig,
     ) -> None:
         self.db = db
         self.versions = versions
-        self.window = window
-        self.interval = interval
+        self.config = config
         self._set: set[tuple[str, str, str]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -238,7 +237,7 @@ class PerformanceGauges:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.config.refresh_seconds)
             try:
                 await anyio.to_thread.run_sync(self.update)
             except Exception:
@@ -248,7 +247,7 @@ class PerformanceGauges:
         """Recompute every served version's gauges; drop those of versions gone or unjudged."""
         fresh: set[tuple[str, str, str]] = set()
         for model, number in self.versions():
-            found = compute_performance(self.db, model, number, Window(since=self.window))
+            found = compute_performance(self.db, model, number, Window(since=self.config.window))
             scores = found[0].scores if found else Scores()
             for metric in METRICS:
                 value = getattr(scores, metric)

@@ -18,8 +18,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -27,7 +26,7 @@ import numpy as np
 from prometheus_client import Counter
 from sqlalchemy import Table, delete, insert, select
 
-from berth.durations import parse_duration
+from berth.monitoring.config import PredictionLogConfig
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
 from berth.store.db import Database
@@ -46,58 +45,12 @@ PREDICTION_LOG_WRITTEN = Counter(
 )
 
 
-@dataclass(frozen=True)
-class MonitoringConfig:
-    """The prediction log's and the performance gauges' settings (see `from_settings`)."""
-
-    enabled: bool = True
-    queue_rows: int = 100_000
-    batch_rows: int = 500
-    flush_seconds: float = 0.5
-    max_age: timedelta = timedelta(days=30)
-    max_rows: int = 1_000_000
-    retention_seconds: float = 60.0
-    performance_window: timedelta = timedelta(hours=24)
-    performance_refresh_seconds: float = 10.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> MonitoringConfig:
-        """Read the `prediction_log_*` / `performance_*` settings, defaults where absent."""
-        default = cls()
-
-        def get(name: str, fallback: Any) -> Any:
-            value = getattr(settings, name, None)
-            return fallback if value is None else value
-
-        def duration(name: str, fallback: timedelta) -> timedelta:
-            value = getattr(settings, name, None)
-            if value is None:
-                return fallback
-            return value if isinstance(value, timedelta) else parse_duration(str(value))
-
-        return cls(
-            enabled=bool(get("prediction_log_enabled", default.enabled)),
-            queue_rows=int(get("prediction_log_queue_rows", default.queue_rows)),
-            batch_rows=int(get("prediction_log_batch_rows", default.batch_rows)),
-            flush_seconds=float(get("prediction_log_flush_seconds", default.flush_seconds)),
-            max_age=duration("prediction_log_max_age", default.max_age),
-            max_rows=int(get("prediction_log_max_rows", default.max_rows)),
-            retention_seconds=float(
-                get("prediction_log_retention_seconds", default.retention_seconds)
-            ),
-            performance_window=duration("performance_window", default.performance_window),
-            performance_refresh_seconds=float(
-                get("performance_refresh_seconds", default.performance_refresh_seconds)
-            ),
-        )
-
-
 class PredictionLog:
     """Buffers predictions from the event loop and writes them to `predictions` in batches."""
 
-    def __init__(self, db: Database, config: MonitoringConfig | None = None) -> None:
+    def __init__(self, db: Database, config: PredictionLogConfig) -> None:
         self.db = db
-        self.config = config or MonitoringConfig()
+        self.config = config
         self._pending: deque[tuple[PredictResult, datetime]] = deque()
         self._pending_rows = 0
         self._wake: asyncio.Event | None = None

@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 from jwt.types import Options
 
-from berth.config import Settings
 from berth.errors import InvalidInput, NotReady, Unauthenticated
 from berth.security.auth import Principal
+from berth.security.config import JwtConfig
 from berth.security.keys import check_scopes
 
 log = logging.getLogger("berth.security")
@@ -204,38 +204,33 @@ class JwtVerifier:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JwtVerifier | None:
-        """The configured verifier, or None when no JWT setting is set."""
-        if (
-            settings.jwt_secret is None
-            and settings.jwt_secret_file is None
-            and settings.jwt_public_key_file is None
-            and settings.jwt_jwks is None
-        ):
+    def from_config(cls, config: JwtConfig) -> JwtVerifier | None:
+        """The configured verifier, or None when no source of keys is configured."""
+        if not config.configured:
             return None
-        if settings.jwt_secret is not None and settings.jwt_secret_file is not None:
+        if config.secret is not None and config.secret_file is not None:
             raise InvalidInput("set either BERTH_JWT_SECRET or BERTH_JWT_SECRET_FILE, not both")
         secret: bytes | None = None
-        if settings.jwt_secret is not None:
-            secret = settings.jwt_secret.get_secret_value().encode()
+        if config.secret is not None:
+            secret = config.secret.get_secret_value().encode()
             if not secret:
                 raise InvalidInput("BERTH_JWT_SECRET is empty; set a secret or unset it")
-        elif settings.jwt_secret_file is not None:
-            secret = read_secret_file(settings.jwt_secret_file)
+        elif config.secret_file is not None:
+            secret = read_secret_file(config.secret_file)
         public_key = None
-        if settings.jwt_public_key_file is not None:
-            public_key = load_public_key_file(settings.jwt_public_key_file)
-        if settings.jwt_jwks is not None and not settings.jwt_jwks.strip():
+        if config.public_key_file is not None:
+            public_key = load_public_key_file(config.public_key_file)
+        if config.jwks is not None and not config.jwks.strip():
             raise InvalidInput("BERTH_JWT_JWKS is empty; set a file path or URL, or unset it")
         return cls(
             secret=secret,
             public_key=public_key,
-            jwks=settings.jwt_jwks.strip() if settings.jwt_jwks is not None else None,
-            jwks_refresh_seconds=settings.jwt_jwks_refresh_seconds,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            scope_claim=settings.jwt_scope_claim,
-            leeway_seconds=settings.jwt_leeway_seconds,
+            jwks=config.jwks.strip() if config.jwks is not None else None,
+            jwks_refresh_seconds=config.jwks_refresh_seconds,
+            issuer=config.issuer,
+            audience=config.audience,
+            scope_claim=config.scope_claim,
+            leeway_seconds=config.leeway_seconds,
         )
 
     async def verify(self, token: str) -> Principal:

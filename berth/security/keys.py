@@ -21,9 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from berth.config import Settings
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.registry.references import check_name
+from berth.security.config import KeyConfig
 from berth.security.ratelimit import parse_rate
 from berth.security.scopes import DEFAULT_SCOPES as DEFAULT_SCOPES
 from berth.security.scopes import SCOPES as SCOPES
@@ -81,10 +81,10 @@ class StoredKey:
         return current or earlier
 
 
-def server_secret(settings: Settings) -> bytes:
-    if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value().encode()
-    path = settings.home / "secret.key"
+def server_secret(config: KeyConfig) -> bytes:
+    if config.secret is not None:
+        return config.secret.get_secret_value().encode()
+    path = config.secret_file
     if not path.exists():
         _create_secret_file(path)
     secret = path.read_text().strip()

@@ -25,16 +25,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from prometheus_client import Counter
 from redis.exceptions import NoScriptError, RedisError
 
 from berth import redis_client
 from berth.errors import InvalidInput, NotReady, RateLimited
-
-if TYPE_CHECKING:
-    from berth.config import Settings
+from berth.security.config import RateLimitConfig
 
 log = logging.getLogger("berth.security")
 
@@ -324,10 +322,10 @@ class RedisRateLimiter:
         await self._client.aclose()
 
 
-def build_limiter(settings: Settings) -> RateLimiter:
+def build_limiter(config: RateLimitConfig) -> RateLimiter:
     """Redis when `redis_url` is set (limits shared by replicas), else in-process buckets."""
-    if settings.redis_url:
-        return RedisRateLimiter(settings.redis_url, fail_open=settings.rate_limit_fail_open)
+    if config.redis_url:
+        return RedisRateLimiter(config.redis_url, fail_open=config.fail_open)
     return MemoryRateLimiter()
 
 
