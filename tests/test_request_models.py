@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from berth.api import openapi_schemas as doc
+from berth.api.openapi import common as doc
 from berth.cli.flags import from_flags
 from berth.errors import InvalidInput
 from berth.registry.requests import AliasRequest

@@ -13,9 +13,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.auth import client_address
 from berth.api.json_body import json_response, read_object
+from berth.api.openapi import common as doc
+from berth.api.openapi import models as models_doc
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
@@ -38,7 +39,10 @@ async def admin_caller(request: Request) -> tuple[Services, dict[str, Any]]:
 @router.get(
     "/keys",
     summary="List API keys (never their secrets)",
-    responses={**doc.ok(doc.KEYS, "Every key, without secrets."), **doc.errors(*doc.READ_ERRORS)},
+    responses={
+        **doc.ok(models_doc.KEYS, "Every key, without secrets."),
+        **doc.errors(*doc.READ_ERRORS),
+    },
 )
 async def list_keys(request: Request) -> Response:
     svc, _who = await admin_caller(request)
@@ -52,7 +56,9 @@ async def list_keys(request: Request) -> Response:
     status_code=201,
     openapi_extra=doc.request_body(KeyRequest),
     responses={
-        **doc.ok(doc.KEY_WITH_SECRET, "The key, and its secret (shown only here).", status=201),
+        **doc.ok(
+            models_doc.KEY_WITH_SECRET, "The key, and its secret (shown only here).", status=201
+        ),
         **doc.errors(400, 409, 413, *doc.READ_ERRORS),
     },
 )
@@ -71,7 +77,7 @@ async def create_key(request: Request) -> Response:
     summary="New secret; the old one works for the grace period",
     openapi_extra=doc.combined(doc.parameters(doc.KEY_NAME), doc.request_body(RotateRequest)),
     responses={
-        **doc.ok(doc.KEY_WITH_SECRET, "The key, and its new secret (shown only here)."),
+        **doc.ok(models_doc.KEY_WITH_SECRET, "The key, and its new secret (shown only here)."),
         **doc.errors(400, 404, 409, 413, *doc.READ_ERRORS),
     },
 )
@@ -88,7 +94,7 @@ async def rotate_key(request: Request) -> Response:
     summary="Revoke an API key",
     openapi_extra=doc.parameters(doc.KEY_NAME),
     responses={
-        **doc.ok(doc.KEY, "The key, now revoked."),
+        **doc.ok(models_doc.KEY, "The key, now revoked."),
         **doc.errors(404, *doc.READ_ERRORS),
     },
 )
@@ -107,7 +113,7 @@ async def revoke_key(request: Request) -> Response:
         doc.request_body(AliasRequest),
     ),
     responses={
-        **doc.ok(doc.VERSION_INFO, "The version the alias now points at."),
+        **doc.ok(models_doc.VERSION_INFO, "The version the alias now points at."),
         **doc.errors(400, 404, 413, *doc.READ_ERRORS),
     },
 )
@@ -126,7 +132,7 @@ async def set_alias(request: Request) -> Response:
     summary="Remove an alias",
     openapi_extra=doc.parameters(doc.MODEL_NAME, doc.ALIAS),
     responses={
-        **doc.ok(doc.ALIAS_REMOVED, "The alias is gone."),
+        **doc.ok(models_doc.ALIAS_REMOVED, "The alias is gone."),
         **doc.errors(400, 404, *doc.READ_ERRORS),
     },
 )
@@ -142,7 +148,7 @@ async def remove_alias(request: Request) -> Response:
     summary="Delete a version (refused while aliased)",
     openapi_extra=doc.parameters(doc.MODEL_NAME, doc.VERSION),
     responses={
-        **doc.ok(doc.VERSION_DELETED, "The version and its artifact are gone."),
+        **doc.ok(models_doc.VERSION_DELETED, "The version and its artifact are gone."),
         **doc.errors(400, 404, 409, *doc.READ_ERRORS),
     },
 )
@@ -157,9 +163,9 @@ async def delete_version(request: Request) -> Response:
 @router.get(
     "/audit",
     summary="Audit events, newest first",
-    openapi_extra=doc.parameters(*doc.AUDIT_QUERY),
+    openapi_extra=doc.parameters(*models_doc.AUDIT_QUERY),
     responses={
-        **doc.ok(doc.AUDIT_EVENTS, "Matching events, newest first."),
+        **doc.ok(models_doc.AUDIT_EVENTS, "Matching events, newest first."),
         **doc.errors(400, *doc.READ_ERRORS),
     },
 )

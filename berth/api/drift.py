@@ -13,8 +13,8 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
+from berth.api.openapi import common as doc
 from berth.api.services import Services, services
 from berth.errors import NotFound
 from berth.monitoring.config import DriftConfig

@@ -21,8 +21,8 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response, read_object
+from berth.api.openapi import common as doc
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration

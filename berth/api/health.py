@@ -8,8 +8,8 @@ from fastapi.responses import PlainTextResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
+from berth.api.openapi import common as doc
 from berth.api.services import services
 from berth.observability import metrics as prometheus
 

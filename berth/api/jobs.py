@@ -16,9 +16,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.admin import admin_caller
 from berth.api.json_body import json_response, read_object
+from berth.api.openapi import common as doc
 from berth.api.services import Services
 from berth.errors import InvalidInput
 from berth.jobs import records as r

@@ -20,8 +20,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api import v1, v2
+from berth.api.openapi import common as doc
+from berth.api.openapi import models as models_doc
+from berth.api.openapi import v2 as v2_doc
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -43,7 +45,7 @@ class PredictionRoute:
     """The OpenAPI tag the route is listed under."""
     summary: str
     openapi_extra: dict[str, Any]
-    """Parameters, request body and credentials for the document (see `openapi_schemas`)."""
+    """Parameters, request body and credentials for the document (see `berth.api.openapi`)."""
     responses: doc.Responses
 
     @property
@@ -81,16 +83,16 @@ _BATCH_BODY = doc.json_body(
     example={"instances": [[5.1, 3.5, 1.4, 0.2]]},
 )
 _PREDICT_RESPONSES = {
-    **doc.ok(doc.SINGLE_PREDICTION, "The prediction for the row."),
+    **doc.ok(models_doc.SINGLE_PREDICTION, "The prediction for the row."),
     **doc.errors(*doc.PREDICT_ERRORS),
 }
 _BATCH_RESPONSES = {
-    **doc.ok(doc.BATCH_PREDICTION, "One prediction per row, in order."),
+    **doc.ok(models_doc.BATCH_PREDICTION, "One prediction per row, in order."),
     **doc.errors(*doc.PREDICT_ERRORS),
 }
 _WITH_REF = doc.parameters(doc.MODEL_REF)
 _WITH_ENDPOINT = doc.parameters(doc.ENDPOINT_NAME)
-_INFER_RESPONSES = {**doc.V2_INFER_OK, **doc.errors(*doc.PREDICT_ERRORS)}
+_INFER_RESPONSES = {**v2_doc.V2_INFER_OK, **doc.errors(*doc.PREDICT_ERRORS)}
 
 ROUTES: tuple[PredictionRoute, ...] = (
     PredictionRoute(
@@ -146,7 +148,9 @@ ROUTES: tuple[PredictionRoute, ...] = (
         v2.infer,
         v2.TAG,
         "Inference",
-        doc.secured(doc.parameters(doc.MODEL_NAME, doc.INFERENCE_HEADER_LENGTH), doc.V2_INFER_BODY),
+        doc.secured(
+            doc.parameters(doc.MODEL_NAME, doc.INFERENCE_HEADER_LENGTH), v2_doc.V2_INFER_BODY
+        ),
         _INFER_RESPONSES,
     ),
     PredictionRoute(
@@ -156,7 +160,7 @@ ROUTES: tuple[PredictionRoute, ...] = (
         "Inference (one version)",
         doc.secured(
             doc.parameters(doc.MODEL_NAME, doc.VERSION, doc.INFERENCE_HEADER_LENGTH),
-            doc.V2_INFER_BODY,
+            v2_doc.V2_INFER_BODY,
         ),
         _INFER_RESPONSES,
     ),

@@ -16,9 +16,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.admin import admin_caller
 from berth.api.json_body import json_response, read_object
+from berth.api.openapi import common as doc
+from berth.api.openapi import traffic as traffic_doc
 from berth.api.services import Services
 from berth.errors import InvalidInput
 from berth.registry.endpoints import EndpointService
@@ -57,7 +58,10 @@ async def _run(function: Callable[[], T]) -> T:
 @router.get(
     "/endpoints",
     summary="List endpoints with their routes",
-    responses={**doc.ok(doc.ENDPOINTS, "Every endpoint, by name."), **doc.errors(*doc.READ_ERRORS)},
+    responses={
+        **doc.ok(traffic_doc.ENDPOINTS, "Every endpoint, by name."),
+        **doc.errors(*doc.READ_ERRORS),
+    },
 )
 async def list_endpoints(request: Request) -> Response:
     svc, _who = await admin_caller(request)
@@ -71,7 +75,7 @@ async def list_endpoints(request: Request) -> Response:
     status_code=201,
     openapi_extra=doc.request_body(EndpointRequest),
     responses={
-        **doc.ok(doc.ENDPOINT_INFO, "The endpoint, with one stable route.", status=201),
+        **doc.ok(traffic_doc.ENDPOINT_INFO, "The endpoint, with one stable route.", status=201),
         **doc.errors(400, 404, 409, 413, *doc.READ_ERRORS),
     },
 )
@@ -91,7 +95,7 @@ async def create_endpoint(request: Request) -> Response:
     summary="One endpoint and its routes",
     openapi_extra=doc.parameters(doc.ENDPOINT_NAME),
     responses={
-        **doc.ok(doc.ENDPOINT_INFO, "The endpoint."),
+        **doc.ok(traffic_doc.ENDPOINT_INFO, "The endpoint."),
         **doc.errors(400, *doc.READ_ERRORS),
         404: _NOT_FOUND_ENDPOINT,
     },
@@ -108,7 +112,7 @@ async def get_endpoint(request: Request) -> Response:
     summary="Delete an endpoint (refused while a rollout or an experiment runs on it)",
     openapi_extra=doc.parameters(doc.ENDPOINT_NAME),
     responses={
-        **doc.ok(doc.ENDPOINT_DELETED, "The endpoint is gone; its history is kept."),
+        **doc.ok(traffic_doc.ENDPOINT_DELETED, "The endpoint is gone; its history is kept."),
         **doc.errors(400, 409, *doc.READ_ERRORS),
         404: _NOT_FOUND_ENDPOINT,
     },
@@ -128,7 +132,7 @@ async def delete_endpoint(request: Request) -> Response:
         doc.request_body(RoutesRequest),
     ),
     responses={
-        **doc.ok(doc.ENDPOINT_INFO, "The endpoint with its new routes."),
+        **doc.ok(traffic_doc.ENDPOINT_INFO, "The endpoint with its new routes."),
         **doc.errors(400, 409, 413, *doc.READ_ERRORS),
         404: doc.error(404, "No such endpoint, or no such version."),
     },
@@ -150,7 +154,9 @@ async def set_routes(request: Request) -> Response:
     summary="Every change of an endpoint's routes, newest first",
     openapi_extra=doc.parameters(doc.ENDPOINT_NAME),
     responses={
-        **doc.ok(doc.ENDPOINT_HISTORY, "Changes, newest first (at most 50); empty if none."),
+        **doc.ok(
+            traffic_doc.ENDPOINT_HISTORY, "Changes, newest first (at most 50); empty if none."
+        ),
         **doc.errors(400, *doc.READ_ERRORS),
     },
 )
@@ -166,7 +172,9 @@ async def endpoint_history(request: Request) -> Response:
     summary="Live traffic per routed version, and the shadow's agreement",
     openapi_extra=doc.parameters(doc.ENDPOINT_NAME),
     responses={
-        **doc.ok(doc.ENDPOINT_STATS, "Totals per route since each serving process started."),
+        **doc.ok(
+            traffic_doc.ENDPOINT_STATS, "Totals per route since each serving process started."
+        ),
         **doc.errors(400, *doc.READ_ERRORS),
         404: _NOT_FOUND_ENDPOINT,
     },
@@ -191,9 +199,9 @@ def _stats(svc: Services, name: str) -> dict[str, Any]:
 @router.get(
     "/rollouts",
     summary="List rollouts, newest first",
-    openapi_extra=doc.parameters(doc.ENDPOINT_QUERY),
+    openapi_extra=doc.parameters(traffic_doc.ENDPOINT_QUERY),
     responses={
-        **doc.ok(doc.ROLLOUTS, "Rollouts, newest first."),
+        **doc.ok(traffic_doc.ROLLOUTS, "Rollouts, newest first."),
         **doc.errors(400, *doc.READ_ERRORS),
     },
 )
@@ -213,7 +221,9 @@ async def list_rollouts(request: Request) -> Response:
     status_code=201,
     openapi_extra=doc.request_body(RolloutRequest),
     responses={
-        **doc.ok(doc.ROLLOUT_STARTED, "The rollout, and the gate report if gates ran.", 201),
+        **doc.ok(
+            traffic_doc.ROLLOUT_STARTED, "The rollout, and the gate report if gates ran.", 201
+        ),
         **doc.errors(400, 409, 413, *doc.READ_ERRORS),
         404: doc.error(404, "No such endpoint or version."),
     },
@@ -233,9 +243,9 @@ async def start_rollout(request: Request) -> Response:
 @router.get(
     "/rollouts/{id}",
     summary="One rollout with its events",
-    openapi_extra=doc.parameters(doc.ROLLOUT_ID),
+    openapi_extra=doc.parameters(traffic_doc.ROLLOUT_ID),
     responses={
-        **doc.ok(doc.ROLLOUT_INFO, "The rollout, with its events oldest first."),
+        **doc.ok(traffic_doc.ROLLOUT_INFO, "The rollout, with its events oldest first."),
         **doc.errors(400, *doc.READ_ERRORS),
         404: doc.error(404, "No such rollout."),
     },
@@ -281,7 +291,10 @@ def _action(
         openapi_extra=doc.combined(
             doc.parameters(doc.ENDPOINT_NAME), doc.request_body(model, required=False)
         ),
-        responses={**doc.ok(doc.ROLLOUT_INFO, "The rollout after the action."), **_ACTION_ERRORS},
+        responses={
+            **doc.ok(traffic_doc.ROLLOUT_INFO, "The rollout after the action."),
+            **_ACTION_ERRORS,
+        },
     )(handler)
 
 
@@ -317,9 +330,9 @@ _action(
 @router.get(
     "/experiments",
     summary="List experiments, newest first",
-    openapi_extra=doc.parameters(doc.ENDPOINT_QUERY),
+    openapi_extra=doc.parameters(traffic_doc.ENDPOINT_QUERY),
     responses={
-        **doc.ok(doc.EXPERIMENTS, "Experiments, newest first."),
+        **doc.ok(traffic_doc.EXPERIMENTS, "Experiments, newest first."),
         **doc.errors(400, *doc.READ_ERRORS),
     },
 )
@@ -336,7 +349,7 @@ async def list_experiments(request: Request) -> Response:
     status_code=201,
     openapi_extra=doc.request_body(ExperimentRequest),
     responses={
-        **doc.ok(doc.EXPERIMENT_INFO, "The experiment, running.", status=201),
+        **doc.ok(traffic_doc.EXPERIMENT_INFO, "The experiment, running.", status=201),
         **doc.errors(400, 409, 413, *doc.READ_ERRORS),
         404: doc.error(404, "No such endpoint or version."),
     },
@@ -361,9 +374,9 @@ async def start_experiment(request: Request) -> Response:
 @router.get(
     "/experiments/{name}/report",
     summary="An endpoint's experiment (running, else latest): per-variant report and tests",
-    openapi_extra=doc.parameters(doc.ENDPOINT_NAME, doc.METRICS_SOURCE_QUERY),
+    openapi_extra=doc.parameters(doc.ENDPOINT_NAME, traffic_doc.METRICS_SOURCE_QUERY),
     responses={
-        **doc.ok(doc.EXPERIMENT_REPORT, "The experiment and its report."),
+        **doc.ok(traffic_doc.EXPERIMENT_REPORT, "The experiment and its report."),
         **doc.errors(400, *doc.READ_ERRORS),
         404: doc.error(404, "The endpoint has had no experiment."),
     },
@@ -384,7 +397,7 @@ async def experiment_report(request: Request) -> Response:
         doc.request_body(ConcludeRequest),
     ),
     responses={
-        **doc.ok(doc.EXPERIMENT_INFO, "The experiment, concluded."),
+        **doc.ok(traffic_doc.EXPERIMENT_INFO, "The experiment, concluded."),
         **doc.errors(400, 409, 413, *doc.READ_ERRORS),
         404: doc.error(404, "The endpoint runs no experiment."),
     },

@@ -10,8 +10,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api import openapi_schemas as doc
 from berth.api.json_body import json_response
+from berth.api.openapi import common as doc
+from berth.api.openapi import models as models_doc
 from berth.api.routing_keys import forced_route, sticky_key
 from berth.api.services import services
 from berth.api.v1_codec import RowsDecoder
@@ -97,7 +98,10 @@ async def _run(request: Request, ref: str, single: bool, endpoint: bool) -> Pred
     "/models",
     summary="List registered models",
     openapi_extra=doc.secured(),
-    responses={**doc.ok(doc.MODELS, "Every registered model."), **doc.errors(*doc.READ_ERRORS)},
+    responses={
+        **doc.ok(models_doc.MODELS, "Every registered model."),
+        **doc.errors(*doc.READ_ERRORS),
+    },
 )
 async def list_models(request: Request) -> Response:
     svc = services(request)
@@ -111,7 +115,7 @@ async def list_models(request: Request) -> Response:
     summary="A model with its versions and aliases",
     openapi_extra=doc.secured(doc.parameters(doc.MODEL_NAME)),
     responses={
-        **doc.ok(doc.MODEL_DETAIL, "The model, with every version."),
+        **doc.ok(models_doc.MODEL_DETAIL, "The model, with every version."),
         **doc.errors(400, 404, *doc.READ_ERRORS),
     },
 )
@@ -130,7 +134,7 @@ async def get_model(request: Request) -> Response:
     summary="One version: signature, metrics, sha256",
     openapi_extra=doc.secured(doc.parameters(doc.MODEL_NAME, doc.VERSION)),
     responses={
-        **doc.ok(doc.VERSION_INFO, "The version."),
+        **doc.ok(models_doc.VERSION_INFO, "The version."),
         **doc.errors(400, 404, *doc.READ_ERRORS),
     },
 )

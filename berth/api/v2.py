@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from berth import __version__
-from berth.api import openapi_schemas as doc
 from berth.api import v2_codec
 from berth.api.json_body import json_response
+from berth.api.openapi import common as doc
+from berth.api.openapi import v2 as v2_doc
 from berth.api.routing_keys import forced_route, sticky_key
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
@@ -53,11 +54,11 @@ _DATATYPES = {
 _WITH_NAME = doc.parameters(doc.MODEL_NAME)
 _WITH_VERSION = doc.parameters(doc.MODEL_NAME, doc.VERSION)
 _METADATA_RESPONSES = {
-    **doc.ok(doc.V2_MODEL_METADATA, "The model's inputs and outputs."),
+    **doc.ok(v2_doc.V2_MODEL_METADATA, "The model's inputs and outputs."),
     **doc.errors(400, 404, *doc.READ_ERRORS),
 }
 _READY_RESPONSES = {
-    **doc.ok(doc.V2_MODEL_READY, "The model is loaded and warmed."),
+    **doc.ok(v2_doc.V2_MODEL_READY, "The model is loaded and warmed."),
     **doc.errors(400, 404, *doc.READ_ERRORS),
     503: doc.error(503, "The model is not loaded (yet), or the server is not ready."),
 }
@@ -66,7 +67,7 @@ _READY_RESPONSES = {
 @router.get(
     "/health/live",
     summary="Server live",
-    responses={**doc.ok(doc.V2_LIVE, "The server is live."), **doc.errors(*doc.OPEN_ERRORS)},
+    responses={**doc.ok(v2_doc.V2_LIVE, "The server is live."), **doc.errors(*doc.OPEN_ERRORS)},
 )
 async def live(request: Request) -> Response:
     await services(request).auth.limit_address(request)
@@ -77,12 +78,12 @@ async def live(request: Request) -> Response:
     "/health/ready",
     summary="Server ready",
     responses={
-        **doc.ok(doc.V2_READY, "Every served model is loaded."),
+        **doc.ok(v2_doc.V2_READY, "Every served model is loaded."),
         **doc.errors(*doc.OPEN_ERRORS),
         503: {
             "description": "Still loading (`ready` is false), or the rate limiter is "
             "unavailable (an `error` document).",
-            "content": {"application/json": {"schema": {"oneOf": [doc.V2_READY, doc.ERROR]}}},
+            "content": {"application/json": {"schema": {"oneOf": [v2_doc.V2_READY, doc.ERROR]}}},
         },
     },
 )
@@ -98,7 +99,7 @@ async def ready(request: Request) -> Response:
     "/",
     summary="Server metadata",
     responses={
-        **doc.ok(doc.V2_SERVER_METADATA, "Server name, version and protocol extensions."),
+        **doc.ok(v2_doc.V2_SERVER_METADATA, "Server name, version and protocol extensions."),
         **doc.errors(*doc.OPEN_ERRORS),
     },
 )
