@@ -464,6 +464,7 @@ def test_list_and_get_models(
         "description": "iris model",
         "created_at": got.created_at.isoformat(),
         "latest_version": 2,
+        "latest_flavor": "sklearn",
         "versions": [1, 2],
         "aliases": {},
     }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from berth.errors import InvalidInput
+from berth.errors import InvalidInput, NotFound
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(NAME_PATTERN)
@@ -51,6 +52,27 @@ def parse_reference(text: str) -> Reference:
             f"version numbers go up to {MAX_VERSION}"
         )
     return Reference(name=match["name"], version=version, alias=match["alias"])
+
+
+def chosen_version(ref: Reference, aliases: Mapping[str, int], versions: Sequence[int]) -> int:
+    """The version number a reference without a version number means for a model with these
+    aliases and versions (oldest first): its alias, else production, else the latest.
+
+    Pure, so that the registry and the remote CLI (which has the model's document from the API)
+    resolve `name` and `name@alias` alike, with the same messages.
+    """
+    alias = ref.alias or DEFAULT_ALIAS
+    if alias in aliases:
+        return aliases[alias]
+    if ref.alias is not None:
+        known = ", ".join(aliases) or "none"
+        raise NotFound(
+            f"model '{ref.name}' has no alias '{ref.alias}' (aliases: {known}); "
+            f"set it with `berth models alias {ref.name} {ref.alias} VERSION`"
+        )
+    if not versions:
+        raise NotFound(f"model '{ref.name}' has no versions; register one first")
+    return versions[-1]
 
 
 def check_name(kind: str, name: str) -> str:

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session, selectinload
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.registry.artifacts import ArtifactStore, StoredArtifact
 from berth.registry.references import (
-    DEFAULT_ALIAS,
     Reference,
     check_alias,
     check_name,
+    chosen_version,
     parse_reference,
 )
 from berth.registry.signature import Signature
@@ -109,19 +109,9 @@ class Registry:
             model = _model_row(session, ref.name)
             if ref.version is not None:
                 return _version_info(_version_row(session, model, ref.version))
-            alias = ref.alias or DEFAULT_ALIAS
-            for row in model.aliases:
-                if row.name == alias:
-                    return _version_info(row.version)
-            if ref.alias is not None:
-                known = ", ".join(a.name for a in model.aliases) or "none"
-                raise NotFound(
-                    f"model '{ref.name}' has no alias '{ref.alias}' (aliases: {known}); "
-                    f"set it with `berth models alias {ref.name} {ref.alias} VERSION`"
-                )
-            if not model.versions:
-                raise NotFound(f"model '{ref.name}' has no versions; register one first")
-            return _version_info(model.versions[-1])
+            aliases = {row.name: row.version.number for row in model.aliases}
+            number = chosen_version(ref, aliases, [row.number for row in model.versions])
+            return _version_info(next(row for row in model.versions if row.number == number))
 
     def models_with_alias(self, alias: str) -> list[str]:
         check_alias(alias)

@@ -128,6 +128,7 @@ class ModelInfo:
             "description": self.description,
             "created_at": self.created_at.isoformat(),
             "latest_version": latest.number if latest else None,
+            "latest_flavor": latest.flavor if latest else None,
             "versions": [v.number for v in self.versions],
             "aliases": self.aliases,
         }

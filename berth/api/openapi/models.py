@@ -73,6 +73,7 @@ _MODEL_FIELDS: dict[str, Schema] = {
     "description": STRING,
     "created_at": TIMESTAMP,
     "latest_version": {"type": ["integer", "null"]},
+    "latest_flavor": {"type": ["string", "null"], "description": "The latest version's flavor."},
     "aliases": {
         "type": "object",
         "additionalProperties": INTEGER,
