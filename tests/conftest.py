@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,6 +37,11 @@ from tests.private_postgres import missing as private_postgres_missing
 from tests.private_redis import PrivateRedis
 
 __all__ = ["free_port"]
+
+# `berth` reads server profiles from $XDG_CONFIG_HOME/berth: a profile the developer logged in
+# with would send the tests' commands to that server. Every test, and every process it starts
+# (their environments drop BERTH_* variables but keep this one), gets an empty config folder.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="berth-test-config-")
 
 POSTGRES_URL = os.environ.get(
     "BERTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -86,6 +92,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         ):
             monkeypatch.delenv(key)
     monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BERTH_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)
     return Settings()
 

@@ -57,8 +57,9 @@ CHEAPEST: dict[str, list[str]] = {
     "experiments conclude": ["web", "--winner", "a"],
     "feedback performance": ["m"],
 }
-# Commands that talk to a server, not to the local registry: they fail for another reason here.
-REMOTE = {"bench"}
+# Commands that talk to a server or manage server profiles, not the local registry: they fail
+# for another reason here.
+REMOTE = {"bench", "login", "logout", "profile list", "profile use", "profile remove"}
 # Commands that run until stopped once they start: with a working setup they would block here.
 LONG_RUNNING = {"serve", "scheduler", "stream run", "demo"}
 

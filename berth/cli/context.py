@@ -1,4 +1,4 @@
-"""What every command needs: settings, the registry, consoles, and one way to fail."""
+"""What every command needs: settings, the registry or a remote server, and consoles."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from berth.cli.remote import Remote
     from berth.config import Settings
     from berth.registry.service import Registry
     from berth.security.keys import KeyService
@@ -37,3 +38,13 @@ def keys() -> KeyService:
     from berth.security.keys import KeyService, server_secret
 
     return KeyService(registry().db, server_secret(KeyConfig.from_settings(settings())))
+
+
+def remote() -> Remote | None:
+    """The server commands go to (BERTH_SERVER, else the current profile); None: local mode,
+    where commands open the registry themselves."""
+    from berth.cli.profiles import active
+    from berth.cli.remote import Remote
+
+    profile = active()
+    return Remote(profile) if profile is not None else None

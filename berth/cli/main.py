@@ -24,6 +24,7 @@ from berth.cli import (
     init,
     jobs,
     keys,
+    login,
     models,
     observability,
     predict,
@@ -63,6 +64,9 @@ app.add_typer(batch.app, name="batch")
 schedules.register(batch.app)
 app.add_typer(stream.app, name="stream")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(login.app, name="profile")
+app.command("login")(login.login)
+app.command("logout")(login.logout)
 app.command("init")(init.init)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -10,9 +11,10 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, registry
+from berth.cli.context import console, registry, remote
+from berth.cli.remote import path as remote_path
 from berth.errors import BerthError, InvalidInput
-from berth.registry.references import parse_reference
+from berth.registry.references import chosen_version, parse_reference
 from berth.runtimes import FLAVORS
 
 # The registry, the HTTP client and the drift statistics are imported by the commands that use
@@ -20,6 +22,7 @@ from berth.runtimes import FLAVORS
 if TYPE_CHECKING:
     import httpx
 
+    from berth.cli.remote import Remote
     from berth.optimize.service import OptimizeReport
     from berth.registry.versions import VersionInfo
 
@@ -110,9 +113,13 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
     Example: berth models list
     """
-    models = registry().list_models()
+    server = remote()
+    if server is not None:
+        models = server.get(remote_path("models"))["models"]
+    else:
+        models = [m.to_dict() for m in registry().list_models()]
     if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        typer.echo(json.dumps(models, indent=2))
         return
     if not models:
         console.print(
@@ -124,14 +131,14 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         return
     table = Table("model", "latest", "versions", "aliases", "flavor")
     for model in models:
-        latest = model.latest
-        aliases = ", ".join(f"{a}→{v}" for a, v in model.aliases.items())
+        latest = model["latest_version"]
+        aliases = ", ".join(f"{a}→{v}" for a, v in model["aliases"].items())
         table.add_row(
-            model.name,
-            str(latest.number) if latest else "-",
-            str(len(model.versions)),
+            model["name"],
+            "-" if latest is None else str(latest),
+            str(len(model["versions"])),
             aliases,
-            latest.flavor if latest else "-",
+            model["latest_flavor"] or "-",
         )
     console.print(table)
 
@@ -145,52 +152,70 @@ def show(
 
     Example: berth models show churn@production
     """
-    version = registry().resolve(reference)
+    server = remote()
+    version = (
+        _remote_version(server, reference)
+        if server is not None
+        else registry().resolve(reference).to_dict()
+    )
     if as_json:
-        typer.echo(json.dumps(version.to_dict(), indent=2))
+        typer.echo(json.dumps(version, indent=2))
         return
     _print_version(version)
 
 
-def _print_version(version: VersionInfo) -> None:
-    console.print(
-        f"[bold]{version.ref}[/]  flavor={version.flavor}  created={version.created_at:%Y-%m-%d %H:%M}"
-    )
-    console.print(f"sha256   {version.artifact.sha256}  ({version.artifact.size_bytes} bytes)")
-    console.print(f"aliases  {', '.join(version.aliases) or '-'}")
-    console.print(f"metrics  {version.metrics or '-'}")
-    console.print(f"tags     {version.tags or '-'}")
-    trust = [*(["pickle"] if version.pickle_trusted else []), *version.trusted_types]
+def _remote_version(server: Remote, reference: str) -> dict[str, Any]:
+    """The version document a reference names, resolved as the registry resolves it."""
+    ref = parse_reference(reference)
+    if ref.version is not None:
+        document: dict[str, Any] = server.get(
+            remote_path("models", ref.name, "versions", ref.version)
+        )
+        return document
+    model = server.get(remote_path("models", ref.name))
+    versions = {v["version"]: v for v in model["versions"]}
+    found: dict[str, Any] = versions[chosen_version(ref, model["aliases"], list(versions))]
+    return found
+
+
+def _print_version(version: dict[str, Any]) -> None:
+    """A version from its document (`VersionInfo.to_dict()`, which the API returns too)."""
+    ref = f"{version['model']}:{version['version']}"
+    created = datetime.fromisoformat(version["created_at"])
+    console.print(f"[bold]{ref}[/]  flavor={version['flavor']}  created={created:%Y-%m-%d %H:%M}")
+    console.print(f"sha256   {version['sha256']}  ({version['size_bytes']} bytes)")
+    console.print(f"aliases  {', '.join(version['aliases']) or '-'}")
+    console.print(f"metrics  {version['metrics'] or '-'}")
+    console.print(f"tags     {version['tags'] or '-'}")
+    trust = [*(["pickle"] if version["pickle_trusted"] else []), *version["trusted_types"]]
     if trust:
         console.print(f"trusts   {', '.join(trust)}")
-    if version.description:
-        console.print(f"about    {version.description}")
-    if version.lineage is not None:
-        console.print(f"lineage  {_lineage_line(version)}", highlight=False)
+    if version["description"]:
+        console.print(f"about    {version['description']}")
+    if version["lineage"] is not None:
+        console.print(f"lineage  {_lineage_line(version['lineage'])}", highlight=False)
     table = Table("input", "dtype", "shape / nullable", "range")
-    signature = version.signature
-    for column in signature.columns:
-        bounds = (
-            ""
-            if column.minimum is None and column.maximum is None
-            else f"[{column.minimum}, {column.maximum}]"
-        )
+    signature = version["signature"]
+    for column in signature.get("columns", []):
+        minimum, maximum = column.get("minimum"), column.get("maximum")
+        bounds = "" if minimum is None and maximum is None else f"[{minimum}, {maximum}]"
         table.add_row(
-            column.name, column.dtype, "nullable" if column.nullable else "required", bounds
+            column["name"],
+            column["dtype"],
+            "nullable" if column["nullable"] else "required",
+            bounds,
         )
-    for tensor in signature.inputs:
-        table.add_row(tensor.name, tensor.dtype, str(list(tensor.shape)), "")
+    for tensor in signature.get("inputs", []):
+        table.add_row(tensor["name"], tensor["dtype"], str(list(tensor["shape"])), "")
     console.print(table)
 
 
-def _lineage_line(version: VersionInfo) -> str:
-    lineage = version.lineage
-    assert lineage is not None
-    detail = lineage.detail
+def _lineage_line(detail: dict[str, Any]) -> str:
+    """`detail` is the version document's lineage: its source and how it was derived."""
     how = ", ".join(
         str(detail[key]) for key in ("method", "precision", "quantized") if detail.get(key)
     )
-    line = f"derived from {lineage.source}" + (f" ({how})" if how else "")
+    line = f"derived from {detail['source']}" + (f" ({how})" if how else "")
     check = detail.get("check")
     if isinstance(check, dict) and check.get("rows"):
         line += f"; checked on {check['rows']} rows"

@@ -1,0 +1,79 @@
+"""Talking to a Berth server's API for a remote `berth`, and its failures as one-line errors.
+
+The key goes in the `x-api-key` header only: no message here, and no log line of httpx (which
+logs the method and URL), ever holds it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from berth.cli.profiles import Profile
+from berth.errors import BerthError, Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+
+# httpx is imported by the calls: `berth --help` must not pay for it.
+if TYPE_CHECKING:
+    import httpx
+
+# Statuses whose message the server wrote for the same domain error the local mode raises: the
+# remote mode shows it as is, so both modes fail with the same line.
+_DOMAIN_ERRORS: dict[int, type[BerthError]] = {400: InvalidInput, 404: NotFound, 409: Conflict}
+
+_TIMEOUT_SECONDS = 30.0
+_CONNECT_SECONDS = 5.0
+
+
+def path(*segments: str | int) -> str:
+    """An API path with each segment quoted, e.g. path("models", name) -> /api/v1/models/NAME."""
+    return "/api/v1/" + "/".join(quote(str(s), safe="") for s in segments)
+
+
+class Remote:
+    """One server, one key; `get` returns the JSON document or raises a one-line BerthError."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.url = profile.url
+
+    def get(self, route: str) -> Any:
+        return self._document(self._send("GET", route))
+
+    def _send(self, method: str, route: str) -> httpx.Response:
+        import httpx
+
+        headers = {"x-api-key": self.profile.secret()}
+        timeout = httpx.Timeout(_TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
+        try:
+            with httpx.Client(base_url=self.url, headers=headers, timeout=timeout) as client:
+                return client.request(method, route)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BerthError(
+                f"cannot reach {self.url}: {reason}; check the URL or `berth profile list`"
+            ) from None
+
+    def _document(self, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and body is not None:
+            return body
+        message = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(message, str):
+            raise BerthError(
+                f"{self.url} answered {response.status_code} without a Berth error document; "
+                "is it a Berth server? Check the URL or `berth profile list`"
+            )
+        status = response.status_code
+        if status == 401:
+            raise Unauthenticated(
+                f"{self.url} refused the key of profile '{self.profile.name}': it is invalid, "
+                f"expired or revoked; log in again with `berth login {self.url} --key-file FILE`"
+            )
+        if status == 403:
+            raise Forbidden(f"{self.url} refused: {message}")
+        if status in _DOMAIN_ERRORS:
+            raise _DOMAIN_ERRORS[status](message)
+        raise BerthError(f"{self.url} answered {status}: {message}")
