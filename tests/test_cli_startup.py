@@ -114,6 +114,8 @@ def _imported(
         ["rollout", "--help"],
         ["batch", "run", "--help"],
         ["serve", "--help"],
+        ["login", "--help"],
+        ["profile", "list"],
     ],
     ids=" ".join,
 )

@@ -51,6 +51,13 @@ class Profile:
         return self.key
 
     @property
+    def key_owner(self) -> str:
+        """Whose key this is, for messages: never the key."""
+        if self.name == ENVIRONMENT_PROFILE:
+            return f"the key in {KEY_FILE_VARIABLE if self.key_file else KEY_VARIABLE}"
+        return f"the key of profile '{self.name}'"
+
+    @property
     def key_source(self) -> str:
         """Where the key comes from, for listings: never the key."""
         return f"file {self.key_file}" if self.key_file is not None else "stored in the profile"
@@ -125,8 +132,11 @@ def load() -> Profiles:
         return Profiles()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{path} is not valid TOML ({exc}); fix it or delete it") from exc
+    found = document.get("profiles", {})
+    if not isinstance(found, dict):
+        raise InvalidInput(f"{path}: `profiles` is not a table; fix it or delete it")
     entries: dict[str, Profile] = {}
-    for name, entry in dict(document.get("profiles", {})).items():
+    for name, entry in found.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
             raise InvalidInput(f"{path}: profile '{name}' has no url; fix it or delete it")
         key_file = entry.get("key_file")

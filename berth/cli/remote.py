@@ -63,14 +63,14 @@ class Remote:
         message = body.get("error") if isinstance(body, dict) else None
         if not isinstance(message, str):
             raise BerthError(
-                f"{self.url} answered {response.status_code} without a Berth error document; "
+                f"{self.url} answered {response.status_code} with no Berth JSON document; "
                 "is it a Berth server? Check the URL or `berth profile list`"
             )
         status = response.status_code
         if status == 401:
             raise Unauthenticated(
-                f"{self.url} refused the key of profile '{self.profile.name}': it is invalid, "
-                f"expired or revoked; log in again with `berth login {self.url} --key-file FILE`"
+                f"{self.url} refused {self.profile.key_owner}: it is invalid, expired or "
+                f"revoked; log in again with `berth login {self.url} --key-file FILE`"
             )
         if status == 403:
             raise Forbidden(f"{self.url} refused: {message}")
