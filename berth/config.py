@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Longest a client may take to send a request body; slower ones get 408 and are disconnected."""
 
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1, le=1024**4)
+    """Largest model upload (`POST /api/v1/models/NAME/versions`, every part together); larger ones get 413. Uploads are streamed to disk, never held in memory."""
+
+    upload_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    """Longest a client may take to send a model upload; slower ones get 408 and are disconnected."""
+
     decode_process_bytes: int = Field(default=1024 * 1024, ge=0)
     """Request bodies of at least this many bytes are decoded in a helper process per worker, so parsing them never stalls other requests; 0 decodes them in threads."""
 

@@ -434,14 +434,17 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
             assert operation["security"] == [{"ApiKey": []}, {"Bearer": []}], label
             assert {"401", "403", "429", "503"} <= set(responses), label
             if method in ("post", "put"):
-                assert operation["requestBody"]["content"]["application/json"]["schema"], label
+                content = operation["requestBody"]["content"]
+                # JSON, or multipart/form-data for the model upload
+                body = content.get("application/json") or content["multipart/form-data"]
+                assert body["schema"], label
                 assert "413" in responses, label
             for name in re.findall(r"{(\w+)}", path):
                 declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
-    # + 20 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs
-    assert operations == 56
+    # + 20 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
+    assert operations == 57
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

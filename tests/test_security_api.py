@@ -106,6 +106,7 @@ OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2", "/v2/", "/v2/health/live",
 PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "production", "id": "1"}
 TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
 JOBS_ADMIN = "/api/v1/jobs"
+UPLOAD = "/api/v1/models/{name}/versions"
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
     "/api/v1/batch-predict": {"instances": [IRIS_ROW]},
@@ -145,6 +146,7 @@ def insufficient_key(template: str, method: str) -> str:
         traffic_admin
         or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN))
         or method in ("PUT", "DELETE")
+        or template == UPLOAD
     )
     if admin_routes:
         return "user"
@@ -227,9 +229,10 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         if (
             method in ("DELETE", "PUT")
             or template.startswith(("/api/v1/keys", JOBS_ADMIN))
+            or template == UPLOAD
             or traffic_admin
         ):
-            continue  # exercised by the admin tests (here, in test_traffic_* and test_jobs_api)
+            continue  # exercised by the admin tests (here, test_traffic_*, test_jobs_api, test_model_upload)
         key = "admin" if template.startswith("/api/v1/audit") else "user"
         response = secured.client.request(
             method, path, json=BODIES.get(template), headers=secured.as_(key)

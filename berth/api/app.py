@@ -18,6 +18,7 @@ from berth.api import (
     feedback,
     health,
     jobs,
+    model_upload,
     prediction_routes,
     traffic,
     v1,
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         v2.router,
         prediction_routes.router(v2.TAG),
         admin.router,
+        model_upload.router,
         traffic.router,
         jobs.router,
     )
@@ -201,6 +203,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         RequestBodyMiddleware,
         max_bytes=http.max_body_bytes,
         timeout_seconds=http.body_timeout_seconds,
+        streamed=model_upload.is_upload,
     )
     app.add_middleware(CompressionMiddleware, min_bytes=http.compress_min_bytes)
     app.add_middleware(AccessLogMiddleware, enabled=http.access_log, sample=http.access_log_sample)

@@ -13,6 +13,9 @@ Because this middleware sits outside the load shedder, a request holds a predict
 once its body is here: slow senders wait on their own connections, not in the server's capacity.
 The app then receives the body as one message and the request's headers without
 Content-Encoding.
+
+Requests for which `streamed(scope)` is true (model uploads, up to gigabytes) pass untouched:
+their route streams the body to disk under limits of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Callable
 
 import anyio.to_thread
 from prometheus_client import Counter
@@ -56,13 +60,20 @@ class CorruptEncoding(Exception):
 
 
 class RequestBodyMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_seconds: float,
+        streamed: Callable[[Scope], bool],
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_seconds = timeout_seconds
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _has_body(scope):
+        if scope["type"] != "http" or not _has_body(scope) or self.streamed(scope):
             await self.app(scope, receive, send)
             return
         encoding = _header(scope, b"content-encoding").strip().lower()

@@ -101,6 +101,33 @@ def request_body(model: type[RequestModel], required: bool = True) -> dict[str, 
     return extra
 
 
+def multipart_body(
+    files: dict[str, str],
+    required: tuple[str, ...],
+    fields: dict[str, type[RequestModel]],
+) -> dict[str, Any]:
+    """`openapi_extra` for a `multipart/form-data` body: file parts (name: description), of
+    which `required` must come, and required JSON parts declared by request models."""
+    properties: dict[str, Schema] = {
+        name: {"type": "string", "format": "binary", "description": description}
+        for name, description in files.items()
+    }
+    properties.update({name: model_schema(model) for name, model in fields.items()})
+    schema: Schema = {
+        "type": "object",
+        "required": [*required, *fields],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    encoding = {name: {"contentType": "application/json"} for name in fields}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema, "encoding": encoding}},
+        }
+    }
+
+
 def model_schema(model: type[BaseModel]) -> Schema:
     """The model's JSON schema with its `$defs` written in place.
 
@@ -129,6 +156,18 @@ def ok(schema: Schema, description: str, status: int = 200) -> Responses:
     """`responses=` entry for a JSON success answer."""
     return {
         status: {"description": description, "content": {"application/json": {"schema": schema}}}
+    }
+
+
+def created(schema: Schema, description: str) -> Responses:
+    """`responses=` entry for a 201 answer: the new resource, and its URL in Location."""
+    location = {"description": "The new resource's URL.", "required": True, "schema": STRING}
+    return {
+        201: {
+            "description": description,
+            "headers": {"Location": location},
+            "content": {"application/json": {"schema": schema}},
+        }
     }
 
 
@@ -171,8 +210,13 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     ),
     403: ("Valid credentials without the scope this route needs.", {}),
     404: ("No such model, version, alias or key.", {}),
+    408: ("The body did not arrive in time; the connection is closed.", {}),
     409: ("The change clashes with the current state (e.g. the version has an alias).", {}),
     413: ("The body, or the number of rows, is over the configured limit.", {}),
+    415: (
+        "The body is in an encoding (Content-Encoding) or media type the route does not take.",
+        {},
+    ),
     429: (
         "A rate limit (per key, per model or per address) is used up.",
         {"Retry-After": {**_RETRY_AFTER, "required": True}, **_RATE_HEADERS},
