@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from berth.api.coalesced_writes import CoalescingHttpToolsProtocol
 from berth.cli.worker_processes import fork_workers_from_preloaded_server
 from berth.config import Settings, load_settings
 from berth.observability.logging import configure_logging, logging_config
@@ -51,7 +52,9 @@ def run(settings: Settings) -> None:
             log_config=logging_config(settings.log_level, json=json_lines),
             access_log=False,  # Berth's access log (BERTH_ACCESS_LOG) has the request id
             loop="uvloop",
-            http="httptools",
+            # A response's head and body leave in one write: a replica killed mid-response
+            # never leaves a proxy with a head it can neither finish nor retry.
+            http=CoalescingHttpToolsProtocol,
             timeout_graceful_shutdown=10,
             ssl_certfile=str(cert) if cert and key else None,
             ssl_keyfile=str(key) if cert and key else None,
