@@ -33,11 +33,14 @@ from berth.registration.requests import UploadedFiles, UploadMetadata, register_
 from berth.registration.service import register
 from berth.registry.references import check_name
 
-router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
+PREFIX = "/api/v1"
+PATH = "/models/{name}/versions"
+router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=doc.PROTECTED)
 
 FILE_PARTS = ("artifact", "sample", "signature", "reference")
 METADATA = "metadata"
-_UPLOAD_PATH = re.compile(r"/api/v1/models/[^/]+/versions")
+# The route's own path as a pattern: the middleware's check cannot drift from the route.
+_UPLOAD_PATH = re.compile(re.escape(PREFIX + PATH).replace(re.escape("{name}"), "[^/]+"))
 
 
 def is_upload(scope: Scope) -> bool:
@@ -46,7 +49,7 @@ def is_upload(scope: Scope) -> bool:
 
 
 @router.post(
-    "/models/{name}/versions",
+    PATH,
     summary="Register a new version by uploading its artifact",
     status_code=201,
     openapi_extra=doc.combined(
