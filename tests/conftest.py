@@ -38,6 +38,9 @@ from tests.private_redis import PrivateRedis
 
 __all__ = ["free_port"]
 
+# `run_both` and `cli_mode`: command tests that run in local and in remote mode.
+pytest_plugins = ["tests.cli_modes"]
+
 # `berth` reads server profiles from $XDG_CONFIG_HOME/berth: a profile the developer logged in
 # with would send the tests' commands to that server. Every test, and every process it starts
 # (their environments drop BERTH_* variables but keep this one), gets an empty config folder.

@@ -36,17 +36,36 @@ class Remote:
         self.profile = profile
         self.url = profile.url
 
-    def get(self, route: str) -> Any:
-        return self._document(self._send("GET", route))
+    def get(self, route: str, params: dict[str, Any] | None = None) -> Any:
+        return self.request("GET", route, params=params)
 
-    def _send(self, method: str, route: str) -> httpx.Response:
+    def post(self, route: str, body: Any = None, **options: Any) -> Any:
+        return self.request("POST", route, json=body, **options)
+
+    def put(self, route: str, body: Any = None, **options: Any) -> Any:
+        return self.request("PUT", route, json=body, **options)
+
+    def delete(self, route: str, **options: Any) -> Any:
+        return self.request("DELETE", route, **options)
+
+    def request(
+        self, method: str, route: str, *, timeout: float | None = None, **options: Any
+    ) -> Any:
+        """The JSON document the server answers; `options` go to httpx (json, params, files,
+        data, content); `timeout` (seconds) is for calls the server may hold, e.g. a long poll.
+        """
+        return self._document(self._send(method, route, timeout, options))
+
+    def _send(
+        self, method: str, route: str, timeout: float | None, options: dict[str, Any]
+    ) -> httpx.Response:
         import httpx
 
         headers = {"x-api-key": self.profile.secret()}
-        timeout = httpx.Timeout(_TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
+        limit = httpx.Timeout(timeout or _TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
         try:
-            with httpx.Client(base_url=self.url, headers=headers, timeout=timeout) as client:
-                return client.request(method, route)
+            with httpx.Client(base_url=self.url, headers=headers, timeout=limit) as client:
+                return client.request(method, route, **options)
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             raise BerthError(
@@ -58,8 +77,8 @@ class Remote:
             body = response.json()
         except ValueError:
             body = None
-        if response.is_success and body is not None:
-            return body
+        if response.is_success and (body is not None or not response.content):
+            return body  # None: a success with no body (204)
         message = body.get("error") if isinstance(body, dict) else None
         if not isinstance(message, str):
             raise BerthError(
