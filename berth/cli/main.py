@@ -15,6 +15,7 @@ from berth.cli import (
     batch,
     bench,
     build,
+    ci,
     config_cmd,
     demo,
     endpoints,
@@ -64,6 +65,7 @@ app.add_typer(batch.app, name="batch")
 schedules.register(batch.app)
 app.add_typer(stream.app, name="stream")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(ci.app, name="ci")
 app.add_typer(login.app, name="profile")
 app.command("login")(login.login)
 app.command("logout")(login.logout)
