@@ -72,6 +72,9 @@ def read(path: Path, document: Any, environ: Mapping[str, str]) -> Pipeline:
         for job_id, body in staged
     ]
     notes = ["workflow rules are not evaluated: this runs as a pipeline of the default branch"]
+    image = default.get("image", document.get("image"))
+    if image:
+        notes.append(f"image {image}: the jobs run on this machine instead")
     return Pipeline("gitlab", path, in_order(jobs), variables, tuple(notes))
 
 
@@ -113,7 +116,7 @@ def _job(
         notes.append("when: delayed: runs at once here")
     return Job(
         id=job_id,
-        title=job_id,
+        title=f"stage {body.get('stage', 'test')}",
         needs=_needs(job_id, body, stages, staged),
         steps=tuple(Step(line.split("\n")[0], line) for line in lines),
         env=variables,

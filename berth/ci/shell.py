@@ -35,7 +35,7 @@ class Shell:
         timeout: float | None,
         on_marker: Callable[[str], None] | None = None,
     ) -> int:
-        """Run `bash -eo pipefail SCRIPT`; its output goes to `write`, indented."""
+        """Run `bash -eo pipefail SCRIPT`; its output goes to `write`, each line after `   | `."""
         process = subprocess.Popen(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
             cwd=cwd,
@@ -72,7 +72,7 @@ class Shell:
             if line.startswith(MARKER) and on_marker is not None:
                 on_marker(line[len(MARKER) :])
             else:
-                self.write("    " + self.mask(line))
+                self.write("   | " + self.mask(line))
 
 
 def _kill(group: int) -> None:

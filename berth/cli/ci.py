@@ -313,8 +313,7 @@ def _detect(root: Path) -> str:
 
     found = [p for p in ("github", "gitlab") if (root / pipeline_path(p)).is_file()]
     if len(found) != 1:
-        where = "neither" if not found else "both"
-        raise InvalidInput(
-            f"{root} has {where} .github/workflows/berth.yml and .gitlab-ci.yml; give --provider"
-        )
+        which = "neither {} nor {}" if not found else "both {} and {}"
+        files = which.format(pipeline_path("github"), pipeline_path("gitlab"))
+        raise InvalidInput(f"{root} has {files}; give --provider")
     return found[0]
