@@ -226,8 +226,11 @@ def test_paths_are_relative_to_the_configuration_file(run: Run, tmp_path: Path) 
             "'gates': unknown field min_acuracy; known fields:",
         ),
         (("[canary]", "[canary]\nfoo = 1"), "'canary': unknown field foo"),
-        (("steps = [5, 50, 100]", "steps = [50, 5, 100]"), "canary steps 50,5,100 are not valid"),
-        (("steps = [5, 50, 100]", "steps = [5, 50]"), "the last canary step must be 100"),
+        (
+            ("steps = [5, 50, 100]", "steps = [50, 5, 100]"),
+            "'canary' steps must be rising percentages above 0",
+        ),
+        (("steps = [5, 50, 100]", "steps = [5, 50]"), "'canary' steps must end at 100"),
         (('interval = "2m"', 'interval = "soon"'), "'soon' is not a duration"),
         (
             ("max_error_rate = 0.02", 'max_error_rate = "low"'),

@@ -105,6 +105,7 @@ def init(
         f"the pipeline against a server with `berth ci run --provider {provider}`",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
 
 
@@ -133,7 +134,7 @@ def validate(config: Path = _config_option()) -> None:
     from berth.cli.main import app as berth
 
     args = validate_args(_load(config), config.parent)
-    console.print(f"$ {command_line(args)}", highlight=False, markup=False)
+    console.print(f"$ {command_line(args)}", highlight=False, markup=False, soft_wrap=True)
     code = get_command(berth).main(args, prog_name="berth", standalone_mode=False)
     if code:
         raise typer.Exit(int(code))
