@@ -67,6 +67,12 @@ nginx:
 cluster-demo: install nginx
 	$(BIN)/python -m berth.deploy.cluster_demo $(ARGS)
 
+# The pipeline `berth ci init` writes, run on this machine by `berth ci run` against a real
+# server for three candidates: promoted, stopped by the gates, rolled back by the canary
+# (berth/ci/demo.py); ARGS="--provider gitlab" runs the GitLab file.
+cicd-demo: install
+	$(BIN)/python -m berth.ci.demo $(ARGS)
+
 lint: install
 	$(BIN)/ruff check berth tests benchmarks
 	$(BIN)/ruff format --check berth tests benchmarks

@@ -10,6 +10,9 @@ unusable). Each prints its wall time.
 2. a candidate under the accuracy threshold stops at the gates: nothing is registered;
 3. a candidate failing a fifth of live requests is rolled back by the canary, the pipeline
    fails, and clients of the stable route see no error.
+
+The first runs the GitHub workflow; the second the GitLab file; the third both (GitHub's
+`if: failure()` step and GitLab's after_script each roll back).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from berth.ci.scenarios import Ops
 
 pytestmark = pytest.mark.server
 
-MODELS = ("promoted", "underfit", "flaky")
+MODELS = ("promoted", "underfit", "flaky-github", "flaky-gitlab")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def _run(
 
 
 def test_a_good_candidate_is_promoted(ops: Ops, tmp_path: Path) -> None:
-    result, commit = _run(ops, tmp_path, "promoted", scenarios.GOOD)
+    result, commit = _run(ops, tmp_path, "promoted", scenarios.GOOD, "github")
     assert result.code == 0, result.output
     after = scenarios.outcome(ops, "promoted")
     assert [v.number for v in after.versions] == [1, 2]
@@ -68,14 +71,14 @@ def test_a_good_candidate_is_promoted(ops: Ops, tmp_path: Path) -> None:
 def test_a_candidate_under_the_accuracy_threshold_is_not_registered(
     ops: Ops, tmp_path: Path
 ) -> None:
-    result, _ = _run(ops, tmp_path, "underfit", scenarios.UNDERFIT)
+    result, _ = _run(ops, tmp_path, "underfit", scenarios.UNDERFIT, "gitlab")
     assert result.code == 1, result.output
     assert "berth validate model --data data/holdout.csv --target label --min-accuracy 0.9" in (
         result.output
     )
     assert re.search(r"FAIL \d+ of \d+ checks failed: accuracy \(0", result.output)
     assert re.search(r"gates +failure", result.output)
-    assert re.search(r"ship +skipped", result.output)
+    assert re.search(r"register +skipped", result.output)
     after = scenarios.outcome(ops, "underfit")
     assert [v.number for v in after.versions] == [1]
     assert "staging" not in after.aliases
@@ -83,17 +86,23 @@ def test_a_candidate_under_the_accuracy_threshold_is_not_registered(
     assert after.serving == ("stable=underfit:1@100",)
 
 
-def test_a_candidate_failing_live_requests_is_rolled_back(ops: Ops, tmp_path: Path) -> None:
-    result, _ = _run(ops, tmp_path, "flaky", scenarios.FLAKY)
+@pytest.mark.parametrize("provider", ["github", "gitlab"])
+def test_a_candidate_failing_live_requests_is_rolled_back(
+    ops: Ops, tmp_path: Path, provider: str
+) -> None:
+    name = f"flaky-{provider}"
+    result, _ = _run(ops, tmp_path, name, scenarios.FLAKY, provider)
     assert result.code == 1, result.output
-    after = scenarios.outcome(ops, "flaky")
+    after = scenarios.outcome(ops, name)
     assert [v.number for v in after.versions] == [1, 2]  # it passed the gates
     assert after.rollout is not None
     assert after.rollout.status == "rolled_back"
     assert "canary failed" in (after.rollout.reason or "")
-    assert after.serving == ("stable=flaky:1@100",)
+    assert after.serving == (f"stable={name}:1@100",)
     assert re.search(r"canary +failure", result.output)
-    assert "Roll back the canary" in result.output
+    rollback = "Roll back the canary" if provider == "github" else "after_script (job failed)"
+    assert rollback in result.output
+    assert re.search(rf"rollout \d+ of {name}: canary, rolled back", result.output)
     # Clients of the stable route saw no error; the others saw the candidate's.
     assert result.stable == {200: sum(result.stable.values())}
     assert sum(result.stable.values()) > 50
