@@ -39,12 +39,12 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
 
 
 def _run(
-    ops: Ops, tmp_path: Path, name: str, candidate: scenarios.Candidate
+    ops: Ops, tmp_path: Path, name: str, candidate: scenarios.Candidate, provider: str
 ) -> tuple[scenarios.PipelineRun, str]:
-    repo = scenarios.write_repo(tmp_path / name, name, candidate, "github")
+    repo = scenarios.write_repo(tmp_path / name, name, candidate, provider)
     commit = uuid.uuid4().hex
-    result = scenarios.run_pipeline(ops, repo, name, "github", commit)
-    print(f"\nscenario {name}: pipeline exit {result.code} in {result.seconds:.1f} s")
+    result = scenarios.run_pipeline(ops, repo, name, provider, commit)
+    print(f"\nscenario {name} ({provider}): exit {result.code} in {result.seconds:.1f} s")
     print(result.output)
     return result, commit
 
