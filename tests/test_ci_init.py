@@ -290,3 +290,11 @@ def test_every_ci_command_has_help_with_an_example(run: Run, command: str) -> No
     outcome = run("ci", command, "--help")
     assert outcome.code == 0
     assert "Example" in outcome.out
+
+
+def test_the_candidate_is_given_to_validate_as_a_path(run: Run, tmp_path: Path) -> None:
+    # `berth validate model` would name a registered model; ./model is the folder.
+    (tmp_path / "berth-ci.toml").write_text(CONFIG.replace("model/churn.skops", "model"))
+    done = run("ci", "gates")
+    assert done.code == 0, done.err
+    assert done.out.startswith("berth validate ./model --data data/holdout.csv")

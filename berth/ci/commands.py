@@ -17,7 +17,8 @@ PREFIX = "BERTH_CI_"
 def validate_args(config: CiConfig, root: Path) -> list[str]:
     """`berth validate`'s arguments (without `berth`) for the candidate and the [gates]."""
     gates = config.gates
-    args = ["validate", str(root / config.model.candidate), "--data", str(root / gates.data)]
+    candidate = path_argument(root / config.model.candidate)
+    args = ["validate", candidate, "--data", str(root / gates.data)]
     if gates.target is not None:
         args += ["--target", gates.target]
     for name in ("min_accuracy", "min_auc", "max_rmse", "max_mae", "max_latency_ms"):
@@ -56,6 +57,12 @@ def variables(
         f"{PREFIX}WAIT_TIMEOUT": canary.wait_timeout,
         f"{PREFIX}IMAGE": image_repository(config, os.environ if environ is None else environ),
     }
+
+
+def path_argument(path: Path) -> str:
+    """A path as an argument no command takes for a model's name: with a `/` (./model)."""
+    text = str(path)
+    return text if "/" in text else f"./{text}"
 
 
 def image_repository(config: CiConfig, environ: Mapping[str, str]) -> str:
