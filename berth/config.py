@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     upload_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
     """Longest a client may take to send a model upload; slower ones get 408 and are disconnected."""
 
+    long_poll_seconds: float = Field(default=60.0, gt=0, le=60)
+    """Longest a long poll (`GET /api/v1/rollouts/ID?wait=SECONDS`, used by a remote `berth rollout wait`) holds a request before it answers with no change; keep it below the idle timeout of any proxy in front."""
+
     decode_process_bytes: int = Field(default=1024 * 1024, ge=0)
     """Request bodies of at least this many bytes are decoded in a helper process per worker, so parsing them never stalls other requests; 0 decodes them in threads."""
 

@@ -104,7 +104,12 @@ def fuzzed(
     from berth.api.app import build_services, create_app
 
     settings = settings.model_copy(
-        update={"jwt_secret": SecretStr(JWT_SECRET), "jwt_audience": "berth-fuzz"}
+        update={
+            "jwt_secret": SecretStr(JWT_SECRET),
+            "jwt_audience": "berth-fuzz",
+            # a generated `wait` may name a running rollout: hold such a long poll briefly
+            "long_poll_seconds": 0.2,
+        }
     )
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
