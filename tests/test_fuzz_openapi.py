@@ -448,8 +448,8 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
-    # + 20 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    assert operations == 57
+    # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
+    assert operations == 60
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:
