@@ -26,6 +26,7 @@ from berth.api.json_body import json_response, read_object
 from berth.api.openapi import common as doc
 from berth.api.openapi import traffic as traffic_doc
 from berth.api.traffic import endpoint_query
+from berth.defaults import LONG_POLL_MAX_SECONDS
 from berth.errors import InvalidInput
 from berth.registry.references import MAX_VERSION
 from berth.request_model import NoFields
@@ -169,7 +170,7 @@ async def _until_changed(
 def _wait_seconds(text: str | None) -> float:
     if text is None:
         return 0.0
-    most = traffic_doc.LONG_POLL_SECONDS
+    most = LONG_POLL_MAX_SECONDS
     try:
         seconds = float(text)
     except ValueError:

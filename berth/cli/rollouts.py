@@ -23,6 +23,7 @@ from rich.table import Table
 
 from berth.cli.context import console, err_console, registry, remote
 from berth.cli.remote import path as api
+from berth.defaults import LONG_POLL_MAX_SECONDS
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
 from berth.rollouts.canary_analysis import CanaryCriteria
@@ -58,9 +59,6 @@ _GATE_FLAGS = re.compile(
     r"no-regression-vs|no-regression|regression-tolerance|data|target)\b"
 )
 _CHECK_EVENTS = ("analysis", "step", "switched", "promoted", "rolled_back")
-_LONG_POLL_SECONDS = 25.0
-"""Longest one look of a remote `wait` asks the server to hold: below the idle timeout of
-common proxies (60 s)."""
 
 
 def _service() -> RolloutService:
@@ -479,7 +477,7 @@ def _changed(server: Remote, rollout_id: int, seen: int, remaining: float) -> di
     """The rollout once it has more than `seen` events or finished, or as it is after at most
     `remaining` seconds: the server holds the request (a long poll) rather than being asked
     again and again."""
-    wait = min(remaining, _LONG_POLL_SECONDS)
+    wait = min(remaining, LONG_POLL_MAX_SECONDS)  # the server holds it at most its own limit
     found: dict[str, Any] = server.request(
         "GET",
         api("rollouts", rollout_id),

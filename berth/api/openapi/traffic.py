@@ -14,6 +14,7 @@ from berth.api.openapi.common import (
     object_schema,
     path_parameter,
 )
+from berth.defaults import LONG_POLL_MAX_SECONDS
 from berth.registry.endpoints import ROLES
 from berth.registry.references import MAX_VERSION
 from berth.rollouts.experiments import METRICS as EXPERIMENT_METRICS
@@ -208,7 +209,6 @@ ACTIVE_QUERY: Schema = {
     "description": "true: only rollouts in progress (running or paused).",
     "schema": {"enum": ["true", "false"]},
 }
-LONG_POLL_SECONDS = 60
 WAIT_QUERY: Schema = {
     "name": "wait",
     "in": "query",
@@ -217,7 +217,7 @@ WAIT_QUERY: Schema = {
     "changes (an event after `after_event`, or it finished); then, or at the end of the wait, "
     "answer with the rollout. The server holds at most its BERTH_LONG_POLL_SECONDS. Absent "
     "or 0: answer at once.",
-    "schema": {"type": "number", "minimum": 0, "maximum": LONG_POLL_SECONDS},
+    "schema": {"type": "number", "minimum": 0, "maximum": LONG_POLL_MAX_SECONDS},
 }
 AFTER_EVENT_QUERY: Schema = {
     "name": "after_event",
