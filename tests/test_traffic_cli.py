@@ -515,7 +515,11 @@ def test_wait_follows_a_rollout_that_changes_while_it_waits(
     0 only for a promotion. Remotely the server answers as soon as the rollout changes (a long
     poll), so the change shows within about a second either way."""
     run_both("endpoints", "create", "flowers", "--model", "iris:1")
-    _start(run_both)
+    started = run_both("rollout", "start", "flowers", "--to", "iris:2")
+    assert started.code == 0, started.err
+    assert _flat(started.out).startswith(
+        "Started rollout 1: canary of flowers from iris:1 to iris:2, now at 0%."
+    )
     service = RolloutService(iris3)
 
     def act() -> None:

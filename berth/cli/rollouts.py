@@ -317,14 +317,9 @@ def list_rollouts(
     console.print(table)
 
 
-def _act(
-    endpoint: str,
-    action: str,
-    past: str,
-    local: Callable[[RolloutService], Callable[..., RolloutInfo]],
-    reason: str | None = None,
-) -> None:
-    """One hand action: POST /endpoints/ENDPOINT/rollout/ACTION, or the service's `local`."""
+def _act(endpoint: str, action: str, past: str, reason: str | None = None) -> None:
+    """One hand action: POST /endpoints/ENDPOINT/rollout/ACTION, or the service's method of
+    the same name."""
     from berth.store.audit import cli_actor
 
     server = remote()
@@ -333,7 +328,8 @@ def _act(
         body = extra or None
         info: dict[str, Any] = server.post(api("endpoints", endpoint, "rollout", action), body)
     else:
-        info = local(_service())(endpoint, actor=cli_actor(), **extra).to_dict()
+        act: Callable[..., RolloutInfo] = getattr(_service(), action)
+        info = act(endpoint, actor=cli_actor(), **extra).to_dict()
     console.print(
         f"rollout {info['id']} of {endpoint} {past}: {_status(info['status'])}, phase "
         f"{info['phase']}, {info['to']} at {info['weight']:g}%",
@@ -347,7 +343,7 @@ def pause(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout pause churn
     """
-    _act(endpoint, "pause", "paused", lambda service: service.pause)
+    _act(endpoint, "pause", "paused")
 
 
 @app.command("resume")
@@ -356,7 +352,7 @@ def resume(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout resume churn
     """
-    _act(endpoint, "resume", "resumed", lambda service: service.resume)
+    _act(endpoint, "resume", "resumed")
 
 
 @app.command("promote")
@@ -365,7 +361,7 @@ def promote(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout promote churn
     """
-    _act(endpoint, "promote", "promoted", lambda service: service.promote)
+    _act(endpoint, "promote", "promoted")
 
 
 @app.command("finalize")
@@ -374,7 +370,7 @@ def finalize(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout finalize churn
     """
-    _act(endpoint, "finalize", "finalized", lambda service: service.finalize)
+    _act(endpoint, "finalize", "finalized")
 
 
 @app.command("rollback")
@@ -390,13 +386,7 @@ def rollback(
     from berth.rollouts.requests import RollbackRequest
 
     asked = from_flags(RollbackRequest, {"reason": "--reason"}, {"reason": reason})
-    _act(
-        endpoint,
-        "rollback",
-        "rolled back",
-        lambda service: service.rollback,
-        reason=asked.reason or reason,
-    )
+    _act(endpoint, "rollback", "rolled back", reason=asked.reason or reason)
 
 
 @app.command("abort")
@@ -405,7 +395,7 @@ def abort(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout abort churn
     """
-    _act(endpoint, "abort", "aborted", lambda service: service.abort)
+    _act(endpoint, "abort", "aborted")
 
 
 @app.command("wait")
