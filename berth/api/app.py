@@ -20,6 +20,7 @@ from berth.api import (
     jobs,
     model_upload,
     prediction_routes,
+    rollouts,
     traffic,
     v1,
     v2,
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         admin.router,
         model_upload.router,
         traffic.router,
+        rollouts.router,
         jobs.router,
     )
     for router in routers:
