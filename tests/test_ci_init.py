@@ -190,7 +190,8 @@ def test_gates_print_the_validate_command_and_env_the_names(run: Run, tmp_path: 
     gates = run("ci", "gates")
     assert gates.code == 0, gates.err
     assert gates.out.strip() == (
-        "berth validate model/churn.skops --data data/holdout.csv --target churned "
+        "berth validate model/churn.skops --data data/holdout.csv --sample data/sample.csv "
+        "--target churned "
         "--min-accuracy 0.8 --min-auc 0.85 --max-latency-ms 20 --no-nan --output-range 0,1 "
         "--no-regression-vs churn@production --regression-tolerance 0.01"
     )

@@ -73,8 +73,9 @@ def test_a_candidate_under_the_accuracy_threshold_is_not_registered(
 ) -> None:
     result, _ = _run(ops, tmp_path, "underfit", scenarios.UNDERFIT, "gitlab")
     assert result.code == 1, result.output
-    assert "berth validate ./model --data data/holdout.csv --target label --min-accuracy 0.9" in (
-        result.output
+    assert (
+        "berth validate ./model --data data/holdout.csv --sample data/sample.npy --target label"
+        in (result.output)
     )
     assert re.search(r"FAIL \d+ of \d+ checks failed: accuracy \(0", result.output)
     assert re.search(r"gates +failure", result.output)

@@ -19,6 +19,8 @@ def validate_args(config: CiConfig, root: Path) -> list[str]:
     gates = config.gates
     candidate = path_argument(root / config.model.candidate)
     args = ["validate", candidate, "--data", str(root / gates.data)]
+    # Loaded as registering will load it: its signature from the same sample.
+    args += ["--sample", str(root / config.model.sample)]
     if gates.target is not None:
         args += ["--target", gates.target]
     for name in ("min_accuracy", "min_auc", "max_rmse", "max_mae", "max_latency_ms"):
