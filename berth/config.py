@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     upload_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
     """Longest a client may take to send a model upload; slower ones get 408 and are disconnected."""
 
+    validation_data_dir: Path | None = None
+    """Folder of test data on the server that `berth validate --server-data NAME` (the `data_file` of `POST /api/v1/validate`) may read; files outside it never. Unset: validation takes uploaded data only."""
+
     decode_process_bytes: int = Field(default=1024 * 1024, ge=0)
     """Request bodies of at least this many bytes are decoded in a helper process per worker, so parsing them never stalls other requests; 0 decodes them in threads."""
 
