@@ -19,6 +19,7 @@ from berth.rollouts.requests import (
     RollbackRequest,
     RolloutRequest,
     RoutesRequest,
+    ShadowRequest,
 )
 from berth.security.requests import KeyRequest, RotateRequest
 
@@ -33,6 +34,7 @@ MODELS: list[type[RequestModel]] = [
     RolloutRequest,
     RotateRequest,
     RoutesRequest,
+    ShadowRequest,
     UploadMetadata,
 ]
 

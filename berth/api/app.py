@@ -22,6 +22,7 @@ from berth.api import (
     model_upload,
     model_validation,
     prediction_routes,
+    rollouts,
     traffic,
     v1,
     v2,
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         model_upload.router,
         model_validation.router,
         traffic.router,
+        rollouts.router,
         jobs.router,
     )
     for router in routers:
