@@ -440,7 +440,7 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
             assert {"401", "403", "429", "503"} <= set(responses), label
             if method in ("post", "put"):
                 content = operation["requestBody"]["content"]
-                # JSON, or multipart/form-data for the model upload
+                # JSON, or multipart/form-data for the model upload and validation
                 body = content.get("application/json") or content["multipart/form-data"]
                 assert body["schema"], label
                 assert "413" in responses, label
@@ -449,7 +449,8 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
     # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    assert operations == 60
+    # + validation
+    assert operations == 61
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:
