@@ -7,7 +7,8 @@ set up, so the test's own checks of what is stored hold), creates an admin key, 
 command at the server with BERTH_SERVER and BERTH_API_KEY, and gives the command an unusable
 BERTH_DATABASE_URL: a command that opened the database in remote mode would fail its test.
 
-The server runs no rollout controller: the command tests act by hand and check what is stored.
+A test that uses the `registry` fixture (SQLite and PostgreSQL) has the server serve that
+registry. The server runs no rollout controller: the command tests act by hand and check what is stored.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def cli_mode(
     if request.param == "local":
         yield Mode("local", cli_actor())
         return
+    if "registry" in request.fixturenames:
+        # The test's own registry (SQLite or PostgreSQL) is the one the server must serve.
+        url = request.getfixturevalue("registry").db.url
+        settings = settings.model_copy(update={"database_url": url})
     registry = Registry.from_settings(settings)
     try:
         keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
