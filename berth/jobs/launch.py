@@ -9,12 +9,27 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from berth.jobs.config import JobsConfig
+from berth.jobs.records import JobInfo
+from berth.jobs.run_args import rerun_command
 
 
 def job_log(config: JobsConfig, job_id: int) -> Path:
     return config.log_dir / f"{job_id}.log"
+
+
+def job_detail(config: JobsConfig, job: JobInfo) -> dict[str, Any]:
+    """One job as `berth jobs show` and GET /api/v1/jobs/{id} give it: its record, its key, its
+    log on the host that runs it (None until written) and the command that runs it again."""
+    log = job_log(config, job.id)
+    return {
+        **job.to_dict(),
+        "job_key": job.job_key,
+        "log": str(log) if log.exists() else None,
+        "command": rerun_command(job.args),
+    }
 
 
 def launch(config: JobsConfig, job_id: int, args: Sequence[str]) -> subprocess.Popen[bytes]:

@@ -107,6 +107,14 @@ class JobInfo:
         left = max(0, self.rows_total - self.done_rows)
         return left / self.counts.rows_per_second
 
+    @property
+    def duration_seconds(self) -> float | None:
+        """From its start to its end: now while running, its last heartbeat once lost."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or (self.heartbeat_at if self.lost else None) or self.now
+        return max(0.0, (end - self.started_at).total_seconds())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -134,6 +142,7 @@ class JobInfo:
             "started_at": _iso(self.started_at),
             "heartbeat_at": _iso(self.heartbeat_at),
             "finished_at": _iso(self.finished_at),
+            "duration_seconds": _rounded(self.duration_seconds),
         }
 
 
@@ -324,6 +333,10 @@ def _row(session: Session, job_id: int, lock: bool = False) -> JobRow:
     if row is None:
         raise NotFound(f"no job {job_id}; `berth jobs list` shows the recorded jobs")
     return row
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _iso(value: datetime | None) -> str | None:
