@@ -20,6 +20,7 @@ from berth.api import (
     jobs,
     model_upload,
     prediction_routes,
+    schedules,
     traffic,
     v1,
     v2,
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         model_upload.router,
         traffic.router,
         jobs.router,
+        schedules.router,
     )
     for router in routers:
         app.include_router(router)
