@@ -24,6 +24,7 @@ from berth.registry.service import Registry
 from berth.store.audit import AuditLog
 from tests.cli_modes import Mode
 from tests.conftest import Run
+from tests.local_twin import assert_same_output
 
 SPEC = BatchSpec(model="iris@production", source="/data/in.csv", sink="/data/out.parquet")
 
@@ -234,3 +235,32 @@ def test_cancel_queued_at_once_running_after_its_chunk(
     assert ("job.cancel", f"job {done.id}", "refused") in events
     cancels = [e for e in AuditLog(registry.db).list() if e.action == "job.cancel"]
     assert {e.actor for e in cancels} == {cli_mode.actor}
+
+
+@pytest.mark.parametrize("cli_mode", ["remote"], indirect=True)
+def test_both_modes_print_the_same(
+    run_both: Run, jobs: JobService, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No live running job: its duration grows between the two runs.
+    queued = _queued(jobs)
+    lost = _lost(registry)
+    done = _finished(jobs, r.SUCCEEDED, "scored 1000 rows", scored=990, skipped=10)
+    spec = BatchSpec(model="iris@production", source="postgresql+psycopg://u:pw@db/shop",
+                     table="t", sink="/data/out.parquet")  # fmt: skip
+    failed = _finished(jobs, r.FAILED, "too many bad rows", scored=10, rejected=90)
+    secret = _queued(jobs, spec)
+    for command in (
+        ["jobs", "list"],
+        ["jobs", "list", "--json"],
+        ["jobs", "list", "--status", "lost"],
+        ["jobs", "list", "--status", "done"],
+        *(["jobs", "show", str(job.id)] for job in (queued, lost, done, failed, secret)),
+        ["jobs", "show", str(secret.id), "--json"],
+        ["jobs", "show", "999"],
+        ["jobs", "cancel", str(done.id)],
+        ["jobs", "cancel", "999"],
+    ):
+        assert_same_output(run_both, monkeypatch, registry.db.url, *command)
+    remote = run_both("jobs", "cancel", str(queued.id))
+    assert remote.code == 0, remote.err
+    assert f"Cancelled job {queued.id}; it had not started" in remote.out
