@@ -161,7 +161,7 @@ def test_post_queues_a_job_launches_it_and_points_at_it(api: Api) -> None:
     assert parse_run_args(stored.args) == expected
     followed = api.call("GET", created.headers["Location"])
     command = shlex.join(["berth", "batch", "run", *run_args(expected)])
-    detail = {"job_key": expected.job_key(), "log": None, "command": command}
+    detail = {"job_key": expected.job_key(), "log": None, "command": command, "summary": None}
     assert followed.json() == {**document, **detail}  # what `berth jobs show --json` prints
 
     # the same job given as `berth batch run` arguments is stored the same way

@@ -125,6 +125,22 @@ _JOB_PROPERTIES: dict[str, Any] = {
     },
 }
 JOB_INFO = {"type": "object", "required": list(_JOB_PROPERTIES), "properties": _JOB_PROPERTIES}
+SUMMARY = doc.object_schema(
+    {
+        "job": doc.INTEGER,
+        "status": {"enum": [r.SUCCEEDED, r.FAILED, r.CANCELLED]},
+        "version": {"type": "string", "description": "What it scored with, e.g. churn:3."},
+        "rows_scored": _COUNT,
+        "rows_skipped": _COUNT,
+        "rows_rejected": _COUNT,
+        "rows_per_second": doc.NUMBER,
+        "seconds": doc.NUMBER,
+        "sink": {"type": "string", "description": "Where the results are."},
+        "errors": {**_NULLABLE_STRING, "description": "Where the rejected rows are."},
+        "message": _NULLABLE_STRING,
+        "resumed_at_row": _NULLABLE_INTEGER,
+    }
+)
 _DETAIL_PROPERTIES: dict[str, Any] = {
     **_JOB_PROPERTIES,
     "job_key": {
@@ -139,6 +155,11 @@ _DETAIL_PROPERTIES: dict[str, Any] = {
     "command": {
         "type": "string",
         "description": "The `berth batch run` command line that runs (and so resumes) it.",
+    },
+    "summary": {
+        "oneOf": [SUMMARY, {"type": "null"}],
+        "description": "What the run that ended it reported; null while it runs, or when it "
+        "ended otherwise (an error, cancelled before it started).",
     },
 }
 JOB_DETAIL = {

@@ -75,6 +75,9 @@ class JobInfo:
     heartbeat_at: datetime | None
     finished_at: datetime | None
     now: datetime
+    summary: dict[str, Any] | None = None
+    """What the run that ended it reported (`Summary.to_dict()`); None for a job that ended
+    otherwise (an error, cancelled before it started) or is not over."""
 
     @property
     def lost(self) -> bool:
@@ -232,11 +235,19 @@ class JobService:
             requested = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
         return bool(requested)
 
-    def finish(self, job_id: int, status: str, counts: Counts, message: str | None) -> JobInfo:
+    def finish(
+        self,
+        job_id: int,
+        status: str,
+        counts: Counts,
+        message: str | None,
+        summary: dict[str, Any] | None = None,
+    ) -> JobInfo:
         now = self._clock()
         with self.db.session() as session:
             row = _row(session, job_id)
             row.status = status
+            row.summary = summary
             row.rows_scored = counts.scored
             row.rows_skipped = counts.skipped
             row.rows_rejected = counts.rejected
@@ -322,6 +333,7 @@ class JobService:
             heartbeat_at=row.heartbeat_at,
             finished_at=row.finished_at,
             now=self._clock(),
+            summary=row.summary,
         )
 
 
