@@ -106,7 +106,12 @@ def fuzzed(
     from berth.api.app import build_services, create_app
 
     settings = settings.model_copy(
-        update={"jwt_secret": SecretStr(JWT_SECRET), "jwt_audience": "berth-fuzz"}
+        update={
+            "jwt_secret": SecretStr(JWT_SECRET),
+            "jwt_audience": "berth-fuzz",
+            # a generated `wait` may name a running rollout: hold such a long poll briefly
+            "long_poll_seconds": 0.2,
+        }
     )
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
@@ -449,7 +454,7 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
             assert {"401", "403", "429", "503"} <= set(responses), label
             if method in ("post", "put"):
                 content = operation["requestBody"]["content"]
-                # JSON, or multipart/form-data for the model upload
+                # JSON, or multipart/form-data for the model upload and validation
                 body = content.get("application/json") or content["multipart/form-data"]
                 assert body["schema"], label
                 assert "413" in responses, label
@@ -457,9 +462,9 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
-    # + 20 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    # + 7 schedules + the prediction log's prune
-    assert operations == 65
+    # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
+    # + validation + 7 schedules + the prediction log's prune
+    assert operations == 69
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:
