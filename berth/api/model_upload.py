@@ -14,6 +14,7 @@ import asyncio
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import anyio.to_thread
@@ -68,7 +69,7 @@ def is_upload(scope: Scope) -> bool:
         ),
     ),
     responses={
-        **doc.created(models_doc.VERSION_INFO, "The new version; Location is its URL."),
+        **doc.created(models_doc.REGISTERED, "The new version; Location is its URL."),
         **doc.errors(400, 408, 409, 413, 415, *doc.READ_ERRORS),
     },
 )
@@ -106,10 +107,11 @@ async def upload_version(request: Request) -> Response:
             exc.message = received.shown(exc.message)
             exc.args = (exc.message,)
             raise
+        info = replace(info, notes=tuple(received.shown(note) for note in info.notes))
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, private)
     location = f"/api/v1/models/{info.model}/versions/{info.number}"
-    return json_response(info.to_dict(), status=201, headers={"Location": location})
+    return json_response(info.registered_dict(), status=201, headers={"Location": location})
 
 
 def _checked(received: multipart.Received) -> tuple[UploadedFiles, UploadMetadata]:
