@@ -107,6 +107,7 @@ PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "producti
 TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
 JOBS_ADMIN = "/api/v1/jobs"
 UPLOAD = "/api/v1/models/{name}/versions"
+OPTIMIZE = "/api/v1/models/{ref}/optimize"
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
     "/api/v1/batch-predict": {"instances": [IRIS_ROW]},
@@ -146,7 +147,7 @@ def insufficient_key(template: str, method: str) -> str:
         traffic_admin
         or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN))
         or method in ("PUT", "DELETE")
-        or template == UPLOAD
+        or template in (UPLOAD, OPTIMIZE)
     )
     if admin_routes:
         return "user"
@@ -229,10 +230,10 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         if (
             method in ("DELETE", "PUT")
             or template.startswith(("/api/v1/keys", JOBS_ADMIN))
-            or template == UPLOAD
+            or template in (UPLOAD, OPTIMIZE)
             or traffic_admin
         ):
-            continue  # exercised by the admin tests (here, test_traffic_*, test_jobs_api, test_model_upload)
+            continue  # exercised by the admin tests (here, test_traffic_*, test_jobs_api, test_model_upload, test_remote_models)
         key = "admin" if template.startswith("/api/v1/audit") else "user"
         response = secured.client.request(
             method, path, json=BODIES.get(template), headers=secured.as_(key)

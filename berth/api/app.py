@@ -19,6 +19,7 @@ from berth.api import (
     health,
     jobs,
     model_upload,
+    optimize,
     prediction_routes,
     traffic,
     v1,
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         prediction_routes.router(v2.TAG),
         admin.router,
         model_upload.router,
+        optimize.router,
         traffic.router,
         jobs.router,
     )

@@ -163,6 +163,7 @@ ALIAS_REMOVED: Schema = object_schema({"removed": {"type": "string", "descriptio
 VERSION_DELETED: Schema = object_schema(
     {"deleted": {"type": "string", "description": "NAME:VERSION"}}
 )
+MODEL_DELETED: Schema = object_schema({"deleted": {"type": "string", "description": "NAME"}})
 AUDIT_EVENTS: Schema = object_schema(
     {
         "events": {
