@@ -350,3 +350,24 @@ def test_the_optimize_route_takes_json_nothing_or_multipart(
     )
     assert with_rows.status_code == 200, with_rows.text
     assert with_rows.json()["check"]["data"]["sources"] == {"rows of rows.npy": 20}
+
+
+def test_an_upload_over_the_server_limit_is_one_line(
+    run: Run, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses by Content-Length while the body is still on its way."""
+    served = settings.model_copy(
+        update={"home": tmp_path / "small-server", "max_upload_bytes": 256 * 1024}
+    )
+    registry = Registry.from_settings(served)
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(served)))
+    admin = keys.create("ci", ("admin",))[1]
+    registry.db.dispose()
+    big = tmp_path / "big.joblib"
+    big.write_bytes(np.random.default_rng(1).bytes(8 * 1024 * 1024))
+    with threaded_server(served) as url:
+        monkeypatch.setenv("BERTH_SERVER", url)
+        monkeypatch.setenv("BERTH_API_KEY", admin)
+        monkeypatch.setenv("BERTH_DATABASE_URL", UNUSABLE_DATABASE)
+        refused = run("models", "register", "big", str(big), "--trust-pickle")
+    _one_line(refused, f"{url} answered 413: the upload is larger than the limit of 262144 bytes")
