@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli soak wrk prometheus nginx cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli bench-upload soak wrk prometheus nginx cluster-demo
 
 install: $(STAMP)
 
@@ -102,6 +102,10 @@ bench-decode: install
 # ARGS="main=../main ." measures two checkouts side by side.
 bench-cli: install
 	$(BIN)/python benchmarks/cli_startup.py $(ARGS)
+
+# Registering a 200 MB ONNX model by upload in remote mode: MB/s and server RSS (benchmarks/upload.py).
+bench-upload: install
+	$(BIN)/python benchmarks/upload.py
 
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).
 soak: install

@@ -19,6 +19,7 @@ replica that fails mid-request, and missing services are named in the error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -87,6 +88,9 @@ def _require_redis() -> None:
         client.close()
 
 
+UPLOAD_BODY_LIMIT = 32 * 1024
+
+
 @pytest.fixture(scope="module")
 def schema_url() -> Iterator[str]:
     """A PostgreSQL URL on a fresh schema for the module (conftest's `postgres_url` is per test)."""
@@ -143,6 +147,8 @@ def module_stack(
             secret_key=secret,
             workdir=folder / "cluster",
             served=("churn@production",),
+            # Below the churn artifact's size: its upload must pass on the upload route only.
+            max_body_bytes=UPLOAD_BODY_LIMIT,
             environment={k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
             settings={
                 "BERTH_LOG_LEVEL": "warning",
@@ -378,6 +384,32 @@ def test_nginx_passes_the_request_id_and_the_client_address(stack: Stack) -> Non
         assert client.exists(f"{KEY_PREFIX}address:{address}") == 1
     finally:
         client.close()
+
+
+def test_an_upload_larger_than_the_body_limit_passes_nginx_on_the_upload_route_only(
+    stack: Stack, churn_files: tuple[Path, Path, Path]
+) -> None:
+    model, sample, _signature = churn_files
+    assert model.stat().st_size > UPLOAD_BODY_LIMIT
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    with model.open("rb") as artifact, sample.open("rb") as rows:
+        response = stack.client.post(
+            f"{stack.cluster.url}/api/v1/models/uploaded/versions",
+            headers=stack.admin,
+            files={"artifact": (model.name, artifact), "sample": (sample.name, rows)},
+            data={"metadata": json.dumps({"sha256": digest})},
+        )
+    assert response.status_code == 201, response.text
+    assert response.json()["sha256"] == digest
+    assert stack.registry.resolve("uploaded:1").artifact.sha256 == digest
+    # The same size anywhere else is refused by nginx, with Berth's error document.
+    refused = stack.client.post(
+        f"{stack.cluster.url}/api/v1/models/churn/predict",
+        content=b"x" * model.stat().st_size,
+        headers={**stack.admin, "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 413, refused.text
+    assert f"over {UPLOAD_BODY_LIMIT} bytes" in refused.json()["error"]
 
 
 def test_killing_a_replica_under_load_loses_no_request(stack: Stack) -> None:

@@ -100,6 +100,7 @@ def test_remote_output_is_the_local_output(
     logged = berth(remote_env, "login", server.url, "--key-file", str(key_file), "--name", "prod")
     assert logged.returncode == 0, logged.stderr
     assert "prod" in logged.stdout
+    assert logged.stderr == ""  # loopback: no warning about plain http
     _no_secret(server, logged.stdout, logged.stderr)
 
     # The profile keeps the key file's path, not the key; the file is the user's only.

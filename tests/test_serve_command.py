@@ -3,18 +3,33 @@ and a server started without references serving models given a production alias 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from berth.api.app import build_services, create_app
 from berth.config import Settings
 from berth.registry.service import Registry
-from tests.conftest import BERTH, Run, free_port, iris_home, register_churn, register_iris
+from tests.conftest import (
+    BERTH,
+    Run,
+    berth,
+    create_key,
+    free_port,
+    iris_home,
+    register_churn,
+    register_iris,
+    serving,
+)
 
 
 @pytest.mark.parametrize(
@@ -89,3 +104,51 @@ def test_with_references_only_those_are_served(
         time.sleep(1.0)  # five refreshes
         assert app.state.services.dataplane.served_names == ["iris"]
     registry.db.dispose()
+
+
+def test_an_empty_registry_is_served_with_allow_empty_and_models_arrive_through_the_api(
+    tmp_path: Path, iris_files: tuple[Path, Path]
+) -> None:
+    """A registry server for remote `berth` and CI starts before its first model: the first
+    version is uploaded and aliased through the API, then predicted with, without a restart."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env.update(BERTH_HOME=str(tmp_path / "home"), BERTH_REFRESH_SECONDS="0.2")
+    refused = berth(env, "serve", "--port", str(free_port()))
+    assert refused.returncode == 1
+    assert "--allow-empty" in refused.stderr
+    key = create_key(env, "ci", "--scope", "admin")
+    model, sample = iris_files
+    headers = {"X-API-Key": key}
+    with serving(env, "--allow-empty") as (url, _port):
+        with model.open("rb") as artifact, sample.open("rb") as rows:
+            uploaded = httpx.post(
+                f"{url}/api/v1/models/iris/versions",
+                headers=headers,
+                files={"artifact": (model.name, artifact), "sample": (sample.name, rows)},
+                data={
+                    "metadata": json.dumps(
+                        {
+                            "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+                            "trust_pickle": True,
+                        }
+                    )
+                },
+                timeout=60,
+            )
+        assert uploaded.status_code == 201, uploaded.text
+        aliased = httpx.put(
+            f"{url}/api/v1/models/iris/aliases/production", headers=headers, json={"version": 1}
+        )
+        assert aliased.status_code == 200, aliased.text
+        deadline = time.monotonic() + 20
+        while True:
+            answer = httpx.post(
+                f"{url}/api/v1/models/iris/predict",
+                headers=headers,
+                json={"features": np.load(sample)[0].tolist()},
+            )
+            if answer.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Berth-Model-Version"] == "iris:1"

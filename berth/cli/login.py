@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from berth.cli import profiles
-from berth.cli.context import console
+from berth.cli.context import console, err_console
 from berth.errors import Forbidden, InvalidInput
 
 app = typer.Typer(help="Server profiles for remote mode (see `berth login`).", no_args_is_help=True)
@@ -42,6 +42,13 @@ def login(
         key_file=key_file.expanduser().resolve() if key_file is not None else None,
         key=None if key_file is not None else _key_without_file(),
     )
+    if profiles.sends_key_in_clear(url):
+        err_console.print(
+            f"warning: {url} is plain http: the API key crosses the network unencrypted on "
+            "every command; use https:// (serve with TLS or behind a TLS proxy)",
+            highlight=False,
+            markup=False,
+        )
     server = Remote(profile)
     server.get("/health")
     try:

@@ -12,6 +12,7 @@ touching them: that is how CI runs `berth` remotely.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -98,6 +99,20 @@ def check_url(url: str) -> str:
             "http://127.0.0.1:8321"
         )
     return url.strip().rstrip("/")
+
+
+def sends_key_in_clear(url: str) -> bool:
+    """Whether the key would cross a network unencrypted: plain http to a host not on loopback."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return True
 
 
 def default_name(url: str) -> str:

@@ -97,6 +97,12 @@ def serve(
         help="With --bundle: the baked model is a pickle you trust (the bundle's own manifest "
         "cannot vouch for itself).",
     ),
+    allow_empty: bool = typer.Option(
+        False,
+        "--allow-empty",
+        help="Start even when nothing has a production alias yet: the admin API answers (for "
+        "remote `berth` and CI) and models are served as they get one.",
+    ),
 ) -> None:
     """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
 
@@ -118,7 +124,7 @@ def serve(
 
         served.append(install_bundle(registry(), bundle, trust_pickle=trust_pickle))
     follow = not served
-    served = served or _production_models()
+    served = served or _production_models(allow_empty)
     for reference in served:
         registry().resolve(reference)
     options = ServerOptions(
@@ -219,15 +225,16 @@ def _serve_on_ray(options: ServerOptions, address: str | None, detach: bool) -> 
     serve_on_ray(serving, console.print, environ=environ)
 
 
-def _production_models() -> list[str]:
+def _production_models(allow_empty: bool) -> list[str]:
     from berth.registry.endpoints import EndpointService
 
     names = registry().models_with_alias(DEFAULT_ALIAS)
-    if not names and not EndpointService(registry()).all():
+    if not names and not allow_empty and not EndpointService(registry()).all():
         raise InvalidInput(
             "nothing to serve: pass references (`berth serve churn:3`), point a production "
-            "alias at a version (`berth models alias churn production 3`) or create an "
-            "endpoint (`berth endpoints create churn --model churn:3`)"
+            "alias at a version (`berth models alias churn production 3`), create an "
+            "endpoint (`berth endpoints create churn --model churn:3`), or add --allow-empty "
+            "to start a server that registers and rolls out models through its API"
         )
     return [f"{name}@{DEFAULT_ALIAS}" for name in names]
 

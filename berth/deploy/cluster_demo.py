@@ -117,6 +117,8 @@ def _demo(args: argparse.Namespace) -> None:
             served=("churn@production",),
             max_body_bytes=settings.max_body_bytes,
             request_timeout_seconds=settings.request_timeout_seconds,
+            max_upload_bytes=settings.max_upload_bytes,
+            upload_timeout_seconds=settings.upload_timeout_seconds,
         )
         print(f"Starting {args.replicas} replicas and nginx ...", flush=True)
         with LocalCluster(config) as cluster:

@@ -177,6 +177,10 @@ class ClusterConfig:
     """BERTH_MAX_BODY_BYTES of the replicas, and nginx's client_max_body_size."""
     request_timeout_seconds: float = 30.0
     """BERTH_REQUEST_TIMEOUT_SECONDS of the replicas; nginx waits a little longer."""
+    max_upload_bytes: int = 2 * 1024**3
+    """BERTH_MAX_UPLOAD_BYTES of the replicas, and nginx's limit on the upload route."""
+    upload_timeout_seconds: float = 900.0
+    """BERTH_UPLOAD_TIMEOUT_SECONDS of the replicas; nginx waits a little longer."""
     host: str = "127.0.0.1"
     ready_seconds: float = 120.0
     """How long replicas may take to load their models before start() gives up."""
@@ -196,6 +200,8 @@ class ClusterConfig:
             BERTH_SECRET_KEY=self.secret_key,
             BERTH_MAX_BODY_BYTES=str(self.max_body_bytes),
             BERTH_REQUEST_TIMEOUT_SECONDS=str(self.request_timeout_seconds),
+            BERTH_MAX_UPLOAD_BYTES=str(self.max_upload_bytes),
+            BERTH_UPLOAD_TIMEOUT_SECONDS=str(self.upload_timeout_seconds),
             # nginx is the only proxy; its X-Forwarded-For is the client address.
             BERTH_TRUSTED_PROXIES=json.dumps([self.host]),
         )
@@ -238,6 +244,8 @@ class LocalCluster:
             host=config.host,
             max_body_bytes=config.max_body_bytes,
             request_timeout_seconds=config.request_timeout_seconds,
+            max_upload_bytes=config.max_upload_bytes,
+            upload_timeout_seconds=config.upload_timeout_seconds,
             user=worker_user(),
         )
         self.nginx = Nginx(proxy)

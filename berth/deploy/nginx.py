@@ -52,6 +52,11 @@ PREDICTION_ROUTES = (
 )
 """The routes whose POSTs nginx may retry on another replica (see the module docstring)."""
 
+UPLOAD_ROUTES = r"^/api/v1/models/[^/]+/versions$"
+"""The routes that take a model upload: BERTH_MAX_UPLOAD_BYTES instead of BERTH_MAX_BODY_BYTES,
+streamed to the replica as it arrives (nginx would otherwise spool gigabytes to its own disk
+first, and the upload's timeout would run twice), never retried once a replica received it."""
+
 UVICORN_KEEPALIVE_SECONDS = 5.0
 """How long uvicorn keeps an idle connection open (its default, which `berth serve` keeps)."""
 
@@ -84,6 +89,10 @@ class ProxyConfig:
     """Largest request body (BERTH_MAX_BODY_BYTES): larger ones get 413 from nginx already."""
     request_timeout_seconds: float = 30.0
     """Berth's BERTH_REQUEST_TIMEOUT_SECONDS; nginx waits a little longer, so Berth's 504 wins."""
+    max_upload_bytes: int = 2 * 1024**3
+    """Largest model upload (BERTH_MAX_UPLOAD_BYTES), on the upload routes only."""
+    upload_timeout_seconds: float = 900.0
+    """Berth's BERTH_UPLOAD_TIMEOUT_SECONDS; nginx waits a little longer, so Berth's 408 wins."""
     connect_timeout_seconds: float = 1.0
     """How long nginx waits for a replica to accept a connection before trying the next."""
     retry_window_seconds: float = 10.0
@@ -109,9 +118,13 @@ class ProxyConfig:
             raise InvalidInput("nginx needs at least one replica to send requests to")
         if self.tries is not None and self.tries < 1:
             raise InvalidInput("tries must be at least 1")
-        if self.max_body_bytes < 1 or self.worker_processes < 1 or self.max_fails < 0:
+        if (
+            min(self.max_body_bytes, self.max_upload_bytes, self.worker_processes) < 1
+            or self.max_fails < 0
+        ):
             raise InvalidInput(
-                "max_body_bytes and worker_processes must be at least 1, max_fails at least 0"
+                "max_body_bytes, max_upload_bytes and worker_processes must be at least 1, "
+                "max_fails at least 0"
             )
         if self.upstream_keepalive_seconds >= UVICORN_KEEPALIVE_SECONDS:
             raise InvalidInput(
@@ -221,6 +234,15 @@ http {{
         # Predictions change nothing but the prediction log: retried even once a replica had them.
         location ~ {PREDICTION_ROUTES} {{
 {_proxy("error timeout http_502 http_503 non_idempotent")}
+        }}
+
+        # Uploads: their own size limit and timeouts, passed on as they arrive.
+        location ~ {UPLOAD_ROUTES} {{
+            client_max_body_size {config.max_upload_bytes};
+            proxy_request_buffering off;
+            proxy_send_timeout {_ms(config.upload_timeout_seconds + 5)};
+            proxy_read_timeout {_ms(config.upload_timeout_seconds + 5)};
+{_proxy("error timeout http_502 http_503")}
         }}
 
         # Everything else: POST and PATCH only when no replica received them.
