@@ -3,9 +3,10 @@
 The body is written here rather than by httpx so that the JSON parts go last: the artifact's
 sha256 is computed from the very bytes as they are sent, and the `metadata` part that follows
 carries it. No second pass over a large file, and no window in which the file could change
-between hashing and sending: what the server checks is exactly what left this machine (a file
-that changes while it is read stops the upload). Progress shows on stderr, never stdout, whose
-text is the command's output; it is drawn only on a terminal.
+between hashing and sending: the digest is of exactly the bytes that left this machine, so the
+server's check fails only if they changed on the way (a file whose size changes while it is
+read stops the upload). Progress shows on stderr, never stdout, whose text is the command's
+output; it is drawn only on a terminal.
 
 A directory is packed into a temporary .tar.gz first; the server unpacks archives safely.
 """
