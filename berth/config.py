@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from berth.defaults import DEFAULT_PORT
+from berth.defaults import DEFAULT_PORT, LONG_POLL_MAX_SECONDS
 from berth.errors import InvalidInput
 
 
@@ -123,6 +123,12 @@ class Settings(BaseSettings):
 
     upload_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
     """Longest a client may take to send a model upload; slower ones get 408 and are disconnected."""
+
+    validation_data_dir: Path | None = None
+    """Folder of test data on the server that `berth validate --server-data NAME` (the `data_file` of `POST /api/v1/validate`) may read; files outside it never. Unset: validation takes uploaded data only."""
+
+    long_poll_seconds: float = Field(default=25.0, gt=0, le=LONG_POLL_MAX_SECONDS)
+    """Longest a long poll (`GET /api/v1/rollouts/ID?wait=SECONDS`, used by a remote `berth rollout wait`) holds a request before it answers with no change; keep it below the read timeout of any proxy in front (the nginx of `make cluster-demo` waits BERTH_REQUEST_TIMEOUT_SECONDS + 5 s)."""
 
     decode_process_bytes: int = Field(default=1024 * 1024, ge=0)
     """Request bodies of at least this many bytes are decoded in a helper process per worker, so parsing them never stalls other requests; 0 decodes them in threads."""

@@ -6,3 +6,7 @@
 from __future__ import annotations
 
 DEFAULT_PORT = 8321
+
+LONG_POLL_MAX_SECONDS = 60
+"""The longest wait a long poll (`GET /api/v1/rollouts/ID?wait=SECONDS`) may ask for; a server
+holds it at most its BERTH_LONG_POLL_SECONDS."""

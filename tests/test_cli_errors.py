@@ -29,7 +29,7 @@ from tests.conftest import BERTH, Run
 CHEAPEST: dict[str, list[str]] = {
     "predict": ["m", "--input", "{}"],
     "bench": ["m", "--requests", "1", "--warmup", "0"],
-    "validate": ["m:1"],
+    "validate": ["m:1", "--data", "rows.csv", "--no-nan"],
     "export": ["m:1", "--format", "onnx", "--out", "out"],
     "build": ["m:1", "--out", "out"],
     "models register": ["m", "model.py"],

@@ -386,7 +386,7 @@ def test_nginx_passes_the_request_id_and_the_client_address(stack: Stack) -> Non
         client.close()
 
 
-def test_an_upload_larger_than_the_body_limit_passes_nginx_on_the_upload_route_only(
+def test_an_upload_larger_than_the_body_limit_passes_nginx_on_the_upload_routes_only(
     stack: Stack, churn_files: tuple[Path, Path, Path]
 ) -> None:
     model, sample, _signature = churn_files
@@ -402,6 +402,20 @@ def test_an_upload_larger_than_the_body_limit_passes_nginx_on_the_upload_route_o
     assert response.status_code == 201, response.text
     assert response.json()["sha256"] == digest
     assert stack.registry.resolve("uploaded:1").artifact.sha256 == digest
+    # Validating a candidate is an upload too.
+    gates = {"gates": {"no_nan": True}, "sha256": digest}
+    with model.open("rb") as artifact, sample.open("rb") as rows:
+        validated = stack.client.post(
+            f"{stack.cluster.url}/api/v1/validate",
+            headers=stack.admin,
+            files={
+                "artifact": (model.name, artifact),
+                "data": (sample.name, rows),
+                "request": (None, json.dumps(gates).encode(), "application/json"),
+            },
+        )
+    assert validated.status_code == 200, validated.text
+    assert validated.json()["passed"] is True
     # The same size anywhere else is refused by nginx, with Berth's error document.
     refused = stack.client.post(
         f"{stack.cluster.url}/api/v1/models/churn/predict",

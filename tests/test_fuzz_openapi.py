@@ -108,7 +108,12 @@ def fuzzed(
     # POST .../optimize measures speed: measured, not asserted, so briefly
     monkeypatch.setattr(speed, "BUDGET_SECONDS", 0.005)
     settings = settings.model_copy(
-        update={"jwt_secret": SecretStr(JWT_SECRET), "jwt_audience": "berth-fuzz"}
+        update={
+            "jwt_secret": SecretStr(JWT_SECRET),
+            "jwt_audience": "berth-fuzz",
+            # a generated `wait` may name a running rollout: hold such a long poll briefly
+            "long_poll_seconds": 0.2,
+        }
     )
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
@@ -439,7 +444,7 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
             assert {"401", "403", "429", "503"} <= set(responses), label
             if method in ("post", "put"):
                 content = operation["requestBody"]["content"]
-                # JSON, or multipart/form-data for the model upload
+                # JSON, or multipart/form-data for the model upload and validation
                 body = content.get("application/json") or content["multipart/form-data"]
                 assert body["schema"], label
                 assert "413" in responses, label
@@ -447,9 +452,9 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
-    # + 20 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    # + deleting a model + optimize
-    assert operations == 59
+    # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
+    # + validation + deleting a model + optimize
+    assert operations == 63
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

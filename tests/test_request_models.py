@@ -20,6 +20,7 @@ from berth.rollouts.requests import (
     RollbackRequest,
     RolloutRequest,
     RoutesRequest,
+    ShadowRequest,
 )
 from berth.security.requests import KeyRequest, RotateRequest
 
@@ -35,6 +36,7 @@ MODELS: list[type[RequestModel]] = [
     RolloutRequest,
     RotateRequest,
     RoutesRequest,
+    ShadowRequest,
     UploadMetadata,
 ]
 

@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 
 from berth.config import Settings
 from berth.errors import ArtifactIntegrityError, InvalidInput, ModelLoadError, NotFound
-from berth.registration import service as registration
+from berth.registration import artifact as staged_loading
 from berth.registration.service import RegisterRequest, register
 from berth.registry.artifacts import file_sha256
 from berth.registry.service import Registry
@@ -152,13 +152,13 @@ def test_registration_loads_and_stores_the_same_bytes(
     source = tmp_path / "model.joblib"
     shutil.copyfile(files["joblib"], source)
     original = file_sha256(source)
-    real_load = registration.load_runtime
+    real_load = staged_loading.load_runtime
 
     def swap_then_load(*args: Any, **kwargs: Any) -> Any:
         joblib.dump({"not": "the model"}, source)  # the attacker's swap, mid-registration
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(registration, "load_runtime", swap_then_load)
+    monkeypatch.setattr(staged_loading, "load_runtime", swap_then_load)
     version = _register(registry, source, files["sample"], trust_pickle=True)
 
     assert file_sha256(source) != original

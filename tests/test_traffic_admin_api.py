@@ -3,7 +3,10 @@ every change comes from these requests)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from starlette.testclient import TestClient
 from berth.config import Settings
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
+from berth.rollouts.service import RolloutService
 from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.serving.route_stats import RouteStats, _Totals
@@ -53,6 +57,12 @@ class Admin:
 @pytest.fixture
 def admin(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Admin]:
     """iris:1 (@production), iris:2, iris:3; an admin key and a predict+read key."""
+    with _admin(settings, iris_files) as found:
+        yield found
+
+
+@contextmanager
+def _admin(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Admin]:
     from berth.api.app import build_services, create_app
 
     settings = settings.model_copy(update={"rollout_controller": False, "refresh_seconds": 0.0})
@@ -101,7 +111,7 @@ def test_every_traffic_route_needs_an_admin_key(admin: Admin) -> None:
                 assert response.status_code == status, (method, path, response.text)
                 assert set(response.json()) == {"error"}
             checked += 1
-    assert checked == 20
+    assert checked == 23  # 9 of endpoints, 10 of rollouts, 4 of experiments
     assert EndpointService(admin.registry).all() == []
 
 
@@ -179,6 +189,52 @@ def test_endpoints_create_read_change_delete(admin: Admin) -> None:
     assert admin.get("/api/v1/endpoints/flowers/history").json()["history"][0]["reason"] == (
         "deleted"
     )
+
+
+def test_shadow_on_and_off_keeps_the_serving_routes(admin: Admin) -> None:
+    _create(admin)
+    admin.put(
+        "/api/v1/endpoints/flowers/routes",
+        {"routes": [{"label": "stable", "model": "iris", "version": 1, "weight": 90},
+                    {"label": "b", "model": "iris", "version": 2, "weight": 10}]},
+    )  # fmt: skip
+    shadowed = admin.put("/api/v1/endpoints/flowers/shadow", {"to": "iris@production"})
+    assert shadowed.status_code == 200, shadowed.text
+    assert admin.routes() == [
+        ("stable", "iris:1", 90.0),
+        ("b", "iris:2", 10.0),
+        ("shadow", "iris:1", 10.0),  # 10% unless told
+    ]
+    moved = admin.put("/api/v1/endpoints/flowers/shadow", {"to": "iris:3", "percent": 25})
+    assert [r["weight"] for r in moved.json()["routes"]] == [90.0, 10.0, 25.0]
+    assert admin.routes()[2] == ("shadow", "iris:3", 25.0)
+    for body, status, message in (
+        ({"to": "iris:9"}, 404, "has no version 9"),
+        ({"to": "iris:3", "percent": 101}, 400, "'percent' must be at most 100"),
+        ({"percent": 5}, 400, "no 'to' field"),
+        ({"to": "iris:3", "weight": 5}, 400, "unknown field weight"),
+    ):
+        assert message in _error(admin.put("/api/v1/endpoints/flowers/shadow", body), status)
+    assert "berth endpoints create ghost" in _error(
+        admin.put("/api/v1/endpoints/ghost/shadow", {"to": "iris:3"}), 404
+    )
+    removed = admin.delete("/api/v1/endpoints/flowers/shadow")
+    assert removed.status_code == 200, removed.text
+    assert admin.routes() == [("stable", "iris:1", 90.0), ("b", "iris:2", 10.0)]
+    assert "no shadow route" in _error(admin.delete("/api/v1/endpoints/flowers/shadow"), 400)
+    history = admin.get("/api/v1/endpoints/flowers/history?limit=3").json()["history"]
+    assert [(h["reason"], h["actor"]) for h in history] == [
+        ("shadow removed", "ops"),
+        ("shadow iris:3 on 25% of requests", "ops"),
+        ("shadow iris:1 on 10% of requests", "ops"),
+    ]
+    assert len(admin.get("/api/v1/endpoints/flowers/history").json()["history"]) == 5
+    for bad in ("0", "1001", "x", "-1"):
+        assert "limit must be" in _error(
+            admin.get(f"/api/v1/endpoints/flowers/history?limit={bad}"), 400
+        )
+    events = [e for e in AuditLog(admin.registry.db).list() if e.action == "endpoint.routes"]
+    assert [(e.outcome, e.actor) for e in events][:3] == [("ok", "ops")] * 3
 
 
 @pytest.mark.parametrize(
@@ -301,6 +357,96 @@ def test_rollout_start_act_and_read(admin: Admin) -> None:
         ("rollout.resume", "ops"),
         ("rollout.promote", "ops"),
     ]
+
+
+def test_an_endpoints_rollout_and_the_active_filter(admin: Admin) -> None:
+    _create(admin)
+    assert "berth rollout start flowers" in _error(
+        admin.get("/api/v1/endpoints/flowers/rollout"), 404
+    )
+    first = _start(admin)["rollout"]
+    assert admin.post("/api/v1/endpoints/flowers/rollout/abort").status_code == 200
+    second = _start(admin, to="iris:3")["rollout"]
+    current = admin.get("/api/v1/endpoints/flowers/rollout").json()
+    assert (current["id"], current["status"]) == (second["id"], "running")
+    assert [e["kind"] for e in current["events"]] == ["started"]
+    active = admin.get("/api/v1/rollouts?endpoint=flowers&active=true").json()["rollouts"]
+    assert [r["id"] for r in active] == [second["id"]]
+    every = admin.get("/api/v1/rollouts?active=false").json()["rollouts"]
+    assert [r["id"] for r in every] == [second["id"], first["id"]]
+    assert "active must be true or false" in _error(admin.get("/api/v1/rollouts?active=1"), 400)
+    assert admin.post("/api/v1/endpoints/flowers/rollout/promote").status_code == 200
+    latest = admin.get("/api/v1/endpoints/flowers/rollout").json()
+    assert (latest["id"], latest["status"]) == (second["id"], "promoted")
+    assert admin.get("/api/v1/rollouts?active=true").json() == {"rollouts": []}
+
+
+def _timed(admin: Admin, path: str) -> tuple[float, dict[str, Any]]:
+    began = time.monotonic()
+    response = admin.get(path)
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return time.monotonic() - began, document
+
+
+def test_a_long_poll_answers_when_the_rollout_changes(admin: Admin) -> None:
+    _create(admin)
+    rollout_id = _start(admin)["rollout"]["id"]
+    path = f"/api/v1/rollouts/{rollout_id}"
+    # nothing changes: answered at the end of the wait, as it is
+    took, found = _timed(admin, f"{path}?wait=0.6")
+    assert 0.6 <= took < 3
+    assert [e["kind"] for e in found["events"]] == ["started"]
+    # an event the client has not seen yet: answered at once
+    took, found = _timed(admin, f"{path}?wait=30&after_event=0")
+    assert took < 1
+    # a change a second into the wait: answered within about the half second it looks
+    service = RolloutService(admin.registry)
+    acting = threading.Timer(1.0, lambda: service.pause("flowers", actor="operator"))
+    acting.start()
+    try:
+        took, found = _timed(admin, f"{path}?wait=30&after_event=1")
+    finally:
+        acting.join()
+    assert 1.0 <= took < 3
+    assert (found["status"], [e["kind"] for e in found["events"]]) == (
+        "paused",
+        ["started", "paused"],
+    )
+    acting = threading.Timer(1.0, lambda: service.abort("flowers", actor="operator"))
+    acting.start()
+    try:
+        took, found = _timed(admin, f"{path}?wait=30")  # default: the events there are now
+    finally:
+        acting.join()
+    assert 1.0 <= took < 3
+    assert found["status"] == "aborted"
+    # a finished rollout does not change any more: answered at once
+    took, found = _timed(admin, f"{path}?wait=30&after_event=99")
+    assert took < 1
+    assert found["status"] == "aborted"
+    assert "berth rollout list" in _error(admin.get("/api/v1/rollouts/99?wait=30"), 404)
+    for query, message in (
+        ("wait=-1", "wait must be a number of seconds from 0 to 60"),
+        ("wait=61", "wait must be"),
+        ("wait=nan", "wait must be"),
+        ("wait=inf", "wait must be"),
+        ("wait=soon", "wait must be"),
+        ("wait=1&after_event=-1", "after_event must be a whole number"),
+        ("wait=1&after_event=1.5", "after_event must be"),
+    ):
+        assert message in _error(admin.get(f"{path}?{query}"), 400), query
+
+
+def test_a_long_poll_holds_at_most_the_configured_time(
+    settings: Settings, iris_files: tuple[Path, Path]
+) -> None:
+    with _admin(settings.model_copy(update={"long_poll_seconds": 0.5}), iris_files) as admin:
+        _create(admin)
+        rollout_id = _start(admin)["rollout"]["id"]
+        took, found = _timed(admin, f"/api/v1/rollouts/{rollout_id}?wait=60")
+    assert 0.5 <= took < 2
+    assert found["status"] == "running"
 
 
 def test_rollout_latency_ratio_and_slack_are_stored(admin: Admin) -> None:

@@ -591,13 +591,14 @@ def test_report_table_and_json(sqlite_registry: Registry, cases: dict[str, Case]
 # the command -------------------------------------------------------------------------------
 
 
-def test_cli_exit_codes_table_and_json(run: Run, cases: dict[str, Case], tmp_path: Path) -> None:
+def test_cli_exit_codes_table_and_json(
+    run_both: Run, sqlite_registry: Registry, cases: dict[str, Case]
+) -> None:
     case = cases["binary"]
-    registered = run("models", "register", "churn", str(case.model), "--sample", str(case.sample))
-    assert registered.code == 0, registered.err
+    assert _register(sqlite_registry, "churn", case) == "churn:1"
     data = ["--data", str(case.test), "--target", "y"]
 
-    passing = run(
+    passing = run_both(
         "validate", "churn:1", *data, "--min-accuracy", "0.8", "--no-nan", "--output-range", "0,1"
     )
     assert passing.code == 0, passing.err
@@ -605,27 +606,27 @@ def test_cli_exit_codes_table_and_json(run: Run, cases: dict[str, Case], tmp_pat
     assert "FAIL" not in passing.out
     assert "accuracy" in passing.out
 
-    failing = run("validate", "churn:1", *data, "--min-accuracy", "0.999", "--min-auc", "0.5")
+    failing = run_both("validate", "churn:1", *data, "--min-accuracy", "0.999", "--min-auc", "0.5")
     assert failing.code == 1
     assert "FAIL" in failing.out
     assert "1 of 2 checks failed: accuracy" in failing.out
 
-    as_json = run("validate", "churn:1", *data, "--min-accuracy", "0.999", "--json")
+    as_json = run_both("validate", "churn:1", *data, "--min-accuracy", "0.999", "--json")
     assert as_json.code == 1
     document = json.loads(as_json.out)
     assert document["passed"] is False
     assert document["checks"][0]["name"] == "accuracy"
 
-    bad_range = run("validate", "churn:1", *data, "--output-range", "0-1")
+    bad_range = run_both("validate", "churn:1", *data, "--output-range", "0-1")
     assert bad_range.code == 1
     assert "error: --output-range '0-1' is not LOW,HIGH" in bad_range.err
 
-    unknown = run("validate", "ghost", *data, "--min-accuracy", "0.5")
+    unknown = run_both("validate", "ghost", *data, "--min-accuracy", "0.5")
     assert unknown.code == 1
     assert "error:" in unknown.err
     assert "ghost" in unknown.err
 
-    missing = run(
+    missing = run_both(
         "validate",
         "churn:1",
         "--data",
@@ -638,6 +639,6 @@ def test_cli_exit_codes_table_and_json(run: Run, cases: dict[str, Case], tmp_pat
     assert missing.code == 1
     assert "has no column 'label'" in missing.err
 
-    helped = run("validate", "--help")
+    helped = run_both("validate", "--help")
     assert helped.code == 0
     assert "Example" in helped.out

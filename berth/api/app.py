@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Scope
 
 from berth import __version__
 from berth.api import (
@@ -19,8 +20,10 @@ from berth.api import (
     health,
     jobs,
     model_upload,
+    model_validation,
     optimize,
     prediction_routes,
+    rollouts,
     traffic,
     v1,
     v2,
@@ -180,8 +183,10 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         prediction_routes.router(v2.TAG),
         admin.router,
         model_upload.router,
+        model_validation.router,
         optimize.router,
         traffic.router,
+        rollouts.router,
         jobs.router,
     )
     for router in routers:
@@ -205,13 +210,18 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         RequestBodyMiddleware,
         max_bytes=http.max_body_bytes,
         timeout_seconds=http.body_timeout_seconds,
-        streamed=model_upload.is_upload,
+        streamed=_streamed,
     )
     app.add_middleware(CompressionMiddleware, min_bytes=http.compress_min_bytes)
     app.add_middleware(AccessLogMiddleware, enabled=http.access_log, sample=http.access_log_sample)
     app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _streamed(scope: Scope) -> bool:
+    """Whether a request's route streams its body itself (uploads: big, and timed apart)."""
+    return model_upload.is_upload(scope) or model_validation.is_upload(scope)
 
 
 def create_app_from_env() -> FastAPI:

@@ -5,21 +5,16 @@ signature or reference data) as a multipart body, which is streamed to a private
 checked against the sha256 the client computed, then registered by the same service function
 as the command, in a worker thread. The body is bounded by BERTH_MAX_UPLOAD_BYTES and
 BERTH_UPLOAD_TIMEOUT_SECONDS instead of the small limits of prediction bodies (see
-`is_upload`, which `RequestBodyMiddleware` asks).
+`berth.api.upload_body`, and `is_upload`, which `RequestBodyMiddleware` asks).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import shutil
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import anyio.to_thread
 from fastapi import APIRouter
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Scope
@@ -29,6 +24,7 @@ from berth.api.admin import admin_caller
 from berth.api.json_body import json_response, parse_object
 from berth.api.openapi import common as doc
 from berth.api.openapi import models as models_doc
+from berth.api.upload_body import private_upload
 from berth.errors import BerthError, InvalidInput
 from berth.registration.requests import UploadedFiles, UploadMetadata, register_request
 from berth.registration.service import register
@@ -77,39 +73,19 @@ async def upload_version(request: Request) -> Response:
     name = request.path_params["name"]
     svc, who = await admin_caller(request)
     check_name("model", name)  # before the body: no gigabytes taken in for a bad name
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise HTTPException(
-            415, "send the upload without Content-Encoding (archives are compressed already)"
-        )
-    settings = svc.settings
-    private = Path(tempfile.mkdtemp(prefix="berth-upload-"))
     try:
-        try:
-            async with asyncio.timeout(settings.upload_timeout_seconds):
-                received = await multipart.receive(
-                    request, private, FILE_PARTS, (METADATA,), settings.max_upload_bytes
-                )
-        except TimeoutError:
-            raise HTTPException(
-                408,
-                f"the upload did not arrive within {settings.upload_timeout_seconds:g} s; send "
-                "it faster (or raise BERTH_UPLOAD_TIMEOUT_SECONDS)",
-                headers={"Connection": "close"},
-            ) from None
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is listening any more
-        files, metadata = _checked(received)
-        asked = register_request(name, metadata, files, who)
-        try:
-            info = await anyio.to_thread.run_sync(register, svc.registry, asked)
-        except BerthError as exc:
-            exc.message = received.shown(exc.message)
-            exc.args = (exc.message,)
-            raise
-        info = replace(info, notes=tuple(received.shown(note) for note in info.notes))
-    finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, private)
+        async with private_upload(request, svc.settings, FILE_PARTS, (METADATA,)) as received:
+            files, metadata = _checked(received)
+            asked = register_request(name, metadata, files, who)
+            try:
+                info = await anyio.to_thread.run_sync(register, svc.registry, asked)
+            except BerthError as exc:
+                exc.message = received.shown(exc.message)
+                exc.args = (exc.message,)
+                raise
+            info = replace(info, notes=tuple(received.shown(note) for note in info.notes))
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody is listening any more
     location = f"/api/v1/models/{info.model}/versions/{info.number}"
     return json_response(info.registered_dict(), status=201, headers={"Location": location})
 

@@ -58,7 +58,7 @@ async def receive(
     """Parse the request's multipart body: the parts named in `files` are written under
     `directory` (each in a folder of its own, under the name it was sent with); `fields` are
     kept. Any other part, a repeated part, a body over `max_bytes`: refused."""
-    boundary = _boundary(request.headers.get("content-type", ""))
+    boundary = _boundary(request.headers.get("content-type", ""), [*files, *fields])
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(_too_large(max_bytes))
@@ -89,13 +89,13 @@ async def receive(
     return parts.received
 
 
-def _boundary(content_type: str) -> bytes:
+def _boundary(content_type: str, parts: list[str]) -> bytes:
     kind, options = parse_options_header(content_type)
     boundary = options.get(b"boundary", b"")
     if kind != b"multipart/form-data" or not boundary:
         raise InvalidInput(
             "send the upload as multipart/form-data (Content-Type: multipart/form-data; "
-            "boundary=...), with an 'artifact' file part and a 'metadata' JSON part"
+            f"boundary=...), with the parts {', '.join(parts)}"
         )
     if len(boundary) > 70:  # RFC 2046
         raise InvalidInput("the multipart boundary is longer than 70 characters")

@@ -1,7 +1,8 @@
-"""Admin routes (admin scope) for traffic: endpoints and their routes, rollouts, experiments.
+"""Admin routes (admin scope) for traffic: endpoints and their routes, and experiments
+(rollouts: `berth.api.rollouts`).
 
 Each route calls the same service function as its CLI command (`berth endpoints`, `berth
-rollout`, `berth experiments`), with the caller as the actor. A body is the request model the
+experiments`), with the caller as the actor. A body is the request model the
 command builds from its flags (`berth.rollouts.requests`): it is validated, and documented, by
 that model.
 """
@@ -23,18 +24,15 @@ from berth.api.openapi import traffic as traffic_doc
 from berth.api.services import Services
 from berth.errors import InvalidInput
 from berth.registry.endpoints import EndpointService
-from berth.registry.references import MAX_VERSION, check_name
-from berth.request_model import NoFields
+from berth.registry.references import check_name
 from berth.rollouts.experiments import ExperimentService
 from berth.rollouts.requests import (
     ConcludeRequest,
     EndpointRequest,
     ExperimentRequest,
-    RollbackRequest,
-    RolloutRequest,
     RoutesRequest,
+    ShadowRequest,
 )
-from berth.rollouts.service import RolloutInfo, RolloutService
 from berth.serving.route_stats import read_shadow, read_totals, stats_document
 
 T = TypeVar("T")
@@ -42,10 +40,6 @@ T = TypeVar("T")
 router = APIRouter(prefix="/api/v1", tags=["traffic"], dependencies=doc.PROTECTED)
 
 _NOT_FOUND_ENDPOINT = doc.error(404, "No such endpoint.")
-_ACTION_ERRORS = {
-    **doc.errors(400, 409, 413, *doc.READ_ERRORS),
-    404: doc.error(404, "No such endpoint, or it has no rollout in progress."),
-}
 
 
 async def _run(function: Callable[[], T]) -> T:
@@ -149,21 +143,63 @@ async def set_routes(request: Request) -> Response:
     return json_response(info.to_dict())
 
 
+@router.put(
+    "/endpoints/{name}/shadow",
+    summary="Mirror a share of an endpoint's requests to a version (replacing any shadow)",
+    description="The shadow's answers are never returned; they are compared with the served "
+    "ones (see `GET /api/v1/endpoints/{name}/stats`). The serving routes stay as they are.",
+    openapi_extra=doc.combined(
+        doc.parameters(doc.ENDPOINT_NAME),
+        doc.request_body(ShadowRequest),
+    ),
+    responses={
+        **doc.ok(traffic_doc.ENDPOINT_INFO, "The endpoint with its shadow route."),
+        **doc.errors(400, 409, 413, *doc.READ_ERRORS),
+        404: doc.error(404, "No such endpoint, or no such version."),
+    },
+)
+async def set_shadow(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await admin_caller(request)
+    body = ShadowRequest.parse(await read_object(request))
+    info = await _run(
+        lambda: EndpointService(svc.registry).set_shadow(name, body.to, body.percent, **who)
+    )
+    return json_response(info.to_dict())
+
+
+@router.delete(
+    "/endpoints/{name}/shadow",
+    summary="Stop mirroring: remove the endpoint's shadow route",
+    openapi_extra=doc.parameters(doc.ENDPOINT_NAME),
+    responses={
+        **doc.ok(traffic_doc.ENDPOINT_INFO, "The endpoint without a shadow route."),
+        **doc.errors(409, *doc.READ_ERRORS),
+        400: doc.error(400, "The endpoint has no shadow route, or its name is not valid."),
+        404: _NOT_FOUND_ENDPOINT,
+    },
+)
+async def remove_shadow(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await admin_caller(request)
+    info = await _run(lambda: EndpointService(svc.registry).remove_shadow(name, **who))
+    return json_response(info.to_dict())
+
+
 @router.get(
     "/endpoints/{name}/history",
     summary="Every change of an endpoint's routes, newest first",
-    openapi_extra=doc.parameters(doc.ENDPOINT_NAME),
+    openapi_extra=doc.parameters(doc.ENDPOINT_NAME, traffic_doc.HISTORY_LIMIT_QUERY),
     responses={
-        **doc.ok(
-            traffic_doc.ENDPOINT_HISTORY, "Changes, newest first (at most 50); empty if none."
-        ),
+        **doc.ok(traffic_doc.ENDPOINT_HISTORY, "Changes, newest first; empty if none."),
         **doc.errors(400, *doc.READ_ERRORS),
     },
 )
 async def endpoint_history(request: Request) -> Response:
     name = request.path_params["name"]
     svc, _who = await admin_caller(request)
-    changes = await _run(lambda: EndpointService(svc.registry).history(name))
+    limit = _history_limit(request)
+    changes = await _run(lambda: EndpointService(svc.registry).history(name, limit=limit))
     return json_response({"history": [c.to_dict() for c in changes]})
 
 
@@ -193,137 +229,6 @@ def _stats(svc: Services, name: str) -> dict[str, Any]:
     return {"endpoint": info.name, **stats_document(info, totals, shadows)}
 
 
-# rollouts ------------------------------------------------------------------------------------
-
-
-@router.get(
-    "/rollouts",
-    summary="List rollouts, newest first",
-    openapi_extra=doc.parameters(traffic_doc.ENDPOINT_QUERY),
-    responses={
-        **doc.ok(traffic_doc.ROLLOUTS, "Rollouts, newest first."),
-        **doc.errors(400, *doc.READ_ERRORS),
-    },
-)
-async def list_rollouts(request: Request) -> Response:
-    svc, _who = await admin_caller(request)
-    endpoint = _endpoint_query(request)
-    found = await _run(lambda: RolloutService(svc.registry).list(endpoint))
-    return json_response({"rollouts": [r.to_dict() for r in found]})
-
-
-@router.post(
-    "/rollouts",
-    summary="Start a rollout (canary or blue-green); gates, if any, run first",
-    description="Answers 201 with the rollout. When validation gates ran and failed, the "
-    "rollout is recorded with status `failed` and the endpoint's routes are unchanged; the "
-    "gate report says why.",
-    status_code=201,
-    openapi_extra=doc.request_body(RolloutRequest),
-    responses={
-        **doc.ok(
-            traffic_doc.ROLLOUT_STARTED, "The rollout, and the gate report if gates ran.", 201
-        ),
-        **doc.errors(400, 409, 413, *doc.READ_ERRORS),
-        404: doc.error(404, "No such endpoint or version."),
-    },
-)
-async def start_rollout(request: Request) -> Response:
-    svc, who = await admin_caller(request)
-    body = RolloutRequest.parse(await read_object(request))
-
-    def start() -> dict[str, Any]:
-        result = RolloutService(svc.registry).start_from(body, **who)
-        report = result.gates.to_dict() if result.gates is not None else None
-        return {"rollout": result.rollout.to_dict(), "gates": report}
-
-    return json_response(await _run(start), status=201)
-
-
-@router.get(
-    "/rollouts/{id}",
-    summary="One rollout with its events",
-    openapi_extra=doc.parameters(traffic_doc.ROLLOUT_ID),
-    responses={
-        **doc.ok(traffic_doc.ROLLOUT_INFO, "The rollout, with its events oldest first."),
-        **doc.errors(400, *doc.READ_ERRORS),
-        404: doc.error(404, "No such rollout."),
-    },
-)
-async def get_rollout(request: Request) -> Response:
-    raw = request.path_params["id"]
-    svc, _who = await admin_caller(request)
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 1 <= int(raw) <= MAX_VERSION):
-        raise InvalidInput(
-            f"rollout id must be a whole number from 1 to {MAX_VERSION}; list rollouts with "
-            "GET /api/v1/rollouts"
-        )
-    info = await _run(lambda: RolloutService(svc.registry).get(int(raw)))
-    return json_response(info.to_dict())
-
-
-def _action(
-    name: str,
-    summary: str,
-    act: Callable[[RolloutService, str, dict[str, Any], str | None], Any],
-) -> None:
-    """POST /endpoints/{name}/rollout/NAME: one hand action on the rollout in progress.
-
-    One route per action rather than a `{action}` parameter: each gets its own summary and
-    body in the OpenAPI document, and an unknown action is an ordinary 404.
-    """
-    model: type[RollbackRequest | NoFields] = RollbackRequest if name == "rollback" else NoFields
-
-    async def handler(request: Request) -> Response:
-        endpoint = request.path_params["name"]
-        svc, who = await admin_caller(request)
-        body = model.parse(await _optional_object(request))
-        reason = body.reason if isinstance(body, RollbackRequest) else None
-        info: RolloutInfo = await _run(
-            lambda: act(RolloutService(svc.registry), endpoint, who, reason)
-        )
-        return json_response(info.to_dict())
-
-    handler.__name__ = f"rollout_{name}"
-    router.post(
-        f"/endpoints/{{name}}/rollout/{name}",
-        summary=summary,
-        openapi_extra=doc.combined(
-            doc.parameters(doc.ENDPOINT_NAME), doc.request_body(model, required=False)
-        ),
-        responses={
-            **doc.ok(traffic_doc.ROLLOUT_INFO, "The rollout after the action."),
-            **_ACTION_ERRORS,
-        },
-    )(handler)
-
-
-_action("pause", "Hold the rollout at its weights", lambda r, e, who, _: r.pause(e, **who))
-_action("resume", "Go on with a paused rollout", lambda r, e, who, _: r.resume(e, **who))
-_action(
-    "promote",
-    "Canary: all traffic to the candidate now. Blue-green: switch, or finish after it",
-    lambda r, e, who, _: r.promote(e, **who),
-)
-_action(
-    "finalize",
-    "Blue-green after the switch: unload blue and finish",
-    lambda r, e, who, _: r.finalize(e, **who),
-)
-_action(
-    "rollback",
-    "All traffic back to the old version (rolled back)",
-    lambda r, e, who, reason: (
-        r.rollback(e, reason=reason, **who) if reason else r.rollback(e, **who)
-    ),
-)
-_action(
-    "abort",
-    "Stop the rollout and restore the old version (aborted)",
-    lambda r, e, who, _: r.abort(e, **who),
-)
-
-
 # experiments ---------------------------------------------------------------------------------
 
 
@@ -338,7 +243,7 @@ _action(
 )
 async def list_experiments(request: Request) -> Response:
     svc, _who = await admin_caller(request)
-    endpoint = _endpoint_query(request)
+    endpoint = endpoint_query(request)
     found = await _run(lambda: ExperimentService(svc.registry).list(endpoint))
     return json_response({"experiments": [e.to_dict() for e in found]})
 
@@ -410,17 +315,19 @@ async def conclude_experiment(request: Request) -> Response:
     return json_response(info.to_dict())
 
 
-# reading bodies ------------------------------------------------------------------------------
+# reading queries -----------------------------------------------------------------------------
 
 
-async def _optional_object(request: Request) -> dict[str, Any]:
-    if not await request.body():
-        return {}
-    return await read_object(request)
-
-
-def _endpoint_query(request: Request) -> str | None:
+def endpoint_query(request: Request) -> str | None:
+    """The `endpoint` query parameter of a listing, checked as a name."""
     endpoint = request.query_params.get("endpoint")
     if endpoint is not None:
         check_name("endpoint", endpoint)
     return endpoint
+
+
+def _history_limit(request: Request) -> int:
+    limit = request.query_params.get("limit", "50")
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4 and 1 <= int(limit) <= 1000):
+        raise InvalidInput(f"limit must be a whole number from 1 to 1000, got '{limit[:20]}'")
+    return int(limit)

@@ -1,29 +1,33 @@
-"""`berth endpoints ...`: create endpoints, set their routes by hand, add a shadow, watch them."""
+"""`berth endpoints ...`: create endpoints, set their routes by hand, add a shadow, watch them.
+
+Each command prints from the JSON documents the admin API returns: in local mode it builds them
+with the services (`to_dict()`), in remote mode it asks the server for them.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, registry
+from berth.cli.context import console, registry, remote
+from berth.cli.remote import path as api
 from berth.errors import InvalidInput
-from berth.registry.roles import ROLES
+from berth.registry.roles import ROLES, SHADOW
 
 # The endpoint and rollout services (SQLAlchemy) are imported by the commands that use them.
 if TYPE_CHECKING:
-    from berth.registry.endpoints import EndpointChange, EndpointInfo, EndpointService, RouteSpec
-    from berth.serving.route_stats import ShadowTotals
-    from berth.serving.route_window import RouteWindow
+    from berth.cli.remote import Remote
+    from berth.registry.endpoints import EndpointService, RouteSpec
 
 app = typer.Typer(
     help="Endpoints: the names clients call, and the versions (routes) behind them.",
     no_args_is_help=True,
 )
 
-SHADOW = "shadow"
 _ROUTE_FORMAT = "LABEL=REF:WEIGHT[:ROLE], e.g. stable=churn:2:90 or canary=churn@staging:10"
 
 
@@ -63,19 +67,29 @@ def create(
         {"name": "NAME", "model": "--model", "sticky": "--sticky", "description": "--description"},
         {"name": name, "model": model, "sticky": sticky, "description": description},
     )
-    info = _service().create(
-        asked.name,
-        asked.model,
-        sticky=asked.sticky,
-        description=asked.description,
-        actor=cli_actor(),
-    )
+    server = remote()
+    if server is not None:
+        info = server.post(api("endpoints"), asked.model_dump(mode="json", exclude_unset=True))
+    else:
+        info = (
+            _service()
+            .create(
+                asked.name,
+                asked.model,
+                sticky=asked.sticky,
+                description=asked.description,
+                actor=cli_actor(),
+            )
+            .to_dict()
+        )
     if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
+        typer.echo(json.dumps(info, indent=2))
         return
+    from berth.registry.endpoints import primary_route
+
     console.print(
-        f"Created endpoint [bold]{info.name}[/] serving {info.primary.ref}; call it at "
-        f"/api/v1/endpoints/{info.name}/predict",
+        f"Created endpoint [bold]{info['name']}[/] serving {primary_route(_specs(info)).ref}; "
+        f"call it at /api/v1/endpoints/{info['name']}/predict",
         highlight=False,
     )
 
@@ -88,9 +102,13 @@ def list_endpoints(as_json: bool = typer.Option(False, "--json", help="Print JSO
     """
     from berth.registry.endpoints import routes_summary
 
-    found = _service().all()
+    server = remote()
+    if server is not None:
+        found: list[dict[str, Any]] = server.get(api("endpoints"))["endpoints"]
+    else:
+        found = [e.to_dict() for e in _service().all()]
     if as_json:
-        typer.echo(json.dumps([e.to_dict() for e in found], indent=2))
+        typer.echo(json.dumps(found, indent=2))
         return
     if not found:
         console.print("No endpoints yet; create one with `berth endpoints create NAME --model REF`")
@@ -98,10 +116,10 @@ def list_endpoints(as_json: bool = typer.Option(False, "--json", help="Print JSO
     table = Table("endpoint", "routes", "sticky", "updated")
     for info in found:
         table.add_row(
-            info.name,
-            routes_summary(info.routes),
-            str(info.sticky) if info.sticky else "-",
-            f"{info.updated_at:%Y-%m-%d %H:%M}",
+            info["name"],
+            routes_summary(_specs(info)),
+            info["sticky"] or "-",
+            f"{_time(info['updated_at']):%Y-%m-%d %H:%M}",
         )
     console.print(table)
 
@@ -118,43 +136,61 @@ def show(
 
     Example: berth endpoints show churn
     """
+    server = remote()
+    document = _remote_overview(server, name) if server is not None else _overview(name)
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+        return
+    info, stats, history = document["endpoint"], document["stats"], document["history"]
+    sticky = info["sticky"] or "none (each request is routed at random)"
+    console.print(f"[bold]{info['name']}[/]  sticky: {sticky}", highlight=False)
+    if info["description"]:
+        console.print(info["description"], highlight=False)
+    rollout = document["rollout"]
+    if rollout is not None:
+        console.print(
+            f"rollout {rollout['id']} {rollout['status']}: {rollout['strategy']} "
+            f"{rollout['from']} → {rollout['to']} at {rollout['weight']:g}% "
+            f"(`berth rollout status {name}`)",
+            highlight=False,
+        )
+    console.print(_routes_table(info, stats))
+    if stats["shadow"] is not None:
+        console.print(_shadow_line(stats["shadow"]), highlight=False)
+    if history:
+        console.print(_history_table(history, f"last {len(history)} changes"))
+
+
+def _overview(name: str) -> dict[str, Any]:
+    """`endpoints show`'s document, from the services."""
     from berth.rollouts.service import RolloutService
     from berth.serving.route_stats import read_shadow, read_totals, stats_document
 
     service = _service()
     info = service.get(name)
     db = registry().db
-    totals = read_totals(db, name)
-    shadows = read_shadow(db, name)
-    history = service.history(name, limit=5)
+    stats = stats_document(info, read_totals(db, name), read_shadow(db, name))
     active = RolloutService(registry()).list(name, active_only=True)
-    if as_json:
-        document = {
-            "endpoint": info.to_dict(),
-            "stats": stats_document(info, totals, shadows),
-            "history": [h.to_dict() for h in history],
-            "rollout": active[0].to_dict() if active else None,
-        }
-        typer.echo(json.dumps(document, indent=2))
-        return
-    sticky = str(info.sticky) if info.sticky else "none (each request is routed at random)"
-    console.print(f"[bold]{info.name}[/]  sticky: {sticky}", highlight=False)
-    if info.description:
-        console.print(info.description, highlight=False)
-    if active:
-        rollout = active[0]
-        console.print(
-            f"rollout {rollout.id} {rollout.status}: {rollout.strategy} {rollout.from_ref} → "
-            f"{rollout.to_ref} at {rollout.weight:g}% (`berth rollout status {name}`)",
-            highlight=False,
-        )
-    console.print(_routes_table(info, totals))
-    shadow = info.with_role(SHADOW)
-    if shadow is not None:
-        found = shadows.get((shadow.model, shadow.version))
-        console.print(_shadow_line(shadow, found), highlight=False)
-    if history:
-        console.print(_history_table(history, f"last {len(history)} changes"))
+    return {
+        "endpoint": info.to_dict(),
+        "stats": stats,
+        "history": [h.to_dict() for h in service.history(name, limit=_SHOWN_CHANGES)],
+        "rollout": active[0].to_dict() if active else None,
+    }
+
+
+def _remote_overview(server: Remote, name: str) -> dict[str, Any]:
+    """`endpoints show`'s document, from the server's routes."""
+    info = server.get(api("endpoints", name))
+    stats = server.get(api("endpoints", name, "stats"))
+    history = server.get(api("endpoints", name, "history"), {"limit": _SHOWN_CHANGES})
+    active = server.get(api("rollouts"), {"endpoint": name, "active": "true"})["rollouts"]
+    return {
+        "endpoint": info,
+        "stats": {"versions": stats["versions"], "shadow": stats["shadow"]},
+        "history": history["history"],
+        "rollout": active[0] if active else None,
+    }
 
 
 @app.command("history")
@@ -167,9 +203,13 @@ def history(
 
     Example: berth endpoints history churn --limit 50
     """
-    changes = _service().history(name, limit=limit)
+    server = remote()
+    if server is not None:
+        changes = server.get(api("endpoints", name, "history"), {"limit": limit})["history"]
+    else:
+        changes = [c.to_dict() for c in _service().history(name, limit=limit)]
     if as_json:
-        typer.echo(json.dumps([c.to_dict() for c in changes], indent=2))
+        typer.echo(json.dumps(changes, indent=2))
         return
     if not changes:
         console.print(f"no changes recorded for endpoint '{name}'", highlight=False)
@@ -187,7 +227,11 @@ def delete(name: str = typer.Argument(..., help="The endpoint's name.")) -> None
     """
     from berth.store.audit import cli_actor
 
-    _service().delete(name, actor=cli_actor())
+    server = remote()
+    if server is not None:
+        server.delete(api("endpoints", name))
+    else:
+        _service().delete(name, actor=cli_actor())
     console.print(f"Deleted endpoint {name}", highlight=False)
 
 
@@ -219,25 +263,53 @@ def routes(
     from berth.rollouts.requests import RoutesRequest
     from berth.store.audit import cli_actor
 
+    server = remote()
     if not route:
         if sticky is not None:
             raise InvalidInput("--sticky changes the routes: pass the --route options too")
-        _print_changed(_service().get(name), as_json)
+        found = (
+            server.get(api("endpoints", name))
+            if server is not None
+            else _service().get(name).to_dict()
+        )
+        _print_changed(found, as_json)
         return
     routes = []
     for label, ref, weight, role in (parse_route(text) for text in route):
-        version = registry().resolve(ref)
-        routes.append({"label": label, "role": role, "model": version.model,
-                       "version": version.number, "weight": weight})  # fmt: skip
+        model, number = _version(server, ref)
+        routes.append({"label": label, "role": role, "model": model, "version": number,
+                       "weight": weight})  # fmt: skip
     asked = from_flags(
         RoutesRequest,
         {"routes": "--route", "reason": "--reason", "sticky": "--sticky"},
         {"routes": routes, "reason": reason, "sticky": sticky},
     )
-    info = _service().set_routes(
-        name, asked.specs(), asked.reason, actor=cli_actor(), sticky=asked.sticky
-    )
-    _print_changed(info, as_json)
+    if server is not None:
+        body = asked.model_dump(mode="json", exclude_unset=True)
+        changed = server.put(api("endpoints", name, "routes"), body)
+    else:
+        changed = (
+            _service()
+            .set_routes(name, asked.specs(), asked.reason, actor=cli_actor(), sticky=asked.sticky)
+            .to_dict()
+        )
+    _print_changed(changed, as_json)
+
+
+def _version(server: Remote | None, reference: str) -> tuple[str, int]:
+    """The model and version number a reference names, resolved as the registry does."""
+    from berth.registry.references import chosen_version, parse_reference
+
+    if server is None:
+        version = registry().resolve(reference)
+        return version.model, version.number
+    ref = parse_reference(reference)
+    if ref.version is not None:
+        found = server.get(api("models", ref.name, "versions", ref.version))
+        return str(found["model"]), int(found["version"])
+    model = server.get(api("models", ref.name))
+    numbers = [int(v["version"]) for v in model["versions"]]
+    return ref.name, chosen_version(ref, model["aliases"], numbers)
 
 
 @app.command("shadow")
@@ -260,30 +332,30 @@ def shadow(
 
     Example: berth endpoints shadow churn --to churn:4 --percent 10
     """
-    from berth.registry.endpoints import resolve_spec
+    from berth.cli.flags import from_flags
+    from berth.rollouts.requests import ShadowRequest
     from berth.store.audit import cli_actor
 
     if off == (to is not None):
         raise InvalidInput(
             "give either --to REF to mirror traffic to a version, or --off to stop mirroring"
         )
-    service = _service()
-    current = service.get(name)
-    kept = [r for r in current.routes if r.role != SHADOW]
+    server = remote()
     if off:
-        if len(kept) == len(current.routes):
-            raise InvalidInput(f"endpoint '{name}' has no shadow route; nothing to turn off")
-        info = service.set_routes(name, kept, "shadow removed", actor=cli_actor())
+        if server is not None:
+            info = server.delete(api("endpoints", name, "shadow"))
+        else:
+            info = _service().remove_shadow(name, actor=cli_actor()).to_dict()
+        _print_changed(info, as_json)
+        return
+    asked = from_flags(
+        ShadowRequest, {"to": "--to", "percent": "--percent"}, {"to": to, "percent": percent}
+    )
+    if server is not None:
+        body = asked.model_dump(mode="json", exclude_unset=True)
+        info = server.put(api("endpoints", name, "shadow"), body)
     else:
-        assert to is not None
-        spec = resolve_spec(registry(), to, SHADOW, SHADOW, percent)
-        if any(r.label == SHADOW for r in kept):
-            raise InvalidInput(
-                f"endpoint '{name}' has a serving route labelled '{SHADOW}'; rename it with "
-                "`berth endpoints routes` first"
-            )
-        reason = f"shadow {spec.ref} on {percent:g}% of requests"
-        info = service.set_routes(name, [*kept, spec], reason, actor=cli_actor())
+        info = _service().set_shadow(name, asked.to, asked.percent, actor=cli_actor()).to_dict()
     _print_changed(info, as_json)
 
 
@@ -321,10 +393,23 @@ def _is_number(text: str) -> bool:
 
 # output --------------------------------------------------------------------------------------
 
+_SHOWN_CHANGES = 5
+"""Changes `endpoints show` lists."""
 
-def _routes_table(info: EndpointInfo, totals: dict[tuple[str, int], RouteWindow]) -> Table:
-    from berth.serving.route_window import RouteWindow
 
+def _specs(info: dict[str, Any]) -> list[RouteSpec]:
+    """The routes of an endpoint's document (`EndpointInfo.to_dict()`, as the API answers)."""
+    from berth.registry.endpoints import RouteSpec
+
+    return [RouteSpec.from_dict(r) for r in info["routes"]]
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _routes_table(info: dict[str, Any], stats: dict[str, Any]) -> Table:
+    """Each route with its live traffic (the stats document lists the routes in order)."""
     table = Table(
         "label",
         "role",
@@ -336,50 +421,49 @@ def _routes_table(info: EndpointInfo, totals: dict[tuple[str, int], RouteWindow]
         "p99 ms",
         title="routes and live traffic (totals since each server started)",
     )
-    for route in info.routes:
-        window = totals.get((route.model, route.version), RouteWindow())
-        rate, p99 = window.error_rate, window.latency_quantile(0.99)
+    for route, window in zip(_specs(info), stats["versions"], strict=True):
+        rate, p99 = window["error_rate"], window["p99_ms"]
         table.add_row(
             route.label,
             route.role,
             route.ref,
             f"{route.weight:g}%" + (" mirrored" if route.role == SHADOW else ""),
-            str(window.requests),
-            str(window.errors),
+            str(window["requests"]),
+            str(window["errors"]),
             "-" if rate is None else f"{rate:.2%}",
-            "-" if p99 is None else f"{p99 * 1000:.1f}",
+            "-" if p99 is None else f"{p99:.1f}",
         )
     return table
 
 
-def _shadow_line(shadow: RouteSpec, found: ShadowTotals | None) -> str:
-    if found is None or found.compared == 0:
-        return f"shadow {shadow.ref}: no mirrored requests compared yet"
-    agreement = found.agreement
-    delta = found.mean_delta_ms
+def _shadow_line(shadow: dict[str, Any]) -> str:
+    ref = f"{shadow['model']}:{shadow['version']}"
+    if shadow["compared"] == 0:
+        return f"shadow {ref}: no mirrored requests compared yet"
+    agreement, delta = shadow["agreement"], shadow["mean_latency_delta_ms"]
     shown = "-" if agreement is None else f"{agreement:.1%}"
     slower = "" if delta is None else f", {delta:+.1f} ms mean latency vs the served version"
-    return f"shadow {shadow.ref}: agrees on {shown} of {found.compared} compared requests{slower}"
+    return f"shadow {ref}: agrees on {shown} of {shadow['compared']} compared requests{slower}"
 
 
-def _history_table(changes: list[EndpointChange], title: str | None = None) -> Table:
+def _history_table(changes: list[dict[str, Any]], title: str | None = None) -> Table:
     from berth.registry.endpoints import routes_summary
 
     table = Table("at", "actor", "reason", "routes", title=title)
     for change in changes:
         table.add_row(
-            f"{change.at:%Y-%m-%d %H:%M:%S}",
-            change.actor,
-            change.reason,
-            routes_summary(change.routes) or "-",
+            f"{_time(change['at']):%Y-%m-%d %H:%M:%S}",
+            change["actor"],
+            change["reason"],
+            routes_summary(_specs(change)) or "-",
         )
     return table
 
 
-def _print_changed(info: EndpointInfo, as_json: bool) -> None:
+def _print_changed(info: dict[str, Any], as_json: bool) -> None:
     from berth.registry.endpoints import routes_summary
 
     if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
+        typer.echo(json.dumps(info, indent=2))
         return
-    console.print(f"{info.name}: {routes_summary(info.routes)}", highlight=False)
+    console.print(f"{info['name']}: {routes_summary(_specs(info))}", highlight=False)

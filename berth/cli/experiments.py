@@ -1,20 +1,25 @@
-"""`berth experiments ...`: A/B tests between versions behind one endpoint, and their reports."""
+"""`berth experiments ...`: A/B tests between versions behind one endpoint, and their reports.
+
+Each command prints from the JSON documents the admin API returns: in local mode it builds them
+with the service (`to_dict()`), in remote mode it asks the server for them.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, registry
+from berth.cli.context import console, registry, remote
+from berth.cli.remote import path as api
 from berth.rollouts.names import EXPERIMENT_METRICS as METRICS
 
 # The experiment service (SQLAlchemy, numpy) is imported by the commands that use it.
 if TYPE_CHECKING:
-    from berth.rollouts.experiment_analysis import ExperimentReport, VariantRow
-    from berth.rollouts.experiments import ExperimentInfo, ExperimentService
+    from berth.rollouts.experiments import ExperimentService
 
 app = typer.Typer(
     help="A/B experiments: split an endpoint between versions, compare them, pick a winner.",
@@ -71,22 +76,27 @@ def start(
         {"endpoint": endpoint, "variants": variant, "sticky": sticky, "metric": metric,
          "alpha": alpha, "min_samples": min_samples},
     )  # fmt: skip
-    info = _service().start(
-        asked.endpoint,
-        asked.variants,
-        asked.sticky,
-        asked.metric,
-        asked.alpha,
-        asked.min_samples,
-        actor=cli_actor(),
-    )
+    server = remote()
+    if server is not None:
+        body = asked.model_dump(mode="json", exclude_unset=True)
+        info: dict[str, Any] = server.post(api("experiments"), body)
+    else:
+        started = _service().start(
+            asked.endpoint,
+            asked.variants,
+            asked.sticky,
+            asked.metric,
+            asked.alpha,
+            asked.min_samples,
+            actor=cli_actor(),
+        )
+        info = started.to_dict()
     if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
+        typer.echo(json.dumps(info, indent=2))
         return
-    split = ", ".join(f"{v.name}={v.ref} {v.weight:g}%" for v in info.variants)
     console.print(
-        f"Started experiment {info.id} on [bold]{endpoint}[/]: {split}, sticky on "
-        f"{info.sticky}, metric {info.metric}. Read it with `berth experiments report "
+        f"Started experiment {info['id']} on [bold]{endpoint}[/]: {_split(info)}, sticky on "
+        f"{info['sticky']}, metric {info['metric']}. Read it with `berth experiments report "
         f"{endpoint}`.",
         highlight=False,
     )
@@ -109,11 +119,17 @@ def report(
 
     Example: berth experiments report churn
     """
-    info, found = _service().report(endpoint, metrics_source)
+    server = remote()
+    if server is not None:
+        query = {"metrics_source": metrics_source} if metrics_source is not None else None
+        document: dict[str, Any] = server.get(api("experiments", endpoint, "report"), query)
+    else:
+        info, found = _service().report(endpoint, metrics_source)
+        document = {"experiment": info.to_dict(), "report": found.to_dict()}
     if as_json:
-        typer.echo(json.dumps({"experiment": info.to_dict(), "report": found.to_dict()}, indent=2))
+        typer.echo(json.dumps(document, indent=2))
         return
-    print_report(info, found)
+    print_report(document["experiment"], document["report"])
 
 
 @app.command("conclude")
@@ -131,13 +147,19 @@ def conclude(
     from berth.store.audit import cli_actor
 
     asked = from_flags(ConcludeRequest, {"winner": "--winner"}, {"winner": winner})
-    info = _service().conclude(endpoint, asked.winner, actor=cli_actor())
+    server = remote()
+    if server is not None:
+        body = asked.model_dump(mode="json", exclude_unset=True)
+        info: dict[str, Any] = server.post(api("experiments", endpoint, "conclude"), body)
+    else:
+        info = _service().conclude(endpoint, asked.winner, actor=cli_actor()).to_dict()
     if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
+        typer.echo(json.dumps(info, indent=2))
         return
-    chosen = next(v for v in info.variants if v.name == winner)
+    chosen = next(v for v in info["variants"] if v["name"] == winner)
     console.print(
-        f"Concluded experiment {info.id} on {endpoint}: {winner} ({chosen.ref}) takes all traffic",
+        f"Concluded experiment {info['id']} on {endpoint}: {winner} ({_ref(chosen)}) takes all "
+        "traffic",
         highlight=False,
     )
 
@@ -151,9 +173,14 @@ def list_experiments(
 
     Example: berth experiments list --endpoint churn
     """
-    found = _service().list(endpoint)
+    server = remote()
+    if server is not None:
+        query = {"endpoint": endpoint} if endpoint else None
+        found: list[dict[str, Any]] = server.get(api("experiments"), query)["experiments"]
+    else:
+        found = [e.to_dict() for e in _service().list(endpoint)]
     if as_json:
-        typer.echo(json.dumps([e.to_dict() for e in found], indent=2))
+        typer.echo(json.dumps(found, indent=2))
         return
     if not found:
         console.print(
@@ -164,13 +191,13 @@ def list_experiments(
     table = Table("id", "endpoint", "status", "variants", "metric", "winner", "started")
     for info in found:
         table.add_row(
-            str(info.id),
-            info.endpoint,
-            info.status,
-            ", ".join(f"{v.name}={v.ref} {v.weight:g}%" for v in info.variants),
-            info.metric,
-            info.winner or "-",
-            f"{info.started_at:%Y-%m-%d %H:%M}",
+            str(info["id"]),
+            info["endpoint"],
+            info["status"],
+            _split(info),
+            info["metric"],
+            info["winner"] or "-",
+            f"{datetime.fromisoformat(info['started_at']):%Y-%m-%d %H:%M}",
         )
     console.print(table)
 
@@ -178,14 +205,25 @@ def list_experiments(
 # output --------------------------------------------------------------------------------------
 
 
-def print_report(info: ExperimentInfo, found: ExperimentReport) -> None:
+def _ref(variant: dict[str, Any]) -> str:
+    return f"{variant['model']}:{variant['version']}"
+
+
+def _split(info: dict[str, Any]) -> str:
+    return ", ".join(f"{v['name']}={_ref(v)} {v['weight']:g}%" for v in info["variants"])
+
+
+def print_report(info: dict[str, Any], found: dict[str, Any]) -> None:
+    """An experiment and its report, from their documents (`ExperimentInfo.to_dict()` and
+    `ExperimentReport.to_dict()`, as the API answers)."""
+    metric, alpha = found["metric"], found["alpha"]
     console.print(
-        f"[bold]experiment {info.id}[/] on [bold]{info.endpoint}[/]: {info.status}"
-        + (f", winner {info.winner}" if info.winner else "")
-        + f"; metric {found.metric}, alpha {found.alpha:g}, sticky on {info.sticky}",
+        f"[bold]experiment {info['id']}[/] on [bold]{info['endpoint']}[/]: {info['status']}"
+        + (f", winner {info['winner']}" if info["winner"] else "")
+        + f"; metric {metric}, alpha {alpha:g}, sticky on {info['sticky']}",
         highlight=False,
     )
-    confidence = f"{1 - found.alpha:.0%}"
+    confidence = f"{1 - alpha:.0%}"
     table = Table(
         "variant",
         "version",
@@ -194,26 +232,27 @@ def print_report(info: ExperimentInfo, found: ExperimentReport) -> None:
         "mean ms",
         "p99 ms",
         "samples",
-        found.metric,
+        metric,
         f"{confidence} interval",
         title="variants (the first is the control)",
     )
-    for row in found.variants:
+    for row in found["variants"]:
+        low, high = row["ci_low"], row["ci_high"]
         table.add_row(
-            row.name,
-            row.reference,
-            str(row.requests),
+            row["name"],
+            row["reference"],
+            str(row["requests"]),
             _errors(row),
-            _number(row.mean_latency_ms, "{:.1f}"),
-            _number(row.p99_ms, "{:.1f}"),
-            f"{row.samples}/{found.min_samples}",
-            _estimate(found, row.estimate),
+            _number(row["mean_latency_ms"], "{:.1f}"),
+            _number(row["p99_ms"], "{:.1f}"),
+            f"{row['samples']}/{found['min_samples']}",
+            _estimate(metric, row["estimate"]),
             "-"
-            if row.ci_low is None or row.ci_high is None
-            else f"{_estimate(found, row.ci_low)} .. {_estimate(found, row.ci_high)}",
+            if low is None or high is None
+            else f"{_estimate(metric, low)} .. {_estimate(metric, high)}",
         )
     console.print(table)
-    if found.comparisons:
+    if found["comparisons"]:
         tests = Table(
             "variant",
             "vs control",
@@ -221,46 +260,47 @@ def print_report(info: ExperimentInfo, found: ExperimentReport) -> None:
             "test",
             "p-value",
             "significant",
-            title=f"comparisons (each at alpha {found.comparison_alpha:.3g})",
+            title=f"comparisons (each at alpha {found['comparison_alpha']:.3g})",
         )
-        for comparison in found.comparisons:
+        for comparison in found["comparisons"]:
             tests.add_row(
-                comparison.variant,
-                comparison.control,
-                _difference(found, comparison.difference),
-                comparison.test.name,
-                f"{comparison.test.p_value:.4g}",
-                "[green]yes[/]" if comparison.significant else "no",
+                comparison["variant"],
+                comparison["control"],
+                _difference(metric, comparison["difference"]),
+                comparison["test"]["name"],
+                f"{comparison['test']['p_value']:.4g}",
+                "[green]yes[/]" if comparison["significant"] else "no",
             )
         console.print(tests)
-    if found.recommendation:
+    recommendation = found["recommendation"]
+    if recommendation:
         console.print(
-            f"[bold green]recommendation:[/] {found.recommendation}. {found.explanation} "
-            f"Conclude with `berth experiments conclude {info.endpoint} --winner "
-            f"{found.recommendation}`.",
+            f"[bold green]recommendation:[/] {recommendation}. {found['explanation']} "
+            f"Conclude with `berth experiments conclude {info['endpoint']} --winner "
+            f"{recommendation}`.",
             highlight=False,
         )
     else:
-        console.print(f"[yellow]no recommendation yet:[/] {found.explanation}", highlight=False)
+        console.print(f"[yellow]no recommendation yet:[/] {found['explanation']}", highlight=False)
 
 
-def _errors(row: VariantRow) -> str:
-    if row.error_rate is None:
-        return str(row.errors)
-    return f"{row.errors} ({row.error_rate:.1%})"
+def _errors(row: dict[str, Any]) -> str:
+    if row["error_rate"] is None:
+        return str(row["errors"])
+    return f"{row['errors']} ({row['error_rate']:.1%})"
 
 
 def _number(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def _estimate(found: ExperimentReport, value: float | None) -> str:
+def _estimate(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.1%}" if found.metric == "accuracy" else f"{value:.4g}"
+    return f"{value:.1%}" if metric == "accuracy" else f"{value:.4g}"
 
 
-def _difference(found: ExperimentReport, value: float) -> str:
-    if found.metric == "accuracy":
+def _difference(metric: str, value: float) -> str:
+    if metric == "accuracy":
         return f"{value * 100:+.1f} pp"
     return f"{value:+.4g}"

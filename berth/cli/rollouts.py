@@ -2,6 +2,9 @@
 
 The commands record what people decide; the rollout controller inside `berth serve` loads the
 candidate, moves the weights and promotes or rolls back on live evidence.
+
+Each command prints from the JSON documents the admin API returns: in local mode it builds them
+with the services (`to_dict()`), in remote mode it asks the server for them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, err_console, registry
+from berth.cli.context import console, err_console, registry, remote
+from berth.cli.remote import path as api
+from berth.defaults import LONG_POLL_MAX_SECONDS
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
 from berth.rollouts.canary_analysis import CanaryCriteria
@@ -27,7 +32,9 @@ from berth.rollouts.names import CANARY
 # The rollout service, its strategies and the validation gates (SQLAlchemy, numpy, httpx) are
 # imported by the commands that use them.
 if TYPE_CHECKING:
-    from berth.rollouts.service import RolloutEvent, RolloutInfo, RolloutService
+    from berth.cli.remote import Remote
+    from berth.rollouts.requests import RolloutRequest
+    from berth.rollouts.service import RolloutInfo, RolloutService
 
 app = typer.Typer(
     help="Roll an endpoint out to a new version (canary or blue-green), and act on rollouts.",
@@ -160,10 +167,8 @@ def start(
     """
     from berth.cli.flags import from_flags
     from berth.ops.gate_config import parse_output_range
-    from berth.ops.gate_report import report_table
     from berth.rollouts import strategies as s
     from berth.rollouts.requests import RolloutRequest
-    from berth.store.audit import cli_actor
 
     with _gate_flags():
         output_range = parse_output_range(gate_output_range) if gate_output_range else None
@@ -208,36 +213,45 @@ def start(
     status = f"Running validation gates on {to} ..." if given else f"Starting {to} ..."
     waiting = nullcontext() if as_json else console.status(status)
     with _gate_flags(), waiting:
-        result = _service().start_from(request, actor=cli_actor())
-    rollout = result.rollout
-    failed = rollout.status == s.FAILED
+        result = _start(request)
+    rollout, gates = result["rollout"], result["gates"]
+    failed = rollout["status"] == s.FAILED
     if as_json:
-        gate_report = result.gates.to_dict() if result.gates else None
-        typer.echo(json.dumps({"rollout": rollout.to_dict(), "gates": gate_report}, indent=2))
+        typer.echo(json.dumps(result, indent=2))
         if failed:
             raise typer.Exit(1)
         return
-    if result.gates is not None:
-        console.print(
-            report_table(
-                result.gates,
-                f"validation gates: {result.gates.reference} on {result.gates.rows} rows",
-            )
-        )
+    if gates is not None:
+        console.print(_gate_report_table(gates))
     if failed:
         err_console.print(
-            f"[bold red]FAIL[/] rollout {rollout.id} of {endpoint} is recorded as failed and "
-            f"the routes are unchanged: {rollout.reason}. Fix the candidate, register it as a "
-            "new version and start again.",
+            f"[bold red]FAIL[/] rollout {rollout['id']} of {endpoint} is recorded as failed and "
+            f"the routes are unchanged: {rollout['reason']}. Fix the candidate, register it as "
+            "a new version and start again.",
             highlight=False,
         )
         raise typer.Exit(1)
     console.print(
-        f"Started rollout {rollout.id}: {rollout.strategy} of [bold]{endpoint}[/] from "
-        f"{rollout.from_ref} to {rollout.to_ref}, now at {rollout.weight:g}%. The controller in "
-        f"`berth serve` moves it on; follow it with `berth rollout status {endpoint}`.",
+        f"Started rollout {rollout['id']}: {rollout['strategy']} of [bold]{endpoint}[/] from "
+        f"{rollout['from']} to {rollout['to']}, now at {rollout['weight']:g}%. The controller "
+        f"in `berth serve` moves it on; follow it with `berth rollout status {endpoint}`.",
         highlight=False,
     )
+
+
+def _start(request: RolloutRequest) -> dict[str, Any]:
+    """The started rollout and its gate report, as `POST /api/v1/rollouts` answers."""
+    from berth.store.audit import cli_actor
+
+    server = remote()
+    if server is not None:
+        started: dict[str, Any] = server.post(
+            api("rollouts"), request.model_dump(mode="json", exclude_unset=True)
+        )
+        return started
+    result = _service().start_from(request, actor=cli_actor())
+    gates = result.gates.to_dict() if result.gates is not None else None
+    return {"rollout": result.rollout.to_dict(), "gates": gates}
 
 
 @app.command("status")
@@ -249,11 +263,19 @@ def status(
 
     Example: berth rollout status churn
     """
-    info = _service().latest(endpoint)
+    info = _latest(remote(), endpoint)
     if as_json:
-        typer.echo(json.dumps(info.to_dict(), indent=2))
+        typer.echo(json.dumps(info, indent=2))
         return
     print_rollout(info)
+
+
+def _latest(server: Remote | None, endpoint: str) -> dict[str, Any]:
+    """The endpoint's rollout in progress, else its latest, with its events."""
+    if server is not None:
+        found: dict[str, Any] = server.get(api("endpoints", endpoint, "rollout"))
+        return found
+    return _service().latest(endpoint).to_dict()
 
 
 @app.command("list")
@@ -265,9 +287,14 @@ def list_rollouts(
 
     Example: berth rollout list --endpoint churn
     """
-    found = _service().list(endpoint)
+    server = remote()
+    if server is not None:
+        query = {"endpoint": endpoint} if endpoint else None
+        found: list[dict[str, Any]] = server.get(api("rollouts"), query)["rollouts"]
+    else:
+        found = [r.to_dict() for r in _service().list(endpoint)]
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        typer.echo(json.dumps(found, indent=2))
         return
     if not found:
         console.print("No rollouts yet; start one with `berth rollout start ENDPOINT --to REF`")
@@ -277,29 +304,37 @@ def list_rollouts(
     )
     for info in found:
         table.add_row(
-            str(info.id),
-            info.endpoint,
-            info.strategy,
-            _status(info.status),
-            info.phase,
-            f"{info.from_ref} → {info.to_ref}",
-            f"{info.weight:g}%",
-            f"{info.created_at:%Y-%m-%d %H:%M}",
-            info.reason or "-",
+            str(info["id"]),
+            info["endpoint"],
+            info["strategy"],
+            _status(info["status"]),
+            info["phase"],
+            f"{info['from']} → {info['to']}",
+            f"{info['weight']:g}%",
+            f"{_time(info['created_at']):%Y-%m-%d %H:%M}",
+            info["reason"] or "-",
         )
     console.print(table)
 
 
-def _act(endpoint: str, action: Callable[..., RolloutInfo], past: str, **extra: Any) -> RolloutInfo:
+def _act(endpoint: str, action: str, past: str, reason: str | None = None) -> None:
+    """One hand action: POST /endpoints/ENDPOINT/rollout/ACTION, or the service's method of
+    the same name."""
     from berth.store.audit import cli_actor
 
-    info = action(endpoint, actor=cli_actor(), **extra)
+    server = remote()
+    extra = {"reason": reason} if reason is not None else {}
+    if server is not None:
+        body = extra or None
+        info: dict[str, Any] = server.post(api("endpoints", endpoint, "rollout", action), body)
+    else:
+        act: Callable[..., RolloutInfo] = getattr(_service(), action)
+        info = act(endpoint, actor=cli_actor(), **extra).to_dict()
     console.print(
-        f"rollout {info.id} of {endpoint} {past}: {_status(info.status)}, phase {info.phase}, "
-        f"{info.to_ref} at {info.weight:g}%",
+        f"rollout {info['id']} of {endpoint} {past}: {_status(info['status'])}, phase "
+        f"{info['phase']}, {info['to']} at {info['weight']:g}%",
         highlight=False,
     )
-    return info
 
 
 @app.command("pause")
@@ -308,7 +343,7 @@ def pause(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout pause churn
     """
-    _act(endpoint, _service().pause, "paused")
+    _act(endpoint, "pause", "paused")
 
 
 @app.command("resume")
@@ -317,7 +352,7 @@ def resume(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout resume churn
     """
-    _act(endpoint, _service().resume, "resumed")
+    _act(endpoint, "resume", "resumed")
 
 
 @app.command("promote")
@@ -326,7 +361,7 @@ def promote(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout promote churn
     """
-    _act(endpoint, _service().promote, "promoted")
+    _act(endpoint, "promote", "promoted")
 
 
 @app.command("finalize")
@@ -335,7 +370,7 @@ def finalize(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout finalize churn
     """
-    _act(endpoint, _service().finalize, "finalized")
+    _act(endpoint, "finalize", "finalized")
 
 
 @app.command("rollback")
@@ -351,7 +386,7 @@ def rollback(
     from berth.rollouts.requests import RollbackRequest
 
     asked = from_flags(RollbackRequest, {"reason": "--reason"}, {"reason": reason})
-    _act(endpoint, _service().rollback, "rolled back", reason=asked.reason or reason)
+    _act(endpoint, "rollback", "rolled back", reason=asked.reason or reason)
 
 
 @app.command("abort")
@@ -360,14 +395,19 @@ def abort(endpoint: str = typer.Argument(..., help="The endpoint.")) -> None:
 
     Example: berth rollout abort churn
     """
-    _act(endpoint, _service().abort, "aborted")
+    _act(endpoint, "abort", "aborted")
 
 
 @app.command("wait")
 def wait(
     endpoint: str = typer.Argument(..., help="The endpoint."),
     timeout: str = typer.Option("10m", help="Give up after this long, e.g. 90s, 10m, 1h."),
-    poll_seconds: float = typer.Option(2.0, min=0.05, help="Seconds between looks at the rollout."),
+    poll_seconds: float = typer.Option(
+        2.0,
+        min=0.05,
+        help="Seconds between looks at the rollout (local mode; a remote server answers as "
+        "soon as the rollout changes).",
+    ),
 ) -> None:
     """Wait until the endpoint's rollout finishes, printing each change; exit 0 only if promoted.
 
@@ -382,42 +422,59 @@ def wait(
     from berth.rollouts import strategies as s
 
     limit = parse_duration(timeout).total_seconds()
-    service = _service()
+    server = remote()
     deadline = time.monotonic() + limit
-    info = service.latest(endpoint)
+    info = _latest(server, endpoint)
     shown = 0
     decision: str | None = None
     while True:
-        for event in info.events[shown:]:
-            if event.kind == "analysis":
+        for event in info["events"][shown:]:
+            if event["kind"] == "analysis":
                 if _decision(event) == decision:
                     continue  # the same verdict with newer counts
                 decision = _decision(event)
             else:
                 # A step or switch carries the verdict that moved it; the next step starts
                 # from that one.
-                decision = _decision(event) if event.detail else None
+                decision = _decision(event) if event["detail"] else None
             console.print(_event_line(event), highlight=False)
-        shown = len(info.events)
-        if not info.active:
+        shown = len(info["events"])
+        if info["status"] not in s.ACTIVE:
             break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             err_console.print(
-                f"[bold red]error:[/] rollout {info.id} of {endpoint} is still {info.status} "
-                f"(phase {info.phase}, {info.weight:g}%) after {timeout}; is `berth serve` "
-                f"running its controller? See `berth rollout status {endpoint}`.",
+                f"[bold red]error:[/] rollout {info['id']} of {endpoint} is still "
+                f"{info['status']} (phase {info['phase']}, {info['weight']:g}%) after {timeout}; "
+                f"is `berth serve` running its controller? See `berth rollout status {endpoint}`.",
                 highlight=False,
             )
             raise typer.Exit(1)
-        time.sleep(min(poll_seconds, remaining))
-        info = service.get(info.id)
-    summary = f"rollout {info.id} of {endpoint}: {_status(info.status)}"
-    if info.reason:
-        summary += f" ({info.reason})"
+        if server is not None:
+            info = _changed(server, info["id"], shown, remaining)
+        else:
+            time.sleep(min(poll_seconds, remaining))
+            info = _service().get(info["id"]).to_dict()
+    summary = f"rollout {info['id']} of {endpoint}: {_status(info['status'])}"
+    if info["reason"]:
+        summary += f" ({info['reason']})"
     console.print(summary, highlight=False)
-    if info.status != s.PROMOTED:
+    if info["status"] != s.PROMOTED:
         raise typer.Exit(1)
+
+
+def _changed(server: Remote, rollout_id: int, seen: int, remaining: float) -> dict[str, Any]:
+    """The rollout once it has more than `seen` events or finished, or as it is after at most
+    `remaining` seconds: the server holds the request (a long poll) rather than being asked
+    again and again."""
+    wait = min(remaining, LONG_POLL_MAX_SECONDS)  # the server holds it at most its own limit
+    found: dict[str, Any] = server.request(
+        "GET",
+        api("rollouts", rollout_id),
+        params={"wait": f"{wait:.3f}", "after_event": seen},
+        timeout=wait + 30,
+    )
+    return found
 
 
 # building ------------------------------------------------------------------------------------
@@ -440,49 +497,54 @@ def _gate_flag(found: re.Match[str]) -> str:
 # output --------------------------------------------------------------------------------------
 
 
-def print_rollout(info: RolloutInfo, now: datetime | None = None) -> None:
+def print_rollout(info: dict[str, Any], now: datetime | None = None) -> None:
+    """A rollout from its document (`RolloutInfo.to_dict()`, as the API answers)."""
     now = now or datetime.now(UTC)
     console.print(
-        f"[bold]rollout {info.id}[/] of [bold]{info.endpoint}[/]: {info.strategy}, "
-        f"{_status(info.status)}, phase {info.phase}",
+        f"[bold]rollout {info['id']}[/] of [bold]{info['endpoint']}[/]: {info['strategy']}, "
+        f"{_status(info['status'])}, phase {info['phase']}",
         highlight=False,
     )
     console.print(
-        f"{info.from_ref} → {info.to_ref}   candidate at {info.weight:g}%{_progress(info, now)}",
+        f"{info['from']} → {info['to']}   candidate at {info['weight']:g}%{_progress(info, now)}",
         highlight=False,
     )
-    if info.reason:
-        console.print(f"reason: {info.reason}", highlight=False)
-    criteria = {k: v for k, v in info.config.criteria.to_dict().items() if v is not None}
+    if info["reason"]:
+        console.print(f"reason: {info['reason']}", highlight=False)
+    criteria = {k: v for k, v in info["config"]["criteria"].items() if v is not None}
     console.print(
         "criteria: " + ", ".join(f"{k}={v:g}" for k, v in criteria.items()), highlight=False
     )
-    verdict = info.state.get("last_verdict")
+    verdict = info["state"].get("last_verdict")
     if isinstance(verdict, dict):
         reasons = "; ".join(str(r) for r in verdict.get("reasons") or []) or "all checks pass"
         console.print(f"last verdict: {verdict.get('decision')}: {reasons}", highlight=False)
-    checks = _latest_checks(info.events)
+    events: list[dict[str, Any]] = info["events"]
+    checks = _latest_checks(events)
     if checks:
         console.print(_checks_table(checks))
-    gates = next((e for e in reversed(info.events) if e.kind == "gates" and e.detail), None)
-    if gates is not None and gates.detail is not None:
-        console.print(_gates_table(gates.detail))
-    if info.events:
+    gates = next((e for e in reversed(events) if e["kind"] == "gates" and e["detail"]), None)
+    if gates is not None:
+        console.print(_gates_table(gates["detail"]))
+    if events:
         table = Table("at", "event", "message", title="events")
-        for event in info.events:
-            table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.kind, event.message)
+        for event in events:
+            table.add_row(
+                f"{_time(event['at']):%Y-%m-%d %H:%M:%S}", event["kind"], event["message"]
+            )
         console.print(table)
 
 
-def _progress(info: RolloutInfo, now: datetime) -> str:
+def _progress(info: dict[str, Any], now: datetime) -> str:
     from berth.rollouts import strategies as s
 
     parts = []
-    if info.strategy == s.CANARY and info.phase == s.STEP:
-        index = int(info.state.get("step", 0))
-        parts.append(f"step {index + 1} of {len(info.config.steps)}")
-    started = info.state.get("phase_started_at")
-    if info.active and isinstance(started, str):
+    state = info["state"]
+    if info["strategy"] == s.CANARY and info["phase"] == s.STEP:
+        index = int(state.get("step", 0))
+        parts.append(f"step {index + 1} of {len(info['config']['steps'])}")
+    started = state.get("phase_started_at")
+    if info["status"] in s.ACTIVE and isinstance(started, str):
         began = datetime.fromisoformat(started)
         if began.tzinfo is None:
             began = began.replace(tzinfo=UTC)
@@ -490,11 +552,11 @@ def _progress(info: RolloutInfo, now: datetime) -> str:
     return "   " + ", ".join(parts) if parts else ""
 
 
-def _latest_checks(events: tuple[RolloutEvent, ...]) -> list[dict[str, Any]]:
+def _latest_checks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The checks of the newest verdict the controller recorded (Verdict.to_dict)."""
     for event in reversed(events):
-        detail = event.detail
-        if event.kind in _CHECK_EVENTS and isinstance(detail, dict) and "decision" in detail:
+        detail = event["detail"]
+        if event["kind"] in _CHECK_EVENTS and isinstance(detail, dict) and "decision" in detail:
             return [c for c in detail.get("checks", []) if isinstance(c, dict)]
     return []
 
@@ -540,15 +602,31 @@ def _gates_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def _decision(event: RolloutEvent) -> str:
+def _gate_report_table(report: dict[str, Any]) -> Table:
+    """The gates `rollout start` ran, from their report (`GateReport.to_dict()`)."""
+    from berth.ops.gate_report import GateCheck, GateReport, report_table
+
+    checks = tuple(
+        GateCheck(c["name"], c["passed"], c["value"], c["threshold"], c["detail"])
+        for c in report["checks"]
+    )
+    found = GateReport(report["reference"], report["rows"], checks)
+    return report_table(found, f"validation gates: {found.reference} on {found.rows} rows")
+
+
+def _decision(event: dict[str, Any]) -> str:
     """The analysis decision an event records (pass, wait, fail)."""
-    detail = event.detail or {}
+    detail = event["detail"] or {}
     found = detail.get("decision")
-    return str(found) if found is not None else event.message.split(":", 1)[0]
+    return str(found) if found is not None else str(event["message"]).split(":", 1)[0]
 
 
-def _event_line(event: RolloutEvent) -> str:
-    return f"{event.at:%H:%M:%S}  {event.kind:<11} {event.message}"
+def _event_line(event: dict[str, Any]) -> str:
+    return f"{_time(event['at']):%H:%M:%S}  {event['kind']:<11} {event['message']}"
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
 
 
 def _status(status: str) -> str:

@@ -52,10 +52,11 @@ PREDICTION_ROUTES = (
 )
 """The routes whose POSTs nginx may retry on another replica (see the module docstring)."""
 
-UPLOAD_ROUTES = r"^/api/v1/models/[^/]+/versions$"
-"""The routes that take a model upload: BERTH_MAX_UPLOAD_BYTES instead of BERTH_MAX_BODY_BYTES,
-streamed to the replica as it arrives (nginx would otherwise spool gigabytes to its own disk
-first, and the upload's timeout would run twice), never retried once a replica received it."""
+UPLOAD_ROUTES = r"^/api/v1/(models/[^/]+/versions|validate)$"
+"""The routes that take a model upload (to register it, or to validate it with its test rows):
+BERTH_MAX_UPLOAD_BYTES instead of BERTH_MAX_BODY_BYTES, streamed to the replica as it arrives
+(nginx would otherwise spool gigabytes to its own disk first, and the upload's timeout would
+run twice), never retried once a replica received it."""
 
 UVICORN_KEEPALIVE_SECONDS = 5.0
 """How long uvicorn keeps an idle connection open (its default, which `berth serve` keeps)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,17 @@ class GateCheck:
             "detail": self.detail,
         }
 
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> GateCheck:
+        value = document["value"]
+        return cls(
+            name=str(document["name"]),
+            passed=bool(document["passed"]),
+            value=None if value is None else float(value),
+            threshold=str(document["threshold"]),
+            detail=str(document.get("detail", "")),
+        )
+
 
 @dataclass(frozen=True)
 class GateReport:
@@ -56,6 +68,16 @@ class GateReport:
             "passed": self.passed,
             "checks": [check.to_dict() for check in self.checks],
         }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> GateReport:
+        """The inverse of `to_dict` (the answer of `POST /api/v1/validate`): a remote command
+        prints the report from it as a local one does from `to_dict()`."""
+        return cls(
+            reference=str(document["reference"]),
+            rows=int(document["rows"]),
+            checks=tuple(GateCheck.from_dict(check) for check in document["checks"]),
+        )
 
 
 def report_table(report: GateReport, title: str | None = None) -> Table:

@@ -1,7 +1,9 @@
 """Validation gates: checks a version must pass on test data before it is trusted with traffic.
 
 `run_gates(registry, "churn:3", GateConfig(data=..., target="churned", min_accuracy=0.8))`
-predicts the data file with the version, in process, and returns one `GateCheck` per gate:
+predicts the data file with the version, in process, and returns one `GateCheck` per gate
+(`check_model` does the same for a model loaded otherwise: an unregistered candidate file, see
+`berth.ops.candidate`):
 
 - metrics on the target column: accuracy and ROC AUC for classifiers (binary: the probability
   of the second class, scikit-learn's positive class; multi-class: the macro average of one
@@ -90,25 +92,100 @@ class _Predicted:
         return predictions.reshape(-1) if predictions.ndim == 2 else predictions
 
 
-def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateReport:
-    """Run every gate of `config` on the version `reference` resolves to."""
+@dataclass(frozen=True)
+class GatedModel:
+    """What the gates check: a loaded model, the inputs it takes, and how the report names it
+    (NAME:VERSION for a registered version, the file's name for a candidate file)."""
+
+    ref: str
+    signature: Signature
+    runtime: Runtime
+
+
+class GateData:
+    """The --data file, read when first asked for and once per set of column names (a CSV
+    without a header row takes the model's column names; see `read_sample`)."""
+
+    def __init__(self, config: GateConfig) -> None:
+        require_gates(config)
+        assert config.data is not None  # GateConfig refuses gates without data
+        self.path = config.data.expanduser()
+        self.target = config.target
+        self._tables: dict[tuple[str, ...] | None, DataTable] = {}
+
+    def table(self, names: list[str] | None) -> DataTable:
+        key = _key(names)
+        if key not in self._tables:
+            self._tables[key] = _read_data(self.path, names)
+        return self._tables[key]
+
+    def for_signature(self, signature: Signature) -> DataTable:
+        return self.table(_column_names(signature))
+
+    def features(self, names: list[str] | None) -> DataTable:
+        """The rows without the --target column (which must be there when given)."""
+        table = self.table(names)
+        _target(table, self.target, self.path)
+        if isinstance(table, pd.DataFrame) and self.target is not None:
+            return table.drop(columns=[self.target])
+        return table
+
+    def read_as(self, signature: Signature, names: list[str] | None) -> None:
+        """Take the rows read with `names` as the rows for `signature`: they are what it was
+        inferred from, so reading the file again for its names would give them again."""
+        self._tables.setdefault(_key(_column_names(signature)), self.table(names))
+
+
+def _key(names: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(names) if names is not None else None
+
+
+def _column_names(signature: Signature) -> list[str] | None:
+    return signature.input_names if signature.kind == "tabular" else None
+
+
+def require_gates(config: GateConfig) -> None:
     if not config.any():
         raise InvalidInput(
             "no gate to run; give at least one of --min-accuracy, --min-auc, --max-rmse, "
             "--max-mae, --max-latency-ms, --no-nan, --output-range or --no-regression-vs"
         )
+
+
+def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateReport:
+    """Run every gate of `config` on the version `reference` resolves to."""
+    require_gates(config)
     version = registry.resolve(reference)
-    baseline = (
-        registry.resolve(config.no_regression_vs) if config.no_regression_vs is not None else None
-    )
-    assert config.data is not None  # GateConfig refuses gates without data
-    path = config.data.expanduser()
-    table = _read_data(path, version.signature)
+    baseline = baseline_version(registry, config)
+    data = GateData(config)
+    # A bad file or target column fails before the model loads.
+    _target(data.for_signature(version.signature), config.target, data.path)
+    model = GatedModel(version.ref, version.signature, load_version(registry, version))
+    return check_model(registry, model, config, data, baseline)
+
+
+def baseline_version(registry: Registry, config: GateConfig) -> VersionInfo | None:
+    """The version --no-regression-vs compares with, if any."""
+    if config.no_regression_vs is None:
+        return None
+    return registry.resolve(config.no_regression_vs)
+
+
+def check_model(
+    registry: Registry,
+    model: GatedModel,
+    config: GateConfig,
+    data: GateData,
+    baseline: VersionInfo | None,
+) -> GateReport:
+    """Run every gate of `config` on a loaded model (and load `baseline` to compare with)."""
+    path = data.path
+    table = data.for_signature(model.signature)
     target = _target(table, config.target, path)
-    runtime = load_version(registry, version)
-    inputs = _features(version.signature, table, config.target, path)
+    runtime = model.runtime
+    inputs = _features(model.signature, table, config.target, path)
     rows = len(table)
-    candidate = _predict(runtime, inputs, rows, version.ref)
+    candidate = _predict(runtime, inputs, rows, model.ref)
 
     checks: list[GateCheck] = []
     metrics = config.metrics
@@ -136,25 +213,27 @@ def run_gates(registry: Registry, reference: str, config: GateConfig) -> GateRep
             checks.append(
                 _regression_check(
                     name,
-                    (version, measured[name]),
-                    (baseline, _measure(name, before, target, baseline=True)),
+                    (model.ref, measured[name]),
+                    (baseline.ref, _measure(name, before, target, baseline=True)),
                     config.regression_tolerance,
                 )
             )
-    return GateReport(reference=version.ref, rows=rows, checks=tuple(checks))
+    return GateReport(reference=model.ref, rows=rows, checks=tuple(checks))
 
 
 # data --------------------------------------------------------------------------------------
 
 
-def _read_data(path: Path, signature: Signature) -> DataTable:
+def missing_data(path: Path) -> str:
+    """The error for a --data file that is not there."""
+    return f"--data {path} does not exist; give a .csv, .parquet or .jsonl file of test rows"
+
+
+def _read_data(path: Path, names: list[str] | None) -> DataTable:
     if not path.is_file():
-        raise InvalidInput(
-            f"--data {path} does not exist; give a .csv, .parquet or .jsonl file of test rows"
-        )
+        raise InvalidInput(missing_data(path))
     try:
         # A CSV without a header row gets the model's column names (see read_sample).
-        names = signature.input_names if signature.kind == "tabular" else None
         table = read_sample(path, names)
     except InvalidInput as exc:
         cause = exc.__cause__
@@ -543,11 +622,11 @@ def _range_check(predicted: _Predicted, bounds: tuple[float, float]) -> GateChec
 
 def _regression_check(
     name: str,
-    candidate: tuple[VersionInfo, _Measured],
-    baseline: tuple[VersionInfo, _Measured],
+    candidate: tuple[str, _Measured],
+    baseline: tuple[str, _Measured],
     tolerance: float,
 ) -> GateCheck:
-    (version, now), (other, before) = candidate, baseline
+    (ref, now), (other, before) = candidate, baseline
     if GATE_METRICS[name].higher_is_better:
         limit = before.value - tolerance
         passed = now.value >= limit - _EPSILON
@@ -557,7 +636,7 @@ def _regression_check(
         passed = now.value <= limit + _EPSILON
         shown = f"<= {limit:.4g}"
     detail = (
-        f"{name} {now.value:.4f} on {version.ref} vs {before.value:.4f} on {other.ref} "
+        f"{name} {now.value:.4f} on {ref} vs {before.value:.4f} on {other} "
         f"(change {now.value - before.value:+.4f}, tolerance {tolerance:g})"
     )
     return GateCheck(f"no_regression.{name}", bool(passed), now.value, shown, detail)

@@ -7,6 +7,7 @@ declares; the sample is predicted on, so a model that fails on its own inputs is
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -43,9 +44,25 @@ class Inputs:
     notes: tuple[str, ...] = ()
 
 
-def inputs_for(runtime: Runtime, sample: Path | None, signature: Path | None) -> Inputs:
-    """The signature from `signature` (--signature), else the `sample`, else what the model
-    declares; with a sample, its outputs from the model's prediction on it."""
+@dataclass(frozen=True)
+class SampleRows:
+    """Rows at hand to use as the sample when none is given: `berth validate` has its --data."""
+
+    source: str
+    """How messages name them, e.g. "--data holdout.csv (without --target)"."""
+    read: Callable[[list[str] | None], Sample]
+    """The rows, given the model's column names when known (for a CSV without a header)."""
+
+
+def inputs_for(
+    runtime: Runtime,
+    sample: Path | None,
+    signature: Path | None,
+    rows_at_hand: SampleRows | None = None,
+) -> Inputs:
+    """The signature from `signature` (--signature), else the `sample`, else the rows at hand,
+    else what the model declares; with sample rows, its outputs from the model's prediction
+    on them."""
     from berth.runtimes.base import output_specs
 
     declared, undeclared = _declared(runtime)
@@ -53,10 +70,15 @@ def inputs_for(runtime: Runtime, sample: Path | None, signature: Path | None) ->
     names = _column_names(given or declared)
     notes: list[str] = []
     rows = None
+    source = ""
     if sample is not None:
         path = sample.expanduser()
         rows = read_sample(path, names)
+        source = str(path)
         notes.extend(_headerless_note(path, names))
+    elif given is None and rows_at_hand is not None:
+        rows = rows_at_hand.read(names)
+        source = rows_at_hand.source
     if given is not None:
         found = given
     elif rows is not None:
@@ -74,7 +96,7 @@ def inputs_for(runtime: Runtime, sample: Path | None, signature: Path | None) ->
         )
     if rows is None:
         return Inputs(found, None, tuple(notes))
-    prediction = _predict_sample(runtime, _sample_input(rows, found), sample)
+    prediction = _predict_sample(runtime, _sample_input(rows, found), source)
     return Inputs(found.with_outputs(output_specs(prediction)), rows, tuple(notes))
 
 
@@ -140,7 +162,7 @@ def _describe(signature: Signature) -> str:
     return ", ".join(f"{t.name} {t.dtype} {list(t.shape)}" for t in signature.inputs)
 
 
-def _predict_sample(runtime: Runtime, rows: Sample, path: Path | None) -> Prediction:
+def _predict_sample(runtime: Runtime, rows: Sample, source: str) -> Prediction:
     """The model's prediction on the sample; its own errors become one clear BerthError."""
     try:
         return runtime.predict(rows)
@@ -148,7 +170,7 @@ def _predict_sample(runtime: Runtime, rows: Sample, path: Path | None) -> Predic
         raise
     except Exception as exc:  # the user's model code raised: say so, not a traceback
         raise ModelLoadError(
-            f"the model failed on the rows of {path} ({type(exc).__name__}: {exc}); fix its "
+            f"the model failed on the rows of {source} ({type(exc).__name__}: {exc}); fix its "
             "predict (call it on those rows yourself to see where), or pass other sample rows"
         ) from exc
 

@@ -14,21 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from berth.errors import InvalidInput
+from berth.registration.artifact import loaded_artifact
 from berth.registration.inputs import example, inputs_for, reference_stats
-from berth.registration.staging import private_copy
-from berth.registry.artifacts import artifact_sha256, file_sha256
 from berth.registry.references import check_alias, check_name
 from berth.registry.service import Registry, check_type_names
 from berth.registry.versions import Lineage, NewVersion, VersionInfo
-from berth.runtimes import (
-    SKOPS_SUFFIX,
-    UntrustedArtifact,
-    detect_flavor,
-    entry_file,
-    load_runtime,
-    needs_pickle_trust,
-    pickle_refusal,
-)
 from berth.store import audit
 
 
@@ -89,40 +79,21 @@ def _register(registry: Registry, request: RegisterRequest, event: audit.AuditEv
     if request.reference is not None and request.reference_stats is not None:
         raise InvalidInput("give reference data or reference statistics, not both")
     source = request.path.expanduser()
-    if not source.exists():
-        raise InvalidInput(
-            f"{source} does not exist; pass the path of a model file, directory or archive"
-        )
-    with private_copy(source) as staged:
-        flavor = request.flavor or detect_flavor(staged)
-        entry = entry_file(staged, flavor)
-        digest = artifact_sha256(staged)
-        pickle_sha256 = None
-        if needs_pickle_trust(flavor, entry):
-            if not request.trust_pickle:
-                raise InvalidInput(pickle_refusal(entry.name))
-            pickle_sha256 = digest if entry == staged else file_sha256(entry)
-        if trusted_types and (flavor != "sklearn" or entry.suffix.lower() != SKOPS_SUFFIX):
-            raise InvalidInput(
-                "--trust-type applies to scikit-learn models saved with skops (.skops); "
-                f"{entry.name} is not one"
-            )
-        try:
-            runtime = load_runtime(
-                flavor,
-                entry,
-                trusted_types=(*registry.trusted_types, *trusted_types),
-                pickle_sha256=pickle_sha256,
-            )
-        except UntrustedArtifact as exc:
-            raise InvalidInput(exc.message) from exc
-        inputs = inputs_for(runtime, request.sample, request.signature)
+    with loaded_artifact(
+        source,
+        flavor=request.flavor,
+        trust_pickle=request.trust_pickle,
+        trusted_types=trusted_types,
+        server_trusted_types=registry.trusted_types,
+    ) as loaded:
+        flavor, digest, pickle_sha256 = loaded.flavor, loaded.sha256, loaded.pickle_sha256
+        inputs = inputs_for(loaded.runtime, request.sample, request.signature)
         signature = inputs.signature
         rows = example(inputs.sample, signature)
         stats = reference_stats(request.reference, signature)
         if request.reference_stats is not None:
             stats = dict(request.reference_stats)
-        artifact = registry.store.put(staged)
+        artifact = registry.store.put(loaded.staged)
     if artifact.sha256 != digest:
         raise InvalidInput(
             f"{source} changed while it was being checked (its files were modified when it "

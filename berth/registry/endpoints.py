@@ -22,6 +22,7 @@ from berth.errors import Conflict, InvalidInput, NotFound
 from berth.registry.references import check_name, parse_reference
 from berth.registry.roles import ROLES as ROLES
 from berth.registry.roles import SERVING_ROLES as SERVING_ROLES
+from berth.registry.roles import SHADOW as SHADOW
 from berth.registry.roles import STABLE as STABLE
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
@@ -122,11 +123,8 @@ class EndpointInfo:
 
     @property
     def primary(self) -> RouteSpec:
-        """The route whose version describes the endpoint (v2 metadata): stable, else the
-        heaviest serving route."""
-        serving = [r for r in self.routes if r.role in SERVING_ROLES]
-        stable = next((r for r in serving if r.role == STABLE), None)
-        return stable or max(serving, key=lambda r: r.weight)
+        """The route whose version describes the endpoint (v2 metadata)."""
+        return primary_route(self.routes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +135,13 @@ class EndpointInfo:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+def primary_route(routes: Iterable[RouteSpec]) -> RouteSpec:
+    """Of an endpoint's routes, the stable one, else the heaviest serving one."""
+    serving = [r for r in routes if r.role in SERVING_ROLES]
+    stable = next((r for r in serving if r.role == STABLE), None)
+    return stable or max(serving, key=lambda r: r.weight)
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,37 @@ class EndpointService:
             replace_routes(session, row, routes, reason, event.actor, audit_event=event)
             session.flush()
             return _info(row)
+
+    def set_shadow(
+        self,
+        name: str,
+        reference: str,
+        percent: float,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+    ) -> EndpointInfo:
+        """Mirror `percent` of the endpoint's requests to the version `reference` names,
+        replacing the shadow route if there is one; the serving routes stay as they are."""
+        kept = [r for r in self.get(name).routes if r.role != SHADOW]
+        spec = resolve_spec(self.registry, reference, SHADOW, SHADOW, percent)
+        if any(r.label == SHADOW for r in kept):
+            raise InvalidInput(
+                f"endpoint '{name}' has a serving route labelled '{SHADOW}'; rename it with "
+                "`berth endpoints routes` first"
+            )
+        reason = f"shadow {spec.ref} on {percent:g}% of requests"
+        return self.set_routes(name, [*kept, spec], reason, actor=actor, address=address)
+
+    def remove_shadow(
+        self, name: str, *, actor: str | None = None, address: str | None = None
+    ) -> EndpointInfo:
+        """Stop mirroring: the shadow route goes, the serving routes stay as they are."""
+        current = self.get(name)
+        kept = [r for r in current.routes if r.role != SHADOW]
+        if len(kept) == len(current.routes):
+            raise InvalidInput(f"endpoint '{name}' has no shadow route; nothing to turn off")
+        return self.set_routes(name, kept, "shadow removed", actor=actor, address=address)
 
     def history(self, name: str, limit: int = 50) -> list[EndpointChange]:
         check_name("endpoint", name)

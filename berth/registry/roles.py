@@ -7,6 +7,7 @@ SQLAlchemy.
 from __future__ import annotations
 
 STABLE = "stable"
+SHADOW = "shadow"
 ROLES = ("stable", "canary", "green", "blue", "variant", "shadow")
 SERVING_ROLES = frozenset(ROLES) - {"shadow"}
 """Roles that answer requests; a shadow only receives copies."""

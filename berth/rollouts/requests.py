@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from berth.errors import InvalidInput
 from berth.registry.references import MAX_VERSION, NAME_PATTERN, check_name
-from berth.registry.roles import ROLES, STABLE
+from berth.registry.roles import ROLES, SHADOW, STABLE
 from berth.request_model import CheckedBy, Duration, RequestModel, Text
 from berth.rollouts.canary_analysis import CanaryCriteria
 from berth.rollouts.names import CANARY, EXPERIMENT_METRICS
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from berth.registry.endpoints import RouteSpec
     from berth.rollouts.strategies import RolloutConfig
 
-SHADOW = "shadow"
 LARGEST_COUNT = 10**9
 """Bound of counts (min_requests, min_samples): far above any sensible value."""
 _FREE_TEXT = 1000
@@ -135,6 +134,18 @@ class RoutesRequest(RequestModel):
 
     def specs(self) -> list[RouteSpec]:
         return [route.spec() for route in self.routes]
+
+
+class ShadowRequest(RequestModel):
+    """Mirror a share of an endpoint's requests to a version (its answers are compared, never
+    returned); the serving routes stay as they are."""
+
+    EXAMPLE: ClassVar[dict[str, Any]] = {"to": "churn:4", "percent": 10}
+
+    to: Reference = Field(description="The version to mirror requests to.")
+    percent: float = Field(
+        10.0, ge=0, le=100, description="Share of requests copied to the shadow, in percent."
+    )
 
 
 # ---------------------------------------------------------------------------- rollouts

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from berth.errors import Conflict, InvalidInput, NotFound
@@ -263,6 +263,20 @@ class RolloutService:
             if row is None:
                 raise NotFound(f"no rollout {rollout_id}; list them with `berth rollout list`")
             return _info(row, session, events=True)
+
+    def progress(self, rollout_id: int) -> tuple[str, int]:
+        """The rollout's status and how many events it has: two small reads, for a client
+        that waits for the rollout to change (every change of status records an event)."""
+        with self.db.session() as session:
+            status = session.scalar(select(RolloutRow.status).where(RolloutRow.id == rollout_id))
+            if status is None:
+                raise NotFound(f"no rollout {rollout_id}; list them with `berth rollout list`")
+            events = session.scalar(
+                select(func.count())
+                .select_from(RolloutEventRow)
+                .where(RolloutEventRow.rollout_id == rollout_id)
+            )
+            return status, int(events or 0)
 
     def latest(self, endpoint: str) -> RolloutInfo:
         """The endpoint's active rollout, else its most recent one."""

@@ -54,6 +54,9 @@ _SUFFIX_FLAVORS = {
     ".py": "python",
 }
 
+MODEL_FILE_SUFFIXES = tuple(_SUFFIX_FLAVORS)
+"""Suffixes of the model files Berth recognises (lowercase)."""
+
 # The optional package each flavor needs, and the extra that installs it.
 _EXTRAS = {"onnx": ("onnxruntime", "onnx"), "torch": ("torch", "torch")}
 

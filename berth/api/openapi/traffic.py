@@ -14,6 +14,7 @@ from berth.api.openapi.common import (
     object_schema,
     path_parameter,
 )
+from berth.defaults import LONG_POLL_MAX_SECONDS
 from berth.registry.endpoints import ROLES
 from berth.registry.references import MAX_VERSION
 from berth.rollouts.experiments import METRICS as EXPERIMENT_METRICS
@@ -200,6 +201,38 @@ ENDPOINT_QUERY: Schema = {
     "required": False,
     "description": "Only this endpoint's.",
     "schema": NAME_SCHEMA,
+}
+ACTIVE_QUERY: Schema = {
+    "name": "active",
+    "in": "query",
+    "required": False,
+    "description": "true: only rollouts in progress (running or paused).",
+    "schema": {"enum": ["true", "false"]},
+}
+WAIT_QUERY: Schema = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "Long poll: hold the request up to this many seconds until the rollout "
+    "changes (an event after `after_event`, or it finished); then, or at the end of the wait, "
+    "answer with the rollout. The server holds at most its BERTH_LONG_POLL_SECONDS. Absent "
+    "or 0: answer at once.",
+    "schema": {"type": "number", "minimum": 0, "maximum": LONG_POLL_MAX_SECONDS},
+}
+AFTER_EVENT_QUERY: Schema = {
+    "name": "after_event",
+    "in": "query",
+    "required": False,
+    "description": "With `wait`: how many of the rollout's events the client has seen; the "
+    "request is answered once there are more. Default: as many as there are now.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
+}
+HISTORY_LIMIT_QUERY: Schema = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "At most this many changes, newest first (default 50).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
 }
 METRICS_SOURCE_QUERY: Schema = {
     "name": "metrics_source",
