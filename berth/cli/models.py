@@ -140,6 +140,7 @@ def _register_remotely(
     mistake is told before a large file is sent."""
     from berth.cli.flags import from_flags
     from berth.cli.upload import PLACEHOLDER_SHA256, upload_version
+    from berth.registration.artifact import missing_artifact
     from berth.registration.requests import UploadMetadata
     from berth.registry.references import check_name
 
@@ -147,9 +148,7 @@ def _register_remotely(
     metadata = from_flags(UploadMetadata, _UPLOAD_FLAGS, {**options, "sha256": PLACEHOLDER_SHA256})
     source = path.expanduser()
     if not source.exists():
-        raise InvalidInput(
-            f"{source} does not exist; pass the path of a model file, directory or archive"
-        )
+        raise InvalidInput(missing_artifact(source))
     for part in ("sample", "reference"):
         given = files[part]
         if given is not None and not given.exists():
