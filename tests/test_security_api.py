@@ -111,6 +111,7 @@ TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
 JOBS_ADMIN = "/api/v1/jobs"
 SCHEDULES_ADMIN = ("/api/v1/schedules", "/api/v1/prediction-log")
 UPLOAD = "/api/v1/models/{name}/versions"
+OPTIMIZE = "/api/v1/models/{ref}/optimize"
 VALIDATE = "/api/v1/validate"
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
@@ -155,7 +156,7 @@ def insufficient_key(template: str, method: str) -> str:
         traffic_admin
         or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN, *SCHEDULES_ADMIN))
         or method in ("PUT", "DELETE")
-        or template in (UPLOAD, VALIDATE)
+        or template in (UPLOAD, VALIDATE, OPTIMIZE)
     )
     if admin_routes:
         return "user"
@@ -253,11 +254,11 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         if (
             method in ("DELETE", "PUT")
             or template.startswith(("/api/v1/keys", JOBS_ADMIN, *SCHEDULES_ADMIN))
-            or template in (UPLOAD, VALIDATE)
+            or template in (UPLOAD, VALIDATE, OPTIMIZE)
             or traffic_admin
         ):
             # exercised by the admin tests (here, test_traffic_*, test_jobs_api,
-            # test_model_upload, test_validate_api, test_schedules_api)
+            # test_model_upload, test_validate_api, test_remote_models, test_schedules_api)
             continue
         key = "admin" if template.startswith("/api/v1/audit") else "user"
         response = secured.client.request(

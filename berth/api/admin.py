@@ -20,6 +20,8 @@ from berth.api.openapi import models as models_doc
 from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
+from berth.errors import InvalidInput
+from berth.registry.references import check_name
 from berth.registry.requests import AliasRequest
 from berth.security.auth import Principal
 from berth.security.requests import KeyRequest, RotateRequest
@@ -169,6 +171,39 @@ async def delete_version(request: Request) -> Response:
     number = version_number(request.path_params["version"], '{"version": 3}')
     await anyio.to_thread.run_sync(lambda: svc.registry.delete_version(name, number, **who))
     return json_response({"deleted": f"{name}:{number}"})
+
+
+CONFIRM: doc.Schema = {
+    "name": "confirm",
+    "in": "query",
+    "required": True,
+    "description": "The model's name again. Deleting a model takes every version with it, so "
+    "the name must be given twice (as `berth models delete NAME --yes` asks for --yes): a client "
+    "that builds the path wrongly (a version missing from `/models/{name}/versions/{version}`), "
+    "or replays a DELETE at the wrong URL, cannot delete a whole model by accident.",
+    "schema": doc.NAME_SCHEMA,
+}
+
+
+@router.delete(
+    "/models/{name}",
+    summary="Delete a model and every version (refused while it has aliases)",
+    openapi_extra=doc.parameters(doc.MODEL_NAME, CONFIRM),
+    responses={
+        **doc.ok(models_doc.MODEL_DELETED, "The model, its versions and their artifacts are gone."),
+        **doc.errors(400, 404, 409, *doc.READ_ERRORS),
+    },
+)
+async def delete_model(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await admin_caller(request)
+    check_name("model", name)
+    if request.query_params.get("confirm") != name:
+        raise InvalidInput(
+            f"deleting model '{name}' removes every version; confirm with ?confirm={name}"
+        )
+    await anyio.to_thread.run_sync(lambda: svc.registry.delete_model(name, **who))
+    return json_response({"deleted": name})
 
 
 @router.get(
