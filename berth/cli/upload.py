@@ -76,6 +76,7 @@ def send(
     *,
     sending: str,
     waiting: str,
+    timeout: float = LONG_SECONDS,
 ) -> Any:
     """POST `parts` and `fields` as one multipart body, with a progress bar saying `sending`
     while the bytes go and `waiting` once the server works on them; the JSON answer."""
@@ -87,7 +88,7 @@ def send(
             yield from body.chunks
             describe(waiting)
 
-        return server.post(route, content=chunks(), headers=body.headers, timeout=LONG_SECONDS)
+        return server.post(route, content=chunks(), headers=body.headers, timeout=timeout)
 
 
 @dataclass(frozen=True)
