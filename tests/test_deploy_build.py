@@ -40,6 +40,7 @@ from berth.deploy.dockerfile import healthcheck_command
 from berth.deploy.plan import DEFAULT_TARGETS, TARGETS, BuildOptions
 from berth.deploy.requirements import canonical, image_environment
 from berth.deploy.requirements import render as render_requirements
+from berth.deploy.source import RegistrySource
 from berth.errors import InvalidInput
 from berth.jobs.cron import Cron
 from berth.jobs.schedules import ScheduleService
@@ -113,7 +114,7 @@ def built(
     schedules.put("nightly", cron="30 2 * * 5-7", args=SCHEDULE_ARGS, timezone="Europe/Berlin")
     schedules.put("paused", cron="@hourly", args=SCHEDULE_ARGS, enabled=False)
     options = BuildOptions(targets=TARGETS, replicas=3, max_replicas=9, cpu=0.75, memory="768Mi")
-    result = build(registry, "churn@production", root / "bundle", options)
+    result = build(RegistrySource(registry), "churn@production", root / "bundle", options)
     yield Built(result, secret)
     registry.db.dispose()
 
@@ -749,8 +750,9 @@ def test_prometheus_gets_berths_scrape_config_and_rules(built: Built) -> None:
 
 
 @pytest.fixture
-def cli(run: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> Run:
-    """`berth` in process, with churn@production registered and a schedule."""
+def cli(run_both: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> Run:
+    """`berth` in process, in local and in remote mode (tests/cli_modes.py), with
+    churn@production registered and a schedule."""
     registry = Registry.from_settings(settings)
     register_churn(registry, churn_files)
     ScheduleService(registry.db).put("hourly", cron="@hourly", args=SCHEDULE_ARGS)
@@ -759,7 +761,7 @@ def cli(run: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> R
     ScheduleService(registry.db).put("fraud-nightly", cron="0 2 * * *", args=other)
     EndpointService(registry).create("checkout", "churn@production")
     registry.db.dispose()
-    return run
+    return run_both
 
 
 def test_build_command_writes_the_asked_targets_and_lists_them(cli: Run, tmp_path: Path) -> None:
@@ -861,7 +863,9 @@ def test_a_baked_pickle_is_vouched_for_by_the_images_command(
     """The bundle's manifest cannot vouch for its own pickle; the image's command does."""
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    build(registry, "iris@production", tmp_path / "b", BuildOptions(targets=("compose",)))
+    build(
+        RegistrySource(registry), "iris@production", tmp_path / "b", BuildOptions(targets=("compose",))
+    )
     registry.db.dispose()
     steps = instructions((tmp_path / "b" / "Dockerfile").read_text())
     (command,) = [json.loads(args) for keyword, args in steps if keyword == "CMD"]
