@@ -449,8 +449,8 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
     # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    # + validation
-    assert operations == 61
+    # + validation + a version's record and artifact download
+    assert operations == 63
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

@@ -123,6 +123,7 @@ async def get_version_record(request: Request) -> Response:
 @router.get(
     f"{_VERSION_PATH}/artifact",
     summary="Download a version's artifact (the model file, or a tar of its directory)",
+    response_class=StreamingResponse,  # no JSON success documented: the media types below
     openapi_extra=doc.parameters(doc.MODEL_NAME, doc.VERSION),
     responses={
         200: {
