@@ -22,8 +22,10 @@ from berth.api import (
     jobs,
     model_upload,
     model_validation,
+    optimize,
     prediction_routes,
     rollouts,
+    schedules,
     traffic,
     v1,
     v2,
@@ -185,9 +187,11 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         model_upload.router,
         artifacts.router,
         model_validation.router,
+        optimize.router,
         traffic.router,
         rollouts.router,
         jobs.router,
+        schedules.router,
     )
     for router in routers:
         app.include_router(router)

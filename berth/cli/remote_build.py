@@ -10,12 +10,11 @@ come from their admin routes. The key needs the admin scope: the artifact is the
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from berth.cli.context import err_console
 from berth.cli.remote import Remote, path
+from berth.cli.upload import progress
 from berth.deploy.source import BatchSchedule
 from berth.errors import ArtifactIntegrityError
 from berth.registry.artifact_transfer import KIND_HEADER, SHA256_HEADER, receive
@@ -60,7 +59,7 @@ class RemoteSource:
                 )
             total = int(response.headers.get("content-length", 0))
             with (
-                _progress(f"Downloading {version.ref}", total) as advance,
+                progress(f"Downloading {version.ref}", total) as (advance, _describe),
                 tempfile.TemporaryDirectory(prefix=".berth-download-", dir=folder.parent) as tmp,
             ):
                 receive(
@@ -71,32 +70,3 @@ class RemoteSource:
                     scratch=Path(tmp),
                     advance=advance,
                 )
-
-
-@contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar of `total` bytes on stderr, only on a terminal (stdout is the command's
-    output, and logs keep no trace of a bar); it disappears when done."""
-    if not err_console.is_terminal:
-        yield lambda _size: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total or None)
-        yield lambda size: bar.advance(task, size)
