@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import socket
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +29,7 @@ from berth.cli.profiles import Profile
 from berth.cli.remote import Remote
 from berth.cli.remote_build import RemoteSource
 from berth.config import Settings
-from berth.errors import ArtifactIntegrityError
+from berth.errors import ArtifactIntegrityError, BerthError
 from berth.registration.service import RegisterRequest, register
 from berth.registry.artifact_transfer import receive
 from berth.registry.artifacts import directory_sha256
@@ -232,6 +234,40 @@ def test_bytes_that_changed_in_the_store_are_refused_and_not_kept(
             RemoteSource(served.remote()).fetch_artifact(version, folder)
         assert not list(folder.iterdir())
         assert not [p for p in folder.parent.iterdir() if p.name.startswith(".berth-download")]
+
+
+def test_a_download_that_breaks_off_is_one_line_and_keeps_nothing(
+    served: Served, tmp_path: Path
+) -> None:
+    """A server that announces the whole artifact and closes after half of it."""
+    body = served.get("/models/iris/versions/1/artifact").content
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\nX-Berth-Sha256: {served.iris.artifact.sha256}\r\n"
+        "X-Berth-Artifact: file\r\n\r\n"
+    ).encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_half() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(head + body[: len(body) // 2])
+
+    thread = threading.Thread(target=answer_half, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    folder = tmp_path / "fetched"
+    folder.mkdir()
+    try:
+        source = RemoteSource(Remote(Profile("test", url, key="berth_x_not-checked-here")))
+        with pytest.raises(BerthError, match=f"^the download from {url} broke off: .*; nothing"):
+            source.fetch_artifact(served.iris, folder)
+    finally:
+        thread.join(10)
+        listener.close()
+    assert not list(folder.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".berth-download")]
 
 
 def test_berth_build_refuses_changed_bytes_and_a_key_without_admin(

@@ -136,22 +136,36 @@ def receive(
             f"a {kind} was sent for a {'directory' if artifact.is_directory else 'file'} "
             "artifact; the server and this version disagree, try again"
         )
-    if artifact.is_directory:
-        tar = scratch / "artifact.tar"
-        _write(chunks, tar, advance)
-        try:
-            safe_extract(tar, folder)
-        finally:
-            tar.unlink()
-        actual = directory_sha256(folder)
-    else:
-        actual = _write(chunks, folder / artifact.entry, advance)
+    try:
+        actual = _received(chunks, artifact, folder, scratch, advance)
+    except BaseException:  # a stream that broke off, an unsafe tar, Ctrl-C: keep no part
+        _empty(folder)
+        raise
     if actual != artifact.sha256:
         _empty(folder)
         raise ArtifactIntegrityError(
             f"the artifact received fails its sha256 check (expected {artifact.sha256}, got "
             f"{actual}): it changed on the way or in the server's store; nothing was kept"
         )
+
+
+def _received(
+    chunks: Iterable[bytes],
+    artifact: StoredArtifact,
+    folder: Path,
+    scratch: Path,
+    advance: Advance | None,
+) -> str:
+    """The artifact written into `folder`; the sha256 of what was written."""
+    if artifact.is_directory:
+        tar = scratch / "artifact.tar"
+        _write(chunks, tar, advance)
+        try:
+            safe_extract(tar, folder)
+        finally:
+            tar.unlink(missing_ok=True)
+        return directory_sha256(folder)
+    return _write(chunks, folder / artifact.entry, advance)
 
 
 def _write(chunks: Iterable[bytes], path: Path, advance: Advance | None) -> str:
