@@ -113,6 +113,10 @@ SCHEDULES_ADMIN = ("/api/v1/schedules", "/api/v1/prediction-log")
 UPLOAD = "/api/v1/models/{name}/versions"
 OPTIMIZE = "/api/v1/models/{ref}/optimize"
 VALIDATE = "/api/v1/validate"
+VERSION_DOWNLOADS = (  # admin reads: the model itself, and samples of its training data
+    "/api/v1/models/{name}/versions/{version}/artifact",
+    "/api/v1/models/{name}/versions/{version}/record",
+)
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
     "/api/v1/batch-predict": {"instances": [IRIS_ROW]},
@@ -156,7 +160,7 @@ def insufficient_key(template: str, method: str) -> str:
         traffic_admin
         or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN, *SCHEDULES_ADMIN))
         or method in ("PUT", "DELETE")
-        or template in (UPLOAD, VALIDATE, OPTIMIZE)
+        or template in (UPLOAD, VALIDATE, OPTIMIZE, *VERSION_DOWNLOADS)
     )
     if admin_routes:
         return "user"
@@ -260,7 +264,11 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
             # exercised by the admin tests (here, test_traffic_*, test_jobs_api,
             # test_model_upload, test_validate_api, test_remote_models, test_schedules_api)
             continue
-        key = "admin" if template.startswith("/api/v1/audit") else "user"
+        key = (
+            "admin"
+            if template.startswith("/api/v1/audit") or template in VERSION_DOWNLOADS
+            else "user"
+        )
         response = secured.client.request(
             method, path, json=BODIES.get(template), headers=secured.as_(key)
         )

@@ -13,6 +13,7 @@ from starlette.types import Scope
 from berth import __version__
 from berth.api import (
     admin,
+    artifacts,
     docs,
     drift,
     errors,
@@ -184,6 +185,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         prediction_routes.router(v2.TAG),
         admin.router,
         model_upload.router,
+        artifacts.router,
         model_validation.router,
         optimize.router,
         traffic.router,

@@ -6,6 +6,8 @@ logs the method and URL), ever holds it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -61,6 +63,37 @@ class Remote:
         data, content); `timeout` (seconds) is for calls the server may hold, e.g. a long poll.
         """
         return self._document(self._send(method, route, timeout, options))
+
+    @contextmanager
+    def download(self, route: str) -> Iterator[httpx.Response]:
+        """A GET whose body is read while it arrives (`iter_bytes`), for bodies too big to hold:
+        the response once the server answered a success; a failure raises the one-line error
+        `get` would. The connection breaking off mid-body is a one-line error too."""
+        import httpx
+
+        key = self._key()
+        headers = {"x-api-key": key} if key else {}
+        # Between two reads, not for the whole body: a big artifact may take minutes.
+        limit = httpx.Timeout(_TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
+        answered = False
+        try:
+            with (
+                httpx.Client(base_url=self.url, headers=headers, timeout=limit) as client,
+                client.stream("GET", route) as response,
+            ):
+                answered = True
+                if not response.is_success:
+                    response.read()
+                    self._document(response)  # raises the server's error
+                yield response
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            if answered:
+                raise BerthError(
+                    f"the download from {self.url} broke off: {reason}; nothing was kept, "
+                    "run the command again"
+                ) from None
+            raise BerthError(f"cannot reach {self.url}: {reason}; {self._reach_hint}") from None
 
     def _send(
         self, method: str, route: str, timeout: float | None, options: dict[str, Any]
