@@ -6,7 +6,8 @@ SQLite, a temporary BERTH_HOME), as a CI runner would: BERTH_SERVER and BERTH_AP
 no database URL. The server's resident memory (every process of it) is sampled every 20 ms
 while the command runs. Printed: seconds, MB/s over the whole command (hashing on the client,
 the upload, the server's checks and storing) and the server's peak RSS over its idle RSS; and
-the same for the transfer alone (an upload the server refuses at its sha256 check).
+the same for the transfer alone (an upload the server refuses at its sha256 check); then a local
+`berth models register` of the same file, for comparison.
 
 Usage: .venv/bin/python benchmarks/upload.py [--size-mb 200]
 """
@@ -145,7 +146,8 @@ def main() -> None:
         key = created.stdout.strip().splitlines()[-1]
         port = free_port()
         server = subprocess.Popen(
-            [*BERTH, "serve", "--port", str(port), "--workers", "1"], env=server_env
+            [*BERTH, "serve", "--allow-empty", "--port", str(port), "--workers", "1"],
+            env=server_env,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -176,6 +178,15 @@ def main() -> None:
             print(f"berth models register (remote; hash, upload, load-and-predict check, store): "
                   f"{mb:.0f} MB in {seconds:.2f} s, {mb / seconds:.0f} MB/s; {memory} "
                   "(the check loads the model)")  # fmt: skip
+            local_env = {**env, "BERTH_HOME": str(work / "local")}
+            started = time.perf_counter()
+            subprocess.run(
+                [*BERTH, "models", "register", "large", str(model), "--sample", str(sample)],
+                env=local_env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            print(f"berth models register (local, the same checks, for comparison): "
+                  f"{mb:.0f} MB in {seconds:.2f} s, {mb / seconds:.0f} MB/s")  # fmt: skip
         finally:
             server.terminate()
             server.wait(30)

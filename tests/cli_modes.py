@@ -7,20 +7,23 @@ set up, so the test's own checks of what is stored hold), creates an admin key, 
 command at the server with BERTH_SERVER and BERTH_API_KEY, and gives the command an unusable
 BERTH_DATABASE_URL: a command that opened the database in remote mode would fail its test.
 
-The server runs no rollout controller: the command tests act by hand and check what is stored.
+A test that uses the `registry` fixture (SQLite and PostgreSQL) has the server serve that
+registry. The server runs no rollout controller: the command tests act by hand and check what is stored.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
 from berth.config import Settings
+from berth.jobs.config import JobsConfig
 from tests.conftest import Run
 from tests.ports import free_port
 
@@ -50,6 +53,7 @@ def threaded_server(settings: Settings) -> Iterator[str]:
     from berth.api.app import create_app
 
     app = create_app(settings.model_copy(update={"rollout_controller": False}))
+    app.state.job_launcher = _launcher(settings)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -67,6 +71,24 @@ def threaded_server(settings: Settings) -> Iterator[str]:
         thread.join(15)
 
 
+def _launcher(settings: Settings) -> Callable[[JobsConfig, int, Sequence[str]], object]:
+    """Starts a job's process as a server of its own would: with the server's database (the
+    test process's environment holds remote mode's unusable one) and no server profile."""
+    from berth.jobs.launch import launch
+
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("BERTH_SERVER", "BERTH_API_KEY", "BERTH_API_KEY_FILE")
+    }
+    environment["BERTH_DATABASE_URL"] = settings.resolved_database_url
+
+    def start(config: JobsConfig, job_id: int, args: Sequence[str]) -> object:
+        return launch(config, job_id, args, {**environment, "BERTH_HOME": str(settings.home)})
+
+    return start
+
+
 @pytest.fixture(params=["local", "remote"])
 def cli_mode(
     request: pytest.FixtureRequest, settings: Settings, monkeypatch: pytest.MonkeyPatch
@@ -80,6 +102,10 @@ def cli_mode(
     if request.param == "local":
         yield Mode("local", cli_actor())
         return
+    if "registry" in request.fixturenames:
+        # The test's own registry (SQLite or PostgreSQL) is the one the server must serve.
+        url = request.getfixturevalue("registry").db.url
+        settings = settings.model_copy(update={"database_url": url})
     registry = Registry.from_settings(settings)
     try:
         keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))

@@ -6,7 +6,10 @@ The crash tests (kill -9 of a real `berth batch run`) are in test_batch_crash.py
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,11 @@ from berth.jobs.file_sinks import MANIFEST
 from berth.jobs.records import JobService
 from berth.jobs.run_args import parse_run_args, run_args
 from berth.jobs.spec import BatchSpec
+from berth.jobs.summary import describe
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from berth.runtimes.loading import load_version
+from tests.cli_modes import Mode
 from tests.conftest import Run, register_churn, register_iris
 
 FEATURES = ["tenure_months", "monthly_charges", "plan", "support_calls"]
@@ -643,17 +648,21 @@ def test_a_sink_folder_belongs_to_one_job_and_one_writer(
 
 
 @pytest.fixture
-def run_cli(run: Run) -> Run:
-    return run
+def run_cli(run_both: Run) -> Run:
+    """`berth` in local and in remote mode: remotely, the server runs the job in a process of
+    its own (with its database) and the command follows it."""
+    return run_both
 
 
 def test_the_cli_prints_a_summary_and_exits_1_on_failure(
-    run_cli: Run, churn_files: tuple[Path, Path, Path], customers: pd.DataFrame, tmp_path: Path
+    run_cli: Run,
+    settings: Settings,
+    churn_files: tuple[Path, Path, Path],
+    customers: pd.DataFrame,
+    tmp_path: Path,
 ) -> None:
-    model, _sample, signature = churn_files
-    assert (
-        run_cli("models", "register", "churn", str(model), "--signature", str(signature)).code == 0
-    )
+    registry = Registry.from_settings(settings)
+    register_churn(registry, churn_files, aliases=())
     customers.to_csv(tmp_path / "in.csv", index=False)
     sink = tmp_path / "out.parquet"
     ok = run_cli(
@@ -662,14 +671,92 @@ def test_the_cli_prints_a_summary_and_exits_1_on_failure(
     )  # fmt: skip
     assert ok.code == 0, ok.err
     assert "Job 1 succeeded: 1,000 rows scored with churn:1" in ok.out
+    assert f"Results: {sink}" in ok.out
+    # What it printed is what the job's record keeps, word for word.
+    stored = JobService(registry.db).get(1).summary
+    assert stored is not None
+    assert ok.out == describe(stored) + "\n"
     as_json = run_cli(
         "batch", "run", "churn", "--source", str(tmp_path / "in.csv"), "--sink", str(sink),
         "--id-column", "customer_id", "--json",
     )  # fmt: skip
-    assert json.loads(as_json.out)["rows_skipped"] == 1000
+    assert as_json.code == 0, as_json.err
+    document = json.loads(as_json.out)
+    assert (document["job"], document["status"], document["rows_skipped"]) == (2, "succeeded", 1000)
+    assert document == JobService(registry.db).get(2).summary
     bad = run_cli(
         "batch", "run", "churn", "--source", str(tmp_path / "in.csv"), "--sink", str(sink),
         "--mode", "upsert",
     )  # fmt: skip
     assert bad.code == 1
     assert "needs a SQL sink" in bad.err
+    assert JobService(registry.db).get(3).status == r.FAILED  # its record says why too
+    missing = tmp_path / "missing.csv"
+    failed = run_cli("batch", "run", "churn", "--source", str(missing), "--sink", str(sink))
+    assert failed.code == 1
+    assert failed.err.splitlines()[-1].startswith("error: ")
+    assert failed.out == ""  # no progress bar: it never read a row
+    assert str(missing) in failed.err
+    assert JobService(registry.db).get(4).message in failed.err
+    registry.db.dispose()
+
+
+@pytest.mark.parametrize("cli_mode", ["remote"], indirect=True)
+def test_remote_mode_refuses_relative_paths_and_runs_nothing(
+    run_cli: Run, settings: Settings
+) -> None:
+    for args, flag in (
+        (["--source", "in.csv", "--sink", "/data/out.parquet"], "--source in.csv"),
+        (["--source", "/data/in.csv", "--sink", "out"], "--sink out"),
+        (["--source", "s3://b/in.csv", "--sink", "/o", "--errors", "bad.csv"], "--errors bad.csv"),
+    ):
+        refused = run_cli("batch", "run", "churn", *args)
+        assert refused.code == 1
+        assert refused.err.startswith(f"error: {flag} is a relative path"), refused.err
+        assert "absolute path on that host, or a URL" in refused.err
+    registry = Registry.from_settings(settings)
+    assert JobService(registry.db).list() == []
+    registry.db.dispose()
+
+
+def test_ctrl_c_stops_the_job_after_its_chunk_resumably(
+    run_cli: Run,
+    settings: Settings,
+    churn_files: tuple[Path, Path, Path],
+    tmp_path: Path,
+    cli_mode: Mode,
+) -> None:
+    """Locally the run stops itself; remotely the command asks the server to cancel the job
+    (so its message names `berth jobs cancel`). Either way: exit 1, a summary, resumable."""
+    registry = Registry.from_settings(settings)
+    register_churn(registry, churn_files, aliases=())
+    frame, _ = churn_data(20_000)
+    frame.insert(0, "customer_id", np.arange(len(frame)))
+    frame.to_parquet(tmp_path / "in.parquet")
+    jobs = JobService(registry.db)
+
+    def interrupt_once_it_runs() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = jobs.list()
+            if found and found[0].status == r.RUNNING and found[0].counts.scored > 0:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=interrupt_once_it_runs, daemon=True)
+    watcher.start()
+    stopped = run_cli(
+        "batch", "run", "churn", "--source", str(tmp_path / "in.parquet"), "--sink",
+        str(tmp_path / "out.parquet"), "--id-column", "customer_id", "--chunk-size", "20",
+        "--quiet",
+    )  # fmt: skip
+    watcher.join(5)
+    assert stopped.code == 1, stopped.err
+    assert "Job 1 cancelled" in stopped.out
+    why = "cancelled by `berth jobs cancel`" if cli_mode.remote else "stopped by a signal"
+    assert f"{why}; run the same command again to resume after row" in stopped.out
+    job = jobs.get(1)
+    assert job.status == r.CANCELLED
+    assert 0 < job.counts.scored < len(frame)
+    registry.db.dispose()

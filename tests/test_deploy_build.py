@@ -27,6 +27,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
+import numpy as np
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -40,6 +41,7 @@ from berth.deploy.dockerfile import healthcheck_command
 from berth.deploy.plan import DEFAULT_TARGETS, TARGETS, BuildOptions
 from berth.deploy.requirements import canonical, image_environment
 from berth.deploy.requirements import render as render_requirements
+from berth.deploy.source import RegistrySource
 from berth.errors import InvalidInput
 from berth.jobs.cron import Cron
 from berth.jobs.schedules import ScheduleService
@@ -48,7 +50,8 @@ from berth.observability.prometheus_config import ScrapeOptions, build_config
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
 from berth.security.config import KeyConfig
-from berth.security.keys import server_secret
+from berth.security.keys import KeyService, server_secret
+from tests.cli_modes import UNUSABLE_DATABASE, threaded_server
 from tests.conftest import Run, register_churn, register_iris, require_service
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -113,7 +116,7 @@ def built(
     schedules.put("nightly", cron="30 2 * * 5-7", args=SCHEDULE_ARGS, timezone="Europe/Berlin")
     schedules.put("paused", cron="@hourly", args=SCHEDULE_ARGS, enabled=False)
     options = BuildOptions(targets=TARGETS, replicas=3, max_replicas=9, cpu=0.75, memory="768Mi")
-    result = build(registry, "churn@production", root / "bundle", options)
+    result = build(RegistrySource(registry), "churn@production", root / "bundle", options)
     yield Built(result, secret)
     registry.db.dispose()
 
@@ -749,8 +752,9 @@ def test_prometheus_gets_berths_scrape_config_and_rules(built: Built) -> None:
 
 
 @pytest.fixture
-def cli(run: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> Run:
-    """`berth` in process, with churn@production registered and a schedule."""
+def cli(run_both: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> Run:
+    """`berth` in process, in local and in remote mode (tests/cli_modes.py), with
+    churn@production registered and a schedule."""
     registry = Registry.from_settings(settings)
     register_churn(registry, churn_files)
     ScheduleService(registry.db).put("hourly", cron="@hourly", args=SCHEDULE_ARGS)
@@ -759,7 +763,7 @@ def cli(run: Run, settings: Settings, churn_files: tuple[Path, Path, Path]) -> R
     ScheduleService(registry.db).put("fraud-nightly", cron="0 2 * * *", args=other)
     EndpointService(registry).create("checkout", "churn@production")
     registry.db.dispose()
-    return run
+    return run_both
 
 
 def test_build_command_writes_the_asked_targets_and_lists_them(cli: Run, tmp_path: Path) -> None:
@@ -861,8 +865,120 @@ def test_a_baked_pickle_is_vouched_for_by_the_images_command(
     """The bundle's manifest cannot vouch for its own pickle; the image's command does."""
     registry = Registry.from_settings(settings)
     register_iris(registry, iris_files, aliases=("production",))
-    build(registry, "iris@production", tmp_path / "b", BuildOptions(targets=("compose",)))
+    build(
+        RegistrySource(registry),
+        "iris@production",
+        tmp_path / "b",
+        BuildOptions(targets=("compose",)),
+    )
     registry.db.dispose()
     steps = instructions((tmp_path / "b" / "Dockerfile").read_text())
     (command,) = [json.loads(args) for keyword, args in steps if keyword == "CMD"]
     assert command[:5] == ["berth", "serve", "--bundle", "/opt/berth/model", "--trust-pickle"]
+
+
+# remote mode: the same bundle ----------------------------------------------------------------
+
+DIRECTORY_MODEL = """
+import numpy as np
+
+
+class Scaled:
+    def load(self, path):
+        self.weights = np.loadtxt(path / "data" / "weights.txt")
+
+    def predict(self, inputs):
+        return np.asarray(inputs, dtype=float) @ self.weights
+"""
+# Over 100 bytes and not ASCII: a tar member name that needs a PAX header.
+LONG_NAME = "données-" + "très-long-" * 12 + ".txt"
+
+
+def _register_for_bundles(settings: Settings, churn_files: tuple[Path, Path, Path]) -> None:
+    """churn:1 (production), churn:2 (staging: reference data, lineage, metrics, tags) and a
+    directory model `scaled` (python) with a nested folder and a long non-ASCII file name."""
+    from berth.registration.service import RegisterRequest, register
+    from berth.registry.versions import Lineage
+
+    registry = Registry.from_settings(settings)
+    model, sample, signature = churn_files
+    register_churn(registry, churn_files)
+    register(
+        registry,
+        RegisterRequest(
+            name="churn", path=model, sample=sample, signature=signature, aliases=("staging",),
+            reference=sample, metrics={"auc": 0.91}, tags={"git_sha": "abc123"},
+            description="the candidate", lineage=Lineage("churn", 1, {"method": "retrain"}),
+        ),
+    )  # fmt: skip
+    folder = settings.home.parent / "scaled"
+    (folder / "data").mkdir(parents=True)
+    (folder / "model.py").write_text(DIRECTORY_MODEL)
+    (folder / "data" / "weights.txt").write_text("1\n10\n100\n")
+    (folder / "data" / LONG_NAME).write_bytes(bytes(range(256)) * 40)
+    scaled_sample = settings.home.parent / "scaled.npy"
+    np.save(scaled_sample, np.array([[1.0, 2.0, 3.0]]))
+    register(registry, RegisterRequest(name="scaled", path=folder, sample=scaled_sample))
+    ScheduleService(registry.db).put("hourly", cron="@hourly", args=SCHEDULE_ARGS)
+    registry.db.dispose()
+
+
+def _bundle_files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `root`: its bytes (a manifest without its build time) and its mode."""
+    found = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        if path.name == "berth-bundle.json":
+            manifest = json.loads(content)
+            assert datetime.fromisoformat(manifest.pop("built_at")).tzinfo is not None
+            content = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        found[path.relative_to(root).as_posix()] = (content, path.stat().st_mode & 0o777)
+    return found
+
+
+def test_remote_mode_writes_the_bundle_local_mode_writes(
+    run: Run,
+    settings: Settings,
+    churn_files: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same files, bytes and modes (the manifest's build time aside), same output, from a
+    server reached with a key only: a file model with everything a manifest carries, and a
+    directory model (its tar has a nested folder and a long non-ASCII name)."""
+    _register_for_bundles(settings, churn_files)
+    out = tmp_path / "bundle"
+    builds = {
+        "churn@staging": ["--target", "kubernetes", "--target", "compose"],
+        "scaled": ["--target", "compose"],
+    }
+    local = {}
+    for reference, options in builds.items():
+        done = run("build", reference, "--out", str(out), *options, "--force")
+        assert done.code == 0, done.err
+        local[reference] = (done, _bundle_files(out))
+    registry = Registry.from_settings(settings)
+    _info, secret = KeyService(
+        registry.db, server_secret(KeyConfig.from_settings(settings))
+    ).create("ci-build", ("admin",))
+    registry.db.dispose()
+    with threaded_server(settings) as url:
+        monkeypatch.setenv("BERTH_SERVER", url)
+        monkeypatch.setenv("BERTH_API_KEY", secret)
+        monkeypatch.setenv("BERTH_DATABASE_URL", UNUSABLE_DATABASE)
+        for reference, options in builds.items():
+            done = run("build", reference, "--out", str(out), *options, "--force")
+            assert done == local[reference][0]
+            remote_files = _bundle_files(out)
+            local_files = local[reference][1]
+            assert sorted(remote_files) == sorted(local_files)
+            for name, (content, mode) in local_files.items():
+                assert remote_files[name] == (content, mode), name
+    churn, scaled = (local[reference][1] for reference in builds)
+    manifest = json.loads(churn["model/berth-bundle.json"][0])
+    assert manifest["version"] == 2
+    assert manifest["reference_stats"]["rows"] > 0
+    assert manifest["lineage"] == {"source": "churn:1", "method": "retrain"}
+    assert "kubernetes/base/cronjob-berth-churn-hourly.yaml" in churn
+    assert f"model/artifact/data/{LONG_NAME}" in scaled
+    assert scaled[f"model/artifact/data/{LONG_NAME}"][1] == 0o644

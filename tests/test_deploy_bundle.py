@@ -25,6 +25,7 @@ from berth.api.app import build_services, create_app
 from berth.config import Settings
 from berth.deploy.bundle import ARTIFACT, MANIFEST, Manifest, bake, install_bundle
 from berth.deploy.dockerfile import healthcheck_command
+from berth.deploy.source import RegistrySource
 from berth.errors import ArtifactIntegrityError, InvalidInput, NotFound
 from berth.registration.service import RegisterRequest, register
 from berth.registry.artifacts import artifact_sha256
@@ -54,7 +55,7 @@ def churn_bundle(tmp_path: Path, churn_files: tuple[Path, Path, Path]) -> tuple[
     source = source_registry(tmp_path)
     version = register_churn(source, churn_files)
     folder = tmp_path / "bundle" / "model"
-    bake(source, version, folder, "churn@production")
+    bake(RegistrySource(source), version, folder, "churn@production")
     source.db.dispose()
     return folder, version
 
@@ -177,7 +178,7 @@ def test_a_pickle_models_trust_travels_with_its_verified_bytes(
     version = register_iris(source, iris_files)
     assert version.pickle_trusted
     folder = tmp_path / "model"
-    manifest = bake(source, version, folder, "iris:1")
+    manifest = bake(RegistrySource(source), version, folder, "iris:1")
     source.db.dispose()
     assert Manifest.read(folder) == manifest
     # The manifest cannot vouch for itself: the operator's --trust-pickle must.

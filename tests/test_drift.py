@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +19,6 @@ from scipy.stats import ks_2samp  # type: ignore[import-untyped]
 from starlette.testclient import TestClient
 
 from berth.api.drift import router as drift_router
-from berth.cli import models as cli_models
 from berth.config import Settings
 from berth.demo_model import churn_data
 from berth.errors import InvalidInput
@@ -28,6 +28,7 @@ from berth.registry.profile import OTHER, reference_statistics
 from berth.registry.service import Registry
 from berth.registry.signature import Signature, TensorSpec, infer_signature, read_sample
 from berth.registry.versions import VersionInfo
+from tests.cli_modes import UNUSABLE_DATABASE, Mode, threaded_server
 from tests.conftest import Outcome, Run
 
 CHURN_COLUMNS = ["tenure_months", "monthly_charges", "plan", "support_calls"]
@@ -496,26 +497,33 @@ def _cli_register(run: Run, churn_files: tuple[Path, Path, Path], *extra: str) -
 
 
 def test_cli_register_reference_and_show_reference_statistics(
-    run: Run, churn_files: tuple[Path, Path, Path]
+    run_both: Run, cli_mode: Mode, churn_files: tuple[Path, Path, Path]
 ) -> None:
+    run = run_both
     registered = _cli_register(run, churn_files, "--reference", str(churn_files[1]))
     assert registered.code == 0, registered.err
     assert "drift reference statistics of 4 features (200 rows)" in registered.out
+    summary = json.loads(run("models", "show", "churn", "--json").out)["reference"]
+    assert summary["rows"] == 200
     shown = run("models", "drift", "churn")
     assert shown.code == 0, shown.err
-    assert "reference statistics of 200 rows" in shown.out
     for column in CHURN_COLUMNS:
         assert column in shown.out
+    if cli_mode.remote:
+        # A server keeps the live inputs: remote mode shows its live drift (none came yet).
+        assert "churn:1  live rows 0/5000  verdict no_data" in shown.out
+        assert json.loads(run("models", "drift", "churn:1", "--json").out)["verdict"] == "no_data"
+        return
+    assert "reference statistics of 200 rows" in shown.out
     assert "categorical" in shown.out
     assert "--url http://HOST:PORT" in shown.out
-    summary = json.loads(run("models", "drift", "churn:1", "--json").out)
-    assert summary["rows"] == 200
-    assert json.loads(run("models", "show", "churn", "--json").out)["reference"] == summary
+    assert json.loads(run("models", "drift", "churn:1", "--json").out) == summary
 
 
 def test_cli_bad_reference_and_no_reference(
-    run: Run, churn_files: tuple[Path, Path, Path], tmp_path: Path
+    run_both: Run, churn_files: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
+    run = run_both
     bad = tmp_path / "bad.csv"
     pd.read_csv(churn_files[1])[["plan"]].to_csv(bad, index=False)
     refused = _cli_register(run, churn_files, "--reference", str(bad))
@@ -527,34 +535,63 @@ def test_cli_bad_reference_and_no_reference(
     assert "no reference statistics" in none.err
 
 
-def test_cli_drift_from_a_server(run: Run, served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_drift_from_a_server(
+    run: Run,
+    settings: Settings,
+    churn_files: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from berth.security.config import KeyConfig
+    from berth.security.keys import KeyService, server_secret
+
+    registry = Registry.from_settings(settings)
+    _register_churn(registry, churn_files, reference=churn_files[1])
+    key = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
+    secret = key.create("tester", ("predict", "read"))[1]
+    registry.db.dispose()
     live, _ = churn_data(300, seed=9)
     live["plan"] = "enterprise"
-    _predict(served, live)
-    client = served.client
-    monkeypatch.setattr(client, "close", lambda: None)  # the fixture closes it
-    monkeypatch.setattr(cli_models, "_http_client", lambda url: client)
-    outcome = run("models", "drift", "churn", "--url", "http://testserver", "--key", served.key)
-    assert outcome.code == 0, outcome.err
-    assert "churn:1" in outcome.out
-    assert "live rows 300/1000" in outcome.out
-    plan_line = next(line for line in outcome.out.splitlines() if "plan" in line)
-    assert "categorical" in plan_line
-    assert "drifted" in plan_line
-    assert "PSI < 0.1 stable" in outcome.out
-    as_json = json.loads(
-        run("models", "drift", "churn", "--url", "http://x", "--key", served.key, "--json").out
-    )
-    assert as_json["verdict"] == "drifted"
-    refused = run("models", "drift", "churn", "--url", "http://testserver", "--key", "wrong")
-    assert refused.code == 1
-    assert "answered 401" in refused.err
+    with threaded_server(settings) as url:
+        predicted = httpx.post(
+            f"{url}/api/v1/models/churn/batch-predict",
+            json={"instances": json.loads(live.to_json(orient="records"))},
+            headers={"X-API-Key": secret},
+        )
+        assert predicted.status_code == 200, predicted.text
+        outcome = run("models", "drift", "churn", "--url", url, "--key", secret)
+        assert outcome.code == 0, outcome.err
+        assert "churn:1" in outcome.out
+        assert "live rows 300/5000" in outcome.out
+        plan_line = next(line for line in outcome.out.splitlines() if "plan" in line)
+        assert "categorical" in plan_line
+        assert "drifted" in plan_line
+        assert "PSI < 0.1 stable" in outcome.out
+        as_json = json.loads(
+            run("models", "drift", "churn", "--url", url, "--key", secret, "--json").out
+        )
+        assert as_json["verdict"] == "drifted"
+        # The same report in remote mode, where the server is the profile's.
+        with monkeypatch.context() as remote:
+            remote.setenv("BERTH_SERVER", url)
+            remote.setenv("BERTH_API_KEY", secret)
+            remote.setenv("BERTH_DATABASE_URL", UNUSABLE_DATABASE)
+            assert run("models", "drift", "churn") == outcome
+        refused = run("models", "drift", "churn", "--url", url, "--key", "berth_wrong")
+        assert refused.code == 1
+        assert refused.err.count("\n") == 1
+        assert "refused the key given with --key (or BERTH_API_KEY)" in refused.err
+        assert "berth_wrong" not in refused.err
+        keyless = run("models", "drift", "churn", "--url", url)
+        assert keyless.code == 1
+        assert "needs an API key; give --key or set BERTH_API_KEY" in keyless.err
 
 
 def test_cli_drift_unreachable_server(run: Run) -> None:
     outcome = run("models", "drift", "churn", "--url", "http://127.0.0.1:9", "--key", "k")
     assert outcome.code == 1
-    assert "could not reach http://127.0.0.1:9" in outcome.err
+    assert outcome.err.count("\n") == 1
+    assert "cannot reach http://127.0.0.1:9" in outcome.err
+    assert "is the server running" in outcome.err
 
 
 def test_background_task_refreshes_the_gauge() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -28,10 +29,14 @@ from berth.monitoring.performance import (
     measure,
     roc_auc,
 )
+from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.security.auth import Principal
+from berth.store.audit import AuditLog
 from berth.store.tables import FeedbackRow, PredictionRow
-from tests.conftest import register_iris
+from tests.cli_modes import Mode
+from tests.conftest import Run, register_iris
+from tests.local_twin import assert_same_output
 
 # metrics by hand -------------------------------------------------------------------------
 
@@ -449,32 +454,67 @@ def test_performance_of_an_unknown_model_is_404(api: Api) -> None:
     assert answer.status_code == 404
 
 
-# the CLI (berth.cli.feedback; `berth feedback` once main.py adds it) ---------------------
+# the CLI: `berth feedback`, in local and in remote mode ---------------------------------------
 
 
-def test_cli_performance_and_prune(settings: Settings) -> None:
-    from typer.testing import CliRunner
+def test_cli_performance_and_prune(
+    run_both: Run, settings: Settings, iris_files: tuple[Path, Path], cli_mode: Mode
+) -> None:
+    found = Registry.from_settings(settings)
+    model, sample = iris_files
+    register(found, RegisterRequest(name="m", path=model, sample=sample, trust_pickle=True))
+    _predictions(found, [("x1", 1, "a", None, 1), ("x2", 1, "b", None, 24 * 40)])
+    store_feedback(found.db, {"x1": "a", "x2": "a"}, ADMIN)
 
-    from berth.cli import context
-    from berth.cli.feedback import app
+    outcome = run_both("feedback", "performance", "m", "--window", "all", "--json")
+    assert outcome.code == 0, outcome.err
+    [version] = json.loads(outcome.out)
+    assert (version["version"], version["count"], version["labelled"]) == (1, 2, 2)
+    assert version["accuracy"] == 0.5
+    recent = json.loads(run_both("feedback", "performance", "m", "--json").out)
+    assert [(v["count"], v["accuracy"]) for v in recent] == [(1, 1.0)]  # within 24h
+    outcome = run_both("feedback", "performance", "m")
+    assert outcome.code == 0, outcome.err
+    assert re.search(r"1\s*│\s*classification\s*│\s*1\s*│\s*1\s*│\s*1\.0000", outcome.out)
+    assert run_both("feedback", "performance", "m", "--version", "2", "--json").out == "[]\n"
+    unknown = run_both("feedback", "performance", "ghost")
+    assert unknown.code == 1
+    assert "ghost" in unknown.err
+    bad = run_both("feedback", "performance", "m", "--window", "soon")
+    assert bad.code == 1
+    assert "'soon' is not a duration" in bad.err
 
-    context.settings.cache_clear()
-    context.registry.cache_clear()
-    try:
-        found = context.registry()
-        _predictions(found, [("x1", 1, "a", None, 1), ("x2", 1, "b", None, 24 * 40)])
-        store_feedback(found.db, {"x1": "a", "x2": "a"}, ADMIN)
-        runner = CliRunner()
-        outcome = runner.invoke(app, ["performance", "m", "--window", "all", "--json"])
-        assert outcome.exit_code == 0, outcome.output
-        assert json.loads(outcome.output)[0]["accuracy"] == 0.5
-        outcome = runner.invoke(app, ["performance", "m"])
-        assert outcome.exit_code == 0, outcome.output
-        assert "classification" in outcome.output
-        outcome = runner.invoke(app, ["prune"])
-        assert outcome.exit_code == 0, outcome.output
-        assert "deleted 1 logged predictions" in outcome.output
-    finally:
-        context.registry().db.dispose()
-        context.settings.cache_clear()
-        context.registry.cache_clear()
+    outcome = run_both("feedback", "prune")
+    assert (outcome.code, outcome.out) == (0, "deleted 1 logged predictions\n")
+    assert run_both("feedback", "prune").out == "deleted 0 logged predictions\n"
+    with found.db.session() as session:
+        assert session.scalars(select(PredictionRow.id)).all() == ["x1"]
+    pruned = [e for e in AuditLog(found.db).list() if e.action == "prediction_log.prune"]
+    assert [(e.actor, e.detail) for e in pruned] == [
+        (cli_mode.actor, {"deleted": 0}),
+        (cli_mode.actor, {"deleted": 1}),
+    ]
+    found.db.dispose()
+
+
+@pytest.mark.parametrize("cli_mode", ["remote"], indirect=True)
+def test_cli_prints_the_same_in_both_modes(
+    run_both: Run,
+    settings: Settings,
+    iris_files: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = Registry.from_settings(settings)
+    model, sample = iris_files
+    register(found, RegisterRequest(name="m", path=model, sample=sample, trust_pickle=True))
+    _predictions(found, [("x1", 1, "a", 0.9, 1), ("x2", 1, "b", 0.2, 2), ("x3", 1, "b", 0.1, 3)])
+    store_feedback(found.db, {"x1": "a", "x2": "a", "x3": "b"}, ADMIN)
+    found.db.dispose()
+    for command in (
+        ["feedback", "performance", "m"],
+        ["feedback", "performance", "m", "--json", "--last", "2"],
+        ["feedback", "performance", "m", "--window", "90m", "--version", "1"],
+        ["feedback", "performance", "ghost"],
+        ["feedback", "prune"],
+    ):
+        assert_same_output(run_both, monkeypatch, None, *command)

@@ -47,6 +47,7 @@ from schemathesis.specs.openapi.checks import (
 
 from berth.api.v2 import input_tensors
 from berth.config import Settings
+from berth.jobs.schedules import ScheduleService
 from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
@@ -73,6 +74,7 @@ OPEN_OPERATIONS = {
     "GET /v2/health/live",
     "GET /v2/health/ready",
 }
+SCHEDULE = {"cron": "0 * * * *", "args": ["iris", "--source", "in.csv", "--sink", "out.csv"]}
 KEY_PATTERN = re.compile(r"berth_[A-Za-z0-9-]+_[A-Za-z0-9_-]{16,}")
 
 
@@ -94,6 +96,7 @@ def fuzzed(
     settings: Settings,
     iris_files: tuple[Path, Path],
     churn_files: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Fuzzed]:
     """A secured app (keys and JWT) serving iris (tensor) and churn (tabular), plus `spare`.
 
@@ -102,7 +105,10 @@ def fuzzed(
     are recorded but never started: generated sources and sinks are paths on this machine.
     """
     from berth.api.app import build_services, create_app
+    from berth.optimize import speed
 
+    # POST .../optimize measures speed: measured, not asserted, so briefly
+    monkeypatch.setattr(speed, "BUDGET_SECONDS", 0.005)
     settings = settings.model_copy(
         update={
             "jwt_secret": SecretStr(JWT_SECRET),
@@ -126,6 +132,8 @@ def fuzzed(
     _, admin_key = keys.create(ADMIN, ("admin",))
     keys.create("fuzz-user", ("predict", "read"))
     keys.create("fuzz-victim", ("read",))
+    for schedule in ("nightly", "spare"):  # DELETE aims at spare, the rest at nightly
+        ScheduleService(registry.db).put(schedule, cron="0 2 * * *", args=SCHEDULE["args"])
     app = create_app(settings, build_services(settings, registry))
     launched: list[int] = []
     app.state.job_launcher = lambda _settings, job_id, _args: launched.append(job_id)
@@ -171,6 +179,9 @@ def test_every_operation_as_admin(fuzzed: Fuzzed, request: pytest.FixtureRequest
         "PUT /api/v1/models/{name}/aliases/{alias}",
         "POST /api/v1/keys/{name}/rotate",
         "GET /api/v1/jobs/{id}",
+        "PUT /api/v1/schedules/{name}",
+        "GET /api/v1/schedules/{name}/runs",
+        "POST /api/v1/prediction-log/prune",
     ):
         assert fuzzed.statuses[(label, 200)], (label, _statuses_of(fuzzed, label))
     started = fuzzed.statuses[("POST /api/v1/jobs", 202)]
@@ -337,6 +348,13 @@ def _known_requests(
     names = re.findall(r"{(\w+)}", path)
     if path.startswith("/api/v1/keys/"):
         return [({"name": "fuzz-user"}, {}), ({"name": "fuzz-victim"}, {})]
+    if path.startswith("/api/v1/schedules/"):
+        if method == "DELETE":
+            return [({"name": "spare"}, {})]
+        known = [({"name": "nightly"}, {}), ({"name": "hourly"}, {})]
+        if method == "PUT":
+            known += [(parameters, _json(SCHEDULE)) for parameters, _ in known]
+        return known
     values = {
         "ref": ["iris", "iris:1", "iris@production", "churn", "churn@production", "spare"],
         "name": ["spare"] if method == "DELETE" else ["iris", "churn", "spare"],
@@ -449,8 +467,9 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
     # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    # + validation
-    assert operations == 61
+    # + validation + deleting a model + optimize + 7 schedules + the prediction log's prune
+    # + a version's record and artifact download
+    assert operations == 73
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

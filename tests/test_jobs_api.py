@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -159,7 +160,9 @@ def test_post_queues_a_job_launches_it_and_points_at_it(api: Api) -> None:
     assert stored.job_key == expected.job_key()  # so `berth batch run` with them resumes it
     assert parse_run_args(stored.args) == expected
     followed = api.call("GET", created.headers["Location"])
-    assert followed.json() == document
+    command = shlex.join(["berth", "batch", "run", *run_args(expected)])
+    detail = {"job_key": expected.job_key(), "log": None, "command": command, "summary": None}
+    assert followed.json() == {**document, **detail}  # what `berth jobs show --json` prints
 
     # the same job given as `berth batch run` arguments is stored the same way
     as_args = api.call("POST", "/api/v1/jobs", {"args": [*run_args(expected), "--quiet"]})

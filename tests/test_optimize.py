@@ -529,7 +529,8 @@ def test_migration_0004_adds_and_removes_lineage(registry: Registry) -> None:
 # CLI ---------------------------------------------------------------------------------------
 
 
-def test_cli_optimize_and_show(run: Run, iris_files: IrisFiles) -> None:
+def test_cli_optimize_and_show(run_both: Run, iris_files: IrisFiles) -> None:
+    run = run_both
     model, sample = iris_files
     assert (
         run(
@@ -545,13 +546,55 @@ def test_cli_optimize_and_show(run: Run, iris_files: IrisFiles) -> None:
     assert "ms per call, batch 256" in done.out
     assert "speedup" in done.out
     assert "label agreement" in done.out
+    assert "│ iris:2 (onnx, float) from iris:1 (sklearn)" in done.out
+    assert "no alias moved; serve it with `berth models alias iris production 2`" in done.out
     shown = run("models", "show", "iris:2")
     assert "lineage  derived from iris:1 (onnx, float)" in shown.out
     as_json = json.loads(run("models", "show", "iris:2", "--json").out)
     assert as_json["lineage"]["source"] == "iris:1"
 
 
-def test_cli_refusal_is_one_line(run: Run, iris_files: IrisFiles) -> None:
+def test_cli_optimize_on_rows_of_a_file(
+    run_both: Run, iris_files: IrisFiles, tmp_path: Path
+) -> None:
+    """--data goes to the server with the options (a multipart body) in remote mode."""
+    run = run_both
+    model, sample = iris_files
+    run("models", "register", "iris", str(model), "--sample", str(sample), "--trust-pickle")
+    rows = tmp_path / "holdout.npy"
+    np.save(rows, IRIS_X[:120])
+
+    done = run(
+        "models", "optimize", "iris:1", "--data", str(rows), "--alias", "staging", "--json"
+    )  # fmt: skip
+
+    assert done.code == 0, done.err
+    report = json.loads(done.out)
+    assert report["source"] == "iris:1"
+    assert report["source_flavor"] == "sklearn"
+    assert report["check"]["data"] == {
+        "rows": 120,
+        "sources": {"rows of holdout.npy": 120},
+        "generated_from": None,
+        "description": "120 rows of holdout.npy",
+    }
+    assert report["check"]["agreeing"] == 120
+    assert report["version"]["aliases"] == ["staging"]
+    assert report["version"]["lineage"]["check"]["data"] == {"rows of holdout.npy": 120}
+    missing = run("models", "optimize", "iris:1", "--data", str(tmp_path / "none.csv"))
+    assert missing.code == 1
+    assert "--data " in missing.err
+    assert "none.csv does not exist" in missing.err
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, IRIS_X[:5, :2])
+    refused = run("models", "optimize", "iris:1", "--data", str(wrong))
+    assert refused.code == 1
+    assert refused.err.count("\n") == 1
+    assert str(tmp_path) not in refused.err.replace(str(wrong), "")  # no server path
+
+
+def test_cli_refusal_is_one_line(run_both: Run, iris_files: IrisFiles) -> None:
+    run = run_both
     model, sample = iris_files
     run("models", "register", "iris", str(model), "--sample", str(sample), "--trust-pickle")
 
@@ -561,6 +604,14 @@ def test_cli_refusal_is_one_line(run: Run, iris_files: IrisFiles) -> None:
     assert refused.err.startswith("error: optimize refused")
     assert refused.err.strip().count("\n") == 0
     assert json.loads(run("models", "list", "--json").out)[0]["versions"] == [1]
+    for flags, named in (
+        (["--quantize", "int4"], "unknown quantization 'int4'"),
+        (["--tolerance", "0.5"], "--tolerance 0.5 is looser than 0.0001"),
+        (["--alias", "a/b"], "alias name 'a/b' is not valid"),
+    ):
+        wrong = run("models", "optimize", "iris:1", *flags)
+        assert wrong.code == 1
+        assert named in wrong.err, flags
 
 
 def test_cli_help_has_an_example(run: Run) -> None:

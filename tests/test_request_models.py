@@ -9,6 +9,8 @@ import pytest
 from berth.api.openapi import common as doc
 from berth.cli.flags import from_flags
 from berth.errors import InvalidInput
+from berth.jobs.requests import ScheduleRequest
+from berth.optimize.requests import OptimizeRequest
 from berth.registration.requests import UploadMetadata
 from berth.registry.requests import AliasRequest
 from berth.request_model import NoFields, RequestModel
@@ -30,10 +32,12 @@ MODELS: list[type[RequestModel]] = [
     ExperimentRequest,
     KeyRequest,
     NoFields,
+    OptimizeRequest,
     RollbackRequest,
     RolloutRequest,
     RotateRequest,
     RoutesRequest,
+    ScheduleRequest,
     ShadowRequest,
     UploadMetadata,
 ]

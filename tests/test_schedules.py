@@ -27,10 +27,13 @@ from berth.jobs.records import Counts, JobService
 from berth.jobs.scheduler import LEASE_NAME, NOT_RUNNING, Pass, Scheduler
 from berth.jobs.schedules import MISSED, STARTED, ScheduleService
 from berth.registry.service import Registry
+from berth.store.audit import AuditLog
 from berth.store.db import Database
 from berth.store.lease import Lease
 from berth.store.tables import JobRow
+from tests.cli_modes import Mode
 from tests.conftest import BERTH, Run, berth, register_iris
+from tests.local_twin import assert_same_output
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = ["iris@production", "--source", "in.csv", "--sink", "out.parquet"]
@@ -493,8 +496,10 @@ def test_berth_scheduler_once_processes_racing_on_postgresql_start_one_job_per_t
 # the commands --------------------------------------------------------------------------------
 
 
-def test_cli_schedule_list_disable_enable_and_unschedule(run: Run) -> None:
-    out = run(
+def test_cli_schedule_list_disable_enable_and_unschedule(
+    run_both: Run, settings: Settings, cli_mode: Mode
+) -> None:
+    out = run_both(
         "batch", "schedule", "nightly", "--cron", "0 2 * * *", "--timezone", "Europe/Berlin", *ARGS
     )
     assert out.code == 0, out.err
@@ -503,63 +508,124 @@ def test_cli_schedule_list_disable_enable_and_unschedule(run: Run) -> None:
     [upcoming] = [line for line in out.out.splitlines() if "next:" in line]
     assert len(re.findall(r"\d{4}-\d\d-\d\d 02:00 CES?T", upcoming)) == 3
 
-    [listed] = json.loads(run("batch", "schedules", "--json").out)
+    [listed] = json.loads(run_both("batch", "schedules", "--json").out)
     assert (listed["name"], listed["args"], listed["enabled"]) == ("nightly", ARGS, True)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT02:00:00\+0[12]:00", listed["next_run"])
     assert listed["last_run"] is None
-    table = run("batch", "schedules").out
+    table = run_both("batch", "schedules").out
     assert "nightly" in table
     assert "0 2 * * *" in table
 
-    again = run(
+    again = run_both(
         "batch", "schedule", "nightly", "--cron", "0 2 * * *", "--timezone", "Europe/Berlin", *ARGS
     )
     assert "Unchanged schedule nightly" in again.out
 
-    assert "Disabled schedule nightly" in run("batch", "disable", "nightly").out
-    assert "disabled" in run("batch", "schedules").out
-    enabled = run("batch", "enable", "nightly")
+    assert "Disabled schedule nightly" in run_both("batch", "disable", "nightly").out
+    assert "disabled" in run_both("batch", "schedules").out
+    enabled = run_both("batch", "enable", "nightly")
     assert re.search(r"Enabled schedule nightly; next run \d{4}-\d\d-\d\d 02:00", enabled.out)
 
-    assert "Removed schedule nightly" in run("batch", "unschedule", "nightly").out
-    gone = run("batch", "runs", "nightly")
+    assert "Removed schedule nightly" in run_both("batch", "unschedule", "nightly").out
+    gone = run_both("batch", "runs", "nightly")
     assert gone.code == 1
     assert "no schedule 'nightly'" in gone.err
+    missing = run_both("batch", "disable", "nightly")
+    assert missing.code == 1
+    assert "no schedule 'nightly'" in missing.err
+
+    # Every change was audited, as the local user or the remote key; refusals too.
+    db = Registry.from_settings(settings).db
+    events = [e for e in reversed(AuditLog(db).list()) if e.action.startswith("schedule.")]
+    db.dispose()
+    assert [(e.action, e.target, e.outcome) for e in events] == [
+        ("schedule.set", "nightly", "ok"),
+        ("schedule.set", "nightly", "ok"),
+        ("schedule.disable", "nightly", "ok"),
+        ("schedule.enable", "nightly", "ok"),
+        ("schedule.delete", "nightly", "ok"),
+        ("schedule.disable", "nightly", "refused"),
+    ]
+    assert [e.detail["outcome"] for e in events[:2] if e.detail] == ["created", "unchanged"]
+    assert {e.actor for e in events} == {cli_mode.actor}
 
 
-def test_cli_refuses_a_schedule_that_could_not_run(run: Run) -> None:
-    missing_sink = run(
+def test_cli_refuses_a_schedule_that_could_not_run(run_both: Run) -> None:
+    missing_sink = run_both(
         "batch", "schedule", "nightly", "--cron", "0 2 * * *", "iris", "--source", "in.csv"
     )
     assert missing_sink.code == 1
     assert "invalid job arguments" in missing_sink.err
     assert "--sink" in missing_sink.err
 
-    bad_cron = run("batch", "schedule", "nightly", "--cron", "0 2 * *", *ARGS)
+    bad_cron = run_both("batch", "schedule", "nightly", "--cron", "0 2 * *", *ARGS)
     assert bad_cron.code == 1
     assert "has 4 fields" in bad_cron.err
 
-    disabled = run("batch", "schedule", "paused", "--cron", "@daily", "--disabled", *ARGS)
+    bad_zone = run_both("batch", "schedule", "nightly", "--cron", "@daily", "--timezone", "Mars")
+    assert bad_zone.code == 1
+    assert "unknown time zone 'Mars'" in bad_zone.err
+    bad_name = run_both("batch", "schedule", "-x", "--cron", "@daily", *ARGS)
+    assert bad_name.code != 0
+    assert run_both("batch", "schedule", "a b", "--cron", "@daily", *ARGS).code == 1
+    with_job = run_both("batch", "schedule", "nightly", "--cron", "@daily", *ARGS, "--job", "3")
+    assert with_job.code == 1
+    assert "--job is set by the scheduler" in with_job.err
+
+    disabled = run_both("batch", "schedule", "paused", "--cron", "@daily", "--disabled", *ARGS)
     assert disabled.code == 0, disabled.err
     assert "disabled; would run" in disabled.out
-    assert [s["name"] for s in json.loads(run("batch", "schedules", "--json").out)] == ["paused"]
+    assert [s["name"] for s in json.loads(run_both("batch", "schedules", "--json").out)] == [
+        "paused"
+    ]
 
 
-def test_cli_runs_shows_started_and_missed_ticks(run: Run, settings: Settings) -> None:
+def test_cli_runs_shows_started_and_missed_ticks(run_both: Run, settings: Settings) -> None:
     db = Registry.from_settings(settings).db
     clock = FakeClock(at(9, 30))
     ScheduleService(db, clock=clock).put("hourly", cron="0 * * * *", args=ARGS)
     clock.now = at(11, 0, 5)
     Scheduler(db, Launches(), lease=None, clock=clock).tick()
 
-    table = run("batch", "runs", "hourly").out
+    table = run_both("batch", "runs", "hourly").out
     cells = r"[\s│]+"  # between rich's table cells
     assert re.search(rf"2030-01-01 11:00 UTC{cells}started{cells}1{cells}queued", table)
     assert re.search(rf"10:00 UTC{cells}missed{cells}-{cells}-{cells}scheduler was not", table)
-    rows = json.loads(run("batch", "runs", "hourly", "--json").out)
+    rows = json.loads(run_both("batch", "runs", "hourly", "--json").out)
     assert [(r["status"], r["job_id"]) for r in rows] == [(STARTED, 1), (MISSED, None)]
-    assert "job 1 queued" in run("batch", "schedules").out
+    assert "job 1 queued" in run_both("batch", "schedules").out
     db.dispose()
+
+
+@pytest.mark.parametrize("cli_mode", ["remote"], indirect=True)
+def test_cli_prints_the_same_in_both_modes(
+    run_both: Run, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Registry.from_settings(settings).db
+    clock = FakeClock(at(9, 30))
+    ScheduleService(db, clock=clock).put("hourly", cron="0 * * * *", args=ARGS)
+    clock.now = at(11, 0, 5)
+    Scheduler(db, Launches(), lease=None, clock=clock).tick()
+    db.dispose()
+    zoned = ["--cron", "30 1 * * 1-5", "--timezone", "America/New_York", *ARGS]
+    remote = run_both("batch", "schedule", "weekdays", *zoned)
+    assert remote.code == 0, remote.err
+    again = assert_same_output(run_both, monkeypatch, None, "batch", "schedule", "weekdays", *zoned)
+    assert "Unchanged schedule weekdays: 30 1 * * 1-5 (America/New_York)" in again.out
+    assert re.search(r"next: \d{4}-\d\d-\d\d 01:30 E[SD]T,", again.out)
+    for command in (
+        ["batch", "schedules"],
+        ["batch", "schedules", "--json"],
+        ["batch", "runs", "hourly"],
+        ["batch", "runs", "hourly", "--json", "--limit", "1"],
+        ["batch", "runs", "weekdays"],
+        ["batch", "runs", "ghost"],
+        ["batch", "runs", "hourly", "--limit", "0"],
+        ["batch", "schedule", "bad", "--cron", "0 2 * *", *ARGS],
+        ["batch", "schedule", "bad", "--cron", "@daily", "iris"],
+        ["batch", "unschedule", "ghost"],
+    ):
+        assert_same_output(run_both, monkeypatch, None, *command)
 
 
 def test_sigterm_stops_berth_scheduler_cleanly_and_releases_the_lease(settings: Settings) -> None:

@@ -17,10 +17,12 @@ import jwt
 import numpy as np
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from berth.config import Settings
 from berth.jobs.records import JobService
+from berth.jobs.schedules import ScheduleService
 from berth.registration.service import RegisterRequest, register
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
@@ -28,6 +30,7 @@ from berth.runtimes.loading import artifact_path
 from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
+from berth.store.tables import PredictionRow
 from tests.conftest import register_iris
 
 JWT_SECRET = "jwt-shared-secret-for-tests-0123456789"
@@ -106,8 +109,14 @@ OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2", "/v2/", "/v2/health/live",
 PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "production", "id": "1"}
 TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
 JOBS_ADMIN = "/api/v1/jobs"
+SCHEDULES_ADMIN = ("/api/v1/schedules", "/api/v1/prediction-log")
 UPLOAD = "/api/v1/models/{name}/versions"
+OPTIMIZE = "/api/v1/models/{ref}/optimize"
 VALIDATE = "/api/v1/validate"
+VERSION_DOWNLOADS = (  # admin reads: the model itself, and samples of its training data
+    "/api/v1/models/{name}/versions/{version}/artifact",
+    "/api/v1/models/{name}/versions/{version}/record",
+)
 BODIES: dict[str, Any] = {
     "/api/v1/predict": {"features": IRIS_ROW},
     "/api/v1/batch-predict": {"instances": [IRIS_ROW]},
@@ -123,6 +132,10 @@ BODIES: dict[str, Any] = {
     "/api/v1/feedback": {"prediction_id": "0123456789abcdef", "actual": 1},
     # a job the server could start: refusals must come from the credentials, not the body
     "/api/v1/jobs": {"model": "iris", "source": "/nonexistent/in.csv", "sink": "/nonexistent/out"},
+    "/api/v1/schedules/{name}": {
+        "cron": "@daily",
+        "args": ["iris", "--source", "/nonexistent/in.csv", "--sink", "/nonexistent/out"],
+    },
 }
 
 
@@ -145,9 +158,9 @@ def insufficient_key(template: str, method: str) -> str:
     traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
     admin_routes = (
         traffic_admin
-        or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN))
+        or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN, *SCHEDULES_ADMIN))
         or method in ("PUT", "DELETE")
-        or template in (UPLOAD, VALIDATE)
+        or template in (UPLOAD, VALIDATE, OPTIMIZE, *VERSION_DOWNLOADS)
     )
     if admin_routes:
         return "user"
@@ -187,12 +200,17 @@ def _state(secured: Secured) -> tuple[Any, ...]:
     keys = [(k.name, k.active) for k in secured.keys.list()]
     predictions = secured.client.get("/metrics").text.count('status="ok"')
     jobs = [(j.id, j.status, j.cancel_requested) for j in JobService(secured.registry.db).list()]
+    schedules = [(s.name, s.enabled) for s in ScheduleService(secured.registry.db).list()]
+    with secured.registry.db.session() as session:
+        logged = session.scalar(select(func.count()).select_from(PredictionRow))
     return (
         tuple(m.to_dict()["aliases"] for m in models),
         tuple(m.to_dict()["versions"] for m in models),
         tuple(keys),
         predictions,
         tuple(jobs),
+        tuple(schedules),
+        logged,
     )
 
 
@@ -203,6 +221,16 @@ def test_auth_matrix_every_protected_route_refuses_without_side_effects(secured:
         job_key="k", model="iris", source="/nonexistent/in.csv", sink="/nonexistent/out", args=[]
     )
     assert str(job.id) == PATH_VALUES["id"]
+    # a schedule that a disable or delete would change, and a prediction a prune would delete
+    args = BODIES["/api/v1/schedules/{name}"]["args"]
+    ScheduleService(secured.registry.db).put(PATH_VALUES["name"], cron="@hourly", args=args)
+    with secured.registry.db.session() as session:
+        session.add(
+            PredictionRow(
+                id="old", model="iris", version=1, endpoint="", prediction=0, score=None,
+                latency_ms=1.0, created_at=datetime.now(UTC) - timedelta(days=3650),
+            )
+        )  # fmt: skip
     before = _state(secured)
     checked = 0
     for method, template, path in routes:
@@ -229,14 +257,18 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
         if (
             method in ("DELETE", "PUT")
-            or template.startswith(("/api/v1/keys", JOBS_ADMIN))
-            or template in (UPLOAD, VALIDATE)
+            or template.startswith(("/api/v1/keys", JOBS_ADMIN, *SCHEDULES_ADMIN))
+            or template in (UPLOAD, VALIDATE, OPTIMIZE)
             or traffic_admin
         ):
             # exercised by the admin tests (here, test_traffic_*, test_jobs_api,
-            # test_model_upload, test_validate_api)
+            # test_model_upload, test_validate_api, test_remote_models, test_schedules_api)
             continue
-        key = "admin" if template.startswith("/api/v1/audit") else "user"
+        key = (
+            "admin"
+            if template.startswith("/api/v1/audit") or template in VERSION_DOWNLOADS
+            else "user"
+        )
         response = secured.client.request(
             method, path, json=BODIES.get(template), headers=secured.as_(key)
         )

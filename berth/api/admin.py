@@ -21,19 +21,27 @@ from berth.api.services import Services, services
 from berth.api.v1 import version_number
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
+from berth.registry.references import check_name
 from berth.registry.requests import AliasRequest
+from berth.security.auth import Principal
 from berth.security.requests import KeyRequest, RotateRequest
-from berth.store.audit import AuditLog
+from berth.store.audit import AuditLog, check_listing
 
 router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
 
 
 async def admin_caller(request: Request) -> tuple[Services, dict[str, Any]]:
     """The services, plus actor and address for the audit log, once the caller is an admin."""
+    svc, _principal, who = await admin_principal(request)
+    return svc, who
+
+
+async def admin_principal(request: Request) -> tuple[Services, Principal, dict[str, Any]]:
+    """`admin_caller`, with the caller itself (for rules about one's own key)."""
     svc = services(request)
     principal = await svc.auth.principal(request)
     principal.require_admin()
-    return svc, {"actor": principal.name, "address": client_address(request)}
+    return svc, principal, {"actor": principal.name, "address": client_address(request)}
 
 
 @router.get(
@@ -93,15 +101,20 @@ async def rotate_key(request: Request) -> Response:
     "/keys/{name}",
     summary="Revoke an API key",
     openapi_extra=doc.parameters(doc.KEY_NAME),
+    description="The key a request is made with cannot revoke itself (409): revoke it with "
+    "another admin key.",
     responses={
         **doc.ok(models_doc.KEY, "The key, now revoked."),
         **doc.errors(404, *doc.READ_ERRORS),
+        409: doc.error(409, "The key is the one this request is made with."),
     },
 )
 async def revoke_key(request: Request) -> Response:
     name = request.path_params["name"]
-    svc, who = await admin_caller(request)
-    info = await anyio.to_thread.run_sync(lambda: svc.keys.revoke(name, **who))
+    svc, caller, who = await admin_principal(request)
+    info = await anyio.to_thread.run_sync(
+        lambda: svc.keys.revoke(name, caller_key_id=caller.key_id, **who)
+    )
     return json_response({"key": info.to_dict()})
 
 
@@ -160,6 +173,39 @@ async def delete_version(request: Request) -> Response:
     return json_response({"deleted": f"{name}:{number}"})
 
 
+CONFIRM: doc.Schema = {
+    "name": "confirm",
+    "in": "query",
+    "required": True,
+    "description": "The model's name again. Deleting a model takes every version with it, so "
+    "the name must be given twice (as `berth models delete NAME --yes` asks for --yes): a client "
+    "that builds the path wrongly (a version missing from `/models/{name}/versions/{version}`), "
+    "or replays a DELETE at the wrong URL, cannot delete a whole model by accident.",
+    "schema": doc.NAME_SCHEMA,
+}
+
+
+@router.delete(
+    "/models/{name}",
+    summary="Delete a model and every version (refused while it has aliases)",
+    openapi_extra=doc.parameters(doc.MODEL_NAME, CONFIRM),
+    responses={
+        **doc.ok(models_doc.MODEL_DELETED, "The model, its versions and their artifacts are gone."),
+        **doc.errors(400, 404, 409, *doc.READ_ERRORS),
+    },
+)
+async def delete_model(request: Request) -> Response:
+    name = request.path_params["name"]
+    svc, who = await admin_caller(request)
+    check_name("model", name)
+    if request.query_params.get("confirm") != name:
+        raise InvalidInput(
+            f"deleting model '{name}' removes every version; confirm with ?confirm={name}"
+        )
+    await anyio.to_thread.run_sync(lambda: svc.registry.delete_model(name, **who))
+    return json_response({"deleted": name})
+
+
 @router.get(
     "/audit",
     summary="Audit events, newest first",
@@ -175,12 +221,10 @@ async def audit(request: Request) -> Response:
     since = params.get("since")
     start = datetime.now(UTC) - parse_duration(since) if since else None
     actor = params.get("actor")
-    if actor is not None and len(actor) > 128:
-        raise InvalidInput("actor is at most 128 characters")
-    limit = params.get("limit", "100")
-    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4 and 1 <= int(limit) <= 1000):
-        raise InvalidInput("limit must be a whole number from 1 to 1000")
+    text = params.get("limit", "100")
+    limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else 0
+    check_listing(actor, limit)
     events = await anyio.to_thread.run_sync(
-        lambda: AuditLog(svc.registry.db).list(since=start, actor=actor, limit=int(limit))
+        lambda: AuditLog(svc.registry.db).list(since=start, actor=actor, limit=limit)
     )
     return json_response({"events": [e.to_dict() for e in events]})

@@ -13,6 +13,7 @@ from starlette.types import Scope
 from berth import __version__
 from berth.api import (
     admin,
+    artifacts,
     docs,
     drift,
     errors,
@@ -21,8 +22,10 @@ from berth.api import (
     jobs,
     model_upload,
     model_validation,
+    optimize,
     prediction_routes,
     rollouts,
+    schedules,
     traffic,
     v1,
     v2,
@@ -182,10 +185,13 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         prediction_routes.router(v2.TAG),
         admin.router,
         model_upload.router,
+        artifacts.router,
         model_validation.router,
+        optimize.router,
         traffic.router,
         rollouts.router,
         jobs.router,
+        schedules.router,
     )
     for router in routers:
         app.include_router(router)

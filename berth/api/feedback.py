@@ -1,4 +1,5 @@
-"""Feedback and live performance: POST /api/v1/feedback, GET /api/v1/models/{name}/performance.
+"""Feedback, live performance and the prediction log's retention: POST /api/v1/feedback,
+GET /api/v1/models/{name}/performance, POST /api/v1/prediction-log/prune (admin).
 
 Feedback needs the `predict` scope on the model its prediction belongs to (it writes data that
 moves that model's metrics); performance needs `read` on the model.
@@ -21,6 +22,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from berth.api.admin import admin_caller
 from berth.api.json_body import json_response, read_object
 from berth.api.openapi import common as doc
 from berth.api.services import Services, services
@@ -36,6 +38,7 @@ from berth.monitoring.performance import (
     compute_performance,
 )
 from berth.monitoring.prediction_log import PredictionLog
+from berth.request_model import NoFields
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
 
@@ -177,6 +180,42 @@ async def post_feedback(request: Request) -> Response:
         lambda: store_feedback(svc.registry.db, items, principal)
     )
     return json_response({"accepted": accepted, "unknown": unknown})
+
+
+_PRUNED: doc.Schema = {
+    "type": "object",
+    "required": ["deleted"],
+    "properties": {
+        "deleted": {"type": "integer", "minimum": 0, "description": "Predictions deleted."}
+    },
+}
+
+
+@router.post(
+    "/prediction-log/prune",
+    summary="Apply the prediction log's retention now (max age, max rows)",
+    description="A running server does this every minute on its own; this is `berth feedback "
+    "prune`. Feedback goes with its prediction.",
+    openapi_extra=doc.secured(doc.request_body(NoFields, required=False)),
+    responses={
+        **doc.ok(_PRUNED, "How many logged predictions were deleted."),
+        **doc.errors(400, 413, *doc.READ_ERRORS),
+    },
+)
+async def prune_prediction_log(request: Request) -> Response:
+    svc, who = await admin_caller(request)
+    if await request.body():
+        NoFields.parse(await read_object(request))
+    monitoring = _monitoring(request)
+    log = (
+        monitoring.log
+        if monitoring is not None
+        else PredictionLog(svc.registry.db, PredictionLogConfig.from_settings(svc.settings))
+    )
+    if monitoring is not None:
+        await log.flush()  # what this worker logged is subject to the retention too
+    deleted = await anyio.to_thread.run_sync(lambda: log.prune(**who))
+    return json_response({"deleted": deleted})
 
 
 def parse_feedback(body: dict[str, Any]) -> dict[str, Any]:

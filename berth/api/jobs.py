@@ -23,7 +23,7 @@ from berth.api.services import Services
 from berth.errors import InvalidInput
 from berth.jobs import records as r
 from berth.jobs.config import JobsConfig
-from berth.jobs.launch import launch
+from berth.jobs.launch import job_detail, launch
 from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
 from berth.jobs.requests import (
     ARGS_EXAMPLE,
@@ -118,8 +118,55 @@ _JOB_PROPERTIES: dict[str, Any] = {
     "started_at": _NULLABLE_TIMESTAMP,
     "heartbeat_at": _NULLABLE_TIMESTAMP,
     "finished_at": _NULLABLE_TIMESTAMP,
+    "duration_seconds": {
+        "type": ["number", "null"],
+        "description": "From its start to its end (to now while running, to its last "
+        "heartbeat once lost); null before it starts.",
+    },
 }
 JOB_INFO = {"type": "object", "required": list(_JOB_PROPERTIES), "properties": _JOB_PROPERTIES}
+SUMMARY = doc.object_schema(
+    {
+        "job": doc.INTEGER,
+        "status": {"enum": [r.SUCCEEDED, r.FAILED, r.CANCELLED]},
+        "version": {"type": "string", "description": "What it scored with, e.g. churn:3."},
+        "rows_scored": _COUNT,
+        "rows_skipped": _COUNT,
+        "rows_rejected": _COUNT,
+        "rows_per_second": doc.NUMBER,
+        "seconds": doc.NUMBER,
+        "sink": {"type": "string", "description": "Where the results are."},
+        "errors": {**_NULLABLE_STRING, "description": "Where the rejected rows are."},
+        "message": _NULLABLE_STRING,
+        "resumed_at_row": _NULLABLE_INTEGER,
+    }
+)
+_DETAIL_PROPERTIES: dict[str, Any] = {
+    **_JOB_PROPERTIES,
+    "job_key": {
+        "type": "string",
+        "description": "Fingerprint of model, source, query and sink: runs with one key resume "
+        "each other.",
+    },
+    "log": {
+        **_NULLABLE_STRING,
+        "description": "The job's output, a file on the server's host; null until written.",
+    },
+    "command": {
+        "type": "string",
+        "description": "The `berth batch run` command line that runs (and so resumes) it.",
+    },
+    "summary": {
+        "oneOf": [SUMMARY, {"type": "null"}],
+        "description": "What the run that ended it reported; null while it runs, or when it "
+        "ended otherwise (an error, cancelled before it started).",
+    },
+}
+JOB_DETAIL = {
+    "type": "object",
+    "required": list(_DETAIL_PROPERTIES),
+    "properties": _DETAIL_PROPERTIES,
+}
 JOBS = {
     "type": "object",
     "required": ["jobs"],
@@ -244,10 +291,10 @@ def _start(
 
 @router.get(
     "/jobs/{id}",
-    summary="One batch job: status, counts, progress and ETA",
+    summary="One batch job: status, counts, progress and ETA, its log and command",
     openapi_extra=doc.parameters(JOB_ID),
     responses={
-        **doc.ok(JOB_INFO, "The job."),
+        **doc.ok(JOB_DETAIL, "The job, with its key, log file and the command that resumes it."),
         **doc.errors(400, *doc.READ_ERRORS),
         404: _NOT_FOUND_JOB,
     },
@@ -255,8 +302,9 @@ def _start(
 async def get_job(request: Request) -> Response:
     svc, _who = await admin_caller(request)
     job_id = _job_id(request.path_params["id"])
-    info = await _run(lambda: JobService(svc.registry.db).get(job_id))
-    return json_response(info.to_dict())
+    config = JobsConfig.from_settings(svc.settings)
+    detail = await _run(lambda: job_detail(config, JobService(svc.registry.db).get(job_id)))
+    return json_response(detail)
 
 
 @router.post(

@@ -11,6 +11,7 @@ BERTH_UPLOAD_TIMEOUT_SECONDS instead of the small limits of prediction bodies (s
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import anyio.to_thread
 from fastapi import APIRouter
@@ -64,7 +65,7 @@ def is_upload(scope: Scope) -> bool:
         ),
     ),
     responses={
-        **doc.created(models_doc.VERSION_INFO, "The new version; Location is its URL."),
+        **doc.created(models_doc.REGISTERED, "The new version; Location is its URL."),
         **doc.errors(400, 408, 409, 413, 415, *doc.READ_ERRORS),
     },
 )
@@ -82,10 +83,11 @@ async def upload_version(request: Request) -> Response:
                 exc.message = received.shown(exc.message)
                 exc.args = (exc.message,)
                 raise
+            info = replace(info, notes=tuple(received.shown(note) for note in info.notes))
     except ClientDisconnect:
         return Response(status_code=400)  # nobody is listening any more
     location = f"/api/v1/models/{info.model}/versions/{info.number}"
-    return json_response(info.to_dict(), status=201, headers={"Location": location})
+    return json_response(info.registered_dict(), status=201, headers={"Location": location})
 
 
 def _checked(received: multipart.Received) -> tuple[UploadedFiles, UploadMetadata]:

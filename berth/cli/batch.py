@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import typer
 
-from berth.cli.context import console, err_console, registry, settings
+from berth.cli.context import console, err_console, registry, remote, settings
 from berth.jobs import spec as s
 from berth.jobs.run_args import run_args, spec_from_options
 
@@ -79,19 +79,29 @@ def run(
     Rows are read, scored and committed a chunk at a time, so memory stays bounded. Output
     columns: id, prediction, one probability column per class, model, version, predicted_at.
 
+    In remote mode (BERTH_SERVER, or `berth login`) the server runs the job on its host and
+    the command follows it: files are that host's (absolute paths) or URLs.
+
     Example: berth batch run churn@production --source postgresql+psycopg://db/shop
     --table customers --sink postgresql+psycopg://db/shop --sink-table churn_scores
     --id-column customer_id
     """
-    from berth.jobs.batch import run_job
-    from berth.jobs.progress import RichProgress
-
     spec = spec_from_options(
         model, features, source=source, sink=sink, query=query, table=table,
         sink_table=sink_table, id_column=id_column, mode=mode, chunk_size=chunk_size,
         workers=workers, skip_scored=skip_scored, errors=errors, errors_table=errors_table,
         max_error_rate=max_error_rate,
     )  # fmt: skip
+    # `--job` attaches to a record the server or scheduler made: always this machine's run.
+    server = remote() if job is None else None
+    if server is not None:
+        from berth.cli.remote_batch import run_remotely
+
+        run_remotely(server, spec, quiet=quiet, as_json=as_json)
+        return
+    from berth.jobs.batch import run_job
+    from berth.jobs.progress import RichProgress
+
     progress = None if quiet or as_json else RichProgress(console)
     with stop_on_signals() as stop:
         summary = run_job(registry(), settings(), spec, args=run_args(spec), job_id=job,

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from berth.cli.context import console, registry
+from berth.cli.context import console, registry, remote
 from berth.defaults import DEFAULT_PORT
 
 if TYPE_CHECKING:  # the bundle writer reads the registry: imported when `berth build` runs
     from berth.deploy.build import BuildResult
+    from berth.deploy.source import BuildSource
 
 
 class Target(enum.StrEnum):
@@ -85,7 +86,9 @@ def build(
 
     Dependencies are pinned to the versions installed here. Kubernetes manifests are a
     kustomize base with staging and production overlays; every batch schedule becomes a
-    CronJob. Nothing secret is written: secrets are templates with placeholders.
+    CronJob. Nothing secret is written: secrets are templates with placeholders. In remote mode
+    (`berth login`, or BERTH_SERVER with an admin key) the model is downloaded from the server
+    and checked against its sha256: the bundle is the one a local build writes.
 
     Example: berth build churn@production --out deploy/churn --target kubernetes --image registry.example.com/churn:3
     """
@@ -107,8 +110,20 @@ def build(
         base_image=base_image,
         force=force,
     )
-    result = build_bundle(registry(), reference, out, options)
+    result = build_bundle(_source(), reference, out, options)
     _report(result)
+
+
+def _source() -> BuildSource:
+    """The registry itself, or in remote mode the server's admin API (the same bundle)."""
+    server = remote()
+    if server is not None:
+        from berth.cli.remote_build import RemoteSource
+
+        return RemoteSource(server)
+    from berth.deploy.source import RegistrySource
+
+    return RegistrySource(registry())
 
 
 def _report(result: BuildResult) -> None:

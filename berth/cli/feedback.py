@@ -1,13 +1,19 @@
-"""`berth feedback performance` and `berth feedback prune`: live performance and log retention."""
+"""`berth feedback performance` and `berth feedback prune`: live performance and log retention.
+
+Performance is printed from its JSON document (`VersionPerformance.to_dict()`), which in remote
+mode is the admin API's answer, so both modes print the same.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, registry, settings
+from berth.cli.context import console, registry, remote, settings
+from berth.cli.remote import path as remote_path
 from berth.durations import parse_duration
 from berth.observability.window import MAX_LABELLED, Window
 
@@ -34,22 +40,31 @@ def performance(
 
     Example: berth feedback performance churn --window 7d
     """
-    from berth.monitoring.performance import compute_performance
-
     since = None if window == "all" else parse_duration(window)
-    found = compute_performance(registry().db, model, version, Window(since=since, last=last))
+    server = remote()
+    if server is not None:
+        query = {"window": window, "last": last, "version": version}
+        params = {key: value for key, value in query.items() if value is not None}
+        path = remote_path("models", model, "performance")
+        found: list[dict[str, Any]] = server.get(path, params)["versions"]
+    else:
+        from berth.monitoring.performance import compute_performance
+
+        db = registry().db
+        registry().get_model(model)  # an unknown model is an error, as the API says
+        scores = compute_performance(db, model, version, Window(since=since, last=last))
+        found = [row.to_dict() for row in scores]
     if as_json:
-        typer.echo(json.dumps([v.to_dict() for v in found], indent=2))
+        typer.echo(json.dumps(found, indent=2))
         return
     table = Table("version", "kind", "count", "labelled", "accuracy", "auc", "mae", "rmse")
     for row in found:
-        s = row.scores
         table.add_row(
-            str(row.version),
-            s.kind or "-",
-            str(row.count),
-            str(row.labelled),
-            *(_number(v) for v in (s.accuracy, s.auc, s.mae, s.rmse)),
+            str(row["version"]),
+            row["kind"] or "-",
+            str(row["count"]),
+            str(row["labelled"]),
+            *(_number(row[key]) for key in ("accuracy", "auc", "mae", "rmse")),
         )
     console.print(table)
 
@@ -58,11 +73,19 @@ def performance(
 def prune() -> None:
     """Apply the prediction log's retention now (prediction_log_max_age and _max_rows).
 
-    A running server does this every minute on its own.
-    """
-    from berth.monitoring.config import PredictionLogConfig
-    from berth.monitoring.prediction_log import PredictionLog
+    A running server does this every minute on its own. In remote mode, the server's
+    retention settings apply.
 
-    log = PredictionLog(registry().db, PredictionLogConfig.from_settings(settings()))
-    deleted = log.apply_retention()
+    Example: berth feedback prune
+    """
+    server = remote()
+    if server is not None:
+        deleted = server.post(remote_path("prediction-log", "prune"), {})["deleted"]
+    else:
+        from berth.monitoring.config import PredictionLogConfig
+        from berth.monitoring.prediction_log import PredictionLog
+        from berth.store.audit import cli_actor
+
+        log = PredictionLog(registry().db, PredictionLogConfig.from_settings(settings()))
+        deleted = log.prune(actor=cli_actor())
     typer.echo(f"deleted {deleted} logged predictions")

@@ -1,47 +1,35 @@
 """`berth jobs ...`: the recorded batch jobs: what ran, how far it got, and stopping one.
 
 Jobs are started by `berth batch run`, a schedule or `POST /api/v1/jobs`; this group only reads
-and cancels their records. `find_jobs` and `cancel_job` are shared with the admin API
-(`berth/api/jobs.py`), so both edges list and cancel the same way.
+and cancels their records. `find_jobs`, `job_detail` and `cancel_job` are shared with the admin
+API (`berth/api/jobs.py`), and every command prints from the job's JSON document (in remote
+mode the API's answer), so both modes list, show and cancel alike.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
-from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from berth.cli.context import console, registry, settings
+from berth.cli.context import console, registry, remote, settings
+from berth.cli.remote import path as remote_path
 from berth.jobs import states as r
+from berth.jobs.run_args import rerun_command
 from berth.jobs.states import LOST, MAX_LIMIT, STATES
-
-# The records and SQL helpers (SQLAlchemy) are imported by the commands that read them.
-if TYPE_CHECKING:
-    from berth.jobs.records import JobInfo, JobService
 
 app = typer.Typer(
     help="Recorded batch jobs: list them, show one's progress, cancel one.", no_args_is_help=True
 )
 
-
-def rerun_command(args: Iterable[str]) -> str:
-    """The `berth batch run` command line that runs (and so resumes) the job."""
-    return shlex.join(["berth", "batch", "run", *args])
-
+Job = dict[str, Any]
+"""A job's document: `JobInfo.to_dict()` (with `job_detail`'s fields for `show`)."""
 
 # commands ------------------------------------------------------------------------------------
-
-
-def _service() -> JobService:
-    from berth.jobs.records import JobService
-
-    return JobService(registry().db)
 
 
 @app.command("list")
@@ -59,12 +47,18 @@ def list_jobs(
 
     Example: berth jobs list --status running
     """
-    from berth.jobs.records import find_jobs
     from berth.jobs.sql import shown
 
-    found = find_jobs(_service(), status, limit)
+    server = remote()
+    if server is not None:
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        found: list[Job] = server.get(remote_path("jobs"), params)["jobs"]
+    else:
+        from berth.jobs.records import JobService, find_jobs
+
+        found = [job.to_dict() for job in find_jobs(JobService(registry().db), status, limit)]
     if as_json:
-        typer.echo(json.dumps([job.to_dict() for job in found], indent=2))
+        typer.echo(json.dumps(found, indent=2))
         return
     if not found:
         console.print(
@@ -78,15 +72,15 @@ def list_jobs(
     table.columns[:0] = [Column("id", no_wrap=True), Column("status", no_wrap=True)]
     for job in found:
         table.add_row(
-            str(job.id),
-            job.state,
+            str(job["id"]),
+            job["status"],
             escape(_model(job)),
-            escape(f"{shown(job.source)} → {shown(job.sink)}"),
-            f"{job.counts.scored:,}/{job.counts.skipped:,}/{job.counts.rejected:,}",
-            f"{job.counts.rows_per_second:,.0f}",
-            _percent(job.progress),
-            _started(job),
-            _duration(job),
+            escape(f"{shown(job['source'])} → {shown(job['sink'])}"),
+            f"{job['rows_scored']:,}/{job['rows_skipped']:,}/{job['rows_rejected']:,}",
+            f"{job['rows_per_second']:,.0f}",
+            _percent(job["progress"]),
+            _time(job["started_at"], "%Y-%m-%d %H:%M"),
+            _span(job["duration_seconds"]),
         )
     console.print(table)
 
@@ -98,37 +92,38 @@ def show(
 ) -> None:
     """Show one job: its counts, progress and ETA, log, and the command that runs it again.
 
-    Running that command again resumes the job where it stopped if it was interrupted.
+    Running that command again resumes the job where it stopped if it was interrupted. In
+    remote mode the log is a file on the server's host.
 
     Example: berth jobs show 12
     """
-    from berth.jobs.config import JobsConfig
-    from berth.jobs.launch import job_log
     from berth.jobs.sql import shown
 
-    job = _service().get(job_id)
-    log = job_log(JobsConfig.from_settings(settings()), job.id)
+    server = remote()
+    if server is not None:
+        job: Job = server.get(remote_path("jobs", job_id))
+    else:
+        from berth.jobs.config import JobsConfig
+        from berth.jobs.launch import job_detail
+        from berth.jobs.records import JobService
+
+        found = JobService(registry().db).get(job_id)
+        job = job_detail(JobsConfig.from_settings(settings()), found)
     if as_json:
-        document = {
-            **job.to_dict(),
-            "job_key": job.job_key,
-            "log": str(log) if log.exists() else None,
-            "command": rerun_command(job.args),
-        }
-        typer.echo(json.dumps(document, indent=2))
+        typer.echo(json.dumps(job, indent=2))
         return
-    console.print(f"[bold]job {job.id}[/]  {job.state}", highlight=False)
+    console.print(f"[bold]job {job['id']}[/]  {job['status']}", highlight=False)
     lines = _fields(job)
-    if job.message:
-        lines.append(("message", job.message))
-    if log.exists():
-        lines.append(("log", str(log)))
+    if job["message"]:
+        lines.append(("message", job["message"]))
+    if job["log"] is not None:
+        lines.append(("log", job["log"]))
     for label, value in lines:
         _say(f"  {label:<15} {value}")
     _say(_advice(job))
-    masked = [shown(arg) for arg in job.args]
+    masked = [shown(arg) for arg in job["args"]]
     _say(f"  {rerun_command(masked)}")
-    if masked != job.args:
+    if masked != job["args"]:
         console.print("  (password hidden; `berth jobs show ID --json` has the full command)")
 
 
@@ -144,28 +139,33 @@ def cancel(
 
     Example: berth jobs cancel 12
     """
-    from berth.jobs.records import cancel_job
     from berth.jobs.sql import shown
 
-    job = cancel_job(registry().db, job_id)
+    server = remote()
+    if server is not None:
+        job: Job = server.post(remote_path("jobs", job_id, "cancel"), {})
+    else:
+        from berth.jobs.records import cancel_job
+
+        job = cancel_job(registry().db, job_id).to_dict()
     if as_json:
-        typer.echo(json.dumps(job.to_dict(), indent=2))
+        typer.echo(json.dumps(job, indent=2))
         return
-    if job.status == r.CANCELLED:
-        said = f"Cancelled job {job.id}; it had not started."
-    elif job.lost:
+    if job["status"] == r.CANCELLED:
+        said = f"Cancelled job {job['id']}; it had not started."
+    elif job["status"] == LOST:
         said = (
-            f"Job {job.id} stopped reporting at {_time(job.heartbeat_at)} (killed?): no process "
-            "is running it to stop."
+            f"Job {job['id']} stopped reporting at {_time(job['heartbeat_at'])} (killed?): no "
+            "process is running it to stop."
         )
     else:
         said = (
-            f"Asked job {job.id} to stop after its current chunk; `berth jobs show {job.id}` "
-            "says when it has."
+            f"Asked job {job['id']} to stop after its current chunk; `berth jobs show "
+            f"{job['id']}` says when it has."
         )
     _say(said)
-    again = "starts it" if job.status == r.CANCELLED else "resumes it"
-    _say(f"Running the same command again {again}: " + rerun_command(map(shown, job.args)))
+    again = "starts it" if job["status"] == r.CANCELLED else "resumes it"
+    _say(f"Running the same command again {again}: " + rerun_command(map(shown, job["args"])))
 
 
 # formatting ----------------------------------------------------------------------------------
@@ -177,72 +177,67 @@ def _say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
-def _fields(job: JobInfo) -> list[tuple[str, str]]:
+def _fields(job: Job) -> list[tuple[str, str]]:
     from berth.jobs.sql import shown
 
-    counts = job.counts
-    rows_total = "unknown" if job.rows_total is None else f"{job.rows_total:,}"
-    eta = "-" if job.eta_seconds is None or job.lost else _span(job.eta_seconds)
+    rows_total = "unknown" if job["rows_total"] is None else f"{job['rows_total']:,}"
+    eta = job["eta_seconds"]
+    eta_text = "-" if eta is None or job["status"] == LOST else _span(eta)
+    resumed = job["resumed_at_row"]
+    pid = job["pid"]
     return [
         ("model", _model(job)),
-        ("source", shown(job.source)),
-        ("sink", shown(job.sink)),
-        ("origin", job.origin),
+        ("source", shown(job["source"])),
+        ("sink", shown(job["sink"])),
+        ("origin", job["origin"]),
         ("rows", f"{rows_total} in the source"),
-        ("scored", f"{counts.scored:,}"),
-        ("skipped", f"{counts.skipped:,} (already scored)"),
-        ("rejected", f"{counts.rejected:,} (to the errors sink)"),
-        ("speed", f"{counts.rows_per_second:,.1f} rows/s"),
-        ("progress", f"{_percent(job.progress)}, ETA {eta}"),
-        ("resumed at row", "-" if job.resumed_at_row is None else f"{job.resumed_at_row:,}"),
-        ("cancel asked", "yes" if job.cancel_requested else "no"),
-        ("process", f"{job.host or '-'} pid {job.pid if job.pid is not None else '-'}"),
-        ("created", _time(job.created_at)),
-        ("started", _time(job.started_at)),
-        ("heartbeat", _time(job.heartbeat_at)),
-        ("finished", _time(job.finished_at)),
-        ("duration", _duration(job)),
-        ("job key", job.job_key),
+        ("scored", f"{job['rows_scored']:,}"),
+        ("skipped", f"{job['rows_skipped']:,} (already scored)"),
+        ("rejected", f"{job['rows_rejected']:,} (to the errors sink)"),
+        ("speed", f"{job['rows_per_second']:,.1f} rows/s"),
+        ("progress", f"{_percent(job['progress'])}, ETA {eta_text}"),
+        ("resumed at row", "-" if resumed is None else f"{resumed:,}"),
+        ("cancel asked", "yes" if job["cancel_requested"] else "no"),
+        ("process", f"{job['host'] or '-'} pid {pid if pid is not None else '-'}"),
+        ("created", _time(job["created_at"])),
+        ("started", _time(job["started_at"])),
+        ("heartbeat", _time(job["heartbeat_at"])),
+        ("finished", _time(job["finished_at"])),
+        ("duration", _span(job["duration_seconds"])),
+        ("job key", job["job_key"]),
     ]
 
 
-def _advice(job: JobInfo) -> str:
-    if job.state == LOST:
+def _advice(job: Job) -> str:
+    state = job["status"]
+    if state == LOST:
         return (
-            f"It stopped reporting at {_time(job.heartbeat_at)} (killed?). What it committed "
+            f"It stopped reporting at {_time(job['heartbeat_at'])} (killed?). What it committed "
             "stays; this command resumes its work:"
         )
-    if job.state in (r.QUEUED, r.RUNNING):
+    if state in (r.QUEUED, r.RUNNING):
         return "Stop it with `berth jobs cancel ID`; it is started, or resumed, by:"
-    if job.state == r.SUCCEEDED:
+    if state == r.SUCCEEDED:
         return "Running it again writes no duplicate of what it scored:"
     return "Running it again resumes where it stopped:"
 
 
-def _model(job: JobInfo) -> str:
-    return f"{job.model} → {job.version}" if job.version else job.model
+def _model(job: Job) -> str:
+    return f"{job['model']} → {job['version']}" if job["version"] else str(job["model"])
 
 
 def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.0%}"
 
 
-def _time(when: datetime | None) -> str:
-    return "-" if when is None else f"{when:%Y-%m-%d %H:%M:%S}"
+def _time(when: str | None, shape: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A time of the document (ISO 8601) as the listing shows it."""
+    return "-" if when is None else f"{datetime.fromisoformat(when):{shape}}"
 
 
-def _started(job: JobInfo) -> str:
-    return "-" if job.started_at is None else f"{job.started_at:%Y-%m-%d %H:%M}"
-
-
-def _duration(job: JobInfo) -> str:
-    if job.started_at is None:
+def _span(seconds: float | None) -> str:
+    if seconds is None:
         return "-"
-    end = job.finished_at or (job.heartbeat_at if job.lost else None) or job.now
-    return _span((end - job.started_at).total_seconds())
-
-
-def _span(seconds: float) -> str:
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

@@ -1,14 +1,24 @@
-"""`berth keys ...`: create, list and revoke API keys."""
+"""`berth keys ...`: create, list, rotate and revoke API keys.
+
+Each command prints from the key's JSON document (`KeyInfo.to_dict()`), which in remote mode is
+the admin API's answer, so both modes print the same. A secret is printed once, on the last
+line of stdout, and nowhere else.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, err_console, keys
+from berth.cli.context import console, err_console, keys, remote
+from berth.cli.remote import path as remote_path
 from berth.security.scopes import DEFAULT_SCOPES
+
+if TYPE_CHECKING:
+    from berth.cli.remote import Remote
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 
@@ -32,24 +42,31 @@ def create(
     """
     from berth.cli.flags import from_flags
     from berth.security.requests import KeyRequest
-    from berth.store.audit import cli_actor
 
     asked = from_flags(
         KeyRequest,
         {"name": "NAME", "scopes": "--scope", "expires": "--expires", "rate": "--rate"},
         {"name": name, "scopes": scope, "expires": expires, "rate": rate},
     )
-    info, secret = keys().create(
-        asked.name,
-        tuple(asked.scopes),
-        asked.expires_at(datetime.now(UTC)),
-        asked.rate,
-        actor=cli_actor(),
-    )
+    server = remote()
+    if server is not None:
+        document = server.post(remote_path("keys"), asked.model_dump(exclude_none=True))
+    else:
+        from berth.store.audit import cli_actor
+
+        info, secret = keys().create(
+            asked.name,
+            tuple(asked.scopes),
+            asked.expires_at(datetime.now(UTC)),
+            asked.rate,
+            actor=cli_actor(),
+        )
+        document = {"key": info.to_dict(), "secret": secret}
+    key = document["key"]
     err_console.print(
-        f"Created key [bold]{info.name}[/] (scopes: {', '.join(info.scopes)}). Store it now; it is not shown again:"
+        f"Created key [bold]{key['name']}[/] (scopes: {', '.join(key['scopes'])}). Store it now; it is not shown again:"
     )
-    typer.echo(secret)
+    typer.echo(document["secret"])
 
 
 @app.command("list")
@@ -58,18 +75,23 @@ def list_keys() -> None:
 
     Example: berth keys list
     """
+    server = remote()
+    if server is not None:
+        found: list[dict[str, Any]] = server.get(remote_path("keys"))["keys"]
+    else:
+        found = [info.to_dict() for info in keys().list()]
     table = Table("name", "key id", "scopes", "rate", "status", "created", "expires", "last used")
-    for info in keys().list():
-        status = "active" if info.active else ("revoked" if info.revoked_at else "expired")
+    for key in found:
+        status = "active" if key["active"] else ("revoked" if key["revoked_at"] else "expired")
         table.add_row(
-            info.name,
-            info.key_id,
-            ", ".join(info.scopes),
-            info.rate or "default",
+            key["name"],
+            key["key_id"],
+            ", ".join(key["scopes"]),
+            key["rate"] or "default",
             status,
-            f"{info.created_at:%Y-%m-%d %H:%M}",
-            f"{info.expires_at:%Y-%m-%d}" if info.expires_at else "never",
-            f"{info.last_used_at:%Y-%m-%d %H:%M}" if info.last_used_at else "-",
+            _when(key["created_at"], "%Y-%m-%d %H:%M"),
+            _when(key["expires_at"], "%Y-%m-%d", "never"),
+            _when(key["last_used_at"], "%Y-%m-%d %H:%M"),
         )
     console.print(table)
 
@@ -78,12 +100,18 @@ def list_keys() -> None:
 def revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
     """Revoke a key; running servers refuse it within BERTH_REFRESH_SECONDS.
 
+    In remote mode the key the command is made with cannot revoke itself: use another admin key.
+
     Example: berth keys revoke web
     """
-    from berth.store.audit import cli_actor
+    server = remote()
+    if server is not None:
+        key = server.delete(remote_path("keys", name))["key"]
+    else:
+        from berth.store.audit import cli_actor
 
-    info = keys().revoke(name, actor=cli_actor())
-    console.print(f"Revoked key {info.name}")
+        key = keys().revoke(name, actor=cli_actor()).to_dict()
+    console.print(f"Revoked key {key['name']}")
 
 
 @app.command("rotate")
@@ -99,11 +127,37 @@ def rotate(
     """
     from berth.cli.flags import from_flags
     from berth.security.requests import RotateRequest
-    from berth.store.audit import cli_actor
 
     asked = from_flags(RotateRequest, {"grace": "--grace"}, {"grace": grace})
-    info, secret = keys().rotate(name, asked.grace_period(), actor=cli_actor())
+    server = remote()
+    if server is not None:
+        document = server.post(remote_path("keys", name, "rotate"), asked.model_dump())
+    else:
+        from berth.store.audit import cli_actor
+
+        info, secret = keys().rotate(name, asked.grace_period(), actor=cli_actor())
+        document = {"key": info.to_dict(), "secret": secret}
+    key = document["key"]
     err_console.print(
-        f"Rotated key [bold]{info.name}[/]; the old secret stops working in {grace}. New secret:"
+        f"Rotated key [bold]{key['name']}[/]; the old secret stops working in {grace}. New secret:"
     )
-    typer.echo(secret)
+    if server is not None and _is_own_key(server, key["key_id"]):
+        err_console.print(
+            f"Note: this command's key ({server.profile.key_owner}) is the one rotated; it "
+            f"stops working in {grace}: replace it with the new secret, e.g. "
+            f"`berth login {server.url} --key-file FILE`.",
+            highlight=False,
+            markup=False,
+        )
+    typer.echo(document["secret"])
+
+
+def _is_own_key(server: Remote, key_id: str) -> bool:
+    # A Berth key is berth_<key id>_<secret>; the id is not secret (`keys list` shows it).
+    parts = server.profile.secret().split("_", 2)
+    return len(parts) == 3 and parts[1] == key_id
+
+
+def _when(text: str | None, shape: str, missing: str = "-") -> str:
+    """An ISO 8601 time of the document as the table shows it."""
+    return missing if text is None else f"{datetime.fromisoformat(text):{shape}}"

@@ -6,25 +6,28 @@ import json
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
 from berth.cli.context import console, registry, remote
+from berth.cli.model_reports import (
+    number,
+    percent,
+    print_live_drift,
+    print_optimized,
+    print_reference,
+)
 from berth.cli.remote import path as remote_path
-from berth.errors import BerthError, InvalidInput
+from berth.errors import InvalidInput
 from berth.registry.references import chosen_version, parse_reference
 from berth.runtimes import FLAVORS
 
-# The registry, the HTTP client and the drift statistics are imported by the commands that use
+# The registry, the uploads and the drift statistics are imported by the commands that use
 # them, so that `berth --help` and `berth models list` do not pay for them.
 if TYPE_CHECKING:
-    import httpx
-
     from berth.cli.remote import Remote
-    from berth.optimize.service import OptimizeReport
-    from berth.registry.versions import VersionInfo
+    from berth.optimize.requests import OptimizeRequest
 
 app = typer.Typer(help="Register and manage model versions.", no_args_is_help=True)
 
@@ -71,39 +74,106 @@ def register(
 
     Example: berth models register churn model.skops --sample train.csv --reference train.csv --metric auc=0.91 --alias production
     """
-    from berth.registration.service import RegisterRequest, parse_metrics, parse_pairs
-    from berth.registration.service import register as register_version
-    from berth.store.audit import cli_actor
+    from berth.registration.service import parse_metrics, parse_pairs
 
-    request = RegisterRequest(
-        name=name,
-        path=path,
-        flavor=flavor,
-        sample=sample,
-        signature=signature,
-        metrics=parse_metrics(metric),
-        tags=parse_pairs(tag, "tag"),
-        description=description,
-        aliases=tuple(alias),
-        trust_pickle=trust_pickle,
-        trusted_types=tuple(trust_type),
-        reference=reference,
-        actor=cli_actor(),
-    )
-    with console.status(f"Checking and storing {path} ..."):
-        version = register_version(registry(), request)
-    aliases = ", ".join(f"@{a}" for a in version.aliases) or "none"
+    metrics, tags = parse_metrics(metric), parse_pairs(tag, "tag")
+    server = remote()
+    if server is not None:
+        document = _register_remotely(
+            server,
+            name,
+            path,
+            {"sample": sample, "signature": signature, "reference": reference},
+            {
+                "flavor": flavor,
+                "metrics": metrics,
+                "tags": tags,
+                "description": description,
+                "aliases": alias,
+                "trust_pickle": trust_pickle,
+                "trust_types": trust_type,
+            },
+        )
+    else:
+        from berth.registration.service import RegisterRequest
+        from berth.registration.service import register as register_version
+        from berth.store.audit import cli_actor
+
+        request = RegisterRequest(
+            name=name,
+            path=path,
+            flavor=flavor,
+            sample=sample,
+            signature=signature,
+            metrics=metrics,
+            tags=tags,
+            description=description,
+            aliases=tuple(alias),
+            trust_pickle=trust_pickle,
+            trusted_types=tuple(trust_type),
+            reference=reference,
+            actor=cli_actor(),
+        )
+        with console.status(f"Checking and storing {path} ..."):
+            document = register_version(registry(), request).registered_dict()
+    _print_registered(document)
+
+
+_UPLOAD_FLAGS = {
+    "flavor": "--flavor",
+    "metrics": "--metric",
+    "tags": "--tag",
+    "description": "--description",
+    "aliases": "--alias",
+    "trust_types": "--trust-type",
+}
+
+
+def _register_remotely(
+    server: Remote,
+    name: str,
+    path: Path,
+    files: dict[str, Path | None],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Upload the artifact and its files; checked here first, as far as the flags go, so a
+    mistake is told before a large file is sent."""
+    from berth.cli.flags import from_flags
+    from berth.cli.upload import PLACEHOLDER_SHA256, upload_version
+    from berth.registration.artifact import missing_artifact
+    from berth.registration.requests import UploadMetadata
+    from berth.registry.references import check_name
+
+    check_name("model", name)
+    metadata = from_flags(UploadMetadata, _UPLOAD_FLAGS, {**options, "sha256": PLACEHOLDER_SHA256})
+    source = path.expanduser()
+    if not source.exists():
+        raise InvalidInput(missing_artifact(source))
+    for part in ("sample", "reference"):
+        given = files[part]
+        if given is not None and not given.exists():
+            raise InvalidInput(
+                f"sample file {given} does not exist; pass an existing .csv/.parquet/.json/.npy"
+            )
+    return upload_version(server, name, source, files, metadata)
+
+
+def _print_registered(version: dict[str, Any]) -> None:
+    """A new version from its document (`VersionInfo.registered_dict()`, which the upload
+    route returns too)."""
+    ref = f"{version['model']}:{version['version']}"
+    aliases = ", ".join(f"@{a}" for a in version["aliases"]) or "none"
     console.print(
-        f"Registered [bold]{version.ref}[/] ({version.flavor}, sha256 {version.artifact.sha256[:12]}, "
+        f"Registered [bold]{ref}[/] ({version['flavor']}, sha256 {version['sha256'][:12]}, "
         f"aliases: {aliases})"
     )
-    for note in version.notes:
+    for note in version["notes"]:
         console.print(f"Note: {note}", highlight=False, markup=False)
-    if version.reference_stats:
-        features = len(version.reference_stats.get("features", {}))
+    reference = version["reference"]
+    if reference:
         console.print(
-            f"Stored drift reference statistics of {features} features "
-            f"({version.reference_stats.get('rows')} rows)"
+            f"Stored drift reference statistics of {len(reference['features'])} features "
+            f"({reference['rows']} rows)"
         )
 
 
@@ -220,11 +290,11 @@ def _lineage_line(detail: dict[str, Any]) -> str:
     if isinstance(check, dict) and check.get("rows"):
         line += f"; checked on {check['rows']} rows"
         if check.get("label_agreement") is not None:
-            line += f", labels identical on {_percent(check['label_agreement'], 3)}"
+            line += f", labels identical on {percent(check['label_agreement'], 3)}"
         if check.get("max_probability_diff") is not None:
-            line += f", max probability difference {_number(check['max_probability_diff'])}"
+            line += f", max probability difference {number(check['max_probability_diff'])}"
         if check.get("max_value_diff") is not None:
-            line += f", max relative difference {_number(check['max_value_diff'])}"
+            line += f", max relative difference {number(check['max_value_diff'])}"
     return line
 
 
@@ -258,61 +328,70 @@ def optimize_command(
 
     Example: berth models optimize churn:3 --data holdout.csv --alias staging
     """
-    # Imported here: the converters (skl2onnx, onnx) cost a second to import, and every other
-    # command (and `berth serve`) would pay it.
-    from berth.optimize.service import optimize
-    from berth.store.audit import cli_actor
+    from berth.cli.flags import from_flags
+    from berth.optimize.requests import OptimizeRequest
 
-    with console.status(f"Optimizing {reference} ...") as status:
-        report = optimize(
-            registry(),
-            reference,
-            data=data,
-            quantize=quantize,
-            tolerance=tolerance,
-            alias=alias,
-            actor=cli_actor(),
-            progress=lambda step: status.update(f"Optimizing {reference}: {step} ..."),
-        )
+    asked = from_flags(
+        OptimizeRequest,
+        {"quantize": "--quantize", "tolerance": "--tolerance", "alias": "--alias"},
+        {"quantize": quantize, "tolerance": tolerance, "alias": alias},
+    )
+    server = remote()
+    if server is not None:
+        report = _optimize_remotely(server, reference, data, asked)
+    else:
+        # Imported here: the converters (skl2onnx, onnx) cost a second to import, and every
+        # other command (and `berth serve`) would pay it.
+        from berth.optimize.service import optimize
+        from berth.store.audit import cli_actor
+
+        with console.status(f"Optimizing {reference} ...") as status:
+            report = optimize(
+                registry(),
+                reference,
+                data=data,
+                quantize=asked.quantize,
+                tolerance=asked.tolerance,
+                alias=asked.alias,
+                actor=cli_actor(),
+                progress=lambda step: status.update(f"Optimizing {reference}: {step} ..."),
+            ).to_dict()
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps(report, indent=2))
         return
-    _print_optimized(report)
+    print_optimized(report)
 
 
-def _print_optimized(report: OptimizeReport) -> None:
-    version, check = report.version, report.check
-    how = ", ".join(p for p in ("onnx", report.precision, report.quantized) if p)
-    table = Table("measure", "value", title=f"{report.source.ref} optimized")
-    table.add_row(
-        "new version", f"{version.ref} ({how}) from {report.source.ref} ({report.source.flavor})"
-    )
-    table.add_row("rows checked", f"{check.rows} ({report.data.describe()})")
-    if check.label_agreement is not None:
-        table.add_row(
-            "label agreement",
-            f"{check.agreeing}/{check.rows} ({_percent(check.label_agreement, 3)}; "
-            f"required {_percent(check.min_agreement)})"
-            + (f", {check.ties} of them ties broken the other way" if check.ties else ""),
+def _optimize_remotely(
+    server: Remote, reference: str, data: Path | None, asked: OptimizeRequest
+) -> dict[str, Any]:
+    """The server optimizes; rows of `data`, if given, go with the options as a file."""
+    from berth.cli.remote import LONG_SECONDS
+
+    parse_reference(reference)
+    route = remote_path("models", reference, "optimize")
+    options = asked.model_dump(exclude_none=True)
+    if data is None:
+        with console.status(f"Optimizing {reference} on {server.url} ..."):
+            document: dict[str, Any] = server.post(route, options, timeout=LONG_SECONDS)
+        return document
+    from berth.cli.upload import FilePart, send
+
+    rows = data.expanduser()
+    if not rows.is_file():
+        raise InvalidInput(
+            f"--data {rows} does not exist; give a .csv/.parquet/.json file with the "
+            "signature's columns, or a .npy array for a tensor model"
         )
-    for what, value in (
-        ("max probability difference", check.max_probability_diff),
-        ("max relative difference", check.max_value_diff),
-    ):
-        if value is not None:
-            table.add_row(what, f"{_number(value)} (tolerance {check.tolerance:g})")
-    for timing in report.speed.timings:
-        table.add_row(
-            f"ms per call, batch {timing.batch}",
-            f"{timing.source_ms:.3f} → {timing.optimized_ms:.3f} ({timing.speedup:.1f}x speedup)",
-        )
-    console.print(table)
-    aliases = ", ".join(f"@{a}" for a in version.aliases)
-    serve = f"serve it with `berth models alias {version.model} production {version.number}`"
-    moved = f"aliases: {aliases}" if aliases else f"no alias moved; {serve}"
-    console.print(
-        f"Registered [bold]{version.ref}[/] (onnx, sha256 {version.artifact.sha256[:12]}; {moved})"
+    document = send(
+        server,
+        route,
+        [FilePart("data", rows, rows.name)],
+        lambda _digests: {"options": json.dumps(options).encode()},
+        sending=f"Sending {rows.name}",
+        waiting=f"Optimizing {reference} on {server.url}",
     )
+    return document
 
 
 @app.command("alias")
@@ -327,11 +406,21 @@ def alias(
     Example: berth models alias churn production 3
     """
     from berth.cli.flags import from_flags
+    from berth.registry.references import check_alias, check_name
     from berth.registry.requests import AliasRequest
     from berth.store.audit import cli_actor
 
+    server = remote()
+    if server is not None:
+        # Checked here as the registry checks them: a name with a slash would be another path.
+        check_name("model", name)
+        check_alias(alias_name)
+    route = remote_path("models", name, "aliases", alias_name)
     if remove:
-        registry().remove_alias(name, alias_name, actor=cli_actor())
+        if server is not None:
+            server.delete(route)
+        else:
+            registry().remove_alias(name, alias_name, actor=cli_actor())
         console.print(f"Removed {name}@{alias_name}")
         return
     if version is None:
@@ -339,7 +428,10 @@ def alias(
             "give the version to point at, e.g. `berth models alias churn production 3`"
         )
     asked = from_flags(AliasRequest, {"version": "VERSION"}, {"version": version})
-    registry().set_alias(name, alias_name, asked.version, actor=cli_actor())
+    if server is not None:
+        server.put(route, asked.model_dump())
+    else:
+        registry().set_alias(name, alias_name, asked.version, actor=cli_actor())
     console.print(f"{name}@{alias_name} → {name}:{version}")
 
 
@@ -359,24 +451,24 @@ def delete(
     ref = parse_reference(reference)
     if ref.alias is not None:
         raise InvalidInput("delete takes NAME:VERSION or NAME, not an alias")
+    server = remote()
     if ref.version is not None:
-        registry().delete_version(ref.name, ref.version, actor=cli_actor())
+        if server is not None:
+            server.delete(remote_path("models", ref.name, "versions", ref.version))
+        else:
+            registry().delete_version(ref.name, ref.version, actor=cli_actor())
         console.print(f"Deleted {ref}")
         return
     if not yes:
         raise InvalidInput(
             f"deleting model '{ref.name}' removes every version; add --yes to confirm"
         )
-    registry().delete_model(ref.name, actor=cli_actor())
+    if server is not None:
+        # The route asks for the name twice; --yes is this command's way of giving it.
+        server.delete(remote_path("models", ref.name), params={"confirm": ref.name})
+    else:
+        registry().delete_model(ref.name, actor=cli_actor())
     console.print(f"Deleted model {ref.name}")
-
-
-_VERDICT_STYLE = {
-    "stable": "green",
-    "moderate": "yellow",
-    "drifted": "bold red",
-    "no_data": "dim",
-}
 
 
 @app.command("drift")
@@ -392,125 +484,21 @@ def drift(
 ) -> None:
     """Feature drift of live inputs against the version's reference data (PSI, KS).
 
-    Live inputs are kept by the server, so give --url (and --key); without it the stored
-    reference statistics are shown.
+    Live inputs are kept by the server: in remote mode (`berth login`, BERTH_SERVER) or with
+    --url (and --key) the server's live drift is shown; otherwise the stored reference
+    statistics are.
 
     Example: berth models drift churn --url http://127.0.0.1:8321 --key berth_...
     """
-    from berth.monitoring.drift import verdict
+    from berth.cli.remote import GivenServer
 
-    if url is None:
-        _print_reference(registry().resolve(reference), as_json)
+    server = GivenServer(url, key) if url is not None else remote()
+    if server is None:
+        print_reference(registry().resolve(reference), as_json)
         return
-    report = _fetch_drift(url, reference, key)
+    parse_reference(reference)  # a bad reference fails here, with the usual message
+    report = server.get(remote_path("models", reference, "drift"))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    window = report.get("window", {})
-    overall = report.get("verdict", "no_data")
-    console.print(
-        f"[bold]{report['model']}:{report['version']}[/]  live rows {window.get('rows', 0)}"
-        f"/{window.get('capacity', '?')}  verdict [{_VERDICT_STYLE.get(overall, '')}]{overall}[/]"
-    )
-    table = Table("feature", "kind", "PSI", "KS", "KS p-value", "live rows", "verdict")
-    for feature in report.get("features", []):
-        shown = feature.get("verdict") or verdict(feature.get("psi"))
-        table.add_row(
-            feature["feature"],
-            feature.get("kind", ""),
-            _number(feature.get("psi")),
-            _number(feature.get("ks_statistic")),
-            _number(feature.get("ks_pvalue")),
-            str(feature.get("live_count", 0)),
-            f"[{_VERDICT_STYLE.get(shown, '')}]{shown}[/]",
-        )
-    console.print(table)
-    thresholds = report.get("thresholds", {})
-    console.print(
-        f"PSI < {thresholds.get('moderate', 0.1)} stable, "
-        f"< {thresholds.get('drifted', 0.25)} moderate, else drifted",
-        style="dim",
-    )
-
-
-def _print_reference(version: VersionInfo, as_json: bool) -> None:
-    stats = version.reference_stats
-    if not stats:
-        raise InvalidInput(
-            f"{version.ref} has no reference statistics; register a version with "
-            f"`berth models register {version.model} MODEL --reference DATA.csv`"
-        )
-    if as_json:
-        typer.echo(json.dumps(version.to_dict()["reference"], indent=2))
-        return
-    console.print(f"[bold]{version.ref}[/]  reference statistics of {stats.get('rows')} rows")
-    table = Table("feature", "kind", "count", "missing", "mean", "std", "min", "max", "top values")
-    for name, feature in stats.get("features", {}).items():
-        if feature.get("type") == "numeric":
-            table.add_row(
-                name,
-                "numeric",
-                str(feature.get("count")),
-                _percent(feature.get("missing")),
-                *(_number(feature.get(k)) for k in ("mean", "std", "min", "max")),
-                "",
-            )
-        else:
-            frequencies = feature.get("frequencies", {})
-            top = ", ".join(f"{k} {_percent(v)}" for k, v in list(frequencies.items())[:4])
-            table.add_row(
-                name,
-                "categorical",
-                str(feature.get("count")),
-                _percent(feature.get("missing")),
-                "",
-                "",
-                "",
-                "",
-                top,
-            )
-    console.print(table)
-    console.print(
-        "Live drift is measured by the server that serves the model: "
-        f"`berth models drift {version.ref} --url http://HOST:PORT --key KEY`"
-    )
-
-
-def _http_client(url: str) -> httpx.Client:
-    import httpx
-
-    return httpx.Client(base_url=url.rstrip("/"), timeout=30.0)
-
-
-def _fetch_drift(url: str, reference: str, key: str | None) -> dict[str, Any]:
-    import httpx
-
-    parse_reference(reference)  # a bad reference fails here, with the usual message
-    headers = {"X-API-Key": key} if key else {}
-    client = _http_client(url)
-    try:
-        response = client.get(f"/api/v1/models/{quote(reference, safe='')}/drift", headers=headers)
-    except httpx.HTTPError as exc:
-        raise InvalidInput(
-            f"could not reach {url}: {exc}; is the server running (`berth serve`)?"
-        ) from exc
-    finally:
-        client.close()
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code != 200 or not isinstance(body, dict):
-        message = body.get("error") if isinstance(body, dict) else None
-        raise BerthError(f"{url} answered {response.status_code}: {message or response.text[:200]}")
-    return body
-
-
-def _number(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _percent(value: Any, decimals: int = 1) -> str:
-    return "-" if value is None else f"{100 * float(value):.{decimals}f}%"
+    print_live_drift(report)

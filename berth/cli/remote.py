@@ -6,10 +6,12 @@ logs the method and URL), ever holds it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from berth.cli.profiles import Profile
+from berth.cli.profiles import Profile, check_key, check_url
 from berth.errors import BerthError, Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 
 # httpx is imported by the calls: `berth --help` must not pay for it.
@@ -22,6 +24,9 @@ _DOMAIN_ERRORS: dict[int, type[BerthError]] = {400: InvalidInput, 404: NotFound,
 
 _TIMEOUT_SECONDS = 30.0
 _CONNECT_SECONDS = 5.0
+LONG_SECONDS = 900.0
+"""For a call whose work the server does while the client waits (an upload, which the server
+takes for up to BERTH_UPLOAD_TIMEOUT_SECONDS, 900 by default; an optimization)."""
 
 
 def path(*segments: str | int) -> str:
@@ -31,6 +36,9 @@ def path(*segments: str | int) -> str:
 
 class Remote:
     """One server, one key; `get` returns the JSON document or raises a one-line BerthError."""
+
+    _reach_hint = "check the URL or `berth profile list`"
+    """What to check when the server cannot be reached."""
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -56,21 +64,51 @@ class Remote:
         """
         return self._document(self._send(method, route, timeout, options))
 
+    @contextmanager
+    def download(self, route: str) -> Iterator[httpx.Response]:
+        """A GET whose body is read while it arrives (`iter_bytes`), for bodies too big to hold:
+        the response once the server answered a success; a failure raises the one-line error
+        `get` would. The connection breaking off mid-body is a one-line error too."""
+        import httpx
+
+        key = self._key()
+        headers = {"x-api-key": key} if key else {}
+        # Between two reads, not for the whole body: a big artifact may take minutes.
+        limit = httpx.Timeout(_TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
+        answered = False
+        try:
+            with (
+                httpx.Client(base_url=self.url, headers=headers, timeout=limit) as client,
+                client.stream("GET", route) as response,
+            ):
+                answered = True
+                if not response.is_success:
+                    response.read()
+                    self._document(response)  # raises the server's error
+                yield response
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            if answered:
+                raise BerthError(
+                    f"the download from {self.url} broke off: {reason}; nothing was kept, "
+                    "run the command again"
+                ) from None
+            raise BerthError(f"cannot reach {self.url}: {reason}; {self._reach_hint}") from None
+
     def _send(
         self, method: str, route: str, timeout: float | None, options: dict[str, Any]
     ) -> httpx.Response:
         import httpx
 
-        headers = {"x-api-key": self.profile.secret()}
+        key = self._key()
+        headers = {**options.pop("headers", {}), **({"x-api-key": key} if key else {})}
         limit = httpx.Timeout(timeout or _TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
         try:
             with httpx.Client(base_url=self.url, headers=headers, timeout=limit) as client:
                 return client.request(method, route, **options)
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
-            raise BerthError(
-                f"cannot reach {self.url}: {reason}; check the URL or `berth profile list`"
-            ) from None
+            raise BerthError(f"cannot reach {self.url}: {reason}; {self._reach_hint}") from None
 
     def _document(self, response: httpx.Response) -> Any:
         try:
@@ -87,12 +125,40 @@ class Remote:
             )
         status = response.status_code
         if status == 401:
-            raise Unauthenticated(
-                f"{self.url} refused {self.profile.key_owner}: it is invalid, expired or "
-                f"revoked; log in again with `berth login {self.url} --key-file FILE`"
-            )
+            raise self._refused()
         if status == 403:
             raise Forbidden(f"{self.url} refused: {message}")
         if status in _DOMAIN_ERRORS:
             raise _DOMAIN_ERRORS[status](message)
         raise BerthError(f"{self.url} answered {status}: {message}")
+
+    def _key(self) -> str | None:
+        return self.profile.secret()
+
+    def _refused(self) -> Unauthenticated:
+        return Unauthenticated(
+            f"{self.url} refused {self.profile.key_owner}: it is invalid, expired or "
+            f"revoked; log in again with `berth login {self.url} --key-file FILE`"
+        )
+
+
+class GivenServer(Remote):
+    """A server a command names itself (`berth models drift REF --url URL --key KEY`) rather
+    than a profile; without a key nothing is sent, which a dev-mode server accepts."""
+
+    _reach_hint = "check --url; is the server running (`berth serve`)?"
+
+    def __init__(self, url: str, key: str | None) -> None:
+        given = check_key(key, "--key") if key else None
+        super().__init__(Profile("--url", check_url(url), key=given))
+
+    def _key(self) -> str | None:
+        return self.profile.key
+
+    def _refused(self) -> Unauthenticated:
+        if self.profile.key is None:
+            return Unauthenticated(f"{self.url} needs an API key; give --key or set BERTH_API_KEY")
+        return Unauthenticated(
+            f"{self.url} refused the key given with --key (or BERTH_API_KEY): it is invalid, "
+            "expired or revoked"
+        )

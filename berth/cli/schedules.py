@@ -1,8 +1,10 @@
 """`berth batch schedule ...` and `berth scheduler`: batch jobs on a cron schedule.
 
 `register(batch.app)` adds schedule, schedules, unschedule, runs, enable and disable to
-`berth batch`; `scheduler` is the top-level `berth scheduler`. The commands only call
-ScheduleService and Scheduler (berth.jobs), as the admin API would.
+`berth batch`; `scheduler` is the top-level `berth scheduler`. The commands call ScheduleService and Scheduler
+(berth.jobs), as the admin API does (berth/api/schedules.py), and print from the schedule's JSON
+document: in remote mode, the API's answer. `berth scheduler` is a daemon of its own and always
+runs locally, beside the registry.
 """
 
 from __future__ import annotations
@@ -16,23 +18,25 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from berth.cli.context import console, registry, settings
+from berth.cli.context import console, registry, remote, settings
+from berth.cli.remote import path as remote_path
 from berth.durations import parse_duration
 from berth.errors import InvalidInput
 
 # The schedules, the scheduler and its lease (SQLAlchemy) are imported by the commands.
 if TYPE_CHECKING:
     from berth.jobs.scheduler import Pass
-    from berth.jobs.schedules import RunInfo, ScheduleService
+    from berth.jobs.schedules import ScheduleService
     from berth.store.lease import Lease
 
-UPCOMING = 3
-"""How many run times `berth batch schedule` shows."""
+Document = dict[str, Any]
+"""A schedule or a run as the API gives it (`ScheduleInfo.to_dict`, `RunInfo.to_dict`)."""
 _LISTED = 5
 """Missed ticks `berth scheduler --once` names; `berth batch runs` has them all."""
 
@@ -83,37 +87,56 @@ def schedule(
     """Run `berth batch run ARGS` on a cron schedule: create NAME, or replace it.
 
     The other arguments are the `berth batch run` command line, checked now as it would be.
+    In remote mode, files and SQL URLs in them are opened on the scheduler's host.
 
     Example: berth batch schedule nightly --cron "0 2 * * *" iris --source in.csv --sink out.parquet
 
     `berth scheduler` runs the ticks.
     """
-    from berth.jobs.schedules import when
+    from berth.cli.flags import from_flags
+    from berth.jobs.requests import ScheduleRequest
 
-    args = list(context.args)
-    info, outcome = _service().put(
-        name, cron=cron, timezone=timezone, args=args, enabled=not disabled
+    asked = from_flags(
+        ScheduleRequest,
+        {"cron": "--cron", "timezone": "--timezone", "args": "ARGS", "enabled": "--disabled"},
+        {"cron": cron, "timezone": timezone, "args": list(context.args), "enabled": not disabled},
     )
+    server = remote()
+    if server is not None:
+        document = server.put(remote_path("schedules", name), asked.model_dump())
+    else:
+        from berth.jobs.schedules import set_document
+        from berth.store.audit import cli_actor
+
+        info, outcome = _service().put(
+            name,
+            cron=asked.cron,
+            timezone=asked.timezone,
+            args=asked.args,
+            enabled=asked.enabled,
+            actor=cli_actor(),
+        )
+        document = set_document(info, outcome, _now())
+    stored, outcome = document["schedule"], document["outcome"]
+    zone = ZoneInfo(stored["timezone"])
     console.print(
-        f"{outcome.capitalize()} schedule [bold]{info.name}[/]: {info.cron} ({info.timezone})",
+        f"{outcome.capitalize()} schedule [bold]{stored['name']}[/]: {stored['cron']} "
+        f"({stored['timezone']})",
         highlight=False,
         soft_wrap=True,
     )
     console.print(
-        f"  runs: berth batch run {shlex.join(info.args)}",
+        f"  runs: berth batch run {shlex.join(stored['args'])}",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
-    upcoming = info.expression.upcoming(max(_now(), info.counted_from), UPCOMING)
-    zone = info.expression.zone
-    label = "next" if info.enabled else "disabled; would run"
-    console.print(
-        f"  {label}: {', '.join(when(t, zone) for t in upcoming)}", highlight=False, soft_wrap=True
-    )
-    if not info.enabled:
+    label = "next" if stored["enabled"] else "disabled; would run"
+    upcoming = ", ".join(_when(moment, zone) for moment in document["upcoming"])
+    console.print(f"  {label}: {upcoming}", highlight=False, soft_wrap=True)
+    if not stored["enabled"]:
         console.print(
-            f"  `berth batch enable {info.name}` starts it.", highlight=False, soft_wrap=True
+            f"  `berth batch enable {stored['name']}` starts it.", highlight=False, soft_wrap=True
         )
 
 
@@ -124,27 +147,28 @@ def list_schedules(
 
     Example: berth batch schedules --json
     """
-    from berth.jobs.schedules import when
-
-    found = _service().list()
-    now = _now()
+    server = remote()
+    if server is not None:
+        found: list[Document] = server.get(remote_path("schedules"))["schedules"]
+    else:
+        now = _now()
+        found = [info.to_dict(now) for info in _service().list()]
     if as_json:
-        console.print_json(json.dumps([info.to_dict(now) for info in found]))
+        console.print_json(json.dumps(found))
         return
     if not found:
         console.print("No schedules. Add one with `berth batch schedule NAME --cron ... ARGS`.")
         return
     table = Table("name", "cron", "timezone", "next run", "last tick", "last status")
     for info in found:
-        zone = info.expression.zone
-        upcoming = info.next_run(now)
+        zone = ZoneInfo(info["timezone"])
         table.add_row(
-            info.name,
-            info.cron,
-            info.timezone,
-            when(upcoming, zone) if upcoming else "disabled",
-            when(info.last_tick, zone) if info.last_tick else "-",
-            Text(_outcome(info.last_run) if info.last_run else "-"),
+            info["name"],
+            info["cron"],
+            info["timezone"],
+            _when(info["next_run"], zone) if info["next_run"] else "disabled",
+            _when(info["last_tick"], zone) if info["last_tick"] else "-",
+            Text(_outcome(info["last_run"]) if info["last_run"] else "-"),
         )
     console.print(table)
 
@@ -154,51 +178,60 @@ def unschedule(name: str = typer.Argument(..., help="The schedule to remove.")) 
 
     Example: berth batch unschedule nightly
     """
-    _service().delete(name)
+    server = remote()
+    if server is not None:
+        server.delete(remote_path("schedules", name))
+    else:
+        from berth.store.audit import cli_actor
+
+        _service().delete(name, actor=cli_actor())
     console.print(f"Removed schedule [bold]{name}[/].", highlight=False, soft_wrap=True)
 
 
 def runs(
     name: str = typer.Argument(..., help="The schedule."),
-    limit: int = typer.Option(20, "--limit", min=1, help="How many ticks, newest first."),
+    limit: int = typer.Option(20, "--limit", help="How many ticks (1 to 1000), newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """A schedule's ticks, newest first: the job each started, or why it was missed.
 
     Example: berth batch runs nightly
     """
-    from berth.jobs.schedules import when
-
-    service = _service()
-    zone = service.get(name).expression.zone
-    found = service.runs(name, limit=limit)
+    server = remote()
+    if server is not None:
+        document = server.get(remote_path("schedules", name, "runs"), {"limit": limit})
+        info: Document = document["schedule"]
+        found: list[Document] = document["runs"]
+    else:
+        service = _service()
+        now = _now()
+        info = service.get(name).to_dict(now)
+        found = [run.to_dict() for run in service.runs(name, limit=limit)]
     if as_json:
-        console.print_json(json.dumps([run.to_dict() for run in found]))
+        console.print_json(json.dumps(found))
         return
     if not found:
         console.print(f"Schedule {name} has not had a tick yet.", highlight=False, soft_wrap=True)
         return
+    zone = ZoneInfo(info["timezone"])
     table = Table("tick", "status", "job", "job status", "message")
     for run in found:
         table.add_row(
-            when(run.tick, zone),
-            run.status,
-            str(run.job_id) if run.job_id is not None else "-",
-            run.job_status or "-",
-            Text(run.message or ""),
+            _when(run["tick"], zone),
+            run["status"],
+            str(run["job_id"]) if run["job_id"] is not None else "-",
+            run["job_status"] or "-",
+            Text(run["message"] or ""),
         )
     console.print(table)
 
 
 def enable(name: str = typer.Argument(..., help="The schedule to resume.")) -> None:
     """Resume a schedule; ticks from while it was disabled are not caught up."""
-    from berth.jobs.schedules import when
-
-    info = _service().set_enabled(name, True)
-    upcoming = info.next_run(_now())
-    assert upcoming is not None
+    info = _switch(name, True)
     console.print(
-        f"Enabled schedule [bold]{name}[/]; next run {when(upcoming, info.expression.zone)}.",
+        f"Enabled schedule [bold]{name}[/]; next run "
+        f"{_when(info['next_run'], ZoneInfo(info['timezone']))}.",
         highlight=False,
         soft_wrap=True,
     )
@@ -206,18 +239,36 @@ def enable(name: str = typer.Argument(..., help="The schedule to resume.")) -> N
 
 def disable(name: str = typer.Argument(..., help="The schedule to pause.")) -> None:
     """Pause a schedule: no runs until `berth batch enable NAME`; a running job goes on."""
-    _service().set_enabled(name, False)
+    _switch(name, False)
     console.print(f"Disabled schedule [bold]{name}[/].", highlight=False, soft_wrap=True)
 
 
-def _outcome(run: RunInfo) -> str:
+def _switch(name: str, enabled: bool) -> Document:
+    """Enable or disable the schedule; its document after the change."""
+    server = remote()
+    if server is not None:
+        action = "enable" if enabled else "disable"
+        found: Document = server.post(remote_path("schedules", name, action), {})
+        return found
+    from berth.store.audit import cli_actor
+
+    return _service().set_enabled(name, enabled, actor=cli_actor()).to_dict(_now())
+
+
+def _outcome(run: Document) -> str:
     from berth.jobs.schedules import MISSED
 
-    if run.status == MISSED:
-        return f"missed: {run.message}"
-    if run.job_id is None:
-        return run.status
-    return f"job {run.job_id} {run.job_status}"
+    if run["status"] == MISSED:
+        return f"missed: {run['message']}"
+    if run["job_id"] is None:
+        return str(run["status"])
+    return f"job {run['job_id']} {run['job_status']}"
+
+
+def _when(text: str, zone: ZoneInfo) -> str:
+    """A time of a schedule's document (ISO 8601) as people read it, in the schedule's zone:
+    `2030-01-02 02:00 CET`."""
+    return f"{datetime.fromisoformat(text).astimezone(zone):%Y-%m-%d %H:%M %Z}"
 
 
 # berth scheduler -----------------------------------------------------------------------------

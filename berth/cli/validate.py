@@ -8,6 +8,7 @@ and the report printed is the one the server answers, so both modes print the sa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,8 +218,9 @@ def _remote_report(
     """The server's report (`POST /api/v1/validate`), after uploading what it needs."""
     from contextlib import ExitStack
 
-    from berth.cli.file_parts import sendable, sha256_of, upload_parts
     from berth.cli.remote import path as remote_path
+    from berth.cli.upload import PLACEHOLDER_SHA256, FilePart, packed, send
+    from berth.errors import InvalidInput
     from berth.ops.requests import GateThresholds, ValidateRequest
     from berth.ops.validation import missing_data
     from berth.registration.artifact import missing_artifact
@@ -226,36 +228,50 @@ def _remote_report(
     chosen = candidate.chosen
     request: dict[str, Any] = {"gates": GateThresholds.of(config), "data_file": server_data}
     with ExitStack() as stack:
-        parts: dict[str, Path] = {}
+
+        def part(name: str, path: Path, missing: str) -> FilePart:
+            source = path.expanduser()
+            if not source.exists():
+                raise InvalidInput(missing)
+            sent = stack.enter_context(packed(source)) if source.is_dir() else source
+            return FilePart(name, sent, sent.name)
+
+        parts: list[FilePart] = []
         if server_data is None and config.data is not None:
-            parts["data"] = stack.enter_context(sendable(config.data, missing_data(config.data)))
+            parts.append(part("data", config.data, missing_data(config.data)))
         if isinstance(chosen, str):
             request["reference"] = chosen
         else:
-            artifact = stack.enter_context(sendable(chosen, missing_artifact(chosen)))
-            parts["artifact"] = artifact
+            parts.append(part("artifact", chosen, missing_artifact(chosen)))
             for name, path in (("sample", candidate.sample), ("signature", candidate.signature)):
                 if path is not None:
                     missing = f"--{name} {path} does not exist; give the path of an existing file"
-                    parts[name] = stack.enter_context(sendable(path, missing))
+                    parts.append(part(name, path, missing))
             request.update(
-                sha256=sha256_of(artifact),
+                sha256=PLACEHOLDER_SHA256,  # stamped with the digest of the bytes as sent
                 label=_label(chosen),
                 flavor=candidate.flavor,
                 trust_pickle=candidate.trust_pickle,
                 trust_types=list(candidate.trusted_types),
             )
-        body = ValidateRequest.parse(
-            {k: v for k, v in request.items() if v is not None}
-        ).model_dump_json(exclude_defaults=True)
-        files = stack.enter_context(
-            upload_parts(parts, server.url, f"Validating on {server.url} ...")
-        )
-        # A part without a filename is a field; sent as one of `files` so that the body is
-        # multipart even when no file goes with it (test rows on the server, a version).
-        files["request"] = (None, body.encode(), "application/json")
-        document: dict[str, Any] = server.request(
-            "POST", remote_path("validate"), files=files, timeout=_VALIDATE_SECONDS
+        asked = ValidateRequest.parse({k: v for k, v in request.items() if v is not None})
+
+        def fields(digests: Mapping[str, str]) -> dict[str, bytes]:
+            stamped = (
+                asked.model_copy(update={"sha256": digests["artifact"]})
+                if "artifact" in digests
+                else asked
+            )
+            return {"request": stamped.model_dump_json(exclude_defaults=True).encode()}
+
+        document: dict[str, Any] = send(
+            server,
+            remote_path("validate"),
+            parts,
+            fields,
+            sending="Uploading to " + server.url,
+            waiting=f"Validating on {server.url} ...",
+            timeout=_VALIDATE_SECONDS,
         )
     return document
 

@@ -23,13 +23,10 @@ from berth.deploy.bundle import bake
 from berth.deploy.documents import dump
 from berth.deploy.plan import RAY_VERSION, BuildOptions, ModelSource, Plan, Subject, make_plan
 from berth.deploy.readme import render_readme
-from berth.errors import Conflict, InvalidInput, NotFound
-from berth.jobs.schedules import ScheduleInfo, ScheduleService
+from berth.deploy.source import BatchSchedule, BuildSource, own_schedules, resolve
+from berth.errors import Conflict, InvalidInput
 from berth.observability.alerts import render_rules
 from berth.observability.prometheus_config import render_config
-from berth.registry.endpoints import EndpointService
-from berth.registry.references import parse_reference
-from berth.registry.service import Registry
 
 GENERATED = (
     "Dockerfile", "Dockerfile.ray", ".dockerignore", "requirements.txt", "requirements-ray.txt",
@@ -47,37 +44,6 @@ class BuildResult:
     """Every file written, relative to `out`, sorted."""
 
 
-def resolve(registry: Registry, reference: str) -> Subject:
-    """A model reference (`churn`, `churn:3`, `churn@production`) or an endpoint name."""
-    ref = parse_reference(reference)
-    try:
-        version = registry.resolve(ref)
-    except NotFound as missing:
-        if ref.version is not None or ref.alias is not None:
-            raise
-        try:
-            endpoint = EndpointService(registry).get(ref.name)
-        except NotFound:
-            if _model_exists(registry, ref.name):
-                raise missing from None
-            raise NotFound(
-                f"'{reference}' is neither a registered model nor an endpoint; see "
-                "`berth models list` and `berth endpoints list`"
-            ) from None
-        versions = tuple(registry.get_version(r.model, r.version) for r in endpoint.routes)
-        served = tuple(dict.fromkeys(r.ref for r in endpoint.routes))
-        return Subject("endpoint", endpoint.name, reference, versions, served)
-    return Subject("model", version.model, reference, (version,), (str(ref),))
-
-
-def _model_exists(registry: Registry, name: str) -> bool:
-    try:
-        registry.get_model(name)
-    except NotFound:
-        return False
-    return True
-
-
 def choose_source(subject: Subject, asked: ModelSource | None) -> ModelSource:
     if asked is None:
         return "bake" if subject.kind == "model" else "registry"
@@ -89,16 +55,17 @@ def choose_source(subject: Subject, asked: ModelSource | None) -> ModelSource:
     return asked
 
 
-def build(registry: Registry, reference: str, out: Path, options: BuildOptions) -> BuildResult:
-    subject = resolve(registry, reference)
-    source = choose_source(subject, options.model_source)
+def build(source: BuildSource, reference: str, out: Path, options: BuildOptions) -> BuildResult:
+    """Write the bundle for `reference` into `out`, reading the registry through `source`."""
+    subject = resolve(source, reference)
+    model_source = choose_source(subject, options.model_source)
     out = out.expanduser().resolve()
     _check_out(out, options.force)
     tree = req.source_tree()
-    plan = make_plan(subject, options, wheel=tree is not None, model_source=source)
+    plan = make_plan(subject, options, wheel=tree is not None, model_source=model_source)
     pins = _pins(plan)
     ray_pins = _ray_pins(plan) if "kuberay" in options.targets else None
-    schedules = _own_schedules(ScheduleService(registry.db).list(enabled_only=True), subject)
+    schedules = own_schedules(source.schedules(), subject)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
         stage = Path(scratch)
@@ -108,8 +75,8 @@ def build(registry: Registry, reference: str, out: Path, options: BuildOptions) 
             files.text("requirements-ray.txt", req.render(ray_pins, _pins_header(plan)))
         if tree is not None:
             req.build_wheel(tree, stage / dockerfile.WHEELS)
-        if source == "bake":
-            bake(registry, subject.version, stage / dockerfile.MODEL, reference)
+        if model_source == "bake":
+            bake(source, subject.version, stage / dockerfile.MODEL, reference)
         _write_image(files, plan, ray=ray_pins is not None)
         if "compose" in options.targets:
             _write_compose(files, plan)
@@ -233,15 +200,7 @@ _BASE: tuple[tuple[str, _Maker, str], ...] = (
 )  # fmt: skip
 
 
-def _own_schedules(schedules: list[ScheduleInfo], subject: Subject) -> list[ScheduleInfo]:
-    """The schedules that score this bundle's models: the image holds only their libraries."""
-    from berth.jobs.run_args import parse_run_args  # checks stored arguments as the command does
-
-    models = {version.model for version in subject.versions}
-    return [s for s in schedules if parse_reference(parse_run_args(s.args).model).name in models]
-
-
-def _write_kubernetes(files: _Files, plan: Plan, schedules: list[Any]) -> None:
+def _write_kubernetes(files: _Files, plan: Plan, schedules: list[BatchSchedule]) -> None:
     generated = f"Generated by `berth build {plan.subject.reference}`; regenerate rather than edit."
     resources: list[str] = []
     for name, make, note in _BASE:

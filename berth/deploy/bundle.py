@@ -5,9 +5,10 @@ Layout of the folder (`model/` in a bundle, `/opt/berth/model` in the image):
     berth-bundle.json     name, version, flavor, sha256, signature, trust, ... (`Manifest`)
     artifact/<files>      the artifact's files exactly as the registry stores them
 
-`bake` writes it from a registered version. `install_bundle` is what `berth serve --bundle`
-runs when the container starts: it verifies the files against the manifest's sha256 (and
-refuses to start on a mismatch), registers the version unless the registry already holds a
+`bake` writes it from a registered version (read from the registry, or downloaded through the
+API in remote mode). `install_bundle` is what `berth serve --bundle` runs when the container
+starts: it verifies the files against the manifest's sha256 (and refuses to start on a
+mismatch), registers the version unless the registry already holds a
 version of that model with the same sha256, and returns the reference to serve. Replicas that
 start together register it once: the registration runs under a lease in the registry database,
 and whoever does not hold it waits for the version to appear.
@@ -18,13 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -132,23 +132,36 @@ class Manifest:
 # baking ------------------------------------------------------------------------------------
 
 
-def bake(registry: Registry, version: VersionInfo, folder: Path, built_from: str) -> Manifest:
-    """Write the version's verified artifact and its manifest into `folder` (created)."""
-    local = registry.store.fetch(version.artifact)  # verified against the recorded sha256
+class ArtifactSource(Protocol):
+    def fetch_artifact(self, version: VersionInfo, folder: Path) -> None:
+        """Write the version's verified artifact into the empty `folder`: the file as
+        `version.artifact.entry`, or the directory's files."""
+
+
+def bake(source: ArtifactSource, version: VersionInfo, folder: Path, built_from: str) -> Manifest:
+    """Write the version's verified artifact and its manifest into `folder` (created).
+
+    The artifact comes from the registry (local mode) or is downloaded through the API (remote
+    mode); either way the files and the manifest are the same.
+    """
     target = folder / ARTIFACT
     target.mkdir(parents=True)
-    if version.artifact.is_directory:
-        shutil.copytree(
-            local, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    else:
-        shutil.copyfile(local, target / version.artifact.entry)
+    source.fetch_artifact(version, target)
+    _readable(target)
     manifest = Manifest.of(version, built_from)
     verify(folder, manifest)
     (folder / MANIFEST).write_text(
         json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     return manifest
+
+
+def _readable(folder: Path) -> None:
+    """Files 0644 and folders 0755, whatever the store or the download gave them: the image
+    copies the modes, and its server runs as a user who does not own them."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def verify(folder: Path, manifest: Manifest) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 
 from berth.deploy.kubernetes import pod_spec
 from berth.deploy.plan import Plan, dns_label
+from berth.deploy.source import BatchSchedule
 from berth.jobs.cron import SHORTCUTS, Cron
-from berth.jobs.schedules import ScheduleInfo
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@/\s]+)@")
 _QUERY_PASSWORD = re.compile(
@@ -92,7 +92,7 @@ def cronjob_name(plan: Plan, schedule: str) -> str:
     return dns_label(f"{plan.app}-{schedule}", _CRONJOB_NAME_LIMIT)
 
 
-def cronjob(plan: Plan, info: ScheduleInfo, secrets: ScheduleSecrets) -> dict[str, Any]:
+def cronjob(plan: Plan, info: BatchSchedule, secrets: ScheduleSecrets) -> dict[str, Any]:
     args, lifted = secrets.lift(info.name, list(info.args))
     container: dict[str, Any] = {
         "name": "batch",

@@ -13,6 +13,7 @@ from one (a development checkout), or as `berth==VERSION` from the package index
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import platform
 import re
 import shutil
@@ -33,6 +34,8 @@ PROJECT = "berth"
 FLAVOR_EXTRAS = {"onnx": "onnx", "torch": "torch"}
 """Berth extras a flavor needs in the image (sklearn and python need none)."""
 PYTORCH_INDEX = "https://download.pytorch.org/whl"
+_EPOCH = "315532800"
+"""1980-01-01, the earliest time a zip entry can carry."""
 _SOURCE_FILES = ("pyproject.toml", "README.md", "setup.cfg", "setup.py", "MANIFEST.in", "LICENSE")
 
 
@@ -134,7 +137,10 @@ def build_wheel(source: Path, out: Path) -> Path:
             sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
             "--no-cache-dir", "--quiet", "--wheel-dir", str(out), str(copy),
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        # Zip entries dated by SOURCE_DATE_EPOCH, not by when the copy was made: the same source
+        # gives the same wheel, byte for byte, so the image's layers are cached.
+        env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", _EPOCH)}
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     wheels = sorted(out.glob(f"{PROJECT}-{__version__}-*.whl"))
     if result.returncode != 0 or not wheels:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]

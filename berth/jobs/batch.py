@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from typing import Any
@@ -34,6 +33,10 @@ from berth.jobs.sink_types import Checkpoint, Sink
 from berth.jobs.sinks import open_sink
 from berth.jobs.sources import CSV, Chunk, FileSource, Source, open_source
 from berth.jobs.spec import APPEND, UPSERT, BatchSpec
+
+# `Summary` is what a run reports; it lives apart so that a remote `berth batch run` prints a
+# stored one without importing the scoring machinery.
+from berth.jobs.summary import Summary as Summary
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from berth.runtimes.loading import load_version
@@ -42,55 +45,6 @@ log = logging.getLogger("berth.jobs")
 
 READ_AHEAD = 2
 """Chunks read ahead of scoring; with the chunks in flight this bounds the job's memory."""
-
-
-@dataclass(frozen=True)
-class Summary:
-    job_id: int
-    status: str
-    version: str
-    counts: Counts
-    seconds: float
-    sink: str
-    errors: str | None
-    message: str | None = None
-    resumed_at_row: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == r.SUCCEEDED
-
-    def describe(self) -> str:
-        c = self.counts
-        lines = [
-            f"Job {self.job_id} {self.status}: {c.scored:,} rows scored with {self.version} "
-            f"in {self.seconds:.1f} s ({c.rows_per_second:,.0f} rows/s); {c.skipped:,} "
-            f"skipped (already in the sink); {c.rejected:,} rejected."
-        ]
-        if self.resumed_at_row:
-            lines.append(f"Resumed at row {self.resumed_at_row:,}, where an earlier run stopped.")
-        lines.append(f"Results: {self.sink}")
-        if c.rejected and self.errors:
-            lines.append(f"Rejected rows and reasons: {self.errors}")
-        if self.message and not self.ok:
-            lines.append(self.message)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "job": self.job_id,
-            "status": self.status,
-            "version": self.version,
-            "rows_scored": self.counts.scored,
-            "rows_skipped": self.counts.skipped,
-            "rows_rejected": self.counts.rejected,
-            "rows_per_second": round(self.counts.rows_per_second, 1),
-            "seconds": round(self.seconds, 3),
-            "sink": self.sink,
-            "errors": self.errors,
-            "message": self.message,
-            "resumed_at_row": self.resumed_at_row,
-        }
 
 
 def run_job(
@@ -247,8 +201,7 @@ class _Run:
         else:
             message = f"{message}; run the same command again to resume after row {_rows(state):,}"
         counts = _counts(state, done_before, started)
-        self.jobs.finish(self.job_id, status, counts, message)
-        return Summary(
+        summary = Summary(
             job_id=self.job_id,
             status=status,
             version=self.version.ref,
@@ -259,6 +212,8 @@ class _Run:
             message=message,
             resumed_at_row=resumed,
         )
+        self.jobs.finish(self.job_id, status, counts, message, summary.to_dict())
+        return summary
 
     def _settle(self, commit: Future[None], after: Checkpoint) -> Checkpoint:
         """Wait for a chunk's commit (raising its error) and report the progress it made."""

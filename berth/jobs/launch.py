@@ -7,19 +7,42 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from berth.jobs.config import JobsConfig
+from berth.jobs.records import JobInfo
+from berth.jobs.run_args import rerun_command
 
 
 def job_log(config: JobsConfig, job_id: int) -> Path:
     return config.log_dir / f"{job_id}.log"
 
 
-def launch(config: JobsConfig, job_id: int, args: Sequence[str]) -> subprocess.Popen[bytes]:
+def job_detail(config: JobsConfig, job: JobInfo) -> dict[str, Any]:
+    """One job as `berth jobs show` and GET /api/v1/jobs/{id} give it: its record, its key, its
+    log on the host that runs it (None until written), the command that runs it again, and
+    what its run reported when it ended (`berth batch run` in remote mode prints that)."""
+    log = job_log(config, job.id)
+    return {
+        **job.to_dict(),
+        "job_key": job.job_key,
+        "log": str(log) if log.exists() else None,
+        "command": rerun_command(job.args),
+        "summary": job.summary,
+    }
+
+
+def launch(
+    config: JobsConfig,
+    job_id: int,
+    args: Sequence[str],
+    environment: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Run `berth batch run *args --job job_id --quiet` detached; the process inherits the
-    environment (so the same registry and artifact store) and survives its parent."""
+    environment (so the same registry and artifact store), or is given `environment`, and
+    survives its parent."""
     log = job_log(config, job_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -40,6 +63,7 @@ def launch(config: JobsConfig, job_id: int, args: Sequence[str]) -> subprocess.P
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=environment,
         )
     # Collect the exit status when the job ends, so a long-lived server that started it is not
     # left with a zombie per job (Popen's own lock keeps this safe beside a caller's poll()).

@@ -75,6 +75,9 @@ class JobInfo:
     heartbeat_at: datetime | None
     finished_at: datetime | None
     now: datetime
+    summary: dict[str, Any] | None = None
+    """What the run that ended it reported (`Summary.to_dict()`); None for a job that ended
+    otherwise (an error, cancelled before it started) or is not over."""
 
     @property
     def lost(self) -> bool:
@@ -107,6 +110,14 @@ class JobInfo:
         left = max(0, self.rows_total - self.done_rows)
         return left / self.counts.rows_per_second
 
+    @property
+    def duration_seconds(self) -> float | None:
+        """From its start to its end: now while running, its last heartbeat once lost."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or (self.heartbeat_at if self.lost else None) or self.now
+        return max(0.0, (end - self.started_at).total_seconds())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -134,6 +145,7 @@ class JobInfo:
             "started_at": _iso(self.started_at),
             "heartbeat_at": _iso(self.heartbeat_at),
             "finished_at": _iso(self.finished_at),
+            "duration_seconds": _rounded(self.duration_seconds),
         }
 
 
@@ -223,11 +235,19 @@ class JobService:
             requested = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
         return bool(requested)
 
-    def finish(self, job_id: int, status: str, counts: Counts, message: str | None) -> JobInfo:
+    def finish(
+        self,
+        job_id: int,
+        status: str,
+        counts: Counts,
+        message: str | None,
+        summary: dict[str, Any] | None = None,
+    ) -> JobInfo:
         now = self._clock()
         with self.db.session() as session:
             row = _row(session, job_id)
             row.status = status
+            row.summary = summary
             row.rows_scored = counts.scored
             row.rows_skipped = counts.skipped
             row.rows_rejected = counts.rejected
@@ -313,6 +333,7 @@ class JobService:
             heartbeat_at=row.heartbeat_at,
             finished_at=row.finished_at,
             now=self._clock(),
+            summary=row.summary,
         )
 
 
@@ -324,6 +345,10 @@ def _row(session: Session, job_id: int, lock: bool = False) -> JobRow:
     if row is None:
         raise NotFound(f"no job {job_id}; `berth jobs list` shows the recorded jobs")
     return row
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _iso(value: datetime | None) -> str | None:

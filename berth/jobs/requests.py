@@ -1,4 +1,5 @@
-"""What people ask of batch jobs: the body of `POST /api/v1/jobs`, declared once.
+"""What people ask of batch jobs: the bodies of `POST /api/v1/jobs` and of a schedule, declared
+once.
 
 A job is asked for in one of two forms: the arguments of `berth batch run` (`JobArgs`), or one
 field per option (`JobFields`). Either form is checked by its model here, and then as the command
@@ -10,14 +11,14 @@ a job's fields are the command's options, so the name is all that needs translat
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from berth.errors import InvalidInput
 from berth.jobs import spec as s
 from berth.jobs.spec import BatchSpec
-from berth.request_model import Text
+from berth.request_model import RequestModel, Text
 
 MAX_ARGS = 200
 """Far more arguments than `berth batch run` has options; a bound on what is stored."""
@@ -144,3 +145,27 @@ def validated(model: type[M], body: dict[str, Any], example: Any) -> M:
         else:
             problem = f"'{where}': {first['msg'].removeprefix('Value error, ')}"
         raise InvalidInput(f"{problem}; send e.g. {example}") from None
+
+
+class ScheduleRequest(RequestModel):
+    """Run `berth batch run ARGS` on a cron schedule: the body of PUT /api/v1/schedules/{name}
+    and what `berth batch schedule` sends. The cron expression, the time zone and the arguments
+    are then checked as the scheduler will read them."""
+
+    EXAMPLE: ClassVar[dict[str, Any]] = {
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Berlin",
+        "args": ARGS_EXAMPLE["args"],
+    }
+
+    cron: Text = Field(
+        max_length=256, description="Five cron fields, or @hourly, @daily, ... e.g. '0 2 * * *'."
+    )
+    timezone: Text = Field(
+        "UTC", max_length=64, description="The IANA time zone the cron fields are read in."
+    )
+    args: list[Text] = Field(
+        max_length=MAX_ARGS,
+        description="The arguments of `berth batch run`; `--job` is the scheduler's to set.",
+    )
+    enabled: bool = Field(True, description="false: stored paused.")

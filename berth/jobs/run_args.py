@@ -9,7 +9,8 @@ same flags with their help, and a test keeps the two equal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import shlex
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,3 +141,8 @@ def _value(option: Option, text: str) -> Any:
 
 def _invalid(message: str) -> InvalidInput:
     return InvalidInput(f"invalid job arguments: {message}")
+
+
+def rerun_command(args: Iterable[str]) -> str:
+    """The `berth batch run` command line that runs (and so resumes) the job."""
+    return shlex.join(["berth", "batch", "run", *args])

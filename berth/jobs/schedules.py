@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
@@ -32,13 +32,19 @@ from berth.jobs.records import JobService
 
 # The one definition of `berth batch run` and its options lives with the command.
 from berth.jobs.run_args import parse_run_args
+from berth.store import audit
 from berth.store.db import Database
 from berth.store.tables import ScheduleRow, ScheduleRunRow
 
 STARTED = "started"
 MISSED = "missed"
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
+UPCOMING = 3
+"""How many run times a new or replaced schedule is shown with."""
+MAX_RUNS = 1000
+"""The most ticks one listing of a schedule's runs returns."""
 _SET_PER_RUN = ("--job",)
 """Options the scheduler gives each run itself; a schedule must not store them."""
 
@@ -102,6 +108,10 @@ class ScheduleInfo:
             return None
         return self.expression.next_after(max(now, self.counted_from))
 
+    def upcoming(self, now: datetime, count: int) -> list[datetime]:
+        """The next `count` ticks (after `now`), whether or not the schedule is enabled."""
+        return self.expression.upcoming(max(now, self.counted_from), count)
+
     def to_dict(self, now: datetime) -> dict[str, Any]:
         zone = self.expression.zone
         next_run = self.next_run(now)
@@ -111,8 +121,8 @@ class ScheduleInfo:
             "timezone": self.timezone,
             "args": list(self.args),
             "enabled": self.enabled,
-            "next_run": None if next_run is None else _local(next_run, zone),
-            "last_tick": None if self.last_tick is None else _local(self.last_tick, zone),
+            "next_run": None if next_run is None else local_time(next_run, zone),
+            "last_tick": None if self.last_tick is None else local_time(self.last_tick, zone),
             "last_run": None if self.last_run is None else self.last_run.to_dict(),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -126,6 +136,7 @@ class ScheduleService:
         self.db = db
         self._clock = clock or (lambda: datetime.now(UTC))
         self._jobs = JobService(db, clock=self._clock)
+        self._audit = audit.AuditLog(db)
 
     # definitions -------------------------------------------------------------------------
 
@@ -137,25 +148,39 @@ class ScheduleService:
         args: Sequence[str],
         timezone: str = "UTC",
         enabled: bool = True,
+        actor: str | None = None,
+        address: str | None = None,
     ) -> tuple[ScheduleInfo, Outcome]:
-        """Create the schedule `name`, or replace its definition; refuses what cannot run."""
-        check_definition(name, cron, timezone, args)
-        try:
-            return self._put(name, cron, args, timezone, enabled)
-        except IntegrityError:  # PostgreSQL: another process created it since we looked
-            raise Conflict(
-                f"schedule '{name}' was created by someone else at the same moment; run the "
-                "command again to replace it"
-            ) from None
+        """Create the schedule `name`, or replace its definition; refuses what cannot run.
+
+        Audited as `schedule.set` by `actor` (the local CLI user when None), refusals too."""
+        detail = {"cron": cron, "timezone": timezone, "enabled": enabled}
+        what = audit.event(actor, address, "schedule.set", name, detail)
+        with self._audit.refusals(what):
+            check_definition(name, cron, timezone, args)
+            try:
+                return self._put(name, cron, args, timezone, enabled, what)
+            except IntegrityError:  # PostgreSQL: another process created it since we looked
+                raise Conflict(
+                    f"schedule '{name}' was created by someone else at the same moment; run "
+                    "the command again to replace it"
+                ) from None
 
     def _put(
-        self, name: str, cron: str, args: Sequence[str], timezone: str, enabled: bool
+        self,
+        name: str,
+        cron: str,
+        args: Sequence[str],
+        timezone: str,
+        enabled: bool,
+        what: audit.AuditEvent,
     ) -> tuple[ScheduleInfo, Outcome]:
         now = self._clock()
         with self.db.session(write=True) as session:
             row = _find(session, name, lock=True)
+            outcome: Outcome
             if row is None:
-                outcome: Outcome = "created"
+                outcome = "created"
                 row = ScheduleRow(name=name, created_at=now, last_tick=None)
                 session.add(row)
             elif (row.cron, row.timezone, list(row.args), row.enabled) == (
@@ -164,12 +189,14 @@ class ScheduleService:
                 list(args),
                 enabled,
             ):
-                return self._info(session, row), "unchanged"
+                outcome = "unchanged"
             else:
                 outcome = "replaced"
-            row.cron, row.timezone, row.args, row.enabled = cron, timezone, list(args), enabled
-            row.updated_at = now
-            session.flush()
+            if outcome != "unchanged":
+                row.cron, row.timezone, row.args = cron, timezone, list(args)
+                row.enabled, row.updated_at = enabled, now
+                session.flush()
+            audit.add(session, replace(what, detail={**(what.detail or {}), "outcome": outcome}))
             return self._info(session, row), outcome
 
     def get(self, name: str) -> ScheduleInfo:
@@ -183,25 +210,39 @@ class ScheduleService:
         with self.db.session() as session:
             return [self._info(session, row) for row in session.scalars(query).all()]
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, actor: str | None = None, address: str | None = None) -> None:
         """Remove the schedule and its history; jobs it started stay in `berth jobs list`."""
-        with self.db.session(write=True) as session:
+        what = audit.event(actor, address, "schedule.delete", name)
+        with self._audit.refusals(what), self.db.session(write=True) as session:
             _row(session, name, lock=True)
             session.execute(delete(ScheduleRunRow).where(ScheduleRunRow.schedule == name))
             session.execute(delete(ScheduleRow).where(ScheduleRow.name == name))
+            audit.add(session, what)
 
-    def set_enabled(self, name: str, enabled: bool) -> ScheduleInfo:
+    def set_enabled(
+        self,
+        name: str,
+        enabled: bool,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+    ) -> ScheduleInfo:
         """Pause or resume a schedule; a resumed one does not catch up on the paused ticks."""
-        with self.db.session(write=True) as session:
+        action = "schedule.enable" if enabled else "schedule.disable"
+        what = audit.event(actor, address, action, name)
+        with self._audit.refusals(what), self.db.session(write=True) as session:
             row = _row(session, name, lock=True)
             if row.enabled != enabled:
                 row.enabled = enabled
                 row.updated_at = self._clock()
                 session.flush()
+            audit.add(session, what)
             return self._info(session, row)
 
     def runs(self, name: str, limit: int = 20) -> Sequence[RunInfo]:
         """The schedule's handled ticks, newest first."""
+        if not 1 <= limit <= MAX_RUNS:
+            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_RUNS}")
         query = (
             select(ScheduleRunRow)
             .where(ScheduleRunRow.schedule == name)
@@ -324,6 +365,17 @@ class ScheduleService:
         )
 
 
+def set_document(info: ScheduleInfo, outcome: Outcome, now: datetime) -> dict[str, Any]:
+    """What storing a schedule answers (the API, and `berth batch schedule` from it): the
+    schedule, what changed, and its next run times."""
+    zone = info.expression.zone
+    return {
+        "schedule": info.to_dict(now),
+        "outcome": outcome,
+        "upcoming": [local_time(tick, zone) for tick in info.upcoming(now, UPCOMING)],
+    }
+
+
 def check_definition(name: str, cron: str, timezone: str, args: Sequence[str]) -> None:
     """Refuse a schedule that could not run: bad name, cron, time zone or job arguments."""
     if not _NAME.fullmatch(name):
@@ -343,7 +395,8 @@ def when(moment: datetime, zone: ZoneInfo) -> str:
     return f"{moment.astimezone(zone):%Y-%m-%d %H:%M %Z}"
 
 
-def _local(moment: datetime, zone: ZoneInfo) -> str:
+def local_time(moment: datetime, zone: ZoneInfo) -> str:
+    """A moment in ISO 8601, in its schedule's zone (as the documents give times)."""
     return moment.astimezone(zone).isoformat()
 
 

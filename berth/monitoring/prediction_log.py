@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy import Table, delete, insert, select
 from berth.monitoring.config import PredictionLogConfig
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
+from berth.store import audit
 from berth.store.db import Database
 from berth.store.tables import FeedbackRow, PredictionRow
 
@@ -141,6 +143,14 @@ class PredictionLog:
                 await anyio.to_thread.run_sync(self.apply_retention)
             except Exception:
                 log.exception("prediction log retention failed; retrying next interval")
+
+    def prune(self, *, actor: str | None = None, address: str | None = None) -> int:
+        """Apply the retention now, as `actor` asked (`berth feedback prune`, or POST
+        /api/v1/prediction-log/prune): rows deleted, recorded in the audit log."""
+        deleted = self.apply_retention()
+        what = audit.event(actor, address, "prediction_log.prune", "prediction log")
+        audit.AuditLog(self.db).record(replace(what, detail={"deleted": deleted}))
+        return deleted
 
     def apply_retention(self, now: datetime | None = None) -> int:
         """Delete rows older than max_age, then the oldest beyond max_rows; rows deleted.

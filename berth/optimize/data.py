@@ -82,6 +82,7 @@ class CheckData:
             "rows": self.rows,
             "sources": dict(self.sources),
             "generated_from": self.generated_from,
+            "description": self.describe(),
         }
 
 

@@ -105,6 +105,7 @@ class EquivalenceReport:
         return {
             "rows": self.rows,
             "label_agreement": self.label_agreement,
+            "agreeing": self.agreeing,
             "ties": self.ties,
             "max_probability_diff": self.max_probability_diff,
             "max_value_diff": self.max_value_diff,

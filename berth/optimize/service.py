@@ -63,6 +63,7 @@ class OptimizeReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source.ref,
+            "source_flavor": self.source.flavor,
             "version": self.version.to_dict(),
             "check": {**self.check.to_dict(), "data": self.data.to_dict()},
             "speed": self.speed.to_dict(),

@@ -6,6 +6,7 @@ Each measurement warms up, then calls `predict` on the same batch until a time b
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class Timing:
             "batch": self.batch,
             "source_ms": round(self.source_ms, 4),
             "optimized_ms": round(self.optimized_ms, 4),
-            "speedup": round(self.speedup, 2),
+            "speedup": round(self.speedup, 2) if math.isfinite(self.speedup) else None,
         }
 
 

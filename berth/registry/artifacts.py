@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 
@@ -129,12 +129,39 @@ class ArtifactStore:
             raise
         return local / artifact.entry if artifact.entry else local
 
+    def files(self, artifact: StoredArtifact) -> list[tuple[str, int]]:
+        """The artifact's stored files as (path relative to its root, size), sorted by path:
+        what `fetch` copies. Read straight from the store, so nothing is cached or verified
+        here; whoever receives the bytes checks them against the sha256."""
+        if not artifact.is_directory:
+            stored = f"{artifact.uri}/{artifact.entry}"
+            if not self.fs.isfile(stored):
+                raise self._missing(artifact)
+            return [(artifact.entry, int(self.fs.size(stored)))]
+        found = self.fs.find(artifact.uri, detail=True) if self.fs.isdir(artifact.uri) else {}
+        listed = [
+            (remote[len(artifact.uri) :].lstrip("/"), int(info["size"]))
+            for remote, info in found.items()
+        ]
+        files = sorted((rel, size) for rel, size in listed if not rel.endswith(".partial"))
+        if not files:
+            raise self._missing(artifact)
+        return files
+
+    def open(self, artifact: StoredArtifact, relative: str) -> IO[bytes]:
+        """One stored file of the artifact (a path `files` gave), for reading."""
+        handle: IO[bytes] = self.fs.open(f"{artifact.uri}/{relative}", "rb")
+        return handle
+
+    def _missing(self, artifact: StoredArtifact) -> NotFound:
+        return NotFound(
+            f"artifact {artifact.sha256[:12]} is missing from the store at {artifact.uri}; "
+            "restore the store from a backup or register the model again"
+        )
+
     def _download(self, artifact: StoredArtifact, local: Path) -> None:
         if not self.fs.exists(artifact.uri):
-            raise NotFound(
-                f"artifact {artifact.sha256[:12]} is missing from the store at {artifact.uri}; "
-                "restore the store from a backup or register the model again"
-            )
+            raise self._missing(artifact)
         # A staging folder of its own: workers of one server fetch the same artifact at once.
         staging = local.with_name(f"{local.name}.{uuid.uuid4().hex}.partial")
         staging.mkdir(parents=True)

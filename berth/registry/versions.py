@@ -108,6 +108,11 @@ class VersionInfo:
             "lineage": self.lineage.to_dict() if self.lineage else None,
         }
 
+    def registered_dict(self) -> dict[str, Any]:
+        """What registering it answers (the command prints it, the upload route returns it):
+        `to_dict` with the notes of adding it, which are never stored."""
+        return {**self.to_dict(), "notes": list(self.notes)}
+
 
 @dataclass(frozen=True)
 class ModelInfo:

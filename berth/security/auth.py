@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio.to_thread
@@ -35,6 +35,8 @@ class Principal:
     scopes: tuple[str, ...]
     rate: str | None = None
     """This caller's own rate limit (a key's --rate); None: the server default."""
+    key_id: str | None = field(default=None, compare=False)
+    """The API key the caller presented; None for a JWT or dev mode."""
 
     def may_predict(self, model: str) -> bool:
         return any(s in ("admin", "predict", f"predict:{model}") for s in self.scopes)
@@ -106,7 +108,8 @@ class KeyVerifier:
                 reason="invalid_token",
             )
         self._used.add(stored.info.key_id)
-        return Principal(name=stored.info.name, scopes=stored.info.scopes, rate=stored.info.rate)
+        info = stored.info
+        return Principal(name=info.name, scopes=info.scopes, rate=info.rate, key_id=info.key_id)
 
     async def _stored(self, key_id: str) -> StoredKey | None:
         """The key's registry row, never older than `refresh_seconds` (revocations apply).

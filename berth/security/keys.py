@@ -204,10 +204,26 @@ class KeyService:
             audit.add(session, event)
             return _info(row), key
 
-    def revoke(self, name: str, *, actor: str | None = None, address: str | None = None) -> KeyInfo:
+    def revoke(
+        self,
+        name: str,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+        caller_key_id: str | None = None,
+    ) -> KeyInfo:
+        """Revoke the key `name`; refused when it is `caller_key_id`, the key the request is
+        made with: the caller would lock themselves out mid-session, and a remote CLI would
+        only learn it from the next command's 401."""
         event = audit.event(actor, address, "key.revoke", name)
         with self.audit.refusals(event), self.db.session() as session:
             row = _row(session, name)
+            if caller_key_id is not None and row.key_id == caller_key_id and row.revoked_at is None:
+                raise Conflict(
+                    f"key '{name}' is the key this request is made with; revoking it would lock "
+                    "you out: revoke it with another admin key, or with `berth keys revoke` on "
+                    "the server's host"
+                )
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             audit.add(session, event)

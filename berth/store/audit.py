@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from berth.errors import BerthError, DatabaseUnavailable
+from berth.errors import BerthError, DatabaseUnavailable, InvalidInput
 from berth.store.db import Database
 from berth.store.tables import AuditRow
 
@@ -96,6 +96,19 @@ def _row(event: AuditEvent) -> AuditRow:
         address=event.address,
         detail=event.detail,
     )
+
+
+MAX_LISTED = 1000
+"""The most events one listing returns (`berth audit list --limit`, GET /api/v1/audit)."""
+MAX_ACTOR_CHARS = 128
+
+
+def check_listing(actor: str | None, limit: int) -> None:
+    """Refuse a listing's filters as both edges word it."""
+    if actor is not None and len(actor) > MAX_ACTOR_CHARS:
+        raise InvalidInput(f"actor is at most {MAX_ACTOR_CHARS} characters")
+    if not 1 <= limit <= MAX_LISTED:
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LISTED}")
 
 
 class AuditLog:

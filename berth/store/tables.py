@@ -411,6 +411,9 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What the run that ended it reported (rows, seconds, where the results are), so that
+    `berth batch run` in remote mode prints what it would locally."""
 
 
 class ScheduleRow(Base):

@@ -68,6 +68,16 @@ VERSION_INFO: Schema = object_schema(
         "pickle_trusted": BOOLEAN,
     }
 )
+REGISTERED: Schema = object_schema(
+    {
+        **VERSION_INFO["properties"],
+        "notes": {
+            **STRINGS,
+            "description": "What registering found worth telling (an inferred signature, the "
+            "same bytes already registered as another version); not stored.",
+        },
+    }
+)
 _MODEL_FIELDS: dict[str, Schema] = {
     "name": STRING,
     "description": STRING,
@@ -153,6 +163,7 @@ ALIAS_REMOVED: Schema = object_schema({"removed": {"type": "string", "descriptio
 VERSION_DELETED: Schema = object_schema(
     {"deleted": {"type": "string", "description": "NAME:VERSION"}}
 )
+MODEL_DELETED: Schema = object_schema({"deleted": {"type": "string", "description": "NAME"}})
 AUDIT_EVENTS: Schema = object_schema(
     {
         "events": {
