@@ -299,3 +299,24 @@ def test_the_candidate_is_given_to_validate_as_a_path(run: Run, tmp_path: Path) 
     done = run("ci", "gates")
     assert done.code == 0, done.err
     assert done.out.startswith("berth validate ./model --data data/holdout.csv")
+
+
+def test_the_readme_shows_the_files_init_writes(run: Run, tmp_path: Path) -> None:
+    """The README's CI/CD section shows the generated files: they must be what `init` writes
+    with the options its example gives, so a template change shows up there too."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = {
+        name: readme.split(f"<summary><code>{name}</code></summary>\n\n```", 1)[1]
+        .split("\n", 1)[1]
+        .split("\n```\n", 1)[0]
+        for name in ("berth-ci.toml", *FILES.values())
+    }
+    for provider in ("github", "gitlab"):
+        folder = tmp_path / provider
+        folder.mkdir()
+        options = ("--model", "churn", "--target", "churned", "--approval")
+        written = run("ci", "init", "--provider", provider, *options, "--dir", str(folder))
+        assert written.code == 0, written.err
+        assert f"berth ci init --provider {provider} {' '.join(options)}" in readme
+        for name in ("berth-ci.toml", FILES[provider]):
+            assert (folder / name).read_text().rstrip() == shown[name], name
