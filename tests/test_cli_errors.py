@@ -60,6 +60,9 @@ CHEAPEST: dict[str, list[str]] = {
 # Commands that talk to a server or manage server profiles, not the local registry: they fail
 # for another reason here.
 REMOTE = {"bench", "login", "logout", "profile list", "profile use", "profile remove"}
+# `berth ci` commands read a model repository (its berth-ci.toml or pipeline file) before any
+# setting: here, with none, they fail on that first, in one line naming what to write.
+REPOSITORY = {"ci init", "ci gates", "ci validate", "ci env", "ci version", "ci smoke", "ci run"}
 # Commands that run until stopped once they start: with a working setup they would block here.
 LONG_RUNNING = {"serve", "scheduler", "stream run", "demo"}
 
@@ -222,13 +225,15 @@ def test_every_command_fails_in_one_line_under_a_broken_setting(
     outcome = run(*args)
     if name in LONG_RUNNING:
         assert outcome.code != 0, f"{name} started with a broken {setting}"
-    _assert_one_clean_line(outcome.code, outcome.err, None if name in REMOTE else fragment)
+    named = None if name in REMOTE | REPOSITORY else fragment
+    _assert_one_clean_line(outcome.code, outcome.err, named)
 
 
 def test_every_command_is_covered() -> None:
     names = {name for name, _ in COMMANDS}
     assert {"models list", "keys list", "serve", "demo", "batch run"} <= names
     assert set(CHEAPEST) <= names, set(CHEAPEST) - names
+    assert names >= REPOSITORY, REPOSITORY - names
 
 
 @pytest.mark.parametrize(
