@@ -45,6 +45,27 @@ class Mode:
         return self.name == "remote"
 
 
+def wait_served(mode: Mode, model: str, timeout: float = 15.0) -> None:
+    """Return once remote mode's server serves `model`, which `berth predict` needs there.
+
+    The server was started without references: it serves every model with a production alias,
+    and starts serving a newly aliased one at its next refresh (within BERTH_REFRESH_SECONDS, 1
+    by default). Nothing to wait for in local mode, where `berth predict` loads the version.
+    """
+    import httpx
+
+    if mode.url is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        loaded = httpx.get(f"{mode.url}/ready", timeout=5).json().get("models", [])
+        if any(ref.partition(":")[0] == model for ref in loaded):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server does not serve {model} (it serves {loaded})")
+        time.sleep(0.05)
+
+
 @contextmanager
 def threaded_server(settings: Settings) -> Iterator[str]:
     """The app of `settings` served by uvicorn on a free loopback port; its base URL."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from berth.config import Settings
 from berth.registry.service import Registry
 from berth.store.audit import AuditLog
-from tests.cli_modes import Mode
+from tests.cli_modes import Mode, wait_served
 from tests.conftest import Run
+from tests.local_twin import local_twin
 from tests.test_cli_errors import leaf_commands
 
 
@@ -104,31 +106,119 @@ def test_errors_are_one_line_and_exit_nonzero(run_both: Run, tmp_path: Path) -> 
     assert "KEY=VALUE" in bad_metric.err
 
 
-def test_predict_in_process(run: Run, churn_files: tuple[Path, Path, Path]) -> None:
+def test_predict(run_both: Run, cli_mode: Mode, churn_files: tuple[Path, Path, Path]) -> None:
+    """In process locally; through the server's v1 prediction routes in remote mode (which
+    serve the model once it has a production alias)."""
+    run = run_both
     model, sample, signature = churn_files
-    assert (
-        run(
-            "models",
-            "register",
-            "churn",
-            str(model),
-            "--sample",
-            str(sample),
-            "--signature",
-            str(signature),
-        ).code
-        == 0
+    registered = run(
+        "models",
+        "register",
+        "churn",
+        str(model),
+        "--sample",
+        str(sample),
+        "--signature",
+        str(signature),
+        "--alias",
+        "production",
     )
+    assert registered.code == 0, registered.err
+    wait_served(cli_mode, "churn")
     row = {"tenure_months": 3, "monthly_charges": 90.0, "plan": "basic", "support_calls": 4}
     one = run("predict", "churn", "--input", json.dumps({"features": row}))
     assert one.code == 0, one.err
-    assert json.loads(one.out)["prediction"] in (0, 1)
+    single = json.loads(one.out)
+    assert single["prediction"] in (0, 1)
+    assert list(single) == [
+        *("prediction", "probability", "probabilities", "classes"),
+        *("model", "model_version", "prediction_id"),
+    ]
+    assert (single["model"], single["model_version"], single["classes"]) == ("churn", 1, [0, 1])
     many = run("predict", "churn:1", "--input", str(sample))
     assert many.code == 0, many.err
     assert len(json.loads(many.out)["predictions"]) == 200
+    aliased = run("predict", "churn@production", "--input", json.dumps([row, row]))
+    assert aliased.code == 0, aliased.err
+    assert len(json.loads(aliased.out)["prediction_ids"]) == 2
     bad = run("predict", "churn", "--input", json.dumps({"features": {**row, "plan": 1}}))
     assert bad.code == 1
     assert "features.plan" in bad.err
+    assert bad.err.count("\n") == 1
+    missing = run("predict", "churn:7", "--input", json.dumps({"features": row}))
+    assert missing.code == 1
+    assert missing.err == "error: model 'churn' has no version 7 (versions: 1)\n"
+
+
+def _without_ids(text: str) -> str:
+    """Printed v1 documents with their prediction ids (new for every prediction) blanked."""
+    return re.sub(r'"[0-9a-f]{32}(-[0-9]+)?"', '"ID"', text)
+
+
+@pytest.mark.parametrize("cli_mode", ["remote"], indirect=True)
+def test_remote_predict_prints_what_local_mode_prints(
+    run_both: Run,
+    cli_mode: Mode,
+    settings: Settings,
+    churn_files: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Character for character (prediction ids aside), errors included; the key needs the
+    predict scope, or predict:MODEL."""
+    from berth.security.config import KeyConfig
+    from berth.security.keys import KeyService, server_secret
+
+    run = run_both
+    model, sample, signature = churn_files
+    register = ("models", "register", "churn", str(model), "--sample", str(sample))
+    assert run(*register, "--signature", str(signature), "--alias", "production").code == 0
+    wait_served(cli_mode, "churn")
+    row = {"tenure_months": 3, "monthly_charges": 90.0, "plan": "basic", "support_calls": 4}
+    for reference, given, refused in (
+        ("churn", json.dumps({"features": row}), ""),
+        ("churn@production", str(sample), ""),
+        ("churn:1", json.dumps({"instances": [row, {**row, "plan": "pro"}]}), ""),
+        (
+            "churn",
+            json.dumps({"features": {**row, "plan": 1}}),
+            "features.plan: row 0 expected strings",
+        ),
+        ("churn:7", json.dumps(row), "model 'churn' has no version 7"),
+        ("churn@staging", json.dumps(row), "model 'churn' has no alias 'staging'"),
+        ("a/b", json.dumps(row), "'a/b' is not a model reference"),
+        ("churn", "{not json", "--input is not valid JSON"),
+        ("churn", '{"features": 5}', "features: expected a list or an object"),
+        ("churn", '{"instances": 5}', "instances: expected a list of rows, got a number"),
+    ):
+        remote = run("predict", reference, "--input", given)
+        local = local_twin(run, monkeypatch, None, "predict", reference, "--input", given)
+        assert (remote.code, remote.err) == (local.code, local.err), reference
+        assert _without_ids(remote.out) == _without_ids(local.out), reference
+        if refused:
+            assert remote.code == 1
+            assert remote.err.startswith(f"error: {refused}"), remote.err
+        else:
+            assert remote.code == 0, remote.err
+            assert remote.out != local.out  # each mode predicted: the ids differ
+    # The one difference: remote mode predicts with what the server serves (locally, any
+    # registered version loads); both modes fail alike, each saying what to do.
+    unserved = run("predict", "ghost", "--input", json.dumps(row))
+    assert unserved.code == 1
+    assert unserved.err.startswith("error: model 'ghost' is not served here (served: churn)")
+    registry = Registry.from_settings(settings)
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
+    narrow = keys.create("churn-only", scopes=("predict:churn",))[1]
+    reader = keys.create("reader", scopes=("read",))[1]
+    registry.db.dispose()
+    monkeypatch.setenv("BERTH_API_KEY", narrow)
+    assert run("predict", "churn", "--input", json.dumps(row)).code == 0
+    monkeypatch.setenv("BERTH_API_KEY", reader)
+    refused = run("predict", "churn", "--input", json.dumps(row))
+    assert refused.code == 1
+    assert refused.err == (
+        f"error: {cli_mode.url} refused: key 'reader' may not predict with model 'churn'; "
+        "create a key with --scope predict or --scope predict:churn\n"
+    )
 
 
 def test_config_show_redacts_secrets(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,9 +313,12 @@ def test_pickle_needs_trust_pickle(
     assert "trusts" in shown.out
     assert "pickle" in shown.out
     assert json.loads(run("models", "show", "iris", "--json").out)["pickle_trusted"] is True
-    if not cli_mode.remote:  # `berth predict` has no remote mode (yet)
-        predicted = run("predict", "iris", "--input", "[5.1, 3.5, 1.4, 0.2]")
-        assert predicted.code == 0, predicted.err
+    # The trusted pickle loads (in a server in remote mode, which serves it once aliased).
+    assert run("models", "alias", "iris", "production", "1").code == 0
+    wait_served(cli_mode, "iris")
+    predicted = run("predict", "iris", "--input", "[5.1, 3.5, 1.4, 0.2]")
+    assert predicted.code == 0, predicted.err
+    assert json.loads(predicted.out)["prediction"] == 0
 
 
 def test_trust_type_and_archives(run_both: Run, cli_mode: Mode, tmp_path: Path) -> None:
@@ -261,8 +354,11 @@ def test_trust_type_and_archives(run_both: Run, cli_mode: Mode, tmp_path: Path) 
     shown = json.loads(run("models", "show", "iris", "--json").out)
     assert shown["trusted_types"] == ["numpy.sum"]
     assert "numpy.sum" in run("models", "show", "iris").out
-    if not cli_mode.remote:  # `berth predict` has no remote mode (yet)
-        assert run("predict", "iris", "--input", "[5.1, 3.5, 1.4, 0.2]").code == 0
+    # The skops file loads with the version's own trusted type (in remote mode, on the server).
+    assert run("models", "alias", "iris", "production", "1").code == 0
+    wait_served(cli_mode, "iris")
+    predicted = run("predict", "iris", "--input", "[5.1, 3.5, 1.4, 0.2]")
+    assert predicted.code == 0, predicted.err
 
 
 def test_bad_names_are_refused(run_both: Run) -> None:
@@ -316,11 +412,13 @@ def test_predict_reads_a_csv_without_header_row(
     sio.dump(LogisticRegression().fit(frame, [0, 1, 0, 1]), tmp_path / "m.skops")
     rows = tmp_path / "rows.csv"
     rows.write_text("1.5,0\n2.5,1\n0.5,1\n")
-    registered = run("models", "register", "m", str(tmp_path / "m.skops"), "--sample", str(rows))
+    registered = run(
+        "models", "register", "m", str(tmp_path / "m.skops"), "--sample", str(rows),
+        "--alias", "production",
+    )  # fmt: skip
     assert registered.code == 0, registered.err
     assert "rows.csv has no header row" in registered.out
-    if cli_mode.remote:  # `berth predict` has no remote mode (yet)
-        return
+    wait_served(cli_mode, "m")
     predicted = run("predict", "m", "--input", str(rows))
     assert predicted.code == 0, predicted.err
     assert len(json.loads(predicted.out)["predictions"]) == 3

@@ -28,7 +28,7 @@ from berth.registry.profile import OTHER, reference_statistics
 from berth.registry.service import Registry
 from berth.registry.signature import Signature, TensorSpec, infer_signature, read_sample
 from berth.registry.versions import VersionInfo
-from tests.cli_modes import UNUSABLE_DATABASE, Mode, threaded_server
+from tests.cli_modes import UNUSABLE_DATABASE, Mode, threaded_server, wait_served
 from tests.conftest import Outcome, Run
 
 CHURN_COLUMNS = ["tenure_months", "monthly_charges", "plan", "support_calls"]
@@ -513,6 +513,11 @@ def test_cli_register_reference_and_show_reference_statistics(
         # A server keeps the live inputs: remote mode shows its live drift (none came yet).
         assert "churn:1  live rows 0/5000  verdict no_data" in shown.out
         assert json.loads(run("models", "drift", "churn:1", "--json").out)["verdict"] == "no_data"
+        # `berth predict` goes through the server's prediction route: its rows are live inputs.
+        wait_served(cli_mode, "churn")
+        assert run("predict", "churn", "--input", str(churn_files[1])).code == 0
+        live = json.loads(run("models", "drift", "churn:1", "--json").out)
+        assert live["window"] == {"rows": 200, "capacity": 5000, "seen": 200}
         return
     assert "reference statistics of 200 rows" in shown.out
     assert "categorical" in shown.out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -29,6 +30,7 @@ from sklearn.neural_network import MLPClassifier
 
 from berth.config import Settings
 from berth.deploy.edge import export_edge
+from berth.deploy.source import RegistrySource
 from berth.optimize import speed
 from berth.optimize.equivalence import NotEquivalent
 from berth.optimize.service import optimize
@@ -36,6 +38,7 @@ from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.runtimes.loading import artifact_path
 from tests.conftest import Run, register_churn, register_iris, serving
+from tests.local_twin import local_twin
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -171,8 +174,9 @@ def register_network(registry: Registry, folder: Path) -> Path:
 
 
 def test_iris_export_is_a_self_contained_folder_that_tests_itself(
-    run: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
 ) -> None:
+    run = run_both
     version = register_iris(sqlite_registry, iris_files)
     out = tmp_path / "iris-edge"
     np.save(tmp_path / "iris.npy", load_iris(return_X_y=True)[0].astype(np.float32))
@@ -241,7 +245,7 @@ def test_the_shipped_test_fails_when_the_answers_differ(
     sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path, tamper: str
 ) -> None:
     register_iris(sqlite_registry, iris_files)
-    out = export_edge(sqlite_registry, "iris:1", tmp_path / "edge").folder
+    out = export_edge(RegistrySource(sqlite_registry), "iris:1", tmp_path / "edge").folder
     berth = expected(out)
     if tamper == "label":
         berth["predictions"][0] = (berth["predictions"][0] + 1) % 3
@@ -261,7 +265,9 @@ def test_churn_runner_takes_json_and_csv_with_only_numpy_and_onnxruntime(
 ) -> None:
     register_churn(sqlite_registry, churn_files)
 
-    report = export_edge(sqlite_registry, "churn@production", tmp_path / "churn-edge")
+    report = export_edge(
+        RegistrySource(sqlite_registry), "churn@production", tmp_path / "churn-edge"
+    )
 
     out = report.folder
     assert report.check.label_agreement == 1.0
@@ -286,7 +292,7 @@ def test_runner_refuses_rows_the_signature_refuses(
     sqlite_registry: Registry, churn_files: ChurnFiles, tmp_path: Path
 ) -> None:
     register_churn(sqlite_registry, churn_files)
-    out = export_edge(sqlite_registry, "churn:1", tmp_path / "churn-edge").folder
+    out = export_edge(RegistrySource(sqlite_registry), "churn:1", tmp_path / "churn-edge").folder
     row = sample_rows(out)[0]
     cases = {
         "missing.json": ({k: v for k, v in row.items() if k != "plan"}, "missing: ['plan']"),
@@ -342,7 +348,7 @@ def test_onnx_versions_are_exported_as_registered(
     )
 
     for version in (optimized, zipmap):
-        report = export_edge(sqlite_registry, version.ref, tmp_path / version.model)
+        report = export_edge(RegistrySource(sqlite_registry), version.ref, tmp_path / version.model)
 
         out = report.folder
         assert report.converted is None
@@ -357,8 +363,9 @@ def test_onnx_versions_are_exported_as_registered(
 
 
 def test_int8_exports_of_a_network_and_of_its_onnx_version(
-    run: Run, sqlite_registry: Registry, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, tmp_path: Path
 ) -> None:
+    run = run_both
     holdout = register_network(sqlite_registry, tmp_path)
     optimize(sqlite_registry, "network:1")  # network:2, its float ONNX form
     for ref in ("network:1", "network:2"):
@@ -399,7 +406,9 @@ def test_int8_beyond_its_default_tolerance_is_refused_with_the_measurements(
     out = tmp_path / "edge"
 
     with pytest.raises(NotEquivalent) as refused:
-        export_edge(sqlite_registry, "network:1", out, quantize="int8", data=holdout)
+        export_edge(
+            RegistrySource(sqlite_registry), "network:1", out, quantize="int8", data=holdout
+        )
 
     message = refused.value.message
     assert message.startswith("export refused: the int8-quantized ONNX form of network:1")
@@ -426,7 +435,9 @@ def test_runner_answers_equal_a_real_berth_server(
     register_churn(sqlite_registry, churn_files)
     optimize(sqlite_registry, "iris:1")
     folders = {
-        ref: export_edge(sqlite_registry, ref, tmp_path / ref.replace(":", "-")).folder
+        ref: export_edge(
+            RegistrySource(sqlite_registry), ref, tmp_path / ref.replace(":", "-")
+        ).folder
         for ref in ("iris:1", "iris:2", "churn:1")
     }
     env = dict(os.environ)  # BERTH_HOME: the registry above
@@ -453,8 +464,9 @@ def test_runner_answers_equal_a_real_berth_server(
 
 
 def test_unknown_reference_and_format_are_refused(
-    run: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
 ) -> None:
+    run = run_both
     register_iris(sqlite_registry, iris_files)
 
     unknown = run("export", "nope", "--format", "onnx", "--out", str(tmp_path / "a"))
@@ -471,8 +483,9 @@ def test_unknown_reference_and_format_are_refused(
 
 
 def test_python_flavor_is_refused_with_what_to_do(
-    run: Run, sqlite_registry: Registry, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, tmp_path: Path
 ) -> None:
+    run = run_both
     folder = tmp_path / "doubler"
     folder.mkdir()
     (folder / "model.py").write_text(
@@ -499,8 +512,9 @@ def test_python_flavor_is_refused_with_what_to_do(
 
 
 def test_non_empty_directory_needs_force(
-    run: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
 ) -> None:
+    run = run_both
     register_iris(sqlite_registry, iris_files)
     out = tmp_path / "out"
     out.mkdir()
@@ -522,8 +536,9 @@ def test_non_empty_directory_needs_force(
 
 
 def test_a_graph_without_weights_is_not_quantized(
-    run: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
 ) -> None:
+    run = run_both
     register_iris(sqlite_registry, iris_files)
 
     done = run(
@@ -536,8 +551,9 @@ def test_a_graph_without_weights_is_not_quantized(
 
 
 def test_json_report(
-    run: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
+    run_both: Run, sqlite_registry: Registry, iris_files: IrisFiles, tmp_path: Path
 ) -> None:
+    run = run_both
     register_iris(sqlite_registry, iris_files)
 
     done = run("export", "iris:1", "--format", "onnx", "--out", str(tmp_path / "o"), "--json")
@@ -549,3 +565,66 @@ def test_json_report(
     assert report["check"]["rows"] == 1000
     assert report["sample_rows"] == 20
     assert report["folder"] == str(tmp_path / "o")
+
+
+# remote mode: the same folder --------------------------------------------------------------
+
+_EXPORT_DATE = re.compile(rb"(Exported by Berth \S+ on )\d{4}-\d{2}-\d{2}")
+
+
+def _folder_files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of an export folder: its bytes (the README's export date aside), its mode."""
+    found = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        if path.name == "README.md":
+            content, dated = _EXPORT_DATE.subn(rb"\1DATE", content)
+            assert dated == 1
+        found[path.relative_to(root).as_posix()] = (content, path.stat().st_mode & 0o777)
+    return found
+
+
+@pytest.mark.parametrize("cli_mode", ["remote"], indirect=True)
+def test_remote_export_writes_the_folder_local_mode_writes(
+    run_both: Run,
+    sqlite_registry: Registry,
+    iris_files: IrisFiles,
+    churn_files: ChurnFiles,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From a server reached with a key only (the database URL is unusable): the record and
+    the artifact come through the API, and the folder, file by file, and the output are local
+    mode's. A scikit-learn file (a trusted pickle), a table with strings (with --data and a
+    tighter --tolerance), an ONNX version (--json), and an ONNX directory artifact (it travels
+    as a tar)."""
+    run = run_both
+    register_iris(sqlite_registry, iris_files)
+    register_churn(sqlite_registry, churn_files)
+    optimize(sqlite_registry, "iris:1")  # iris:2, onnx
+    folder = tmp_path / "iris-folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("an ONNX graph with its notes\n")
+    optimized = artifact_path(sqlite_registry, sqlite_registry.resolve("iris:2"))
+    (folder / "iris.onnx").write_bytes(optimized.read_bytes())
+    register(
+        sqlite_registry,
+        RegisterRequest(name="folder", path=folder, sample=iris_files[1]),
+    )
+    exports = {
+        "iris:1": [],
+        "churn@production": ["--data", str(churn_files[1]), "--tolerance", "1e-5"],
+        "iris:2": ["--json"],
+        "folder": [],
+    }
+    out = tmp_path / "edge"
+    for reference, options in exports.items():
+        command = ("export", reference, "--format", "onnx", "--out", str(out), "--force")
+        local = local_twin(run, monkeypatch, None, *command, *options)
+        assert local.code == 0, local.err
+        local_files = _folder_files(out)
+        remote = run(*command, *options)
+        assert (remote.code, remote.out) == (local.code, local.out), reference
+        assert _folder_files(out) == local_files, reference
+    assert sqlite_registry.resolve("folder").artifact.is_directory
+    assert expected(out)["source"] == "folder:1"

@@ -180,6 +180,21 @@ def test_churn_pipeline_takes_the_same_columns(
     assert actual.classes == expected.classes
 
 
+def test_a_conversion_gives_the_same_bytes_every_time(
+    sqlite_registry: Registry, churn_files: tuple[Path, Path, Path]
+) -> None:
+    """No random graph name: one model converts to one sha256 (an export is reproducible)."""
+    source = register_churn(sqlite_registry, churn_files)
+    model = load_version(sqlite_registry, source).model  # type: ignore[attr-defined]
+
+    first, second = (to_onnx(model, source.signature) for _ in range(2))
+
+    assert first.onnx_bytes == second.onnx_bytes
+    import onnx
+
+    assert onnx.load_from_string(first.onnx_bytes).graph.name == "Pipeline"
+
+
 def test_generated_rows_follow_the_reference_statistics(
     sqlite_registry: Registry, churn_files: tuple[Path, Path, Path]
 ) -> None:

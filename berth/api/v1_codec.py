@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from berth.api.json_body import parse_object, require
-from berth.errors import InvalidInput
 from berth.registry.signature import Signature
 from berth.runtimes.base import ModelInput
-from berth.serving.validation import decode_instances
+from berth.serving.validation import FEATURES_EXAMPLE, decode_instances, features_row
 
-FEATURES_EXAMPLE = '{"features": [5.1, 3.5, 1.4, 0.2]} or {"features": {"age": 42, "plan": "pro"}}'
 INSTANCES_EXAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]]}'
 
 
@@ -47,12 +45,7 @@ class RowsDecoder:
         document = parse_object(self.body)
         if not self.single:
             return require(document, self.field, INSTANCES_EXAMPLE)
-        value = require(document, self.field, FEATURES_EXAMPLE)
-        if not isinstance(value, list | dict):
-            raise InvalidInput(
-                f"features: expected a list or an object of column values; send e.g. {FEATURES_EXAMPLE}"
-            )
-        return [value]
+        return features_row(require(document, self.field, FEATURES_EXAMPLE))
 
     def fields(self) -> dict[str, Any]:
         """Where a `field:NAME` sticky key may be: the body's top level, or the one row's

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from berth.cli.context import console, registry
+from berth.cli.context import console, registry, remote, settings
 
 if TYPE_CHECKING:
     from berth.deploy.edge import EdgeExport
+    from berth.deploy.source import BuildSource
 
 
 def export(
@@ -47,27 +48,58 @@ def export(
     identical on 99.9% of the check rows, probabilities within the tolerance) before anything
     is written; ONNX versions are exported as they are.
 
+    In remote mode the version's record and artifact come through the server's admin API (the
+    key needs the admin scope); the artifact is downloaded into a private temporary folder,
+    checked against its sha256, and the same folder is written here.
+
     Example: berth export churn@production --format onnx --out churn-edge
     """
     # Imported here: the converters (skl2onnx, onnx) cost a second to import.
-    from berth.deploy.edge import export_edge
+    from berth.deploy.edge import prepare, write_export
+    from berth.deploy.source import local_artifact
 
-    with console.status(f"Exporting {reference} ...") as status:
-        report = export_edge(
-            registry(),
-            reference,
-            out,
-            format=format,
-            quantize=quantize,
-            tolerance=tolerance,
-            data=data,
-            force=force,
+    source, trusted_types = _source()
+    plan = prepare(
+        source,
+        reference,
+        out,
+        format=format,
+        quantize=quantize,
+        tolerance=tolerance,
+        data=data,
+        force=force,
+    )
+    # The download (remote mode) shows its own progress bar, before the status line.
+    with (
+        local_artifact(source, plan.version) as artifact,
+        console.status(f"Exporting {reference} ...") as status,
+    ):
+        report = write_export(
+            plan,
+            artifact,
+            trusted_types=trusted_types,
             progress=lambda step: status.update(f"Exporting {reference}: {step} ..."),
         )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     _print_export(report)
+
+
+def _source() -> tuple[BuildSource, tuple[str, ...]]:
+    """Where the version comes from, and the types trusted beside the version's own
+    (BERTH_TRUSTED_TYPES: the registry's in local mode, this process's in remote mode, where
+    the server's own setting is not known)."""
+    server = remote()
+    if server is not None:
+        from berth.cli.remote_build import RemoteSource
+        from berth.registry.service import check_type_names
+
+        trusted = check_type_names(settings().trusted_types, "BERTH_TRUSTED_TYPES")
+        return RemoteSource(server), trusted
+    from berth.deploy.source import RegistrySource
+
+    return RegistrySource(registry()), registry().trusted_types
 
 
 def _print_export(report: EdgeExport) -> None:

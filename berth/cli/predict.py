@@ -1,4 +1,5 @@
-"""`berth predict`: predict in this process, no server, through the same dataplane."""
+"""`berth predict`: predict in this process through the serving dataplane, or in remote mode
+through the server's v1 prediction routes; both print the v1 response document."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from berth.cli.context import registry, settings
+from berth.cli.context import registry, remote, settings
 from berth.errors import InvalidInput
 
 # The dataplane (the serving stack, numpy, pandas) is imported when `berth predict` runs.
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+
+    from berth.cli.remote import Remote
 
 
 def predict(
@@ -23,25 +26,55 @@ def predict(
         ..., "--input", "-i", help="JSON text, or a .json/.csv/.parquet/.jsonl file."
     ),
 ) -> None:
-    """Predict with a registered version, in process, and print the result as JSON.
+    """Predict with a registered version and print the result as JSON (the v1 response).
+
+    Locally the version is loaded in this process. In remote mode the rows go to the server's
+    v1 prediction route (`/api/v1/models/REF/predict` for one row, `batch-predict` for several),
+    so the server must serve the model (`berth serve NAME`, or any model with a production
+    alias) and the key needs the predict scope (or predict:NAME).
 
     Example: berth predict churn@production --input '{"features": {"tenure_months": 3, "plan": "basic"}}'
     """
-    import asyncio
-
     import orjson
+
+    rows, single = _rows(input_)
+    server = remote()
+    if server is not None:
+        document = _remote_predict(server, reference, rows, single)
+    else:
+        document = _local_predict(reference, rows, single)
+    typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+
+
+def _local_predict(reference: str, rows: list[Any], single: bool) -> dict[str, Any]:
+    """The v1 response document, predicted in this process through the serving dataplane."""
+    import asyncio
 
     from berth.serving.dataplane import DataPlane
     from berth.serving.responses import batch_document, single_document
     from berth.serving.validation import instances_decoder
 
-    rows, single = _rows(input_)
     dataplane = DataPlane(registry(), [reference])
     field = "features" if single else "instances"
     decoder = instances_decoder(rows, field, settings().max_batch_rows, single)
     result = asyncio.run(dataplane.predict(reference, decoder))
-    document = single_document(result) if single else batch_document(result)
-    typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    return single_document(result) if single else batch_document(result)
+
+
+def _remote_predict(server: Remote, reference: str, rows: list[Any], single: bool) -> Any:
+    """The server's v1 response document."""
+    from berth.cli.remote import LONG_SECONDS, path
+    from berth.registry.references import parse_reference
+
+    # Refused here as locally: a reference with a '/' would not even reach the route.
+    parse_reference(reference)
+    if single:
+        return server.post(path("models", reference, "predict"), {"features": rows[0]})
+    # The server bounds the work (BERTH_MAX_BATCH_ROWS, its prediction timeout); a long batch
+    # must not be cut off by the client's default timeout.
+    return server.post(
+        path("models", reference, "batch-predict"), {"instances": rows}, timeout=LONG_SECONDS
+    )
 
 
 def _rows(text: str) -> tuple[list[Any], bool]:
@@ -60,7 +93,9 @@ def _rows(text: str) -> tuple[list[Any], bool]:
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"--input is not valid JSON: {exc}") from exc
     if isinstance(document, dict) and "features" in document:
-        return [document["features"]], True
+        from berth.serving.validation import features_row
+
+        return features_row(document["features"]), True
     if isinstance(document, dict) and "instances" in document:
         return document["instances"], False
     if isinstance(document, list) and document and isinstance(document[0], list | dict):

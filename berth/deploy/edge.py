@@ -1,13 +1,16 @@
 """`export_edge`: a version as a self-contained folder that runs with onnxruntime and numpy only.
 
-The CLI (`berth export REF --format onnx --out DIR`) calls this one function. Steps: refuse
-early what cannot work (an unknown format, a non-empty DIR without --force, a torch or python
-version); load the version as it is served; take its ONNX graph (an ONNX version's own bytes)
-or convert it with the same converter `berth models optimize` uses, optionally quantize it to
-int8; check the graph against the served version on the check rows (the optimize rules and
-tolerances: refused with the measured differences otherwise); pick sample rows and ask Berth's
-own serving path for their answers; write the folder to a staging directory, run its own test
-there, and only then copy it into DIR.
+The CLI (`berth export REF --format onnx --out DIR`) calls `prepare`, then `write_export` on a
+local copy of the version's artifact (`export_edge` does both). The version and its artifact
+come from a `BuildSource`: the registry, or in remote mode a server's admin API (the record,
+and the artifact downloaded and checked against its sha256), so both modes write the same
+folder. Steps: refuse early what cannot work (an unknown format, a non-empty DIR without
+--force, a torch or python version); load the version as it is served; take its ONNX graph
+(an ONNX version's own bytes) or convert it with the same converter `berth models optimize`
+uses, optionally quantize it to int8; check the graph against the served version on the check
+rows (the optimize rules and tolerances: refused with the measured differences otherwise);
+pick sample rows and give them Berth's own answers; write the folder to a staging directory,
+run its own test there, and only then copy it into DIR.
 
 Modules: `edge_sample` (sample rows and Berth's answers), `edge_folder` (the files, the self
 test, installing), `edge_runner` (the runner, copied as run.py), `edge_selftest` (its test,
@@ -17,23 +20,23 @@ copied as test_run.py).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from berth.deploy import edge_folder
 from berth.deploy.edge_sample import Sample, sample
+from berth.deploy.source import BuildSource, local_artifact, model_version
 from berth.errors import InvalidInput
 from berth.optimize.convert import Converted
 from berth.optimize.data import CheckData, check_data
 from berth.optimize.equivalence import EquivalenceReport, NotEquivalent, check
 from berth.optimize.quantize import quantize_int8
 from berth.optimize.service import check_tolerance, convert_source, refusal
-from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from berth.runtimes import load_runtime
-from berth.runtimes.loading import artifact_path, load_version
+from berth.runtimes.loading import entry_path, load_fetched
 
 FORMATS = ("onnx",)
 
@@ -84,8 +87,20 @@ class EdgeExport:
         }
 
 
-def export_edge(
-    registry: Registry,
+@dataclass(frozen=True)
+class EdgePlan:
+    """An export checked before any artifact byte is read: what `prepare` found."""
+
+    version: VersionInfo
+    target: Path
+    """The folder to write (`--out`), checked empty or forced."""
+    tolerance: float
+    quantize: str | None
+    data: Path | None
+
+
+def prepare(
+    source: BuildSource,
     reference: str,
     out: Path,
     *,
@@ -94,28 +109,73 @@ def export_edge(
     tolerance: float | None = None,
     data: Path | None = None,
     force: bool = False,
-    progress: Progress | None = None,
-) -> EdgeExport:
-    """Write `reference` as an ONNX folder in `out`, or refuse and say why (nothing written).
+) -> EdgePlan:
+    """Refuse early what cannot work (nothing read or written yet), and find the version.
 
     `tolerance`: as for `berth models optimize` (1e-4 for a conversion, may only be tightened;
     1e-2 by default with int8); it also bounds the shipped test's probability comparison.
     """
-    step = progress or _silent
     if format not in FORMATS:
         raise InvalidInput(f"unknown export format '{format}'; use one of {', '.join(FORMATS)}")
     limit = check_tolerance(tolerance, quantize)
     target = edge_folder.check_target(out, force)
-    source = registry.resolve(reference)
-    if source.flavor in _NOT_CONVERTIBLE:
-        raise InvalidInput(f"{source.ref} cannot be exported: {_NOT_CONVERTIBLE[source.flavor]}")
+    version = model_version(source, reference)
+    if version.flavor in _NOT_CONVERTIBLE:
+        raise InvalidInput(f"{version.ref} cannot be exported: {_NOT_CONVERTIBLE[version.flavor]}")
+    return EdgePlan(version, target, limit, quantize, data)
+
+
+def export_edge(
+    source: BuildSource,
+    reference: str,
+    out: Path,
+    *,
+    format: str = "onnx",
+    quantize: str | None = None,
+    tolerance: float | None = None,
+    data: Path | None = None,
+    force: bool = False,
+    trusted_types: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> EdgeExport:
+    """Write `reference` as an ONNX folder in `out`, or refuse and say why (nothing written):
+    `prepare`, the artifact fetched from `source`, then `write_export`."""
+    plan = prepare(
+        source,
+        reference,
+        out,
+        format=format,
+        quantize=quantize,
+        tolerance=tolerance,
+        data=data,
+        force=force,
+    )
+    with local_artifact(source, plan.version) as artifact:
+        return write_export(plan, artifact, trusted_types=trusted_types, progress=progress)
+
+
+def write_export(
+    plan: EdgePlan,
+    artifact: Path,
+    *,
+    trusted_types: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> EdgeExport:
+    """Convert, check and write the planned export from `artifact`, a local copy of the
+    version's artifact checked against its sha256 (the registry's cache, or a download).
+
+    `trusted_types`: types trusted beside the allow-list and the version's own when a skops
+    file is loaded (BERTH_TRUSTED_TYPES).
+    """
+    step = progress or _silent
+    source, limit, quantize = plan.version, plan.tolerance, plan.quantize
     step(f"loading {source.ref}")
-    served = load_version(registry, source)
+    served = load_fetched(source, artifact, trusted_types)
     step("preparing the check rows")
-    rows = check_data(source, data)
+    rows = check_data(source, plan.data)
     step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
     converted = convert_source(source, served, float_only=quantize is not None)
-    graph = converted.onnx_bytes if converted else artifact_path(registry, source).read_bytes()
+    graph = converted.onnx_bytes if converted else entry_path(source, artifact).read_bytes()
     if quantize is not None:
         step("quantizing to int8")
         graph = quantize_int8(graph)
@@ -137,7 +197,7 @@ def export_edge(
             )
             raise NotEquivalent(message, result)
         step("asking Berth for the sample rows' answers")
-        picked = sample(registry, source, exported, rows)
+        picked = sample(source, served, exported, rows)
         how = _how(source, converted, quantize)
         contents = edge_folder.Contents(
             source,
@@ -151,8 +211,10 @@ def export_edge(
         edge_folder.write(staged, contents)
         step("running the folder's own test")
         edge_folder.self_test(staged)
-        edge_folder.install(staged, target)
-    return EdgeExport(source, target, edge_folder.FILES, result, rows, picked, converted, quantize)
+        edge_folder.install(staged, plan.target)
+    return EdgeExport(
+        source, plan.target, edge_folder.FILES, result, rows, picked, converted, quantize
+    )
 
 
 def figures(result: EquivalenceReport, rows: CheckData, picked: Sample) -> tuple[str, ...]:

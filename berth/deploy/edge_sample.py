@@ -2,9 +2,10 @@
 
 The rows are the first check rows (the version's example rows come first), written as v1
 `instances`, so `python run.py sample.json` sends exactly what a client would send the server.
-The answers are the server's: the version is loaded and asked through the dataplane `berth
-serve` uses (decode and validate against the signature, then the flavor's runtime), and kept
-in the shape of the v1 batch-predict response. A row on which the exported graph gives another
+The answers are the server's: the rows are decoded and validated against the signature as
+`berth serve` decodes a v1 batch-predict body, the version's runtime (loaded as the server
+loads it, from its verified artifact) predicts them, and they are kept in the shape of the v1
+batch-predict response. A row on which the exported graph gives another
 label than the source (a tie the two break differently, allowed by the equivalence check) is
 left out of the sample, since the shipped test demands equal labels; the count is reported.
 Rows are picked a label at a time, so the sample covers every class the check rows reach.
@@ -12,7 +13,6 @@ Rows are picked a label at a time, so the sample covers every class the check ro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from dataclasses import dataclass
@@ -23,12 +23,10 @@ import pandas as pd
 
 from berth.errors import InvalidInput
 from berth.optimize.data import CheckData
-from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Runtime
-from berth.serving.dataplane import DataPlane
-from berth.serving.responses import batch_document, plain
-from berth.serving.validation import decode_instances, instances_decoder
+from berth.serving.responses import plain
+from berth.serving.validation import decode_instances
 
 SAMPLE_ROWS = 20
 """Rows in sample.json: enough to cover the classes of a small model, quick to read."""
@@ -48,29 +46,32 @@ class Sample:
     """Candidate rows left out because the exported graph labels them differently."""
 
 
-def sample(registry: Registry, source: VersionInfo, exported: Runtime, rows: CheckData) -> Sample:
-    """Sample rows on which the exported graph gives the source's labels, and Berth's answers.
+def sample(source: VersionInfo, served: Runtime, exported: Runtime, rows: CheckData) -> Sample:
+    """Sample rows on which the exported graph gives the source's labels, and Berth's answers
+    (`served`: the source version's runtime).
 
     Rows are taken in turn from each label Berth gives, so every class the check rows reach is
     in the sample (the first rows of each, in check row order).
     """
     candidates = instances(rows.take(np.arange(min(rows.rows, CANDIDATE_ROWS))))
-    served = served_answer(registry, source, candidates)
-    labels = is_labels(served)
+    answer = served_answer(source, served, candidates)
+    labels = is_labels(answer)
     keep = list(range(len(candidates)))
     if labels:
         decoded = decode_instances(source.signature, candidates, "sample", len(candidates))
         graph = plain(exported.predict(decoded).predictions)
-        keep = [i for i in keep if graph[i] == served["predictions"][i]]
+        keep = [i for i in keep if graph[i] == answer["predictions"][i]]
         if not keep:
             raise InvalidInput(
                 f"the exported graph labels none of the {len(candidates)} check rows as "
                 f"{source.ref} does; pass --data FILE with other rows"
             )
-        keep = _by_label(keep, served["predictions"])
+        keep = _by_label(keep, answer["predictions"])
     chosen = sorted(keep[:SAMPLE_ROWS])
-    answer = served_answer(registry, source, [candidates[i] for i in chosen])
-    return Sample([candidates[i] for i in chosen], answer, labels, len(candidates) - len(keep))
+    picked = [candidates[i] for i in chosen]
+    return Sample(
+        picked, served_answer(source, served, picked), labels, len(candidates) - len(keep)
+    )
 
 
 def _by_label(rows: list[int], predictions: list[Any]) -> list[int]:
@@ -84,19 +85,19 @@ def _by_label(rows: list[int], predictions: list[Any]) -> list[int]:
     return ordered
 
 
-def served_answer(registry: Registry, source: VersionInfo, rows: list[Any]) -> dict[str, Any]:
-    """What `berth serve` answers for `rows` of `source` (v1 batch-predict, without ids)."""
+def served_answer(source: VersionInfo, served: Runtime, rows: list[Any]) -> dict[str, Any]:
+    """What `berth serve` answers for `rows` of `source` (v1 batch-predict, without ids).
 
-    async def predict() -> dict[str, Any]:
-        dataplane = DataPlane(registry, [source.ref])
-        try:
-            decoder = instances_decoder(rows, "instances", max(1, len(rows)))
-            return batch_document(await dataplane.predict(source.ref, decoder))
-        finally:
-            await dataplane.stop()
-
-    document = asyncio.run(predict())
-    return {key: document[key] for key in ("predictions", "probabilities", "classes")}
+    The server's path with its default options: the body's rows decoded against the signature,
+    then one call of the runtime (neither cache nor batcher changes an answer).
+    """
+    decoded = decode_instances(source.signature, rows, "instances", max(1, len(rows)))
+    prediction = served.predict(decoded)
+    return {
+        "predictions": plain(prediction.predictions),
+        "probabilities": plain(prediction.probabilities),
+        "classes": plain(prediction.classes),
+    }
 
 
 def is_labels(answer: dict[str, Any]) -> bool:

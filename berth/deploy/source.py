@@ -5,13 +5,15 @@ endpoint's routes, the enabled schedules) and copies a version's artifact into a
 the build makes of them (which version a reference names, which schedules belong in the
 bundle) is decided here, once, for both sources: local and remote mode resolve alike and fail
 with the same messages. `RegistrySource` is the local one; the remote one lives with the API
-client (`berth.cli.remote_build`).
+client (`berth.cli.remote_build`). `berth export` reads its version through the same sources.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,6 +119,29 @@ def resolve(source: BuildSource, reference: str) -> Subject:
         served = tuple(dict.fromkeys(r.ref for r in routes))
         return Subject("endpoint", ref.name, reference, versions, served)
     return Subject("model", version.model, reference, (version,), (str(ref),))
+
+
+def model_version(source: BuildSource, reference: str) -> VersionInfo:
+    """The version a model reference (`churn`, `churn:3`, `churn@production`) names."""
+    return _resolve_version(source, parse_reference(reference))
+
+
+@contextmanager
+def local_artifact(source: BuildSource, version: VersionInfo) -> Iterator[Path]:
+    """The version's artifact as a local path checked against its sha256 (the file, or the
+    directory), for the duration of the block.
+
+    The registry's own verified copy when the source is the registry; otherwise a download
+    into a private temporary folder (readable by this user only), removed after the block.
+    """
+    if isinstance(source, RegistrySource):
+        yield source.registry.store.fetch(version.artifact)
+        return
+    with tempfile.TemporaryDirectory(prefix="berth-artifact-") as private:
+        folder = Path(private) / "artifact"
+        folder.mkdir()
+        source.fetch_artifact(version, folder)
+        yield folder / version.artifact.entry if version.artifact.entry else folder
 
 
 def _resolve_version(source: BuildSource, ref: Reference) -> VersionInfo:

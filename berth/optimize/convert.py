@@ -218,6 +218,9 @@ def _convert(
     opset = {"": skl2onnx.get_latest_tested_opset_version(), "ai.onnx.ml": 3} if boosted else None
     return skl2onnx.convert_sklearn(
         model,
+        # skl2onnx names the graph with a random UUID by default: one model would convert to
+        # other bytes (another sha256) each time, and two exports of one version would differ.
+        name=type(model).__name__,
         initial_types=input_types(signature, precision),
         options=options,
         target_opset=opset,

@@ -8,6 +8,7 @@ types.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,22 +23,31 @@ if TYPE_CHECKING:  # base imports numpy and pandas, which the runtime brings whe
 
 def artifact_path(registry: Registry, version: VersionInfo) -> Path:
     """A verified local path of the version's artifact, ready for its runtime."""
-    local = registry.store.fetch(version.artifact)
-    if version.artifact.is_directory:
-        return entry_file(local, version.flavor)
-    return local
+    return entry_path(version, registry.store.fetch(version.artifact))
 
 
 def load_version(registry: Registry, version: VersionInfo) -> Runtime:
     """The version's runtime, loaded from verified bytes with the trust it was registered with."""
-    local = registry.store.fetch(version.artifact)
-    entry = entry_file(local, version.flavor) if version.artifact.is_directory else local
+    return load_fetched(version, registry.store.fetch(version.artifact), registry.trusted_types)
+
+
+def entry_path(version: VersionInfo, local: Path) -> Path:
+    """The file the runtime loads, of a verified local copy `local` of the version's artifact
+    (the file itself, or the directory)."""
+    return entry_file(local, version.flavor) if version.artifact.is_directory else local
+
+
+def load_fetched(version: VersionInfo, local: Path, trusted_types: Sequence[str]) -> Runtime:
+    """The version's runtime from `local`, a copy of its artifact the caller checked against
+    the version's sha256 (the registry's cache, or a download); `trusted_types`: the types
+    trusted beside the allow-list and the version's own (BERTH_TRUSTED_TYPES)."""
+    entry = entry_path(version, local)
     pickle_sha256 = None
     if version.pickle_trusted and needs_pickle_trust(version.flavor, entry):
         pickle_sha256 = entry_sha256(local, entry, version.artifact)
     return load_runtime(
         version.flavor,
         entry,
-        trusted_types=(*registry.trusted_types, *version.trusted_types),
+        trusted_types=(*trusted_types, *version.trusted_types),
         pickle_sha256=pickle_sha256,
     )

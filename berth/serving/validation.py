@@ -524,6 +524,18 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+FEATURES_EXAMPLE = '{"features": [5.1, 3.5, 1.4, 0.2]} or {"features": {"age": 42, "plan": "pro"}}'
+
+
+def features_row(value: Any) -> list[Any]:
+    """A v1 `features` value as the one row it holds (`berth serve` and `berth predict` alike)."""
+    if not isinstance(value, list | dict):
+        raise InvalidInput(
+            "features: expected a list or an object of column values; send e.g. " + FEATURES_EXAMPLE
+        )
+    return [value]
+
+
 def decode_instances(
     signature: Signature, instances: Any, field: str, max_rows: int, single: bool = False
 ) -> ModelInput:
