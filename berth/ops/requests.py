@@ -14,12 +14,9 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from berth.ops.gate_config import GateConfig
+from berth.ops.gate_fields import NOT_NEGATIVE, GateThresholdFields
 from berth.registry.references import parse_reference
 from berth.request_model import CheckedBy, RequestModel, Text
-
-_FRACTION: dict[str, Any] = {"minimum": 0, "maximum": 1}
-_POSITIVE: dict[str, Any] = {"exclusiveMinimum": 0}
-_NOT_NEGATIVE: dict[str, Any] = {"minimum": 0}
 
 Reference = Annotated[
     Text,
@@ -29,28 +26,16 @@ Reference = Annotated[
 _TypeName = Annotated[Text, Field(min_length=1, max_length=256)]
 
 
-class GateThresholds(RequestModel):
+class GateThresholds(GateThresholdFields):
     """The gates to run (as `berth validate`'s flags); at least one."""
 
-    target: Text | None = Field(None, description="The column of the data with the true outcome.")
-    min_accuracy: float | None = Field(None, json_schema_extra=_FRACTION)
-    min_auc: float | None = Field(None, json_schema_extra=_FRACTION)
-    max_rmse: float | None = Field(None, json_schema_extra=_NOT_NEGATIVE)
-    max_mae: float | None = Field(None, json_schema_extra=_NOT_NEGATIVE)
-    max_latency_ms: float | None = Field(
-        None, description="p99 of one-row predictions, in process.", json_schema_extra=_POSITIVE
-    )
-    no_nan: bool = Field(False, description="No NaN or infinity in predictions.")
-    output_range: list[float] | None = Field(
-        None, min_length=2, max_length=2, description="[low, high]: every numeric prediction."
-    )
     no_regression_vs: Reference | None = Field(
         None, description="A registered version no metric may be worse than."
     )
     regression_tolerance: float = Field(
         0.0,
         description="How much worse than no_regression_vs a metric may be.",
-        json_schema_extra=_NOT_NEGATIVE,
+        json_schema_extra=NOT_NEGATIVE,
     )
 
     def config(self, data: Path | None) -> GateConfig:

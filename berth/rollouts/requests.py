@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 from pydantic import BeforeValidator, Field, model_validator
 
 from berth.errors import InvalidInput
+from berth.ops.gate_fields import FRACTION, NOT_NEGATIVE, POSITIVE, GateThresholdFields
 from berth.registry.references import MAX_VERSION, NAME_PATTERN, check_name
 from berth.registry.roles import ROLES, SHADOW, STABLE
 from berth.request_model import CheckedBy, Duration, RequestModel, Text
@@ -158,11 +159,6 @@ def _steps(value: object) -> object:
     return list(parse_steps(value)) if isinstance(value, str) else value
 
 
-_FRACTION: dict[str, Any] = {"minimum": 0, "maximum": 1}
-_POSITIVE: dict[str, Any] = {"exclusiveMinimum": 0}
-_NOT_NEGATIVE: dict[str, Any] = {"minimum": 0}
-
-
 _NOT_GATES = {"data", "target", "regression_tolerance"}
 """Fields of `Gates` that say how gates run, not what they check."""
 
@@ -172,24 +168,12 @@ def _is_set(value: object) -> bool:
     return value is not None and value is not False
 
 
-class Gates(RequestModel):
+class Gates(GateThresholdFields):
     """Validation gates the candidate must pass on test rows before it takes traffic (as
     `berth validate`). `data` is a path on the server. `no_regression: true` compares with the
     version the endpoint serves now."""
 
     data: Text | None = Field(None, description="Test rows: .csv, .parquet, .json or .jsonl.")
-    target: Text | None = Field(None, description="The column of `data` with the true outcome.")
-    min_accuracy: float | None = Field(None, json_schema_extra=_FRACTION)
-    min_auc: float | None = Field(None, json_schema_extra=_FRACTION)
-    max_rmse: float | None = Field(None, json_schema_extra=_NOT_NEGATIVE)
-    max_mae: float | None = Field(None, json_schema_extra=_NOT_NEGATIVE)
-    max_latency_ms: float | None = Field(
-        None, description="p99 of one-row predictions, in process.", json_schema_extra=_POSITIVE
-    )
-    no_nan: bool = Field(False, description="No NaN or infinity in predictions.")
-    output_range: list[float] | None = Field(
-        None, min_length=2, max_length=2, description="[low, high]: every numeric prediction."
-    )
     no_regression: bool = Field(
         False, description="No metric worse than the version the endpoint serves now."
     )
@@ -199,7 +183,7 @@ class Gates(RequestModel):
     regression_tolerance: float = Field(
         0.0,
         description="How much worse than the compared version a metric may be.",
-        json_schema_extra=_NOT_NEGATIVE,
+        json_schema_extra=NOT_NEGATIVE,
     )
 
     @model_validator(mode="before")
@@ -282,24 +266,24 @@ class RolloutRequest(RequestModel):
     max_error_rate: float | None = Field(
         None,
         description="Roll back when the candidate's error rate is significantly above this.",
-        json_schema_extra=_FRACTION,
+        json_schema_extra=FRACTION,
     )
     max_p99_ms: float | None = Field(
         None,
         description="Absolute p99 limit in ms: above it the candidate is rolled back, unless "
         "stable is as slow in the same window (within max_p99_ratio).",
-        json_schema_extra=_POSITIVE,
+        json_schema_extra=POSITIVE,
     )
     max_p99_ratio: float = Field(
         CanaryCriteria.max_p99_ratio,
         description="Roll back when the candidate's p99 is above this many times stable's in "
         "the same window, plus p99_slack_ms; at least 1, or 0 for no comparison.",
-        json_schema_extra=_NOT_NEGATIVE,
+        json_schema_extra=NOT_NEGATIVE,
     )
     p99_slack_ms: float = Field(
         CanaryCriteria.p99_slack_ms,
         description="Milliseconds added to stable's p99 times max_p99_ratio.",
-        json_schema_extra=_NOT_NEGATIVE,
+        json_schema_extra=NOT_NEGATIVE,
     )
     min_requests: int = Field(
         CanaryCriteria.min_requests,
@@ -310,7 +294,7 @@ class RolloutRequest(RequestModel):
     min_accuracy: float | None = Field(
         None,
         description="Roll back when live accuracy (from feedback) is significantly below this.",
-        json_schema_extra=_FRACTION,
+        json_schema_extra=FRACTION,
     )
     min_feedback: int = Field(
         CanaryCriteria.min_feedback,
