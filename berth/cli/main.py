@@ -12,6 +12,7 @@ import typer
 from berth import __version__
 from berth.cli import (
     audit,
+    backup,
     batch,
     bench,
     build,
@@ -65,6 +66,7 @@ app.add_typer(batch.app, name="batch")
 schedules.register(batch.app)
 app.add_typer(stream.app, name="stream")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(backup.app, name="backup")
 app.add_typer(ci.app, name="ci")
 app.add_typer(login.app, name="profile")
 app.command("login")(login.login)

@@ -70,6 +70,10 @@ class ArtifactStore:
     def _uri(self, digest: str) -> str:
         return f"{self.root}/sha256/{digest}"
 
+    def uri_of(self, digest: str) -> str:
+        """Where the artifact of `digest` lives in this store (what a version row records)."""
+        return self._uri(digest)
+
     def put(self, source: Path) -> StoredArtifact:
         """Copy a file or directory into the store (idempotent: same bytes, same address)."""
         if not source.exists():

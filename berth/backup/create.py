@@ -1,0 +1,250 @@
+"""`berth backup create`: one snapshot of the registry to several destinations at once.
+
+The tables are read once, in one transaction; each artifact file is read once from the store
+and streamed to every destination that lacks it (by sha256 and size), so a second backup with
+no changes copies no artifact bytes. A destination that fails is dropped at once and gets no
+manifest; the others go on. The manifest is each destination's last write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any, ParamSpec, TypeVar
+
+from berth import __version__
+from berth.backup.destination import Destination
+from berth.backup.manifest import (
+    ArtifactEntry,
+    FileEntry,
+    Manifest,
+    TableEntry,
+    manifest_path,
+    new_id,
+    snapshot_folder,
+)
+from berth.backup.snapshot import TableDump, read_tables
+from berth.errors import ArtifactIntegrityError, InvalidInput
+from berth.registry.artifacts import ArtifactStore, StoredArtifact
+from berth.store.db import Database, head_revision
+
+_CHUNK = 1024 * 1024
+Progress = Callable[[int], None]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class DestinationReport:
+    url: str
+    objects_copied: int = 0
+    bytes_copied: int = 0
+    objects_present: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "complete": self.error is None,
+            "objects_copied": self.objects_copied,
+            "bytes_copied": self.bytes_copied,
+            "objects_present": self.objects_present,
+            "error": self.error,
+        }
+
+
+@dataclass
+class BackupReport:
+    snapshot: str
+    schema_revision: str
+    rows: dict[str, int]
+    artifacts: int
+    artifact_bytes: int
+    destinations: list[DestinationReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot,
+            "schema_revision": self.schema_revision,
+            "rows": self.rows,
+            "artifacts": self.artifacts,
+            "artifact_bytes": self.artifact_bytes,
+            "destinations": [d.to_dict() for d in self.destinations],
+        }
+
+
+class _Target:
+    """A destination with its report; a failure takes it out of the rest of the backup."""
+
+    def __init__(self, url: str) -> None:
+        self.report = DestinationReport(url)
+        self.destination = self.attempt(Destination, url)
+
+    @property
+    def alive(self) -> bool:
+        return self.report.error is None and self.destination is not None
+
+    def attempt(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """`work`'s result, or None once this destination has failed (now or before)."""
+        if self.report.error is not None:
+            return None
+        try:
+            return work(*args, **kwargs)
+        except Exception as exc:  # any failure of one destination is its own
+            self.report.error = f"{type(exc).__name__}: {exc}"
+            return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The registry's rows as read in one transaction, before anything is written."""
+
+    database: str
+    tables: list[TableDump]
+    artifacts: list[StoredArtifact]
+
+    @property
+    def artifact_bytes(self) -> int:
+        return sum(a.size_bytes for a in self.artifacts)
+
+
+def take_snapshot(db: Database) -> Snapshot:
+    tables, artifacts = read_tables(db)
+    return Snapshot(db.engine.dialect.name, tables, artifacts)
+
+
+def create_backup(
+    taken: Snapshot, store: ArtifactStore, urls: list[str], advance: Progress | None = None
+) -> BackupReport:
+    """Write `taken` and the artifacts it names (read from `store`) to every URL in `urls`."""
+    if not urls:
+        raise InvalidInput("name at least one destination with --to URL (a folder or fsspec URL)")
+    revision = head_revision()
+    if revision is None:
+        raise InvalidInput("cannot tell the registry's schema revision; reinstall Berth")
+    now = datetime.now(UTC)
+    snapshot = new_id(now)
+    dumps, artifacts = taken.tables, taken.artifacts
+    targets = [_Target(url) for url in urls]
+    entries = [_copy_artifact(store, artifact, targets, advance) for artifact in artifacts]
+    tables: dict[str, TableEntry] = {}
+    for dump in dumps:
+        relative = f"tables/{dump.name}.jsonl.gz"
+        tables[dump.name] = TableEntry(
+            relative, dump.rows, hashlib.sha256(dump.data).hexdigest(), len(dump.data)
+        )
+        for target in targets:
+            if target.destination is not None:
+                path = f"{snapshot_folder(snapshot)}/{relative}"
+                target.attempt(target.destination.write, path, dump.data)
+    manifest = Manifest(
+        id=snapshot,
+        created_at=now.isoformat(),
+        berth_version=__version__,
+        schema_revision=revision,
+        database=taken.database,
+        tables=tables,
+        artifacts=entries,
+    )
+    document = json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
+    for target in targets:
+        if target.destination is not None:
+            target.attempt(target.destination.write, manifest_path(snapshot), document)
+    return BackupReport(
+        snapshot=snapshot,
+        schema_revision=revision,
+        rows={name: entry.rows for name, entry in tables.items()},
+        artifacts=len(entries),
+        artifact_bytes=sum(f.size for e in entries for f in e.files),
+        destinations=[t.report for t in targets],
+    )
+
+
+def _copy_artifact(
+    store: ArtifactStore, artifact: StoredArtifact, targets: list[_Target], advance: Progress | None
+) -> ArtifactEntry:
+    files = []
+    for relative, size in store.files(artifact):
+        if artifact.is_directory:
+            digest = _stored_sha256(store, artifact, relative)
+        else:
+            digest = artifact.sha256
+        files.append(FileEntry(relative, digest, size))
+        _copy_object(store, artifact, relative, digest, size, targets, advance)
+    return ArtifactEntry(
+        sha256=artifact.sha256,
+        is_directory=artifact.is_directory,
+        entry=artifact.entry,
+        size_bytes=artifact.size_bytes,
+        files=files,
+    )
+
+
+def _stored_sha256(store: ArtifactStore, artifact: StoredArtifact, relative: str) -> str:
+    digest = hashlib.sha256()
+    with store.open(artifact, relative) as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_object(
+    store: ArtifactStore,
+    artifact: StoredArtifact,
+    relative: str,
+    digest: str,
+    size: int,
+    targets: list[_Target],
+    advance: Progress | None,
+) -> None:
+    """Stream one stored file to every live destination that lacks it, checking its digest on
+    the way: a damaged store file is never published as a good object."""
+    key = Destination.object_key(digest)
+    lacking: list[tuple[_Target, Destination]] = []
+    for target in targets:
+        destination = target.destination
+        if destination is None or not target.alive:
+            continue
+        found = target.attempt(destination.size, key)
+        if not target.alive:
+            continue
+        if found == size:
+            target.report.objects_present += 1
+        else:
+            lacking.append((target, destination))
+    if not lacking:
+        if advance:
+            advance(size)
+        return
+    writers: list[tuple[_Target, Destination, IO[bytes], str]] = []
+    for target, destination in lacking:
+        opened = target.attempt(destination.open_partial, key)
+        if opened is not None:
+            writers.append((target, destination, *opened))
+    hasher = hashlib.sha256()
+    with store.open(artifact, relative) as source:
+        while chunk := source.read(_CHUNK):
+            hasher.update(chunk)
+            for target, _destination, handle, _partial in writers:
+                target.attempt(handle.write, chunk)
+            if advance:
+                advance(len(chunk))
+    damaged = hasher.hexdigest() != digest
+    for target, destination, handle, partial in writers:
+        target.attempt(handle.close)
+        if target.alive and not damaged:
+            target.attempt(destination.publish, partial, key)
+        if target.alive and not damaged:
+            target.report.objects_copied += 1
+            target.report.bytes_copied += size
+        else:
+            destination.discard(partial)
+    if damaged:
+        raise ArtifactIntegrityError(
+            f"artifact {artifact.sha256[:12]} in the store fails its sha256 check (file "
+            f"{relative or artifact.entry}); repair the store (register the version again) and "
+            "back up again"
+        )

@@ -1,0 +1,196 @@
+"""`berth backup`: snapshots of the registry (rows and artifacts) to folders or fsspec URLs,
+and their listing, checking and restore."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import typer
+
+from berth.cli.context import console, registry, remote, settings
+from berth.errors import BerthError, InvalidInput
+
+app = typer.Typer(help="Back up the registry and restore it.", no_args_is_help=True)
+
+_SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+def _echo(text: str) -> None:
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("create")
+def create(
+    to: list[str] = typer.Option(
+        ..., "--to", help="A destination: a folder or fsspec URL (repeat for several)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Back up the registry's rows and artifacts to every destination.
+
+    Artifacts a destination already holds are not copied again. A destination that fails gets
+    no manifest; the others complete.
+
+    Example: berth backup create --to /mnt/backups --to s3://bucket/berth
+    """
+    if remote() is not None:
+        raise InvalidInput(
+            "berth backup create reads the registry database: run it on the server's host "
+            "(unset BERTH_SERVER, or `berth logout`)"
+        )
+    from berth.backup.create import create_backup, take_snapshot
+    from berth.cli.upload import progress
+
+    found = registry()
+    taken = take_snapshot(found.db)
+    with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
+        report = create_backup(taken, found.store, to, advance).to_dict()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_backup(report)
+    failed = [d for d in report["destinations"] if not d["complete"]]
+    if failed:
+        names = "; ".join(f"{d['url']} ({d['error']})" for d in failed)
+        raise BerthError(
+            f"backup {report['snapshot']} failed at {names}; the other destinations are "
+            "complete: fix the destination and run the backup again"
+        )
+
+
+def _print_backup(report: dict[str, Any]) -> None:
+    rows = sum(report["rows"].values())
+    _echo(
+        f"backup {report['snapshot']} (schema {report['schema_revision']}): {rows} rows in "
+        f"{len(report['rows'])} tables, {report['artifacts']} artifacts "
+        f"({report['artifact_bytes']} bytes)"
+    )
+    for destination in report["destinations"]:
+        if destination["complete"]:
+            _echo(
+                f"  {destination['url']}: complete, copied {destination['objects_copied']} "
+                f"objects ({destination['bytes_copied']} bytes), "
+                f"{destination['objects_present']} already there"
+            )
+        else:
+            _echo(f"  {destination['url']}: failed, no manifest written ({destination['error']})")
+    _echo("  the server secret is not in the backup: keys work after a restore only with it")
+
+
+@app.command("list")
+def list_backups(
+    url: str = typer.Argument(..., help="The destination: a folder or fsspec URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the complete backups at a destination, oldest first.
+
+    Example: berth backup list /mnt/backups
+    """
+    from berth.backup.destination import Destination
+    from berth.backup.verify import list_snapshots
+
+    found = list_snapshots(Destination(url))
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        _echo(f"No complete backups at {url}. Create one with `berth backup create --to {url}`.")
+        return
+    for item in found:
+        _echo(
+            f"{item['id']}  {item['created_at']}  schema {item['schema_revision']}  "
+            f"{item['rows']} rows  {item['artifacts']} artifacts  {item['artifact_bytes']} bytes"
+        )
+
+
+def _split(url: str) -> tuple[str, str | None]:
+    """URL[/SNAPSHOT] -> (destination, snapshot or None)."""
+    head, _, last = url.rstrip("/").rpartition("/")
+    if head and _SNAPSHOT_ID.match(last):
+        return head, last
+    return url, None
+
+
+@app.command("verify")
+def verify_backup(
+    url: str = typer.Argument(
+        ..., help="The destination, optionally with /SNAPSHOT (else the latest)."
+    ),
+    deep: bool = typer.Option(False, "--deep", help="Re-hash every byte, not only sizes."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check that a backup is whole: its manifest, table files and every object with its size.
+
+    Example: berth backup verify /mnt/backups --deep
+    """
+    from berth.backup.destination import Destination
+    from berth.backup.manifest import latest
+    from berth.backup.verify import verify
+
+    where, snapshot = _split(url)
+    destination = Destination(where)
+    report = verify(destination, snapshot or latest(destination), deep).to_dict()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        how = "deep (re-hashed)" if deep else "sizes"
+        _echo(
+            f"backup {report['snapshot']} at {report['url']}: {report['objects']} objects "
+            f"({report['bytes']} bytes) checked, {how}"
+        )
+        for problem in report["problems"]:
+            _echo(f"  {problem}")
+    if report["problems"]:
+        raise BerthError(
+            f"backup {report['snapshot']} at {report['url']} is damaged: "
+            f"{'; '.join(report['problems'])}; restore from another destination or back up again"
+        )
+
+
+@app.command("restore")
+def restore_backup(
+    url: str = typer.Argument(..., help="The destination the backup is at."),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="Its id (else the latest)."),
+    database: str = typer.Option(..., "--database", help="The database URL to restore into."),
+    artifacts: str | None = typer.Option(
+        None, "--artifacts", help="The artifact store to copy artifacts into (else the settings')."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace the rows of a non-empty registry."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Restore a backup into an empty SQLite or PostgreSQL registry.
+
+    Example: berth backup restore /mnt/backups --database sqlite:///registry.db
+    """
+    from berth.backup.destination import Destination
+    from berth.backup.manifest import latest, load
+    from berth.backup.restore import restore
+    from berth.cli.upload import progress
+    from berth.registry.artifacts import ArtifactStore
+    from berth.store.db import Database
+
+    source = Destination(url)
+    chosen = snapshot or latest(source)
+    total = sum(load(source, chosen).objects().values())
+    configured = settings()
+    store = ArtifactStore(
+        artifacts or configured.resolved_artifact_url, configured.home.resolve() / "cache"
+    )
+    db = Database(database)
+    try:
+        with progress("Restoring", total) as (advance, _describe):
+            report = restore(source, chosen, db, store, force, advance).to_dict()
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    rows = sum(report["rows"].values())
+    _echo(
+        f"restored backup {report['snapshot']} into {report['database']}: {rows} rows in "
+        f"{len(report['rows'])} tables, copied {report['objects_copied']} objects "
+        f"({report['bytes_copied']} bytes)"
+    )
+    _echo(f"  {report['secrets']}")
