@@ -63,6 +63,9 @@ REMOTE = {"bench", "login", "logout", "profile list", "profile use", "profile re
 # `berth ci` commands read a model repository (its berth-ci.toml or pipeline file) before any
 # setting: here, with none, they fail on that first, in one line naming what to write.
 REPOSITORY = {"ci init", "ci gates", "ci validate", "ci env", "ci version", "ci smoke", "ci run"}
+# `berth backup verify` and `restore` read the backup (a destination they are given) before any
+# setting: here, with none at "x", they fail on that first, in one line naming how to make one.
+BACKUP_READERS = {"backup verify", "backup restore"}
 # Commands that run until stopped once they start: with a working setup they would block here.
 LONG_RUNNING = {"serve", "scheduler", "stream run", "demo"}
 
@@ -225,7 +228,7 @@ def test_every_command_fails_in_one_line_under_a_broken_setting(
     outcome = run(*args)
     if name in LONG_RUNNING:
         assert outcome.code != 0, f"{name} started with a broken {setting}"
-    named = None if name in REMOTE | REPOSITORY else fragment
+    named = None if name in REMOTE | REPOSITORY | BACKUP_READERS else fragment
     _assert_one_clean_line(outcome.code, outcome.err, named)
 
 
@@ -234,6 +237,7 @@ def test_every_command_is_covered() -> None:
     assert {"models list", "keys list", "serve", "demo", "batch run"} <= names
     assert set(CHEAPEST) <= names, set(CHEAPEST) - names
     assert names >= REPOSITORY, REPOSITORY - names
+    assert names >= BACKUP_READERS, BACKUP_READERS - names
 
 
 @pytest.mark.parametrize(
