@@ -234,3 +234,61 @@ def test_restore_refuses_a_newer_schema_revision(
     assert refused.err.startswith("error: backup ")
     assert "newer Berth" in refused.err
     assert len(refused.err.strip().splitlines()) == 1
+
+
+def test_directory_artifact_and_sqlite_to_sqlite(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    run: Run,
+    tmp_path: Path,
+) -> None:
+    """A directory artifact is backed up file by file and restored whole (its digest, over
+    its files, checks out when it is loaded)."""
+    import numpy as np
+
+    from berth.registration.service import RegisterRequest, register
+    from tests.test_registry import DIRECTORY_MODEL
+
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    (folder / "model.py").write_text(DIRECTORY_MODEL)
+    (folder / "weights.txt").write_text("1\n10\n100\n")
+    sample = tmp_path / "sample.npy"
+    np.save(sample, np.array([[1.0, 2.0, 3.0]]))
+    found = Registry.from_settings(settings)
+    try:
+        register(found, RegisterRequest(name="scaled", path=folder, sample=sample))
+    finally:
+        found.db.dispose()
+    row = '{"features": [1.0, 2.0, 3.0]}'
+    before = run("predict", "scaled", "--input", row)
+    assert before.code == 0, before.err
+
+    report = _backup(run, tmp_path / "dest")
+    assert report["artifacts"] == 1
+    verified = run("backup", "verify", str(tmp_path / "dest"), "--json")
+    assert json.loads(verified.out)["objects"] == 2  # model.py and weights.txt
+
+    target = f"sqlite:///{tmp_path / 'restored.db'}"
+    restored = run(
+        "backup", "restore", str(tmp_path / "dest"), "--database", target,
+        "--artifacts", str(tmp_path / "restored-artifacts"),
+    )  # fmt: skip
+    assert restored.code == 0, restored.err
+    monkeypatch.setenv("BERTH_DATABASE_URL", target)
+    monkeypatch.setenv("BERTH_ARTIFACT_URL", str(tmp_path / "restored-artifacts"))
+    monkeypatch.setenv("BERTH_HOME", str(tmp_path / "other-home"))  # an empty download cache
+    after = run("predict", "scaled", "--input", row)
+    assert after.code == 0, after.err
+    assert _without_id(json.loads(after.out)) == _without_id(json.loads(before.out))
+
+
+def test_create_in_remote_mode_is_refused(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, run: Run, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BERTH_SERVER", "http://127.0.0.1:9")
+    monkeypatch.setenv("BERTH_API_KEY", "berth_x_y")
+    outcome = run("backup", "create", "--to", str(tmp_path / "dest"))
+    assert outcome.code == 1
+    assert outcome.err.startswith("error: berth backup create reads the registry database")
+    assert not (tmp_path / "dest").exists()
