@@ -292,3 +292,47 @@ def test_create_in_remote_mode_is_refused(
     assert outcome.code == 1
     assert outcome.err.startswith("error: berth backup create reads the registry database")
     assert not (tmp_path / "dest").exists()
+
+
+def test_restore_migrates_a_backup_from_an_older_schema(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    iris_files: tuple[Path, Path],
+    churn_files: tuple[Path, Path, Path],
+    run: Run,
+    tmp_path: Path,
+) -> None:
+    """A backup taken at revision 0007 (before jobs had a summary column) restores at 0007,
+    then the migrations bring the registry to the newest revision."""
+    import gzip
+    import hashlib
+
+    _source(settings, monkeypatch, settings.resolved_database_url, iris_files, churn_files, run)
+    before = _state(run)
+    folder = tmp_path / "dest"
+    report = _backup(run, folder)
+    snapshot = folder / "snapshots" / str(report["snapshot"])
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    jobs = snapshot / manifest["tables"]["jobs"]["file"]
+    header, *rows = gzip.decompress(jobs.read_bytes()).decode().splitlines()
+    assert not rows
+    columns = json.loads(header)
+    columns["columns"] = [c for c in columns["columns"] if c["name"] != "summary"]
+    older = gzip.compress((json.dumps(columns) + "\n").encode(), mtime=0)
+    jobs.write_bytes(older)
+    manifest["tables"]["jobs"].update(sha256=hashlib.sha256(older).hexdigest(), size=len(older))
+    manifest["schema_revision"] = "0007"
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+
+    target = f"sqlite:///{tmp_path / 'restored.db'}"
+    restored = run("backup", "restore", str(folder), "--database", target)
+    assert restored.code == 0, restored.err
+    monkeypatch.setenv("BERTH_DATABASE_URL", target)
+    assert _state(run) == before
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "restored.db") as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("0008",)
+        ]
+        assert "summary" in [c[1] for c in connection.execute("PRAGMA table_info(jobs)")]

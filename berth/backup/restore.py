@@ -173,7 +173,13 @@ def _reflected(connection: Connection) -> list[Table]:
 
 
 def _insert(connection: Connection, table: Table, data: bytes, store: ArtifactStore) -> int:
-    _names, rows = decode(data, connection.dialect.name)
+    names, rows = decode(data, connection.dialect.name)
+    unknown = sorted(set(names) - set(table.columns.keys()))
+    if unknown:
+        raise InvalidInput(
+            f"the backup's table {table.name} has columns {', '.join(unknown)} that its schema "
+            "revision does not; the backup is damaged: restore from another destination"
+        )
     count = 0
     batch: list[dict[str, Any]] = []
     for row in rows:
