@@ -63,15 +63,15 @@ def create(
 def _print_backup(report: dict[str, Any]) -> None:
     rows = sum(report["rows"].values())
     _echo(
-        f"backup {report['snapshot']} (schema {report['schema_revision']}): {rows} rows in "
-        f"{len(report['rows'])} tables, {report['artifacts']} artifacts "
+        f"backup {report['snapshot']} (schema {report['schema_revision']}): {_count(rows, 'row')} in "
+        f"{_count(len(report['rows']), 'table')}, {_count(report['artifacts'], 'artifact')} "
         f"({report['artifact_bytes']} bytes)"
     )
     for destination in report["destinations"]:
         if destination["complete"]:
             _echo(
-                f"  {destination['url']}: complete, copied {destination['objects_copied']} "
-                f"objects ({destination['bytes_copied']} bytes), "
+                f"  {destination['url']}: complete, copied "
+                f"{_count(destination['objects_copied'], 'object')} ({destination['bytes_copied']} bytes), "
                 f"{destination['objects_present']} already there"
             )
         else:
@@ -101,7 +101,8 @@ def list_backups(
     for item in found:
         _echo(
             f"{item['id']}  {item['created_at']}  schema {item['schema_revision']}  "
-            f"{item['rows']} rows  {item['artifacts']} artifacts  {item['artifact_bytes']} bytes"
+            f"{_count(item['rows'], 'row')}  {_count(item['artifacts'], 'artifact')}  "
+            f"{item['artifact_bytes']} bytes"
         )
 
 
@@ -137,7 +138,7 @@ def verify_backup(
     else:
         how = "deep (re-hashed)" if deep else "sizes"
         _echo(
-            f"backup {report['snapshot']} at {report['url']}: {report['objects']} objects "
+            f"backup {report['snapshot']} at {report['url']}: {_count(report['objects'], 'object')} "
             f"({report['bytes']} bytes) checked, {how}"
         )
         for problem in report["problems"]:
@@ -189,8 +190,12 @@ def restore_backup(
         return
     rows = sum(report["rows"].values())
     _echo(
-        f"restored backup {report['snapshot']} into {report['database']}: {rows} rows in "
-        f"{len(report['rows'])} tables, copied {report['objects_copied']} objects "
+        f"restored backup {report['snapshot']} into {report['database']}: {_count(rows, 'row')} in "
+        f"{_count(len(report['rows']), 'table')}, copied {_count(report['objects_copied'], 'object')} "
         f"({report['bytes_copied']} bytes)"
     )
     _echo(f"  {report['secrets']}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
