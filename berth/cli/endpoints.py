@@ -298,18 +298,11 @@ def routes(
 
 def _version(server: Remote | None, reference: str) -> tuple[str, int]:
     """The model and version number a reference names, resolved as the registry does."""
-    from berth.registry.references import chosen_version, parse_reference
-
     if server is None:
         version = registry().resolve(reference)
         return version.model, version.number
-    ref = parse_reference(reference)
-    if ref.version is not None:
-        found = server.get(api("models", ref.name, "versions", ref.version))
-        return str(found["model"]), int(found["version"])
-    model = server.get(api("models", ref.name))
-    numbers = [int(v["version"]) for v in model["versions"]]
-    return ref.name, chosen_version(ref, model["aliases"], numbers)
+    found = server.version(reference)
+    return str(found["model"]), int(found["version"])
 
 
 @app.command("shadow")

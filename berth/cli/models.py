@@ -20,7 +20,7 @@ from berth.cli.model_reports import (
 )
 from berth.cli.remote import path as remote_path
 from berth.errors import InvalidInput
-from berth.registry.references import chosen_version, parse_reference
+from berth.registry.references import parse_reference
 from berth.runtimes import FLAVORS
 
 # The registry, the uploads and the drift statistics are imported by the commands that use
@@ -224,28 +224,12 @@ def show(
     """
     server = remote()
     version = (
-        _remote_version(server, reference)
-        if server is not None
-        else registry().resolve(reference).to_dict()
+        server.version(reference) if server is not None else registry().resolve(reference).to_dict()
     )
     if as_json:
         typer.echo(json.dumps(version, indent=2))
         return
     _print_version(version)
-
-
-def _remote_version(server: Remote, reference: str) -> dict[str, Any]:
-    """The version document a reference names, resolved as the registry resolves it."""
-    ref = parse_reference(reference)
-    if ref.version is not None:
-        document: dict[str, Any] = server.get(
-            remote_path("models", ref.name, "versions", ref.version)
-        )
-        return document
-    model = server.get(remote_path("models", ref.name))
-    versions = {v["version"]: v for v in model["versions"]}
-    found: dict[str, Any] = versions[chosen_version(ref, model["aliases"], list(versions))]
-    return found
 
 
 def _print_version(version: dict[str, Any]) -> None:

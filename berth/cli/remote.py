@@ -6,7 +6,7 @@ logs the method and URL), ever holds it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -44,6 +44,20 @@ class Remote:
         self.profile = profile
         self.url = profile.url
 
+    def version(self, reference: str) -> dict[str, Any]:
+        """The version document (`VersionInfo.to_dict()`) a reference names, resolved as the
+        registry resolves it."""
+        from berth.registry.references import chosen_version, parse_reference
+
+        ref = parse_reference(reference)
+        if ref.version is not None:
+            document: dict[str, Any] = self.get(path("models", ref.name, "versions", ref.version))
+            return document
+        model = self.get(path("models", ref.name))
+        versions = {v["version"]: v for v in model["versions"]}
+        found: dict[str, Any] = versions[chosen_version(ref, model["aliases"], list(versions))]
+        return found
+
     def get(self, route: str, params: dict[str, Any] | None = None) -> Any:
         return self.request("GET", route, params=params)
 
@@ -71,16 +85,11 @@ class Remote:
         `get` would. The connection breaking off mid-body is a one-line error too."""
         import httpx
 
-        key = self._key()
-        headers = {"x-api-key": key} if key else {}
-        # Between two reads, not for the whole body: a big artifact may take minutes.
-        limit = httpx.Timeout(_TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
         answered = False
         try:
-            with (
-                httpx.Client(base_url=self.url, headers=headers, timeout=limit) as client,
-                client.stream("GET", route) as response,
-            ):
+            # The timeout is between two reads, not for the whole body: a big artifact may
+            # take minutes.
+            with self._client() as client, client.stream("GET", route) as response:
                 answered = True
                 if not response.is_success:
                     response.read()
@@ -93,22 +102,33 @@ class Remote:
                     f"the download from {self.url} broke off: {reason}; nothing was kept, "
                     "run the command again"
                 ) from None
-            raise BerthError(f"cannot reach {self.url}: {reason}; {self._reach_hint}") from None
+            raise self._unreachable(exc) from None
 
     def _send(
         self, method: str, route: str, timeout: float | None, options: dict[str, Any]
     ) -> httpx.Response:
         import httpx
 
-        key = self._key()
-        headers = {**options.pop("headers", {}), **({"x-api-key": key} if key else {})}
-        limit = httpx.Timeout(timeout or _TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
         try:
-            with httpx.Client(base_url=self.url, headers=headers, timeout=limit) as client:
+            with self._client(timeout, options.pop("headers", {})) as client:
                 return client.request(method, route, **options)
         except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise BerthError(f"cannot reach {self.url}: {reason}; {self._reach_hint}") from None
+            raise self._unreachable(exc) from None
+
+    def _client(
+        self, timeout: float | None = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Client:
+        """A client for one call, with the key (never in a URL or a message)."""
+        import httpx
+
+        key = self._key()
+        sent = {**(headers or {}), **({"x-api-key": key} if key else {})}
+        limit = httpx.Timeout(timeout or _TIMEOUT_SECONDS, connect=_CONNECT_SECONDS)
+        return httpx.Client(base_url=self.url, headers=sent, timeout=limit)
+
+    def _unreachable(self, exc: Exception) -> BerthError:
+        reason = str(exc) or type(exc).__name__
+        return BerthError(f"cannot reach {self.url}: {reason}; {self._reach_hint}")
 
     def _document(self, response: httpx.Response) -> Any:
         try:

@@ -15,8 +15,9 @@ from pydantic import Field
 
 from berth.ops.gate_config import GateConfig
 from berth.ops.gate_fields import NOT_NEGATIVE, GateThresholdFields
+from berth.registration.requests import ArtifactLoading
 from berth.registry.references import parse_reference
-from berth.request_model import CheckedBy, RequestModel, Text
+from berth.request_model import CheckedBy, Text
 
 Reference = Annotated[
     Text,
@@ -63,7 +64,7 @@ class GateThresholds(GateThresholdFields):
         return cls.parse({k: v for k, v in document.items() if v is not None})
 
 
-class ValidateRequest(RequestModel):
+class ValidateRequest(ArtifactLoading):
     """What to validate, and how: the gates, and either a registered version (no artifact
     part) or how to load the uploaded candidate."""
 
@@ -95,19 +96,4 @@ class ValidateRequest(RequestModel):
     label: Annotated[Text, Field(min_length=1, max_length=256)] | None = Field(
         None,
         description="How the report names the uploaded candidate; default its file name.",
-    )
-    flavor: Annotated[Text, Field(min_length=1, max_length=64)] | None = Field(
-        default=None,
-        description="The candidate's flavor (e.g. sklearn, onnx); detected if omitted.",
-    )
-    trust_pickle: bool = Field(
-        default=False,
-        description="Accept a pickle/joblib candidate, whose loading runs any code it holds "
-        "(recorded in the audit log).",
-    )
-    trust_types: list[_TypeName] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Types the skops candidate may load beyond scikit-learn, numpy and scipy "
-        "(recorded in the audit log).",
     )

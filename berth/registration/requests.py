@@ -23,7 +23,27 @@ _Alias = Annotated[str, CheckedBy(check_alias)]
 _TypeName = Annotated[Text, Field(min_length=1, max_length=256)]
 
 
-class UploadMetadata(RequestModel):
+class ArtifactLoading(RequestModel):
+    """How an uploaded artifact loads: its flavor and what it is trusted to run. Registration
+    and validation of a candidate load it alike, so both bodies take these fields."""
+
+    flavor: Annotated[Text, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="The model's flavor (e.g. sklearn, onnx); detected if omitted."
+    )
+    trust_pickle: bool = Field(
+        default=False,
+        description="Accept a pickle/joblib artifact, whose loading runs any code it holds "
+        "(recorded in the audit log).",
+    )
+    trust_types: list[_TypeName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Types the skops artifact may load beyond scikit-learn, numpy and scipy "
+        "(recorded in the audit log, and on the version when registered).",
+    )
+
+
+class UploadMetadata(ArtifactLoading):
     """Everything about an uploaded version but its files (the `metadata` part, JSON)."""
 
     EXAMPLE: ClassVar[dict[str, Any]] = {
@@ -38,9 +58,6 @@ class UploadMetadata(RequestModel):
         description="The artifact part's sha256 (lowercase hex), as the client computed it; "
         "the server refuses the upload when the bytes it received hash otherwise.",
     )
-    flavor: Annotated[Text, Field(min_length=1, max_length=64)] | None = Field(
-        default=None, description="The model's flavor (e.g. sklearn, onnx); detected if omitted."
-    )
     metrics: dict[_Key, float] = Field(default_factory=dict, max_length=256)
     tags: dict[_Key, Annotated[Text, Field(max_length=1024)]] = Field(
         default_factory=dict, max_length=256
@@ -48,17 +65,6 @@ class UploadMetadata(RequestModel):
     description: Annotated[Text, Field(max_length=10_000)] = ""
     aliases: list[_Alias] = Field(
         default_factory=list, max_length=32, description="Aliases to point at the new version."
-    )
-    trust_pickle: bool = Field(
-        default=False,
-        description="Accept a pickle/joblib artifact, whose loading runs any code it holds "
-        "(recorded in the audit log).",
-    )
-    trust_types: list[_TypeName] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Types the skops artifact may load beyond scikit-learn, numpy and scipy "
-        "(recorded on the version).",
     )
 
 
