@@ -4,6 +4,10 @@ The tables are read once, in one transaction; each artifact file is read once fr
 and streamed to every destination that lacks it (by sha256 and size), so a second backup with
 no changes copies no artifact bytes. A destination that fails is dropped at once and gets no
 manifest; the others go on. The manifest is each destination's last write.
+
+With a backup key every file is sealed once and the same ciphertext goes to every destination;
+objects keep their plaintext sha256 as name (so nothing unchanged is copied again) under a
+prefix of the key's id, and the server secret is sealed into the snapshot too.
 """
 
 from __future__ import annotations
@@ -16,16 +20,22 @@ from datetime import UTC, datetime
 from typing import IO, Any, ParamSpec, TypeVar
 
 from berth import __version__
+from berth.backup.crypto import BackupKey, Codec, Sealed, codec_for, seal
 from berth.backup.destination import Destination
 from berth.backup.manifest import (
+    FORMAT,
+    SEALED_FORMAT,
     ArtifactEntry,
     FileEntry,
     Manifest,
     TableEntry,
     manifest_path,
     new_id,
+    object_purpose,
     snapshot_folder,
+    table_purpose,
 )
+from berth.backup.secret import ServerSecret, sealed_entry
 from berth.backup.snapshot import TableDump, read_tables
 from berth.errors import ArtifactIntegrityError, InvalidInput
 from berth.registry.artifacts import ArtifactStore, StoredArtifact
@@ -64,6 +74,8 @@ class BackupReport:
     artifacts: int
     artifact_bytes: int
     destinations: list[DestinationReport] = field(default_factory=list)
+    encryption: dict[str, Any] | None = None
+    secrets: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +85,8 @@ class BackupReport:
             "artifacts": self.artifacts,
             "artifact_bytes": self.artifact_bytes,
             "destinations": [d.to_dict() for d in self.destinations],
+            "encryption": self.encryption,
+            "secrets": self.secrets,
         }
 
 
@@ -117,29 +131,47 @@ def take_snapshot(db: Database) -> Snapshot:
 
 
 def create_backup(
-    taken: Snapshot, store: ArtifactStore, urls: list[str], advance: Progress | None = None
+    taken: Snapshot,
+    store: ArtifactStore,
+    urls: list[str],
+    advance: Progress | None = None,
+    key: BackupKey | None = None,
+    secret: ServerSecret | None = None,
+    now: datetime | None = None,
 ) -> BackupReport:
-    """Write `taken` and the artifacts it names (read from `store`) to every URL in `urls`."""
+    """Write `taken` and the artifacts it names (read from `store`) to every URL in `urls`,
+    sealed with `key` if given (then with the server `secret`, which is never written in
+    clear); `now` (the snapshot's time) is for tests."""
     if not urls:
         raise InvalidInput("name at least one destination with --to URL (a folder or fsspec URL)")
     revision = head_revision()
     if revision is None:
         raise InvalidInput("cannot tell the registry's schema revision; reinstall Berth")
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     snapshot = new_id(now)
+    codec = codec_for(key)
+    sealed = isinstance(codec, Sealed)
     dumps, artifacts = taken.tables, taken.artifacts
     targets = [_Target(url) for url in urls]
-    entries = [_copy_artifact(store, artifact, targets, advance) for artifact in artifacts]
+    entries = [_copy_artifact(store, artifact, targets, codec, advance) for artifact in artifacts]
     tables: dict[str, TableEntry] = {}
     for dump in dumps:
-        relative = f"tables/{dump.name}.jsonl.gz"
+        relative = f"tables/{dump.name}.jsonl.gz" + (".sealed" if sealed else "")
+        stored = seal(codec, dump.data, table_purpose(snapshot, dump.name))
         tables[dump.name] = TableEntry(
-            relative, dump.rows, hashlib.sha256(dump.data).hexdigest(), len(dump.data)
-        )
+            relative, dump.rows, hashlib.sha256(dump.data).hexdigest(), len(dump.data),
+            len(stored) if sealed else None,
+        )  # fmt: skip
         for target in targets:
             if target.destination is not None:
                 path = f"{snapshot_folder(snapshot)}/{relative}"
-                target.attempt(target.destination.write, path, dump.data)
+                target.attempt(target.destination.write, path, stored)
+    secrets_entry, sealed_secret = sealed_entry(codec, secret, snapshot)
+    if sealed_secret is not None:
+        for target in targets:
+            if target.destination is not None:
+                path = f"{snapshot_folder(snapshot)}/{secrets_entry['file']}"
+                target.attempt(target.destination.write, path, sealed_secret)
     manifest = Manifest(
         id=snapshot,
         created_at=now.isoformat(),
@@ -148,6 +180,9 @@ def create_backup(
         database=taken.database,
         tables=tables,
         artifacts=entries,
+        secrets=secrets_entry,
+        encryption=codec.encryption(),
+        format=SEALED_FORMAT if sealed else FORMAT,
     )
     document = json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
     for target in targets:
@@ -160,11 +195,17 @@ def create_backup(
         artifacts=len(entries),
         artifact_bytes=sum(f.size for e in entries for f in e.files),
         destinations=[t.report for t in targets],
+        encryption=manifest.encryption,
+        secrets=secrets_entry,
     )
 
 
 def _copy_artifact(
-    store: ArtifactStore, artifact: StoredArtifact, targets: list[_Target], advance: Progress | None
+    store: ArtifactStore,
+    artifact: StoredArtifact,
+    targets: list[_Target],
+    codec: Codec,
+    advance: Progress | None,
 ) -> ArtifactEntry:
     files = []
     for relative, size in store.files(artifact):
@@ -172,8 +213,9 @@ def _copy_artifact(
             digest = _stored_sha256(store, artifact, relative)
         else:
             digest = artifact.sha256
-        files.append(FileEntry(relative, digest, size))
-        _copy_object(store, artifact, relative, digest, size, targets, advance)
+        stored = codec.stored_size(size) if isinstance(codec, Sealed) else None
+        files.append(FileEntry(relative, digest, size, stored))
+        _copy_object(store, artifact, relative, digest, size, targets, codec, advance)
     return ArtifactEntry(
         sha256=artifact.sha256,
         is_directory=artifact.is_directory,
@@ -198,11 +240,14 @@ def _copy_object(
     digest: str,
     size: int,
     targets: list[_Target],
+    codec: Codec,
     advance: Progress | None,
 ) -> None:
-    """Stream one stored file to every live destination that lacks it, checking its digest on
-    the way: a damaged store file is never published as a good object."""
-    key = Destination.object_key(digest)
+    """Stream one stored file (sealed once, if encrypting) to every live destination that
+    lacks it, checking its digest on the way: a damaged store file is never published as a
+    good object."""
+    key = Destination.object_key(digest, codec.key_id)
+    stored_size = codec.stored_size(size)
     lacking: list[tuple[_Target, Destination]] = []
     for target in targets:
         destination = target.destination
@@ -211,7 +256,7 @@ def _copy_object(
         found = target.attempt(destination.size, key)
         if not target.alive:
             continue
-        if found == size:
+        if found == stored_size:
             target.report.objects_present += 1
         else:
             lacking.append((target, destination))
@@ -225,13 +270,21 @@ def _copy_object(
         if opened is not None:
             writers.append((target, destination, *opened))
     hasher = hashlib.sha256()
+    sealer = codec.sealer(object_purpose(digest))
+
+    def send(data: bytes) -> None:
+        if data:
+            for target, _destination, handle, _partial in writers:
+                target.attempt(handle.write, data)
+
+    send(sealer.start())
     with store.open(artifact, relative) as source:
         while chunk := source.read(_CHUNK):
             hasher.update(chunk)
-            for target, _destination, handle, _partial in writers:
-                target.attempt(handle.write, chunk)
+            send(sealer.update(chunk))
             if advance:
                 advance(len(chunk))
+    send(sealer.finish())
     damaged = hasher.hexdigest() != digest
     for target, destination, handle, partial in writers:
         target.attempt(handle.close)
@@ -239,7 +292,7 @@ def _copy_object(
             target.attempt(destination.publish, partial, key)
         if target.alive and not damaged:
             target.report.objects_copied += 1
-            target.report.bytes_copied += size
+            target.report.bytes_copied += stored_size
         else:
             destination.discard(partial)
     if damaged:

@@ -11,6 +11,9 @@ import fsspec
 from berth.errors import InvalidInput
 
 OBJECTS = "objects"
+SEALED_OBJECTS = "objects-enc"
+"""Encrypted objects, under the id of their key: an object in clear, or sealed with another
+key, never stands in for one an encrypted backup needs (nor the other way round)."""
 SNAPSHOTS = "snapshots"
 MANIFEST = "manifest.json"
 
@@ -26,7 +29,9 @@ class Destination:
         return f"{self.root}/{relative}"
 
     @staticmethod
-    def object_key(sha256: str) -> str:
+    def object_key(sha256: str, key_id: str | None = None) -> str:
+        if key_id is not None:
+            return f"{SEALED_OBJECTS}/{key_id}/{sha256[:2]}/{sha256}"
         return f"{OBJECTS}/{sha256[:2]}/{sha256}"
 
     def size(self, relative: str) -> int | None:

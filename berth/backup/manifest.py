@@ -12,10 +12,15 @@ from berth.backup.destination import MANIFEST, SNAPSHOTS, Destination
 from berth.errors import InvalidInput, NotFound
 
 FORMAT = 1
+SEALED_FORMAT = 2
+"""Encrypted snapshots: a Berth that reads only format 1 says so instead of failing on them."""
+FORMATS = (FORMAT, SEALED_FORMAT)
 SECRETS_NOTE = (
     "the server secret (BERTH_SECRET_KEY or the secret file) is not in this backup: API keys "
-    "work after a restore only with the same secret; otherwise re-create them"
+    "work after a restore only with the same secret; otherwise re-create them (encrypt the "
+    "backup to include the secret)"
 )
+SECRET_FILE = "server-secret.sealed"  # noqa: S105 (a file name, not a secret)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class FileEntry:
     """Relative to the artifact's root."""
     sha256: str
     size: int
+    stored_size: int | None = None
+    """Its size at the destination when that differs (encrypted)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,10 @@ class TableEntry:
     """Relative to the snapshot's folder."""
     rows: int
     sha256: str
+    """Of the gzip'd JSON Lines, before any encryption."""
     size: int
+    stored_size: int | None = None
+    """Its size at the destination when that differs (encrypted)."""
 
 
 @dataclass(frozen=True)
@@ -57,21 +67,48 @@ class Manifest:
     secrets: dict[str, Any] = field(
         default_factory=lambda: {"server_secret": "not included", "note": SECRETS_NOTE}
     )
+    encryption: dict[str, Any] | None = None
+    """Algorithm and key id when the snapshot is encrypted (see berth.backup.crypto)."""
     format: int = FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        # An unencrypted snapshot's manifest stays exactly format 1.
+        if self.encryption is None:
+            del document["encryption"]
+        for entry in [*document["tables"].values()] + [
+            f for a in document["artifacts"] for f in a["files"]
+        ]:
+            if entry["stored_size"] is None:
+                del entry["stored_size"]
+        return document
+
+    @property
+    def key_id(self) -> str | None:
+        return None if self.encryption is None else str(self.encryption["key_id"])
 
     def objects(self) -> dict[str, int]:
         """Every object the snapshot needs: sha256 -> size."""
         return {f.sha256: f.size for a in self.artifacts for f in a.files}
 
+    def stored_objects(self) -> dict[str, int]:
+        """Every object the snapshot needs: sha256 -> its size at the destination."""
+        return {
+            f.sha256: f.size if f.stored_size is None else f.stored_size
+            for a in self.artifacts
+            for f in a.files
+        }
+
+    def object_key(self, sha256: str) -> str:
+        """Where the object `sha256` of this snapshot is at the destination."""
+        return Destination.object_key(sha256, self.key_id)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("format") != FORMAT:
+        if data.get("format") not in FORMATS:
             raise InvalidInput(
                 f"backup {data.get('id')} has format {data.get('format')}, this Berth reads "
-                f"format {FORMAT}; use a Berth version that reads it"
+                f"formats {', '.join(map(str, FORMATS))}; use a Berth version that reads it"
             )
         return cls(
             id=data["id"],
@@ -85,8 +122,22 @@ class Manifest:
                 for a in data["artifacts"]
             ],
             secrets=data["secrets"],
+            encryption=data.get("encryption"),
             format=data["format"],
         )
+
+
+def object_purpose(sha256: str) -> str:
+    """What an object is, as sealed into its encryption (and named in errors)."""
+    return f"object {sha256}"
+
+
+def table_purpose(snapshot: str, table: str) -> str:
+    return f"table file {table} of backup {snapshot}"
+
+
+def secret_purpose(snapshot: str) -> str:
+    return f"the server secret of backup {snapshot}"
 
 
 def new_id(now: datetime) -> str:

@@ -5,6 +5,9 @@ their ids through tables reflected from that schema (so an older snapshot fits t
 taken from), then the migrations bring it to the newest revision. PostgreSQL's id sequences are
 moved past the restored ids. Artifacts are copied into the target's store first, checked by
 sha256 as they are copied, and version rows are pointed at that store.
+
+An encrypted snapshot needs its key (checked by id before anything is read); its server secret
+is put back last, once the rows are in (see berth.backup.secret).
 """
 
 from __future__ import annotations
@@ -27,15 +30,24 @@ from sqlalchemy import (
     text,
 )
 
+from berth.backup.crypto import BackupKey, Codec, Unreadable, reading_codec, unseal
 from berth.backup.destination import Destination
-from berth.backup.manifest import ArtifactEntry, Manifest, load, snapshot_folder
+from berth.backup.manifest import (
+    ArtifactEntry,
+    Manifest,
+    load,
+    object_purpose,
+    secret_purpose,
+    snapshot_folder,
+    table_purpose,
+)
 from berth.backup.rows import decode
+from berth.backup.secret import SecretPlan, SecretTarget, plan
 from berth.errors import ArtifactIntegrityError, Conflict, InvalidInput
 from berth.registry.artifacts import ArtifactStore
 from berth.store.db import MIGRATIONS, Database, head_revision
 from berth.store.tables import Base
 
-_CHUNK = 1024 * 1024
 _BATCH = 1000
 Progress = Callable[[int], None]
 
@@ -69,9 +81,14 @@ def restore(
     store: ArtifactStore,
     force: bool = False,
     advance: Progress | None = None,
+    key: BackupKey | None = None,
+    secret: SecretTarget | None = None,
 ) -> RestoreReport:
+    """Restore `snapshot` into `db` and `store`, decrypting with `key`; with `secret`, the
+    backup's server secret is put where it says (else the report says what to do)."""
     manifest = load(source, snapshot)
     _check_revision(manifest)
+    codec = reading_codec(manifest.encryption, key, f"backup {manifest.id}")
     current = _current_revision(db)
     if _holds_rows(db):
         if not force:
@@ -85,12 +102,13 @@ def restore(
                 f"the database is at schema revision {current} and the backup at "
                 f"{manifest.schema_revision}; restore into an empty database instead"
             )
+    secret_plan = _secret_plan(source, manifest, codec, secret, force)
     report = RestoreReport(
         manifest.id, db.engine.dialect.name, manifest.schema_revision,
-        secrets=str(manifest.secrets.get("note", "")),
+        secrets=secret_plan.message,
     )  # fmt: skip
     for artifact in manifest.artifacts:
-        _restore_artifact(source, artifact, store, report, advance)
+        _restore_artifact(source, manifest, codec, artifact, store, report, advance)
     with db.engine.begin() as connection:
         _upgrade(connection, manifest.schema_revision)
     with db.engine.begin() as connection:
@@ -101,7 +119,13 @@ def restore(
             entry = manifest.tables.get(table.name)
             if entry is None:
                 continue
-            data = source.read(f"{snapshot_folder(manifest.id)}/{entry.file}")
+            with source.open(f"{snapshot_folder(manifest.id)}/{entry.file}") as handle:
+                try:
+                    data = unseal(codec, handle, table_purpose(manifest.id, table.name))
+                except Unreadable as exc:
+                    raise ArtifactIntegrityError(
+                        f"{exc}; restore from another destination"
+                    ) from None
             if hashlib.sha256(data).hexdigest() != entry.sha256:
                 raise ArtifactIntegrityError(
                     f"the table file {entry.file} of backup {manifest.id} fails its sha256 "
@@ -111,7 +135,35 @@ def restore(
         if connection.dialect.name == "postgresql":
             _reset_sequences(connection, tables)
     db.migrate()
+    report.secrets = secret_plan.apply()
     return report
+
+
+def _secret_plan(
+    source: Destination,
+    manifest: Manifest,
+    codec: Codec,
+    target: SecretTarget | None,
+    force: bool,
+) -> SecretPlan:
+    """What becomes of the backup's server secret, decided (and refused) before any write."""
+    recorded = str(manifest.secrets.get("server_secret"))
+    if target is None:
+        return SecretPlan(str(manifest.secrets.get("note", "")))
+    value = None
+    if recorded == "encrypted":
+        relative = f"{snapshot_folder(manifest.id)}/{manifest.secrets['file']}"
+        try:
+            with source.open(relative) as handle:
+                value = unseal(codec, handle, secret_purpose(manifest.id))
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(
+                f"the server secret of backup {manifest.id} is missing; restore from another "
+                "destination"
+            ) from None
+        except Unreadable as exc:
+            raise ArtifactIntegrityError(f"{exc}; restore from another destination") from None
+    return plan(value, recorded, target, force)
 
 
 def _check_revision(manifest: Manifest) -> None:
@@ -215,6 +267,8 @@ def _reset_sequences(connection: Connection, tables: list[Table]) -> None:
 
 def _restore_artifact(
     source: Destination,
+    manifest: Manifest,
+    codec: Codec,
     artifact: ArtifactEntry,
     store: ArtifactStore,
     report: RestoreReport,
@@ -230,15 +284,21 @@ def _restore_artifact(
         store.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         partial = f"{target}.restore.partial"
         hasher = hashlib.sha256()
-        with (
-            source.open(Destination.object_key(file.sha256)) as reader,
-            store.fs.open(partial, "wb") as writer,
-        ):
-            while chunk := reader.read(_CHUNK):
-                hasher.update(chunk)
-                writer.write(chunk)
-                if advance:
-                    advance(len(chunk))
+        try:
+            with (
+                source.open(manifest.object_key(file.sha256)) as reader,
+                store.fs.open(partial, "wb") as writer,
+            ):
+                for chunk in codec.opened(reader, object_purpose(file.sha256)):
+                    hasher.update(chunk)
+                    writer.write(chunk)
+                    if advance:
+                        advance(len(chunk))
+        except Unreadable as exc:
+            store.fs.rm(partial)
+            raise ArtifactIntegrityError(
+                f"{exc}; restore from another destination, or run `berth backup verify --deep`"
+            ) from None
         if hasher.hexdigest() != file.sha256:
             store.fs.rm(partial)
             raise ArtifactIntegrityError(

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import typer
 
+from berth.cli import backup_keys
+from berth.cli.backup_keys import KEY_FILE, backup_key
 from berth.cli.context import console, registry, remote, settings
 from berth.errors import BerthError, InvalidInput
 
@@ -26,12 +29,15 @@ def create(
     to: list[str] = typer.Option(
         ..., "--to", help="A destination: a folder or fsspec URL (repeat for several)."
     ),
+    encryption_key_file: Path | None = KEY_FILE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Back up the registry's rows and artifacts to every destination.
 
     Artifacts a destination already holds are not copied again. A destination that fails gets
-    no manifest; the others complete.
+    no manifest; the others complete. With a backup key (--encryption-key-file or
+    BERTH_BACKUP_KEY) everything is encrypted before it leaves (AES-256-GCM) and the server
+    secret is included, so API keys work after a restore; without one the secret is left out.
 
     Example: berth backup create --to /mnt/backups --to s3://bucket/berth
     """
@@ -41,12 +47,16 @@ def create(
             "(unset BERTH_SERVER, or `berth logout`)"
         )
     from berth.backup.create import create_backup, take_snapshot
+    from berth.backup.secret import current_secret
     from berth.cli.upload import progress
+    from berth.security.config import KeyConfig
 
+    key = backup_key(encryption_key_file)
     found = registry()
+    secret = current_secret(KeyConfig.from_settings(settings())) if key else None
     taken = take_snapshot(found.db)
     with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
-        report = create_backup(taken, found.store, to, advance).to_dict()
+        report = create_backup(taken, found.store, to, advance, key, secret).to_dict()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -76,7 +86,10 @@ def _print_backup(report: dict[str, Any]) -> None:
             )
         else:
             _echo(f"  {destination['url']}: failed, no manifest written ({destination['error']})")
-    _echo("  the server secret is not in the backup: keys work after a restore only with it")
+    if report["encryption"]:
+        _echo(f"  encrypted with key {report['encryption']['key_id']}; {report['secrets']['note']}")
+    else:
+        _echo("  the server secret is not in the backup: keys work after a restore only with it")
 
 
 @app.command("list")
@@ -103,6 +116,7 @@ def list_backups(
             f"{item['id']}  {item['created_at']}  schema {item['schema_revision']}  "
             f"{_count(item['rows'], 'row')}  {_count(item['artifacts'], 'artifact')}  "
             f"{item['artifact_bytes']} bytes"
+            + (f"  encrypted (key {item['key_id']})" if item["encrypted"] else "")
         )
 
 
@@ -119,7 +133,10 @@ def verify_backup(
     url: str = typer.Argument(
         ..., help="The destination, optionally with /SNAPSHOT (else the latest)."
     ),
-    deep: bool = typer.Option(False, "--deep", help="Re-hash every byte, not only sizes."),
+    deep: bool = typer.Option(
+        False, "--deep", help="Re-hash every byte, not only sizes (decrypting: needs the key)."
+    ),
+    encryption_key_file: Path | None = KEY_FILE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check that a backup is whole: its manifest, table files and every object with its size.
@@ -132,7 +149,8 @@ def verify_backup(
 
     where, snapshot = _split(url)
     destination = Destination(where)
-    report = verify(destination, snapshot or latest(destination), deep).to_dict()
+    key = backup_key(encryption_key_file)
+    report = verify(destination, snapshot or latest(destination), deep, key).to_dict()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -158,18 +176,34 @@ def restore_backup(
     artifacts: str | None = typer.Option(
         None, "--artifacts", help="The artifact store to copy artifacts into (else the settings')."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace the rows of a non-empty registry."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the rows of a non-empty registry, and a different server secret file "
+        "(the old one is kept beside it).",
+    ),
+    encryption_key_file: Path | None = KEY_FILE,
+    secret_file: Path | None = typer.Option(
+        None,
+        "--secret-file",
+        help="Where to write an encrypted backup's server secret (else the settings' "
+        "<home>/secret.key).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Restore a backup into an empty SQLite or PostgreSQL registry.
+
+    An encrypted backup needs its key, and puts its server secret back so API keys work.
 
     Example: berth backup restore /mnt/backups --database sqlite:///registry.db
     """
     from berth.backup.destination import Destination
     from berth.backup.manifest import latest, load
     from berth.backup.restore import restore
+    from berth.backup.secret import SecretTarget
     from berth.cli.upload import progress
     from berth.registry.artifacts import ArtifactStore
+    from berth.security.config import KeyConfig
     from berth.store.db import Database
 
     source = Destination(url)
@@ -179,10 +213,12 @@ def restore_backup(
     store = ArtifactStore(
         artifacts or configured.resolved_artifact_url, configured.home.resolve() / "cache"
     )
+    key = backup_key(encryption_key_file)
+    target = SecretTarget(KeyConfig.from_settings(configured), secret_file)
     db = Database(database)
     try:
         with progress("Restoring", total) as (advance, _describe):
-            report = restore(source, chosen, db, store, force, advance).to_dict()
+            report = restore(source, chosen, db, store, force, advance, key, target).to_dict()
     finally:
         db.dispose()
     if as_json:
@@ -199,3 +235,6 @@ def restore_backup(
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+backup_keys.register(app)
