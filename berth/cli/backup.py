@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from berth.cli import backup_keys
+from berth.cli import backup_keys, backup_prune
 from berth.cli.backup_keys import KEY_FILE, backup_key
 from berth.cli.context import console, registry, remote, settings
 from berth.errors import BerthError, InvalidInput
@@ -238,3 +238,4 @@ def _count(number: int, noun: str) -> str:
 
 
 backup_keys.register(app)
+backup_prune.register(app)
