@@ -56,6 +56,7 @@ CHEAPEST: dict[str, list[str]] = {
     "experiments start": ["web", "--variant", "a=m:1"],
     "experiments conclude": ["web", "--winner", "a"],
     "feedback performance": ["m"],
+    "backup prune": ["x", "--keep-last", "1"],
 }
 # Commands that talk to a server or manage server profiles, not the local registry: they fail
 # for another reason here.
@@ -63,9 +64,10 @@ REMOTE = {"bench", "login", "logout", "profile list", "profile use", "profile re
 # `berth ci` commands read a model repository (its berth-ci.toml or pipeline file) before any
 # setting: here, with none, they fail on that first, in one line naming what to write.
 REPOSITORY = {"ci init", "ci gates", "ci validate", "ci env", "ci version", "ci smoke", "ci run"}
-# `berth backup verify` and `restore` read the backup (a destination they are given) before any
-# setting: here, with none at "x", they fail on that first, in one line naming how to make one.
-BACKUP_READERS = {"backup verify", "backup restore"}
+# `berth backup verify`, `restore` and `prune` read the backup (a destination they are given)
+# before any setting: here, with none at "x", they fail on that first, in one line naming how to
+# make one.
+BACKUP_READERS = {"backup verify", "backup restore", "backup prune"}
 # Commands that run until stopped once they start: with a working setup they would block here.
 LONG_RUNNING = {"serve", "scheduler", "stream run", "demo"}
 
