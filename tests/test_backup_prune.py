@@ -121,14 +121,14 @@ def test_prune_removes_old_snapshots_then_unreferenced_objects(
     # names yet, a snapshot folder.
     (folder / "objects" / "00").mkdir()
     (folder / "objects" / "00" / "00ab.1234.partial").write_bytes(b"x" * 10)
-    failed = folder / "snapshots" / "20231231T100000Z-abcdef"
+    failed = folder / "snapshots" / "20231231T100000000Z-abcdef"
     (failed / "tables").mkdir(parents=True)
     (failed / "tables" / "models.jsonl.gz").write_bytes(b"y")
     _age(folder)
     (folder / "objects" / "00" / "00cd.5678.partial").write_bytes(b"z")
     (folder / "objects" / "ff").mkdir()
     (folder / "objects" / "ff" / ("f" * 64)).write_bytes(b"a new object")
-    running = folder / "snapshots" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-012345"
+    running = folder / "snapshots" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}000Z-012345"
     running.mkdir()
 
     before = _tree(folder)

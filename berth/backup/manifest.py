@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from berth.backup.destination import MANIFEST, SNAPSHOTS, Destination
@@ -140,9 +141,21 @@ def secret_purpose(snapshot: str) -> str:
     return f"the server secret of backup {snapshot}"
 
 
+SNAPSHOT_ID = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{6}$")
+"""A snapshot's id: its UTC time to the millisecond, then a random suffix."""
+
+
 def new_id(now: datetime) -> str:
-    """Sortable by time; the suffix keeps two backups of one second apart."""
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    """Sortable by time (to the millisecond, so backups made one after the other list in the
+    order they were made); the suffix keeps two of one millisecond apart."""
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def snapshot_time(snapshot: str) -> datetime | None:
+    """When a snapshot was made, read from its id; None for a name that is not an id."""
+    if not SNAPSHOT_ID.match(snapshot):
+        return None
+    return datetime.strptime(snapshot.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
 
 
 def snapshot_folder(snapshot: str) -> str:

@@ -23,11 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from berth.backup.destination import MANIFEST, OBJECTS, SEALED_OBJECTS, SNAPSHOTS, Destination
-from berth.backup.manifest import load, manifest_path, snapshot_folder
+from berth.backup.manifest import load, manifest_path, snapshot_folder, snapshot_time
 from berth.errors import InvalidInput
 
 GRACE = timedelta(hours=24)
-_SNAPSHOT_TIME = "%Y%m%dT%H%M%SZ"
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def _remove_incomplete(destination: Destination, report: PruneReport, now: datet
         name = str(entry).rstrip("/").rsplit("/", 1)[-1]
         if fs.isfile(f"{folder}/{name}/{MANIFEST}"):
             continue
-        started = _snapshot_time(name)
+        started = snapshot_time(name)
         if started is None:
             continue  # not a folder a backup made: not ours to remove
         if now - started < GRACE:
@@ -187,13 +186,6 @@ def _remove_incomplete(destination: Destination, report: PruneReport, now: datet
         report.incomplete_removed.append(name)
         if not report.dry_run:
             fs.rm(f"{folder}/{name}", recursive=True)
-
-
-def _snapshot_time(name: str) -> datetime | None:
-    try:
-        return datetime.strptime(name.split("-", 1)[0], _SNAPSHOT_TIME).replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def _recent(info: dict[str, Any], now: datetime) -> bool:

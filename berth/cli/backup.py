@@ -4,7 +4,6 @@ and their listing, checking and restore."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ from berth.cli.context import console, registry, remote, settings
 from berth.errors import BerthError, InvalidInput
 
 app = typer.Typer(help="Back up the registry and restore it.", no_args_is_help=True)
-
-_SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
 def _echo(text: str) -> None:
@@ -122,8 +119,10 @@ def list_backups(
 
 def _split(url: str) -> tuple[str, str | None]:
     """URL[/SNAPSHOT] -> (destination, snapshot or None)."""
+    from berth.backup.manifest import SNAPSHOT_ID
+
     head, _, last = url.rstrip("/").rpartition("/")
-    if head and _SNAPSHOT_ID.match(last):
+    if head and SNAPSHOT_ID.match(last):
         return head, last
     return url, None
 
