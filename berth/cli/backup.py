@@ -120,11 +120,21 @@ def verify_backup(
         ..., help="The destination, optionally with /SNAPSHOT (else the latest)."
     ),
     deep: bool = typer.Option(False, "--deep", help="Re-hash every byte, not only sizes."),
+    drill: bool = typer.Option(
+        False,
+        "--drill",
+        help="Also restore it into a temporary registry and predict with every aliased or "
+        "routed version.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check that a backup is whole: its manifest, table files and every object with its size.
 
-    Example: berth backup verify /mnt/backups --deep
+    With --drill, the backup is restored into a temporary SQLite registry and every version an
+    alias or endpoint route reaches is loaded and predicts on its stored sample rows; the
+    command fails naming each version that does not.
+
+    Example: berth backup verify /mnt/backups --deep --drill
     """
     from berth.backup.destination import Destination
     from berth.backup.manifest import latest
@@ -133,6 +143,10 @@ def verify_backup(
     where, snapshot = _split(url)
     destination = Destination(where)
     report = verify(destination, snapshot or latest(destination), deep).to_dict()
+    if drill and not report["problems"]:
+        from berth.cli.backup_drill import run_drill
+
+        report["drill"] = run_drill(destination, report["snapshot"])
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -148,6 +162,10 @@ def verify_backup(
             f"backup {report['snapshot']} at {report['url']} is damaged: "
             f"{'; '.join(report['problems'])}; restore from another destination or back up again"
         )
+    if "drill" in report:
+        from berth.cli.backup_drill import finish_drill
+
+        finish_drill(report["drill"], printed=not as_json)
 
 
 @app.command("restore")
