@@ -27,11 +27,17 @@ def create(
         ..., "--to", help="A destination: a folder or fsspec URL (repeat for several)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    job: int | None = typer.Option(
+        None, "--job", hidden=True, help="Attach to this queued job record (the scheduler)."
+    ),
+    schedule: str | None = typer.Option(
+        None, "--schedule", hidden=True, help="Record the run as one of this schedule's."
+    ),
 ) -> None:
     """Back up the registry's rows and artifacts to every destination.
 
     Artifacts a destination already holds are not copied again. A destination that fails gets
-    no manifest; the others complete.
+    no manifest; the others complete. Each backup is a job: `berth jobs list` shows it.
 
     Example: berth backup create --to /mnt/backups --to s3://bucket/berth
     """
@@ -42,11 +48,21 @@ def create(
         )
     from berth.backup.create import create_backup, take_snapshot
     from berth.cli.upload import progress
+    from berth.jobs.backups import recorded_backup
 
     found = registry()
-    taken = take_snapshot(found.db)
-    with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
-        report = create_backup(taken, found.store, to, advance).to_dict()
+    args = [arg for url in to for arg in ("--to", url)]
+    origin = "cli" if schedule is None else f"schedule:{schedule}"
+    with recorded_backup(found.db, args, origin=origin, job_id=job) as record:
+        taken = take_snapshot(found.db)
+        with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
+            report = create_backup(taken, found.store, to, advance).to_dict()
+        record.report(report)
+        _finish_backup(report, as_json)
+
+
+def _finish_backup(report: dict[str, Any], as_json: bool) -> None:
+    """Print the report; a failed destination fails the command (and so the job)."""
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
