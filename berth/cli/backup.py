@@ -53,8 +53,10 @@ def create(
     found = registry()
     args = [arg for url in to for arg in ("--to", url)]
     origin = "cli" if schedule is None else f"schedule:{schedule}"
+    # The rows are read before the job is recorded: a backup does not hold its own running
+    # job (restored, it would show as a backup that never ended).
+    taken = take_snapshot(found.db)
     with recorded_backup(found.db, args, origin=origin, job_id=job) as record:
-        taken = take_snapshot(found.db)
         with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
             report = create_backup(taken, found.store, to, advance).to_dict()
         record.report(report)
