@@ -99,7 +99,8 @@ def test_every_backup_is_a_job_listed_and_shown(
     table = run("jobs", "list")
     assert table.code == 0, table.err
     assert re.search(
-        rf"{first['id']}[\s│]+succeeded[\s│]+backup[\s│]+registry → {re.escape(str(good))}", table.out
+        rf"{first['id']}[\s│]+succeeded[\s│]+backup[\s│]+registry → {re.escape(str(good))}",
+        table.out,
     )
     text = run("jobs", "show", str(listed[0]["id"]))
     assert text.code == 0, text.err
