@@ -457,3 +457,20 @@ def test_berth_build_turns_backup_schedules_into_cronjobs(
     hourly = BatchSchedule("h", "0 * * * *", "UTC", (), "backup")
     assert backup_max_age([weekdays]) == "74h"  # Friday to Monday
     assert backup_max_age([weekdays, hourly]) == "3h"  # any success resets the age
+
+
+def test_a_cronjob_run_is_recorded_as_its_schedules(
+    settings: Settings, run: Run, tmp_path: Path
+) -> None:
+    """The CronJob of `berth build` runs `berth backup create ... --schedule NAME`."""
+    done = run("backup", "create", "--to", str(tmp_path / "b"), "--schedule", "nightly")
+    assert done.code == 0, done.err
+    (job,) = json.loads(run("jobs", "list", "--json").out)
+    assert (job["kind"], job["origin"], job["status"]) == (
+        "backup",
+        "schedule:nightly",
+        "succeeded",
+    )
+    refused = run("backup", "create", "--to", str(tmp_path / "b"), "--schedule", "no good")
+    assert refused.code == 1
+    assert refused.err.startswith("error: --schedule 'no good' is not a schedule name")

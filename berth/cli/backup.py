@@ -50,6 +50,11 @@ def create(
     from berth.cli.upload import progress
     from berth.jobs.backups import recorded_backup
 
+    if schedule is not None:
+        from berth.jobs.schedules import NAME_PATTERN
+
+        if not re.fullmatch(NAME_PATTERN, schedule):
+            raise InvalidInput(f"--schedule '{schedule}' is not a schedule name, e.g. nightly")
     found = registry()
     args = [arg for url in to for arg in ("--to", url)]
     origin = "cli" if schedule is None else f"schedule:{schedule}"
