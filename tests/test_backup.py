@@ -307,20 +307,25 @@ def test_restore_migrates_a_backup_from_an_older_schema(
     import gzip
     import hashlib
 
+    from berth.store.db import head_revision
+
     _source(settings, monkeypatch, settings.resolved_database_url, iris_files, churn_files, run)
     before = _state(run)
     folder = tmp_path / "dest"
     report = _backup(run, folder)
     snapshot = folder / "snapshots" / str(report["snapshot"])
     manifest = json.loads((snapshot / "manifest.json").read_text())
-    jobs = snapshot / manifest["tables"]["jobs"]["file"]
-    header, *rows = gzip.decompress(jobs.read_bytes()).decode().splitlines()
-    assert not rows
-    columns = json.loads(header)
-    columns["columns"] = [c for c in columns["columns"] if c["name"] != "summary"]
-    older = gzip.compress((json.dumps(columns) + "\n").encode(), mtime=0)
-    jobs.write_bytes(older)
-    manifest["tables"]["jobs"].update(sha256=hashlib.sha256(older).hexdigest(), size=len(older))
+    # The columns added after 0007: jobs.summary (0008), schedules.kind (0009).
+    for table, column in (("jobs", "summary"), ("schedules", "kind")):
+        path = snapshot / manifest["tables"][table]["file"]
+        header, *rows = gzip.decompress(path.read_bytes()).decode().splitlines()
+        assert not rows
+        columns = json.loads(header)
+        columns["columns"] = [c for c in columns["columns"] if c["name"] != column]
+        older = gzip.compress((json.dumps(columns) + "\n").encode(), mtime=0)
+        path.write_bytes(older)
+        entry = manifest["tables"][table]
+        entry.update(sha256=hashlib.sha256(older).hexdigest(), size=len(older))
     manifest["schema_revision"] = "0007"
     (snapshot / "manifest.json").write_text(json.dumps(manifest))
 
@@ -333,6 +338,6 @@ def test_restore_migrates_a_backup_from_an_older_schema(
 
     with sqlite3.connect(tmp_path / "restored.db") as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0008",)
+            (head_revision(),)
         ]
         assert "summary" in [c[1] for c in connection.execute("PRAGMA table_info(jobs)")]

@@ -40,6 +40,7 @@ CHEAPEST: dict[str, list[str]] = {
     "models drift": ["m"],
     "batch run": ["m", "--source", "rows.csv", "--sink", "out.csv"],
     "batch schedule": ["nightly", "--cron", "@daily", "--model", "m"],
+    "backup schedule": ["nightly", "--cron", "@daily", "--to", "backups"],
     "stream run": [
         "m",
         "--source",

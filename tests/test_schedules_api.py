@@ -73,7 +73,7 @@ def test_every_route_needs_an_admin_key_and_is_documented_with_its_body(api: Api
                   if p.startswith(("/api/v1/schedules", "/api/v1/prediction-log")) for m in ops]  # fmt: skip
     assert sorted(documented) == sorted(ROUTES)
     body = paths["/api/v1/schedules/{name}"]["put"]["requestBody"]["content"]["application/json"]
-    assert set(body["schema"]["properties"]) == {"cron", "timezone", "args", "enabled"}
+    assert set(body["schema"]["properties"]) == {"cron", "timezone", "args", "enabled", "kind"}
     assert body["schema"]["required"] == ["cron", "args"]
     ScheduleService(api.registry.db).put("nightly", cron="@daily", args=ARGS)
     for method, template in ROUTES:

@@ -8,6 +8,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from berth.api.backup_metric import BackupMetric
 from berth.api.json_body import json_response
 from berth.api.openapi import common as doc
 from berth.api.services import services
@@ -64,6 +65,20 @@ async def ready(request: Request) -> Response:
 )
 async def metrics(request: Request) -> Response:
     await services(request).auth.limit_address(request)
-    # Several workers: this merges every worker's metric files, which is file I/O.
-    body, media_type = await anyio.to_thread.run_sync(prometheus.render)
+    backups = _backup_metric(request)
+
+    def render() -> tuple[bytes, str]:
+        body, media_type = prometheus.render()
+        return body + backups.render(), media_type
+
+    # Several workers: this merges every worker's metric files, which is file I/O; the backup
+    # gauge may read the database.
+    body, media_type = await anyio.to_thread.run_sync(render)
     return Response(body, media_type=media_type)
+
+
+def _backup_metric(request: Request) -> BackupMetric:
+    found: BackupMetric | None = getattr(request.app.state, "backup_metric", None)
+    if found is None:
+        found = request.app.state.backup_metric = BackupMetric(services(request).registry.db)
+    return found

@@ -80,7 +80,11 @@ _TIMESTAMP = {"type": "string", "description": "ISO 8601 date and time"}
 _NULLABLE_TIMESTAMP = {"type": ["string", "null"], "description": "ISO 8601, or null"}
 _JOB_PROPERTIES: dict[str, Any] = {
     "id": {"type": "integer"},
-    "kind": {"type": "string", "description": "batch"},
+    "kind": {
+        "enum": ["batch", "backup"],
+        "description": "batch (`berth batch run`) or backup (`berth backup create`: no model, "
+        "`sink` lists its destinations, the counts stay 0).",
+    },
     "status": {
         "enum": list(STATES),
         "description": "lost: marked running, but its heartbeat stopped (it was killed); "
@@ -141,6 +145,26 @@ SUMMARY = doc.object_schema(
         "resumed_at_row": _NULLABLE_INTEGER,
     }
 )
+_DESTINATION = doc.object_schema(
+    {
+        "url": doc.STRING,
+        "complete": doc.BOOLEAN,
+        "objects_copied": _COUNT,
+        "bytes_copied": _COUNT,
+        "objects_present": _COUNT,
+        "error": _NULLABLE_STRING,
+    }
+)
+BACKUP_SUMMARY = doc.object_schema(
+    {
+        "snapshot": {"type": "string", "description": "The backup's id at its destinations."},
+        "schema_revision": doc.STRING,
+        "rows": {"type": "object", "additionalProperties": _COUNT, "description": "Per table."},
+        "artifacts": _COUNT,
+        "artifact_bytes": _COUNT,
+        "destinations": {"type": "array", "items": _DESTINATION},
+    }
+)
 _DETAIL_PROPERTIES: dict[str, Any] = {
     **_JOB_PROPERTIES,
     "job_key": {
@@ -154,12 +178,13 @@ _DETAIL_PROPERTIES: dict[str, Any] = {
     },
     "command": {
         "type": "string",
-        "description": "The `berth batch run` command line that runs (and so resumes) it.",
+        "description": "The `berth batch run` command line that runs (and so resumes) it; a "
+        "backup's `berth backup create` command line.",
     },
     "summary": {
-        "oneOf": [SUMMARY, {"type": "null"}],
-        "description": "What the run that ended it reported; null while it runs, or when it "
-        "ended otherwise (an error, cancelled before it started).",
+        "oneOf": [SUMMARY, BACKUP_SUMMARY, {"type": "null"}],
+        "description": "What the run that ended it reported (a backup: its report); null while "
+        "it runs, or when it ended otherwise (an error, cancelled before it started).",
     },
 }
 JOB_DETAIL = {

@@ -1,10 +1,11 @@
-"""Admin routes (admin scope) for schedules: batch jobs on a cron schedule.
+"""Admin routes (admin scope) for schedules: batch jobs and backups on a cron schedule.
 
 Each route calls the `ScheduleService` method its `berth batch` command calls, with the caller
 as the actor of the audit log. The schedules are run by `berth scheduler` (a daemon beside the
 server, never started through the API); these routes define, list, pause and remove them.
-A schedule's arguments are `berth batch run` arguments: files and SQL URLs in them are opened on
-the host the scheduler runs on.
+A schedule's arguments are `berth batch run` arguments (kind `batch`, the default when a body
+has no kind) or `berth backup create` arguments (kind `backup`): files, SQL URLs and backup
+destinations in them are opened on the host the scheduler runs on.
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ RUN = doc.object_schema(
 SCHEDULE = doc.object_schema(
     {
         "name": doc.STRING,
+        "kind": {"enum": ["batch", "backup"], "description": "What each tick runs."},
         "cron": doc.STRING,
         "timezone": doc.STRING,
-        "args": {**doc.STRINGS, "description": "The `berth batch run` arguments."},
+        "args": {
+            **doc.STRINGS,
+            "description": "The `berth batch run` (batch) or `berth backup create` (backup) "
+            "arguments.",
+        },
         "enabled": doc.BOOLEAN,
         "next_run": {**_NULLABLE_LOCAL_TIME, "description": "null while disabled."},
         "last_tick": _NULLABLE_LOCAL_TIME,
@@ -150,7 +156,8 @@ async def get_schedule(request: Request) -> Response:
 @router.put(
     "/schedules/{name}",
     summary="Create a schedule, or replace its definition",
-    description="The arguments are checked as `berth batch run` checks them, the cron "
+    description="The arguments are checked as their kind's command (`berth batch run`, or "
+    "`berth backup create` for kind backup; no kind is batch) checks them, the cron "
     "expression and time zone as the scheduler reads them. Storing a schedule exactly as it is "
     "changes nothing (`unchanged`), so a deploy can apply its schedules again without losing a "
     "due tick. Files and SQL URLs in the arguments are opened on the scheduler's host.",
@@ -171,6 +178,7 @@ async def put_schedule(request: Request) -> Response:
             timezone=body.timezone,
             args=body.args,
             enabled=body.enabled,
+            kind=body.kind,
             **who,
         )
     )

@@ -4,6 +4,7 @@ and their listing, checking and restore."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,20 @@ def create(
     ),
     encryption_key_file: Path | None = KEY_FILE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    job: int | None = typer.Option(
+        None, "--job", hidden=True, help="Attach to this queued job record (the scheduler)."
+    ),
+    schedule: str | None = typer.Option(
+        None, "--schedule", hidden=True, help="Record the run as one of this schedule's."
+    ),
 ) -> None:
     """Back up the registry's rows and artifacts to every destination.
 
     Artifacts a destination already holds are not copied again. A destination that fails gets
-    no manifest; the others complete. With a backup key (--encryption-key-file or
-    BERTH_BACKUP_KEY) everything is encrypted before it leaves (AES-256-GCM) and the server
-    secret is included, so API keys work after a restore; without one the secret is left out.
+    no manifest; the others complete. Each backup is a job: `berth jobs list` shows it. With
+    a backup key (--encryption-key-file or BERTH_BACKUP_KEY) everything is encrypted before it
+    leaves (AES-256-GCM) and the server secret is included, so API keys work after a restore;
+    without one the secret is left out.
 
     Example: berth backup create --to /mnt/backups --to s3://bucket/berth
     """
@@ -46,14 +54,33 @@ def create(
     from berth.backup.create import create_backup, take_snapshot
     from berth.backup.secret import current_secret
     from berth.cli.upload import progress
+    from berth.jobs.backups import recorded_backup
     from berth.security.config import KeyConfig
 
+    if schedule is not None:
+        from berth.jobs.schedules import NAME_PATTERN
+
+        if not re.fullmatch(NAME_PATTERN, schedule):
+            raise InvalidInput(f"--schedule '{schedule}' is not a schedule name, e.g. nightly")
     key = backup_key(encryption_key_file)
     found = registry()
     secret = current_secret(KeyConfig.from_settings(settings())) if key else None
+    args = [arg for url in to for arg in ("--to", url)]
+    if encryption_key_file is not None:
+        args += ["--encryption-key-file", str(encryption_key_file)]
+    origin = "cli" if schedule is None else f"schedule:{schedule}"
+    # The rows are read before the job is recorded: a backup does not hold its own running
+    # job (restored, it would show as a backup that never ended).
     taken = take_snapshot(found.db)
-    with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
-        report = create_backup(taken, found.store, to, advance, key, secret).to_dict()
+    with recorded_backup(found.db, args, origin=origin, job_id=job) as record:
+        with progress("Backing up", taken.artifact_bytes) as (advance, _describe):
+            report = create_backup(taken, found.store, to, advance, key, secret).to_dict()
+        record.report(report)
+        _finish_backup(report, as_json)
+
+
+def _finish_backup(report: dict[str, Any], as_json: bool) -> None:
+    """Print the report; a failed destination fails the command (and so the job)."""
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -136,11 +163,21 @@ def verify_backup(
         False, "--deep", help="Re-hash every byte, not only sizes (decrypting: needs the key)."
     ),
     encryption_key_file: Path | None = KEY_FILE,
+    drill: bool = typer.Option(
+        False,
+        "--drill",
+        help="Also restore it into a temporary registry and predict with every aliased or "
+        "routed version.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check that a backup is whole: its manifest, table files and every object with its size.
 
-    Example: berth backup verify /mnt/backups --deep
+    With --drill, the backup is restored into a temporary SQLite registry and every version an
+    alias or endpoint route reaches is loaded and predicts on its stored sample rows; the
+    command fails naming each version that does not.
+
+    Example: berth backup verify /mnt/backups --deep --drill
     """
     from berth.backup.destination import Destination
     from berth.backup.manifest import latest
@@ -150,6 +187,10 @@ def verify_backup(
     destination = Destination(where)
     key = backup_key(encryption_key_file)
     report = verify(destination, snapshot or latest(destination), deep, key).to_dict()
+    if drill and not report["problems"]:
+        from berth.cli.backup_drill import run_drill
+
+        report["drill"] = run_drill(destination, report["snapshot"], key)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -165,6 +206,10 @@ def verify_backup(
             f"backup {report['snapshot']} at {report['url']} is damaged: "
             f"{'; '.join(report['problems'])}; restore from another destination or back up again"
         )
+    if "drill" in report:
+        from berth.cli.backup_drill import finish_drill
+
+        finish_drill(report["drill"], printed=not as_json)
 
 
 @app.command("restore")

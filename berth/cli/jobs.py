@@ -1,7 +1,8 @@
-"""`berth jobs ...`: the recorded batch jobs: what ran, how far it got, and stopping one.
+"""`berth jobs ...`: the recorded jobs (batch runs and backups): what ran, how far it got, and
+stopping one.
 
-Jobs are started by `berth batch run`, a schedule or `POST /api/v1/jobs`; this group only reads
-and cancels their records. `find_jobs`, `job_detail` and `cancel_job` are shared with the admin
+Jobs are started by `berth batch run`, `berth backup create`, a schedule or `POST /api/v1/jobs`;
+this group only reads and cancels their records. `find_jobs`, `job_detail` and `cancel_job` are shared with the admin
 API (`berth/api/jobs.py`), and every command prints from the job's JSON document (in remote
 mode the API's answer), so both modes list, show and cancel alike.
 """
@@ -19,11 +20,12 @@ from rich.table import Column, Table
 from berth.cli.context import console, registry, remote, settings
 from berth.cli.remote import path as remote_path
 from berth.jobs import states as r
-from berth.jobs.run_args import rerun_command
+from berth.jobs.kinds import BACKUP, BATCH, rerun_command
 from berth.jobs.states import LOST, MAX_LIMIT, STATES
 
 app = typer.Typer(
-    help="Recorded batch jobs: list them, show one's progress, cancel one.", no_args_is_help=True
+    help="Recorded jobs (batch runs, backups): list them, show one's progress, cancel one.",
+    no_args_is_help=True,
 )
 
 Job = dict[str, Any]
@@ -40,7 +42,7 @@ def list_jobs(
     limit: int = typer.Option(50, "--limit", min=1, max=MAX_LIMIT, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List batch jobs, newest first, with their counts and progress.
+    """List jobs (batch runs and backups), newest first, with their counts and progress.
 
     A job shown `lost` is marked running but stopped reporting (it was killed); running the
     same `berth batch run` command again resumes its work.
@@ -71,13 +73,16 @@ def list_jobs(
     # On a narrow terminal, id and status stay whole; the other columns wrap.
     table.columns[:0] = [Column("id", no_wrap=True), Column("status", no_wrap=True)]
     for job in found:
+        batch = job.get("kind", BATCH) == BATCH
         table.add_row(
             str(job["id"]),
             job["status"],
-            escape(_model(job)),
+            escape(_model(job) if batch else str(job["kind"])),
             escape(f"{shown(job['source'])} → {shown(job['sink'])}"),
-            f"{job['rows_scored']:,}/{job['rows_skipped']:,}/{job['rows_rejected']:,}",
-            f"{job['rows_per_second']:,.0f}",
+            f"{job['rows_scored']:,}/{job['rows_skipped']:,}/{job['rows_rejected']:,}"
+            if batch
+            else "-",
+            f"{job['rows_per_second']:,.0f}" if batch else "-",
             _percent(job["progress"]),
             _time(job["started_at"], "%Y-%m-%d %H:%M"),
             _span(job["duration_seconds"]),
@@ -112,8 +117,9 @@ def show(
     if as_json:
         typer.echo(json.dumps(job, indent=2))
         return
+    kind = job.get("kind", BATCH)
     console.print(f"[bold]job {job['id']}[/]  {job['status']}", highlight=False)
-    lines = _fields(job)
+    lines = _fields(job) if kind == BATCH else _backup_fields(job)
     if job["message"]:
         lines.append(("message", job["message"]))
     if job["log"] is not None:
@@ -122,7 +128,7 @@ def show(
         _say(f"  {label:<15} {value}")
     _say(_advice(job))
     masked = [shown(arg) for arg in job["args"]]
-    _say(f"  {rerun_command(masked)}")
+    _say(f"  {rerun_command(kind, masked)}")
     if masked != job["args"]:
         console.print("  (password hidden; `berth jobs show ID --json` has the full command)")
 
@@ -164,8 +170,10 @@ def cancel(
             f"{job['id']}` says when it has."
         )
     _say(said)
-    again = "starts it" if job["status"] == r.CANCELLED else "resumes it"
-    _say(f"Running the same command again {again}: " + rerun_command(map(shown, job["args"])))
+    kind = job.get("kind", BATCH)
+    again = "starts it" if job["status"] == r.CANCELLED or kind != BATCH else "resumes it"
+    command = rerun_command(kind, map(shown, job["args"]))
+    _say(f"Running the same command again {again}: " + command)
 
 
 # formatting ----------------------------------------------------------------------------------
@@ -208,8 +216,44 @@ def _fields(job: Job) -> list[tuple[str, str]]:
     ]
 
 
+def _backup_fields(job: Job) -> list[tuple[str, str]]:
+    """A backup's lines: where it went and how each destination fared (from its report)."""
+    from berth.jobs.sql import shown
+
+    summary = job.get("summary") or {}
+    pid = job["pid"]
+    lines = [("kind", "backup"), ("origin", job["origin"])]
+    if summary:
+        lines.append(
+            ("snapshot", f"{summary['snapshot']} (schema {summary['schema_revision']}), "
+             f"{summary['artifacts']} artifacts ({summary['artifact_bytes']:,} bytes)")
+        )  # fmt: skip
+        for destination in summary["destinations"]:
+            state = (
+                f"complete, {destination['bytes_copied']:,} bytes copied"
+                if destination["complete"]
+                else f"failed: {destination['error']}"
+            )
+            lines.append(("destination", f"{shown(destination['url'])}: {state}"))
+    else:
+        lines.append(("destinations", shown(job["sink"])))
+    return [
+        *lines,
+        ("process", f"{job['host'] or '-'} pid {pid if pid is not None else '-'}"),
+        ("created", _time(job["created_at"])),
+        ("started", _time(job["started_at"])),
+        ("heartbeat", _time(job["heartbeat_at"])),
+        ("finished", _time(job["finished_at"])),
+        ("duration", _span(job["duration_seconds"])),
+    ]
+
+
 def _advice(job: Job) -> str:
     state = job["status"]
+    if job.get("kind", BATCH) == BACKUP:
+        if state in (r.QUEUED, r.RUNNING) or state == LOST:
+            return "A killed backup writes no manifest; earlier backups stay intact. Run by:"
+        return "Running it again takes a new snapshot, copying only what changed:"
     if state == LOST:
         return (
             f"It stopped reporting at {_time(job['heartbeat_at'])} (killed?). What it committed "

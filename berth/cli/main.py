@@ -13,6 +13,7 @@ from berth import __version__
 from berth.cli import (
     audit,
     backup,
+    backup_schedules,
     batch,
     bench,
     build,
@@ -64,6 +65,7 @@ app.add_typer(rollouts.app, name="rollout")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(batch.app, name="batch")
 schedules.register(batch.app)
+backup_schedules.register(backup.app)
 app.add_typer(stream.app, name="stream")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(backup.app, name="backup")

@@ -94,6 +94,11 @@ def alerts(
     runbook_url: str | None = typer.Option(
         None, "--runbook-url", help="Base URL of your runbook; alerts link to URL#alertname."
     ),
+    backup_max_age: str | None = typer.Option(
+        None,
+        "--backup-max-age",
+        help="Add BackupTooOld: the newest backup may be this old, e.g. 26h for daily backups.",
+    ),
 ) -> None:
     """Write Prometheus alerting and recording rules for Berth's metrics.
 
@@ -117,6 +122,7 @@ def alerts(
         interval=interval,
         job=job,
         runbook_url=runbook_url,
+        backup_max_age=backup_max_age,
     )
     document = build_rules(options)
     _emit(render_rules(document), out, "berth-rules.yml")

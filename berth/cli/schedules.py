@@ -10,7 +10,6 @@ runs locally, beside the registry.
 from __future__ import annotations
 
 import json
-import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -117,6 +116,14 @@ def schedule(
             actor=cli_actor(),
         )
         document = set_document(info, outcome, _now())
+    print_stored(document)
+
+
+def print_stored(document: Document) -> None:
+    """What storing a schedule answered (`set_document`): the schedule, its command, its next
+    runs."""
+    from berth.jobs.kinds import rerun_command
+
     stored, outcome = document["schedule"], document["outcome"]
     zone = ZoneInfo(stored["timezone"])
     console.print(
@@ -126,7 +133,7 @@ def schedule(
         soft_wrap=True,
     )
     console.print(
-        f"  runs: berth batch run {shlex.join(stored['args'])}",
+        f"  runs: {rerun_command(stored.get('kind', 'batch'), stored['args'])}",
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -143,27 +150,41 @@ def schedule(
 def list_schedules(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """The schedules: when each runs next, its last tick and how that went.
+    """The schedules (batch runs and backups): when each runs next, its last tick and how that
+    went.
 
     Example: berth batch schedules --json
     """
+    show_schedules(None, as_json)
+
+
+def show_schedules(kind: str | None, as_json: bool) -> None:
+    """The schedules of `kind` (every kind when None), as a table or JSON."""
     server = remote()
     if server is not None:
         found: list[Document] = server.get(remote_path("schedules"))["schedules"]
     else:
         now = _now()
         found = [info.to_dict(now) for info in _service().list()]
+    if kind is not None:
+        found = [info for info in found if info.get("kind", "batch") == kind]
     if as_json:
         console.print_json(json.dumps(found))
         return
     if not found:
-        console.print("No schedules. Add one with `berth batch schedule NAME --cron ... ARGS`.")
+        command = (
+            "backup schedule NAME --cron ... --to URL"
+            if kind == "backup"
+            else ("batch schedule NAME --cron ... ARGS")
+        )
+        console.print(f"No schedules. Add one with `berth {command}`.")
         return
-    table = Table("name", "cron", "timezone", "next run", "last tick", "last status")
+    table = Table("name", "kind", "cron", "timezone", "next run", "last tick", "last status")
     for info in found:
         zone = ZoneInfo(info["timezone"])
         table.add_row(
             info["name"],
+            info.get("kind", "batch"),
             info["cron"],
             info["timezone"],
             _when(info["next_run"], zone) if info["next_run"] else "disabled",

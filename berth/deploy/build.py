@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from berth import __version__
 from berth.deploy import compose, cronjobs, dockerfile, kuberay, kubernetes, monitoring
 from berth.deploy import kustomize as kz
 from berth.deploy import requirements as req
+from berth.deploy.backup_alert import backup_max_age
 from berth.deploy.bundle import bake
 from berth.deploy.documents import dump
 from berth.deploy.plan import RAY_VERSION, BuildOptions, ModelSource, Plan, Subject, make_plan
@@ -66,6 +67,14 @@ def build(source: BuildSource, reference: str, out: Path, options: BuildOptions)
     pins = _pins(plan)
     ray_pins = _ray_pins(plan) if "kuberay" in options.targets else None
     schedules = own_schedules(source.schedules(), subject)
+    backups = [s for s in schedules if s.kind == "backup"]
+    if backups and "kubernetes" in options.targets:
+        # The CronJobs run the backups, so the rules can expect them.
+        plan = replace(
+            plan,
+            backup_schedules=tuple(s.name for s in backups),
+            backup_max_age=backup_max_age(backups),
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
         stage = Path(scratch)
@@ -209,13 +218,22 @@ def _write_kubernetes(files: _Files, plan: Plan, schedules: list[BatchSchedule])
     secrets = cronjobs.ScheduleSecrets()
     for info in schedules:
         name = f"cronjob-{cronjobs.cronjob_name(plan, info.name)}.yaml"
+        if info.kind == "backup":
+            note = (
+                f"Backup schedule '{info.name}' ({info.cron}, {info.timezone}): berth backup "
+                "create.\nA local folder destination is inside the pod and lost when it ends:\n"
+                "back up to s3://, gs:// or az:// URLs (or a mounted volume's path).\n"
+                f"BackupTooOld (prometheusrule.yaml) fires when no backup succeeded for "
+                f"{plan.backup_max_age}.\n"
+            )
+        else:
+            note = (
+                f"Batch schedule '{info.name}' ({info.cron}, {info.timezone}): berth batch run.\n"
+                "A relative file path in its arguments is written inside the pod and lost when "
+                "the\npod ends: give sources and sinks as database or object-store URLs.\n"
+            )
         files.yaml(
-            f"kubernetes/base/{name}",
-            cronjobs.cronjob(plan, info, secrets),
-            f"Batch schedule '{info.name}' ({info.cron}, {info.timezone}): berth batch run.\n"
-            "A relative file path in its arguments is written inside the pod and lost when the\n"
-            "pod ends: give sources and sinks as database or object-store URLs.\n"
-            f"{generated}",
+            f"kubernetes/base/{name}", cronjobs.cronjob(plan, info, secrets), note + generated
         )
         resources.append(name)
     files.yaml(

@@ -1,9 +1,11 @@
-"""One Kubernetes CronJob per enabled batch schedule of the registry.
+"""One Kubernetes CronJob per enabled schedule of the registry: batch runs and backups.
 
-Each runs the schedule's stored `berth batch run` arguments in the server image, in the
-schedule's time zone, and never two at once (concurrencyPolicy Forbid, as `berth scheduler`
-skips a tick while the previous run is still going). A run that fails is retried by a new pod:
-batch jobs resume where they stopped.
+Each runs the schedule's stored arguments in the server image (`berth batch run ARGS`, or
+`berth backup create ARGS --schedule NAME` for a backup, recorded as a job of that schedule), in
+the schedule's time zone, with the server's settings and Secret, and never two at once
+(concurrencyPolicy Forbid, as `berth scheduler` skips a tick while the previous run is still
+going). A run that fails is retried by a new pod: batch jobs resume where they stopped, a backup
+takes a new snapshot and copies only the objects its destinations lack.
 
 Cron expressions: Kubernetes reads the five crontab fields like Berth, including Vixie cron's
 day-of-month/day-of-week rule, names and steps; Berth's @shortcuts and Sunday written as 7 are
@@ -25,6 +27,7 @@ from berth.deploy.kubernetes import pod_spec
 from berth.deploy.plan import Plan, dns_label
 from berth.deploy.source import BatchSchedule
 from berth.jobs.cron import SHORTCUTS, Cron
+from berth.jobs.kinds import BACKUP, COMMANDS
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@/\s]+)@")
 _QUERY_PASSWORD = re.compile(
@@ -94,9 +97,12 @@ def cronjob_name(plan: Plan, schedule: str) -> str:
 
 def cronjob(plan: Plan, info: BatchSchedule, secrets: ScheduleSecrets) -> dict[str, Any]:
     args, lifted = secrets.lift(info.name, list(info.args))
+    command = [*COMMANDS[info.kind], *args]
+    if info.kind == BACKUP:
+        command += ["--schedule", info.name]  # its job is recorded as this schedule's
     container: dict[str, Any] = {
-        "name": "batch",
-        "command": ["berth", "batch", "run", *args],
+        "name": info.kind,
+        "command": command,
         "resources": {
             "requests": {"cpu": "500m", "memory": plan.options.memory},
             "limits": {"cpu": "2", "memory": plan.options.memory},
@@ -112,7 +118,7 @@ def cronjob(plan: Plan, info: BatchSchedule, secrets: ScheduleSecrets) -> dict[s
         ]
     spec = pod_spec(plan, container)
     spec["restartPolicy"] = "Never"
-    labels = plan.labels("batch")
+    labels = plan.labels(info.kind)
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

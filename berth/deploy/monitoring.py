@@ -39,7 +39,7 @@ def service_monitor(plan: Plan) -> dict[str, Any]:
 
 
 def prometheus_rule(plan: Plan) -> dict[str, Any]:
-    document = build_rules(AlertOptions(job=plan.app))
+    document = build_rules(AlertOptions(job=plan.app, backup_max_age=plan.backup_max_age))
     return {
         "apiVersion": API_VERSION,
         "kind": "PrometheusRule",

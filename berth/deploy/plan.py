@@ -142,6 +142,10 @@ class Plan:
     wheel: bool = False
     """Whether Berth goes into the image as a wheel built from this source tree."""
     flavors: tuple[str, ...] = field(default=())
+    backup_schedules: tuple[str, ...] = ()
+    """The backup schedules that become CronJobs (Kubernetes target)."""
+    backup_max_age: str | None = None
+    """How old the newest backup may get before BackupTooOld fires; None without backups."""
 
     @property
     def port(self) -> int:

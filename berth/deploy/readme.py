@@ -51,6 +51,20 @@ def render_readme(plan: Plan) -> str:
             "The ServiceMonitor and PrometheusRule need the Prometheus Operator; the autoscaler's "
             "in-flight metric needs a custom metrics adapter (see `kubernetes/base/hpa.yaml`).\n",
         ]
+        if plan.backup_schedules:
+            sections += [
+                "### Backups\n",
+                "The CronJobs of the registry's backup schedules ("
+                + ", ".join(f"`{name}`" for name in plan.backup_schedules)
+                + ") run `berth backup create --to ...` in this image, with the server's settings "
+                "and Secret, never two at once (concurrencyPolicy Forbid). Each run is a job in "
+                "`berth jobs list`; the server exports the time of the newest that succeeded as "
+                "`berth_backup_last_success_timestamp_seconds`, and the PrometheusRule's "
+                f"`BackupTooOld` fires when it is older than {plan.backup_max_age} (or when none "
+                "has succeeded that long after Berth came up). Back up to object-store URLs: a "
+                "folder inside a pod is gone when the pod ends. If several bundles share this "
+                "registry, keep the backup CronJobs in one of them.\n",
+            ]
     if "kuberay" in targets:
         sections += [
             "## KubeRay\n",

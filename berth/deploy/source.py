@@ -30,13 +30,14 @@ from berth.registry.versions import VersionInfo
 
 @dataclass(frozen=True)
 class BatchSchedule:
-    """An enabled batch schedule, as much of it as a CronJob needs."""
+    """An enabled schedule (a batch run or a backup), as much of it as a CronJob needs."""
 
     name: str
     cron: str
     timezone: str
     args: tuple[str, ...]
-    """Its `berth batch run` arguments."""
+    """Its `berth batch run` arguments (a backup's: `berth backup create`)."""
+    kind: str = "batch"
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> BatchSchedule:
@@ -46,6 +47,7 @@ class BatchSchedule:
             cron=str(document["cron"]),
             timezone=str(document["timezone"]),
             args=tuple(str(arg) for arg in document["args"]),
+            kind=str(document.get("kind", "batch")),  # servers before schedule kinds: batch
         )
 
 
@@ -62,7 +64,7 @@ class BuildSource(ArtifactSource, Protocol):
         """The endpoint's routes; NotFound when there is no such endpoint."""
 
     def schedules(self) -> list[BatchSchedule]:
-        """Every enabled batch schedule, by name."""
+        """Every enabled schedule (batch and backup), by name."""
 
 
 class RegistrySource:
@@ -83,7 +85,7 @@ class RegistrySource:
 
     def schedules(self) -> list[BatchSchedule]:
         found = ScheduleService(self.registry.db).list(enabled_only=True)
-        return [BatchSchedule(s.name, s.cron, s.timezone, tuple(s.args)) for s in found]
+        return [BatchSchedule(s.name, s.cron, s.timezone, tuple(s.args), s.kind) for s in found]
 
     def fetch_artifact(self, version: VersionInfo, folder: Path) -> None:
         local = self.registry.store.fetch(version.artifact)  # verified against its sha256
@@ -161,8 +163,13 @@ def _model_exists(source: BuildSource, name: str) -> bool:
 
 
 def own_schedules(schedules: list[BatchSchedule], subject: Subject) -> list[BatchSchedule]:
-    """The schedules that score this bundle's models: the image holds only their libraries."""
+    """The schedules that score this bundle's models (the image holds only their libraries),
+    and every backup schedule: a backup needs no model library, only the shared registry."""
     from berth.jobs.run_args import parse_run_args  # checks stored arguments as the command does
 
     models = {version.model for version in subject.versions}
-    return [s for s in schedules if parse_reference(parse_run_args(s.args).model).name in models]
+    return [
+        s
+        for s in schedules
+        if s.kind == "backup" or parse_reference(parse_run_args(s.args).model).name in models
+    ]

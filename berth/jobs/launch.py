@@ -1,6 +1,6 @@
-"""Start a recorded batch job in the background: `berth batch run ARGS --job ID` as its own
-process, so a long job neither blocks nor shares a fate with the server or scheduler that
-started it. Its output goes to `<home>/jobs/<id>.log`."""
+"""Start a recorded job in the background: `berth batch run ARGS --job ID` (or, for a backup,
+`berth backup create ARGS --job ID`) as its own process, so a long job neither blocks nor shares
+a fate with the server or scheduler that started it. Its output goes to `<home>/jobs/<id>.log`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from berth.jobs.config import JobsConfig
+from berth.jobs.kinds import BATCH, COMMANDS, rerun_command
 from berth.jobs.records import JobInfo
-from berth.jobs.run_args import rerun_command
 
 
 def job_log(config: JobsConfig, job_id: int) -> Path:
@@ -29,7 +29,7 @@ def job_detail(config: JobsConfig, job: JobInfo) -> dict[str, Any]:
         **job.to_dict(),
         "job_key": job.job_key,
         "log": str(log) if log.exists() else None,
-        "command": rerun_command(job.args),
+        "command": rerun_command(job.kind, job.args),
         "summary": job.summary,
     }
 
@@ -39,22 +39,25 @@ def launch(
     job_id: int,
     args: Sequence[str],
     environment: Mapping[str, str] | None = None,
+    kind: str = BATCH,
 ) -> subprocess.Popen[bytes]:
-    """Run `berth batch run *args --job job_id --quiet` detached; the process inherits the
-    environment (so the same registry and artifact store), or is given `environment`, and
-    survives its parent."""
+    """Run `berth batch run *args --job job_id --quiet` (a backup: `berth backup create *args
+    --job job_id`) detached; the process inherits the environment (so the same registry and
+    artifact store), or is given `environment`, and survives its parent."""
     log = job_log(config, job_id)
     log.parent.mkdir(parents=True, exist_ok=True)
+    # `berth backup create` has no --quiet: its log is its report (no progress bar is drawn
+    # when the output is not a terminal).
+    quiet = ["--quiet"] if kind == BATCH else []
     command = [
         sys.executable,
         "-m",
         "berth.cli",
-        "batch",
-        "run",
+        *COMMANDS[kind][1:],
         *args,
         "--job",
         str(job_id),
-        "--quiet",
+        *quiet,
     ]
     with log.open("ab") as out:
         process = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Every batch job is recorded in the registry: `berth jobs`, `/api/v1/jobs` and schedules read it.
+"""Every batch job and backup is recorded in the registry: `berth jobs`, `/api/v1/jobs` and schedules read it.
 
 A job row is created `queued` (by the CLI, the admin API or the scheduler), turns `running` when
 a process attaches to it, reports its counts about once a second (the heartbeat), and ends
@@ -165,11 +165,12 @@ class JobService:
         sink: str,
         args: Sequence[str],
         origin: str = "cli",
+        kind: str = "batch",
     ) -> JobInfo:
         now = self._clock()
         with self.db.session() as session:
             row = JobRow(
-                kind="batch",
+                kind=kind,
                 status=QUEUED,
                 job_key=job_key,
                 model=model,
@@ -193,7 +194,7 @@ class JobService:
         self,
         job_id: int,
         *,
-        version: str,
+        version: str | None,
         job_key: str,
         rows_total: int | None,
         resumed_at_row: int | None,
@@ -204,10 +205,12 @@ class JobService:
             row = _row(session, job_id, lock=True)
             if row.status != QUEUED or row.cancel_requested:
                 state = "cancelled" if row.cancel_requested else row.status
-                raise Conflict(
-                    f"job {job_id} is {state}, not queued; start a new one with "
-                    "`berth batch run ...` (it resumes where an interrupted run stopped)"
+                again = (
+                    "`berth backup create ...`"
+                    if row.kind == "backup"
+                    else "`berth batch run ...` (it resumes where an interrupted run stopped)"
                 )
+                raise Conflict(f"job {job_id} is {state}, not queued; start a new one with {again}")
             row.status = RUNNING
             row.version = version
             row.job_key = job_key
@@ -278,6 +281,14 @@ class JobService:
             row = _row(session, job_id, lock=True)
             if row.status in FINISHED:
                 raise Conflict(f"job {job_id} already {row.status}; nothing to cancel")
+            if row.kind == "backup" and row.status == RUNNING:
+                # A backup has no point to stop at cleanly; killed, it writes no manifest and
+                # leaves the earlier backups as they were.
+                raise Conflict(
+                    f"backup job {job_id} is running and cannot stop halfway; it ends by itself, "
+                    f"or stop its process (pid {row.pid} on {row.host or 'its host'}): a killed "
+                    "backup writes no manifest and earlier backups stay intact"
+                )
             row.cancel_requested = True
             if row.status == QUEUED:
                 row.status = CANCELLED

@@ -148,9 +148,10 @@ def validated(model: type[M], body: dict[str, Any], example: Any) -> M:
 
 
 class ScheduleRequest(RequestModel):
-    """Run `berth batch run ARGS` on a cron schedule: the body of PUT /api/v1/schedules/{name}
-    and what `berth batch schedule` sends. The cron expression, the time zone and the arguments
-    are then checked as the scheduler will read them."""
+    """Run `berth batch run ARGS` (or, with kind `backup`, `berth backup create ARGS`) on a cron
+    schedule: the body of PUT /api/v1/schedules/{name} and what `berth batch schedule` and
+    `berth backup schedule` send. The cron expression, the time zone and the arguments are
+    then checked as the scheduler will read them."""
 
     EXAMPLE: ClassVar[dict[str, Any]] = {
         "cron": "0 2 * * *",
@@ -166,6 +167,10 @@ class ScheduleRequest(RequestModel):
     )
     args: list[Text] = Field(
         max_length=MAX_ARGS,
-        description="The arguments of `berth batch run`; `--job` is the scheduler's to set.",
+        description="The arguments of `berth batch run` (kind batch) or of `berth backup "
+        "create` (kind backup); `--job` is the scheduler's to set.",
     )
     enabled: bool = Field(True, description="false: stored paused.")
+    kind: Literal["batch", "backup"] = Field(
+        "batch", description="What each tick runs: a batch job (default) or a backup."
+    )

@@ -1,4 +1,4 @@
-"""`berth scheduler`: starts the batch jobs of schedules when their ticks fall due.
+"""`berth scheduler`: starts the jobs of schedules (batch runs, backups) when their ticks fall due.
 
 Any number of schedulers may run; only the holder of the database lease `batch-scheduler` acts,
 and a successor takes over within the lease's term when the holder dies. Each pass, for each
@@ -11,7 +11,8 @@ enabled schedule, the ticks due are those since the last handled tick (berth.job
   previous job is still queued or running, or when its arguments no longer parse;
 - running a tick is: claim it (insert its schedule_runs row, which the database allows once
   per tick, so even two schedulers that both believe they hold the lease never start two jobs
-  for one tick), create the job record (origin `schedule:NAME`), launch it.
+  for one tick), create the job record (origin `schedule:NAME`), launch it: `berth batch run
+  ARGS --job ID` for a batch schedule, `berth backup create ARGS --job ID` for a backup one.
 
 Previous run still running: the tick is skipped (recorded `missed`, "previous run (job N) still
 running"), not queued behind it: runs of one schedule share a job key, so a second run would
@@ -36,10 +37,9 @@ from zoneinfo import ZoneInfo
 from berth.errors import BerthError, InvalidInput
 from berth.jobs import records
 from berth.jobs.config import JobsConfig
+from berth.jobs.kinds import BATCH, JobFields, job_fields
 from berth.jobs.records import Counts, JobService
-from berth.jobs.run_args import parse_run_args
 from berth.jobs.schedules import MISSED, STARTED, ScheduleInfo, ScheduleService, when
-from berth.jobs.spec import BatchSpec
 from berth.store.db import Database
 from berth.store.lease import Lease
 
@@ -63,15 +63,21 @@ class Child(Protocol):
     def poll(self) -> int | None: ...
 
 
-Launcher = Callable[[int, Sequence[str]], Child | None]
-"""Starts `berth batch run ARGS --job ID` for the job id and run arguments given."""
+class Launcher(Protocol):
+    """Starts the job `job_id`: its kind's command (`berth batch run`, `berth backup create`)
+    with `args` and `--job ID`."""
+
+    def __call__(self, job_id: int, args: Sequence[str], kind: str = BATCH) -> Child | None: ...
 
 
 def process_launcher(config: JobsConfig) -> Launcher:
     """The real launcher: each job a detached process logging to `<log_dir>/ID.log`."""
     from berth.jobs.launch import launch
 
-    return lambda job_id, args: launch(config, job_id, args)
+    def start(job_id: int, args: Sequence[str], kind: str = BATCH) -> Child | None:
+        return launch(config, job_id, args, kind=kind)
+
+    return start
 
 
 def lease_ttl(interval: timedelta) -> float:
@@ -201,7 +207,7 @@ class Scheduler:
         if due is None:
             return
         decision = self._decide(info, due.latest, now)
-        status, reason = (STARTED, None) if isinstance(decision, BatchSpec) else (MISSED, decision)
+        status, reason = (STARTED, None) if isinstance(decision, JobFields) else (MISSED, decision)
         missed = due.missed()
         if not self.schedules.record(info.name, missed, due.latest, status, reason):
             log.info(
@@ -212,7 +218,7 @@ class Scheduler:
             return
         result.missed += [Missed(info.name, tick, why) for tick, why in missed]
         _log_missed(info.name, zone, missed)
-        if isinstance(decision, BatchSpec):
+        if isinstance(decision, JobFields):
             result.started.append(self._start(info, due.latest, decision, zone))
             return
         result.missed.append(Missed(info.name, due.latest, decision))
@@ -220,7 +226,7 @@ class Scheduler:
             "schedule %s: missed the tick of %s: %s", info.name, when(due.latest, zone), decision
         )
 
-    def _decide(self, info: ScheduleInfo, tick: datetime, now: datetime) -> BatchSpec | str:
+    def _decide(self, info: ScheduleInfo, tick: datetime, now: datetime) -> JobFields | str:
         """The job to run for the latest due tick, or why it is missed instead."""
         late = now - tick
         if late > self.grace:
@@ -229,13 +235,13 @@ class Scheduler:
                 f"beyond the grace of {_span(self.grace)}"
             )
         try:
-            spec = parse_run_args(info.args)
+            fields = job_fields(info.kind, info.args)
         except InvalidInput as exc:
             return f"the stored job arguments are invalid: {exc.message}"
         busy = self._previous_job(info.name, now)
         if busy is not None:
             return f"previous run (job {busy.id}) still {busy.state}"
-        return spec
+        return fields
 
     def _previous_job(self, name: str, now: datetime) -> records.JobInfo | None:
         """The schedule's last job, if it is still queued or running."""
@@ -251,19 +257,25 @@ class Scheduler:
         return None
 
     def _start(
-        self, info: ScheduleInfo, tick: datetime, spec: BatchSpec, zone: ZoneInfo
+        self, info: ScheduleInfo, tick: datetime, fields: JobFields, zone: ZoneInfo
     ) -> Started:
         job = self.jobs.create(
-            job_key=spec.job_key(),
-            model=spec.model,
-            source=spec.source,
-            sink=spec.sink,
+            job_key=fields.job_key,
+            model=fields.model,
+            source=fields.source,
+            sink=fields.sink,
             args=info.args,
             origin=f"schedule:{info.name}",
+            kind=fields.kind,
         )
         self.schedules.attach_job(info.name, tick, job.id)
         try:
-            child = self.launcher(job.id, info.args)
+            # A batch job is launched as before kinds existed (launchers that only take the
+            # id and arguments still work for batch schedules).
+            if fields.kind == BATCH:
+                child = self.launcher(job.id, info.args)
+            else:
+                child = self.launcher(job.id, info.args, kind=fields.kind)
         except Exception as exc:  # OSError and the like: the record must not stay queued
             log.exception("schedule %s: could not launch job %d", info.name, job.id)
             self.jobs.finish(job.id, records.FAILED, Counts(), f"could not be launched: {exc}")

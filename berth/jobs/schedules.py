@@ -1,8 +1,9 @@
-"""Schedules: a batch job run on a cron schedule, stored in the registry, with every tick's fate.
+"""Schedules: a job run on a cron schedule, stored in the registry, with every tick's fate.
 
-A schedule stores `berth batch run` arguments (checked with `parse_run_args` when it is saved,
-so a stored schedule always describes a job that command accepts) and a cron expression in an
-IANA time zone. `berth scheduler` (berth.jobs.scheduler) runs its ticks; each tick it handles is
+A schedule has a kind (berth.jobs.kinds): `batch` stores `berth batch run` arguments, `backup`
+stores `berth backup create` arguments; either is checked as its command checks them when it is
+saved, so a stored schedule always describes a job that command accepts. It has a cron
+expression in an IANA time zone. `berth scheduler` (berth.jobs.scheduler) runs its ticks; each tick it handles is
 one schedule_runs row, `started` (with its job) or `missed` (with why).
 
 Ticks are counted from the later of the last handled tick and the last change to the schedule
@@ -28,10 +29,8 @@ from sqlalchemy.orm import Session
 
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.jobs.cron import Cron
+from berth.jobs.kinds import BATCH, check_kind, job_fields, set_per_run
 from berth.jobs.records import JobService
-
-# The one definition of `berth batch run` and its options lives with the command.
-from berth.jobs.run_args import parse_run_args
 from berth.store import audit
 from berth.store.db import Database
 from berth.store.tables import ScheduleRow, ScheduleRunRow
@@ -45,9 +44,6 @@ UPCOMING = 3
 """How many run times a new or replaced schedule is shown with."""
 MAX_RUNS = 1000
 """The most ticks one listing of a schedule's runs returns."""
-_SET_PER_RUN = ("--job",)
-"""Options the scheduler gives each run itself; a schedule must not store them."""
-
 Outcome = Literal["created", "replaced", "unchanged"]
 
 
@@ -90,6 +86,8 @@ class ScheduleInfo:
     created_at: datetime
     updated_at: datetime
     last_run: RunInfo | None
+    kind: str = BATCH
+    """batch (`args` of `berth batch run`) or backup (`args` of `berth backup create`)."""
 
     @cached_property
     def expression(self) -> Cron:
@@ -117,6 +115,7 @@ class ScheduleInfo:
         next_run = self.next_run(now)
         return {
             "name": self.name,
+            "kind": self.kind,
             "cron": self.cron,
             "timezone": self.timezone,
             "args": list(self.args),
@@ -148,18 +147,19 @@ class ScheduleService:
         args: Sequence[str],
         timezone: str = "UTC",
         enabled: bool = True,
+        kind: str = BATCH,
         actor: str | None = None,
         address: str | None = None,
     ) -> tuple[ScheduleInfo, Outcome]:
         """Create the schedule `name`, or replace its definition; refuses what cannot run.
 
         Audited as `schedule.set` by `actor` (the local CLI user when None), refusals too."""
-        detail = {"cron": cron, "timezone": timezone, "enabled": enabled}
+        detail = {"kind": kind, "cron": cron, "timezone": timezone, "enabled": enabled}
         what = audit.event(actor, address, "schedule.set", name, detail)
         with self._audit.refusals(what):
-            check_definition(name, cron, timezone, args)
+            check_definition(name, cron, timezone, args, kind)
             try:
-                return self._put(name, cron, args, timezone, enabled, what)
+                return self._put(name, kind, cron, args, timezone, enabled, what)
             except IntegrityError:  # PostgreSQL: another process created it since we looked
                 raise Conflict(
                     f"schedule '{name}' was created by someone else at the same moment; run "
@@ -169,6 +169,7 @@ class ScheduleService:
     def _put(
         self,
         name: str,
+        kind: str,
         cron: str,
         args: Sequence[str],
         timezone: str,
@@ -183,7 +184,8 @@ class ScheduleService:
                 outcome = "created"
                 row = ScheduleRow(name=name, created_at=now, last_tick=None)
                 session.add(row)
-            elif (row.cron, row.timezone, list(row.args), row.enabled) == (
+            elif (row.kind, row.cron, row.timezone, list(row.args), row.enabled) == (
+                kind,
                 cron,
                 timezone,
                 list(args),
@@ -193,7 +195,7 @@ class ScheduleService:
             else:
                 outcome = "replaced"
             if outcome != "unchanged":
-                row.cron, row.timezone, row.args = cron, timezone, list(args)
+                row.kind, row.cron, row.timezone, row.args = kind, cron, timezone, list(args)
                 row.enabled, row.updated_at = enabled, now
                 session.flush()
             audit.add(session, replace(what, detail={**(what.detail or {}), "outcome": outcome}))
@@ -203,10 +205,12 @@ class ScheduleService:
         with self.db.session() as session:
             return self._info(session, _row(session, name))
 
-    def list(self, enabled_only: bool = False) -> list[ScheduleInfo]:
+    def list(self, enabled_only: bool = False, kind: str | None = None) -> list[ScheduleInfo]:
         query = select(ScheduleRow).order_by(ScheduleRow.name)
         if enabled_only:
             query = query.where(ScheduleRow.enabled.is_(True))
+        if kind is not None:
+            query = query.where(ScheduleRow.kind == kind)
         with self.db.session() as session:
             return [self._info(session, row) for row in session.scalars(query).all()]
 
@@ -345,6 +349,7 @@ class ScheduleService:
             created_at=row.created_at,
             updated_at=row.updated_at,
             last_run=None if last is None else self._run(last),
+            kind=row.kind or BATCH,
         )
 
     def _run(self, row: ScheduleRunRow) -> RunInfo:
@@ -376,18 +381,21 @@ def set_document(info: ScheduleInfo, outcome: Outcome, now: datetime) -> dict[st
     }
 
 
-def check_definition(name: str, cron: str, timezone: str, args: Sequence[str]) -> None:
-    """Refuse a schedule that could not run: bad name, cron, time zone or job arguments."""
+def check_definition(
+    name: str, cron: str, timezone: str, args: Sequence[str], kind: str = BATCH
+) -> None:
+    """Refuse a schedule that could not run: bad name, kind, cron, time zone or arguments."""
     if not _NAME.fullmatch(name):
         raise InvalidInput(
             f"schedule name '{name}' must be 1-128 letters, digits, '.', '_' or '-', starting "
             "with a letter or digit, e.g. nightly-churn"
         )
+    check_kind(kind)
     Cron(cron, timezone)
     for arg in args:
-        if arg.split("=", 1)[0] in _SET_PER_RUN:
+        if arg.split("=", 1)[0] in set_per_run(kind):
             raise InvalidInput(f"{arg} is set by the scheduler for each run; leave it out")
-    parse_run_args(args)
+    job_fields(kind, args)
 
 
 def when(moment: datetime, zone: ZoneInfo) -> str:

@@ -18,11 +18,21 @@ Alerts (severity label: `page` wakes someone, `ticket`/`warning` waits for worki
 - BerthTargetDown      Prometheus cannot scrape a Berth instance
 - ErrorBudgetBurnFast  availability error budget burning 14.4x (1h & 5m) or 6x (6h & 30m): page
 - ErrorBudgetBurnSlow  availability error budget burning 3x (1d & 2h) or 1x (3d & 6h): ticket
+- BackupTooOld         (only with `backup_max_age`) the newest succeeded backup is older than
+                       that, or Berth has been up that long and no backup ever succeeded
 
 The burn-rate alerts follow the multiwindow, multi-burn-rate pattern of the Google SRE workbook
 ("Alerting on SLOs"). Their error ratios are recording rules per model, over server-side
 failures only: a request refused as invalid input does not spend the server's error budget.
 HighErrorRate counts the same failures, per version.
+
+BackupTooOld is two rules of one name, told apart by their `reason` label (stale, never).
+`berth_backup_last_success_timestamp_seconds` is absent
+until a backup has ever succeeded (a made-up 0 would plot as 1970), so "too old" cannot see a
+registry never backed up; `absent()` alone would also fire whenever Berth is down, which
+BerthTargetDown already says. The second rule fires when Berth's targets are up but none reports
+a backup time, held for the same maximum age: a new deployment gets one period to make its
+first backup before anyone is told.
 """
 
 from __future__ import annotations
@@ -87,6 +97,10 @@ class AlertOptions:
     job: str = "berth"
     interval: str | None = None
     runbook_url: str | None = None
+    #: How old the newest backup may get, e.g. "26h" for daily backups (a day and some slack
+    #: for a slow run); None: no backup alert (a registry nobody backs up would always fire).
+    backup_max_age: str | None = None
+    backup_for: str = "5m"
 
     def validate(self) -> None:
         if not 0 < self.slo_availability < 1:
@@ -118,7 +132,8 @@ class AlertOptions:
             "--accuracy-baseline": self.accuracy_baseline,
             "--for": self.for_override,
             "--interval": self.interval,
-            **{name: getattr(self, name) for name in (*holds, "down_for")},
+            "--backup-max-age": self.backup_max_age,
+            **{name: getattr(self, name) for name in (*holds, "down_for", "backup_for")},
         }
         for flag, text in durations.items():
             if text is None:
@@ -127,7 +142,12 @@ class AlertOptions:
                 seconds = parse_duration(text).total_seconds()
             except InvalidInput as exc:
                 raise InvalidInput(f"{flag}: {exc.message}") from exc
-            if seconds == 0 and flag in ("--rate-window", "--accuracy-baseline", "--interval"):
+            if seconds == 0 and flag in (
+                "--rate-window",
+                "--accuracy-baseline",
+                "--interval",
+                "--backup-max-age",
+            ):
                 raise InvalidInput(f"{flag} must be longer than 0s (got {text})")
         if not self.accuracy_metrics or '"' in self.accuracy_metrics:
             raise InvalidInput(
@@ -322,6 +342,46 @@ def burn_rate_alerts(options: AlertOptions) -> list[dict[str, Any]]:
     return rules
 
 
+def backup_alerts(options: AlertOptions) -> list[dict[str, Any]]:
+    """BackupTooOld: the newest backup is too old, or there never was one (see the module)."""
+    assert options.backup_max_age is not None
+    age = options.backup_max_age
+    seconds = parse_duration(age).total_seconds()
+    metric = f'berth_backup_last_success_timestamp_seconds{{job="{options.job}"}}'
+    runbook = (
+        "`berth jobs list` shows the backup jobs and why the last ones failed (`berth jobs "
+        "show ID`); check the backup CronJob or `berth scheduler`, and the destinations; run "
+        "`berth backup create --to ...` by hand once it is fixed."
+    )
+    return [
+        _alert(
+            "BackupTooOld",
+            f"time() - max by (job) ({metric}) > {seconds:g}",
+            options.hold(options.backup_for),
+            "ticket",
+            "The newest registry backup is {{ $value | humanizeDuration }} old",
+            f"The newest backup of the registry behind {{{{ $labels.job }}}} that reached every "
+            f"destination ended {{{{ $value | humanizeDuration }}}} ago (allowed {age}).",
+            runbook,
+            options,
+            reason="stale",
+        ),
+        _alert(
+            "BackupTooOld",
+            f'count by (job) (up{{job="{options.job}"}} == 1) unless on (job) '
+            f"count by (job) ({metric})",
+            options.hold(age),
+            "ticket",
+            "The registry has never been backed up",
+            f"Berth ({{{{ $labels.job }}}}) has been up for {age} and no backup of its registry "
+            "has ever succeeded.",
+            runbook,
+            options,
+            reason="never",
+        ),
+    ]
+
+
 def build_rules(options: AlertOptions | None = None) -> dict[str, Any]:
     """The rule-file document: one group of alerts per concern, and the recording rules."""
     options = options or AlertOptions()
@@ -331,6 +391,8 @@ def build_rules(options: AlertOptions | None = None) -> dict[str, Any]:
         # Rules of a group run in order: the alerts read this evaluation's ratios, not the last.
         {"name": "berth-slo", "rules": [*recording_rules(), *burn_rate_alerts(options)]},
     ]
+    if options.backup_max_age is not None:
+        groups.append({"name": "berth-backups", "rules": backup_alerts(options)})
     if options.interval is not None:
         for group in groups:
             group["interval"] = options.interval

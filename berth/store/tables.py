@@ -375,12 +375,15 @@ class LeaseRow(Base):
 
 
 class JobRow(Base):
-    """One run of a batch job: what it scores, where its results go, and how far it got."""
+    """One run of a job: a batch job (what it scores, where its results go, and how far it
+    got) or a backup (`model` empty, `sink` its destinations)."""
 
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_kind_status_finished", "kind", "status", "finished_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default="batch")
+    """batch or backup (berth.jobs.kinds)."""
     status: Mapped[str] = mapped_column(String(16), index=True)
     """queued, running, succeeded, failed or cancelled."""
     job_key: Mapped[str] = mapped_column(String(64), index=True)
@@ -417,15 +420,17 @@ class JobRow(Base):
 
 
 class ScheduleRow(Base):
-    """A batch job run on a cron schedule by `berth scheduler`."""
+    """A job run on a cron schedule by `berth scheduler`: a batch run or a backup."""
 
     __tablename__ = "schedules"
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="batch", server_default="batch")
+    """batch (`args` are `berth batch run` arguments) or backup (`berth backup create`)."""
     cron: Mapped[str] = mapped_column(String(128))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     args: Mapped[list[str]] = mapped_column(JSON, default=list)
-    """The `berth batch run` arguments of each run."""
+    """The arguments of each run's command (see `kind`)."""
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_tick: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """The latest tick handled (run or recorded as missed)."""
