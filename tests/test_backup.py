@@ -341,3 +341,37 @@ def test_restore_migrates_a_backup_from_an_older_schema(
             (head_revision(),)
         ]
         assert "summary" in [c[1] for c in connection.execute("PRAGMA table_info(jobs)")]
+
+
+def test_jobs_in_flight_at_the_backup_are_closed_by_the_restore(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    iris_files: tuple[Path, Path],
+    churn_files: tuple[Path, Path, Path],
+    run: Run,
+    tmp_path: Path,
+) -> None:
+    """A job queued when the snapshot was read has no process after a restore: it is recorded
+    failed with the reason, not left queued (or running) forever."""
+    from berth.jobs.records import JobService
+
+    _source(settings, monkeypatch, settings.resolved_database_url, iris_files, churn_files, run)
+    found = Registry.from_settings(settings)
+    try:
+        job = JobService(found.db).create(
+            job_key="k" * 32, model="iris@production", source="rows.csv", sink="out.csv",
+            args=["iris@production", "--input", "rows.csv", "--output", "out.csv"],
+        )  # fmt: skip
+    finally:
+        found.db.dispose()
+    report = _backup(run, tmp_path / "dest")
+    target = f"sqlite:///{tmp_path / 'restored.db'}"
+    restored = run("backup", "restore", str(tmp_path / "dest"), "--database", target)
+    assert restored.code == 0, restored.err
+    assert "1 job queued or running at the backup marked failed (interrupted)" in restored.out
+    monkeypatch.setenv("BERTH_DATABASE_URL", target)
+    shown = json.loads(run("jobs", "show", str(job.id), "--json").out)
+    assert shown["status"] == "failed"
+    assert shown["message"].startswith(
+        f"interrupted: the registry was restored from backup {report['snapshot']}"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +29,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 
 from berth.backup.crypto import BackupKey, Codec, Unreadable, reading_codec, unseal
@@ -46,7 +48,7 @@ from berth.backup.secret import SecretPlan, SecretTarget, plan
 from berth.errors import ArtifactIntegrityError, Conflict, InvalidInput
 from berth.registry.artifacts import ArtifactStore
 from berth.store.db import MIGRATIONS, Database, head_revision
-from berth.store.tables import Base
+from berth.store.tables import Base, JobRow
 
 _BATCH = 1000
 Progress = Callable[[int], None]
@@ -61,6 +63,7 @@ class RestoreReport:
     objects_copied: int = 0
     bytes_copied: int = 0
     secrets: str = ""
+    interrupted_jobs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +73,7 @@ class RestoreReport:
             "rows": self.rows,
             "objects_copied": self.objects_copied,
             "bytes_copied": self.bytes_copied,
+            "interrupted_jobs": self.interrupted_jobs,
             "secrets": self.secrets,
         }
 
@@ -135,8 +139,27 @@ def restore(
         if connection.dialect.name == "postgresql":
             _reset_sequences(connection, tables)
     db.migrate()
+    report.interrupted_jobs = _close_interrupted_jobs(db, manifest)
     report.secrets = secret_plan.apply()
     return report
+
+
+def _close_interrupted_jobs(db: Database, manifest: Manifest) -> int:
+    """Jobs queued or running when the snapshot was read have no process in the restored world:
+    they are recorded failed, saying why (a batch job run again resumes its committed work)."""
+    # The statuses of JobRow (its docstring): berth.jobs sits above this layer.
+    active = ("queued", "running")
+    message = (
+        f"interrupted: the registry was restored from backup {manifest.id}, taken while this "
+        "job was queued or running; run it again"
+    )
+    with db.session() as session:
+        closed = session.execute(
+            update(JobRow)
+            .where(JobRow.status.in_(active))
+            .values(status="failed", message=message, finished_at=datetime.now(UTC))
+        )
+        return int(closed.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _secret_plan(

@@ -274,6 +274,11 @@ def restore_backup(
         f"{_count(len(report['rows']), 'table')}, copied {_count(report['objects_copied'], 'object')} "
         f"({report['bytes_copied']} bytes)"
     )
+    if report["interrupted_jobs"]:
+        _echo(
+            f"  {_count(report['interrupted_jobs'], 'job')} queued or running at the backup "
+            "marked failed (interrupted): run them again"
+        )
     _echo(f"  {report['secrets']}")
 
 
