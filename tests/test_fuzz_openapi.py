@@ -136,7 +136,7 @@ def fuzzed(
         ScheduleService(registry.db).put(schedule, cron="0 2 * * *", args=SCHEDULE["args"])
     app = create_app(settings, build_services(settings, registry))
     launched: list[int] = []
-    app.state.job_launcher = lambda _settings, job_id, _args: launched.append(job_id)
+    app.state.job_launcher = lambda _settings, job_id, _args, kind="batch": launched.append(job_id)
     # Loading the schema starts the app's lifespan (models load, the refresher runs); it runs
     # until shut down, before the registry goes (schemathesis' pytest plugin would do it too).
     # The document needs credentials (BERTH_DOCS=authenticated, the default).
