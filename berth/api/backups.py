@@ -30,7 +30,7 @@ from berth.api.jobs import JOB_INFO
 from berth.api.json_body import json_response, read_object
 from berth.api.openapi import common as doc
 from berth.api.services import Services
-from berth.backup.crypto import BackupKey, load_key
+from berth.backup.crypto import KEY_HELP, BackupKey, load_key
 from berth.backup.destination import Destination
 from berth.backup.requests import BackupRequest, PruneRequest, VerifyRequest, on_host
 from berth.errors import BerthError, InvalidInput
@@ -309,7 +309,13 @@ def _destination(url: str) -> Destination:
 
 def _key(file: str | None) -> BackupKey | None:
     """The server's backup key: the key file named (on this host), else BERTH_BACKUP_KEY."""
-    return load_key(Path(file) if file is not None else None)
+    if file is None:
+        return load_key(None)
+    path = Path(file)
+    if path.exists() and not path.is_file():
+        # a device (/dev/zero) or a folder: reading it would never end, or fail obscurely
+        raise InvalidInput(f"the backup key file {file} is not a regular file; give {KEY_HELP}")
+    return load_key(path)
 
 
 def _reading(url: str, work: Callable[[], T]) -> T:
