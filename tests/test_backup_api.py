@@ -213,6 +213,26 @@ def test_remote_mode_refusals(
     assert (REMOTE_KEY, "backup.verify") not in actions  # refused before it ran
 
 
+def test_an_unreachable_server_is_one_line_and_key_new_needs_none(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BERTH_SERVER", "http://127.0.0.1:9")
+    monkeypatch.setenv("BERTH_API_KEY", "berth_x_y")
+    dest = str(tmp_path / "dest")
+    for args in (
+        ("backup", "create", "--to", dest),
+        ("backup", "list", dest),
+        ("backup", "verify", dest, "--deep"),
+        ("backup", "prune", dest, "--keep-last", "1"),
+        ("backup", "schedules"),
+    ):
+        _one_line(run(*args), "cannot reach http://127.0.0.1:9")
+    assert not (tmp_path / "dest").exists()
+    made = run("backup", "key", "new")
+    assert made.code == 0, made.err
+    assert len(made.out.strip()) == 44  # base64 of 32 bytes
+
+
 # the routes ----------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 A job started here is the same job as `berth batch run ARGS`: the body is turned into those
 arguments and checked by `parse_run_args` (as a schedule's are), the record is created with
 origin `api`, and `berth batch run ARGS --job ID` runs as a process of its own on the server's
-host. Listing and cancelling call the functions `berth jobs` calls.
+host (berth.api.job_start, which starts backups too). Listing and cancelling call the functions `berth jobs` calls.
 """
 
 from __future__ import annotations
