@@ -16,14 +16,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
+from berth.api.job_start import Launcher
 from berth.config import Settings
 from berth.jobs.config import JobsConfig
+from berth.jobs.kinds import BATCH
 from tests.conftest import Run
 from tests.ports import free_port
 
@@ -92,9 +94,10 @@ def threaded_server(settings: Settings) -> Iterator[str]:
         thread.join(15)
 
 
-def _launcher(settings: Settings) -> Callable[[JobsConfig, int, Sequence[str]], object]:
-    """Starts a job's process as a server of its own would: with the server's database (the
-    test process's environment holds remote mode's unusable one) and no server profile."""
+def _launcher(settings: Settings) -> Launcher:
+    """Starts a job's process (a real `berth batch run` or `berth backup create`) as a server
+    of its own would: with the server's database (the test process's environment holds remote
+    mode's unusable one) and no server profile."""
     from berth.jobs.launch import launch
 
     environment = {
@@ -104,8 +107,9 @@ def _launcher(settings: Settings) -> Callable[[JobsConfig, int, Sequence[str]], 
     }
     environment["BERTH_DATABASE_URL"] = settings.resolved_database_url
 
-    def start(config: JobsConfig, job_id: int, args: Sequence[str]) -> object:
-        return launch(config, job_id, args, {**environment, "BERTH_HOME": str(settings.home)})
+    def start(config: JobsConfig, job_id: int, args: Sequence[str], *, kind: str = BATCH) -> object:
+        given = {**environment, "BERTH_HOME": str(settings.home)}
+        return launch(config, job_id, args, given, kind=kind)
 
     return start
 

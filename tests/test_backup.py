@@ -283,17 +283,6 @@ def test_directory_artifact_and_sqlite_to_sqlite(
     assert _without_id(json.loads(after.out)) == _without_id(json.loads(before.out))
 
 
-def test_create_in_remote_mode_is_refused(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, run: Run, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("BERTH_SERVER", "http://127.0.0.1:9")
-    monkeypatch.setenv("BERTH_API_KEY", "berth_x_y")
-    outcome = run("backup", "create", "--to", str(tmp_path / "dest"))
-    assert outcome.code == 1
-    assert outcome.err.startswith("error: berth backup create reads the registry database")
-    assert not (tmp_path / "dest").exists()
-
-
 def test_restore_migrates_a_backup_from_an_older_schema(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,

@@ -88,7 +88,10 @@ class Fuzzed:
     cases: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     launched: list[int] = field(default_factory=list)
-    """Jobs POST /api/v1/jobs would have started: the app's launcher only records them."""
+    """Jobs POST /api/v1/jobs and /api/v1/backups would have started: the app's launcher
+    only records them."""
+    backups: str = ""
+    """A backup destination (an empty folder) for the backup routes' known requests."""
 
 
 @pytest.fixture
@@ -97,6 +100,7 @@ def fuzzed(
     iris_files: tuple[Path, Path],
     churn_files: tuple[Path, Path, Path],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> Iterator[Fuzzed]:
     """A secured app (keys and JWT) serving iris (tensor) and churn (tabular), plus `spare`.
 
@@ -136,7 +140,7 @@ def fuzzed(
         ScheduleService(registry.db).put(schedule, cron="0 2 * * *", args=SCHEDULE["args"])
     app = create_app(settings, build_services(settings, registry))
     launched: list[int] = []
-    app.state.job_launcher = lambda _settings, job_id, _args: launched.append(job_id)
+    app.state.job_launcher = lambda _settings, job_id, _args, kind="batch": launched.append(job_id)
     # Loading the schema starts the app's lifespan (models load, the refresher runs); it runs
     # until shut down, before the registry goes (schemathesis' pytest plugin would do it too).
     # The document needs credentials (BERTH_DOCS=authenticated, the default).
@@ -149,6 +153,7 @@ def fuzzed(
             admin_key=admin_key,
             bodies=bodies,
             launched=launched,
+            backups=str(tmp_path / "backups"),
         )
     finally:
         asgi.shutdown_lifespans()
@@ -184,9 +189,15 @@ def test_every_operation_as_admin(fuzzed: Fuzzed, request: pytest.FixtureRequest
         "POST /api/v1/prediction-log/prune",
     ):
         assert fuzzed.statuses[(label, 200)], (label, _statuses_of(fuzzed, label))
+    assert fuzzed.statuses[("GET /api/v1/backups", 200)], _statuses_of(
+        fuzzed, "GET /api/v1/backups"
+    )
     started = fuzzed.statuses[("POST /api/v1/jobs", 202)]
     assert started, _statuses_of(fuzzed, "POST /api/v1/jobs")
-    assert len(fuzzed.launched) == started  # each accepted job recorded, none run
+    backups = fuzzed.statuses[("POST /api/v1/backups", 202)]
+    assert backups, _statuses_of(fuzzed, "POST /api/v1/backups")
+    # each accepted job recorded, none run
+    assert len(fuzzed.launched) == started + backups
 
 
 def test_every_operation_without_valid_credentials(
@@ -370,6 +381,15 @@ def _known_requests(
         ]
     if path.endswith("/aliases/{alias}") and method == "PUT":
         found += [(parameters, _json({"version": 1})) for parameters, _ in found]
+    if path.startswith("/api/v1/backups"):
+        # a real destination (empty: verify and prune answer 404 and 400; a backup is recorded)
+        destination = fuzzed.backups
+        if method == "GET":
+            return [({}, {"query": {"destination": destination}})]
+        body = {"/api/v1/backups": {"to": [destination]},
+                "/api/v1/backups/verify": {"destination": destination, "deep": True},
+                "/api/v1/backups/prune": {"destination": destination, "keep_last": 1}}[path]  # fmt: skip
+        return [({}, _json(body))]
     if path == "/api/v1/jobs" and method == "POST":
         job = {"model": "iris@production", "source": "in.csv", "sink": "out.parquet"}
         found += [({}, _json(job)), ({}, _json({"args": ["churn", "--source", "a.csv",
@@ -468,8 +488,8 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
     # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
     # + validation + deleting a model + optimize + 7 schedules + the prediction log's prune
-    # + a version's record and artifact download
-    assert operations == 73
+    # + a version's record and artifact download + 4 backups (start, list, verify, prune)
+    assert operations == 77
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from berth.api.openapi import common as doc
+from berth.backup.requests import BackupRequest, PruneRequest, VerifyRequest
 from berth.cli.flags import from_flags
 from berth.errors import InvalidInput
 from berth.jobs.requests import ScheduleRequest
@@ -27,12 +28,14 @@ from berth.security.requests import KeyRequest, RotateRequest
 
 MODELS: list[type[RequestModel]] = [
     AliasRequest,
+    BackupRequest,
     ConcludeRequest,
     EndpointRequest,
     ExperimentRequest,
     KeyRequest,
     NoFields,
     OptimizeRequest,
+    PruneRequest,
     RollbackRequest,
     RolloutRequest,
     RotateRequest,
@@ -40,6 +43,7 @@ MODELS: list[type[RequestModel]] = [
     ScheduleRequest,
     ShadowRequest,
     UploadMetadata,
+    VerifyRequest,
 ]
 
 
@@ -77,6 +81,9 @@ ROLLOUT = {"endpoint": "churn", "to": "churn:3"}
         (NoFields, {"reason": "x"}, "unknown field reason; known fields: none"),
         (EndpointRequest, {"name": "x", "model": "m", "description": "d" * 1001}, "at most 1000"),
         (AliasRequest, {"version": 10**40}, "whole number from 1 to 2147483647, got a very large"),
+        (BackupRequest, {"to": ["/b", 3]}, "'to' must be a list of strings; item 2 is 3"),
+        (PruneRequest, {"destination": "/b", "keep_last": -1}, "'keep_last' must be a whole"),
+        (VerifyRequest, {"destination": "/b", "deep": "yes"}, "'deep' must be true or false"),
     ],
 )
 def test_refusals_name_the_field(model: type[RequestModel], body: Any, message: str) -> None:

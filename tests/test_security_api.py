@@ -109,6 +109,7 @@ OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2", "/v2/", "/v2/health/live",
 PATH_VALUES = {"ref": "iris", "name": "iris", "version": "1", "alias": "production", "id": "1"}
 TRAFFIC_ADMIN = ("/api/v1/endpoints", "/api/v1/rollouts", "/api/v1/experiments")
 JOBS_ADMIN = "/api/v1/jobs"
+BACKUPS_ADMIN = "/api/v1/backups"
 SCHEDULES_ADMIN = ("/api/v1/schedules", "/api/v1/prediction-log")
 UPLOAD = "/api/v1/models/{name}/versions"
 OPTIMIZE = "/api/v1/models/{ref}/optimize"
@@ -132,6 +133,10 @@ BODIES: dict[str, Any] = {
     "/api/v1/feedback": {"prediction_id": "0123456789abcdef", "actual": 1},
     # a job the server could start: refusals must come from the credentials, not the body
     "/api/v1/jobs": {"model": "iris", "source": "/nonexistent/in.csv", "sink": "/nonexistent/out"},
+    # backups the server could take, check and prune: refused for the credentials alone
+    "/api/v1/backups": {"to": ["/nonexistent/backups"]},
+    "/api/v1/backups/verify": {"destination": "/nonexistent/backups"},
+    "/api/v1/backups/prune": {"destination": "/nonexistent/backups", "keep_last": 1},
     "/api/v1/schedules/{name}": {
         "cron": "@daily",
         "args": ["iris", "--source", "/nonexistent/in.csv", "--sink", "/nonexistent/out"],
@@ -158,7 +163,9 @@ def insufficient_key(template: str, method: str) -> str:
     traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
     admin_routes = (
         traffic_admin
-        or template.startswith(("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN, *SCHEDULES_ADMIN))
+        or template.startswith(
+            ("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN, BACKUPS_ADMIN, *SCHEDULES_ADMIN)
+        )
         or method in ("PUT", "DELETE")
         or template in (UPLOAD, VALIDATE, OPTIMIZE, *VERSION_DOWNLOADS)
     )
@@ -257,12 +264,13 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         traffic_admin = template.startswith(TRAFFIC_ADMIN) and not template.endswith("predict")
         if (
             method in ("DELETE", "PUT")
-            or template.startswith(("/api/v1/keys", JOBS_ADMIN, *SCHEDULES_ADMIN))
+            or template.startswith(("/api/v1/keys", JOBS_ADMIN, BACKUPS_ADMIN, *SCHEDULES_ADMIN))
             or template in (UPLOAD, VALIDATE, OPTIMIZE)
             or traffic_admin
         ):
             # exercised by the admin tests (here, test_traffic_*, test_jobs_api,
-            # test_model_upload, test_validate_api, test_remote_models, test_schedules_api)
+            # test_model_upload, test_validate_api, test_remote_models, test_schedules_api,
+            # test_backup_api)
             continue
         key = (
             "admin"

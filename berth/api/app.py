@@ -14,6 +14,7 @@ from berth import __version__
 from berth.api import (
     admin,
     artifacts,
+    backups,
     docs,
     drift,
     errors,
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
         rollouts.router,
         jobs.router,
         schedules.router,
+        backups.router,
     )
     for router in routers:
         app.include_router(router)

@@ -3,12 +3,12 @@
 A job started here is the same job as `berth batch run ARGS`: the body is turned into those
 arguments and checked by `parse_run_args` (as a schedule's are), the record is created with
 origin `api`, and `berth batch run ARGS --job ID` runs as a process of its own on the server's
-host. Listing and cancelling call the functions `berth jobs` calls.
+host (berth.api.job_start, which starts backups too). Listing and cancelling call the functions `berth jobs` calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -16,14 +16,18 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from berth.api import job_start
 from berth.api.admin import admin_caller
+from berth.api.job_start import ACCEPTED_HEADERS, Launcher, accepted, launcher
 from berth.api.json_body import json_response, read_object
 from berth.api.openapi import common as doc
 from berth.api.services import Services
 from berth.errors import InvalidInput
 from berth.jobs import records as r
 from berth.jobs.config import JobsConfig
-from berth.jobs.launch import job_detail, launch
+from berth.jobs.kinds import BATCH
+from berth.jobs.kinds import JobFields as RecordFields
+from berth.jobs.launch import job_detail
 from berth.jobs.records import MAX_LIMIT, STATES, JobInfo, JobService, cancel_job, find_jobs
 from berth.jobs.requests import (
     ARGS_EXAMPLE,
@@ -38,12 +42,8 @@ from berth.jobs.spec import BatchSpec
 from berth.jobs.sql import shown
 from berth.registry.references import MAX_VERSION
 from berth.request_model import NoFields
-from berth.store.audit import AuditLog, event
 
 T = TypeVar("T")
-Launcher = Callable[[JobsConfig, int, Sequence[str]], object]
-"""Starts the process of a queued job (`berth.jobs.launch.launch`). Tests put another on
-`app.state.job_launcher`, so that requests they make start no process."""
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], dependencies=doc.PROTECTED)
 
@@ -267,13 +267,7 @@ async def list_jobs(request: Request) -> Response:
     responses={
         202: {
             "description": "The job, queued; its process is starting.",
-            "headers": {
-                "Location": {
-                    "description": "Where to follow it: /api/v1/jobs/{id}.",
-                    "required": True,
-                    "schema": {"type": "string"},
-                }
-            },
+            "headers": ACCEPTED_HEADERS,
             "content": {"application/json": {"schema": JOB_INFO}},
         },
         **doc.errors(400, 413, *doc.READ_ERRORS),
@@ -283,35 +277,17 @@ async def list_jobs(request: Request) -> Response:
 async def start_job(request: Request) -> Response:
     svc, who = await admin_caller(request)
     spec, args = job_request(await read_object(request))
-    launcher: Launcher = getattr(request.app.state, "job_launcher", launch)
-    info = await _run(lambda: _start(svc, spec, args, launcher, who))
-    location = f"/api/v1/jobs/{info.id}"
-    return json_response(info.to_dict(), status=202, headers={"Location": location})
+    info = await _run(lambda: _start(svc, spec, args, launcher(request), who))
+    return accepted(info)
 
 
 def _start(
-    svc: Services, spec: BatchSpec, args: list[str], launcher: Launcher, who: dict[str, Any]
+    svc: Services, spec: BatchSpec, args: list[str], launch: Launcher, who: dict[str, Any]
 ) -> JobInfo:
     svc.registry.resolve(spec.model)  # an unknown model is a 404 now, not a failed job later
-    service = JobService(svc.registry.db)
-    info = service.create(
-        job_key=spec.job_key(),
-        model=spec.model,
-        source=spec.source,
-        sink=spec.sink,
-        args=args,
-        origin="api",
-    )
+    fields = RecordFields(BATCH, spec.job_key(), spec.model, spec.source, spec.sink)
     detail = {"model": spec.model, "source": shown(spec.source), "sink": shown(spec.sink)}
-    AuditLog(svc.registry.db).record(
-        event(who["actor"], who["address"], "job.create", f"job {info.id}", detail)
-    )
-    try:
-        launcher(JobsConfig.from_settings(svc.settings), info.id, args)
-    except OSError as exc:
-        service.finish(info.id, r.FAILED, r.Counts(), f"its process could not start: {exc}")
-        raise
-    return info
+    return job_start.start_job(svc, fields, args, launch, who, "job.create", detail)
 
 
 @router.get(

@@ -42,15 +42,22 @@ def create(
     no manifest; the others complete. Each backup is a job: `berth jobs list` shows it. With
     a backup key (--encryption-key-file or BERTH_BACKUP_KEY) everything is encrypted before it
     leaves (AES-256-GCM) and the server secret is included, so API keys work after a restore;
-    without one the secret is left out.
+    without one the secret is left out. In remote mode the server's host runs the backup as a
+    job: destinations and the key file are paths on that host (its BERTH_BACKUP_KEY else).
 
     Example: berth backup create --to /mnt/backups --to s3://bucket/berth
     """
-    if remote() is not None:
-        raise InvalidInput(
-            "berth backup create reads the registry database: run it on the server's host "
-            "(unset BERTH_SERVER, or `berth logout`)"
-        )
+    server = remote()
+    if server is not None:
+        if job is not None or schedule is not None:
+            raise InvalidInput(
+                "--job and --schedule are set by the scheduler on the server's host; leave "
+                "them out in remote mode"
+            )
+        from berth.cli import remote_backup
+
+        _finish_backup(remote_backup.create(server, to, encryption_key_file), as_json)
+        return
     from berth.backup.create import create_backup, take_snapshot
     from berth.backup.secret import current_secret
     from berth.cli.upload import progress
@@ -125,10 +132,16 @@ def list_backups(
 
     Example: berth backup list /mnt/backups
     """
-    from berth.backup.destination import Destination
-    from berth.backup.verify import list_snapshots
+    server = remote()
+    if server is not None:
+        from berth.cli import remote_backup
 
-    found = list_snapshots(Destination(url))
+        found = remote_backup.listed(server, url)
+    else:
+        from berth.backup.destination import Destination
+        from berth.backup.verify import list_snapshots
+
+        found = list_snapshots(Destination(url))
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -175,22 +188,21 @@ def verify_backup(
 
     With --drill, the backup is restored into a temporary SQLite registry and every version an
     alias or endpoint route reaches is loaded and predicts on its stored sample rows; the
-    command fails naming each version that does not.
+    command fails naming each version that does not. In remote mode the server's host checks
+    (and drills) it: the destination and the key file are paths on that host.
 
     Example: berth backup verify /mnt/backups --deep --drill
     """
-    from berth.backup.destination import Destination
-    from berth.backup.manifest import latest
-    from berth.backup.verify import verify
-
     where, snapshot = _split(url)
-    destination = Destination(where)
-    key = backup_key(encryption_key_file)
-    report = verify(destination, snapshot or latest(destination), deep, key).to_dict()
-    if drill and not report["problems"]:
-        from berth.cli.backup_drill import run_drill
+    server = remote()
+    if server is not None:
+        from berth.cli import remote_backup
 
-        report["drill"] = run_drill(destination, report["snapshot"], key)
+        report = remote_backup.verify(
+            server, where, snapshot, deep=deep, drill=drill, key_file=encryption_key_file
+        )
+    else:
+        report = _verify_here(where, snapshot, deep, drill, encryption_key_file)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -210,6 +222,23 @@ def verify_backup(
         from berth.cli.backup_drill import finish_drill
 
         finish_drill(report["drill"], printed=not as_json)
+
+
+def _verify_here(
+    where: str, snapshot: str | None, deep: bool, drill: bool, key_file: Path | None
+) -> dict[str, Any]:
+    from berth.backup.destination import Destination
+    from berth.backup.manifest import latest
+    from berth.backup.verify import verify
+
+    destination = Destination(where)
+    key = backup_key(key_file)
+    report = verify(destination, snapshot or latest(destination), deep, key).to_dict()
+    if drill and not report["problems"]:
+        from berth.cli.backup_drill import run_drill
+
+        report["drill"] = run_drill(destination, report["snapshot"], key)
+    return report
 
 
 @app.command("restore")
@@ -241,6 +270,10 @@ def restore_backup(
 
     Example: berth backup restore /mnt/backups --database sqlite:///registry.db
     """
+    if remote() is not None:
+        from berth.cli.remote_backup import RESTORE_REFUSED
+
+        raise InvalidInput(RESTORE_REFUSED)
     from berth.backup.destination import Destination
     from berth.backup.manifest import latest, load
     from berth.backup.restore import restore

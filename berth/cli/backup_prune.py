@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from berth.cli.context import console
+from berth.cli.context import console, remote
 
 
 def _echo(text: str) -> None:
@@ -34,16 +34,26 @@ def prune_backups(
 
     A backup any rule keeps stays; the newest always does. Partial files and unreferenced
     objects younger than 24 hours are left alone, as a backup may be writing them. Needs no
-    encryption key.
+    encryption key. In remote mode the server's host prunes (the destination is its path).
 
     Example: berth backup prune /mnt/backups --keep-last 3 --keep-daily 7 --keep-weekly 4
     """
-    from berth.backup.destination import Destination
-    from berth.backup.prune import KeepRules, prune
+    from berth.backup.prune import KeepRules
 
     rules = KeepRules(keep_last, keep_daily, keep_weekly)
     rules.check()
-    report = prune(Destination(url), rules, dry_run).to_dict()
+    server = remote()
+    if server is not None:
+        from berth.cli import remote_backup
+
+        body = {"destination": url, "keep_last": keep_last, "keep_daily": keep_daily,
+                "keep_weekly": keep_weekly, "dry_run": dry_run}  # fmt: skip
+        report = remote_backup.prune(server, body)
+    else:
+        from berth.backup.destination import Destination
+        from berth.backup.prune import prune
+
+        report = prune(Destination(url), rules, dry_run).to_dict()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
