@@ -72,8 +72,12 @@ def _drill(run: Run, destination: Path) -> tuple[int, dict[str, object], str]:
 
 
 def test_drill_of_a_good_backup_predicts_with_every_reachable_version(
-    run: Run, source: Path
+    run: Run, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A temporary folder of its own: drills in other test processes must not count here.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     temp_before = set(os.listdir(tempfile.gettempdir()))
     code, report, err = _drill(run, source)
     assert code == 0, err
