@@ -58,7 +58,9 @@ def _require(name: str, reason: str) -> None:
     require_service(name, reason)
 
 
-def _wait(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+def _wait(
+    ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str, log: Path
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -99,21 +101,19 @@ def weed_binary() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("weed")
 
 
+_WEED_PORTS = (
+    *("master.port", "master.port.grpc", "volume.port", "volume.port.grpc"),
+    *("filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc"),
+)
+
+
 @dataclass
 class SeaweedS3:
     """`weed server` with master, volume, filer and S3 gateway in one process, its data in
     `folder` (kept across a kill and restart) and every port its own."""
 
     folder: Path
-    ports: dict[str, int] = field(
-        default_factory=lambda: {
-            name: free_port()
-            for name in (
-                "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
-            )
-        }  # fmt: skip
-    )
+    ports: dict[str, int] = field(default_factory=lambda: {n: free_port() for n in _WEED_PORTS})
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -146,6 +146,9 @@ class SeaweedS3:
             # As on AWS: writing to a bucket that does not exist is an error.
             "-s3.autoCreateBucket=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            # One master: no raft state to resume and wait out an election for after a restart
+            # (the volumes and the filer's metadata are on disk and come back).
+            "-master.resumeState=false",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]  # fmt: skip
         log = self.folder / "weed.log"
@@ -177,8 +180,9 @@ class SeaweedS3:
         self.process = None
 
     def stop(self) -> None:
-        _stop(self.process)
-        self.process = None
+        # `weed server` takes its time to stop on SIGTERM (over 10 s), and its data is the
+        # test's to throw away.
+        self.kill()
 
 
 @pytest.fixture(scope="session")
@@ -299,7 +303,12 @@ class FakeGcs:
         with log.open("ab") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         url = f"{self.endpoint}/storage/v1/b"
-        _wait(lambda: httpx.get(url, timeout=1).status_code == 200, self.process, "fake-gcs-server", log)
+        _wait(
+            lambda: httpx.get(url, timeout=1).status_code == 200,
+            self.process,
+            "fake-gcs-server",
+            log,
+        )
 
     def stop(self) -> None:
         _stop(self.process)
@@ -352,7 +361,9 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     options: dict[str, dict[str, str]] = {}
     fsspec.config.set_conf_env(options, env)
     for protocol, values in options.items():
-        monkeypatch.setitem(fsspec.config.conf, protocol, {**fsspec.config.conf.get(protocol, {}), **values})
+        monkeypatch.setitem(
+            fsspec.config.conf, protocol, {**fsspec.config.conf.get(protocol, {}), **values}
+        )
 
 
 def _store(monkeypatch: pytest.MonkeyPatch, scheme: str, env: dict[str, str]) -> ObjectStore:
