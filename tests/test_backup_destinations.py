@@ -257,3 +257,30 @@ def test_a_destination_killed_mid_backup_keeps_its_earlier_backup_and_gets_no_ma
     verified = run("backup", "verify", url, "--deep")
     assert verified.code == 0, verified.err
     _restore_and_compare(run, monkeypatch, url, tmp_path / "restored", before)
+
+
+def test_an_unreachable_destination_is_one_error_naming_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, run: Run
+) -> None:
+    """Reading from an S3 endpoint nobody listens on: one line naming the destination, not a
+    traceback or a "this is a bug"."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed: make install")
+    from tests.ports import free_port
+
+    apply_env(
+        monkeypatch,
+        {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+            "AWS_ACCESS_KEY_ID": "nobody",
+            "AWS_SECRET_ACCESS_KEY": "nothing",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_MAX_ATTEMPTS": "1",  # botocore's own variable: fail at once
+        },
+    )
+    url = "s3://berth-nowhere/backups"
+    for command in (("list", url), ("verify", url), ("restore", url, "--database", "sqlite://")):
+        outcome = run("backup", *command)
+        assert outcome.code == 1, command
+        assert outcome.err.startswith(f"error: the backup destination {url} failed ("), outcome.err
+        assert "this is a bug" not in outcome.err
+        assert len(outcome.err.strip().splitlines()) == 1

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from berth import __version__
 from berth.backup.crypto import BackupKey, Codec, Sealed, codec_for, seal
-from berth.backup.destination import Destination, Upload
+from berth.backup.destination import Destination, Upload, one_line
 from berth.backup.manifest import (
     FORMAT,
     SEALED_FORMAT,
@@ -110,15 +110,8 @@ class _Target:
         try:
             return work(*args, **kwargs)
         except Exception as exc:  # any failure of one destination is its own
-            self.report.error = _one_line(exc)
+            self.report.error = one_line(exc)
             return None
-
-
-def _one_line(exc: Exception) -> str:
-    """A failure as one line: storage clients put request ids and XML bodies on the lines
-    after the message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else repr(exc)}"
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import IO, Any
 
 import fsspec
 
-from berth.errors import InvalidInput
+from berth.errors import BerthError, InvalidInput
 
 OBJECTS = "objects"
 SEALED_OBJECTS = "objects-enc"
@@ -161,6 +162,29 @@ class Destination:
             if self.size(f"{SNAPSHOTS}/{name}/{MANIFEST}") is not None:
                 ids.append(name)
         return sorted(ids)
+
+
+def one_line(exc: BaseException) -> str:
+    """A storage failure as one line: storage clients put request ids and XML bodies on the
+    lines after the message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else repr(exc)}"
+
+
+@contextlib.contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """A storage failure while reading `url` (unreachable, credentials refused) as one error
+    naming the destination, not as a bug."""
+    try:
+        yield
+    except BerthError:
+        raise
+    except Exception as exc:
+        raise BerthError(
+            f"the backup destination {url} failed ({one_line(exc)}); check that it is "
+            "reachable and that its credentials (the storage's usual environment variables) "
+            "allow reading it"
+        ) from exc
 
 
 def open_url(url: str) -> tuple[Any, str]:
