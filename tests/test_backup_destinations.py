@@ -284,3 +284,16 @@ def test_an_unreachable_destination_is_one_error_naming_it(
         assert outcome.err.startswith(f"error: the backup destination {url} failed ("), outcome.err
         assert "this is a bug" not in outcome.err
         assert len(outcome.err.strip().splitlines()) == 1
+
+
+def test_a_url_whose_backend_is_not_installed_names_the_package(
+    settings: Settings, run: Run
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ocifs") is not None:
+        pytest.skip("ocifs is installed here: no backend is missing")
+    outcome = run("backup", "list", "oci://bucket/backups")
+    assert outcome.code == 1
+    assert outcome.err.startswith("error: the backup destination oci://bucket/backups needs ")
+    assert "ocifs" in outcome.err

@@ -197,10 +197,12 @@ def open_url(url: str) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except ImportError as exc:
+        # fsspec re-raises the backend's ImportError with a hint; the module is on its cause.
+        missing = exc.name or getattr(exc.__cause__, "name", None) or "its fsspec backend"
+        hint = "pip install 'berth[backup-cloud]'" if protocol in OBJECT_STORES else str(exc)
         raise InvalidInput(
-            f"the backup destination {url} needs the Python package '{exc.name}' for "
-            f"{protocol}:// URLs, which is not installed; install it (pip install "
-            "'berth[backup-cloud]') and try again"
+            f"the backup destination {url} needs the Python package {missing} for "
+            f"{protocol}:// URLs, which is not installed; install it ({hint}) and try again"
         ) from exc
     except ValueError as exc:
         raise InvalidInput(
