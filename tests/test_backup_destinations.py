@@ -297,3 +297,36 @@ def test_a_url_whose_backend_is_not_installed_names_the_package(
     assert outcome.code == 1
     assert outcome.err.startswith("error: the backup destination oci://bucket/backups needs ")
     assert "ocifs" in outcome.err
+
+
+@pytest.mark.parametrize("which", ["s3_store", "azure_store", "gcs_store"])
+def test_an_aborted_upload_leaves_no_object_on_each_store(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """Uploads go straight to the final key on object stores: one given up after some parts
+    were sent leaves nothing there, not when aborted and not when the garbage collector closes
+    the file later (closing a store's file commits it); a committed one appears whole."""
+    import gc
+
+    from berth.backup.destination import PART_BYTES, Destination
+
+    store: ObjectStore = request.getfixturevalue(which)
+    destination = Destination(store.url())
+    assert destination.object_store
+    data = os.urandom(2 * PART_BYTES + 1234)  # two parts sent before the end
+
+    upload = destination.upload("objects/ab/aborted")
+    upload.write(data)
+    upload.abort()
+    del upload
+    gc.collect()
+    assert destination.size("objects/ab/aborted") is None
+    fs: Any = store.fs()
+    assert not fs.exists(f"{store.bucket}/backups/objects/ab/aborted")
+
+    upload = destination.upload("objects/ab/committed")
+    upload.write(data)
+    assert Destination(store.url()).size("objects/ab/committed") is None  # not before commit
+    upload.commit()
+    assert Destination(store.url()).size("objects/ab/committed") == len(data)
+    assert Destination(store.url()).read("objects/ab/committed") == data
