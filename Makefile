@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli bench-upload soak wrk prometheus nginx cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli bench-upload bench-backup soak wrk prometheus nginx azurite cluster-demo
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ demo: install
 # Two pytest-xdist workers: most tests wait on servers, databases and subprocesses, so two
 # processes on two cores take about a third of the serial time.
 TEST_WORKERS ?= 2
-test: install prometheus nginx
+test: install prometheus nginx azurite
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # promtool and prometheus (Debian's package) for tests/test_alerts.py and the end-to-end test.
@@ -60,6 +60,32 @@ nginx:
 		rm -f $$log; \
 	else \
 		echo "nginx not found and apt-get unavailable: the cluster test will skip"; \
+	fi
+
+# Azurite (the npm package, pinned) for the Azure Blob backup tests, into .tools/azurite; needs
+# node and npm (Debian's nodejs and npm packages, installed when missing and apt-get can run).
+# Without them the Azure tests skip with the reason, or fail under BERTH_REQUIRE_SERVICES=1.
+AZURITE_VERSION := 3.37.0
+AZURITE_DIR := .tools/azurite
+azurite: $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
+
+$(AZURITE_DIR)/.installed-$(AZURITE_VERSION):
+	@if ! command -v npm >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && $(SUDO) true 2>/dev/null; then \
+			echo "installing Debian's nodejs and npm packages ..."; \
+			log=$$(mktemp); \
+			{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends nodejs npm; } >$$log 2>&1 || cat $$log; \
+			rm -f $$log; \
+		fi; \
+	fi
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "installing azurite $(AZURITE_VERSION) into $(AZURITE_DIR) ..."; \
+		mkdir -p $(AZURITE_DIR) && \
+		npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --loglevel=error \
+			azurite@$(AZURITE_VERSION) && touch $@; \
+	else \
+		echo "npm not found and apt-get unavailable: the Azure Blob backup tests will skip"; \
 	fi
 
 # Three Berth replicas behind nginx on this machine, sharing PostgreSQL, Redis and one artifact
@@ -113,6 +139,11 @@ bench-cli: install
 bench-upload: install
 	$(BIN)/python benchmarks/upload.py
 
+# Backup and restore of a registry with 1 GB of artifacts to a folder and to SeaweedFS (S3):
+# first and second run, bytes copied (benchmarks/backup.py); BERTH_BENCH_BACKUP_MB sets the size.
+bench-backup: install
+	$(BIN)/python benchmarks/backup.py
+
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).
 soak: install
 	$(BIN)/python benchmarks/soak.py
@@ -128,4 +159,4 @@ wrk:
 	@command -v wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 
 clean:
-	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache .tools

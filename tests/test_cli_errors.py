@@ -119,8 +119,11 @@ COMMANDS = _commands()
 
 
 def _missing_backend() -> tuple[str, str] | None:
-    """An fsspec protocol whose backend package is not installed, and that package."""
-    for protocol, package in (("s3", "s3fs"), ("gs", "gcsfs"), ("az", "adlfs")):
+    """An fsspec protocol whose backend package is not installed, and that package. The dev
+    extra installs s3fs, gcsfs and adlfs (for the backup destination tests), so Oracle Cloud's
+    ocifs stands in there."""
+    candidates = (("s3", "s3fs"), ("gs", "gcsfs"), ("az", "adlfs"), ("oci", "ocifs"))
+    for protocol, package in candidates:
         if importlib.util.find_spec(package) is None:
             return protocol, package
     return None
@@ -160,7 +163,7 @@ def _home_is_a_file(home: Path) -> dict[str, str]:
 def _artifact_backend_missing(home: Path) -> dict[str, str]:
     backend = _missing_backend()
     if backend is None:
-        pytest.skip("s3fs, gcsfs and adlfs are all installed: no missing fsspec backend to test")
+        pytest.skip("s3fs, gcsfs, adlfs and ocifs are all installed: no missing backend to test")
     return {"BERTH_ARTIFACT_URL": f"{backend[0]}://bucket/artifacts"}
 
 

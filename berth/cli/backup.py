@@ -138,10 +138,11 @@ def list_backups(
 
         found = remote_backup.listed(server, url)
     else:
-        from berth.backup.destination import Destination
+        from berth.backup.destination import Destination, reaching
         from berth.backup.verify import list_snapshots
 
-        found = list_snapshots(Destination(url))
+        with reaching(url):
+            found = list_snapshots(Destination(url))
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -227,13 +228,14 @@ def verify_backup(
 def _verify_here(
     where: str, snapshot: str | None, deep: bool, drill: bool, key_file: Path | None
 ) -> dict[str, Any]:
-    from berth.backup.destination import Destination
+    from berth.backup.destination import Destination, reaching
     from berth.backup.manifest import latest
     from berth.backup.verify import verify
 
-    destination = Destination(where)
     key = backup_key(key_file)
-    report = verify(destination, snapshot or latest(destination), deep, key).to_dict()
+    with reaching(where):
+        destination = Destination(where)
+        report = verify(destination, snapshot or latest(destination), deep, key).to_dict()
     if drill and not report["problems"]:
         from berth.cli.backup_drill import run_drill
 
@@ -274,7 +276,7 @@ def restore_backup(
         from berth.cli.remote_backup import RESTORE_REFUSED
 
         raise InvalidInput(RESTORE_REFUSED)
-    from berth.backup.destination import Destination
+    from berth.backup.destination import Destination, reaching
     from berth.backup.manifest import latest, load
     from berth.backup.restore import restore
     from berth.backup.secret import SecretTarget
@@ -283,9 +285,10 @@ def restore_backup(
     from berth.security.config import KeyConfig
     from berth.store.db import Database
 
-    source = Destination(url)
-    chosen = snapshot or latest(source)
-    total = sum(load(source, chosen).objects().values())
+    with reaching(url):
+        source = Destination(url)
+        chosen = snapshot or latest(source)
+        total = sum(load(source, chosen).objects().values())
     configured = settings()
     store = ArtifactStore(
         artifacts or configured.resolved_artifact_url, configured.home.resolve() / "cache"
