@@ -24,6 +24,7 @@ from berth.registry.service import Registry
 from berth.security.auth import Principal
 from berth.store.tables import PredictionRow
 from tests.conftest import Run, postgres_schema, register_churn, register_iris, serving
+from tests.storage_servers import ObjectStore
 from tests.test_registry import DIRECTORY_MODEL
 
 ROWS = {
@@ -155,8 +156,11 @@ def _environment(home: Path, database_url: str, artifacts: str) -> dict[str, str
 
 
 @pytest.fixture
-def three_destinations(tmp_path: Path) -> dict[str, str]:
-    return {name: str(tmp_path / name) for name in ("one", "two", "three")}
+def three_destinations(
+    s3_store: ObjectStore, azure_store: ObjectStore, gcs_store: ObjectStore
+) -> dict[str, str]:
+    """S3 (SeaweedFS), Azure Blob (Azurite) and GCS (fake-gcs-server), on loopback."""
+    return {store.scheme: store.url("berth") for store in (s3_store, azure_store, gcs_store)}
 
 
 def test_a_registry_in_use_restored_from_each_of_three_destinations_into_sqlite_and_postgres(
