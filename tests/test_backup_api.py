@@ -200,6 +200,8 @@ def test_remote_mode_refusals(
     ):
         line = _one_line(run_both(*args), "relative/backups is a relative path")
         assert f"the host of {cli_mode.url}" in line
+    relative = run_both("backup", "schedule", "n", "--cron", "@daily", "--to", "relative/b")
+    assert f"the host of {cli_mode.url}" in _one_line(relative, "relative/b is a relative path")
     hidden = run_both("backup", "create", "--to", str(tmp_path), "--job", "3")
     _one_line(hidden, "--job and --schedule are set by the scheduler")
     missing = run_both("backup", "verify", str(tmp_path / "nothing"))

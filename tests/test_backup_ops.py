@@ -144,7 +144,7 @@ def test_a_running_backup_refuses_cancel_and_a_queued_one_is_cancelled(
 
 
 def test_backup_schedules_are_stored_checked_listed_and_removed(
-    settings: Settings, run: Run, tmp_path: Path
+    settings: Settings, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = str(tmp_path / "backups")
     done = run(
@@ -187,6 +187,20 @@ def test_backup_schedules_are_stored_checked_listed_and_removed(
     backups = json.loads(run("backup", "schedules", "--json").out)
     assert [s["name"] for s in backups] == ["nightly"]
     assert backups[0]["args"] == ["--to", dest, "--to", "s3://bucket/berth"]
+
+    # The scheduler runs from its own working directory: relative paths are stored absolute.
+    monkeypatch.chdir(tmp_path)
+    relative = run(
+        "backup", "schedule", "here", "--cron", "@daily", "--to", "local-backups",
+        "--encryption-key-file=keys/backup.key",
+    )  # fmt: skip
+    assert relative.code == 0, relative.err
+    stored = json.loads(run("backup", "schedules", "--json").out)
+    assert [s["args"] for s in stored if s["name"] == "here"] == [
+        ["--to", str(tmp_path / "local-backups"),
+         f"--encryption-key-file={tmp_path / 'keys' / 'backup.key'}"]
+    ]  # fmt: skip
+    assert run("backup", "unschedule", "here").code == 0
 
     refused = run("backup", "unschedule", "scores")
     assert refused.code == 1

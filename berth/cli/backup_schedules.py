@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +19,9 @@ from berth.cli.context import console, registry, remote
 from berth.cli.remote import path as remote_path
 from berth.cli.schedules import Document, print_stored, show_schedules
 from berth.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from berth.cli.remote import Remote
 
 # `berth backup schedule` passes options it does not declare to `berth backup create`.
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -61,14 +65,14 @@ def schedule(
     from berth.cli.flags import from_flags
     from berth.jobs.requests import ScheduleRequest
 
-    args = [*(arg for url in to for arg in ("--to", url)), *context.args]
+    server = remote()
+    args = _with_paths_fixed([*(arg for url in to for arg in ("--to", url)), *context.args], server)
     asked = from_flags(
         ScheduleRequest,
         {"cron": "--cron", "timezone": "--timezone", "args": "--to", "enabled": "--disabled"},
         {"cron": cron, "timezone": timezone, "args": args, "enabled": not disabled,
          "kind": "backup"},
     )  # fmt: skip
-    server = remote()
     if server is not None:
         document = server.put(remote_path("schedules", name), asked.model_dump())
     else:
@@ -86,6 +90,37 @@ def schedule(
         )
         document = set_document(info, outcome, _now())
     print_stored(document)
+
+
+_PATH_FLAGS = ("--to", "--encryption-key-file")
+
+
+def _with_paths_fixed(args: list[str], server: Remote | None) -> list[str]:
+    """The scheduler runs the backup from its own working directory: a relative folder or key
+    file is stored as the absolute path it names here, and refused in remote mode (where it
+    would name a path on the server's host that nobody meant)."""
+
+    def fixed(flag: str, location: str) -> str:
+        if "://" in location:
+            return location
+        if server is not None:
+            from berth.cli.remote_backup import on_host
+
+            return on_host(server, location, flag)
+        return str(Path(location).expanduser().resolve())
+
+    out: list[str] = []
+    pending = list(args)
+    while pending:
+        arg = pending.pop(0)
+        flag, has_value, value = arg.partition("=")
+        if flag in _PATH_FLAGS and has_value:
+            out.append(f"{flag}={fixed(flag, value)}")
+        elif arg in _PATH_FLAGS and pending:
+            out += [arg, fixed(arg, pending.pop(0))]
+        else:
+            out.append(arg)
+    return out
 
 
 def list_schedules(

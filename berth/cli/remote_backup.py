@@ -35,9 +35,9 @@ RESTORE_REFUSED = (
 
 def create(server: Remote, to: list[str], key_file: Path | None) -> dict[str, Any]:
     """Back up on the server's host; the report of the run once it ended (its job's summary)."""
-    body: dict[str, Any] = {"to": [_on_host(server, url, "--to") for url in to]}
+    body: dict[str, Any] = {"to": [on_host(server, url, "--to") for url in to]}
     if key_file is not None:
-        body["encryption_key_file"] = _on_host(server, str(key_file), "--encryption-key-file")
+        body["encryption_key_file"] = on_host(server, str(key_file), "--encryption-key-file")
     job = server.post(remote_path("backups"), body)
     job_id = job["id"]
     _say(f"Backup job {job_id} runs on {server.url}, with the destinations of its host.")
@@ -62,7 +62,7 @@ def create(server: Remote, to: list[str], key_file: Path | None) -> dict[str, An
 
 def listed(server: Remote, url: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = server.get(
-        remote_path("backups"), {"destination": _on_host(server, url, "the destination")}
+        remote_path("backups"), {"destination": on_host(server, url, "the destination")}
     )["backups"]
     return found
 
@@ -77,14 +77,14 @@ def verify(
     key_file: Path | None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "destination": _on_host(server, url, "the destination"),
+        "destination": on_host(server, url, "the destination"),
         "deep": deep,
         "drill": drill,
     }
     if snapshot is not None:
         body["snapshot"] = snapshot
     if key_file is not None:
-        body["encryption_key_file"] = _on_host(server, str(key_file), "--encryption-key-file")
+        body["encryption_key_file"] = on_host(server, str(key_file), "--encryption-key-file")
     # A deep check or a drill reads every byte while the command waits.
     report: dict[str, Any] = server.post(
         remote_path("backups", "verify"), body, timeout=LONG_SECONDS
@@ -93,7 +93,7 @@ def verify(
 
 
 def prune(server: Remote, body: dict[str, Any]) -> dict[str, Any]:
-    body = {**body, "destination": _on_host(server, body["destination"], "the destination")}
+    body = {**body, "destination": on_host(server, body["destination"], "the destination")}
     report: dict[str, Any] = server.post(
         remote_path("backups", "prune"), body, timeout=LONG_SECONDS
     )
@@ -117,7 +117,7 @@ def _follow(server: Remote, job_id: int) -> dict[str, Any]:
         time.sleep(POLL_SECONDS)
 
 
-def _on_host(server: Remote, location: str, flag: str) -> str:
+def on_host(server: Remote, location: str, flag: str) -> str:
     """Refuse a relative path: the server's host would read it from its own working
     directory, which is not what anyone typing it on another machine means."""
     if "://" not in location and not PurePosixPath(location).is_absolute():
