@@ -192,7 +192,6 @@ def _fields(job: Job) -> list[tuple[str, str]]:
     eta = job["eta_seconds"]
     eta_text = "-" if eta is None or job["status"] == LOST else _span(eta)
     resumed = job["resumed_at_row"]
-    pid = job["pid"]
     return [
         ("model", _model(job)),
         ("source", shown(job["source"])),
@@ -206,13 +205,21 @@ def _fields(job: Job) -> list[tuple[str, str]]:
         ("progress", f"{_percent(job['progress'])}, ETA {eta_text}"),
         ("resumed at row", "-" if resumed is None else f"{resumed:,}"),
         ("cancel asked", "yes" if job["cancel_requested"] else "no"),
+        *_lifecycle(job),
+        ("job key", job["job_key"]),
+    ]
+
+
+def _lifecycle(job: Job) -> list[tuple[str, str]]:
+    """Where the job's process ran and when it went through its states, whatever its kind."""
+    pid = job["pid"]
+    return [
         ("process", f"{job['host'] or '-'} pid {pid if pid is not None else '-'}"),
         ("created", _time(job["created_at"])),
         ("started", _time(job["started_at"])),
         ("heartbeat", _time(job["heartbeat_at"])),
         ("finished", _time(job["finished_at"])),
         ("duration", _span(job["duration_seconds"])),
-        ("job key", job["job_key"]),
     ]
 
 
@@ -221,7 +228,6 @@ def _backup_fields(job: Job) -> list[tuple[str, str]]:
     from berth.jobs.sql import shown
 
     summary = job.get("summary") or {}
-    pid = job["pid"]
     lines = [("kind", "backup"), ("origin", job["origin"])]
     if summary:
         lines.append(
@@ -237,15 +243,7 @@ def _backup_fields(job: Job) -> list[tuple[str, str]]:
             lines.append(("destination", f"{shown(destination['url'])}: {state}"))
     else:
         lines.append(("destinations", shown(job["sink"])))
-    return [
-        *lines,
-        ("process", f"{job['host'] or '-'} pid {pid if pid is not None else '-'}"),
-        ("created", _time(job["created_at"])),
-        ("started", _time(job["started_at"])),
-        ("heartbeat", _time(job["heartbeat_at"])),
-        ("finished", _time(job["finished_at"])),
-        ("duration", _span(job["duration_seconds"])),
-    ]
+    return [*lines, *_lifecycle(job)]
 
 
 def _advice(job: Job) -> str:

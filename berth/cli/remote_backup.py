@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, Any
 from berth.cli.context import err_console
 from berth.cli.remote import LONG_SECONDS
 from berth.cli.remote import path as remote_path
+from berth.cli.remote_batch import POLL_SECONDS, check_started
 from berth.errors import BerthError, InvalidInput
-from berth.jobs.states import FINISHED, LOST, QUEUED
+from berth.jobs.states import FINISHED, LOST
 
 if TYPE_CHECKING:
     from berth.cli.remote import Remote
 
-POLL_SECONDS = 0.5
-START_SECONDS = 120.0
-"""How long a job may stay queued before the command gives up following it."""
 RESTORE_REFUSED = (
     "berth backup restore writes into a database and replaces a registry's state, so it is not "
     "done through a server: run `berth backup restore` on the host whose database it restores "
@@ -108,12 +106,7 @@ def _follow(server: Remote, job_id: int) -> dict[str, Any]:
         state = detail["status"]
         if state in FINISHED or state == LOST:
             return detail
-        if state == QUEUED and time.monotonic() - queued_since > START_SECONDS:
-            raise BerthError(
-                f"backup job {job_id} has not started on {server.url} after "
-                f"{START_SECONDS:.0f} s; `berth jobs show {job_id}` names its log on the "
-                "server's host"
-            )
+        check_started(server, job_id, state, queued_since, "backup job")
         time.sleep(POLL_SECONDS)
 
 

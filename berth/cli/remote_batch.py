@@ -36,6 +36,15 @@ START_SECONDS = 120.0
 """How long a job may stay queued before the command gives up following it."""
 
 
+def check_started(server: Remote, job_id: int, state: str, queued_since: float, what: str) -> None:
+    """Give up following a job still queued after START_SECONDS: its process never attached."""
+    if state == QUEUED and time.monotonic() - queued_since > START_SECONDS:
+        raise BerthError(
+            f"{what} {job_id} has not started on {server.url} after {START_SECONDS:.0f} s; "
+            f"`berth jobs show {job_id}` names its log on the server's host"
+        )
+
+
 def run_remotely(server: Remote, spec: BatchSpec, *, quiet: bool, as_json: bool) -> None:
     """Submit `spec`, follow it to its end, print its summary; exit 1 unless it succeeded."""
     from berth.jobs.run_args import run_args
@@ -95,12 +104,7 @@ def _follow(server: Remote, job_id: int, progress: RichProgress | None) -> dict[
                     progress.update(_done(detail))
                 if state in FINISHED or state == LOST:
                     return detail
-                if state == QUEUED and time.monotonic() - queued_since > START_SECONDS:
-                    raise BerthError(
-                        f"job {job_id} has not started on {server.url} after "
-                        f"{START_SECONDS:.0f} s; `berth jobs show {job_id}` names its log "
-                        "on the server's host"
-                    )
+                check_started(server, job_id, state, queued_since, "job")
                 stop.wait(POLL_SECONDS)
         finally:
             if started and progress is not None:
