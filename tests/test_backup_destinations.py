@@ -330,3 +330,49 @@ def test_an_aborted_upload_leaves_no_object_on_each_store(
     upload.commit()
     assert Destination(store.url()).size("objects/ab/committed") == len(data)
     assert Destination(store.url()).read("objects/ab/committed") == data
+
+
+def test_prune_on_each_store_removes_old_backups_then_the_objects_only_they_needed(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    iris_files: tuple[Path, Path],
+    churn_files: tuple[Path, Path, Path],
+    run: Run,
+    s3_store: ObjectStore,
+    azure_store: ObjectStore,
+    gcs_store: ObjectStore,
+) -> None:
+    """Each store gives objects' modification times its own way: prune reads them all, so an
+    object no backup needs goes once it is older than a day, and not before."""
+    from datetime import UTC, datetime, timedelta
+
+    from berth.backup.destination import Destination
+    from berth.backup.prune import KeepRules, prune
+
+    _source(settings, monkeypatch, settings.resolved_database_url, iris_files, churn_files, run)
+    stores = [s3_store, azure_store, gcs_store]
+    urls = [store.url() for store in stores]
+    _backup(run, *urls)  # type: ignore[arg-type]
+    assert run("models", "alias", "churn", "production", "--remove").code == 0
+    assert run("models", "delete", "churn", "--yes").code == 0
+    latest = _backup(run, *urls)  # type: ignore[arg-type]
+    for store, url in zip(stores, urls, strict=True):
+        assert len(_objects(store, url)) == 2
+
+        # Today: the first backup goes, churn's object is too recent to be sure of.
+        today = run("backup", "prune", url, "--keep-last", "1", "--json")
+        assert today.code == 0, today.err
+        report = json.loads(today.out)
+        assert [k["id"] for k in report["kept"]] == [latest["snapshot"]]
+        assert len(report["removed"]) == 1
+        assert report["objects_removed"] == 0
+        assert report["recent_left"] == 1, report
+
+        # Two days on: churn's object is no longer needed by any backup, and old enough.
+        later = prune(
+            Destination(url), KeepRules(last=1), now=datetime.now(UTC) + timedelta(days=2)
+        )
+        assert later.objects_removed == 1, f"{store.scheme}: {later.to_dict()}"
+        assert len(_objects(store, url)) == 1
+        verified = run("backup", "verify", url, "--deep")
+        assert verified.code == 0, verified.err

@@ -147,6 +147,7 @@ def _remove_objects(
 ) -> None:
     referenced = _referenced(destination, report, kept)
     fs = destination.fs
+    fs.invalidate_cache()
     for prefix in (OBJECTS, SEALED_OBJECTS):
         folder = destination.path(prefix)
         if not fs.isdir(folder):
@@ -170,6 +171,8 @@ def _remove_objects(
 def _remove_incomplete(destination: Destination, report: PruneReport, now: datetime) -> None:
     """Folders of snapshots without a manifest: failed backups once old, running ones before."""
     fs = destination.fs
+    # Object stores' clients cache listings: the folders removed above must not be seen again.
+    fs.invalidate_cache()
     folder = destination.path(SNAPSHOTS)
     if not fs.isdir(folder):
         return
@@ -180,6 +183,9 @@ def _remove_incomplete(destination: Destination, report: PruneReport, now: datet
         started = snapshot_time(name)
         if started is None:
             continue  # not a folder a backup made: not ours to remove
+        held = fs.find(f"{folder}/{name}", detail=True).values()
+        if not any(info.get("type") == "file" for info in held):
+            continue  # an empty prefix some stores (SeaweedFS) keep after its files went
         if now - started < GRACE:
             report.recent_left += 1
             continue
