@@ -129,7 +129,8 @@ def test_prune_removes_old_snapshots_then_unreferenced_objects(
     (folder / "objects" / "ff").mkdir()
     (folder / "objects" / "ff" / ("f" * 64)).write_bytes(b"a new object")
     running = folder / "snapshots" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}000Z-012345"
-    running.mkdir()
+    (running / "tables").mkdir(parents=True)
+    (running / "tables" / "models.jsonl.gz.1234.partial").write_bytes(b"w")
 
     before = _tree(folder)
     dry = _prune(run, folder, "--keep-daily", "2", "--dry-run")

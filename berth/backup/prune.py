@@ -185,7 +185,9 @@ def _remove_incomplete(destination: Destination, report: PruneReport, now: datet
             continue  # not a folder a backup made: not ours to remove
         held = fs.find(f"{folder}/{name}", detail=True).values()
         if not any(info.get("type") == "file" for info in held):
-            continue  # an empty prefix some stores (SeaweedFS) keep after its files went
+            # Nothing a backup wrote (it writes a folder's files as it makes the folder): an
+            # empty folder, or a prefix some stores (SeaweedFS) keep after its files went.
+            continue
         if now - started < GRACE:
             report.recent_left += 1
             continue
