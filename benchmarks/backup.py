@@ -151,28 +151,41 @@ def main() -> None:
         env.update(s3_env)
         rows: list[tuple[str, str, float, int]] = []
         try:
-            destinations = {"folder": str(work / "backups"), "s3": "s3://berth-bench/backups"}
-            for name, url in destinations.items():
+            key_file = work / "backup.key"
+            key_file.write_text(
+                subprocess.run(
+                    [*BERTH, "backup", "key", "new"], env=env, capture_output=True, text=True,
+                    check=True,
+                ).stdout
+            )  # fmt: skip
+            sealed = ["--encryption-key-file", str(key_file)]
+            destinations = {
+                "folder": (str(work / "backups"), []),
+                "s3": ("s3://berth-bench/backups", []),
+                "folder, encrypted": (str(work / "sealed"), sealed),
+            }
+            for name, (url, extra) in destinations.items():
                 for run in ("first", "second"):
-                    seconds, report = berth(env, "backup", "create", "--to", url)
+                    seconds, report = berth(env, "backup", "create", "--to", url, *extra)
                     (destination,) = report["destinations"]  # type: ignore[misc]
                     if not destination["complete"]:
                         raise SystemExit(f"backup to {url} failed: {destination['error']}")
                     rows.append((f"backup, {run} run", name, seconds, destination["bytes_copied"]))
-            for name, url in destinations.items():
-                target = work / f"restored-{name}"
+            for number, (name, (url, extra)) in enumerate(destinations.items()):
+                target = work / f"restored-{number}"
                 seconds, report = berth(
-                    env, "backup", "restore", url, "--database", f"sqlite:///{target}.db",
-                    "--artifacts", str(target),
+                    {**env, "BERTH_HOME": str(target / "home")},
+                    "backup", "restore", url, "--database", f"sqlite:///{target}.db",
+                    "--artifacts", str(target / "artifacts"), *extra,
                 )  # fmt: skip
                 rows.append(("restore", name, seconds, int(report["bytes_copied"])))  # type: ignore[call-overload]
         finally:
             server.kill()
             server.wait(10)
-    print(f"{'step':<20} {'where':<7} {'seconds':>8} {'MB/s':>7} {'bytes copied':>14}")
+    print(f"{'step':<20} {'where':<18} {'seconds':>8} {'MB/s':>7} {'bytes copied':>14}")
     for step, where, seconds, copied in rows:
         rate = artifact_bytes / 1e6 / seconds
-        print(f"{step:<20} {where:<7} {seconds:>8.2f} {rate:>7.0f} {copied:>14}")
+        print(f"{step:<20} {where:<18} {seconds:>8.2f} {rate:>7.0f} {copied:>14}")
     print("MB/s is over all artifact bytes (a second run reads and sends none of them).")
 
 
