@@ -72,6 +72,9 @@ log = logging.getLogger("berth.stream")
 DEFAULT_PORT = 9092
 EXAMPLE = "kafka://127.0.0.1:9092/events"
 REQUEST_TIMEOUT_MS = 10_000
+FETCH_MAX_WAIT_MS = 100
+"""Longest a fetch waits on the broker for records: the latency floor of an idle consumer on a
+broker that holds fetches for the whole wait (Tansu does; Kafka answers once data is there)."""
 MAX_PARTITIONS = 10_000
 MAX_REPLICATION = 32
 EVENT_ID_HEADER = "berth-event-id"
@@ -311,6 +314,7 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest" if self.config.start == "first" else "latest",
             max_poll_records=self.config.batch_size,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(session_ms // 3, 50),
             # How long the group waits for members to rejoin, revocations included (Tansu also
