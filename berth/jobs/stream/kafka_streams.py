@@ -154,13 +154,19 @@ def _broker(address: KafkaAddress, doing: str) -> Iterator[None]:
     except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(
             f"cannot reach Kafka at {address.display} while {doing} "
-            f"({type(exc).__name__}: {exc}); check that a Kafka broker runs there, that host "
+            f"({_detail(exc)}); check that a Kafka broker runs there, that host "
             "and port are right and that the address it advertises can be reached from here"
         ) from exc
     except KafkaError as exc:
         raise BrokerUnavailable(
-            f"Kafka at {address.display} refused {doing}: {type(exc).__name__}: {exc}"
+            f"Kafka at {address.display} refused {doing}: {_detail(exc)}"
         ) from exc
+
+
+def _detail(exc: BaseException) -> str:
+    """The error's class and text, once (aiokafka's own text starts with its class)."""
+    text, name = str(exc), type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 async def _ensure_topic(address: KafkaAddress, client_id: str) -> None:
