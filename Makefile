@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-restart bench-decode bench-cli bench-upload bench-backup soak wrk prometheus nginx azurite cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup soak wrk prometheus nginx azurite cluster-demo
 
 install: $(STAMP)
 
@@ -120,6 +120,12 @@ bench-demo: install wrk
 # A 1M-row Parquet to Parquet batch job against in-process predict (benchmarks/batch_throughput.py).
 bench-batch: install
 	$(BIN)/python benchmarks/batch_throughput.py
+
+# Stream consumers on iris: events/s and p99 end-to-end latency at 500 events/s through Kafka
+# (Tansu), Redis Streams and NATS JetStream in one run (benchmarks/stream.py); ARGS="--events 300
+# --rate 100 --seconds 2" for a quick check.
+bench-stream: install
+	$(BIN)/python benchmarks/stream.py $(ARGS)
 
 # How fast `berth serve --workers 2` replaces a worker killed with SIGKILL (benchmarks/worker_restart.py).
 bench-restart: install

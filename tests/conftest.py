@@ -40,7 +40,7 @@ __all__ = ["free_port"]
 
 # `run_both` and `cli_mode`: command tests that run in local and in remote mode; `s3_store`,
 # `azure_store`, `gcs_store`: object stores on loopback for the backup tests.
-pytest_plugins = ["tests.cli_modes", "tests.storage_servers"]
+pytest_plugins = ["tests.cli_modes", "tests.kafka_broker", "tests.storage_servers"]
 
 # `berth` reads server profiles from $XDG_CONFIG_HOME/berth: a profile the developer logged in
 # with would send the tests' commands to that server. Every test, and every process it starts

@@ -240,10 +240,11 @@ def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
 
 
 def test_unknown_schemes_and_hosts_are_explained() -> None:
-    with pytest.raises(
-        InvalidInput, match=r"unknown stream scheme 'kafka'.*Kafka is not supported"
-    ):
-        split("kafka://broker:9092/events")
+    with pytest.raises(InvalidInput, match=r"unknown stream scheme 'amqp'; use redis://.*kafka://"):
+        split("amqp://broker:5672/events")
+    assert split("kafka://k1:9092,k2/events").path == "/events"
+    with pytest.raises(InvalidInput, match="is not a valid URL"):
+        split("kafka://k1:9092,k2:x/events")
     with pytest.raises(InvalidInput, match="names no host"):
         split("redis:///0?stream=a")
     with pytest.raises(InvalidInput, match="is not a valid URL"):

@@ -417,7 +417,7 @@ def test_clear_errors_for_bad_urls_and_unknown_models(
         return str(caught.value)
 
     assert "names no stream; add ?stream=NAME" in fails(source=f"{REDIS}/0")
-    assert "unknown stream scheme 'kafka'" in fails(source="kafka://127.0.0.1:9092/events")
+    assert "unknown stream scheme 'amqp'" in fails(source="amqp://127.0.0.1:5672/events")
     assert "would read its own output forever" in fails(sink=streams.source)
     assert "database 'x' is not a number" in fails(sink=f"{REDIS}/x?stream=o")
     assert "'nope'" in fails(reference="nope@production")

@@ -1,4 +1,5 @@
-"""`berth stream ...`: score an event stream (Redis Streams, NATS JetStream) as events arrive."""
+"""`berth stream ...`: score an event stream (Redis Streams, NATS JetStream, Kafka) as events
+arrive."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import typer
 from berth.cli.context import registry, settings
 
 app = typer.Typer(
-    help="Score event streams: Redis Streams or NATS JetStream, at least once, with a "
+    help="Score event streams: Redis Streams, NATS JetStream or Kafka, at least once, with a "
     "dead-letter stream for events that cannot be scored.",
     no_args_is_help=True,
 )
 
-URLS = "redis://HOST:PORT/DB?stream=NAME, or nats://HOST:PORT/SUBJECT[?stream=JETSTREAM_STREAM]"
+URLS = (
+    "redis://HOST:PORT/DB?stream=NAME, nats://HOST:PORT/SUBJECT[?stream=JETSTREAM_STREAM], or "
+    "kafka://HOST:PORT[,HOST:PORT]/TOPIC[?partitions=N&replication=R]"
+)
 
 
 @app.callback()
@@ -41,7 +45,7 @@ def run(
     group: str | None = typer.Option(
         None,
         "--group",
-        help="Consumer group (Redis) or durable consumer (NATS); default berth-MODEL.",
+        help="Consumer group (Redis, Kafka) or durable consumer (NATS); default berth-MODEL.",
     ),
     consumer: str | None = typer.Option(
         None,
@@ -56,13 +60,14 @@ def run(
     id_field: str = typer.Option(
         "id",
         "--id-field",
-        help="Event field with the event id; without it, the Redis entry id or NATS sequence.",
+        help="Event field with the event id; without it, the Kafka message key, else the Redis "
+        "entry id, NATS sequence or Kafka PARTITION:OFFSET.",
     ),
     claim_idle_ms: int = typer.Option(
         30_000,
         "--claim-idle-ms",
         help="Events unacknowledged this long are taken over from a dead consumer "
-        "(Redis XAUTOCLAIM; NATS ack wait).",
+        "(Redis XAUTOCLAIM; NATS ack wait; Kafka session and rebalance timeout).",
     ),
     start: str = typer.Option(
         "first",

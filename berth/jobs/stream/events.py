@@ -4,9 +4,15 @@ An event is one JSON object whose fields are the model's inputs (tabular: the co
 tensor: the input names) plus, optionally, the id field. Unknown and missing fields are an error,
 as in the v1 API, so a producer that drifts from the signature is told instead of half-scored.
 
-The event id is the value of the id field when the event has one, else the transport's own id
-(the Redis entry id, the NATS stream sequence). Outputs and dead letters carry it, so a reader
-can key results by event id.
+The event id is the value of the id field when the event has one, else the message key (Kafka),
+else the transport's own id (the Redis entry id, the NATS stream sequence, the Kafka
+PARTITION:OFFSET). Outputs and dead letters carry it, so a reader can key results by event id.
+
+A transport with message metadata (Kafka headers and key) fills `Received.attributes`: the
+request id, carried to the outputs, and the model, version and method the event is addressed to,
+checked against the consumer's model (`misaddressed`), so a producer written for MLServer's Kafka
+server (`mlserver-model`, `mlserver-version`, `mlserver-method` headers) is scored, or told why
+not, instead of being scored by the wrong model.
 """
 
 from __future__ import annotations
@@ -38,6 +44,22 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
+class Attributes:
+    """What a message says about itself besides its payload (Kafka: the key and headers)."""
+
+    key: str | None = None
+    """The message key: the event id when the body has none, and the key of its outputs (so the
+    outputs of one key land in one partition, in order)."""
+    request_id: str | None = None
+    model: str | None = None
+    """The model the event is addressed to; it must be the model this consumer scores."""
+    version: str | None = None
+    """The version number the event asks for; it must be the version scoring."""
+    method: str | None = None
+    """MLServer's `mlserver-method`: only `infer` is scored."""
+
+
+@dataclass(frozen=True)
 class Received:
     """One entry as a source delivered it, before any decoding."""
 
@@ -49,6 +71,7 @@ class Received:
     acknowledged: bool = False
     """The broker already dropped the entry from its pending list (Redis reports entries deleted
     while pending this way); it needs no acknowledgement, and its dead letter is always written."""
+    attributes: Attributes | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,10 @@ class Record:
     """Dead letters: why the event was not scored."""
     always: bool = False
     """Write even when the entry is no longer pending (see `Received.acknowledged`)."""
+    partition_key: str | None = None
+    """Kafka: the key to write it under: the input's key, else the event id."""
+    request_id: str | None = None
+    """The request id the input carried, written as a header where the broker has headers."""
 
 
 # decoding ----------------------------------------------------------------------------------
@@ -93,17 +120,45 @@ def parse(received: Received, signature: Signature, id_field: str) -> Event | Re
     try:
         document = _document(received.payload, signature, id_field)
     except InvalidInput as exc:
-        return Rejected(received, received.transport_id, exc.message)
+        return Rejected(received, fallback_id(received), exc.message)
     try:
-        event_id = _event_id(document, id_field, received.transport_id)
+        event_id = _event_id(document, id_field, fallback_id(received))
     except InvalidInput as exc:
-        return Rejected(received, received.transport_id, exc.message)
+        return Rejected(received, fallback_id(received), exc.message)
     if id_field not in signature.input_names:  # an id that is also an input stays an input
         document.pop(id_field, None)
     try:
         return Event(received, event_id, _row(document, signature))
     except InvalidInput as exc:
         return Rejected(received, event_id, exc.message)
+
+
+def fallback_id(received: Received) -> str:
+    key = received.attributes.key if received.attributes is not None else None
+    return key or received.transport_id
+
+
+def misaddressed(received: Received, model: str, version: int, reference: str) -> str | None:
+    """Why the event is not for this consumer (its headers name another model, version or
+    method), or None when it is."""
+    found = received.attributes
+    if found is None:
+        return None
+    if found.method is not None and found.method != "infer":
+        return f"method {found.method!r} is not scored here; only 'infer' (or no method header) is"
+    if found.model is not None and found.model != model:
+        return (
+            f"the event is addressed to model {found.model!r}, but this consumer scores "
+            f"{reference} ({model} version {version}); send it to the topic that model's "
+            "consumer reads, or drop the model header"
+        )
+    if found.version is not None and found.version.removeprefix("v") != str(version):
+        return (
+            f"the event asks for version {found.version!r}, but this consumer scores "
+            f"{reference}, now version {version} of {model}; send a version number that "
+            "matches, or drop the version header to be scored by whichever version is current"
+        )
+    return None
 
 
 def _document(payload: Payload, signature: Signature, id_field: str) -> dict[str, Any]:
@@ -212,8 +267,23 @@ def outputs(
             document["probabilities"] = dict(zip(names, row, strict=True))
         document |= {"model": version.model, "version": version.number}
         document["predicted_at"] = predicted_at
-        records.append(Record(event.id, orjson.dumps(document), event.received.transport_id))
+        records.append(
+            Record(
+                event.id,
+                orjson.dumps(document),
+                event.received.transport_id,
+                **_carried(event.received, event.id),
+            )
+        )
     return records
+
+
+def _carried(received: Received, event_id: str) -> dict[str, Any]:
+    """The key and request id an output or dead letter carries from its input."""
+    found = received.attributes
+    if found is None:
+        return {}
+    return {"partition_key": found.key or event_id, "request_id": found.request_id}
 
 
 def dead_letter(rejected: Rejected, source: str, reference: str, failed_at: str) -> Record:
@@ -234,6 +304,7 @@ def dead_letter(rejected: Rejected, source: str, reference: str, failed_at: str)
         received.transport_id,
         reason=rejected.reason,
         always=received.acknowledged,
+        **_carried(received, rejected.id),
     )
 
 

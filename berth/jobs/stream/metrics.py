@@ -12,6 +12,8 @@ is the stream or subject name (never a URL: it may hold a password), `group` the
 - `berth_stream_consumer_lag{source, group}`: entries not yet acknowledged: waiting plus pending.
 - `berth_stream_consumer_pending{source, group}`: delivered but not acknowledged (in flight, or
   held by a dead consumer until claimed).
+- `berth_stream_partition_lag{source, group, partition}`: Kafka: per partition of the topic,
+  records after the group's committed offset.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ LAG = Gauge(
     "berth_stream_consumer_lag",
     "Entries of the source the group has not acknowledged: not yet delivered plus pending.",
     ["source", "group"],
+)
+PARTITION_LAG = Gauge(
+    "berth_stream_partition_lag",
+    "Kafka: records of one partition after the group's committed offset.",
+    ["source", "group", "partition"],
 )
 PENDING = Gauge(
     "berth_stream_consumer_pending",
@@ -139,6 +146,8 @@ class Reporter:
         if lag.total is not None:
             self.meters.lag.set(lag.total)
         self.meters.pending.set(lag.pending)
+        for partition, behind in (lag.partitions or {}).items():
+            PARTITION_LAG.labels(self.meters.source, self.meters.group, str(partition)).set(behind)
         log.info(
             "stream progress source=%s group=%s finished=%d scored=%d dead_lettered=%d "
             "interval_seconds=%.1f events_per_second=%.1f lag=%s pending=%d",

@@ -1,6 +1,7 @@
 """Score one micro-batch of events through the dataplane, so one bad event cannot sink the rest.
 
-1. Decode every entry (JSON, id, fields): failures are rejected with the reason.
+1. Decode every entry (JSON, id, fields): failures are rejected with the reason, and so are
+   entries whose headers address another model, version or method (see `events.misaddressed`).
 2. Validate the rows against the signature, all at once (one pass per column); only when that
    fails, one event at a time, to find which events are at fault and why.
 3. Predict the valid events in one dataplane call (the frame validated in step 2 is handed over,
@@ -18,7 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from berth.errors import BerthError, InvalidInput
-from berth.jobs.stream.events import Event, Received, Rejected, parse
+from berth.jobs.stream.events import (
+    Event,
+    Received,
+    Rejected,
+    misaddressed,
+    parse,
+)
 from berth.registry.signature import Signature
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import DataPlane, Decoder, PredictResult
@@ -59,11 +66,15 @@ class MicroBatch:
         self.id_field = id_field
 
     async def score(self, batch: Sequence[Received]) -> Outcome:
-        signature = (await self.dataplane.version(self.reference)).signature
+        version = await self.dataplane.version(self.reference)
+        signature = version.signature
         outcome = Outcome()
         events: list[Event] = []
         for received in batch:
             parsed = parse(received, signature, self.id_field)
+            reason = misaddressed(received, version.model, version.number, self.reference)
+            if reason is not None:  # addressed elsewhere: that, not its fields, is the reason
+                parsed = Rejected(received, parsed.id, reason)
             if isinstance(parsed, Event):
                 events.append(parsed)
             else:

@@ -25,7 +25,7 @@ class StreamOptions:
     dead_letter: str | None = None
     """Where events that cannot be scored go; default `<source stream>.dead` on the source's server."""
     group: str | None = None
-    """Consumer group (Redis) or durable consumer (NATS); default `berth-<model>`."""
+    """Consumer group (Redis, Kafka) or durable consumer (NATS); default `berth-<model>`."""
     consumer: str | None = None
     """This consumer's name in a Redis group; default the host name."""
     batch_size: int = 100

@@ -54,6 +54,7 @@ def build_transports(options: StreamOptions) -> tuple[Source, Sink, Sink]:
         consumer=options.consumer_name,
         claim_idle_ms=options.claim_idle_ms,
         start=options.start,
+        batch_size=options.batch_size,
     )
     source = open_source(options.source, config)
     sink = open_sink(options.sink)

@@ -8,13 +8,14 @@ Delivery contract, for every transport: `settle` writes every record of a batch,
 acknowledges the batch's entries. A crash before that leaves the entries unacknowledged, so the
 broker delivers them again (at least once); a transport may do better (Redis writes and
 acknowledges in one atomic script when sink and source share a server, NATS de-duplicates
-outputs by event id).
+outputs by event id; Kafka commits a partition's offset only after the broker acknowledged
+every output and dead letter of the batch).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
@@ -27,10 +28,14 @@ SCHEMES = {
     "rediss": "berth.jobs.stream.redis_streams",
     "nats": "berth.jobs.stream.nats_streams",
     "tls": "berth.jobs.stream.nats_streams",
+    "kafka": "berth.jobs.stream.kafka_streams",
 }
 """URL scheme -> the module of its transport (imported only when used)."""
 
-EXAMPLES = "redis://127.0.0.1:6379/0?stream=events or nats://127.0.0.1:4222/events"
+EXAMPLES = (
+    "redis://127.0.0.1:6379/0?stream=events, nats://127.0.0.1:4222/events or "
+    "kafka://127.0.0.1:9092/events"
+)
 
 
 class BrokerUnavailable(NotReady):
@@ -43,13 +48,17 @@ class SourceConfig:
     """How to join the source: the group and consumer names, and where a new group starts."""
 
     group: str
-    """Redis consumer group; NATS durable consumer. Consumers of one group share the work."""
+    """Redis or Kafka consumer group; NATS durable consumer. Consumers of one group share the
+    work."""
     consumer: str
     """This consumer's name in a Redis group (a restart under the same name takes over its own
-    unacknowledged entries at once); NATS pull consumers need none."""
+    unacknowledged entries at once); the Kafka client id; NATS pull consumers need none."""
     claim_idle_ms: int = 30_000
     """Entries unacknowledged this long are taken over from a dead consumer (Redis XAUTOCLAIM;
-    NATS ack wait, after which JetStream delivers them again)."""
+    NATS ack wait, after which JetStream delivers them again; the Kafka session timeout, after
+    which a silent consumer's partitions go to the others)."""
+    batch_size: int = 100
+    """Most entries one batch holds (Kafka bounds its fetches by it)."""
     start: Literal["first", "new"] = "first"
     """Where a group that does not exist yet starts: the first entry kept, or new entries only."""
 
@@ -62,6 +71,8 @@ class Lag:
     """Entries not yet delivered to any consumer of the group (None: the broker cannot tell)."""
     pending: int
     """Entries delivered but not yet acknowledged."""
+    partitions: Mapping[int, int] | None = None
+    """Kafka: the group's lag per partition of the topic (not yet committed)."""
 
     @property
     def total(self) -> int | None:
@@ -124,8 +135,21 @@ class Transport(Protocol):
         ...
 
 
+EXTRAS = {"aiokafka": "kafka"}
+"""Client libraries that are optional extras of Berth -> the extra that installs them."""
+
+
 def transport(url: str) -> Transport:
-    module = importlib.import_module(SCHEMES[split(url).scheme])
+    scheme = split(url).scheme
+    try:
+        module = importlib.import_module(SCHEMES[scheme])
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        raise InvalidInput(
+            f"{scheme}:// streams need the {exc.name} client: pip install 'berth[{extra}]'"
+        ) from exc
     found: Transport = module.TRANSPORT
     return found
 
@@ -146,7 +170,9 @@ def split(url: str) -> SplitResult:
     """The URL's parts, or an error that lists the schemes understood."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        # Kafka lists its bootstrap servers: host:port,host:port. Each port must be a number.
+        for server in parts.netloc.rsplit("@", 1)[-1].split(","):
+            urlsplit(f"//{server}").port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise InvalidInput(
             f"{redact(url)!r} is not a valid URL ({exc}); write e.g. {EXAMPLES}"
@@ -154,7 +180,7 @@ def split(url: str) -> SplitResult:
     if parts.scheme not in SCHEMES:
         raise InvalidInput(
             f"{redact(url)!r}: unknown stream scheme {parts.scheme or '(none)'!r}; use "
-            f"{', '.join(f'{s}://' for s in SCHEMES)} (Kafka is not supported yet), e.g. {EXAMPLES}"
+            f"{', '.join(f'{s}://' for s in SCHEMES)}, e.g. {EXAMPLES}"
         )
     if not parts.hostname and parts.scheme in SCHEMES:
         raise InvalidInput(f"{redact(url)!r} names no host; write e.g. {EXAMPLES}")
