@@ -107,7 +107,7 @@ def test_the_readme_runs_in_order(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "OTEL_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["COLUMNS"] = "200"
-    ports = {"8321": free_port(), "9464": free_port()}
+    ports = {"8321": free_port(), "9464": free_port(), "9092": free_port()}
     text = script(ports, redis.port)
     (tmp_path / "readme.sh").write_text(text)
     log = tmp_path / "readme.log"
