@@ -460,3 +460,31 @@ def test_an_endpoint_sticky_by_header_reads_the_kafka_header_else_the_key(
     for i in range(10):
         assert len({answered[f"h{i}-{j}"] for j in range(4)}) == 1
     assert set(answered.values()) == {("stable", 1), ("canary", 2)}
+
+
+def test_an_endpoint_batch_follows_a_weight_change(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    """A rollout moving the weights applies to the stream at the next refresh, as on a server."""
+    _endpoint(sqlite_registry, tmp_path, "field:user")
+    batch = [_body({"id": f"u{i}", "user": f"user-{i}", "input": [1, 2, 3, 4]}) for i in range(40)]
+
+    async def scenario() -> tuple[Any, Any]:
+        dataplane = DataPlane(sqlite_registry, [], endpoints=["scoring"])
+        await dataplane.start()
+        try:
+            scorer = RoutedBatch(dataplane, "scoring", "id")
+            before = await scorer.score(batch)
+            routes = [
+                RouteSpec("stable", "stable", "scorer", 1, 0),
+                RouteSpec("canary", "canary", "scorer", 2, 100),
+            ]
+            EndpointService(sqlite_registry).set_routes("scoring", routes, "promote")
+            await dataplane.refresh_endpoints()
+            return before, await scorer.score(batch)
+        finally:
+            await dataplane.stop()
+
+    before, after = asyncio.run(scenario())
+    assert set(_answered(before).values()) == {("stable", 1), ("canary", 2)}
+    assert set(_answered(after).values()) == {("canary", 2)}
