@@ -33,7 +33,7 @@ from berth.registry.signature import ColumnSpec, Signature, TensorSpec
 from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
 from berth.serving.dataplane import DataPlane
-from berth.serving.route_stats import RouteStats, read_totals
+from berth.serving.route_stats import RouteStats, read_shadow, read_totals
 
 TABLE = Signature(
     kind="tabular",
@@ -488,3 +488,19 @@ def test_an_endpoint_batch_follows_a_weight_change(
     before, after = asyncio.run(scenario())
     assert set(_answered(before).values()) == {("stable", 1), ("canary", 2)}
     assert set(_answered(after).values()) == {("canary", 2)}
+
+
+def test_routed_events_are_mirrored_to_the_shadow_and_forced_ones_are_not(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    _version(sqlite_registry, tmp_path / "one")
+    _version(sqlite_registry, tmp_path / "two")
+    service = EndpointService(sqlite_registry)
+    service.create("scoring", "scorer:1")
+    service.set_shadow("scoring", "scorer:2", 100)
+    routed = [_body({"id": f"r{i}", "input": [1, 2, 3, 4]}) for i in range(10)]
+    forced = [_kafka({"id": f"f{i}", "input": [1, 2, 3, 4]}, route="stable") for i in range(3)]
+    (outcome,) = _routed(sqlite_registry, [routed + forced])
+    assert set(_answered(outcome).values()) == {("stable", 1)}
+    shadow = read_shadow(sqlite_registry.db, "scoring")[("scorer", 2)]
+    assert (shadow.compared, shadow.agreed, shadow.mirrored) == (10, 10, 1)
