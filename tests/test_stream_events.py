@@ -1,4 +1,5 @@
-"""Stream events without a broker: decoding, encoding, URLs, options and micro-batch scoring.
+"""Stream events without a broker: decoding, encoding, URLs, options and micro-batch scoring
+(through a model, and through an endpoint's routes).
 
 Micro-batches run through a real DataPlane over a registered version (a user Python class that
 fails on one input value, so a model error on a single event can be provoked).
@@ -17,18 +18,22 @@ import pytest
 
 from berth.errors import InvalidInput
 from berth.jobs.stream import events as ev
+from berth.jobs.stream.events import Attributes as Ev
 from berth.jobs.stream.events import Event, Received, Rejected, parse
 from berth.jobs.stream.micro_batch import MicroBatch, ModelFailing
 from berth.jobs.stream.nats_streams import NatsAddress, subject_matches
 from berth.jobs.stream.options import StreamOptions
 from berth.jobs.stream.redis_streams import RedisAddress
+from berth.jobs.stream.routed_batch import RoutedBatch
 from berth.jobs.stream.transport import dead_letter_url, redact, split
 from berth.registration.service import RegisterRequest, register
+from berth.registry.endpoints import EndpointService, RouteSpec
 from berth.registry.service import Registry
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec
 from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
 from berth.serving.dataplane import DataPlane
+from berth.serving.route_stats import RouteStats, read_shadow, read_totals
 
 TABLE = Signature(
     kind="tabular",
@@ -329,3 +334,173 @@ def test_a_model_failing_on_every_event_stops_the_consumer(
     _version(sqlite_registry, tmp_path / "scorer")
     with pytest.raises(ModelFailing, match="failed on every one of 2 valid events"):
         _score(sqlite_registry, [[13, 0, 0, 0], [13, 1, 1, 1]])
+
+
+# micro-batches through an endpoint ---------------------------------------------------------
+
+
+def _endpoint(registry: Registry, tmp_path: Path, sticky: str) -> None:
+    """Endpoint `scoring`: routes stable (scorer:1) and canary (scorer:2) at 50/50."""
+    _version(registry, tmp_path / "one")
+    _version(registry, tmp_path / "two")
+    service = EndpointService(registry)
+    service.create("scoring", "scorer:1", sticky=sticky)
+    routes = [
+        RouteSpec("stable", "stable", "scorer", 1, 50),
+        RouteSpec("canary", "canary", "scorer", 2, 50),
+    ]
+    service.set_routes("scoring", routes, "half and half")
+
+
+def _routed(registry: Registry, batches: list[list[Received]]) -> list[Any]:
+    async def scenario() -> list[Any]:
+        dataplane = DataPlane(
+            registry, [], route_stats=RouteStats(registry.db), endpoints=["scoring"]
+        )
+        await dataplane.start()
+        try:
+            scorer = RoutedBatch(dataplane, "scoring", "id")
+            return [await scorer.score(batch) for batch in batches]
+        finally:
+            await dataplane.stop()
+
+    return asyncio.run(scenario())
+
+
+def _kafka(document: dict[str, Any], **attributes: Any) -> Received:
+    return Received(document["id"], json.dumps(document).encode(), attributes=Ev(**attributes))
+
+
+def _answered(outcome: Any) -> dict[str, tuple[str, int]]:
+    """Event id -> (route, version) that scored it."""
+    return {
+        e.id: (s.result.route, s.result.version.number) for s in outcome.scored for e in s.events
+    }
+
+
+def test_an_endpoint_batch_routes_each_event_and_predicts_once_per_route(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    """Sticky by a field of the event (taken out of the inputs): one user, one version; both
+    versions get users; `x-berth-route` and a version header force a route; another model's or
+    an unknown route's events are rejected; events without a key are split per event. Each
+    route's events are one call, and each call is route evidence for rollouts."""
+    _endpoint(sqlite_registry, tmp_path, "field:user")
+    row = [1, 2, 3, 4]
+    users = [
+        _body({"id": f"u{i}-{j}", "user": f"user-{i}", "input": row})
+        for i in range(20)
+        for j in range(3)
+    ]
+    forced = [_kafka({"id": f"f{i}", "input": row}, route="canary") for i in range(3)]
+    pinned = [_kafka({"id": f"v{i}", "input": row}, version="1") for i in range(3)]
+    keyed = [_kafka({"id": f"k{i}", "input": row}, key="same-key") for i in range(5)]
+    wrong = [
+        _kafka({"id": "other-model", "input": row}, model="fraud"),
+        _kafka({"id": "no-route", "input": row}, route="nope"),
+        _kafka({"id": "clash", "input": row}, route="canary", version="1"),
+        _kafka({"id": "endpoint-named", "input": row}, model="scoring"),
+    ]
+    unkeyed = [_body({"id": f"r{i}", "input": row}) for i in range(60)]
+    first, second = _routed(sqlite_registry, [users + forced + pinned + keyed + wrong, unkeyed])
+
+    answered = _answered(first)
+    by_user = {}
+    for i in range(20):
+        by_user[i] = {answered[f"u{i}-{j}"] for j in range(3)}
+        assert len(by_user[i]) == 1, f"user-{i} answered by {by_user[i]}"
+    assert {next(iter(v)) for v in by_user.values()} == {("stable", 1), ("canary", 2)}
+    assert {answered[f"f{i}"] for i in range(3)} == {("canary", 2)}
+    assert {answered[f"v{i}"] for i in range(3)} == {("stable", 1)}
+    assert len({answered[f"k{i}"] for i in range(5)}) == 1  # the message key sticks
+    assert answered["endpoint-named"][1] in (1, 2)
+    reasons = {r.id: r.reason for r in first.rejected}
+    assert set(reasons) == {"other-model", "no-route", "clash"}
+    assert "addressed to model 'fraud'" in reasons["other-model"]
+    assert "has no route 'nope'" in reasons["no-route"]
+    assert "asks for version '1', but it is routed to canary" in reasons["clash"]
+    # routed stable, routed canary, forced canary, forced stable: one call each
+    assert len(first.scored) == 4
+
+    spread = _answered(second)
+    assert len(spread) == 60
+    assert set(spread.values()) == {("stable", 1), ("canary", 2)}
+    assert len(second.scored) == 2
+
+    records = ev.outputs(
+        first.scored[0].events,
+        first.scored[0].result.version,
+        first.scored[0].result.prediction,
+        "2024-05-01T10:00:00.000Z",
+        first.scored[0].result.endpoint,
+        first.scored[0].result.route,
+    )
+    document = orjson.loads(records[0].data)
+    assert document["endpoint"] == "scoring"
+    assert (document["route"], document["version"]) in {("stable", 1), ("canary", 2)}
+
+    totals = read_totals(sqlite_registry.db, "scoring")
+    assert totals[("scorer", 1)].requests >= 2
+    assert totals[("scorer", 2)].requests >= 2
+    assert totals[("scorer", 1)].errors == totals[("scorer", 2)].errors == 0
+
+
+def test_an_endpoint_sticky_by_header_reads_the_kafka_header_else_the_key(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    _endpoint(sqlite_registry, tmp_path, "header:X-User")
+    row = [1, 2, 3, 4]
+    batch = [
+        _kafka({"id": f"h{i}-{j}", "input": row}, key=f"other-{j}", headers={"x-user": f"u{i}"})
+        for i in range(10)
+        for j in range(4)
+    ]
+    (outcome,) = _routed(sqlite_registry, [batch])
+    answered = _answered(outcome)
+    for i in range(10):
+        assert len({answered[f"h{i}-{j}"] for j in range(4)}) == 1
+    assert set(answered.values()) == {("stable", 1), ("canary", 2)}
+
+
+def test_an_endpoint_batch_follows_a_weight_change(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    """A rollout moving the weights applies to the stream at the next refresh, as on a server."""
+    _endpoint(sqlite_registry, tmp_path, "field:user")
+    batch = [_body({"id": f"u{i}", "user": f"user-{i}", "input": [1, 2, 3, 4]}) for i in range(40)]
+
+    async def scenario() -> tuple[Any, Any]:
+        dataplane = DataPlane(sqlite_registry, [], endpoints=["scoring"])
+        await dataplane.start()
+        try:
+            scorer = RoutedBatch(dataplane, "scoring", "id")
+            before = await scorer.score(batch)
+            routes = [
+                RouteSpec("stable", "stable", "scorer", 1, 0),
+                RouteSpec("canary", "canary", "scorer", 2, 100),
+            ]
+            EndpointService(sqlite_registry).set_routes("scoring", routes, "promote")
+            await dataplane.refresh_endpoints()
+            return before, await scorer.score(batch)
+        finally:
+            await dataplane.stop()
+
+    before, after = asyncio.run(scenario())
+    assert set(_answered(before).values()) == {("stable", 1), ("canary", 2)}
+    assert set(_answered(after).values()) == {("canary", 2)}
+
+
+def test_routed_events_are_mirrored_to_the_shadow_and_forced_ones_are_not(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    _version(sqlite_registry, tmp_path / "one")
+    _version(sqlite_registry, tmp_path / "two")
+    service = EndpointService(sqlite_registry)
+    service.create("scoring", "scorer:1")
+    service.set_shadow("scoring", "scorer:2", 100)
+    routed = [_body({"id": f"r{i}", "input": [1, 2, 3, 4]}) for i in range(10)]
+    forced = [_kafka({"id": f"f{i}", "input": [1, 2, 3, 4]}, route="stable") for i in range(3)]
+    (outcome,) = _routed(sqlite_registry, [routed + forced])
+    assert set(_answered(outcome).values()) == {("stable", 1)}
+    shadow = read_shadow(sqlite_registry.db, "scoring")[("scorer", 2)]
+    assert (shadow.compared, shadow.agreed, shadow.mirrored) == (10, 10, 1)

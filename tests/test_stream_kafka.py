@@ -29,7 +29,9 @@ from berth.jobs.stream.kafka_streams import KafkaSource
 from berth.jobs.stream.options import StreamOptions
 from berth.jobs.stream.runner import run_stream
 from berth.jobs.stream.transport import BrokerUnavailable, SourceConfig
+from berth.registry.endpoints import EndpointService, RouteSpec
 from berth.registry.service import Registry
+from berth.serving.route_stats import read_totals
 from tests.conftest import free_port
 from tests.kafka_broker import KafkaBroker
 from tests.stream_helpers import (
@@ -541,3 +543,54 @@ def test_dead_letter_url_and_multiple_servers() -> None:
 
     url = "kafka://k1:9093,k2/orders?partitions=6"
     assert dead_letter_url(url) == "kafka://k1:9093,k2:9092/orders.dead"
+
+
+def test_an_endpoint_routes_by_the_key_and_the_route_header(
+    topics: Topics,
+    env: dict[str, str],
+    sqlite_registry: Registry,
+    model_files: tuple[Path, Path, Path],
+    tmp_path: Path,
+) -> None:
+    """`berth stream run ENDPOINT`: churn:1 and churn:2 at 50/50 with no sticky setting, so the
+    Kafka key is the sticky key: the events of one key all land on one version, both versions get
+    keys, `x-berth-route` sends an event to that route, and every output names the endpoint, the
+    route and the version. Each route's traffic is recorded where rollouts read it."""
+    register_model(sqlite_registry, model_files)  # churn:2 beside churn:1
+    service = EndpointService(sqlite_registry)
+    service.create("churn-live", "churn:1")
+    routes = [
+        RouteSpec("stable", "stable", "churn", 1, 50),
+        RouteSpec("canary", "canary", "churn", 2, 50),
+    ]
+    service.set_routes("churn-live", routes, "half and half")
+    topics.create(topics.source, 2)
+    args = consumer_args(topics)
+    consumer = start_consumer(env, tmp_path / "consumer.log", "churn-live", *args[1:])
+    events = customers(48)
+    try:
+        consumer.wait_consuming()
+        for k in range(12):
+            topics.send(events[k * 4 : k * 4 + 4], key=f"user-{k}")
+        topics.send(customers(5, seed=4, prefix="f"), x_berth_route="canary")
+        topics.send([events[0] | {"id": "pinned"}], mlserver_version="1")
+        topics.send([events[0] | {"id": "elsewhere"}], mlserver_model="fraud")
+        wait_for(lambda: len(topics.messages(topics.sink)) >= 54, "every output")
+    finally:
+        assert consumer.stop() == 0, consumer.text()
+    by_id = {m.data["id"]: m.data for m in topics.messages(topics.sink)}
+    assert len(by_id) == 54
+    answered = {i: (d["endpoint"], d["route"], d["model"], d["version"]) for i, d in by_id.items()}
+    per_key = [{answered[f"e-{k * 4 + j}"] for j in range(4)} for k in range(12)]
+    assert all(len(versions) == 1 for versions in per_key), per_key
+    assert {next(iter(v)) for v in per_key} == {
+        ("churn-live", "stable", "churn", 1),
+        ("churn-live", "canary", "churn", 2),
+    }
+    assert {answered[f"f-{i}"] for i in range(5)} == {("churn-live", "canary", "churn", 2)}
+    assert answered["pinned"] == ("churn-live", "stable", "churn", 1)
+    dead = {m.data["id"]: m.data for m in topics.messages(topics.dead)}
+    assert "addressed to model 'fraud'" in dead["elsewhere"]["reason"]
+    totals = read_totals(sqlite_registry.db, "churn-live")
+    assert totals[("churn", 1)].requests > 0
+    assert totals[("churn", 2)].requests > 0

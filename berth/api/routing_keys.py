@@ -8,9 +8,9 @@ from typing import Any
 from starlette.requests import Request
 
 from berth.registry.endpoints import Sticky
-
-ROUTE_HEADER = "x-berth-route"
-MAX_KEY_LENGTH = 512
+from berth.serving.router import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from berth.serving.router import ROUTE_HEADER as ROUTE_HEADER
+from berth.serving.router import key_text
 
 
 def forced_route(request: Request) -> str | None:
@@ -35,11 +35,7 @@ def sticky_key(request: Request, sticky: Sticky | None, body: dict[str, Any] | N
         parameters = body.get("parameters")
         if value is None and isinstance(parameters, dict):
             value = parameters.get(sticky.name)
-    if value is None or isinstance(value, dict | list) or value == "":
-        return None
-    # A number and its text are one key: {"user_id": 7} and header "7" stick together.
-    text = str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
-    return text[:MAX_KEY_LENGTH]
+    return key_text(value)
 
 
 def _cookie(header: str | None, name: str) -> str | None:

@@ -31,7 +31,9 @@ def stream() -> None:
 )
 def run(
     reference: str = typer.Argument(
-        ..., help="The model to score with: NAME, NAME:N or NAME@ALIAS."
+        ...,
+        help="The model to score with: NAME, NAME:N or NAME@ALIAS; or an endpoint's NAME, to "
+        "route each event as the endpoint routes requests.",
     ),
     source: str = typer.Option(..., "--source", help=f"Where events come from: {URLS}."),
     sink: str = typer.Option(..., "--sink", help="Where output events go (same URL forms)."),
@@ -87,8 +89,13 @@ def run(
     """Score every event of SOURCE with MODEL; write one output event per input to SINK.
 
     An output event holds id, prediction, probabilities (per class, when the model has them),
-    model, version and predicted_at. Events that cannot be scored go to the dead-letter stream
-    with the reason. Each event is acknowledged only after its output is written.
+    model, version and predicted_at (through an endpoint, also endpoint and route). Events that
+    cannot be scored go to the dead-letter stream with the reason. Each event is acknowledged
+    only after its output is written.
+
+    Through an endpoint, each event goes to the route its sticky key picks (the endpoint's
+    field:NAME or header:NAME, else the Kafka message key; without one, a weighted random
+    split); a Kafka header x-berth-route forces a route. Weight changes apply as they happen.
 
     Example: berth stream run churn@production --source 'redis://127.0.0.1:6379/0?stream=events' --sink 'redis://127.0.0.1:6379/0?stream=predictions'
     """

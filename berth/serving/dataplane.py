@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -140,10 +140,15 @@ class DataPlane:
         route_stats: RouteStats | None = None,
         offload: Offloader | None = None,
         follow_alias: str | None = None,
+        endpoints: Collection[str] | None = None,
     ) -> None:
         """`follow_alias`: serve every model that has this alias, including models given it
-        while the server runs (found with each refresh), besides `served`."""
+        while the server runs (found with each refresh), besides `served`.
+
+        `endpoints`: serve only these endpoints (a stream consumer of one endpoint need not load
+        every endpoint's versions); default every endpoint in the registry, as a server does."""
         self.registry = registry
+        self.only_endpoints = frozenset(endpoints) if endpoints is not None else None
         self.config = config if config is not None else ServingConfig()
         self.follow_alias = follow_alias
         self.endpoint_service = EndpointService(registry)
@@ -252,6 +257,19 @@ class DataPlane:
         self._observe(result, inputs)
         return result
 
+    def pick_route(self, name: str, key: str | None = None, forced: str | None = None) -> RouteSpec:
+        """The route the endpoint's router picks for one request, without predicting: for a
+        caller that groups many requests by route, then predicts each group with `route=`."""
+        return self._served_endpoint(name).router.pick(key, forced)
+
+    def route_version(self, name: str, label: str) -> VersionInfo:
+        """The version a route of a served endpoint answers with (its signature decodes)."""
+        served = self._served_endpoint(name)
+        loaded = served.versions.get(label)
+        if loaded is None:
+            raise NotFound(f"endpoint '{name}' has no route '{label}' now")
+        return loaded.info
+
     async def predict_endpoint(
         self,
         name: str,
@@ -259,16 +277,22 @@ class DataPlane:
         key: str | None = None,
         forced: str | None = None,
         size: int = 0,
+        route: str | None = None,
     ) -> PredictResult:
         """Predict through an endpoint: its router picks the route (sticky `key`, or the route
-        `forced` by name), and a share of requests is copied to the shadow route, if any."""
+        `forced` by name), and a share of requests is copied to the shadow route, if any.
+
+        `route`: the label of a route the router picked already (`pick_route`); unlike `forced`,
+        the request is still copied to the shadow. Should the endpoint have changed since and no
+        longer have that route, the router picks again."""
         served = self._served_endpoint(name)
-        route = served.router.pick(key, forced)
-        loaded = served.versions[route.label]
+        chosen = served.router.endpoint.route(route) if route and not forced else None
+        spec = chosen if chosen is not None else served.router.pick(key, forced)
+        loaded = served.versions[spec.label]
         stats_key = (name, loaded.info.model, loaded.info.number)
         started = time.perf_counter()
         try:
-            result, inputs = await self._predict_loaded(loaded, decode, name, size, route.label)
+            result, inputs = await self._predict_loaded(loaded, decode, name, size, spec.label)
         except (InvalidInput, PayloadTooLarge):
             raise  # the client's request, not the version, is at fault
         except Exception:
@@ -488,6 +512,8 @@ class DataPlane:
         if revision == self._endpoints_revision:
             return
         endpoints = await anyio.to_thread.run_sync(self.endpoint_service.all)
+        if self.only_endpoints is not None:
+            endpoints = [e for e in endpoints if e.name in self.only_endpoints]
         fresh: dict[str, _Endpoint] = {}
         complete = True
         for info in endpoints:

@@ -18,11 +18,28 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from berth.errors import InvalidInput
 from berth.registry.endpoints import SERVING_ROLES, EndpointInfo, RouteSpec
 
 _SCALE = float(1 << 64)
+
+ROUTE_HEADER = "x-berth-route"
+"""The header that forces a route: on HTTP requests and on Kafka events alike."""
+MAX_KEY_LENGTH = 512
+
+
+def key_text(value: Any) -> str | None:
+    """A sticky key's value as the router takes it, or None when it cannot be one.
+
+    A number and its text are one key: {"user_id": 7} and a header "7" stick together, whether
+    the value came in an HTTP request or a stream event.
+    """
+    if value is None or isinstance(value, dict | list) or value == "":
+        return None
+    text = str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
+    return text[:MAX_KEY_LENGTH]
 
 
 def key_unit(key: str, salt: str) -> float:

@@ -104,7 +104,12 @@ class Consumer:
             record
             for scored in outcome.scored
             for record in outputs(
-                scored.events, scored.result.version, scored.result.prediction, now
+                scored.events,
+                scored.result.version,
+                scored.result.prediction,
+                now,
+                scored.result.endpoint,
+                scored.result.route,
             )
         ]
         dead = [

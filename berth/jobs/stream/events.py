@@ -12,7 +12,8 @@ A transport with message metadata (Kafka headers and key) fills `Received.attrib
 request id, carried to the outputs, and the model, version and method the event is addressed to,
 checked against the consumer's model (`misaddressed`), so a producer written for MLServer's Kafka
 server (`mlserver-model`, `mlserver-version`, `mlserver-method` headers) is scored, or told why
-not, instead of being scored by the wrong model.
+not, instead of being scored by the wrong model. A consumer of an endpoint checks them against the
+endpoint and the route chosen for the event (`misrouted`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from berth.errors import InvalidInput
+from berth.registry.endpoints import EndpointInfo, RouteSpec
 from berth.registry.signature import Signature
 from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction
@@ -57,6 +59,10 @@ class Attributes:
     """The version number the event asks for; it must be the version scoring."""
     method: str | None = None
     """MLServer's `mlserver-method`: only `infer` is scored."""
+    route: str | None = None
+    """`x-berth-route`: the endpoint route forced for this event, as the HTTP header does."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Every header as text, by lower-case name: where a `header:NAME` sticky key is read."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Event:
     received: Received
     id: str
     row: Any
+    key_value: Any = None
+    """The value of the endpoint's `field:NAME` sticky key field, when the event has one."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,14 @@ class Record:
 # decoding ----------------------------------------------------------------------------------
 
 
-def parse(received: Received, signature: Signature, id_field: str) -> Event | Rejected:
-    """Decode a received entry; the reasons of a rejection name the field and what to send."""
+def parse(
+    received: Received, signature: Signature, id_field: str, key_field: str | None = None
+) -> Event | Rejected:
+    """Decode a received entry; the reasons of a rejection name the field and what to send.
+
+    `key_field`: a field holding the sticky key of an endpoint (`field:NAME`); like the id field,
+    it is taken out of the inputs unless it is one of them.
+    """
     try:
         document = _document(received.payload, signature, id_field)
     except InvalidInput as exc:
@@ -125,10 +139,12 @@ def parse(received: Received, signature: Signature, id_field: str) -> Event | Re
         event_id = _event_id(document, id_field, fallback_id(received))
     except InvalidInput as exc:
         return Rejected(received, fallback_id(received), exc.message)
-    if id_field not in signature.input_names:  # an id that is also an input stays an input
-        document.pop(id_field, None)
+    key_value = document.get(key_field) if key_field is not None else None
+    for name in (id_field, key_field):
+        if name is not None and name not in signature.input_names:  # an input stays an input
+            document.pop(name, None)
     try:
-        return Event(received, event_id, _row(document, signature))
+        return Event(received, event_id, _row(document, signature), key_value)
     except InvalidInput as exc:
         return Rejected(received, event_id, exc.message)
 
@@ -157,6 +173,34 @@ def misaddressed(received: Received, model: str, version: int, reference: str) -
             f"the event asks for version {found.version!r}, but this consumer scores "
             f"{reference}, now version {version} of {model}; send a version number that "
             "matches, or drop the version header to be scored by whichever version is current"
+        )
+    return None
+
+
+def misrouted(received: Received, endpoint: EndpointInfo, route: RouteSpec | None) -> str | None:
+    """Why the event is not for this endpoint consumer, or None when it is: the model header
+    must name the endpoint or a model one of its routes serves; the version header, the version
+    of the route chosen for the event (unchecked when none was)."""
+    found = received.attributes
+    if found is None:
+        return None
+    if found.method is not None and found.method != "infer":
+        return f"method {found.method!r} is not scored here; only 'infer' (or no method header) is"
+    models = sorted({r.model for r in endpoint.routes})
+    if found.model is not None and found.model not in (endpoint.name, *models):
+        return (
+            f"the event is addressed to model {found.model!r}, but this consumer scores "
+            f"endpoint {endpoint.name!r} (models {', '.join(models)}); send it to the topic "
+            "that model's consumer reads, or name the endpoint or drop the model header"
+        )
+    if route is None or found.version is None:
+        return None
+    if found.version.removeprefix("v") != str(route.version):
+        versions = ", ".join(f"{r.label}={r.ref}" for r in endpoint.routes)
+        return (
+            f"the event asks for version {found.version!r}, but it is routed to "
+            f"{route.label} ({route.ref}) of endpoint {endpoint.name!r} (routes: {versions}); "
+            "send the version of a route, or drop the version header to be routed by weight"
         )
     return None
 
@@ -252,9 +296,17 @@ def utc_now() -> str:
 
 
 def outputs(
-    events: Sequence[Event], version: VersionInfo, prediction: Prediction, predicted_at: str
+    events: Sequence[Event],
+    version: VersionInfo,
+    prediction: Prediction,
+    predicted_at: str,
+    endpoint: str = "",
+    route: str = "",
 ) -> list[Record]:
-    """One output record per event; `prediction` holds their rows in the same order."""
+    """One output record per event; `prediction` holds their rows in the same order.
+
+    Through an endpoint, the outputs also name it and the route that answered (its version is
+    `version`), so a reader can compare a canary's outputs with the stable's."""
     predictions = plain(prediction.predictions)
     probabilities = plain(prediction.probabilities)
     classes = [str(c) for c in plain(prediction.classes) or []]
@@ -266,6 +318,8 @@ def outputs(
             names = classes or [str(j) for j in range(len(row))]
             document["probabilities"] = dict(zip(names, row, strict=True))
         document |= {"model": version.model, "version": version.number}
+        if endpoint:
+            document |= {"endpoint": endpoint, "route": route}
         document["predicted_at"] = predicted_at
         records.append(
             Record(

@@ -30,7 +30,8 @@ Headers: `x-request-id` (or `request-id`) is the request id, copied to the outpu
 the event id when the body has none. MLServer's Kafka headers are understood: `mlserver-model`
 and `mlserver-version` (Berth's own: `berth-model`, `berth-version`) must name the model and
 version this consumer scores, `mlserver-method` must be `infer`; other events are dead-lettered
-with the reason.
+with the reason. A consumer of an endpoint routes each event by its sticky key (the endpoint's
+`header:NAME` or `field:NAME`, else the message key); `x-berth-route` forces a route, as on HTTP.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from berth.jobs.stream.transport import (
     redact,
     split,
 )
+from berth.serving.router import ROUTE_HEADER
 
 log = logging.getLogger("berth.stream")
 
@@ -487,6 +489,8 @@ def _received(tp: TopicPartition, message: ConsumerRecord[bytes, bytes]) -> Rece
         model=header(MODEL_HEADERS),
         version=header(VERSION_HEADERS),
         method=header(METHOD_HEADERS),
+        route=header((ROUTE_HEADER,)),
+        headers={n: bytes(v).decode(errors="replace").strip() for n, v in headers.items()},
     )
     # A tombstone (no value) is an event without a body: rejected as not JSON, with its key.
     return Received(

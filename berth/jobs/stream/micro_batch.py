@@ -10,12 +10,14 @@
 
 When the model fails on every event of a batch, the model (not the events) is at fault: that
 raises `ModelFailing` and nothing is acknowledged, rather than dead-lettering a whole stream.
+
+A consumer of an endpoint (`berth.jobs.stream.routed_batch`) does steps 2 and 3 once per route.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from berth.errors import BerthError, InvalidInput
@@ -35,6 +37,9 @@ log = logging.getLogger("berth.stream")
 
 BATCH_FIELD = "events"
 EVENT_FIELD = "event"
+
+Call = Callable[[Decoder], Awaitable[PredictResult]]
+"""One prediction of the dataplane: a model reference's, or an endpoint route's."""
 
 
 class ModelFailing(BerthError):
@@ -79,10 +84,19 @@ class MicroBatch:
                 events.append(parsed)
             else:
                 outcome.rejected.append(parsed)
+        await self.validate_and_predict(signature, events, outcome, self._call, self.reference)
+        return outcome
+
+    async def _call(self, decode: Decoder) -> PredictResult:
+        return await self.dataplane.predict(self.reference, decode)
+
+    async def validate_and_predict(
+        self, signature: Signature, events: list[Event], outcome: Outcome, call: Call, what: str
+    ) -> None:
+        """Steps 2 and 3 for events that one version scores; `what` names it in errors."""
         valid, inputs = self._validate(signature, events, outcome)
         if valid:
-            await self._predict(signature, valid, inputs, outcome)
-        return outcome
+            await self._predict(signature, valid, inputs, outcome, call, what)
 
     def _validate(
         self, signature: Signature, events: list[Event], outcome: Outcome
@@ -111,15 +125,15 @@ class MicroBatch:
         events: list[Event],
         inputs: ModelInput | None,
         outcome: Outcome,
+        call: Call,
+        what: str,
     ) -> None:
         rows = [e.row for e in events]
         decode = instances_decoder(rows, BATCH_FIELD, self.dataplane.config.max_batch_rows)
         if inputs is not None:
             decode = _reuse(signature, inputs, decode)
         try:
-            outcome.scored.append(
-                Scored(events, await self.dataplane.predict(self.reference, decode))
-            )
+            outcome.scored.append(Scored(events, await call(decode)))
             return
         except Exception as exc:
             if len(events) == 1:
@@ -128,16 +142,18 @@ class MicroBatch:
             log.info(
                 "a batch of %d events failed (%s); predicting them one at a time", len(events), exc
             )
-        await self._one_by_one(events, outcome)
+        await self._one_by_one(events, outcome, call, what)
 
-    async def _one_by_one(self, events: list[Event], outcome: Outcome) -> None:
+    async def _one_by_one(
+        self, events: list[Event], outcome: Outcome, call: Call, what: str
+    ) -> None:
         failures: list[Exception] = []
         for event in events:
             decode = instances_decoder(
                 [event.row], EVENT_FIELD, self.dataplane.config.max_batch_rows, single=True
             )
             try:
-                result = await self.dataplane.predict(self.reference, decode)
+                result = await call(decode)
             except Exception as exc:
                 outcome.rejected.append(Rejected(event.received, event.id, _reason(exc)))
                 if not isinstance(exc, InvalidInput):
@@ -146,7 +162,7 @@ class MicroBatch:
                 outcome.scored.append(Scored([event], result))
         if len(failures) == len(events):
             raise ModelFailing(
-                f"{self.reference} failed on every one of {len(events)} valid events "
+                f"{what} failed on every one of {len(events)} valid events "
                 f"(first: {_reason(failures[0])}); nothing was acknowledged. Fix or roll back "
                 "the model, then start the consumer again"
             )

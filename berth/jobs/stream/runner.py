@@ -4,6 +4,10 @@ stopped, then drain and close.
 Order matters for the user: URLs are checked first (no I/O), then the model reference against
 the registry, then the brokers (each failure names the URL and what to check), and only then is
 the model loaded, so a typo costs no model load.
+
+A plain NAME that is an endpoint is served through it, as on the v2 API: the consumer loads that
+endpoint's routes and follows its changes (a rollout moving weights applies to the stream too),
+and records each route's traffic in `route_stats`, where rollouts and experiments read it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 
 from berth.config import Settings
-from berth.errors import InvalidInput
+from berth.errors import InvalidInput, NotFound
 from berth.jobs.stream.consumer import Batching, Consumer
 from berth.jobs.stream.metrics import Meters, MetricsServer, Reporter
 from berth.jobs.stream.micro_batch import MicroBatch
 from berth.jobs.stream.options import StreamOptions
+from berth.jobs.stream.routed_batch import RoutedBatch
 from berth.jobs.stream.transport import (
     Sink,
     Source,
@@ -32,16 +37,32 @@ from berth.jobs.stream.transport import (
     open_source,
 )
 from berth.monitoring.prediction_metrics import PredictionMetrics
+from berth.registry.endpoints import EndpointService
+from berth.registry.references import parse_reference
 from berth.registry.service import Registry
 from berth.serving.config import ServingConfig
 from berth.serving.dataplane import DataPlane
+from berth.serving.route_stats import RouteStats
 
 log = logging.getLogger("berth.stream")
 
 
-def build_dataplane(registry: Registry, settings: Settings, reference: str) -> DataPlane:
-    """A dataplane for one reference, configured as `berth serve` configures its own."""
-    dataplane = DataPlane(registry, [reference], ServingConfig.from_settings(settings))
+def build_dataplane(
+    registry: Registry, settings: Settings, reference: str, endpoint: bool = False
+) -> DataPlane:
+    """A dataplane for one reference (or one endpoint, with its route evidence written where
+    rollouts read it), configured as `berth serve` configures its own."""
+    config = ServingConfig.from_settings(settings)
+    if endpoint:
+        dataplane = DataPlane(
+            registry,
+            [],
+            config,
+            route_stats=RouteStats(registry.db, interval=settings.refresh_seconds),
+            endpoints=[reference],
+        )
+    else:
+        dataplane = DataPlane(registry, [reference], config)
     dataplane.observers.append(
         PredictionMetrics(settings.feature_metrics, settings.feature_metrics_every)
     )
@@ -83,15 +104,40 @@ async def run_stream(
             f"--batch-size {options.batch_size} is over BERTH_MAX_BATCH_ROWS "
             f"({settings.max_batch_rows}); lower it or raise the limit"
         )
-    version = await anyio.to_thread.run_sync(registry.resolve, options.reference)
+    endpoint = await anyio.to_thread.run_sync(is_endpoint, registry, options.reference)
+    if not endpoint:
+        await anyio.to_thread.run_sync(registry.resolve, options.reference)
     async with _opened(source, sink, dead):
-        dataplane = build_dataplane(registry, settings, options.reference)
+        dataplane = build_dataplane(registry, settings, options.reference, endpoint)
         await dataplane.start()
         try:
-            await _consume(dataplane, source, sink, dead, options, stop or _signal_stop())
+            if endpoint and dataplane.endpoint(options.reference) is None:
+                raise NotFound(
+                    f"endpoint '{options.reference}' cannot be served: a route's version did not "
+                    "load (the log says why); fix its routes with `berth endpoints`, then start "
+                    "the consumer again"
+                )
+            scorer = (
+                RoutedBatch(dataplane, options.reference, options.id_field)
+                if endpoint
+                else MicroBatch(dataplane, options.reference, options.id_field)
+            )
+            await _consume(scorer, source, sink, dead, options, stop or _signal_stop())
         finally:
             await dataplane.stop()
-    log.info("stopped consuming %s with %s", source.display, version.ref)
+    log.info("stopped consuming %s with %s", source.display, options.reference)
+
+
+def is_endpoint(registry: Registry, reference: str) -> bool:
+    """Whether REF names an endpoint: a plain name (no version, no alias) that is one."""
+    ref = parse_reference(reference)
+    if ref.version is not None or ref.alias is not None:
+        return False
+    try:
+        EndpointService(registry).get(ref.name)
+    except (NotFound, InvalidInput):
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager
@@ -109,7 +155,7 @@ async def _opened(source: Source, sink: Sink, dead: Sink) -> AsyncIterator[None]
 
 
 async def _consume(
-    dataplane: DataPlane,
+    scorer: MicroBatch,
     source: Source,
     sink: Sink,
     dead: Sink,
@@ -125,7 +171,7 @@ async def _consume(
         source,
         sink,
         dead,
-        MicroBatch(dataplane, options.reference, options.id_field),
+        scorer,
         Batching(options.batch_size, options.max_wait_ms / 1000),
         meters,
     )
