@@ -504,3 +504,52 @@ def test_routed_events_are_mirrored_to_the_shadow_and_forced_ones_are_not(
     assert set(_answered(outcome).values()) == {("stable", 1)}
     shadow = read_shadow(sqlite_registry.db, "scoring")[("scorer", 2)]
     assert (shadow.compared, shadow.agreed, shadow.mirrored) == (10, 10, 1)
+
+
+BROKEN_CANARY = SCORER.replace(
+    'if np.any(x[:, 0] == 13):\n            raise RuntimeError("no score for a first value of 13")',
+    'if np.any(x[:, 2] == 9):\n            raise RuntimeError("the candidate cannot score a 9")',
+)
+
+
+def test_a_failing_canary_route_is_judged_and_its_events_go_to_the_primary(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
+    """A broken candidate records errors the rollout controller judges, while its events are
+    scored by the primary route: the stream neither stops nor dead-letters them. An event
+    forced to the candidate gets no second chance."""
+    assert "the candidate cannot score" in BROKEN_CANARY
+    _version(sqlite_registry, tmp_path / "one")
+    broken = tmp_path / "two"
+    broken.mkdir()
+    (broken / "model.py").write_text(BROKEN_CANARY)
+    sample = tmp_path / "two-sample.npy"
+    np.save(sample, np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32))
+    register(
+        sqlite_registry,
+        RegisterRequest(name="scorer", path=broken, flavor="python", sample=sample),
+    )
+    service = EndpointService(sqlite_registry)
+    service.create("scoring", "scorer:1")
+    service.set_routes(
+        "scoring",
+        [
+            RouteSpec("stable", "stable", "scorer", 1, 50),
+            RouteSpec("canary", "canary", "scorer", 2, 50),
+        ],
+        "half and half",
+    )
+    row = [1, 2, 9, 4]
+    keyed = [_kafka({"id": f"k{i}", "input": row}, key=f"key-{i}") for i in range(40)]
+    forced = [_kafka({"id": "forced", "input": row}, route="canary")]
+    (outcome,) = _routed(sqlite_registry, [keyed + forced])
+
+    answered = _answered(outcome)
+    assert set(answered) == {f"k{i}" for i in range(40)}
+    assert set(answered.values()) == {("stable", 1)}
+    assert [(r.id, "the candidate cannot score a 9" in r.reason) for r in outcome.rejected] == [
+        ("forced", True)
+    ]
+    totals = read_totals(sqlite_registry.db, "scoring")
+    assert totals[("scorer", 2)].errors >= 1  # the evidence a rollout rolls back on
+    assert totals[("scorer", 1)].errors == 0

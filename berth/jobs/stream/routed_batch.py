@@ -11,8 +11,12 @@ Each event's route is what the endpoint's router picks for it, as for an HTTP re
 
 The events of each route are then validated against its version's signature and predicted in one
 `predict_endpoint` call (one by one when that call fails, as `MicroBatch` does), which records the
-route's evidence for rollouts and copies the call to the shadow route. A route whose version fails
-on every one of its events stops the consumer (`ModelFailing`), nothing acknowledged.
+route's evidence for rollouts and copies the call to the shadow route. A call that fails on a route
+other than the primary one (a broken canary) is recorded as that route's error, which the rollout
+controller judges, and its events are predicted by the primary route instead: a bad candidate
+rolls back without holding up or dead-lettering the stream. Forced events get no such second
+chance, and the primary route failing on every event stops the consumer (`ModelFailing`), nothing
+acknowledged, as a model consumer does.
 
 Events are decoded against the signature of the endpoint's primary route (the version it describes
 itself by); routes of one endpoint normally share a signature, and each route's validation decides.
@@ -20,14 +24,17 @@ itself by); routes of one endpoint normally share a signature, and each route's 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
-from berth.errors import InvalidInput, NotFound
+from berth.errors import InvalidInput, NotFound, PayloadTooLarge
 from berth.jobs.stream.events import Event, Received, Rejected, misrouted, parse
 from berth.jobs.stream.micro_batch import MicroBatch, Outcome
 from berth.registry.endpoints import EndpointInfo, RouteSpec
 from berth.serving.dataplane import DataPlane, Decoder, PredictResult
 from berth.serving.router import key_text
+
+log = logging.getLogger("berth.stream")
 
 RouteChoice = tuple[str, bool]
 """A route's label, and whether it was forced (then the call is not mirrored)."""
@@ -72,9 +79,9 @@ class RoutedBatch(MicroBatch):
         for (label, forced), events in groups.items():
             version = self.dataplane.route_version(self.endpoint, label)
             what = f"route {label} ({version.ref}) of endpoint {self.endpoint}"
-            await self.validate_and_predict(
-                version.signature, events, outcome, self._caller(label, forced), what
-            )
+            fallback = None if forced or label == info.primary.label else info.primary.label
+            call = _RouteCall(self.dataplane, self.endpoint, label, forced, fallback)
+            await self.validate_and_predict(version.signature, events, outcome, call, what)
         return outcome
 
     def _route(self, info: EndpointInfo, event: Event) -> tuple[RouteSpec, bool]:
@@ -103,20 +110,32 @@ class RoutedBatch(MicroBatch):
             key = key_text(found.key)
         return key
 
-    def _caller(self, label: str, forced: bool) -> _RouteCall:
-        return _RouteCall(self.dataplane, self.endpoint, label, forced)
-
 
 class _RouteCall:
     """One prediction through a route picked already (`MicroBatch`'s `Call`)."""
 
-    def __init__(self, dataplane: DataPlane, endpoint: str, label: str, forced: bool) -> None:
+    def __init__(
+        self, dataplane: DataPlane, endpoint: str, label: str, forced: bool, fallback: str | None
+    ) -> None:
         self.dataplane = dataplane
         self.endpoint = endpoint
         self.label = label
         self.forced = forced
+        self.fallback = fallback
+        """The route that answers when this one fails (the primary), or None."""
 
     async def __call__(self, decode: Decoder) -> PredictResult:
         if self.forced:
             return await self.dataplane.predict_endpoint(self.endpoint, decode, forced=self.label)
-        return await self.dataplane.predict_endpoint(self.endpoint, decode, route=self.label)
+        try:
+            return await self.dataplane.predict_endpoint(self.endpoint, decode, route=self.label)
+        except (InvalidInput, PayloadTooLarge):
+            raise  # the events' fault, not the route's: the primary would refuse them too
+        except Exception as exc:
+            if self.fallback is None:
+                raise
+            log.warning(
+                "route %s of endpoint %s failed (%s); its events are predicted by route %s",
+                self.label, self.endpoint, exc, self.fallback,
+            )  # fmt: skip
+            return await self.dataplane.predict_endpoint(self.endpoint, decode, route=self.fallback)
