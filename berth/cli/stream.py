@@ -108,6 +108,8 @@ def run(
     from berth.observability.logging import configure_logging
 
     current = settings()
+    # Before the bundle is installed: its registration is worth a log line.
+    configure_logging(current.log_level, json=(current.log_format or "json") == "json")
     options = StreamOptions(
         reference=_reference(reference, bundle, trust_pickle),
         source=source,
@@ -124,7 +126,6 @@ def run(
         metrics_host=metrics_host,
         report_seconds=report_seconds,
     )
-    configure_logging(current.log_level, json=(current.log_format or "json") == "json")
     asyncio.run(run_stream(registry(), current, options))
 
 
