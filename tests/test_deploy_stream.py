@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
+import redis
 import yaml
 
 from berth.config import Settings
@@ -32,12 +34,22 @@ from berth.jobs.stream.transport import SCHEMES
 from berth.observability.alerts import AlertOptions, build_rules
 from berth.registry.endpoints import EndpointService
 from berth.registry.service import Registry
-from tests.conftest import Run, register_churn, require_service
+from tests.conftest import Run, free_port, register_churn, require_service
+from tests.stream_helpers import (
+    consumer_env,
+    customers,
+    kill_leftovers,
+    run_consumer,
+    scraper,
+    start_consumer,
+    wait_for,
+)
 from tests.test_deploy_build import SCHEMAS, Built, assert_restricted, pod_specs, validate
 
 BROKER_PASSWORD = "pw-Kq27-never-in-manifests"
 SOURCE = f"redis://:{BROKER_PASSWORD}@redis.internal:6380/0?stream=events"
 SINK = "nats://nats.internal:4222/predictions"
+REDIS = "redis://127.0.0.1:6379"
 STREAM_FILES = [
     "stream-deployment.yaml", "stream-service.yaml", "stream-hpa.yaml", "stream-pdb.yaml",
     "stream-networkpolicy.yaml", "stream-servicemonitor.yaml",
@@ -420,6 +432,77 @@ def test_a_literal_dollar_in_a_url_stays_literal_for_both_targets(
     )
     batch = command[command.index("--batch-size") + 1]
     assert batch == "64"
+
+
+# the command, run ---------------------------------------------------------------------------
+
+
+def test_the_generated_command_scores_events_with_the_baked_model(
+    built: Built, settings: Settings, tmp_path: Path
+) -> None:
+    """The Deployment's own command, pointed at the running Redis and a new, empty registry:
+    the consumer installs the baked bundle, answers its probe path and scores every event."""
+    client = redis.Redis.from_url(f"{REDIS}/0", socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        require_service("Redis", str(exc))
+    name = f"berth-test-{uuid.uuid4().hex[:10]}"
+    deployment = built.doc("kubernetes/base/stream-deployment.yaml")
+    command = list(pod_specs(deployment)[0]["containers"][0]["command"])
+    port = free_port()
+    for flag, value in (
+        ("--bundle", str(built.out / "model")),
+        ("--source", f"{REDIS}/0?stream={name}"),
+        ("--sink", f"{REDIS}/0?stream={name}.out"),
+        ("--metrics-host", "127.0.0.1"),
+        ("--metrics-port", str(port)),
+    ):
+        command[command.index(flag) + 1] = value
+    events = customers(40)
+    try:
+        for event in events:
+            client.xadd(name, {"data": json.dumps(event)})
+        consumer = start_consumer(consumer_env(settings), tmp_path / "consumer.log", *command[3:])
+        try:
+            consumer.wait_consuming()
+            assert "# TYPE berth_stream_consumer_lag gauge" in scraper(port)()  # the probes' path
+            outputs = wait_for(
+                lambda: (
+                    [json.loads(e[b"data"]) for _, e in client.xrange(f"{name}.out")]
+                    if client.xlen(f"{name}.out") >= len(events)
+                    else None
+                ),
+                "every output",
+            )
+        finally:
+            assert consumer.stop() == 0, consumer.text()  # SIGTERM: drained, exit 0
+        assert sorted(o["id"] for o in outputs) == sorted(e["id"] for e in events)
+        assert {(o["model"], o["version"]) for o in outputs} == {("churn", 1)}
+        assert "registered bundle" in consumer.text()
+    finally:
+        kill_leftovers()
+        client.delete(name, f"{name}.out", f"{name}.dead")
+        client.close()
+
+
+def test_stream_run_takes_a_model_or_a_bundle(settings: Settings, tmp_path: Path) -> None:
+    env = consumer_env(settings)
+    source, sink = "redis://127.0.0.1:1/0?stream=a", "redis://127.0.0.1:1/0?stream=b"
+    for args, message in [
+        (["--source", source, "--sink", sink], "MODEL or --bundle DIR"),
+        (["churn", "--bundle", str(tmp_path), "--source", source, "--sink", sink],
+         "MODEL or --bundle DIR"),
+        (["churn", "--trust-pickle", "--source", source, "--sink", sink],
+         "--trust-pickle goes with --bundle"),
+        (["--bundle", str(tmp_path / "none"), "--source", source, "--sink", sink],
+         "berth-bundle.json"),
+    ]:  # fmt: skip
+        done = run_consumer(env, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, done.stderr)
+        assert message in lines[0], (args, done.stderr)
 
 
 # options and the command -------------------------------------------------------------------
