@@ -17,8 +17,6 @@ if TYPE_CHECKING:  # the bundle writer reads the registry: imported when `berth 
     from berth.deploy.source import BuildSource
     from berth.deploy.stream_options import ConsumerOptions
 
-STREAM = "Stream consumer"
-
 
 class Target(enum.StrEnum):
     compose = "compose"
@@ -89,46 +87,40 @@ def build(
         "--stream-source",
         help="Add a stream consumer (berth stream run) beside the server, reading this URL "
         "(redis://, nats://, as `berth stream run --source`), scaled on its lag.",
-        rich_help_panel=STREAM,
     ),
     stream_sink: str | None = typer.Option(
-        None, "--stream-sink", help="Where the consumer writes outputs.", rich_help_panel=STREAM
+        None, "--stream-sink", help="Where the consumer writes outputs."
     ),
     stream_dead_letter: str | None = typer.Option(
         None,
         "--stream-dead-letter",
         help="Where events that cannot be scored go (default: the source + '.dead').",
-        rich_help_panel=STREAM,
     ),
     stream_group: str | None = typer.Option(
         None,
         "--stream-group",
         help="Consumer group (default berth-MODEL).",
-        rich_help_panel=STREAM,
     ),
     stream_batch_size: int = typer.Option(
-        100, "--stream-batch-size", help="Most events per prediction call.", rich_help_panel=STREAM
+        100, "--stream-batch-size", help="Most events per prediction call."
     ),
     stream_min_replicas: int = typer.Option(
-        1, "--stream-min-replicas", help="Fewest consumer replicas.", rich_help_panel=STREAM
+        1, "--stream-min-replicas", help="Fewest consumer replicas."
     ),
     stream_max_replicas: int = typer.Option(
         4,
         "--stream-max-replicas",
         help="Most consumer replicas (Kafka: at most the topic's partitions).",
-        rich_help_panel=STREAM,
     ),
     stream_target_lag: int = typer.Option(
         1000,
         "--stream-target-lag",
         help="Events waiting per consumer replica the autoscaler aims at.",
-        rich_help_panel=STREAM,
     ),
     stream_alert_lag: int | None = typer.Option(
         None,
         "--stream-alert-lag",
         help="StreamConsumerLagHigh threshold (default: target lag x max replicas).",
-        rich_help_panel=STREAM,
     ),
 ) -> None:
     """Write a deployable bundle: Dockerfile, compose.yaml, Kubernetes manifests, a RayService.
