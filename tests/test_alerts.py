@@ -36,6 +36,8 @@ ALERTS = [
     "BerthTargetDown",
     "ErrorBudgetBurnFast",
     "ErrorBudgetBurnSlow",
+    "StreamConsumerLagHigh",
+    "StreamConsumerStalled",
 ]
 WINDOWS = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
 PANELS = [
@@ -83,6 +85,7 @@ def test_default_rules_name_every_alert_and_recording_rule() -> None:
         *(f"model:berth_prediction_server_errors:ratio_rate{w}" for w in WINDOWS),
         *ALERTS[7:],
     ]
+    assert [g["name"] for g in document["groups"]] == ["berth-models", "berth-slo", "berth-streams"]
     for name, rule in alerts_by_name(document).items():
         assert rule["labels"]["severity"] in {"page", "critical", "ticket", "warning"}, name
         assert set(rule["annotations"]) == {"summary", "description", "runbook"}, name
@@ -159,6 +162,28 @@ def test_thresholds_and_timings_are_configurable() -> None:
     assert {rule["for"] for rule in held.values()} == {"1m"}
 
 
+def test_stream_alerts_take_the_groups_lag_once_and_are_configurable() -> None:
+    rules = alerts_by_name(build_rules())
+    lag, stalled = rules["StreamConsumerLagHigh"], rules["StreamConsumerStalled"]
+    # every consumer reports its group's lag: the largest report, never their sum
+    assert lag["expr"] == "max by (source, group) (berth_stream_consumer_lag) > 10000"
+    assert (lag["for"], lag["labels"]) == ("10m", {"severity": "warning"})
+    assert (stalled["for"], stalled["labels"]) == ("10m", {"severity": "critical"})
+    assert "increase(berth_stream_events_total[5m])" in stalled["expr"]
+    assert "last_over_time(berth_stream_consumer_lag[1h])" in stalled["expr"]
+    tuned = alerts_by_name(
+        build_rules(
+            AlertOptions(stream_lag=250, stream_lag_for="3m", stream_stall_for="30m",
+                         rate_window="2m")
+        )
+    )  # fmt: skip
+    assert tuned["StreamConsumerLagHigh"]["expr"].endswith("> 250")
+    assert tuned["StreamConsumerLagHigh"]["for"] == "3m"
+    assert tuned["StreamConsumerStalled"]["for"] == "30m"
+    assert "[2m]" in tuned["StreamConsumerStalled"]["expr"]
+    assert "for 30m" in tuned["StreamConsumerStalled"]["annotations"]["description"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -174,6 +199,8 @@ def test_thresholds_and_timings_are_configurable() -> None:
         (AlertOptions(job='a"b'), "--job"),
         (AlertOptions(accuracy_metrics=""), "--accuracy-metrics"),
         (AlertOptions(interval="5 minutes"), "--interval: '5 minutes' is not a duration"),
+        (AlertOptions(stream_lag=0), "--stream-lag must be at least 1"),
+        (AlertOptions(stream_stall_for="later"), "--stream-stall-for: 'later' is not a duration"),
     ],
 )
 def test_bad_options_are_refused(options: AlertOptions, message: str) -> None:
@@ -205,7 +232,7 @@ def test_generated_rules_pass_promtool_check(
 ) -> None:
     rules = tmp_path / "berth-rules.yml"
     rules.write_text(render_rules(build_rules(options)))
-    assert "SUCCESS: 16 rules found" in run_promtool(promtool, "check", "rules", str(rules))
+    assert "SUCCESS: 18 rules found" in run_promtool(promtool, "check", "rules", str(rules))
 
 
 def test_rule_unit_tests_pass_promtool_test(promtool: str, tmp_path: Path) -> None:
@@ -213,7 +240,11 @@ def test_rule_unit_tests_pass_promtool_test(promtool: str, tmp_path: Path) -> No
     result = runner.invoke(app, ["alerts", "--out", str(tmp_path / "berth-rules.yml")])
     assert result.exit_code == 0, result.output
     tests = sorted(FIXTURES.glob("*_test.yml"))
-    assert [t.name for t in tests] == ["burn_rate_test.yml", "model_alerts_test.yml"]
+    assert [t.name for t in tests] == [
+        "burn_rate_test.yml",
+        "model_alerts_test.yml",
+        "stream_alerts_test.yml",
+    ]
     for test in tests:
         shutil.copy(test, tmp_path / test.name)
     output = run_promtool(promtool, "test", "rules", *(t.name for t in tests), cwd=tmp_path)
@@ -236,6 +267,32 @@ def test_rule_unit_tests_catch_a_changed_threshold(promtool: str, tmp_path: Path
     )
     assert done.returncode != 0
     assert "alertname: HighLatency" in done.stdout + done.stderr
+
+
+def test_stream_unit_tests_catch_a_sum_of_replicas_and_another_threshold(
+    promtool: str, tmp_path: Path
+) -> None:
+    """Two replicas at 6000 each are 6000 behind, not 12000: a lower threshold fails the test,
+    and so do rules that add the replicas' reports up."""
+    shutil.copy(FIXTURES / "stream_alerts_test.yml", tmp_path)
+    lower = render_rules(build_rules(AlertOptions(stream_lag=5000)))
+    summed = render_rules(build_rules()).replace(
+        "max by (source, group) (berth_stream_consumer_lag) > 10000",
+        "sum by (source, group) (berth_stream_consumer_lag) > 10000",
+    )
+    assert summed != render_rules(build_rules())
+    for rules in (lower, summed):
+        (tmp_path / "berth-rules.yml").write_text(rules)
+        done = subprocess.run(
+            [promtool, "test", "rules", "stream_alerts_test.yml"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode != 0
+        assert "alertname: StreamConsumerLagHigh" in done.stdout + done.stderr
 
 
 def test_prometheus_config_passes_promtool_check(promtool: str, tmp_path: Path) -> None:
@@ -390,7 +447,7 @@ def test_cli_writes_files_and_prints_to_stdout(tmp_path: Path) -> None:
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
-    assert "Wrote 9 alerts and 7 recording rules" in result.output
+    assert "Wrote 11 alerts and 7 recording rules" in result.output
     written = alerts_by_name(yaml.safe_load(rules.read_text()))
     assert written["HighLatency"]["expr"].endswith("> 0.12")
     assert written["HighClientErrorRate"]["expr"].endswith("> 0.03")
@@ -408,6 +465,11 @@ def test_cli_writes_files_and_prints_to_stdout(tmp_path: Path) -> None:
         {"targets": ["10.0.0.5:8321"]}
     ]
     assert yaml.safe_load(runner.invoke(app, ["alerts"]).output) == build_rules()
+    tuned = runner.invoke(app, ["alerts", "--stream-lag", "500", "--stream-stall-for", "20m"])
+    assert tuned.exit_code == 0, tuned.output
+    assert yaml.safe_load(tuned.output) == build_rules(
+        AlertOptions(stream_lag=500, stream_stall_for="20m")
+    )
 
 
 def test_cli_errors_are_domain_errors(tmp_path: Path) -> None:

@@ -382,7 +382,7 @@ def test_backup_too_old_passes_promtool_test_rules(promtool: str, tmp_path: Path
         capture_output=True, text=True, env=_env(), timeout=120, check=False,
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
-    assert "SUCCESS: 18 rules found" in run_promtool(
+    assert "SUCCESS: 20 rules found" in run_promtool(
         promtool, "check", "rules", str(tmp_path / "berth-rules.yml")
     )
     shutil.copy(PROMTOOL_TESTS / "backup_alerts_test.yml", tmp_path)

@@ -15,6 +15,7 @@ from berth.defaults import DEFAULT_PORT
 if TYPE_CHECKING:  # the bundle writer reads the registry: imported when `berth build` runs
     from berth.deploy.build import BuildResult
     from berth.deploy.source import BuildSource
+    from berth.deploy.stream_options import ConsumerOptions
 
 
 class Target(enum.StrEnum):
@@ -81,6 +82,46 @@ def build(
     force: bool = typer.Option(
         False, "--force", help="Replace what a previous build wrote into a non-empty --out."
     ),
+    stream_source: str | None = typer.Option(
+        None,
+        "--stream-source",
+        help="Add a stream consumer (berth stream run) beside the server, reading this URL "
+        "(redis://, nats://, as `berth stream run --source`), scaled on its lag.",
+    ),
+    stream_sink: str | None = typer.Option(
+        None, "--stream-sink", help="Where the consumer writes outputs."
+    ),
+    stream_dead_letter: str | None = typer.Option(
+        None,
+        "--stream-dead-letter",
+        help="Where events that cannot be scored go (default: the source + '.dead').",
+    ),
+    stream_group: str | None = typer.Option(
+        None,
+        "--stream-group",
+        help="Consumer group (default berth-MODEL).",
+    ),
+    stream_batch_size: int = typer.Option(
+        100, "--stream-batch-size", help="Most events per prediction call."
+    ),
+    stream_min_replicas: int = typer.Option(
+        1, "--stream-min-replicas", help="Fewest consumer replicas."
+    ),
+    stream_max_replicas: int = typer.Option(
+        4,
+        "--stream-max-replicas",
+        help="Most consumer replicas (Kafka: at most the topic's partitions).",
+    ),
+    stream_target_lag: int = typer.Option(
+        1000,
+        "--stream-target-lag",
+        help="Events waiting per consumer replica the autoscaler aims at.",
+    ),
+    stream_alert_lag: int | None = typer.Option(
+        None,
+        "--stream-alert-lag",
+        help="StreamConsumerLagHigh threshold (default: target lag x max replicas).",
+    ),
 ) -> None:
     """Write a deployable bundle: Dockerfile, compose.yaml, Kubernetes manifests, a RayService.
 
@@ -89,6 +130,9 @@ def build(
     CronJob. Nothing secret is written: secrets are templates with placeholders. In remote mode
     (`berth login`, or BERTH_SERVER with an admin key) the model is downloaded from the server
     and checked against its sha256: the bundle is the one a local build writes.
+
+    With --stream-source and --stream-sink, a stream consumer is deployed beside the server:
+    its own Deployment from the same image, scaled on its consumer group's lag.
 
     Example: berth build churn@production --out deploy/churn --target kubernetes --image registry.example.com/churn:3
     """
@@ -108,10 +152,55 @@ def build(
         target_in_flight=target_in_flight,
         packages=tuple(package),
         base_image=base_image,
+        stream=_consumer(
+            stream_source,
+            stream_sink,
+            stream_dead_letter,
+            stream_group,
+            stream_batch_size,
+            (stream_min_replicas, stream_max_replicas),
+            stream_target_lag,
+            stream_alert_lag,
+        ),
         force=force,
     )
     result = build_bundle(_source(), reference, out, options)
     _report(result)
+
+
+def _consumer(
+    source: str | None,
+    sink: str | None,
+    dead_letter: str | None,
+    group: str | None,
+    batch_size: int,
+    replicas: tuple[int, int],
+    target_lag: int,
+    alert_lag: int | None,
+) -> ConsumerOptions | None:
+    from berth.deploy.stream_options import ConsumerOptions
+    from berth.errors import InvalidInput
+
+    if source is None:
+        given = [flag for flag, value in (("--stream-sink", sink),
+                 ("--stream-dead-letter", dead_letter), ("--stream-group", group),
+                 ("--stream-alert-lag", alert_lag)) if value is not None]  # fmt: skip
+        if given:
+            raise InvalidInput(f"{given[0]} needs --stream-source: the URL the consumer reads")
+        return None
+    if sink is None:
+        raise InvalidInput("--stream-source needs --stream-sink: where the consumer writes outputs")
+    return ConsumerOptions(
+        source=source,
+        sink=sink,
+        dead_letter=dead_letter,
+        group=group,
+        batch_size=batch_size,
+        min_replicas=replicas[0],
+        max_replicas=replicas[1],
+        target_lag=target_lag,
+        alert_lag=alert_lag,
+    )
 
 
 def _source() -> BuildSource:

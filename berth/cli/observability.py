@@ -99,12 +99,30 @@ def alerts(
         "--backup-max-age",
         help="Add BackupTooOld: the newest backup may be this old, e.g. 26h for daily backups.",
     ),
+    stream_lag: int = typer.Option(
+        AlertOptions.stream_lag,
+        "--stream-lag",
+        help="StreamConsumerLagHigh fires when a stream consumer group is more than this many "
+        "events behind.",
+    ),
+    stream_lag_for: str = typer.Option(
+        AlertOptions.stream_lag_for,
+        "--stream-lag-for",
+        help="How long the lag must stay over --stream-lag before StreamConsumerLagHigh fires.",
+    ),
+    stream_stall_for: str = typer.Option(
+        AlertOptions.stream_stall_for,
+        "--stream-stall-for",
+        help="StreamConsumerStalled fires when a group has events waiting and finishes none "
+        "(or none of its consumers reports) for this long.",
+    ),
 ) -> None:
     """Write Prometheus alerting and recording rules for Berth's metrics.
 
     Alerts: HighLatency, HighErrorRate (server-side failures), HighClientErrorRate (invalid
     input), ModelAccuracyDrop, FeatureDrift, ModelNotLoaded, BerthTargetDown, and multi-window error-budget burn-rate alerts (ErrorBudgetBurnFast pages,
-    ErrorBudgetBurnSlow files a ticket). Check the file with `promtool check rules FILE`.
+    ErrorBudgetBurnSlow files a ticket); for `berth stream run` consumers, StreamConsumerLagHigh
+    and StreamConsumerStalled. Check the file with `promtool check rules FILE`.
 
     Example: berth observability alerts --slo-p99-ms 150 --slo-availability 0.995 --out berth-rules.yml
     """
@@ -123,6 +141,9 @@ def alerts(
         job=job,
         runbook_url=runbook_url,
         backup_max_age=backup_max_age,
+        stream_lag=stream_lag,
+        stream_lag_for=stream_lag_for,
+        stream_stall_for=stream_stall_for,
     )
     document = build_rules(options)
     _emit(render_rules(document), out, "berth-rules.yml")

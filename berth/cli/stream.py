@@ -3,9 +3,12 @@ arrive."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from berth.cli.context import registry, settings
+from berth.errors import InvalidInput
 
 app = typer.Typer(
     help="Score event streams: Redis Streams, NATS JetStream or Kafka, at least once, with a "
@@ -30,10 +33,10 @@ def stream() -> None:
     "a second signal exits at once (unacknowledged events are delivered again).",
 )
 def run(
-    reference: str = typer.Argument(
-        ...,
+    reference: str | None = typer.Argument(
+        None,
         help="The model to score with: NAME, NAME:N or NAME@ALIAS; or an endpoint's NAME, to "
-        "route each event as the endpoint routes requests.",
+        "route each event as the endpoint routes requests (or give --bundle).",
     ),
     source: str = typer.Option(..., "--source", help=f"Where events come from: {URLS}."),
     sink: str = typer.Option(..., "--sink", help="Where output events go (same URL forms)."),
@@ -85,6 +88,17 @@ def run(
     report_seconds: float = typer.Option(
         5.0, "--report-seconds", help="How often lag is measured and a progress line logged."
     ),
+    bundle: Path | None = typer.Option(
+        None,
+        "--bundle",
+        help="Score with the model baked by `berth build` in this folder instead of MODEL: "
+        "verified by sha256 and registered if new, as `berth serve --bundle` does.",
+    ),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="With --bundle: the baked model is a pickle you trust.",
+    ),
 ) -> None:
     """Score every event of SOURCE with MODEL; write one output event per input to SINK.
 
@@ -106,8 +120,10 @@ def run(
     from berth.observability.logging import configure_logging
 
     current = settings()
+    # Before the bundle is installed: its registration is worth a log line.
+    configure_logging(current.log_level, json=(current.log_format or "json") == "json")
     options = StreamOptions(
-        reference=reference,
+        reference=_reference(reference, bundle, trust_pickle),
         source=source,
         sink=sink,
         dead_letter=dead_letter,
@@ -122,5 +138,21 @@ def run(
         metrics_host=metrics_host,
         report_seconds=report_seconds,
     )
-    configure_logging(current.log_level, json=(current.log_format or "json") == "json")
     asyncio.run(run_stream(registry(), current, options))
+
+
+def _reference(reference: str | None, bundle: Path | None, trust_pickle: bool) -> str:
+    """MODEL, or the version a baked bundle is registered as (the server's own, in a bundle's
+    consumer Deployment: both run `--bundle` on the same image)."""
+    if (reference is None) == (bundle is None):
+        raise InvalidInput("give the model to score with: MODEL or --bundle DIR, not both")
+    if bundle is None:
+        assert reference is not None
+        if trust_pickle:
+            raise InvalidInput(
+                "--trust-pickle goes with --bundle; MODEL was vouched for when registered"
+            )
+        return reference
+    from berth.deploy.bundle import install_bundle
+
+    return install_bundle(registry(), bundle, trust_pickle=trust_pickle)

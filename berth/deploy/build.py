@@ -19,12 +19,14 @@ from berth import __version__
 from berth.deploy import compose, cronjobs, dockerfile, kuberay, kubernetes, monitoring
 from berth.deploy import kustomize as kz
 from berth.deploy import requirements as req
+from berth.deploy import stream_consumer as sc
 from berth.deploy.backup_alert import backup_max_age
 from berth.deploy.bundle import bake
 from berth.deploy.documents import dump
 from berth.deploy.plan import RAY_VERSION, BuildOptions, ModelSource, Plan, Subject, make_plan
 from berth.deploy.readme import render_readme
 from berth.deploy.source import BatchSchedule, BuildSource, own_schedules, resolve
+from berth.deploy.stream_options import METRICS_PORT
 from berth.errors import Conflict, InvalidInput
 from berth.observability.alerts import render_rules
 from berth.observability.prometheus_config import render_config
@@ -174,15 +176,17 @@ def _write_image(files: _Files, plan: Plan, ray: bool) -> None:
 
 
 def _write_compose(files: _Files, plan: Plan) -> None:
+    secrets = cronjobs.ScheduleSecrets()
+    consumer = " and a stream consumer" if plan.options.stream is not None else ""
     files.yaml(
         "compose.yaml",
-        compose.build_compose(plan),
-        f"Berth ({plan.subject.reference}) with PostgreSQL, Redis and Prometheus.\n"
+        compose.build_compose(plan, secrets),
+        f"Berth ({plan.subject.reference}){consumer} with PostgreSQL, Redis and Prometheus.\n"
         "Copy .env.example to .env, replace its REPLACE values, then: docker compose up -d",
     )
-    files.text(".env.example", compose.render_env_example())
+    files.text(".env.example", compose.render_env_example(list(secrets.values)))
     files.text(f"prometheus/{compose.CONFIG_FILE}", render_config(compose.prometheus_config(plan)))
-    files.text(f"prometheus/{compose.RULES_FILE}", render_rules(compose.alert_rules()))
+    files.text(f"prometheus/{compose.RULES_FILE}", render_rules(compose.alert_rules(plan)))
 
 
 _Maker = Callable[[Plan], dict[str, Any]]
@@ -216,6 +220,8 @@ def _write_kubernetes(files: _Files, plan: Plan, schedules: list[BatchSchedule])
         files.yaml(f"kubernetes/base/{name}", make(plan), f"{note}\n{generated}")
         resources.append(name)
     secrets = cronjobs.ScheduleSecrets()
+    if plan.options.stream is not None:
+        resources += _write_consumer(files, plan, secrets, generated)
     for info in schedules:
         name = f"cronjob-{cronjobs.cronjob_name(plan, info.name)}.yaml"
         if info.kind == "backup":
@@ -261,6 +267,59 @@ def _write_kubernetes(files: _Files, plan: Plan, schedules: list[BatchSchedule])
             f"{overlay.name}: namespace {overlay.namespace}, {overlay.min_replicas}-"
             f"{overlay.max_replicas} replicas, image tag {plan.image_tag}.\n{generated}",
         )
+
+
+def _write_consumer(
+    files: _Files, plan: Plan, secrets: cronjobs.ScheduleSecrets, generated: str
+) -> list[str]:
+    """The stream consumer's objects in the base, and the adapter values beside it."""
+    stream = sc.consumer(plan)
+    group = plan.stream_group
+    lag = f'berth_stream_consumer_lag{{group="{group}"}}'
+    cap = (
+        "\nKafka: a group gives each partition to one consumer, so replicas beyond the topic's "
+        "partition\ncount stay idle; keep --stream-max-replicas at or below it."
+        if stream.partitioned
+        else ""
+    )
+    notes: tuple[tuple[str, Any, str], ...] = (
+        ("stream-deployment.yaml", sc.deployment(plan, secrets),
+         f"The stream consumer: berth stream run, {stream.shown()}, group {group}.\n"
+         "The server's image, ConfigMap and Secret; broker passwords come from the Secret.\n"
+         f"Probes and Prometheus read /metrics on port {METRICS_PORT}, which opens once the "
+         f"model is loaded.\nSIGTERM drains the batch in flight within {sc.DRAIN_SECONDS}s."),
+        ("stream-service.yaml", sc.service(plan),
+         "Headless Service of the consumer's metrics port, for its ServiceMonitor."),
+        ("stream-hpa.yaml", sc.autoscaler(plan),
+         f"Scales the consumer on its group's lag: ceil({lag} / {stream.target_lag}) replicas,\n"
+         f"between {stream.min_replicas} and {stream.max_replicas}. The External metric needs "
+         "prometheus-adapter with the rule in\nkubernetes/prometheus-adapter-values.yaml; "
+         f"without it the consumer stays at {stream.min_replicas} replica(s).{cap}"),
+        ("stream-pdb.yaml", sc.disruption_budget(plan),
+         "At most one consumer pod down for voluntary disruptions."),
+        ("stream-networkpolicy.yaml", sc.network_policy(plan),
+         "Ingress to the metrics port only; egress to DNS, the brokers (the URLs' ports),\n"
+         "PostgreSQL, HTTPS and OTLP. A Kafka cluster answers on every broker's own port: add "
+         "them."),
+        ("stream-servicemonitor.yaml", sc.service_monitor(plan),
+         "Prometheus Operator: scrape /metrics of every consumer pod (lag, throughput, "
+         "outcomes)."),
+    )  # fmt: skip
+    for name, document, note in notes:
+        files.yaml(f"kubernetes/base/{name}", document, f"{note}\n{generated}")
+    files.yaml(
+        "kubernetes/prometheus-adapter-values.yaml",
+        sc.prometheus_adapter_values(),
+        "Values for the prometheus-adapter Helm chart (prometheus-community/prometheus-adapter):\n"
+        "exposes berth_stream_consumer_lag as an external metric for the consumer's autoscaler.\n"
+        "  helm upgrade --install prometheus-adapter prometheus-community/prometheus-adapter \\\n"
+        "    -n monitoring --reuse-values -f kubernetes/prometheus-adapter-values.yaml \\\n"
+        "    --set prometheus.url=http://PROMETHEUS-SERVICE.monitoring.svc\n"
+        "Merge the rule into your values if you keep other external rules. Check it with\n"
+        '  kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/NAMESPACE/'
+        f'berth_stream_consumer_lag?labelSelector=group%3D{group}"\n{generated}',
+    )
+    return [name for name, _document, _note in notes]
 
 
 def _write_kuberay(files: _Files, plan: Plan) -> None:

@@ -39,30 +39,35 @@ _CRONJOB_NAME_LIMIT = 52
 
 @dataclass
 class ScheduleSecrets:
-    """Secrets lifted out of schedule arguments: {variable (and Secret key): original value}."""
+    """Secrets lifted out of schedule (and stream consumer) arguments: {variable (and Secret
+    key): original value}."""
 
     values: dict[str, str] = field(default_factory=dict)
 
     def lift(self, schedule: str, args: list[str]) -> tuple[list[str], list[str]]:
         """The arguments with secrets replaced by `$(VARIABLE)`, and the variables used."""
+        prefix = "BERTH_SCHEDULE_" + re.sub(r"[^A-Z0-9]+", "_", schedule.upper()).strip("_")
+        return self.lift_as(prefix, args)
+
+    def lift_as(self, prefix: str, args: list[str]) -> tuple[list[str], list[str]]:
+        """As `lift`, with variables named `<prefix>_SECRET_<n>` (the stream consumer's own)."""
         before = set(self.values)
-        lifted = [self._lift_one(schedule, arg) for arg in args]
+        lifted = [self._lift_one(prefix, arg) for arg in args]
         return lifted, [v for v in self.values if v not in before]
 
-    def _lift_one(self, schedule: str, arg: str) -> str:
+    def _lift_one(self, prefix: str, arg: str) -> str:
         # Kubernetes expands `$(NAME)` in commands; `$$(` keeps a literal one as it was.
         arg = arg.replace("$(", "$$(")
 
         def url(found: re.Match[str]) -> str:
-            return f"{found['head']}$({self._keep(schedule, found)})@"
+            return f"{found['head']}$({self._keep(prefix, found)})@"
 
         def query(found: re.Match[str]) -> str:
-            return f"{found['head']}$({self._keep(schedule, found)})"
+            return f"{found['head']}$({self._keep(prefix, found)})"
 
         return _QUERY_PASSWORD.sub(query, _URL_PASSWORD.sub(url, arg))
 
-    def _keep(self, schedule: str, found: re.Match[str]) -> str:
-        prefix = "BERTH_SCHEDULE_" + re.sub(r"[^A-Z0-9]+", "_", schedule.upper()).strip("_")
+    def _keep(self, prefix: str, found: re.Match[str]) -> str:
         index = sum(1 for v in self.values if v.startswith(f"{prefix}_SECRET_")) + 1
         variable = f"{prefix}_SECRET_{index}"
         self.values[variable] = found["secret"]

@@ -44,15 +44,21 @@ class Overlay:
     max_replicas: int
     cpu: float
     memory: str
+    stream_min_replicas: int = 1
+    stream_max_replicas: int = 1
 
 
 def overlays(plan: Plan) -> tuple[Overlay, ...]:
     options = plan.options
     low, high = options.replica_bounds
+    stream = options.stream
+    stream_low, stream_high = (stream.min_replicas, stream.max_replicas) if stream else (1, 1)
     return (
-        Overlay("staging", "berth-staging", 1, 2, options.cpu, options.memory),
-        Overlay("production", "berth-production", low, high, options.cpu, options.memory),
-    )
+        Overlay("staging", "berth-staging", 1, 2, options.cpu, options.memory,
+                1, min(2, stream_high)),
+        Overlay("production", "berth-production", low, high, options.cpu, options.memory,
+                stream_low, stream_high),
+    )  # fmt: skip
 
 
 def base_kustomization(resources: list[str]) -> dict[str, Any]:
@@ -86,25 +92,37 @@ def overlay_kustomization(plan: Plan, overlay: Overlay) -> dict[str, Any]:
         {"op": "replace", "path": "/spec/minReplicas", "value": overlay.min_replicas},
         {"op": "replace", "path": "/spec/maxReplicas", "value": overlay.max_replicas},
     ]
+    patches = _scale_patches(plan.app, deployment_ops, autoscaler_ops)
+    if plan.options.stream is not None:  # the consumer loads the same model: same resources
+        stream_ops = [
+            {"op": "replace", "path": "/spec/minReplicas", "value": overlay.stream_min_replicas},
+            {"op": "replace", "path": "/spec/maxReplicas", "value": overlay.stream_max_replicas},
+        ]
+        patches += _scale_patches(f"{plan.app}-stream", deployment_ops, stream_ops)
     return {
         "apiVersion": KUSTOMIZE_API,
         "kind": "Kustomization",
         "namespace": overlay.namespace,
         "resources": ["namespace.yaml", "../../base"],
         "images": [{"name": plan.image_name, "newTag": plan.image_tag}],
-        "patches": [
-            {
-                "target": {"group": "apps", "version": "v1", "kind": "Deployment",
-                           "name": plan.app},
-                "patch": yaml.safe_dump(deployment_ops, sort_keys=False),
-            },
-            {
-                "target": {"group": "autoscaling", "version": "v2",
-                           "kind": "HorizontalPodAutoscaler", "name": plan.app},
-                "patch": yaml.safe_dump(autoscaler_ops, sort_keys=False),
-            },
-        ],
-    }  # fmt: skip
+        "patches": patches,
+    }
+
+
+def _scale_patches(
+    name: str, deployment_ops: list[dict[str, Any]], autoscaler_ops: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "target": {"group": "apps", "version": "v1", "kind": "Deployment", "name": name},
+            "patch": yaml.safe_dump(deployment_ops, sort_keys=False),
+        },
+        {
+            "target": {"group": "autoscaling", "version": "v2",
+                       "kind": "HorizontalPodAutoscaler", "name": name},
+            "patch": yaml.safe_dump(autoscaler_ops, sort_keys=False),
+        },
+    ]  # fmt: skip
 
 
 # rendering ---------------------------------------------------------------------------------

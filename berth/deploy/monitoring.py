@@ -8,6 +8,7 @@ selects `release: <its release>` by default): add that label in an overlay when 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from berth.deploy.kubernetes import metadata
@@ -38,8 +39,17 @@ def service_monitor(plan: Plan) -> dict[str, Any]:
     }
 
 
+def alert_options(plan: Plan, job: str) -> AlertOptions:
+    """The rules' options for this bundle: its job, its backups, its consumer's lag limit."""
+    options = AlertOptions(job=job, backup_max_age=plan.backup_max_age)
+    if plan.options.stream is not None:
+        # The lag the consumer's autoscaler cannot shed even at its largest size.
+        options = replace(options, stream_lag=plan.options.stream.lag_alert_threshold)
+    return options
+
+
 def prometheus_rule(plan: Plan) -> dict[str, Any]:
-    document = build_rules(AlertOptions(job=plan.app, backup_max_age=plan.backup_max_age))
+    document = build_rules(alert_options(plan, job=plan.app))
     return {
         "apiVersion": API_VERSION,
         "kind": "PrometheusRule",

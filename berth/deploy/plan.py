@@ -14,7 +14,9 @@ from typing import Literal
 
 from berth import __version__
 from berth.defaults import DEFAULT_PORT
+from berth.deploy.stream_options import ConsumerOptions
 from berth.errors import InvalidInput
+from berth.jobs.stream.options import StreamOptions
 from berth.registry.versions import VersionInfo
 
 Target = Literal["compose", "kubernetes", "kuberay"]
@@ -39,6 +41,7 @@ _IMAGE = re.compile(
     r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # tag (required: a bundle pins what it runs)
 )
 _MEMORY = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:Ki|Mi|Gi|Ti|k|M|G|T)?")
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
 _NAME_LIMIT = 40
 """Longest resource name stem: CronJob names (stem + schedule) must stay within 52 characters."""
 
@@ -86,6 +89,8 @@ class BuildOptions:
     """Extra installed distributions the model needs at run time (e.g. lightgbm)."""
     base_image: str | None = None
     """Python base image of the Dockerfile; default the slim image of this interpreter."""
+    stream: ConsumerOptions | None = None
+    """A stream consumer (`berth stream run`) to deploy beside the server, scaled on its lag."""
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -106,6 +111,11 @@ class BuildOptions:
                 f"--base-image '{self.base_image}' is not NAME:TAG; write e.g. python:3.11.9-slim"
             )
         self._check_scale()
+        if self.stream is not None and not {"kubernetes", "compose"} & set(self.targets):
+            raise InvalidInput(
+                "--stream-source adds a consumer to the kubernetes and compose targets; "
+                "add --target kubernetes or --target compose"
+            )
 
     def _check_scale(self) -> None:
         if not 0 < self.cpu <= 256:
@@ -146,6 +156,8 @@ class Plan:
     """The backup schedules that become CronJobs (Kubernetes target)."""
     backup_max_age: str | None = None
     """How old the newest backup may get before BackupTooOld fires; None without backups."""
+    stream_group: str | None = None
+    """The stream consumer's group (`--group`), when the bundle has a consumer."""
 
     @property
     def port(self) -> int:
@@ -236,7 +248,27 @@ def make_plan(
         python_image=options.base_image or default_python_image(),
         wheel=wheel,
         flavors=flavors,
+        stream_group=_stream_group(subject, options.stream),
     )
+
+
+def _stream_group(subject: Subject, stream: ConsumerOptions | None) -> str | None:
+    if stream is None:
+        return None
+    if subject.kind == "endpoint":
+        raise InvalidInput(
+            f"'{subject.name}' is an endpoint, and a stream consumer scores with one model; "
+            "build the model it routes to (e.g. berth build MODEL@production --stream-source ...)"
+        )
+    group = StreamOptions(
+        reference=subject.name, source=stream.source, sink=stream.sink, group=stream.group
+    ).group_name
+    if not _LABEL_VALUE.fullmatch(group):
+        raise InvalidInput(
+            f"--stream-group '{group}' cannot be a Kubernetes label value, which the consumer's "
+            "autoscaler selects its lag by; use at most 63 letters, digits, '-', '_' and '.'"
+        )
+    return group
 
 
 def default_python_image() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from berth import __version__
 from berth.deploy.plan import Plan
+from berth.deploy.stream_options import METRICS_PORT
 
 
 def render_readme(plan: Plan) -> str:
@@ -65,6 +66,8 @@ def render_readme(plan: Plan) -> str:
                 "folder inside a pod is gone when the pod ends. If several bundles share this "
                 "registry, keep the backup CronJobs in one of them.\n",
             ]
+    if plan.options.stream is not None:
+        sections += _stream_sections(plan)
     if "kuberay" in targets:
         sections += [
             "## KubeRay\n",
@@ -72,3 +75,62 @@ def render_readme(plan: Plan) -> str:
             "    kubectl apply -k kuberay\n",
         ]
     return "\n".join(sections)
+
+
+def _stream_sections(plan: Plan) -> list[str]:
+    stream = plan.options.stream
+    assert stream is not None
+    model = (
+        "`--bundle` on the baked model, so it scores with the version the servers serve "
+        "(whichever pod starts first registers it; the others find it)"
+        if plan.model_source == "bake"
+        else f"`{plan.subject.served[0]}` from the registry, following the reference as the "
+        "servers do"
+    )
+    sections = [
+        "## Stream consumer\n",
+        f"`berth stream run` scores {stream.shown()} as consumer group `{plan.stream_group}`, "
+        f"apart from the server but from its image and settings. It loads {model}. "
+        "Events are acknowledged only after their outputs are written; failures go to the "
+        "dead-letter stream with the reason. A password in a broker URL is not in any "
+        "manifest: it is read from the Secret (the `BERTH_STREAM_SECRET_n` keys of "
+        "`secret.example.yaml`; `.env` for compose).\n",
+        f"The consumer serves Prometheus metrics on port {METRICS_PORT} (`/metrics`: lag, "
+        "throughput, outcomes), which its probes also read: the port opens once the brokers "
+        "are joined and the model is loaded. On SIGTERM it finishes and acknowledges the batch "
+        "in flight before exiting; events of a pod killed mid-batch are delivered again.\n",
+    ]
+    if "kubernetes" in plan.options.targets:
+        sections += [
+            "### Scaling on lag\n",
+            "`kubernetes/base/stream-hpa.yaml` scales the consumer on its group's lag, as "
+            "Kubernetes' queue-length example does: an External metric, "
+            f'`berth_stream_consumer_lag{{group="{plan.stream_group}"}}`, with a target of '
+            f"{stream.target_lag} waiting events per replica, so it runs ceil(lag / "
+            f"{stream.target_lag}) replicas between {stream.min_replicas} and "
+            f"{stream.max_replicas}. Every consumer reports the whole group's lag, so the "
+            "adapter takes the largest report, never the sum. The external metrics API needs "
+            "prometheus-adapter with the rule in `kubernetes/prometheus-adapter-values.yaml` "
+            "(its header has the `helm` command); without it the consumer stays at "
+            f"{stream.min_replicas} replica(s).\n",
+            f"The PrometheusRule's `StreamConsumerLagHigh` fires when the lag stays over "
+            f"{stream.lag_alert_threshold} events (what {stream.max_replicas} replicas at the "
+            "target cannot shed) for 10 minutes; `StreamConsumerStalled` when events wait and "
+            "none is finished, or when every consumer is gone with events left waiting.\n",
+        ]
+        if stream.partitioned:
+            sections.append(
+                "Kafka gives each partition of the topic to one consumer of the group: replicas "
+                "beyond the partition count stay idle, so keep `--stream-max-replicas` at or "
+                "below it. Each scaling step rebalances the group (a short pause), which is why "
+                "the autoscaler removes at most one replica a minute after 5 minutes of lower "
+                "lag.\n"
+            )
+    if "compose" in plan.options.targets:
+        sections += [
+            "### Docker Compose\n",
+            "The `berth-stream` service runs the consumer after the server is healthy, and "
+            "Prometheus scrapes it. Run more consumers with "
+            "`docker compose up -d --scale berth-stream=3`.\n",
+        ]
+    return sections

@@ -18,6 +18,9 @@ Alerts (severity label: `page` wakes someone, `ticket`/`warning` waits for worki
 - BerthTargetDown      Prometheus cannot scrape a Berth instance
 - ErrorBudgetBurnFast  availability error budget burning 14.4x (1h & 5m) or 6x (6h & 30m): page
 - ErrorBudgetBurnSlow  availability error budget burning 3x (1d & 2h) or 1x (3d & 6h): ticket
+- StreamConsumerLagHigh  a stream consumer group is more than `stream_lag` events behind
+- StreamConsumerStalled  a stream consumer group has events waiting and finishes none, or its
+                       consumers all went away leaving events behind
 - BackupTooOld         (only with `backup_max_age`) the newest succeeded backup is older than
                        that, or Berth has been up that long and no backup ever succeeded
 
@@ -25,6 +28,13 @@ The burn-rate alerts follow the multiwindow, multi-burn-rate pattern of the Goog
 ("Alerting on SLOs"). Their error ratios are recording rules per model, over server-side
 failures only: a request refused as invalid input does not spend the server's error budget.
 HighErrorRate counts the same failures, per version.
+
+The stream alerts read the consumer's gauges (`berth stream run --metrics-port`). Every consumer
+of a group reports the lag of the whole group, so the alerts take the largest report per group
+(`max by`), never the sum. StreamConsumerStalled has two branches: lag and no finished event
+over the rate window (`berth_stream_events_total` has no group label, so it is matched on the
+source), or no consumer of the group reporting while the last lag it reported was above 0 (every
+consumer crashed, was evicted or cannot reach the broker's metrics, and work is waiting).
 
 BackupTooOld is two rules of one name, told apart by their `reason` label (stale, never).
 `berth_backup_last_success_timestamp_seconds` is absent
@@ -101,6 +111,12 @@ class AlertOptions:
     #: for a slow run); None: no backup alert (a registry nobody backs up would always fire).
     backup_max_age: str | None = None
     backup_for: str = "5m"
+    #: Events a stream consumer group may be behind; `berth build` sets it to what the
+    #: consumer's autoscaler can absorb at its largest size.
+    stream_lag: int = 10_000
+    stream_lag_for: str = "10m"
+    #: How long a group may have events waiting and finish none.
+    stream_stall_for: str = "10m"
 
     def validate(self) -> None:
         if not 0 < self.slo_availability < 1:
@@ -119,6 +135,8 @@ class AlertOptions:
                 raise InvalidInput(f"{flag} must lie strictly between 0 and 1 (got {value:g})")
         if self.drift_psi <= 0:
             raise InvalidInput(f"--drift-psi must be positive (got {self.drift_psi:g})")
+        if self.stream_lag < 1:
+            raise InvalidInput(f"--stream-lag must be at least 1 event (got {self.stream_lag})")
         holds = (
             "latency_for",
             "error_rate_for",
@@ -133,6 +151,8 @@ class AlertOptions:
             "--for": self.for_override,
             "--interval": self.interval,
             "--backup-max-age": self.backup_max_age,
+            "--stream-lag-for": self.stream_lag_for,
+            "--stream-stall-for": self.stream_stall_for,
             **{name: getattr(self, name) for name in (*holds, "down_for", "backup_for")},
         }
         for flag, text in durations.items():
@@ -382,6 +402,48 @@ def backup_alerts(options: AlertOptions) -> list[dict[str, Any]]:
     ]
 
 
+STREAM_LAG = "max by (source, group) (berth_stream_consumer_lag)"
+"""The lag of each consumer group: every consumer reports the group's, so the largest report."""
+
+
+def stream_alerts(options: AlertOptions) -> list[dict[str, Any]]:
+    """StreamConsumerLagHigh and StreamConsumerStalled (see the module)."""
+    group = "{{ $labels.group }}"
+    source = "{{ $labels.source }}"
+    stall = options.stream_stall_for
+    finished = f"sum by (source) (increase(berth_stream_events_total[{options.rate_window}])) > 0"
+    return [
+        _alert(
+            "StreamConsumerLagHigh",
+            f"{STREAM_LAG} > {options.stream_lag}",
+            options.hold(options.stream_lag_for),
+            "warning",
+            f"Consumer group {group} is {{{{ $value }}}} events behind on {source}",
+            f"Consumer group {group} of {source} has {{{{ $value }}}} events not yet "
+            f"acknowledged (threshold {options.stream_lag}) for {options.stream_lag_for}.",
+            "Compare berth_stream_throughput_events_per_second with the rate events arrive; "
+            "add consumer replicas (at most one per partition on Kafka) or raise --batch-size; "
+            "check the consumer log for broker errors and dead letters.",
+            options,
+        ),
+        _alert(
+            "StreamConsumerStalled",
+            f"({STREAM_LAG} > 0 unless on (source) {finished})\nor\n"
+            f"(max by (source, group) (last_over_time(berth_stream_consumer_lag[1h])) > 0"
+            f" unless on (source, group) {STREAM_LAG})",
+            options.hold(stall),
+            "critical",
+            f"Consumer group {group} finishes no events of {source}",
+            f"Consumer group {group} of {source} has {{{{ $value }}}} events waiting and has "
+            f"finished none for {stall}, or none of its consumers reports any more.",
+            "Check the consumer pods (crash loop, OOM, a model that does not load) and their "
+            "log: a broker that refuses writes to the sink or the dead-letter stream stops the "
+            "consumer from acknowledging anything.",
+            options,
+        ),
+    ]
+
+
 def build_rules(options: AlertOptions | None = None) -> dict[str, Any]:
     """The rule-file document: one group of alerts per concern, and the recording rules."""
     options = options or AlertOptions()
@@ -390,6 +452,7 @@ def build_rules(options: AlertOptions | None = None) -> dict[str, Any]:
         {"name": "berth-models", "rules": model_alerts(options)},
         # Rules of a group run in order: the alerts read this evaluation's ratios, not the last.
         {"name": "berth-slo", "rules": [*recording_rules(), *burn_rate_alerts(options)]},
+        {"name": "berth-streams", "rules": stream_alerts(options)},
     ]
     if options.backup_max_age is not None:
         groups.append({"name": "berth-backups", "rules": backup_alerts(options)})
