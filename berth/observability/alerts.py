@@ -32,8 +32,7 @@ HighErrorRate counts the same failures, per version.
 The stream alerts read the consumer's gauges (`berth stream run --metrics-port`). Every consumer
 of a group reports the lag of the whole group, so the alerts take the largest report per group
 (`max by`), never the sum. StreamConsumerStalled has two branches: lag and no finished event
-over the rate window (`berth_stream_events_total` has no group label, so it is matched on the
-source), or no consumer of the group reporting while the last lag it reported was above 0 (every
+over the rate window (matched per source and group), or no consumer of the group reporting while the last lag it reported was above 0 (every
 consumer crashed, was evicted or cannot reach the broker's metrics, and work is waiting).
 
 BackupTooOld is two rules of one name, told apart by their `reason` label (stale, never).
@@ -411,7 +410,9 @@ def stream_alerts(options: AlertOptions) -> list[dict[str, Any]]:
     group = "{{ $labels.group }}"
     source = "{{ $labels.source }}"
     stall = options.stream_stall_for
-    finished = f"sum by (source) (increase(berth_stream_events_total[{options.rate_window}])) > 0"
+    finished = (
+        f"sum by (source, group) (increase(berth_stream_events_total[{options.rate_window}])) > 0"
+    )
     return [
         _alert(
             "StreamConsumerLagHigh",
@@ -428,7 +429,7 @@ def stream_alerts(options: AlertOptions) -> list[dict[str, Any]]:
         ),
         _alert(
             "StreamConsumerStalled",
-            f"({STREAM_LAG} > 0 unless on (source) {finished})\nor\n"
+            f"({STREAM_LAG} > 0 unless on (source, group) {finished})\nor\n"
             f"(max by (source, group) (last_over_time(berth_stream_consumer_lag[1h])) > 0"
             f" unless on (source, group) {STREAM_LAG})",
             options.hold(stall),

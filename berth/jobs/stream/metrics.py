@@ -5,7 +5,7 @@ batch sizes, model load time), and `--metrics-port` serves them all at /metrics.
 is the stream or subject name (never a URL: it may hold a password), `group` the consumer group.
 
 - `berth_stream_events_received_total{source}`: entries read.
-- `berth_stream_events_total{source, outcome}`: entries finished, `scored` or `dead_lettered`.
+- `berth_stream_events_total{source, group, outcome}`: entries finished, `scored` or `dead_lettered`.
 - `berth_stream_batch_size{source}`: entries per micro-batch.
 - `berth_stream_batch_duration_seconds{source}`: decode, predict, write and acknowledge a batch.
 - `berth_stream_throughput_events_per_second{source}`: finished per second over the last interval.
@@ -42,7 +42,7 @@ EVENTS_RECEIVED = Counter(
 EVENTS = Counter(
     "berth_stream_events",
     "Stream entries finished (written and acknowledged), by outcome: scored, dead_lettered.",
-    ["source", "outcome"],
+    ["source", "group", "outcome"],
 )
 BATCH_SIZE = Histogram(
     "berth_stream_batch_size", "Entries per micro-batch.", ["source"], buckets=BATCH_BUCKETS
@@ -86,8 +86,8 @@ class Meters:
 
     def __post_init__(self) -> None:
         self.received_total = EVENTS_RECEIVED.labels(self.source)
-        self.scored_total = EVENTS.labels(self.source, SCORED)
-        self.dead_total = EVENTS.labels(self.source, DEAD_LETTERED)
+        self.scored_total = EVENTS.labels(self.source, self.group, SCORED)
+        self.dead_total = EVENTS.labels(self.source, self.group, DEAD_LETTERED)
         self.batch_size = BATCH_SIZE.labels(self.source)
         self.batch_duration = BATCH_DURATION.labels(self.source)
         self.throughput = THROUGHPUT.labels(self.source)
