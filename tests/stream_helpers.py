@@ -212,6 +212,25 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+class InOutNames:
+    """`<base>.in` (the source), `<base>.out` (the sink) and `<base>.in.dead` (the source's
+    default dead letters): the names NATS subjects and Kafka topics of one test take."""
+
+    base: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.base}.in"
+
+    @property
+    def sink(self) -> str:
+        return f"{self.base}.out"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.base}.in.dead"
+
+
 E = TypeVar("E")
 
 

@@ -35,6 +35,7 @@ from berth.serving.route_stats import read_totals
 from tests.conftest import free_port
 from tests.kafka_broker import KafkaBroker
 from tests.stream_helpers import (
+    InOutNames,
     Producer,
     assert_output,
     consumer_env,
@@ -101,7 +102,7 @@ class Loop:
 
 
 @dataclass
-class Topics:
+class Topics(InOutNames):
     """`<base>.in` (source, `partitions` partitions), `<base>.out`, `<base>.in.dead`."""
 
     broker: KafkaBroker
@@ -109,18 +110,6 @@ class Topics:
     loop: Loop
     producer: AIOKafkaProducer
     group: str
-
-    @property
-    def source(self) -> str:
-        return f"{self.base}.in"
-
-    @property
-    def sink(self) -> str:
-        return f"{self.base}.out"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.base}.in.dead"
 
     def url(self, topic: str) -> str:
         return self.broker.url(topic)

@@ -31,6 +31,7 @@ from berth.jobs.stream.transport import BrokerUnavailable
 from berth.registry.service import Registry
 from tests.conftest import free_port, require_service
 from tests.stream_helpers import (
+    InOutNames,
     Producer,
     assert_output,
     consumer_env,
@@ -68,22 +69,10 @@ class Message:
 
 
 @dataclass
-class Subjects:
+class Subjects(InOutNames):
     """`<base>.in` (source), `<base>.out` (sink), `<base>.in.dead` (default dead letters)."""
 
     base: str
-
-    @property
-    def source(self) -> str:
-        return f"{self.base}.in"
-
-    @property
-    def sink(self) -> str:
-        return f"{self.base}.out"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.base}.in.dead"
 
     def url(self, subject: str) -> str:
         return f"{NATS}/{subject}"
