@@ -66,17 +66,89 @@ def register(
         help="A type the skops file may load beyond scikit-learn, numpy and scipy, e.g. "
         "mypackage.MyTransformer (repeatable; recorded on the version).",
     ),
+    weights: Path | None = typer.Option(
+        None,
+        help="PyTorch: the state_dict file (torch.save(model.state_dict(), path)) of the "
+        "nn.Module class PATH defines; read with weights_only=True.",
+    ),
+    module_class: str | None = typer.Option(
+        None, help="With --weights: the nn.Module class to build, when PATH defines several."
+    ),
+    init_args: str | None = typer.Option(
+        None,
+        help="""With --weights: the class's constructor arguments as JSON, e.g. '{"hidden": 32}'.""",
+    ),
 ) -> None:
     """Register a file, directory or archive as the next version of a model.
 
     Archives (.tar.gz, .tgz, .tar, .zip) are unpacked safely and registered as a directory.
     Pickle/joblib files need --trust-pickle; skops files with types of your own need --trust-type.
+    A PyTorch network is a TorchScript file, or the .py file defining its nn.Module class with
+    --weights (its state_dict) and --sample (a batch of inputs, .npy).
 
     Example: berth models register churn model.skops --sample train.csv --reference train.csv --metric auc=0.91 --alias production
     """
     from berth.registration.service import parse_metrics, parse_pairs
 
     metrics, tags = parse_metrics(metric), parse_pairs(tag, "tag")
+    if weights is None:
+        if module_class is not None or init_args is not None:
+            raise InvalidInput(
+                "--module-class and --init-args describe the nn.Module of --weights; add "
+                "--weights net.pt (the state_dict) with the class file as the model path"
+            )
+        _register_path(
+            name,
+            path,
+            flavor,
+            sample,
+            signature,
+            reference,
+            alias,
+            metrics,
+            tags,
+            description,
+            trust_pickle,
+            trust_type,
+        )
+        return
+    from berth.registration.torch_folder import parse_init_args, torch_module_folder
+
+    if flavor not in (None, "torch"):
+        raise InvalidInput(f"--weights registers a torch network; drop --flavor {flavor}")
+    with torch_module_folder(
+        path, weights, module_class=module_class, init_args=parse_init_args(init_args)
+    ) as folder:
+        _register_path(
+            name,
+            folder,
+            "torch",
+            sample,
+            signature,
+            reference,
+            alias,
+            metrics,
+            tags,
+            description,
+            trust_pickle,
+            trust_type,
+        )
+
+
+def _register_path(
+    name: str,
+    path: Path,
+    flavor: str | None,
+    sample: Path | None,
+    signature: Path | None,
+    reference: Path | None,
+    alias: list[str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    description: str,
+    trust_pickle: bool,
+    trust_type: list[str],
+) -> None:
     server = remote()
     if server is not None:
         document = _register_remotely(

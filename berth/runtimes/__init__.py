@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # base imports numpy and pandas; FLAVORS is read by `berth --
 
 FLAVORS = ("sklearn", "onnx", "python", "torch")
 SKOPS_SUFFIX = ".skops"
+TORCH_MODULE_MANIFEST = "torch-module.json"
+"""Names the class file and state_dict of a registered nn.Module (`berth.runtimes.torch_module`)."""
 
 
 class UntrustedArtifact(ModelLoadError):
@@ -79,6 +81,8 @@ def entry_file(path: Path, flavor: str) -> Path:
     _check_flavor(flavor)
     if not path.is_dir():
         return path
+    if flavor == "torch" and (path / TORCH_MODULE_MANIFEST).is_file():
+        return path / TORCH_MODULE_MANIFEST
     if flavor == "python":
         found = python_entry(path)
         if found is None:
@@ -160,6 +164,8 @@ def _files(directory: Path) -> list[Path]:
 
 
 def _detect_directory_flavor(directory: Path) -> str:
+    if (directory / TORCH_MODULE_MANIFEST).is_file():
+        return "torch"
     if python_entry(directory) is not None:
         return "python"
     model_files = [

@@ -7,11 +7,7 @@ or `load(artifact_dir)` when the method takes a parameter.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
-import threading
-import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,9 +18,7 @@ from berth.errors import InvalidInput, ModelLoadError
 from berth.registry.signature import Signature
 from berth.runtimes import python_entry
 from berth.runtimes.base import ModelInput, Prediction, row_count
-
-# sys.path is process-wide: one import at a time may extend it.
-_IMPORT_LOCK = threading.Lock()
+from berth.runtimes.user_code import forget, import_file
 
 
 class PythonRuntime:
@@ -94,12 +88,12 @@ class PythonRuntime:
 
 def load(path: Path) -> PythonRuntime:
     source = _source_file(path)
-    module = _import(source)
+    module = import_file(source)
     try:
         model_class = _model_class(module, source)
         model = _instantiate(model_class, source.parent)
     except ModelLoadError:
-        sys.modules.pop(module.__name__, None)
+        forget(module)
         raise
     return PythonRuntime(model, model_class.__name__)
 
@@ -114,30 +108,6 @@ def _source_file(path: Path) -> Path:
             "name the file that defines your model class model.py"
         )
     return found
-
-
-def _import(source: Path) -> ModuleType:
-    # A unique name keeps two models whose files share a name from replacing each other.
-    name = f"berth_user_model_{uuid.uuid4().hex}"
-    spec = importlib.util.spec_from_file_location(name, source)
-    if spec is None or spec.loader is None:
-        raise ModelLoadError(f"{source} cannot be imported as Python; give a .py file")
-    module = importlib.util.module_from_spec(spec)
-    # Registered so dataclasses, pickle and typing can find the module by name.
-    sys.modules[name] = module
-    with _IMPORT_LOCK:
-        sys.path.insert(0, str(source.parent))
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise ModelLoadError(
-                f"importing {source} failed ({type(exc).__name__}: {exc}); "
-                "fix the error or install the packages the file imports"
-            ) from exc
-        finally:
-            sys.path.remove(str(source.parent))
-    return module
 
 
 def _model_class(module: ModuleType, source: Path) -> type[Any]:
