@@ -58,6 +58,14 @@ _CHECK = doc.object_schema(
         "tolerance": doc.NUMBER,
         "min_agreement": doc.NUMBER,
         "passed": doc.BOOLEAN,
+        "source_accuracy": {**_NUMBER_OR_NULL, "description": "Null without labelled rows."},
+        "optimized_accuracy": _NUMBER_OR_NULL,
+        "max_accuracy_drop": {
+            **_NUMBER_OR_NULL,
+            "description": "Set when the check was judged by accuracy (a lossy form checked on "
+            "labelled rows).",
+        },
+        "judged_by": {"type": "string", "enum": ["tolerance", "accuracy"]},
         "failures": doc.STRINGS,
         "data": doc.object_schema(
             {
@@ -68,6 +76,7 @@ _CHECK = doc.object_schema(
                     "description": "Rows by origin, e.g. example rows, generated rows.",
                 },
                 "generated_from": {"type": ["string", "null"]},
+                "labelled": doc.BOOLEAN,
                 "description": doc.STRING,
             }
         ),
@@ -85,6 +94,18 @@ OPTIMIZE_REPORT: doc.Schema = doc.object_schema(
             "description": "The converted graph's numeric input type; null for an ONNX source.",
         },
         "quantized": {"type": ["string", "null"]},
+        "target": {"type": "string", "enum": ["onnx", "torchscript", "torch"]},
+        "size": doc.object_schema(
+            {
+                "source_bytes": doc.INTEGER,
+                "optimized_bytes": doc.INTEGER,
+                "ratio": {**_NUMBER_OR_NULL, "description": "optimized_bytes / source_bytes."},
+            }
+        ),
+        "pruned": {
+            "type": ["object", "null"],
+            "description": "For a pruned form: amount, method, layers and the sparsity reached.",
+        },
     }
 )
 
@@ -106,7 +127,7 @@ def _body() -> dict[str, Any]:
 
 @router.post(
     "/models/{ref}/optimize",
-    summary="Convert a version to ONNX, check it predicts the same, register it",
+    summary="Make an optimized form of a version, check it predicts the same, register it",
     openapi_extra=doc.combined(doc.parameters(doc.MODEL_REF), _body()),
     responses={
         **doc.ok(OPTIMIZE_REPORT, "The new version and how it compares with its source."),
@@ -146,6 +167,9 @@ async def optimize_version(request: Request) -> Response:
                     quantize=asked.quantize,
                     tolerance=asked.tolerance,
                     alias=asked.alias,
+                    to=asked.to,
+                    prune=asked.prune,
+                    max_accuracy_drop=asked.max_accuracy_drop,
                     **who,
                 )
             )

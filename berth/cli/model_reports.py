@@ -27,7 +27,18 @@ def print_optimized(report: dict[str, Any]) -> None:
     """The table of `OptimizeReport.to_dict()`, which the optimize route returns too."""
     version, check, source = report["version"], report["check"], report["source"]
     ref = f"{version['model']}:{version['version']}"
-    how = ", ".join(p for p in ("onnx", report["precision"], report["quantized"]) if p)
+    target = report.get("target", "onnx")
+    pruned = report.get("pruned")
+    how = ", ".join(
+        p
+        for p in (
+            target,
+            report["precision"],
+            report["quantized"],
+            f"pruned {pruned['amount']:.0%}" if pruned else None,
+        )
+        if p
+    )
     table = Table("measure", "value", title=f"{source} optimized")
     table.add_row("new version", f"{ref} ({how}) from {source} ({report['source_flavor']})")
     table.add_row("rows checked", f"{check['rows']} ({check['data']['description']})")
@@ -44,6 +55,28 @@ def print_optimized(report: dict[str, Any]) -> None:
     ):
         if check[key] is not None:
             table.add_row(what, f"{number(check[key])} (tolerance {check['tolerance']:g})")
+    if check.get("source_accuracy") is not None:
+        rule = (
+            f"allowed drop {percent(check['max_accuracy_drop'])}"
+            if check.get("max_accuracy_drop") is not None
+            else "not judged: a lossless form is held to the tolerance"
+        )
+        table.add_row(
+            "accuracy on the labels",
+            f"{percent(check['source_accuracy'])} → {percent(check['optimized_accuracy'])} "
+            f"({rule})",
+        )
+    if pruned:
+        table.add_row(
+            "pruned weights",
+            f"{percent(pruned['sparsity'])} zero in {pruned['layers']} Linear/Conv layers",
+        )
+    size = report.get("size")
+    if size:
+        table.add_row(
+            "size",
+            f"{size_text(size['source_bytes'])} → {size_text(size['optimized_bytes'])}",
+        )
     for timing in report["speed"]:
         table.add_row(
             f"ms per call, batch {timing['batch']}",
@@ -54,7 +87,9 @@ def print_optimized(report: dict[str, Any]) -> None:
     aliases = ", ".join(f"@{a}" for a in version["aliases"])
     serve = f"serve it with `berth models alias {version['model']} production {version['version']}`"
     moved = f"aliases: {aliases}" if aliases else f"no alias moved; {serve}"
-    console.print(f"Registered [bold]{ref}[/] (onnx, sha256 {version['sha256'][:12]}; {moved})")
+    console.print(
+        f"Registered [bold]{ref}[/] ({version['flavor']}, sha256 {version['sha256'][:12]}; {moved})"
+    )
 
 
 def print_live_drift(report: dict[str, Any]) -> None:
@@ -140,3 +175,12 @@ def number(value: Any, spec: str = ".4g") -> str:
 
 def percent(value: Any, decimals: int = 1) -> str:
     return "-" if value is None else f"{100 * float(value):.{decimals}f}%"
+
+
+def size_text(size: int) -> str:
+    """Bytes as people read them: 812 B, 41.3 KiB, 2.07 MiB."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024**2:
+        return f"{size / 1024:.3g} KiB"
+    return f"{size / 1024**2:.3g} MiB"

@@ -373,24 +373,63 @@ def optimize_command(
     alias: str | None = typer.Option(
         None, help="Alias to point at the new version; without it no alias moves."
     ),
+    to: str | None = typer.Option(
+        None,
+        "--to",
+        help="The form to make: onnx (default), torchscript, or torch (a torch network's own "
+        "form, the default with --prune).",
+    ),
+    torchscript: bool = typer.Option(False, "--torchscript", help="Same as --to torchscript."),
+    prune: float | None = typer.Option(
+        None,
+        help="Torch networks: zero this share of each Linear/Conv layer's weights (e.g. 0.3), "
+        "smallest magnitudes first, checked like --quantize.",
+    ),
+    max_accuracy_drop: float | None = typer.Option(
+        None,
+        help="With labelled --data (a 'label' column, or labels in an .npz), the accuracy an "
+        "int8 or pruned form may lose (default 0.01, one point), instead of --tolerance.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Convert a version to ONNX, check it predicts the same, and register it as a new version.
+    """Make a faster or smaller form of a version, check it predicts the same, and register it.
 
-    Labels must be identical on at least 99.9% of the check rows and probabilities within the
-    tolerance; otherwise nothing is registered and the measured differences are shown. The new
-    version keeps the signature, so clients send the same requests; `models show` shows its
-    source.
+    scikit-learn (and XGBoost/LightGBM) models convert to ONNX; torch networks export to ONNX
+    (--to onnx), compile to TorchScript (--torchscript), and can be pruned (--prune 0.3) or
+    quantized (--quantize int8). Labels must be identical on at least 99.9% of the check rows
+    and probabilities (or values) within the tolerance; an int8 or pruned form checked on
+    labelled rows must keep its accuracy instead. Otherwise nothing is registered and the
+    measured differences are shown. The report gives the size and the latency at batch 1 and
+    64 of both. The new version keeps the signature, so clients send the same requests;
+    `models show` shows its source.
 
     Example: berth models optimize churn:3 --data holdout.csv --alias staging
     """
     from berth.cli.flags import from_flags
     from berth.optimize.requests import OptimizeRequest
 
+    if torchscript:
+        if to not in (None, "torchscript"):
+            raise InvalidInput(f"--torchscript asks for --to torchscript; drop --to {to}")
+        to = "torchscript"
     asked = from_flags(
         OptimizeRequest,
-        {"quantize": "--quantize", "tolerance": "--tolerance", "alias": "--alias"},
-        {"quantize": quantize, "tolerance": tolerance, "alias": alias},
+        {
+            "quantize": "--quantize",
+            "tolerance": "--tolerance",
+            "alias": "--alias",
+            "to": "--to",
+            "prune": "--prune",
+            "max_accuracy_drop": "--max-accuracy-drop",
+        },
+        {
+            "quantize": quantize,
+            "tolerance": tolerance,
+            "alias": alias,
+            "to": to,
+            "prune": prune,
+            "max_accuracy_drop": max_accuracy_drop,
+        },
     )
     server = remote()
     if server is not None:
@@ -409,6 +448,9 @@ def optimize_command(
                 quantize=asked.quantize,
                 tolerance=asked.tolerance,
                 alias=asked.alias,
+                to=asked.to,
+                prune=asked.prune,
+                max_accuracy_drop=asked.max_accuracy_drop,
                 actor=cli_actor(),
                 progress=lambda step: status.update(f"Optimizing {reference}: {step} ..."),
             ).to_dict()

@@ -1,7 +1,9 @@
 """The rows an optimized version is checked on.
 
 `--data FILE` gives them (CSV/Parquet/JSON with the signature's columns, or .npy for tensor
-models). Without it the check uses what the registry holds: the version's example rows, topped
+models). Labelled rows let a lossy optimization (int8, pruning) be judged by accuracy: a table's
+`label` column (when no input has that name), or an .npz file holding `inputs` (or an array
+named like the signature's input) and `labels`. Without it the check uses what the registry holds: the version's example rows, topped
 up to `MIN_ROWS` with rows generated deterministically (a fixed seed), each feature on its own:
 
 - from the reference statistics when the version has them (the stored sample of each numeric
@@ -39,6 +41,9 @@ MAX_ROWS = 100_000
 """A larger --data file is checked on its first rows."""
 SEED = 0
 GENERATED = "generated rows"
+LABEL_COLUMN = "label"
+NPZ_INPUTS = "inputs"
+NPZ_LABELS = "labels"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class CheckData:
     """(where from, rows) in row order, e.g. (("example rows", 3), ("generated rows", 997))."""
     generated_from: str | None = None
     """What generated rows were drawn from, if there are any."""
+    labels: Array | None = None
+    """The true label of each row, when the rows came labelled."""
 
     @property
     def rows(self) -> int:
@@ -82,6 +89,7 @@ class CheckData:
             "rows": self.rows,
             "sources": dict(self.sources),
             "generated_from": self.generated_from,
+            "labelled": self.labels is not None,
             "description": self.describe(),
         }
 
@@ -119,16 +127,53 @@ def _from_file(signature: Signature, path: Path) -> CheckData:
             f"--data {path} does not exist; give a .csv/.parquet/.json file with the "
             "signature's columns, or a .npy array for a tensor model"
         )
-    table = read_sample(path, signature.input_names if signature.kind == "tabular" else None)
+    table, labels = _labelled(signature, path)
     total = len(table)
     if total == 0:
         raise InvalidInput(f"--data {path} holds no rows")
     name = f"rows of {path.name}"
     if total > MAX_ROWS:
         table = table[:MAX_ROWS]
+        labels = None if labels is None else labels[:MAX_ROWS]
         name = f"rows of {path.name} (the first of {total})"
     inputs = model_input(signature, table, f"--data {path.name}")
-    return CheckData(inputs, ((name, len(inputs)),))
+    return CheckData(inputs, ((name, len(inputs)),), labels=labels)
+
+
+def _labelled(signature: Signature, path: Path) -> tuple[CheckInput, Array | None]:
+    """The rows of a --data file, and their labels if it has them."""
+    if path.suffix.lower() == ".npz":
+        return _npz(signature, path)
+    table = read_sample(path, signature.input_names if signature.kind == "tabular" else None)
+    if (
+        isinstance(table, pd.DataFrame)
+        and LABEL_COLUMN in table.columns
+        and LABEL_COLUMN not in signature.input_names
+    ):
+        return table.drop(columns=[LABEL_COLUMN]), table[LABEL_COLUMN].to_numpy()
+    return table, None
+
+
+def _npz(signature: Signature, path: Path) -> tuple[Array, Array | None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: np.asarray(archive[name]) for name in archive.files}
+    except (ValueError, OSError) as exc:
+        raise InvalidInput(f"could not read --data {path.name}: {exc}") from exc
+    names = [n for n in (NPZ_INPUTS, *signature.input_names) if n in arrays]
+    if not names:
+        raise InvalidInput(
+            f"--data {path.name} holds {', '.join(arrays) or 'no arrays'}; save the rows as "
+            f"'{NPZ_INPUTS}' (and their labels as '{NPZ_LABELS}'): "
+            "numpy.savez(path, inputs=x, labels=y)"
+        )
+    inputs, labels = arrays[names[0]], arrays.get(NPZ_LABELS)
+    if labels is not None and len(labels) != len(inputs):
+        raise InvalidInput(
+            f"--data {path.name} has {len(inputs)} rows but {len(labels)} labels; give one "
+            "label per row"
+        )
+    return inputs, labels
 
 
 def _example_table(version: VersionInfo) -> CheckInput:

@@ -6,6 +6,10 @@ predictions) every predicted value within `tolerance`, relative to max(1, |value
 probability columns are matched by class label, so a graph that orders its classes differently
 is compared fairly. Anything that makes the responses differ in shape (missing probabilities,
 other classes, a rejected row) fails the check too, since clients would see it.
+
+A lossy optimization (int8 weights, pruning) checked on labelled rows is judged by accuracy
+instead: the optimized model's accuracy on the labels may be at most `max_accuracy_drop` below
+its source's; the differences are still measured and reported.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ Array = np.ndarray[Any, Any]
 
 MIN_AGREEMENT = 0.999
 TOLERANCE = 1e-4
+MAX_ACCURACY_DROP = 0.01
+"""How much accuracy a lossy optimization may lose on labelled rows (one point) by default."""
 WORST_ROWS = 5
 
 
@@ -61,6 +67,21 @@ class EquivalenceReport:
     worst: tuple[RowDifference, ...] = ()
     problems: tuple[str, ...] = ()
     """Differences that are not a matter of degree (another response shape, a rejected row)."""
+    source_accuracy: float | None = None
+    optimized_accuracy: float | None = None
+    """Accuracies on the labels of labelled rows; None without labels."""
+    max_accuracy_drop: float | None = None
+    """Set when the check is judged by accuracy (a lossy optimization on labelled rows)."""
+
+    @property
+    def judged_by(self) -> str:
+        return "accuracy" if self.max_accuracy_drop is not None else "tolerance"
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.source_accuracy is None or self.optimized_accuracy is None:
+            return None
+        return self.source_accuracy - self.optimized_accuracy
 
     @property
     def label_agreement(self) -> float | None:
@@ -74,6 +95,15 @@ class EquivalenceReport:
 
     def failures(self) -> list[str]:
         found = list(self.problems)
+        if self.max_accuracy_drop is not None:
+            drop = self.accuracy_drop
+            if drop is not None and drop > self.max_accuracy_drop:
+                found.append(
+                    f"accuracy {self.optimized_accuracy:.2%} against its source's "
+                    f"{self.source_accuracy:.2%}: {drop:.2%} lower, above the allowed "
+                    f"{self.max_accuracy_drop:.2%}"
+                )
+            return found
         agreement = self.label_agreement
         if agreement is not None and agreement < self.min_agreement:
             found.append(
@@ -99,6 +129,8 @@ class EquivalenceReport:
             parts.append(f"max probability difference {self.max_probability_diff:.3g}")
         if self.max_value_diff is not None:
             parts.append(f"max relative prediction difference {self.max_value_diff:.3g}")
+        if self.source_accuracy is not None and self.optimized_accuracy is not None:
+            parts.append(f"accuracy {self.source_accuracy:.2%} → {self.optimized_accuracy:.2%}")
         return ", ".join(parts) or f"{self.rows} rows compared"
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +143,10 @@ class EquivalenceReport:
             "max_value_diff": self.max_value_diff,
             "tolerance": self.tolerance,
             "min_agreement": self.min_agreement,
+            "source_accuracy": self.source_accuracy,
+            "optimized_accuracy": self.optimized_accuracy,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "judged_by": self.judged_by,
             "passed": self.passed,
             "failures": self.failures(),
         }
@@ -131,15 +167,47 @@ def check(
     *,
     tolerance: float = TOLERANCE,
     min_agreement: float = MIN_AGREEMENT,
+    max_accuracy_drop: float | None = None,
 ) -> EquivalenceReport:
-    """Run both runtimes on the check rows and compare what they return."""
+    """Run both runtimes on the check rows and compare what they return.
+
+    `max_accuracy_drop`: judge by accuracy when the rows are labelled (for lossy forms).
+    """
     expected = source.predict(data.inputs)
     try:
         actual = optimized.predict(data.inputs)
     except InvalidInput as exc:
         problem = f"the optimized model rejected rows its source accepts: {exc.message}"
         return EquivalenceReport(data.rows, tolerance, min_agreement, problems=(problem,))
-    return compare(expected, actual, data, tolerance=tolerance, min_agreement=min_agreement)
+    report = compare(expected, actual, data, tolerance=tolerance, min_agreement=min_agreement)
+    if data.labels is None or report.problems:
+        return report
+    return replace(
+        report,
+        source_accuracy=accuracy(expected, data.labels),
+        optimized_accuracy=accuracy(actual, data.labels),
+        max_accuracy_drop=max_accuracy_drop,
+    )
+
+
+def accuracy(prediction: Prediction, labels: Array) -> float:
+    """The share of rows whose predicted label is the true one.
+
+    A network's score matrix (one column per class) predicts its highest-scoring column; one
+    score per row in [0, 1] against 0/1 labels predicts 1 from 0.5.
+    """
+    predicted = np.asarray(prediction.predictions)
+    if predicted.ndim == 2 and predicted.shape[1] > 1 and predicted.dtype.kind == "f":
+        predicted = predicted.argmax(axis=1)
+    predicted = predicted.reshape(len(predicted))
+    truth = np.asarray(labels).reshape(len(labels))
+    if truth.dtype.kind == "f" and np.all(np.mod(truth, 1) == 0):
+        truth = truth.astype(np.int64)
+    if predicted.dtype.kind == "f" and set(np.unique(truth).tolist()) <= {0, 1}:
+        predicted = (predicted >= 0.5).astype(np.int64)
+    if not len(truth):
+        return 0.0
+    return float(np.mean(predicted.astype(str) == truth.astype(str)))
 
 
 def compare(

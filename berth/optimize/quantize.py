@@ -4,6 +4,10 @@ Dynamic quantization stores the weights of matrix products, convolutions and emb
 and quantizes activations on the fly. Graphs without such weights (tree ensembles, and the
 linear models skl2onnx writes as one LinearClassifier operator) have nothing to quantize: they
 are refused with the operators they hold rather than registered unchanged under an int8 label.
+
+Exporters write a fully connected layer as one Gemm, which dynamic quantization leaves alone
+(onnxruntime has integer kernels for MatMul, not Gemm); such a Gemm with constant weights is
+rewritten as the equivalent MatMul followed by Add first, so its weights are quantized too.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from berth.errors import InvalidInput
 from berth.optimize.convert import require
@@ -31,7 +36,10 @@ def quantize_int8(onnx_bytes: bytes) -> bytes:
     """The graph with its weights quantized to int8 (activations quantized at run time)."""
     onnx = require("onnx", "int8 quantization")
     quantization = require("onnxruntime.quantization", "int8 quantization")
-    graph = onnx.load_from_string(onnx_bytes).graph
+    model = onnx.load_from_string(onnx_bytes)
+    if _gemms_as_matmuls(onnx, model):
+        onnx_bytes = model.SerializeToString()
+    graph = model.graph
     doubles = [
         i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
     ]
@@ -45,7 +53,7 @@ def quantize_int8(onnx_bytes: bytes) -> bytes:
     if not WEIGHT_OPS & set(before):
         raise QuantizationError(
             "int8 dynamic quantization rewrites matrix products, convolutions and embeddings "
-            f"(MatMul, Conv, Gather); this graph holds only {', '.join(sorted(before))}, which "
+            f"(MatMul, Gemm, Conv, Gather); this graph holds only {', '.join(sorted(before))}, which "
             "would stay as they are. Optimize without --quantize"
         )
     with tempfile.TemporaryDirectory(prefix="berth-quantize-") as folder:
@@ -66,6 +74,44 @@ def quantize_int8(onnx_bytes: bytes) -> bytes:
             "optimize without --quantize"
         )
     return quantized
+
+
+def _gemms_as_matmuls(onnx: Any, model: Any) -> int:
+    """Rewrite each Gemm(A, B, C) with constant B (alpha = beta = 1, A not transposed) as
+    Add(MatMul(A, B'), C), B' the weights in the orientation MatMul takes; how many were."""
+    numpy_helper = onnx.numpy_helper
+    weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0
+        if (
+            node.op_type != "Gemm"
+            or not plain
+            or attributes.get("transA", 0)
+            or node.input[1] not in weights
+        ):
+            nodes.append(node)
+            continue
+        matrix = numpy_helper.to_array(weights[node.input[1]])
+        if attributes.get("transB", 0):
+            matrix = matrix.T.copy()
+        name = f"{node.input[1]}_matmul"
+        model.graph.initializer.append(numpy_helper.from_array(matrix, name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], name], [product]))
+        if has_bias:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {name for node in model.graph.node for name in node.input}
+        kept = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return rewritten
 
 
 class _DropPreprocessingAdvice(logging.Filter):

@@ -18,7 +18,8 @@ _Alias = Annotated[str, CheckedBy(check_alias)]
 
 
 class OptimizeRequest(RequestModel):
-    """Convert a version to ONNX (optionally quantized), check it, and register it."""
+    """Make an optimized form of a version (ONNX, TorchScript, int8, pruned), check it, and
+    register it."""
 
     EXAMPLE: ClassVar[dict[str, Any]] = {"quantize": "int8", "tolerance": 0.01, "alias": "staging"}
 
@@ -34,4 +35,21 @@ class OptimizeRequest(RequestModel):
     )
     alias: _Alias | None = Field(
         default=None, description="Alias to point at the new version; null: no alias moves."
+    )
+    to: Annotated[Text, Field(max_length=16)] | None = Field(
+        default=None,
+        description="The form to make: onnx (the default), torchscript, or torch (a torch "
+        "network's own form; the default with prune). torchscript and torch apply to torch "
+        "versions.",
+    )
+    prune: float | None = Field(
+        default=None,
+        description="Torch versions: zero this share (between 0 and 1) of each Linear and Conv "
+        "layer's weights, smallest magnitudes first; checked like int8.",
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        description="With labelled check rows, how much accuracy an int8 or pruned form may "
+        "lose against its source (0.01: one point, the default); it then replaces the "
+        "tolerance.",
     )

@@ -17,7 +17,7 @@ import numpy as np
 from berth.optimize.data import CheckData
 from berth.runtimes.base import ModelInput, Runtime
 
-BATCHES = (1, 256)
+BATCHES = (1, 64)
 BUDGET_SECONDS = 0.25
 """Time spent measuring one runtime at one batch size."""
 WARMUP_CALLS = 3
