@@ -65,8 +65,8 @@ def problems(manifest: dict[str, Any]) -> list[str]:
     if not isinstance(content, dict):
         return found
     for twin in ("$edgeAgent", "$edgeHub"):
-        desired = content.get(twin, {}).get("properties.desired")
-        if not isinstance(desired, dict):
+        desired = _desired(content, twin)
+        if not desired:
             continue
         version = str(desired.get("schemaVersion"))
         schema = TWIN_SCHEMAS.get((twin, version))
@@ -77,8 +77,7 @@ def problems(manifest: dict[str, Any]) -> list[str]:
         size = len(json.dumps(desired, separators=(",", ":")).encode())
         if size > MAX_DESIRED_BYTES:
             found.append(f"{twin}: desired properties are {size:,} bytes, over IoT Hub's 32 KB")
-    agent = content.get("$edgeAgent", {}).get("properties.desired", {})
-    for where, module in _modules(agent):
+    for where, module in _modules(_desired(content, "$edgeAgent")):
         settings = module.get("settings")
         if isinstance(settings, dict):
             found += [f"{where}: {problem}" for problem in create_options_problems(settings)]
@@ -116,6 +115,13 @@ def create_options_problems(settings: dict[str, Any]) -> list[str]:
         if not isinstance(parsed, dict):
             found.append("createOptions is JSON but not an object")
     return found
+
+
+def _desired(content: dict[str, Any], twin: str) -> dict[str, Any]:
+    """A twin's desired properties, or {} when the manifest has none (the schema says so)."""
+    found = content.get(twin)
+    desired = found.get("properties.desired") if isinstance(found, dict) else None
+    return desired if isinstance(desired, dict) else {}
 
 
 def _modules(agent: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
