@@ -1,4 +1,4 @@
-"""`berth build`: write a deployable bundle (image, compose, Kubernetes, KubeRay) for a model."""
+"""`berth build`: write a deployable bundle (image, compose, Kubernetes, KubeRay, IoT Edge)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from berth.defaults import DEFAULT_PORT
 
 if TYPE_CHECKING:  # the bundle writer reads the registry: imported when `berth build` runs
     from berth.deploy.build import BuildResult
+    from berth.deploy.iot_edge_options import EdgeOptions
     from berth.deploy.source import BuildSource
     from berth.deploy.stream_options import ConsumerOptions
 
@@ -22,6 +23,14 @@ class Target(enum.StrEnum):
     compose = "compose"
     kubernetes = "kubernetes"
     kuberay = "kuberay"
+    iot_edge = "iot-edge"
+
+
+class RestartPolicy(enum.StrEnum):
+    always = "always"
+    on_failure = "on-failure"
+    on_unhealthy = "on-unhealthy"
+    never = "never"
 
 
 class Source(enum.StrEnum):
@@ -37,8 +46,8 @@ def build(
     target: list[Target] = typer.Option(
         [],
         "--target",
-        help="compose, kubernetes or kuberay (repeatable; default compose and kubernetes). The "
-        "Dockerfile is always written.",
+        help="compose, kubernetes, kuberay or iot-edge (an Azure IoT Edge deployment manifest; "
+        "repeatable; default compose and kubernetes). The Dockerfile is always written.",
     ),
     model_source: Source | None = typer.Option(
         None,
@@ -122,8 +131,24 @@ def build(
         "--stream-alert-lag",
         help="StreamConsumerLagHigh threshold (default: target lag x max replicas).",
     ),
+    edge_module: str | None = typer.Option(
+        None,
+        "--edge-module",
+        help="iot-edge: the module's name (default berth-MODEL): letters, digits and '-'.",
+    ),
+    edge_restart_policy: RestartPolicy | None = typer.Option(
+        None,
+        "--edge-restart-policy",
+        help="iot-edge: when edgeAgent restarts the module (default always).",
+    ),
+    edge_registry_user: str | None = typer.Option(
+        None,
+        "--edge-registry-user",
+        help="iot-edge: user the device pulls --image with from its registry host; the manifest "
+        "gets registryCredentials with a password placeholder (default: anonymous pull).",
+    ),
 ) -> None:
-    """Write a deployable bundle: Dockerfile, compose.yaml, Kubernetes manifests, a RayService.
+    """Write a deployable bundle: Dockerfile, compose.yaml, Kubernetes, a RayService, IoT Edge.
 
     Dependencies are pinned to the versions installed here. Kubernetes manifests are a
     kustomize base with staging and production overlays; every batch schedule becomes a
@@ -133,6 +158,10 @@ def build(
 
     With --stream-source and --stream-sink, a stream consumer is deployed beside the server:
     its own Deployment from the same image, scaled on its consumer group's lag.
+
+    --target iot-edge writes iot-edge/deployment.json for `az iot edge set-modules`: the
+    model baked into the image, run on the device with the --cpu/--memory limits, checked
+    against the IoT Edge deployment schemas.
 
     Example: berth build churn@production --out deploy/churn --target kubernetes --image registry.example.com/churn:3
     """
@@ -162,6 +191,7 @@ def build(
             stream_target_lag,
             stream_alert_lag,
         ),
+        edge=_edge(target, edge_module, edge_restart_policy, edge_registry_user),
         force=force,
     )
     result = build_bundle(_source(), reference, out, options)
@@ -200,6 +230,28 @@ def _consumer(
         max_replicas=replicas[1],
         target_lag=target_lag,
         alert_lag=alert_lag,
+    )
+
+
+def _edge(
+    targets: list[Target],
+    module: str | None,
+    restart_policy: RestartPolicy | None,
+    registry_user: str | None,
+) -> EdgeOptions:
+    from berth.deploy.iot_edge_options import EdgeOptions
+    from berth.errors import InvalidInput
+
+    if Target.iot_edge not in targets:
+        given = [flag for flag, value in (("--edge-module", module),
+                 ("--edge-restart-policy", restart_policy),
+                 ("--edge-registry-user", registry_user)) if value is not None]  # fmt: skip
+        if given:
+            raise InvalidInput(f"{given[0]} configures the IoT Edge module; add --target iot-edge")
+    return EdgeOptions(
+        module=module,
+        restart_policy=restart_policy.value if restart_policy else "always",
+        registry_user=registry_user,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from berth import __version__
-from berth.deploy import compose, cronjobs, dockerfile, kuberay, kubernetes, monitoring
+from berth.deploy import compose, cronjobs, dockerfile, iot_edge, kuberay, kubernetes, monitoring
 from berth.deploy import kustomize as kz
 from berth.deploy import requirements as req
 from berth.deploy import stream_consumer as sc
@@ -34,7 +34,7 @@ from berth.observability.prometheus_config import render_config
 GENERATED = (
     "Dockerfile", "Dockerfile.ray", ".dockerignore", "requirements.txt", "requirements-ray.txt",
     "wheels", "model", "compose.yaml", ".env.example", "prometheus", "kubernetes", "kuberay",
-    "README.md",
+    "iot-edge", "README.md",
 )  # fmt: skip
 """The top-level entries a build writes: what --force replaces."""
 
@@ -66,6 +66,8 @@ def build(source: BuildSource, reference: str, out: Path, options: BuildOptions)
     _check_out(out, options.force)
     tree = req.source_tree()
     plan = make_plan(subject, options, wheel=tree is not None, model_source=model_source)
+    if "iot-edge" in options.targets:
+        iot_edge.preflight(plan)
     pins = _pins(plan)
     ray_pins = _ray_pins(plan) if "kuberay" in options.targets else None
     schedules = own_schedules(source.schedules(), subject)
@@ -95,6 +97,8 @@ def build(source: BuildSource, reference: str, out: Path, options: BuildOptions)
             _write_kubernetes(files, plan, schedules)
         if "kuberay" in options.targets:
             _write_kuberay(files, plan)
+        if "iot-edge" in options.targets:
+            files.text(iot_edge.MANIFEST, iot_edge.render(plan))
         files.text("README.md", render_readme(plan))
         written = tuple(sorted(p.relative_to(stage).as_posix() for p in _walk(stage)))
         _move_into(stage, out, options.force)

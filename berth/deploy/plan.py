@@ -14,15 +14,17 @@ from typing import Literal
 
 from berth import __version__
 from berth.defaults import DEFAULT_PORT
+from berth.deploy.iot_edge_options import EdgeOptions
 from berth.deploy.stream_options import ConsumerOptions
 from berth.errors import InvalidInput
 from berth.jobs.stream.options import StreamOptions
 from berth.registry.versions import VersionInfo
 
-Target = Literal["compose", "kubernetes", "kuberay"]
-TARGETS: tuple[Target, ...] = ("compose", "kubernetes", "kuberay")
+Target = Literal["compose", "kubernetes", "kuberay", "iot-edge"]
+TARGETS: tuple[Target, ...] = ("compose", "kubernetes", "kuberay", "iot-edge")
 DEFAULT_TARGETS: tuple[Target, ...] = ("compose", "kubernetes")
-"""Without --target; kuberay is asked for by name (it pins Ray, which `berth[ray]` installs)."""
+"""Without --target; kuberay is asked for by name (it pins Ray, which `berth[ray]` installs),
+and so is iot-edge (a device, not a cluster)."""
 ModelSource = Literal["bake", "registry"]
 SubjectKind = Literal["model", "endpoint"]
 
@@ -91,11 +93,13 @@ class BuildOptions:
     """Python base image of the Dockerfile; default the slim image of this interpreter."""
     stream: ConsumerOptions | None = None
     """A stream consumer (`berth stream run`) to deploy beside the server, scaled on its lag."""
+    edge: EdgeOptions = field(default_factory=EdgeOptions)
+    """The Azure IoT Edge module (the iot-edge target): its name, restart policy, registry user."""
     force: bool = False
 
     def __post_init__(self) -> None:
         if not self.targets:
-            raise InvalidInput("give at least one --target: compose, kubernetes or kuberay")
+            raise InvalidInput(f"give at least one --target: {', '.join(TARGETS)}")
         unknown = sorted(set(self.targets) - set(TARGETS))
         if unknown:
             raise InvalidInput(f"unknown --target {unknown}; use {', '.join(TARGETS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from berth import __version__
+from berth.deploy.iot_edge_readme import iot_edge_sections
 from berth.deploy.plan import Plan
 from berth.deploy.stream_options import METRICS_PORT
 
@@ -74,6 +75,8 @@ def render_readme(plan: Plan) -> str:
             f"    docker build -f Dockerfile.ray -t {plan.ray_image} .\n"
             "    kubectl apply -k kuberay\n",
         ]
+    if "iot-edge" in targets:
+        sections += iot_edge_sections(plan)
     return "\n".join(sections)
 
 
