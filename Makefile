@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup soak wrk prometheus nginx azurite cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep soak wrk prometheus nginx azurite cluster-demo
 
 install: $(STAMP)
 
@@ -149,6 +149,11 @@ bench-upload: install
 # first and second run, bytes copied (benchmarks/backup.py); BERTH_BENCH_BACKUP_MB sets the size.
 bench-backup: install
 	$(BIN)/python benchmarks/backup.py
+
+# An MLP and a CNN trained on generated data, in every optimized form (ONNX, int8, pruned,
+# TorchScript): size, p50 latency at batch 1 and 64, answer difference, accuracy (benchmarks/deep.py).
+bench-deep: install
+	$(BIN)/python benchmarks/deep.py
 
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).
 soak: install

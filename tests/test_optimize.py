@@ -105,7 +105,7 @@ def test_iris_becomes_an_onnx_version_linked_to_its_source(
     assert lineage["check"]["max_probability_diff"] <= 1e-4
     assert report.check.passed
     assert report.data.sources[0] == ("example rows", 3)
-    assert [t.batch for t in report.speed.timings] == [1, 256]
+    assert [t.batch for t in report.speed.timings] == [1, 64]
     assert all(t.optimized_ms > 0 for t in report.speed.timings)
 
     expected = load_version(registry, source).predict(IRIS_X)
@@ -558,7 +558,7 @@ def test_cli_optimize_and_show(run_both: Run, iris_files: IrisFiles) -> None:
 
     assert done.code == 0, done.err
     assert "iris:2" in done.out
-    assert "ms per call, batch 256" in done.out
+    assert "ms per call, batch 64" in done.out
     assert "speedup" in done.out
     assert "label agreement" in done.out
     assert "│ iris:2 (onnx, float) from iris:1 (sklearn)" in done.out
@@ -591,6 +591,7 @@ def test_cli_optimize_on_rows_of_a_file(
         "rows": 120,
         "sources": {"rows of holdout.npy": 120},
         "generated_from": None,
+        "labelled": False,
         "description": "120 rows of holdout.npy",
     }
     assert report["check"]["agreeing"] == 120

@@ -339,8 +339,13 @@ def _print_version(version: dict[str, Any]) -> None:
 def _lineage_line(detail: dict[str, Any]) -> str:
     """`detail` is the version document's lineage: its source and how it was derived."""
     how = ", ".join(
-        str(detail[key]) for key in ("method", "precision", "quantized") if detail.get(key)
+        str(detail[key])
+        for key in ("method", "precision", "quantized", "opset", "compiled")
+        if detail.get(key)
     )
+    pruned = detail.get("pruned")
+    if isinstance(pruned, dict):
+        how += f", pruned {percent(pruned.get('amount'), 0)}"
     line = f"derived from {detail['source']}" + (f" ({how})" if how else "")
     check = detail.get("check")
     if isinstance(check, dict) and check.get("rows"):
@@ -351,6 +356,11 @@ def _lineage_line(detail: dict[str, Any]) -> str:
             line += f", max probability difference {number(check['max_probability_diff'])}"
         if check.get("max_value_diff") is not None:
             line += f", max relative difference {number(check['max_value_diff'])}"
+        if check.get("optimized_accuracy") is not None:
+            line += (
+                f", accuracy {percent(check['source_accuracy'])} → "
+                f"{percent(check['optimized_accuracy'])}"
+            )
     return line
 
 
