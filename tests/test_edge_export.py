@@ -1,9 +1,10 @@
 """`berth export REF --format onnx --out DIR`: a folder that runs with onnxruntime and numpy only.
 
 The folder's runner is run as a user would (`python run.py INPUT`, in a subprocess) under an
-import guard that refuses everything but the standard library, numpy and onnxruntime, and its
-answers are compared with Berth's: expected.json, a real `berth serve` process, and the
-scikit-learn model itself.
+import guard that refuses everything but the standard library, numpy and onnxruntime
+(`tests.edge_checks`), and its answers are compared with Berth's: expected.json, a real
+`berth serve` process, and the scikit-learn model itself. Torch versions:
+`test_edge_export_torch.py`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.runtimes.loading import artifact_path
 from tests.conftest import Run, register_churn, register_iris, serving
+from tests.edge_checks import expected, guarded, own_test, runner_answer, sample_rows
 from tests.local_twin import local_twin
 
 onnx = pytest.importorskip("onnx")
@@ -47,66 +47,11 @@ pytest.importorskip("skl2onnx")
 IrisFiles = tuple[Path, Path]
 ChurnFiles = tuple[Path, Path, Path]
 
-GUARD = r"""
-import importlib.abc
-import runpy
-import sys
-
-ALLOWED = set(sys.stdlib_module_names) | {"numpy", "onnxruntime"}
-
-
-class OnlyStdlibNumpyOnnxruntime(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        top = name.partition(".")[0]
-        if top not in ALLOWED:
-            print(f"guard refused: {name}", file=sys.stderr)
-            raise ModuleNotFoundError(f"guard: {name} is not stdlib, numpy or onnxruntime")
-        return None
-
-
-sys.meta_path.insert(0, OnlyStdlibNumpyOnnxruntime())
-for loaded in [m for m in sys.modules if m.partition(".")[0] not in ALLOWED | {"__main__"}]:
-    del sys.modules[loaded]  # what site imported at startup must be imported again, guarded
-script, sys.argv = sys.argv[1], sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
-"""
-"""`python -I -c GUARD SCRIPT ARGS`: SCRIPT as __main__, able to import only the standard
-library, numpy and onnxruntime (and their submodules); any other import fails."""
-
 
 @pytest.fixture(autouse=True)
 def quick_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     """optimize (used to make ONNX versions) measures speed; a short budget keeps this fast."""
     monkeypatch.setattr(speed, "BUDGET_SECONDS", 0.005)
-
-
-def guarded(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-I", "-c", GUARD, str(script), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def runner_answer(folder: Path, data: Path, cwd: Path) -> dict[str, Any]:
-    """`python run.py DATA` under the guard, from another directory; its printed JSON."""
-    done = guarded(folder / "run.py", str(data), cwd=cwd)
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
-
-
-def expected(folder: Path) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((folder / "expected.json").read_text())
-    return document
-
-
-def sample_rows(folder: Path) -> list[Any]:
-    rows: list[Any] = json.loads((folder / "sample.json").read_text())["instances"]
-    return rows
 
 
 def assert_same_answer(actual: dict[str, Any], berth: dict[str, Any], tolerance: float) -> None:
@@ -117,19 +62,6 @@ def assert_same_answer(actual: dict[str, Any], berth: dict[str, Any], tolerance:
         assert actual.get("probabilities") is None
     else:
         assert_allclose(actual["probabilities"], berth["probabilities"], rtol=0, atol=tolerance)
-
-
-def own_test(folder: Path) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run(
-        [sys.executable, "-m", "unittest", "-v"],
-        cwd=folder,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""`berth export`: a version as a self-contained folder for edge devices."""
+"""`berth export`: a version (scikit-learn, booster, torch or ONNX) as a self-contained folder
+for edge devices."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def export(
     ),
     tolerance: float | None = typer.Option(
         None,
-        help="Largest probability (or relative value) difference accepted: 1e-4 for a plain "
-        "conversion (may only be tightened), 1e-2 by default with --quantize int8. The "
-        "folder's own test compares with it too.",
+        help="Largest probability (or relative value, e.g. a network's outputs) difference "
+        "accepted: 1e-4 for a plain conversion (may only be tightened), 1e-2 by default with "
+        "--quantize int8. The folder's own test compares with it too.",
     ),
     data: Path | None = typer.Option(
         None,
@@ -44,9 +45,11 @@ def export(
     The folder holds model.onnx, signature.json, run.py (`python run.py rows.json`),
     requirements.txt, sample.json, expected.json (Berth's own answers for the sample) and
     test_run.py (`python -m unittest`: run.py's answers equal Berth's). scikit-learn, XGBoost
-    and LightGBM versions are converted and checked like `berth models optimize` (labels
-    identical on 99.9% of the check rows, probabilities within the tolerance) before anything
-    is written; ONNX versions are exported as they are.
+    and LightGBM versions are converted, and torch versions (an nn.Module with its state_dict,
+    or TorchScript) exported with torch.onnx (opset 17), as `berth models optimize --to onnx`
+    makes them; the graph is checked like an optimized form (labels identical on 99.9% of the
+    check rows, probabilities or a network's outputs within the tolerance) before anything is
+    written. ONNX versions are exported as they are; python-flavor versions cannot be.
 
     In remote mode the version's record and artifact come through the server's admin API (the
     key needs the admin scope); the artifact is downloaded into a private temporary folder,
@@ -54,7 +57,8 @@ def export(
 
     Example: berth export churn@production --format onnx --out churn-edge
     """
-    # Imported here: the converters (skl2onnx, onnx) cost a second to import.
+    # Imported here: the converters (skl2onnx, onnx; torch for a torch version) cost a second
+    # to import.
     from berth.deploy.edge import prepare, write_export
     from berth.deploy.source import local_artifact
 

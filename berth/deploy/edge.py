@@ -5,10 +5,11 @@ local copy of the version's artifact (`export_edge` does both). The version and 
 come from a `BuildSource`: the registry, or in remote mode a server's admin API (the record,
 and the artifact downloaded and checked against its sha256), so both modes write the same
 folder. Steps: refuse early what cannot work (an unknown format, a non-empty DIR without
---force, a torch or python version); load the version as it is served; take its ONNX graph
-(an ONNX version's own bytes) or convert it with the same converter `berth models optimize`
-uses, optionally quantize it to int8; check the graph against the served version on the check
-rows (the optimize rules and tolerances: refused with the measured differences otherwise);
+--force, a python version); load the version as it is served; take its ONNX graph (an ONNX
+version's own bytes) or make it as `berth models optimize` does (scikit-learn and boosters with
+`convert_source`, torch networks with `torch_graph`), optionally quantize it to int8; check the
+graph against the served version on the check rows (the optimize rules and tolerances: refused
+with the measured differences otherwise);
 pick sample rows and give them Berth's own answers; write the folder to a staging directory,
 run its own test there, and only then copy it into DIR.
 
@@ -33,9 +34,16 @@ from berth.optimize.convert import Converted
 from berth.optimize.data import CheckData, check_data
 from berth.optimize.equivalence import EquivalenceReport, NotEquivalent, check
 from berth.optimize.quantize import quantize_int8
-from berth.optimize.service import check_tolerance, convert_source, refusal
+from berth.optimize.service import (
+    TorchGraph,
+    check_tolerance,
+    convert_source,
+    refusal,
+    torch_graph,
+)
 from berth.registry.versions import VersionInfo
 from berth.runtimes import load_runtime
+from berth.runtimes.base import Runtime
 from berth.runtimes.loading import entry_path, load_fetched
 
 FORMATS = ("onnx",)
@@ -43,11 +51,6 @@ FORMATS = ("onnx",)
 Progress = Callable[[str], None]
 
 _NOT_CONVERTIBLE = {
-    "torch": (
-        "Berth does not convert torch networks to ONNX. Export the network yourself "
-        "(torch.onnx.export(model, example_input, 'model.onnx')), register that file with "
-        "`berth models register NAME model.onnx`, and export the ONNX version"
-    ),
     "python": (
         "a python-flavor version runs your own class, which cannot be converted to ONNX. "
         "Register an ONNX form of the model (`berth models register NAME model.onnx`) and "
@@ -65,12 +68,14 @@ class EdgeExport:
     data: CheckData
     sample: Sample
     converted: Converted | None
-    """How the graph was converted; None when the version is an ONNX graph already."""
+    """How a scikit-learn (or booster) model was converted; None for other flavors."""
     quantized: str | None
+    from_torch: TorchGraph | None = None
+    """How a torch network was exported (exporter, opset); None for other flavors."""
 
     @property
     def how(self) -> str:
-        return _how(self.source, self.converted, self.quantized)
+        return _how(self.source, self.converted, self.from_torch, self.quantized)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +85,8 @@ class EdgeExport:
             "format": "onnx",
             "how": self.how,
             "precision": self.converted.precision if self.converted else None,
+            "exporter": self.from_torch.exporter if self.from_torch else None,
+            "opset": self.from_torch.opset if self.from_torch else None,
             "quantized": self.quantized,
             "check": {**self.check.to_dict(), "data": self.data.to_dict()},
             "sample_rows": len(self.sample.instances),
@@ -173,12 +180,8 @@ def write_export(
     served = load_fetched(source, artifact, trusted_types)
     step("preparing the check rows")
     rows = check_data(source, plan.data)
-    step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
-    converted = convert_source(source, served, float_only=quantize is not None)
-    graph = converted.onnx_bytes if converted else entry_path(source, artifact).read_bytes()
-    if quantize is not None:
-        step("quantizing to int8")
-        graph = quantize_int8(graph)
+    made = _graph(source, served, artifact, rows, quantize, step)
+    graph, converted, from_torch = made.graph, made.converted, made.from_torch
     with tempfile.TemporaryDirectory(prefix="berth-export-") as staging:
         staged = Path(staging)
         (staged / edge_folder.MODEL).write_bytes(graph)
@@ -194,11 +197,12 @@ def write_export(
                 action="export",
                 outcome="Nothing was written",
                 otherwise=f"serve {source.ref} with Berth instead",
+                by_accuracy=False,
             )
             raise NotEquivalent(message, result)
         step("asking Berth for the sample rows' answers")
         picked = sample(source, served, exported, rows)
-        how = _how(source, converted, quantize)
+        how = _how(source, converted, from_torch, quantize)
         contents = edge_folder.Contents(
             source,
             graph,
@@ -206,15 +210,55 @@ def write_export(
             limit,
             how,
             figures(result, rows, picked),
-            _why_different(source, converted, quantize),
+            _why_different(source, converted, from_torch, quantize),
         )
         edge_folder.write(staged, contents)
         step("running the folder's own test")
         edge_folder.self_test(staged)
         edge_folder.install(staged, plan.target)
     return EdgeExport(
-        source, plan.target, edge_folder.FILES, result, rows, picked, converted, quantize
+        source,
+        plan.target,
+        edge_folder.FILES,
+        result,
+        rows,
+        picked,
+        converted,
+        quantize,
+        from_torch,
     )
+
+
+@dataclass(frozen=True)
+class _Graph:
+    graph: bytes
+    converted: Converted | None = None
+    from_torch: TorchGraph | None = None
+
+
+def _graph(
+    source: VersionInfo,
+    served: Runtime,
+    artifact: Path,
+    rows: CheckData,
+    quantize: str | None,
+    step: Progress,
+) -> _Graph:
+    """The ONNX graph to export, made as `berth models optimize` makes it (quantized if asked)."""
+    if source.flavor == "torch":
+        advice = (
+            f"nothing was written; serve {source.ref} with Berth instead, or change the "
+            "forward() code the exporter refuses"
+        )
+        made = torch_graph(source, served, rows, quantize=quantize, progress=step, advice=advice)
+        return _Graph(made.onnx_bytes, from_torch=made)
+    step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
+    converted = convert_source(source, served, float_only=quantize is not None)
+    graph = converted.onnx_bytes if converted else entry_path(source, artifact).read_bytes()
+    if quantize is not None:
+        step("quantizing to int8")
+        graph = quantize_int8(graph)
+    return _Graph(graph, converted)
 
 
 def figures(result: EquivalenceReport, rows: CheckData, picked: Sample) -> tuple[str, ...]:
@@ -230,22 +274,38 @@ def figures(result: EquivalenceReport, rows: CheckData, picked: Sample) -> tuple
     return tuple(lines)
 
 
-def _how(source: VersionInfo, converted: Converted | None, quantized: str | None) -> str:
-    made = (
-        f"converted from {source.flavor} ({converted.precision}, {converted.converter})"
-        if converted
-        else "the registered ONNX graph"
-    )
+def _how(
+    source: VersionInfo,
+    converted: Converted | None,
+    from_torch: TorchGraph | None,
+    quantized: str | None,
+) -> str:
+    if converted:
+        made = f"converted from {source.flavor} ({converted.precision}, {converted.converter})"
+    elif from_torch:
+        made = f"exported from {source.flavor} ({from_torch.exporter}, opset {from_torch.opset})"
+    else:
+        made = "the registered ONNX graph"
     return f"{made}, {quantized}-quantized" if quantized else made
 
 
-def _why_different(source: VersionInfo, converted: Converted | None, quantized: str | None) -> str:
+def _why_different(
+    source: VersionInfo,
+    converted: Converted | None,
+    from_torch: TorchGraph | None,
+    quantized: str | None,
+) -> str:
     """Why the graph's numbers may differ from the served version's at all."""
     if quantized:
         return f"the graph's weights are quantized to {quantized}"
     if converted:
         bits = "float32" if converted.precision == "float" else "float64"
         return f"the graph computes in {bits}, the {source.flavor} model in its own precision"
+    if from_torch:
+        return (
+            "onnxruntime's kernels compute the network's layers, which may round their sums "
+            "differently from torch's"
+        )
     return "Berth serves this same graph; only onnxruntime's threading may move the last digits"
 
 

@@ -150,7 +150,7 @@ def readme(contents: Contents) -> str:
 
 `{source.ref}` ({source.flavor}, sha256 `{source.artifact.sha256[:12]}`), {contents.how}.
 Exported by Berth {__version__} on {datetime.now(UTC):%Y-%m-%d}. It runs with onnxruntime and
-numpy only: no Berth, no scikit-learn.
+numpy only: no Berth{_framework(source.flavor)}.
 
 | file | what it is |
 |---|---|
@@ -187,6 +187,12 @@ print(model.predict([{first}]))
 
 {compared}: {contents.why_different}.
 """
+
+
+def _framework(flavor: str) -> str:
+    """The framework the folder does without, besides Berth (none for an ONNX version)."""
+    names = {"sklearn": "scikit-learn", "torch": "PyTorch"}
+    return f", no {names[flavor]}" if flavor in names else ""
 
 
 def _json(path: Path, document: Any) -> None:

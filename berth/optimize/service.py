@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,11 @@ from berth.registry.versions import Lineage, VersionInfo
 from berth.runtimes import load_runtime
 from berth.runtimes.base import Runtime
 from berth.runtimes.loading import artifact_path, load_version
+
+if TYPE_CHECKING:  # torch is optional: imported when a torch network is optimized
+    import torch
+
+    from berth.runtimes.torch import TorchRuntime
 
 QUANTIZED_TOLERANCE = 1e-2
 """The default probability tolerance of a lossy form, int8 or pruned (--tolerance changes it)."""
@@ -225,6 +230,103 @@ def _torch_form(
     folder: Path,
     step: Progress,
 ) -> Made:
+    if target == "onnx":
+        exported = torch_graph(source, runtime, rows, quantize=quantize, prune=prune, progress=step)
+        path = folder / f"{source.model}.onnx"
+        path.write_bytes(exported.onnx_bytes)
+        return Made(path, "onnx", exported.detail)
+    # Imported here: torch is optional, and scikit-learn optimizations do without it.
+    from berth.optimize import torch_forms
+
+    network = _torch_network(source, runtime, rows, target, prune, step)
+    module, example, detail = network.module, network.example, network.detail
+    path = folder / f"{source.model}.pt"
+    if target == "torchscript":
+        if quantize is not None:
+            step("quantizing the Linear layers to int8")
+            path.write_bytes(torch_forms.quantize_dynamic(module, example))
+            detail.update(compiled="trace", quantized_with="torch.ao")
+        else:
+            step("compiling to TorchScript")
+            compiled, how_compiled = torch_forms.to_torchscript(module, example)
+            path.write_bytes(compiled)
+            detail["compiled"] = how_compiled
+        return Made(path, "torch", detail)
+    if network.runtime.manifest is None:
+        compiled, _ = torch_forms.to_torchscript(module, example)
+        path.write_bytes(compiled)
+        return Made(path, "torch", detail)
+    source_folder = artifact_path(registry, source).parent
+    manifest = network.runtime.manifest.to_dict()
+    return Made(torch_forms.module_folder(source_folder, manifest, module, folder), "torch", detail)
+
+
+@dataclass(frozen=True)
+class TorchGraph:
+    """A torch network exported to ONNX, and how it was made."""
+
+    onnx_bytes: bytes
+    detail: dict[str, Any]
+    """For the lineage and export's report: method, exporter, opset, and pruned and
+    quantized_with when the network was pruned or the graph quantized."""
+
+    @property
+    def exporter(self) -> str:
+        return str(self.detail["exporter"])
+
+    @property
+    def opset(self) -> int:
+        return int(self.detail["opset"])
+
+
+def torch_graph(
+    source: VersionInfo,
+    runtime: Runtime,
+    rows: CheckData,
+    *,
+    quantize: str | None,
+    prune: float | None = None,
+    progress: Progress | None = None,
+    advice: str | None = None,
+) -> TorchGraph:
+    """A torch version's network as an ONNX graph: pruned first with `prune`, exported on a few
+    check rows, quantized to int8 after with `quantize`. `optimize --to onnx` and `berth export`
+    both make their graph here, so the two are the same graph with the same lineage detail.
+
+    `advice`: what the user can do when the exporter fails (optimize's advice by default).
+    """
+    from berth.optimize import torch_forms
+
+    step = progress or _silent
+    network = _torch_network(source, runtime, rows, "onnx", prune, step)
+    step("exporting to ONNX")
+    graph, how = torch_forms.to_onnx(network.module, source.signature, network.example, advice)
+    detail = {**network.detail, **how}
+    if quantize is not None:
+        step("quantizing to int8")
+        graph = quantize_int8(graph)
+        detail["quantized_with"] = "onnxruntime"
+    return TorchGraph(graph, detail)
+
+
+@dataclass(frozen=True)
+class _TorchNetwork:
+    """The network to make a form of (pruned when asked), and the rows it is exported on."""
+
+    runtime: TorchRuntime
+    module: Any
+    example: tuple[torch.Tensor, ...]
+    detail: dict[str, Any]
+
+
+def _torch_network(
+    source: VersionInfo,
+    runtime: Runtime,
+    rows: CheckData,
+    target: str,
+    prune: float | None,
+    step: Progress,
+) -> _TorchNetwork:
     # Imported here: torch is optional, and scikit-learn optimizations do without it.
     from berth.optimize import torch_forms
     from berth.runtimes.torch import TorchRuntime
@@ -241,36 +343,7 @@ def _torch_form(
         pruned = torch_forms.prune(module, prune)
         module = pruned.module
         detail["pruned"] = pruned.to_dict()
-    if target == "onnx":
-        step("exporting to ONNX")
-        graph, how = torch_forms.to_onnx(module, source.signature, example)
-        detail.update(how)
-        if quantize is not None:
-            step("quantizing to int8")
-            graph = quantize_int8(graph)
-            detail["quantized_with"] = "onnxruntime"
-        path = folder / f"{source.model}.onnx"
-        path.write_bytes(graph)
-        return Made(path, "onnx", detail)
-    path = folder / f"{source.model}.pt"
-    if target == "torchscript":
-        if quantize is not None:
-            step("quantizing the Linear layers to int8")
-            path.write_bytes(torch_forms.quantize_dynamic(module, example))
-            detail.update(compiled="trace", quantized_with="torch.ao")
-        else:
-            step("compiling to TorchScript")
-            compiled, how_compiled = torch_forms.to_torchscript(module, example)
-            path.write_bytes(compiled)
-            detail["compiled"] = how_compiled
-        return Made(path, "torch", detail)
-    if runtime.manifest is None:
-        compiled, _ = torch_forms.to_torchscript(module, example)
-        path.write_bytes(compiled)
-        return Made(path, "torch", detail)
-    source_folder = artifact_path(registry, source).parent
-    network = torch_forms.module_folder(source_folder, runtime.manifest.to_dict(), module, folder)
-    return Made(network, "torch", detail)
+    return _TorchNetwork(runtime, module, example, detail)
 
 
 def _onnx_form(
@@ -369,8 +442,13 @@ def refusal(
     outcome: str = "Nothing was registered",
     otherwise: str | None = None,
     target: str = "onnx",
+    by_accuracy: bool = True,
 ) -> str:
-    """Why a conversion is refused, with the measured differences (optimize's and export's)."""
+    """Why a conversion is refused, with the measured differences (optimize's and export's).
+
+    `by_accuracy`: whether labelled rows would judge a lossy form by accuracy (optimize's
+    rule); export's shipped test compares with the tolerance, so it always judges by that.
+    """
     form = {"onnx": "ONNX", "torchscript": "TorchScript", "torch": "pruned"}[target]
     if quantize:
         what = f"the int8-quantized {form} form"
@@ -381,11 +459,13 @@ def refusal(
     worst = "; ".join(row.describe() for row in result.worst[:3])
     if result.max_accuracy_drop is not None:
         advice = "raise --max-accuracy-drop if that loss is acceptable"
-    elif quantize or target == "torch":
+    elif (quantize or target == "torch") and by_accuracy:
         advice = (
             "raise --tolerance if that difference is acceptable, or check on labelled rows "
             "(--data with labels) to judge by accuracy"
         )
+    elif quantize or target == "torch":
+        advice = "raise --tolerance if that difference is acceptable"
     else:
         advice = otherwise or f"keep serving {source.ref}"
     return (

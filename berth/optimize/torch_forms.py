@@ -76,16 +76,28 @@ def example_tensors(runtime: TorchRuntime, rows: ModelInput) -> tuple[torch.Tens
     return tuple(runtime.tensors(rows))
 
 
+ONNX_ADVICE = "keep serving the source version, or optimize --to torchscript"
+"""What to do when the exporter fails, unless the caller says otherwise."""
+
+
 def to_onnx(
-    module: Any, signature: Signature, example: tuple[torch.Tensor, ...]
+    module: Any,
+    signature: Signature,
+    example: tuple[torch.Tensor, ...],
+    advice: str | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """The network as an ONNX graph, and how it was exported."""
+    """The network as an ONNX graph, and how it was exported.
+
+    `advice`: the end of the one-line error when the exporter fails (`ONNX_ADVICE` by default).
+    """
     inputs = list(signature.input_names) if signature.kind == "tensor" else ["input"]
     if len(inputs) != len(example):
         inputs = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
     axes = {name: {0: "batch"} for name in [*inputs, "output"]}
     try:
-        with _quiet(), tempfile.TemporaryDirectory(prefix="berth-export-") as folder:
+        # Without grad: a TorchScript module first run with grad enabled keeps a plan that
+        # fails when Berth then predicts with it under inference_mode (the check that follows).
+        with _quiet(), torch.no_grad(), tempfile.TemporaryDirectory(prefix="berth-") as folder:
             path = Path(folder) / "model.onnx"
             torch.onnx.export(
                 module,
@@ -100,8 +112,8 @@ def to_onnx(
             graph = path.read_bytes()
     except Exception as exc:  # the exporter raises anything; reported
         raise TorchConversionError(
-            f"torch.onnx.export could not export the network ({_first_line(exc)}); keep "
-            "serving the source version, or optimize --to torchscript"
+            f"torch.onnx.export could not export the network ({_first_line(exc)}); "
+            f"{advice or ONNX_ADVICE}"
         ) from exc
     detail = {"exporter": f"torch.onnx (TorchScript-based) {torch.__version__}", "opset": OPSET}
     return graph, detail
