@@ -33,11 +33,10 @@ from berth.errors import InvalidInput
 from berth.optimize.convert import Converted
 from berth.optimize.data import CheckData, check_data
 from berth.optimize.equivalence import EquivalenceReport, NotEquivalent, check
-from berth.optimize.quantize import quantize_int8
 from berth.optimize.service import (
     TorchGraph,
     check_tolerance,
-    convert_source,
+    onnx_graph,
     refusal,
     torch_graph,
 )
@@ -252,12 +251,9 @@ def _graph(
         )
         made = torch_graph(source, served, rows, quantize=quantize, progress=step, advice=advice)
         return _Graph(made.onnx_bytes, from_torch=made)
-    step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
-    converted = convert_source(source, served, float_only=quantize is not None)
-    graph = converted.onnx_bytes if converted else entry_path(source, artifact).read_bytes()
-    if quantize is not None:
-        step("quantizing to int8")
-        graph = quantize_int8(graph)
+    graph, converted = onnx_graph(
+        source, served, lambda: entry_path(source, artifact).read_bytes(), quantize, step
+    )
     return _Graph(graph, converted)
 
 

@@ -354,12 +354,9 @@ def _onnx_form(
     folder: Path,
     step: Progress,
 ) -> Made:
-    step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
-    converted = convert_source(source, runtime, float_only=quantize is not None)
-    graph = converted.onnx_bytes if converted else artifact_path(registry, source).read_bytes()
-    if quantize is not None:
-        step("quantizing to int8")
-        graph = quantize_int8(graph)
+    graph, converted = onnx_graph(
+        source, runtime, lambda: artifact_path(registry, source).read_bytes(), quantize, step
+    )
     path = folder / f"{source.model}.onnx"
     path.write_bytes(graph)
     detail = {
@@ -368,6 +365,24 @@ def _onnx_form(
         "precision": converted.precision if converted else None,
     }
     return Made(path, "onnx", detail, converted.precision if converted else None)
+
+
+def onnx_graph(
+    source: VersionInfo,
+    runtime: Runtime,
+    read_source: Callable[[], bytes],
+    quantize: str | None,
+    step: Progress,
+) -> tuple[bytes, Converted | None]:
+    """The ONNX graph of a scikit-learn version (converted) or an ONNX version (`read_source`:
+    its own bytes), quantized to int8 if asked; shared with export."""
+    step("converting to ONNX" if source.flavor != "onnx" else "reading the ONNX graph")
+    converted = convert_source(source, runtime, float_only=quantize is not None)
+    graph = converted.onnx_bytes if converted else read_source()
+    if quantize is not None:
+        step("quantizing to int8")
+        graph = quantize_int8(graph)
+    return graph, converted
 
 
 def _size(path: Path) -> int:
