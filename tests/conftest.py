@@ -87,18 +87,24 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server.remove()
 
 
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def isolate(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Settings:
+    """Settings of a Berth of its own under `folder` (its home and config folders), with no
+    BERTH_* variable of the caller's environment and `folder` the working directory."""
     for key in list(os.environ):
         if key.startswith("BERTH_") and key not in (
             "BERTH_REQUIRE_SERVICES",
             "BERTH_TEST_POSTGRES_URL",
         ):
             monkeypatch.delenv(key)
-    monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BERTH_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BERTH_HOME", str(folder / "home"))
+    monkeypatch.setenv("BERTH_CONFIG_DIR", str(folder / "config"))
+    monkeypatch.chdir(folder)
     return Settings()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return isolate(monkeypatch, tmp_path)
 
 
 @contextmanager
@@ -295,11 +301,9 @@ class Outcome:
 Run = Callable[..., Outcome]
 
 
-@pytest.fixture
-def run(
-    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Run]:
-    """The `berth` command in process, through its real entry point."""
+def in_process_cli(monkeypatch: pytest.MonkeyPatch, read: Callable[[], tuple[str, str]]) -> Run:
+    """The `berth` command in process, through its real entry point; `read` returns (and
+    forgets) what was printed to stdout and stderr since it was last called."""
     from berth.cli import context
     from berth.cli.main import main
 
@@ -325,9 +329,34 @@ def run(
         finally:
             root.handlers[:] = handlers
             root.setLevel(level)
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
+        out, err = read()
+        return Outcome(code, out, err)
 
-    yield invoke
+    return invoke
+
+
+@pytest.fixture
+def run(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Run]:
+    """The `berth` command in process, through its real entry point."""
+    from berth.cli import context
+
+    def read() -> tuple[str, str]:
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    yield in_process_cli(monkeypatch, read)
     context.settings.cache_clear()
     context.registry.cache_clear()
+
+
+def one_line_error(outcome: Outcome, fragment: str) -> None:
+    """A command failed as users should see it fail: exit code 1 and one line `error: ...`
+    holding `fragment`, no traceback."""
+    assert outcome.code == 1, outcome
+    assert "Traceback" not in outcome.err
+    lines = outcome.err.strip().splitlines()
+    assert len(lines) == 1, outcome.err
+    assert lines[0].startswith("error: "), outcome.err
+    assert fragment in lines[0], outcome.err
