@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import joblib
@@ -35,6 +36,9 @@ from tests.ports import free_port
 from tests.private_postgres import PrivatePostgres
 from tests.private_postgres import missing as private_postgres_missing
 from tests.private_redis import PrivateRedis
+
+if TYPE_CHECKING:
+    from tests.torch_networks import Network
 
 __all__ = ["free_port"]
 
@@ -164,6 +168,25 @@ def churn_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 
     model, sample, signature, _metrics = train(tmp_path_factory.mktemp("churn"))
     return model, sample, signature
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory: pytest.TempPathFactory) -> Network:
+    """An MLP trained on tabular rows, with its class file, state_dict and labelled rows."""
+    pytest.importorskip("torch")
+    from tests.torch_networks import mlp
+
+    return mlp(tmp_path_factory.mktemp("mlp"))
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> Network:
+    """A CNN trained on images of bars and blobs, with its class file, state_dict and labelled
+    images."""
+    pytest.importorskip("torch")
+    from tests.torch_networks import cnn
+
+    return cnn(tmp_path_factory.mktemp("cnn"))
 
 
 def register_iris(
