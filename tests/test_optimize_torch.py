@@ -151,6 +151,34 @@ def test_only_plain_gemms_with_constant_weights_are_rewritten() -> None:
     assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
 
 
+def test_gemms_sharing_weights_share_one_copy() -> None:
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    weight = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["a"], transB=1),
+        helper.make_node("Gemm", ["a", "w"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    original = model.SerializeToString()
+
+    assert _gemms_as_matmuls(onnx, model) == 2
+
+    onnx.checker.check_model(model)  # one definition per name
+    assert [tensor.name for tensor in model.graph.initializer] == ["w_matmul"]
+    rows = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    assert_allclose(
+        _run_onnx(model.SerializeToString(), rows), _run_onnx(original, rows), rtol=1e-5, atol=1e-6
+    )
+
+
 # accuracy on labelled rows -----------------------------------------------------------------
 
 
