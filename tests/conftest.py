@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import joblib
@@ -35,6 +36,9 @@ from tests.ports import free_port
 from tests.private_postgres import PrivatePostgres
 from tests.private_postgres import missing as private_postgres_missing
 from tests.private_redis import PrivateRedis
+
+if TYPE_CHECKING:
+    from tests.torch_networks import Network
 
 __all__ = ["free_port"]
 
@@ -87,18 +91,24 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server.remove()
 
 
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def isolate(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Settings:
+    """Settings of a Berth of its own under `folder` (its home and config folders), with no
+    BERTH_* variable of the caller's environment and `folder` the working directory."""
     for key in list(os.environ):
         if key.startswith("BERTH_") and key not in (
             "BERTH_REQUIRE_SERVICES",
             "BERTH_TEST_POSTGRES_URL",
         ):
             monkeypatch.delenv(key)
-    monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BERTH_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BERTH_HOME", str(folder / "home"))
+    monkeypatch.setenv("BERTH_CONFIG_DIR", str(folder / "config"))
+    monkeypatch.chdir(folder)
     return Settings()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return isolate(monkeypatch, tmp_path)
 
 
 @contextmanager
@@ -158,6 +168,25 @@ def churn_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 
     model, sample, signature, _metrics = train(tmp_path_factory.mktemp("churn"))
     return model, sample, signature
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory: pytest.TempPathFactory) -> Network:
+    """An MLP trained on tabular rows, with its class file, state_dict and labelled rows."""
+    pytest.importorskip("torch")
+    from tests.torch_networks import mlp
+
+    return mlp(tmp_path_factory.mktemp("mlp"))
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> Network:
+    """A CNN trained on images of bars and blobs, with its class file, state_dict and labelled
+    images."""
+    pytest.importorskip("torch")
+    from tests.torch_networks import cnn
+
+    return cnn(tmp_path_factory.mktemp("cnn"))
 
 
 def register_iris(
@@ -295,11 +324,9 @@ class Outcome:
 Run = Callable[..., Outcome]
 
 
-@pytest.fixture
-def run(
-    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Run]:
-    """The `berth` command in process, through its real entry point."""
+def in_process_cli(monkeypatch: pytest.MonkeyPatch, read: Callable[[], tuple[str, str]]) -> Run:
+    """The `berth` command in process, through its real entry point; `read` returns (and
+    forgets) what was printed to stdout and stderr since it was last called."""
     from berth.cli import context
     from berth.cli.main import main
 
@@ -325,9 +352,34 @@ def run(
         finally:
             root.handlers[:] = handlers
             root.setLevel(level)
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
+        out, err = read()
+        return Outcome(code, out, err)
 
-    yield invoke
+    return invoke
+
+
+@pytest.fixture
+def run(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Run]:
+    """The `berth` command in process, through its real entry point."""
+    from berth.cli import context
+
+    def read() -> tuple[str, str]:
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    yield in_process_cli(monkeypatch, read)
     context.settings.cache_clear()
     context.registry.cache_clear()
+
+
+def one_line_error(outcome: Outcome, fragment: str) -> None:
+    """A command failed as users should see it fail: exit code 1 and one line `error: ...`
+    holding `fragment`, no traceback."""
+    assert outcome.code == 1, outcome
+    assert "Traceback" not in outcome.err
+    lines = outcome.err.strip().splitlines()
+    assert len(lines) == 1, outcome.err
+    assert lines[0].startswith("error: "), outcome.err
+    assert fragment in lines[0], outcome.err

@@ -27,7 +27,7 @@ from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from tests.cli_modes import UNUSABLE_DATABASE, threaded_server
-from tests.conftest import Outcome, Run
+from tests.conftest import Outcome, Run, one_line_error
 from tests.ports import free_port
 
 PYTHON_MODEL = """
@@ -95,15 +95,6 @@ def python_model(tmp_path: Path) -> Path:
     (folder / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"stale")
     np.save(tmp_path / "rows.npy", np.ones((3, 2)))
     return folder
-
-
-def _one_line(outcome: Outcome, fragment: str) -> None:
-    assert outcome.code == 1, outcome
-    assert "Traceback" not in outcome.err
-    lines = outcome.err.strip().splitlines()
-    assert len(lines) == 1, outcome.err
-    assert lines[0].startswith("error: "), outcome.err
-    assert fragment in lines[0], outcome.err
 
 
 def test_every_models_command_prints_the_same_in_both_modes(
@@ -248,7 +239,7 @@ def test_a_file_changing_during_the_upload_registers_nothing(
 
     monkeypatch.setattr(upload, "_read", appended_to_midway)
     outcome = remotely("models", "register", "iris", str(model), "--trust-pickle")
-    _one_line(outcome, "changed while it was being sent; nothing was registered")
+    one_line_error(outcome, "changed while it was being sent; nothing was registered")
     registry = server.registry()
     assert registry.list_models() == []
     registry.db.dispose()
@@ -268,7 +259,7 @@ def test_a_key_without_the_admin_scope_is_one_line(
         ["models", "optimize", "iris:1"],
     ):
         refused = remotely(*command, key=server.reader)
-        _one_line(refused, f"{server.url} refused: key 'reader' may not administer Berth")
+        one_line_error(refused, f"{server.url} refused: key 'reader' may not administer Berth")
         assert server.reader not in refused.err
     assert remotely("models", "list", key=server.reader).code == 0
 
@@ -285,7 +276,7 @@ def test_an_unreachable_server_is_one_line(
         ["models", "optimize", "iris:1"],
         ["models", "drift", "iris"],
     ):
-        _one_line(remotely(*command, url=nowhere), f"cannot reach {nowhere}: ")
+        one_line_error(remotely(*command, url=nowhere), f"cannot reach {nowhere}: ")
 
 
 def test_deleting_a_whole_model_over_the_api_needs_its_name_twice(
@@ -370,4 +361,6 @@ def test_an_upload_over_the_server_limit_is_one_line(
         monkeypatch.setenv("BERTH_API_KEY", admin)
         monkeypatch.setenv("BERTH_DATABASE_URL", UNUSABLE_DATABASE)
         refused = run("models", "register", "big", str(big), "--trust-pickle")
-    _one_line(refused, f"{url} answered 413: the upload is larger than the limit of 262144 bytes")
+    one_line_error(
+        refused, f"{url} answered 413: the upload is larger than the limit of 262144 bytes"
+    )

@@ -81,6 +81,9 @@ def _gemms_as_matmuls(onnx: Any, model: Any) -> int:
     Add(MatMul(A, B'), C), B' the weights in the orientation MatMul takes; how many were."""
     numpy_helper = onnx.numpy_helper
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    # Weights already written in MatMul's orientation, by name: Gemms sharing weights (tied
+    # layers) share one copy, as a graph may not define a name twice.
+    transposed: dict[str, str] = {}
     nodes, rewritten = [], 0
     for node in model.graph.node:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -93,11 +96,13 @@ def _gemms_as_matmuls(onnx: Any, model: Any) -> int:
         ):
             nodes.append(node)
             continue
-        matrix = numpy_helper.to_array(weights[node.input[1]])
+        name = node.input[1]
         if attributes.get("transB", 0):
-            matrix = matrix.T.copy()
-        name = f"{node.input[1]}_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(matrix, name))
+            if name not in transposed:
+                matrix = numpy_helper.to_array(weights[name]).T.copy()
+                transposed[name] = f"{name}_matmul"
+                model.graph.initializer.append(numpy_helper.from_array(matrix, transposed[name]))
+            name = transposed[name]
         has_bias = len(node.input) > 2 and node.input[2]
         product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], name], [product]))

@@ -46,6 +46,7 @@ with an older runtime than this machine's still load the graph."""
 
 PRUNABLE = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 """Layer types whose weights are pruned (by class name, which TorchScript modules keep)."""
+_PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 EXPORT_ROWS = 4
 
@@ -174,7 +175,7 @@ def prune(module: Any, amount: float) -> Pruned:
     with torch.no_grad():
         for layer in pruned.modules():
             weight = getattr(layer, "weight", None)
-            if _layer_type(layer) not in PRUNABLE or not isinstance(weight, torch.Tensor):
+            if not _prunable(layer) or not isinstance(weight, torch.Tensor):
                 continue
             mask = method.compute_mask(weight, default_mask=torch.ones_like(weight))  # type: ignore[no-untyped-call]
             weight.mul_(mask)
@@ -200,6 +201,11 @@ def module_folder(
     written = {**manifest, "weights": weights}
     (folder / TORCH_MODULE_MANIFEST).write_text(json.dumps(written, indent=2) + "\n")
     return folder
+
+
+def _prunable(layer: Any) -> bool:
+    # Subclasses count: nn.MultiheadAttention's out_proj is one of nn.Linear, for instance.
+    return isinstance(layer, _PRUNABLE_TYPES) or _layer_type(layer) in PRUNABLE
 
 
 def _layer_type(layer: Any) -> str:
