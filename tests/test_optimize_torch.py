@@ -521,7 +521,7 @@ def test_optimizing_wrongly_is_one_line(
     np.savez(tmp_path / "unnamed.npz", rows=rows)
     prune = ["--prune", "0.3"]
     cases = [
-        (["iris:1", *prune], "--prune zeroes the weights of torch networks; iris:1 is a sklearn"),
+        (["iris:1", *prune], "--prune zeroes the weights of torch networks; iris:1 is not one (flavor sklearn)"),
         (["mlp:1", "--to", "torch"], "--to torch keeps mlp:1's own form, so it needs --prune"),
         (["mlp:2", "--to", "torchscript"], "--to torchscript makes a PyTorch form, and mlp:2 is"),
         (["mlp:1", "--torchscript", "--to", "onnx"], "--torchscript asks for --to torchscript"),

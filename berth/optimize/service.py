@@ -186,13 +186,13 @@ def choose_target(
     if source.flavor != "torch":
         if to not in (None, "onnx"):
             raise InvalidInput(
-                f"--to {to} makes a PyTorch form, and {source.ref} is a {source.flavor} model; "
-                "it optimizes to onnx"
+                f"--to {to} makes a PyTorch form, and {source.ref} is not a torch network "
+                f"(flavor {source.flavor}); it optimizes to onnx"
             )
         if prune is not None:
             raise InvalidInput(
-                f"--prune zeroes the weights of torch networks; {source.ref} is a "
-                f"{source.flavor} model"
+                f"--prune zeroes the weights of torch networks; {source.ref} is not one "
+                f"(flavor {source.flavor})"
             )
         return "onnx"
     target = to or ("torch" if prune is not None and quantize is None else "onnx")
