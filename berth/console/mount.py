@@ -17,12 +17,14 @@ from berth.console.session import SessionSealer
 from berth.console.traffic import TrafficHistory
 
 STATIC = Path(__file__).parent / "static"
+ROUTERS = (sign_in.router, pages.router, actions.router)
+"""Every console route (the console's auth matrix test enumerates them from here)."""
 
 
 def console_extension(config: ConsoleConfig) -> Extension:
     def attach(app: FastAPI, svc: Services) -> None:
         app.state.console = Console(config, SessionSealer(svc.keys.secret), TrafficHistory())
-        for router in (sign_in.router, pages.router, actions.router):
+        for router in ROUTERS:
             app.include_router(router)
         app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
 
