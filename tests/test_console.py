@@ -4,16 +4,19 @@ and the rollout actions, against the served app (API + console) and a real SQLit
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from berth.config import Settings
 from berth.console.session import COOKIE, Session, SessionSealer
+from berth.console.traffic import TrafficHistory
 from berth.rollouts.canary_analysis import Check, Verdict
 from berth.rollouts.service import RolloutService
 from berth.security.config import KeyConfig
 from berth.security.keys import server_secret
+from berth.serving.route_window import RouteWindow
 from berth.store.audit import AuditLog
 from tests.console_client import ConsoleSetup, console_app, csrf_of
 
@@ -203,6 +206,39 @@ def test_overview_shows_health_models_rollouts_and_traffic(console: ConsoleSetup
     assert fragment.status_code == 200
     assert fragment.text.lstrip().startswith('<div id="live"')
     assert "<html" not in fragment.text
+
+
+def test_charts_get_their_points_from_route_stats_readings(console: ConsoleSetup) -> None:
+    console.sign_in("reader")
+    page = console.client.get("/console/endpoints/iris")
+    assert 'data-chart="/console/series/endpoints/iris"' in page.text
+    assert '<script src="/console/static/uPlot.iife.min.js" defer></script>' in page.text
+    dataplane = console.client.app.state.services.dataplane  # type: ignore[attr-defined]
+    now = [1_000_000.0]
+    state = console.client.app.state  # type: ignore[attr-defined]
+    state.console = replace(state.console, history=TrafficHistory(clock=lambda: now[0]))
+    series = []
+    for calls in (0, 2, 5):
+        for _ in range(calls):
+            answer = console.client.post(
+                "/api/v1/endpoints/iris/predict",
+                json={"features": IRIS_ROW},
+                headers={"X-API-Key": console.secrets["admin"]},
+            )
+            assert answer.status_code == 200
+        console.client.portal.call(dataplane.route_stats.flush)  # type: ignore[union-attr]
+        series.append(console.client.get("/console/series/endpoints/iris").json())
+        now[0] += 5.0  # the chart polls every 5 s
+    assert series[0] == {"t": [], "rps": [], "p99_ms": []}
+    assert series[1]["rps"] == [0.4]  # 2 requests in 5 s
+    latest = series[-1]
+    assert latest["t"] == [1_000_005.0, 1_000_010.0]
+    assert latest["rps"] == [0.4, 1.0]
+    assert latest["p99_ms"][-1] is not None
+    overall = console.client.get("/console/series/overview")
+    assert overall.status_code == 200
+    assert set(overall.json()) == {"t", "rps", "p99_ms"}
+    assert console.client.get("/console/series/endpoints/nope").status_code == 404
 
 
 def test_model_and_version_pages(console: ConsoleSetup) -> None:
@@ -415,3 +451,20 @@ def test_static_and_template_files_are_package_data() -> None:
     for path in files:
         relative = path.relative_to(root / "berth").as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+
+
+def test_rates_come_from_readings_over_the_last_minute() -> None:
+    now = [0.0]
+    history = TrafficHistory(clock=lambda: now[0])
+    assert history.rate("e") is None
+    for at, requests in ((0.0, 0), (30.0, 30), (30.5, 999), (90.0, 150)):
+        now[0] = at
+        history.note("e", RouteWindow(requests=requests))
+    rate = history.rate("e")
+    assert rate is not None
+    assert rate.seconds == 60.0  # from the reading at 30 s; the one at 30.5 s was too soon
+    assert rate.per_second == 2.0
+    assert [p.per_second for p in history.points("e")] == [1.0, 2.0]
+    now[0] = 90.0 + 16 * 60
+    history.note("e", RouteWindow(requests=150))
+    assert len(history.points("e")) == 0  # older readings than a quarter of an hour are gone

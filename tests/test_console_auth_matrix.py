@@ -31,6 +31,8 @@ PAGES = {
     ("GET", "/console/models/{name}/versions/{version}"),
     ("GET", "/console/endpoints/{name}"),
     ("GET", "/console/fragments/endpoints/{name}"),
+    ("GET", "/console/series/overview"),
+    ("GET", "/console/series/endpoints/{name}"),
     ("GET", "/console/rollouts"),
     ("GET", "/console/rollouts/{id}"),
     ("GET", "/console/fragments/rollouts/{id}"),

@@ -9,13 +9,13 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from berth.api.v1 import version_number
 from berth.console import views
 from berth.console.guard import Viewer, console_of, viewer
 from berth.console.handling import PREFIX, handled
-from berth.console.render import page
+from berth.console.render import HEADERS, page
 from berth.registry.references import check_name
 from berth.rollouts.names import STRATEGIES
 
@@ -64,6 +64,27 @@ async def overview_fragment(request: Request) -> Response:
     history = console_of(request).history
     found = await _run(lambda: views.overview(svc, history))
     return _show(request, who, "overview_numbers.html", "Overview", o=found)
+
+
+@router.get("/series/overview")
+@handled
+async def overview_series(request: Request) -> Response:
+    """The overview chart's points (uPlot, drawn by console.js)."""
+    svc, _who = await viewer(request)
+    history = console_of(request).history
+    found = await _run(lambda: views.series(svc, history, None))
+    return JSONResponse(found, headers=HEADERS)
+
+
+@router.get("/series/endpoints/{name}")
+@handled
+async def endpoint_series(request: Request) -> Response:
+    name = request.path_params["name"]
+    check_name("endpoint", name)
+    svc, _who = await viewer(request)
+    history = console_of(request).history
+    found = await _run(lambda: views.series(svc, history, name))
+    return JSONResponse(found, headers=HEADERS)
 
 
 @router.get("/models")

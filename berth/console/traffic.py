@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from berth.serving.route_window import RouteWindow
@@ -48,11 +49,12 @@ class Point:
 class TrafficHistory:
     """Readings of running totals per key (an endpoint, or "" for everything)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._readings: dict[str, deque[tuple[float, RouteWindow]]] = {}
 
-    def note(self, key: str, totals: RouteWindow, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def note(self, key: str, totals: RouteWindow) -> None:
+        now = self.clock()
         readings = self._readings.setdefault(key, deque())
         if readings and now - readings[-1][0] < MIN_GAP_SECONDS:
             return

@@ -97,6 +97,24 @@ def overview(svc: Services, history: TrafficHistory) -> Overview:
     )
 
 
+def series(svc: Services, history: TrafficHistory, endpoint: str | None) -> dict[str, Any]:
+    """A chart's points: requests per second and p99 between successive readings."""
+    if endpoint is None:
+        totals = read_all_totals(svc.registry.db)
+        key = EVERYTHING
+        history.note(key, combined(w for routes in totals.values() for w in routes.values()))
+    else:
+        EndpointService(svc.registry).get(endpoint)  # NotFound for an unknown endpoint
+        key = endpoint
+        history.note(key, combined(read_totals(svc.registry.db, endpoint).values()))
+    points = history.points(key)
+    return {
+        "t": [round(p.at, 3) for p in points],
+        "rps": [round(p.per_second, 4) for p in points],
+        "p99_ms": [None if p.p99_ms is None else round(p.p99_ms, 3) for p in points],
+    }
+
+
 def models(svc: Services) -> list[ModelInfo]:
     return svc.registry.list_models()
 
