@@ -468,3 +468,63 @@ def test_rates_come_from_readings_over_the_last_minute() -> None:
     now[0] = 90.0 + 16 * 60
     history.note("e", RouteWindow(requests=150))
     assert len(history.points("e")) == 0  # older readings than a quarter of an hour are gone
+
+
+def test_admin_resumes_aborts_and_rolls_back_with_confirmation(console: ConsoleSetup) -> None:
+    rid = console.rollout_id
+    service = RolloutService(console.registry)
+    console.sign_in("admin")
+
+    def press(number: int, action: str) -> None:
+        confirm = console.client.get(f"/console/rollouts/{number}/confirm/{action}")
+        assert confirm.status_code == 200, confirm.text
+        done = console.client.post(
+            f"/console/rollouts/{number}/{action}",
+            data={"csrf": csrf_of(confirm.text)},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303, done.text
+
+    press(rid, "pause")
+    press(rid, "resume")
+    assert service.get(rid).status == "running"
+    press(rid, "abort")
+    assert service.get(rid).status == "aborted"
+    again = service.start("iris", "iris:2", "canary").rollout.id
+    press(again, "rollback")
+    rolled = service.get(again)
+    assert rolled.status == "rolled_back"
+    assert rolled.reason == "rolled back from the console"
+    audited = _audit(console)
+    for action in ("pause", "resume", "abort", "rollback"):
+        assert ("console:admin", f"rollout.{action}", "ok") in audited
+
+
+def test_lineage_and_shadow_agreement_are_shown(
+    console: ConsoleSetup, iris_files: tuple[Path, Path]
+) -> None:
+    from berth.registration.service import RegisterRequest, register
+    from berth.registry.endpoints import EndpointService
+    from berth.registry.versions import Lineage
+
+    model, sample = iris_files
+    register(
+        console.registry,
+        RegisterRequest(
+            name="iris",
+            path=model,
+            sample=sample,
+            trust_pickle=True,
+            lineage=Lineage("iris", 1, {"method": "onnx"}),
+        ),
+    )
+    RolloutService(console.registry).abort("iris")
+    EndpointService(console.registry).set_shadow("iris", "iris:3", 50.0)
+    console.sign_in("reader")
+    derived = console.client.get("/console/models/iris/versions/3").text
+    assert 'href="/console/models/iris/versions/1">iris:1</a> · method: onnx' in derived
+    assert "shadow, 50%" in derived
+    source = console.client.get("/console/models/iris/versions/1").text
+    assert "iris:3" in source
+    endpoint = console.client.get("/console/endpoints/iris").text
+    assert "Shadow iris:3 (50% mirrored)" in endpoint
