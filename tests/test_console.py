@@ -528,3 +528,46 @@ def test_lineage_and_shadow_agreement_are_shown(
     assert "iris:3" in source
     endpoint = console.client.get("/console/endpoints/iris").text
     assert "Shadow iris:3 (50% mirrored)" in endpoint
+
+
+def test_a_live_fragment_without_a_session_sends_the_window_to_sign_in(
+    console: ConsoleSetup,
+) -> None:
+    answer = console.client.get(
+        "/console/fragments/endpoints/iris",
+        headers={
+            "HX-Request": "true",
+            "HX-Current-URL": "http://testserver/console/endpoints/iris",
+        },
+        follow_redirects=False,
+    )
+    assert answer.status_code == 401  # htmx swaps nothing on a 401
+    assert answer.headers["HX-Redirect"] == "/console/sign-in?next=/console/endpoints/iris"
+    elsewhere = console.client.get(
+        "/console/fragments/overview",
+        headers={"HX-Request": "true", "HX-Current-URL": "https://evil.example/x"},
+        follow_redirects=False,
+    )
+    assert elsewhere.headers["HX-Redirect"] == "/console/sign-in?next=/console"
+
+
+def test_no_secret_reaches_the_logs(
+    console: ConsoleSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    console.sign_in("admin")
+    console.client.get("/console")
+    console.client.get(f"/console/rollouts/{console.rollout_id}")
+    form = console.client.get("/console/sign-in")
+    console.client.post(
+        "/console/sign-in",
+        data={"credential": console.secrets["reader"] + "x", "csrf": csrf_of(form.text)},
+    )
+    _audit(console)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "console.sign_in" in logged  # the audit line was captured
+    for secret in console.secrets.values():
+        assert secret.split("_", 2)[2] not in logged
+    assert console.client.cookies[COOKIE] not in logged

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -46,11 +46,15 @@ def handled(handler: Handler) -> Handler:
 
 
 def _sign_in_needed(request: Request, exc: SignInNeeded) -> Response:
-    if request.method == "GET":
-        target = f"{PREFIX}/sign-in?next={quote(request.url.path, safe='/')}"
-        response: Response = RedirectResponse(target, status_code=303, headers=HEADERS)
-        if request.headers.get("hx-request"):
-            response.headers["HX-Redirect"] = target
+    response: Response
+    if request.headers.get("hx-request"):
+        # A live fragment: a redirect would be followed inside the request and the sign-in page
+        # swapped into the fragment's place; htmx sends the whole window there instead.
+        shown = urlsplit(request.headers.get("hx-current-url", "")).path
+        back = shown if shown.startswith(PREFIX) else PREFIX
+        response = Response(status_code=401, headers={**HEADERS, "HX-Redirect": _sign_in(back)})
+    elif request.method == "GET":
+        response = RedirectResponse(_sign_in(request.url.path), status_code=303, headers=HEADERS)
     else:
         response = page(
             "error.html",
@@ -62,3 +66,7 @@ def _sign_in_needed(request: Request, exc: SignInNeeded) -> Response:
     if exc.message:  # the cookie names a credential the API no longer accepts
         response.delete_cookie(COOKIE, path=PREFIX)
     return response
+
+
+def _sign_in(back: str) -> str:
+    return f"{PREFIX}/sign-in?next={quote(back, safe='/')}"
