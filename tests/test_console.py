@@ -12,6 +12,7 @@ import pytest
 from berth.config import Settings
 from berth.console.session import COOKIE, Session, SessionSealer
 from berth.console.traffic import TrafficHistory
+from berth.errors import Conflict
 from berth.rollouts.canary_analysis import Check, Verdict
 from berth.rollouts.service import RolloutService
 from berth.security.config import KeyConfig
@@ -571,3 +572,14 @@ def test_no_secret_reaches_the_logs(
     for secret in console.secrets.values():
         assert secret.split("_", 2)[2] not in logged
     assert console.client.cookies[COOKIE] not in logged
+
+
+def test_an_action_confirmed_for_one_rollout_never_applies_to_a_newer_one(
+    console: ConsoleSetup,
+) -> None:
+    service = RolloutService(console.registry)
+    old = service.get(console.rollout_id)
+    with pytest.raises(Conflict, match="no longer in progress"):
+        service.pause("iris", rollout_id=old.id + 1)
+    assert service.get(old.id).status == "running"
+    assert service.pause("iris", rollout_id=old.id).status == "paused"

@@ -4,7 +4,7 @@ Each button leads to a confirmation page (no script needed); its form posts the 
 session's CSRF token. The post calls the same `RolloutService` method as the admin API's
 `POST /api/v1/endpoints/NAME/rollout/ACTION`, with `console:<name>` as the actor, so the action
 and its audit record commit together. A post names the rollout it was confirmed for: if another
-rollout has started on the endpoint since, it is refused rather than applied to that one.
+rollout has started on the endpoint since, the service refuses it rather than act on that one.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from berth.rollouts.service import RolloutInfo, RolloutService
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 Act = Callable[[RolloutService, str, dict[str, Any]], RolloutInfo]
+"""(service, endpoint, actor/address/rollout_id) -> the rollout after the action."""
 
 ACTS: dict[str, Act] = {
     "promote": lambda r, e, who: r.promote(e, **who),
@@ -83,7 +84,8 @@ async def act(request: Request) -> Response:
         info = service.get(number)
         if not info.active:
             raise Conflict(f"rollout {number} is {info.status}; nothing to {action}")
-        return ACTS[action](service, info.endpoint, actor)
+        # The service checks again, under the row lock, that this is the rollout in progress.
+        return ACTS[action](service, info.endpoint, {**actor, "rollout_id": number})
 
     await anyio.to_thread.run_sync(run)
     return RedirectResponse(f"{PREFIX}/rollouts/{number}", status_code=303, headers=HEADERS)
