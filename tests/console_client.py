@@ -4,6 +4,7 @@ with keys of each scope, an endpoint and a canary rollout of iris:1 → iris:2."
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,3 +79,15 @@ def console_app(
     with TestClient(app) as client:
         yield ConsoleSetup(client, registry, keys, secrets, started.rollout.id)
     registry.db.dispose()
+
+
+def wait_for_requests(setup: ConsoleSetup, endpoint: str, count: int) -> None:
+    """Until the shared route stats hold `count` requests of `endpoint`. The server writes them
+    in the background: a flush asked for meanwhile can find nothing left to write and return
+    before the background write has committed."""
+    from berth.serving.route_stats import combined, read_totals
+
+    deadline = time.monotonic() + 10
+    while combined(read_totals(setup.registry.db, endpoint).values()).requests < count:
+        assert time.monotonic() < deadline, f"route stats never reached {count} requests"
+        time.sleep(0.02)

@@ -19,7 +19,7 @@ from berth.security.config import KeyConfig
 from berth.security.keys import server_secret
 from berth.serving.route_window import RouteWindow
 from berth.store.audit import AuditLog
-from tests.console_client import ConsoleSetup, console_app, csrf_of
+from tests.console_client import ConsoleSetup, console_app, csrf_of, wait_for_requests
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -194,8 +194,7 @@ def test_overview_shows_health_models_rollouts_and_traffic(console: ConsoleSetup
             headers={"X-API-Key": console.secrets["admin"]},
         )
         assert answer.status_code == 200, answer.text
-    dataplane = console.client.app.state.services.dataplane  # type: ignore[attr-defined]
-    console.client.portal.call(dataplane.route_stats.flush)  # type: ignore[union-attr]
+    wait_for_requests(console, "iris", 3)
     page = console.client.get("/console")
     assert page.status_code == 200
     text = page.text
@@ -214,11 +213,11 @@ def test_charts_get_their_points_from_route_stats_readings(console: ConsoleSetup
     page = console.client.get("/console/endpoints/iris")
     assert 'data-chart="/console/series/endpoints/iris"' in page.text
     assert '<script src="/console/static/uPlot.iife.min.js" defer></script>' in page.text
-    dataplane = console.client.app.state.services.dataplane  # type: ignore[attr-defined]
     now = [1_000_000.0]
     state = console.client.app.state  # type: ignore[attr-defined]
     state.console = replace(state.console, history=TrafficHistory(clock=lambda: now[0]))
     series = []
+    sent = 0
     for calls in (0, 2, 5):
         for _ in range(calls):
             answer = console.client.post(
@@ -227,7 +226,8 @@ def test_charts_get_their_points_from_route_stats_readings(console: ConsoleSetup
                 headers={"X-API-Key": console.secrets["admin"]},
             )
             assert answer.status_code == 200
-        console.client.portal.call(dataplane.route_stats.flush)  # type: ignore[union-attr]
+        sent += calls
+        wait_for_requests(console, "iris", sent)
         series.append(console.client.get("/console/series/endpoints/iris").json())
         now[0] += 5.0  # the chart polls every 5 s
     assert series[0] == {"t": [], "rps": [], "p99_ms": []}
