@@ -139,6 +139,15 @@ class Settings(BaseSettings):
     docs: Literal["authenticated", "public", "off"] = "authenticated"
     """API docs at /docs and /openapi.json: `authenticated` (the page is open, the document needs a valid key), `public`, or `off`."""
 
+    console: bool = True
+    """The browser console at /console (sign in with an API key or a JWT); false leaves it out of the server."""
+
+    console_read_only: bool = False
+    """The console shows everything but offers and accepts no action (`berth serve --console-read-only`)."""
+
+    console_session_seconds: float = Field(default=8 * 3600, gt=0, le=7 * 86_400)
+    """How long a console sign-in lasts; the key or token is checked again on every page either way."""
+
     refresh_seconds: float = Field(default=1.0, gt=0)
     """How often a server re-reads aliases and keys from the registry (revocations apply within it)."""
 

@@ -57,7 +57,7 @@ def test_a_killed_worker_is_replaced_by_a_fork_of_the_preloaded_server(
         assert forkserver != server.pid
         assert parent_of(forkserver) == server.pid
         assert "forkserver" in command_of(forkserver)
-        assert "berth.api.app" in command_of(forkserver)
+        assert "berth.server" in command_of(forkserver)
         assert set(first) <= set(children_of(forkserver))
 
         os.kill(first[0], signal.SIGKILL)

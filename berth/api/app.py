@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -42,11 +42,10 @@ from berth.api.middleware.request_body import RequestBodyMiddleware
 from berth.api.middleware.request_id import RequestIdMiddleware
 from berth.api.middleware.tracing import TracingMiddleware
 from berth.api.services import Services
-from berth.config import Settings, load_settings
+from berth.config import Settings
 from berth.monitoring.config import DriftConfig, PerformanceConfig, PredictionLogConfig
 from berth.monitoring.log_fields import bind_prediction
 from berth.monitoring.prediction_metrics import PredictionMetrics
-from berth.observability import tracing
 from berth.registry.references import DEFAULT_ALIAS
 from berth.registry.service import Registry
 from berth.rollouts.config import RolloutControllerConfig
@@ -135,7 +134,16 @@ def _rollout_controller(config: RolloutControllerConfig, svc: Services) -> Rollo
     )
 
 
-def create_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:
+Extension = Callable[[FastAPI, Services], None]
+"""Adds routes to the app from an edge above the API (the console): see `berth.server`."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    svc: Services | None = None,
+    extensions: Sequence[Extension] = (),
+) -> FastAPI:
+    """The API app; each of `extensions` then adds its routes, inside the same middleware."""
     settings = settings or Settings()
     svc = svc or build_services(settings)
     http = HttpConfig.from_settings(settings)
@@ -198,6 +206,8 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     for router in routers:
         app.include_router(router)
     docs.attach(app, http.docs)
+    for extend in extensions:
+        extend(app, svc)
     monitoring = feedback.attach(
         app,
         svc,
@@ -228,9 +238,3 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
 def _streamed(scope: Scope) -> bool:
     """Whether a request's route streams its body itself (uploads: big, and timed apart)."""
     return model_upload.is_upload(scope) or model_validation.is_upload(scope)
-
-
-def create_app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` worker processes: settings come from BERTH_* variables."""
-    tracing.configure_from_env()
-    return create_app(load_settings())

@@ -32,12 +32,17 @@ class Authenticator:
         self.audit = audit
 
     async def principal(self, request: Request) -> Principal:
+        return await self.authenticate(request, presented_credentials(request))
+
+    async def authenticate(self, request: Request, credentials: str | None) -> Principal:
+        """`principal` for credentials carried another way (the console's session cookie):
+        the same verification, rate limit and audit of failures as a header's."""
         if self.keys is None:
             await self.limit_address(request)
             return DEV_PRINCIPAL
         try:
             with tracing.span("auth"):
-                principal = await self._verify(presented_credentials(request))
+                principal = await self._verify(credentials)
         except Unauthenticated as exc:
             self._audit_failure(request, exc)
             raise

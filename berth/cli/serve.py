@@ -38,6 +38,7 @@ class ServerOptions:
     tls_key: Path | None = None
     follow_production: bool = False
     """`served` are today's production models; serve models given the alias later too."""
+    console_read_only: bool = False
 
     @property
     def scheme(self) -> str:
@@ -53,6 +54,8 @@ class ServerOptions:
             "BERTH_WORKERS": str(self.workers),
             "BERTH_DEV": "1" if self.dev else "0",
         }
+        if self.console_read_only:
+            env["BERTH_CONSOLE_READ_ONLY"] = "1"
         if self.tls_cert and self.tls_key:
             env["BERTH_TLS_CERT_FILE"] = str(self.tls_cert)
             env["BERTH_TLS_KEY_FILE"] = str(self.tls_key)
@@ -97,6 +100,12 @@ def serve(
         help="With --bundle: the baked model is a pickle you trust (the bundle's own manifest "
         "cannot vouch for itself).",
     ),
+    console_read_only: bool = typer.Option(
+        False,
+        "--console-read-only",
+        help="The browser console at /console shows everything but offers and accepts no "
+        "action (BERTH_CONSOLE_READ_ONLY; BERTH_CONSOLE=false leaves it out).",
+    ),
     allow_empty: bool = typer.Option(
         False,
         "--allow-empty",
@@ -104,7 +113,7 @@ def serve(
         "remote `berth` and CI) and models are served as they get one.",
     ),
 ) -> None:
-    """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2.
+    """Serve models: Berth v1 at /api/v1, Open Inference Protocol v2 at /v2, a console at /console.
 
     Every endpoint in the registry is served too, and the rollout controller runs inside.
 
@@ -136,6 +145,7 @@ def serve(
         tls_cert=tls_cert or current.tls_cert_file,
         tls_key=tls_key or current.tls_key_file,
         follow_production=follow,
+        console_read_only=console_read_only or current.console_read_only,
     )
     if engine is Engine.ray:
         _serve_on_ray(options, address, detach)

@@ -42,7 +42,7 @@ def run(settings: Settings) -> None:
         fork_workers_from_preloaded_server()
     with _worker_metrics(settings.workers):
         uvicorn.run(
-            "berth.api.app:create_app_from_env",
+            "berth.server:create_app_from_env",
             factory=True,
             host=settings.host,
             port=settings.port,

@@ -16,7 +16,7 @@ import multiprocessing
 
 import uvicorn._subprocess
 
-PRELOAD = ("berth.api.app", "skops.io")
+PRELOAD = ("berth.server", "skops.io")
 """Imported once in the forkserver; a module that is not installed is skipped."""
 
 

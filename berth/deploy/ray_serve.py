@@ -1,6 +1,6 @@
 """Berth as a Ray Serve application: every replica runs the server's own ASGI app.
 
-A replica builds `berth.api.app.create_app_from_env()` inside its own process, from the `BERTH_*`
+A replica builds `berth.server.create_app_from_env()` inside its own process, from the `BERTH_*`
 variables of its runtime environment, so the API, authentication, rate limits, batching, metrics
 and the rollout controller are exactly those of `berth serve`; Ray Serve only adds replicas and
 spreads requests over them. The app's lifespan (model loading, background tasks) runs in each
@@ -39,7 +39,7 @@ class BerthReplica:
         if shared:
             os.makedirs(shared, exist_ok=True)
         # Imported here: the driver that deploys this class needs none of the serving stack.
-        from berth.api.app import create_app_from_env
+        from berth.server import create_app_from_env
 
         return create_app_from_env()
 

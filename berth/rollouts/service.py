@@ -307,7 +307,12 @@ class RolloutService:
     # acting by hand ----------------------------------------------------------------------
 
     def pause(
-        self, endpoint: str, *, actor: str | None = None, address: str | None = None
+        self,
+        endpoint: str,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
         def change(info: RolloutInfo, _now: datetime) -> Change:
             if info.status == s.PAUSED:
@@ -316,10 +321,15 @@ class RolloutService:
                 )
             return Change(s.PAUSED, info.phase, info.state, "paused", "paused by hand")
 
-        return self._by_hand(endpoint, "rollout.pause", change, actor, address)
+        return self._by_hand(endpoint, "rollout.pause", change, actor, address, rollout_id)
 
     def resume(
-        self, endpoint: str, *, actor: str | None = None, address: str | None = None
+        self,
+        endpoint: str,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
         def change(info: RolloutInfo, now: datetime) -> Change:
             if info.status != s.PAUSED:
@@ -329,10 +339,15 @@ class RolloutService:
             state.pop("baseline", None)
             return Change(s.RUNNING, info.phase, state, "resumed", "resumed by hand")
 
-        return self._by_hand(endpoint, "rollout.resume", change, actor, address)
+        return self._by_hand(endpoint, "rollout.resume", change, actor, address, rollout_id)
 
     def promote(
-        self, endpoint: str, *, actor: str | None = None, address: str | None = None
+        self,
+        endpoint: str,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
         """Canary: straight to 100% and done. Blue-green: switch (before it) or finalize."""
 
@@ -341,10 +356,15 @@ class RolloutService:
                 return switch_change(info, now, "switched by hand")
             return promotion_change(info, now, "promoted by hand")
 
-        return self._by_hand(endpoint, "rollout.promote", change, actor, address)
+        return self._by_hand(endpoint, "rollout.promote", change, actor, address, rollout_id)
 
     def finalize(
-        self, endpoint: str, *, actor: str | None = None, address: str | None = None
+        self,
+        endpoint: str,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
         def change(info: RolloutInfo, now: datetime) -> Change:
             if info.strategy != s.BLUE_GREEN or info.phase != s.SWITCHED:
@@ -355,7 +375,7 @@ class RolloutService:
                 )
             return promotion_change(info, now, "finalized by hand: blue unloaded")
 
-        return self._by_hand(endpoint, "rollout.finalize", change, actor, address)
+        return self._by_hand(endpoint, "rollout.finalize", change, actor, address, rollout_id)
 
     def rollback(
         self,
@@ -364,19 +384,25 @@ class RolloutService:
         actor: str | None = None,
         address: str | None = None,
         reason: str = "rolled back by hand",
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
         def change(info: RolloutInfo, now: datetime) -> Change:
             return rollback_change(info, now, reason, status=s.ROLLED_BACK)
 
-        return self._by_hand(endpoint, "rollout.rollback", change, actor, address)
+        return self._by_hand(endpoint, "rollout.rollback", change, actor, address, rollout_id)
 
     def abort(
-        self, endpoint: str, *, actor: str | None = None, address: str | None = None
+        self,
+        endpoint: str,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
         def change(info: RolloutInfo, now: datetime) -> Change:
             return rollback_change(info, now, "aborted by hand", status=s.ABORTED)
 
-        return self._by_hand(endpoint, "rollout.abort", change, actor, address)
+        return self._by_hand(endpoint, "rollout.abort", change, actor, address, rollout_id)
 
     def _by_hand(
         self,
@@ -385,7 +411,10 @@ class RolloutService:
         change: Callable[[RolloutInfo, datetime], Change],
         actor: str | None,
         address: str | None,
+        rollout_id: int | None = None,
     ) -> RolloutInfo:
+        """`change` applied to the endpoint's rollout in progress; with `rollout_id`, only if
+        that is the one (a console page confirmed for it must not act on a newer one)."""
         check_name("endpoint", endpoint)
         event = audit.event(actor, address, action, endpoint)
         with audit.AuditLog(self.db).refusals(event), self.db.session(write=True) as session:
@@ -398,6 +427,11 @@ class RolloutService:
                 raise NotFound(
                     f"endpoint '{endpoint}' has no rollout in progress; see "
                     f"`berth rollout status {endpoint}`"
+                )
+            if rollout_id is not None and row.id != rollout_id:
+                raise Conflict(
+                    f"rollout {rollout_id} is no longer in progress on '{endpoint}' (rollout "
+                    f"{row.id} is); look at it before acting"
                 )
             info = _info(row, session)
             applied = change(info, self.clock())

@@ -206,6 +206,43 @@ def read_totals(db: Database, endpoint: str) -> dict[tuple[str, int], RouteWindo
     return found
 
 
+def read_all_totals(db: Database) -> dict[str, dict[tuple[str, int], RouteWindow]]:
+    """`read_totals` of every endpoint at once (one query, for an overview)."""
+    found: dict[str, dict[tuple[str, int], RouteWindow]] = {}
+    with db.session() as session:
+        for row in session.scalars(select(RouteStatsRow)):
+            window = RouteWindow(
+                requests=row.requests,
+                errors=row.errors,
+                latency_counts=tuple(row.latency_counts),
+                latency_sum=row.latency_sum,
+            )
+            routes = found.setdefault(row.endpoint, {})
+            key = (row.model, row.version)
+            routes[key] = _add(routes[key], window) if key in routes else window
+    return found
+
+
+def combined(windows: Iterable[RouteWindow]) -> RouteWindow:
+    """Several windows as one (an endpoint's routes, or every endpoint)."""
+    total = RouteWindow()
+    for window in windows:
+        total = _add(total, window)
+    return total
+
+
+def processes_seen(db: Database, within: timedelta) -> int:
+    """Serving processes (workers of every replica) that wrote their totals within `within`."""
+    since = utcnow() - within
+    with db.session() as session:
+        found = session.scalar(
+            select(func.count(func.distinct(RouteStatsRow.process))).where(
+                RouteStatsRow.updated_at >= since
+            )
+        )
+    return int(found or 0)
+
+
 def read_shadow(db: Database, endpoint: str) -> dict[tuple[str, int], ShadowTotals]:
     with db.session() as session:
         rows = session.execute(
