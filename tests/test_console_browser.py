@@ -223,7 +223,7 @@ def test_operator_signs_in_watches_a_canary_promotes_it_and_a_reader_cannot(
     rollouts = RolloutService(registry)
     # Ten steps of 3 s: the canary climbs for about 30 s before the controller would promote
     # it on its own, time enough to watch one step change and press Promote first.
-    criteria = CanaryCriteria(min_requests=0, max_p99_ratio=0)
+    criteria = CanaryCriteria(min_requests=0, max_p99_ratio=0, max_error_rate=0.01)
     steps = (5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0)
     rollouts.start("iris", "iris:2", "canary", RolloutConfig(steps, 3.0, criteria))
     env = {**os.environ, "BERTH_CONTROLLER_INTERVAL_SECONDS": "0.2", "BERTH_LOG_LEVEL": "warning"}
