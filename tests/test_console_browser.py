@@ -59,12 +59,12 @@ def _browser_missing() -> str | None:
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
     """Headless Chromium at 1280x900; Selenium Manager stays offline (Debian's driver)."""
     missing = _browser_missing()
     if missing is not None:
         require_service("a browser for the console tests", missing)
-    os.environ["SE_OFFLINE"] = "true"
+    monkeypatch.setenv("SE_OFFLINE", "true")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -112,9 +112,14 @@ class Console:
         return str(self.driver.find_element("tag name", "body").text)
 
     def until(self, check: Callable[[], Any], what: str, seconds: float = WAIT) -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
+
         deadline = time.monotonic() + seconds
         while True:
-            found = check()
+            try:
+                found = check()
+            except StaleElementReferenceException:
+                found = None  # the live fragment was swapped under it: look again
             if found:
                 return found
             assert time.monotonic() < deadline, f"the page never showed {what}: {self.text()}"
@@ -314,7 +319,9 @@ def test_operator_signs_in_watches_a_canary_promotes_it_and_a_reader_cannot(
             newest + "/promote",
         )
         assert refused == 403
-        assert "running" in ui.text() or "starting" in ui.text()
+        browser.refresh()
+        state = ui.until(lambda: browser.find_element("css selector", "#state-h + p").text, "state")
+        assert state.startswith("running"), state  # not promoted
 
         # A phone-width screen: nothing but the tables scrolls sideways.
         browser.execute_cdp_cmd(
