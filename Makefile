@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep soak wrk prometheus nginx azurite cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep soak wrk prometheus nginx azurite chromium console-shots cluster-demo
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ demo: install
 # Two pytest-xdist workers: most tests wait on servers, databases and subprocesses, so two
 # processes on two cores take about a third of the serial time.
 TEST_WORKERS ?= 2
-test: install prometheus nginx azurite
+test: install prometheus nginx azurite chromium
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # promtool and prometheus (Debian's package) for tests/test_alerts.py and the end-to-end test.
@@ -61,6 +61,30 @@ nginx:
 	else \
 		echo "nginx not found and apt-get unavailable: the cluster test will skip"; \
 	fi
+
+# Chromium and its WebDriver (Debian's chromium and chromium-driver packages) for the console's
+# browser test (tests/test_console_browser.py, Selenium kept offline: SE_OFFLINE=true).
+# Installed only when missing and apt-get can run; otherwise that test skips with the reason,
+# or fails under BERTH_REQUIRE_SERVICES=1.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && $(SUDO) true 2>/dev/null; then \
+		echo "installing Debian's chromium and chromium-driver packages ..."; \
+		log=$$(mktemp); \
+		if ! { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >$$log 2>&1; then \
+			cat $$log; echo "could not install Debian's chromium packages: the browser test will skip"; \
+		fi; \
+		rm -f $$log; \
+	else \
+		echo "chromium/chromedriver not found and apt-get unavailable: the browser test will skip"; \
+	fi
+
+# Screenshots of every console page the browser test visits, into docs/console (the README
+# shows overview.png and rollout.png from there).
+console-shots: install chromium
+	BERTH_CONSOLE_SHOTS=docs/console SE_OFFLINE=true $(BIN)/pytest -q -n 0 tests/test_console_browser.py
 
 # Azurite (the npm package, pinned) for the Azure Blob backup tests, into .tools/azurite; needs
 # node and npm (Debian's nodejs and npm packages, installed when missing and apt-get can run).

@@ -258,7 +258,7 @@ def test_model_and_version_pages(console: ConsoleSetup) -> None:
     assert "accuracy" in page.text
     assert "0.9700" in page.text
     assert "Signature (tensor)" in page.text or "Signature (tabular)" in page.text
-    assert "canary" in page.text  # the rollout routes iris:2 as the canary
+    assert "iris</a> (canary, 0%)" in page.text  # the rollout routes iris:2 as the canary
     missing = console.client.get("/console/models/iris/versions/9")
     assert missing.status_code == 404
     assert "iris" in missing.text
@@ -303,6 +303,7 @@ def test_rollout_page_shows_steps_and_checks_against_thresholds(console: Console
     assert "100%" in text
     for name, status in (("requests", "wait"), ("error rate", "pass"), ("p99 latency", "fail")):
         assert f'<td>{name}</td><td><span class="{status}">{status}</span>' in text
+    assert "<td>12</td><td>100</td>" in text  # a count of requests, not 12.0000
     assert "250.0000" in text
     assert "120.0000" in text
     assert "wait: 12 of 100" in text  # the event

@@ -38,6 +38,8 @@
       if (status) {
         status.textContent = data.t.length < 2 ? "Collecting readings…" : "";
       }
+      // One reading alone draws no line and stretches the time axis over years: wait for two.
+      if (chart === null && data.t.length < 2) { return; }
       if (chart === null) {
         chart = new uPlot(options(element.clientWidth || 600), columns, element);
       } else {
