@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep soak wrk prometheus nginx azurite chromium console-shots cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo
 
 install: $(STAMP)
 
@@ -178,6 +178,11 @@ bench-backup: install
 # TorchScript): size, p50 latency at batch 1 and 64, answer difference, accuracy (benchmarks/deep.py).
 bench-deep: install
 	$(BIN)/python benchmarks/deep.py
+
+# Server time of each console page with 100 models and 20 endpoints, against the 200 ms target
+# (benchmarks/console_pages.py); ARGS="--models 10 --runs 3" for a quick check.
+bench-console: install
+	$(BIN)/python benchmarks/console_pages.py $(ARGS)
 
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).
 soak: install
