@@ -14,6 +14,7 @@ from starlette.routing import Route
 from berth.config import Settings
 from berth.console.mount import ROUTERS
 from berth.console.session import COOKIE, Session, SessionSealer
+from berth.jobs.records import JobService
 from berth.rollouts.service import RolloutService
 from berth.security.config import KeyConfig
 from berth.security.keys import server_secret
@@ -36,6 +37,9 @@ PAGES = {
     ("GET", "/console/rollouts"),
     ("GET", "/console/rollouts/{id}"),
     ("GET", "/console/fragments/rollouts/{id}"),
+    ("GET", "/console/jobs"),
+    ("GET", "/console/jobs/{id}"),
+    ("GET", "/console/fragments/jobs/{id}"),
 }
 ADMIN_PAGES = {("GET", "/console/rollouts/{id}/confirm/{action}")}
 FORMS = {("POST", "/console/sign-out")}
@@ -50,6 +54,9 @@ def console(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Conso
     with console_app(settings, iris_files) as setup:
         setup.secrets["revoked"] = setup.keys.create("revoked", ("admin",))[1]
         setup.keys.revoke("revoked")
+        JobService(setup.registry.db).create(
+            job_key="k", model="iris@production", source="a.csv", sink="b.csv", args=[]
+        )
         yield setup
 
 

@@ -1,0 +1,125 @@
+"""The console's operations pages, server side: jobs and schedules, the audit log,
+experiments, drift and live accuracy, and keys, rendered from a real SQLite registry through
+the service functions the admin API calls."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from berth.config import Settings
+from berth.jobs.records import Counts, JobService
+from berth.jobs.schedules import ScheduleService
+from berth.store.audit import AuditLog
+from tests.console_client import ConsoleSetup, console_app
+
+BATCH_ARGS = ["iris@production", "--source", "in.csv", "--sink", "out.parquet"]
+SQL_SOURCE = "postgresql://scorer:hunter2-pw@db.example/warehouse"
+
+
+@pytest.fixture
+def console(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[ConsoleSetup]:
+    with console_app(settings, iris_files) as setup:
+        yield setup
+
+
+def _audit(setup: ConsoleSetup) -> list[tuple[str, str, str, str]]:
+    queue = setup.client.app.state.services.audit  # type: ignore[attr-defined]
+    setup.client.portal.call(queue.flush)  # type: ignore[union-attr]
+    return [
+        (e.actor, e.action, e.target, e.outcome)
+        for e in AuditLog(setup.registry.db).list(limit=500)
+    ]
+
+
+def _text(html: str) -> str:
+    """The page's text, tags dropped and spaces squeezed (for asserting what a reader sees)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+# ---------------------------------------------------------------------------- jobs, schedules
+
+
+def _jobs(setup: ConsoleSetup) -> tuple[int, int]:
+    jobs = JobService(setup.registry.db)
+    done = jobs.create(job_key="k1", model="iris@production", source="a.csv", sink="b.csv",
+                       args=BATCH_ARGS, origin="api")  # fmt: skip
+    jobs.start(done.id, version="iris:1", job_key="k1", rows_total=10, resumed_at_row=None)
+    jobs.finish(done.id, "succeeded", Counts(scored=9, rejected=1, rows_per_second=50.0), "ok")
+    running = jobs.create(
+        job_key="k2",
+        model="iris@production",
+        source=SQL_SOURCE,
+        sink="out.parquet",
+        args=["iris@production", "--source", SQL_SOURCE, "--sink", "out.parquet"],
+        origin="schedule:nightly",
+    )
+    jobs.start(running.id, version="iris:1", job_key="k2", rows_total=1000, resumed_at_row=None)
+    jobs.heartbeat(running.id, Counts(scored=250, rejected=3, rows_per_second=125.0))
+    return done.id, running.id
+
+
+def test_jobs_page_lists_jobs_and_schedules(console: ConsoleSetup) -> None:
+    done, running = _jobs(console)
+    ScheduleService(console.registry.db).put(
+        "nightly", cron="0 2 * * *", timezone="Europe/Paris", args=BATCH_ARGS
+    )
+    ScheduleService(console.registry.db).put(
+        "paused", cron="*/5 * * * *", args=BATCH_ARGS, enabled=False
+    )
+    console.sign_in("reader")
+    page = console.client.get("/console/jobs")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert f'href="/console/jobs/{running}"' in page.text
+    # running: 253 of 1000 rows, 125 rows/s, (1000 - 253) / 125 = 5.976 s left
+    assert "running schedule:nightly iris:1 25% 125.0 6 s 3" in text
+    assert "succeeded api iris:1 100% 50.0 — 1" in text
+    assert "nightly batch 0 2 * * * Europe/Paris yes" in text
+    assert text.count("02:00 CET") + text.count("02:00 CEST") == 3  # the next three runs
+    assert "paused batch */5 * * * * UTC no —" in text
+    assert "hunter2-pw" not in page.text
+    assert 'href="/console/jobs"' in page.text
+    assert 'aria-current="page"' in page.text
+
+    only = console.client.get("/console/jobs?status=succeeded")
+    assert f'href="/console/jobs/{done}"' in only.text
+    assert f'href="/console/jobs/{running}"' not in only.text
+    wrong = console.client.get("/console/jobs?status=sleeping")
+    assert wrong.status_code == 400
+    assert "status must be one of" in wrong.text
+
+
+def test_job_page_shows_progress_and_polls_while_it_runs(console: ConsoleSetup) -> None:
+    done, running = _jobs(console)
+    console.sign_in("reader")
+    page = console.client.get(f"/console/jobs/{running}")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "Rows scored 250 of 1000" in text
+    assert "Rejected (errors) 3" in text
+    assert "Rows/s 125.0" in text
+    assert "ETA 6 s" in text
+    assert f'hx-get="/console/fragments/jobs/{running}"' in page.text
+    assert "postgresql://scorer:***@db.example/warehouse" in page.text
+    assert "hunter2-pw" not in page.text
+    assert "Runs (and resumes) with" not in page.text  # the command line is for admins
+
+    JobService(console.registry.db).heartbeat(running, Counts(scored=900, rows_per_second=125.0))
+    fragment = console.client.get(f"/console/fragments/jobs/{running}")
+    assert "Rows scored 900 of 1000" in _text(fragment.text)
+    assert "<html" not in fragment.text
+
+    finished = console.client.get(f"/console/jobs/{done}")
+    assert "succeeded" in finished.text
+    assert "hx-get" not in finished.text
+    assert console.client.get("/console/jobs/999").status_code == 404
+    assert console.client.get("/console/jobs/x").status_code == 400
+
+    console.client.cookies.clear()
+    console.sign_in("admin")
+    admin = console.client.get(f"/console/jobs/{done}")
+    assert "berth batch run iris@production --source in.csv --sink out.parquet" in admin.text
