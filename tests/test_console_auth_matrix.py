@@ -40,6 +40,7 @@ PAGES = {
     ("GET", "/console/jobs"),
     ("GET", "/console/jobs/{id}"),
     ("GET", "/console/fragments/jobs/{id}"),
+    ("GET", "/console/audit"),
 }
 ADMIN_PAGES = {("GET", "/console/rollouts/{id}/confirm/{action}")}
 FORMS = {("POST", "/console/sign-out")}

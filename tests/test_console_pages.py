@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ import pytest
 from berth.config import Settings
 from berth.jobs.records import Counts, JobService
 from berth.jobs.schedules import ScheduleService
-from berth.store.audit import AuditLog
+from berth.store.audit import AuditEvent, AuditLog
 from tests.console_client import ConsoleSetup, console_app
 
 BATCH_ARGS = ["iris@production", "--source", "in.csv", "--sink", "out.parquet"]
+SECOND = timedelta(seconds=1)
 SQL_SOURCE = "postgresql://scorer:hunter2-pw@db.example/warehouse"
 
 
@@ -123,3 +125,60 @@ def test_job_page_shows_progress_and_polls_while_it_runs(console: ConsoleSetup) 
     console.sign_in("admin")
     admin = console.client.get(f"/console/jobs/{done}")
     assert "berth batch run iris@production --source in.csv --sink out.parquet" in admin.text
+
+
+# ---------------------------------------------------------------------------------- audit log
+
+
+def test_audit_page_filters_by_since_actor_and_action(console: ConsoleSetup) -> None:
+    log = AuditLog(console.registry.db)
+    old = datetime.now(UTC) - timedelta(days=3)
+    log.record(AuditEvent(actor="cli:old", action="model.delete", target="gone", at=old))
+    log.record(AuditEvent(actor="cli:alice", action="key.create", target="k1", address="10.0.0.7"))
+    log.record(AuditEvent(actor="cli:alice", action="alias.set", target="iris@production"))
+    log.record(AuditEvent(actor="cli:bob", action="key.revoke", target="k1", outcome="refused"))
+    console.sign_in("reader")
+    _audit(console)  # the sign-in's event is queued: written now
+    everything = _text(console.client.get("/console/audit").text)
+    assert "cli:alice key.create k1 ok 10.0.0.7" in everything
+    assert "cli:bob key.revoke k1 refused" in everything
+    assert "cli:old model.delete gone" in everything
+    assert "console:reader console.sign_in /console" in everything
+
+    recent = _text(console.client.get("/console/audit?since=1d").text)
+    assert "cli:old" not in recent
+    assert "cli:alice" in recent
+    alice = _text(console.client.get("/console/audit?actor=cli:alice").text)
+    assert "key.create" in alice
+    assert "alias.set" in alice
+    assert "cli:bob" not in alice
+    keys = _text(console.client.get("/console/audit?action=key.").text)
+    assert "key.create" in keys
+    assert "key.revoke" in keys
+    assert "alias.set" not in keys
+    one = _text(console.client.get("/console/audit?action=key.revoke&actor=cli:bob").text)
+    assert "key.revoke" in one
+    assert "key.create" not in one
+
+    wrong = console.client.get("/console/audit?since=soon")
+    assert wrong.status_code == 400
+    assert console.client.get("/console/audit?page=0").status_code == 400
+
+
+def test_audit_page_goes_back_a_page_at_a_time(console: ConsoleSetup) -> None:
+    log = AuditLog(console.registry.db)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    for n in range(70):
+        log.record(
+            AuditEvent(actor="cli:x", action="alias.set", target=f"t{n:03}", at=start + n * SECOND)
+        )
+    console.sign_in("reader")
+    first = console.client.get("/console/audit?actor=cli:x")
+    targets = re.findall(r"<td>(t\d{3})</td>", first.text)
+    assert targets == [f"t{n:03}" for n in range(69, 19, -1)]  # the 50 newest
+    assert 'href="/console/audit?actor=cli%3Ax&amp;page=2" rel="next"' in first.text
+    assert 'rel="prev"' not in first.text
+    second = console.client.get("/console/audit?actor=cli%3Ax&page=2")
+    assert re.findall(r"<td>(t\d{3})</td>", second.text) == [f"t{n:03}" for n in range(19, -1, -1)]
+    assert 'href="/console/audit?actor=cli%3Ax&amp;page=1" rel="prev"' in second.text
+    assert 'rel="next"' not in second.text
