@@ -4,19 +4,25 @@ the service functions the admin API calls."""
 
 from __future__ import annotations
 
+import html
+import random
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from berth.config import Settings
 from berth.jobs.records import Counts, JobService
 from berth.jobs.schedules import ScheduleService
+from berth.registry.endpoints import EndpointService
+from berth.rollouts.experiments import ExperimentService
 from berth.store.audit import AuditEvent, AuditLog
 from tests.console_client import ConsoleSetup, console_app
 
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 BATCH_ARGS = ["iris@production", "--source", "in.csv", "--sink", "out.parquet"]
 SECOND = timedelta(seconds=1)
 SQL_SOURCE = "postgresql://scorer:hunter2-pw@db.example/warehouse"
@@ -37,9 +43,9 @@ def _audit(setup: ConsoleSetup) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def _text(html: str) -> str:
+def _text(page: str) -> str:
     """The page's text, tags dropped and spaces squeezed (for asserting what a reader sees)."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
 
 
 # ---------------------------------------------------------------------------- jobs, schedules
@@ -182,3 +188,66 @@ def test_audit_page_goes_back_a_page_at_a_time(console: ConsoleSetup) -> None:
     assert re.findall(r"<td>(t\d{3})</td>", second.text) == [f"t{n:03}" for n in range(19, -1, -1)]
     assert 'href="/console/audit?actor=cli%3Ax&amp;page=1" rel="prev"' in second.text
     assert 'rel="next"' not in second.text
+
+
+# -------------------------------------------------------------------------------- experiments
+
+
+def _dataplane(setup: ConsoleSetup) -> Any:
+    return setup.client.app.state.services.dataplane  # type: ignore[attr-defined]
+
+
+def _experiment_traffic(setup: ConsoleSetup, users: int) -> None:
+    """Each user asks once; feedback gives b a higher outcome (about 12 against 10)."""
+    setup.client.portal.call(_dataplane(setup).refresh_endpoints)  # type: ignore[union-attr]
+    auth = {"Authorization": f"Bearer {setup.secrets['admin']}"}
+    rng = random.Random(5)
+    feedback = []
+    for i in range(users):
+        answer = setup.client.post(
+            "/api/v1/endpoints/flowers/predict",
+            json={"features": IRIS_ROW},
+            headers={**auth, "X-User-ID": f"user-{i}"},
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        outcome = rng.gauss(12.0 if body["route"] == "b" else 10.0, 1.0)
+        feedback.append({"prediction_id": body["prediction_id"], "actual": round(outcome, 3)})
+    sent = setup.client.post("/api/v1/feedback", json={"feedback": feedback}, headers=auth)
+    assert sent.status_code == 200, sent.text
+    setup.client.portal.call(_dataplane(setup).route_stats.flush)  # type: ignore[union-attr]
+
+
+def test_experiment_pages_show_estimates_intervals_and_the_recommendation(
+    console: ConsoleSetup,
+) -> None:
+    EndpointService(console.registry).create("flowers", "iris:1")
+    experiments = ExperimentService(console.registry)
+    experiments.start(
+        "flowers", ["a=iris:1:50", "b=iris:2:50"], metric="outcome", min_samples=20, actor="cli:al"
+    )
+    _experiment_traffic(console, users=120)
+    _info, report = experiments.report("flowers")  # what the admin API answers
+    console.sign_in("reader")
+
+    listing = _text(console.client.get("/console/experiments").text)
+    assert "flowers a iris:1 50%, b iris:2 50% outcome running — " in listing
+    assert "cli:al" in listing
+
+    page = console.client.get("/console/experiments/flowers")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert report.recommendation == "b"
+    assert f"b : {report.explanation}" in text
+    for row in report.variants:
+        interval = f"{row.ci_low:,.4f} … {row.ci_high:,.4f}"
+        assert f"{row.name} {row.reference} {row.requests} " in text
+        assert f"{row.samples} {row.estimate:,.4f} {interval}" in text
+    comparison = report.comparisons[0]
+    assert comparison.significant
+    assert f"b a {comparison.difference:,.4f} {comparison.test.name}" in text
+    assert f"{comparison.test.p_value:,.4f} yes" in text
+    assert "95% interval" in text
+
+    assert console.client.get("/console/experiments/iris").status_code == 404
+    assert console.client.get("/console/experiments/no%20such").status_code == 400

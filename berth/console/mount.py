@@ -9,7 +9,14 @@ from starlette.staticfiles import StaticFiles
 
 from berth.api.app import Extension
 from berth.api.services import Services
-from berth.console import actions, audit_page, jobs_pages, pages, sign_in
+from berth.console import (
+    actions,
+    audit_page,
+    experiments_pages,
+    jobs_pages,
+    pages,
+    sign_in,
+)
 from berth.console.config import ConsoleConfig
 from berth.console.guard import Console
 from berth.console.handling import PREFIX
@@ -17,7 +24,14 @@ from berth.console.session import SessionSealer
 from berth.console.traffic import TrafficHistory
 
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (sign_in.router, pages.router, actions.router, jobs_pages.router, audit_page.router)
+ROUTERS = (
+    sign_in.router,
+    pages.router,
+    actions.router,
+    jobs_pages.router,
+    audit_page.router,
+    experiments_pages.router,
+)
 """Every console route (the console's auth matrix test enumerates them from here)."""
 
 
