@@ -45,6 +45,7 @@ PAGES = {
     ("GET", "/console/audit"),
     ("GET", "/console/experiments"),
     ("GET", "/console/experiments/{name}"),
+    ("GET", "/console/models/{name}/versions/{version}/monitoring"),
 }
 ADMIN_PAGES = {("GET", "/console/rollouts/{id}/confirm/{action}")}
 FORMS = {("POST", "/console/sign-out")}

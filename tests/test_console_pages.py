@@ -20,6 +20,7 @@ from berth.jobs.schedules import ScheduleService
 from berth.registry.endpoints import EndpointService
 from berth.rollouts.experiments import ExperimentService
 from berth.store.audit import AuditEvent, AuditLog
+from tests.conftest import register_iris
 from tests.console_client import ConsoleSetup, console_app
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -251,3 +252,48 @@ def test_experiment_pages_show_estimates_intervals_and_the_recommendation(
 
     assert console.client.get("/console/experiments/iris").status_code == 404
     assert console.client.get("/console/experiments/no%20such").status_code == 400
+
+
+# ------------------------------------------------------------------ drift and live accuracy
+
+
+def test_monitoring_page_shows_drift_verdicts_and_live_accuracy(
+    console: ConsoleSetup, iris_files: tuple[Path, Path]
+) -> None:
+    version = register_iris(console.registry, iris_files, reference=iris_files[1])
+    EndpointService(console.registry).create("watch", version.ref)
+    console.client.portal.call(_dataplane(console).refresh_endpoints)  # type: ignore[union-attr]
+    auth = {"Authorization": f"Bearer {console.secrets['admin']}"}
+    feedback = []
+    for i in range(8):
+        answer = console.client.post(
+            "/api/v1/endpoints/watch/predict", json={"features": IRIS_ROW}, headers=auth
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        right = i % 4 != 0  # 6 of 8 right: 75%
+        actual = body["prediction"] if right else "not-" + str(body["prediction"])
+        feedback.append({"prediction_id": body["prediction_id"], "actual": actual})
+    sent = console.client.post("/api/v1/feedback", json={"feedback": feedback}, headers=auth)
+    assert sent.status_code == 200, sent.text
+    drift = console.client.get(f"/api/v1/models/{version.ref}/drift", headers=auth).json()
+
+    console.sign_in("reader")
+    page = console.client.get(f"/console/models/iris/versions/{version.number}/monitoring")
+    assert page.status_code == 200, page.text
+    text = _text(page.text)
+    assert f"Feature drift: {drift['verdict']}" in text
+    assert "Live window: 8 of at most" in text
+    for f in drift["features"]:
+        psi = f"{f['psi']:,.4f}" if f["psi"] is not None else "—"
+        assert f"{f['feature']} {f['kind']} {psi} " in text
+        assert f"{f['live_count']} {f['verdict']}" in text
+    assert "last hour 8 8 75.0%" in text
+    assert "all time 8 8 75.0%" in text
+
+    version_page = console.client.get(f"/console/models/iris/versions/{version.number}")
+    assert f'href="/console/models/iris/versions/{version.number}/monitoring"' in version_page.text
+    plain = _text(console.client.get("/console/models/iris/versions/1/monitoring").text)
+    assert "has no reference statistics" in plain  # the accuracy table still shows
+    assert "last hour 0 0 —" in plain
+    assert console.client.get("/console/models/iris/versions/9/monitoring").status_code == 404

@@ -14,6 +14,7 @@ from berth.console import (
     audit_page,
     experiments_pages,
     jobs_pages,
+    monitoring_page,
     pages,
     sign_in,
 )
@@ -31,6 +32,7 @@ ROUTERS = (
     jobs_pages.router,
     audit_page.router,
     experiments_pages.router,
+    monitoring_page.router,
 )
 """Every console route (the console's auth matrix test enumerates them from here)."""
 
