@@ -47,9 +47,17 @@ PAGES = {
     ("GET", "/console/experiments/{name}"),
     ("GET", "/console/models/{name}/versions/{version}/monitoring"),
 }
-ADMIN_PAGES = {("GET", "/console/rollouts/{id}/confirm/{action}")}
+ADMIN_PAGES = {
+    ("GET", "/console/rollouts/{id}/confirm/{action}"),
+    ("GET", "/console/keys"),
+    ("GET", "/console/keys/{name}/revoke"),
+}
 FORMS = {("POST", "/console/sign-out")}
-ACTIONS = {("POST", "/console/rollouts/{id}/{action}")}
+ACTIONS = {
+    ("POST", "/console/rollouts/{id}/{action}"),
+    ("POST", "/console/keys"),
+    ("POST", "/console/keys/{name}/revoke"),
+}
 VALUES = {"name": "iris", "version": "1", "id": "1", "action": "abort"}
 ELSEWHERE = {"/console/experiments/{name}": {"name": "flowers"}}
 """Routes whose values differ: the experiment is on another endpoint than iris's rollout."""

@@ -297,3 +297,138 @@ def test_monitoring_page_shows_drift_verdicts_and_live_accuracy(
     assert "has no reference statistics" in plain  # the accuracy table still shows
     assert "last hour 0 0 —" in plain
     assert console.client.get("/console/models/iris/versions/9/monitoring").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------- keys
+
+
+def _create_key(setup: ConsoleSetup, **fields: str) -> Any:
+    return setup.client.post(
+        "/console/keys",
+        data={"csrf": setup.csrf("/console/keys"), **fields},
+        follow_redirects=False,
+    )
+
+
+def test_keys_page_is_for_admins_only(console: ConsoleSetup) -> None:
+    console.sign_in("reader")
+    assert 'href="/console/keys"' not in console.client.get("/console").text
+    refused = console.client.get("/console/keys")
+    assert refused.status_code == 403
+    assert "predictor" not in refused.text
+    token = console.csrf()
+    posted = console.client.post("/console/keys", data={"csrf": token, "name": "sneaky"})
+    assert posted.status_code == 403
+    assert (
+        console.client.post("/console/keys/predictor/revoke", data={"csrf": token}).status_code
+        == 403
+    )
+    assert [k.name for k in console.keys.list() if k.revoked_at is None] == [
+        "admin",
+        "predictor",
+        "reader",
+    ]
+
+    console.client.cookies.clear()
+    console.sign_in("admin")
+    page = console.client.get("/console/keys")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "predictor" in text
+    assert "predict:other" in text
+    assert "Create a key" in text
+    assert 'href="/console/keys" aria-current="page"' in page.text
+    for secret in console.secrets.values():
+        assert secret not in page.text
+
+
+def test_admin_creates_a_key_whose_secret_is_shown_once(
+    console: ConsoleSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    console.sign_in("admin")
+    created = _create_key(console, name="web", scopes="predict:iris, read", expires="30d")
+    assert created.status_code == 200, created.text
+    assert created.headers["cache-control"] == "no-store"
+    secret = re.search(r'value="(berth_[^"]+)"', created.text)
+    assert secret is not None
+    key = secret[1]
+    info = next(k for k in console.keys.list() if k.name == "web")
+    assert info.scopes == ("predict:iris", "read")
+    assert info.expires_at is not None
+    assert key.startswith(f"berth_{info.key_id}_")
+    # The secret works as any key does.
+    answer = console.client.get("/api/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    assert ("console:admin", "key.create", "web", "ok") in _audit(console)
+
+    # ... and is in no later page, nor in the logs.
+    pages = ["/console", "/console/keys", "/console/audit", "/console/jobs", "/console/models"]
+    pages += ["/console/rollouts", "/console/experiments", "/console/models/iris/versions/2"]
+    for path in pages:
+        shown = console.client.get(path)
+        assert shown.status_code == 200
+        assert key not in shown.text, path
+    assert "web" in console.client.get("/console/keys").text
+    assert key not in caplog.text
+    assert key not in repr(AuditLog(console.registry.db).list(limit=500))
+    assert key.split("_", 2)[2] not in caplog.text
+
+    again = _create_key(console, name="web")
+    assert again.status_code == 409
+    wrong = _create_key(console, name="bad name")
+    assert wrong.status_code == 400
+    assert "berth_" not in wrong.text
+    assert _create_key(console, name="x", scopes="root").status_code == 400
+
+
+def test_admin_revokes_a_key_after_confirming(console: ConsoleSetup) -> None:
+    console.sign_in("admin")
+    listed = console.client.get("/console/keys")
+    assert 'action="/console/keys/predictor/revoke"' in listed.text  # a GET to the confirmation
+    confirm = console.client.get("/console/keys/predictor/revoke")
+    assert confirm.status_code == 200
+    assert "stops working at once" in confirm.text
+    token = console.csrf("/console/keys")
+    assert console.client.post("/console/keys/predictor/revoke", data={"a": "b"}).status_code == 403
+    stale = console.client.post("/console/keys/predictor/revoke", data={"csrf": token + "x"})
+    assert stale.status_code == 403
+    assert next(k for k in console.keys.list() if k.name == "predictor").revoked_at is None
+
+    done = console.client.post(
+        "/console/keys/predictor/revoke", data={"csrf": token}, follow_redirects=False
+    )
+    assert done.status_code == 303
+    assert done.headers["location"] == "/console/keys"
+    assert next(k for k in console.keys.list() if k.name == "predictor").revoked_at is not None
+    assert ("console:admin", "key.revoke", "predictor", "ok") in _audit(console)
+    assert "revoked" in _text(console.client.get("/console/keys").text)
+    assert console.client.get("/console/keys/predictor/revoke").status_code == 404
+
+    own = console.client.post("/console/keys/admin/revoke", data={"csrf": token})
+    assert own.status_code == 409  # the session's own key, as the API refuses it
+    assert ("console:admin", "key.revoke", "admin", "refused") in _audit(console)
+
+
+def test_a_read_only_console_shows_keys_but_refuses_key_actions(
+    settings: Settings, iris_files: tuple[Path, Path]
+) -> None:
+    with console_app(settings, iris_files, console_read_only=True) as console:
+        console.sign_in("admin")
+        page = console.client.get("/console/keys")
+        assert page.status_code == 200
+        assert "predictor" in page.text
+        assert "Create a key" not in page.text
+        assert "/revoke" not in page.text
+        assert "read-only" in page.text
+        assert console.client.get("/console/keys/predictor/revoke").status_code == 403
+        token = console.csrf()
+        assert _create_key(console, name="web").status_code == 403
+        revoke = console.client.post("/console/keys/predictor/revoke", data={"csrf": token})
+        assert revoke.status_code == 403
+        assert [k.name for k in console.keys.list() if k.revoked_at is None] == [
+            "admin",
+            "predictor",
+            "reader",
+        ]
+        assert not [a for a in _audit(console) if a[0].startswith("console:") and "key." in a[1]]

@@ -14,6 +14,7 @@ from berth.console import (
     audit_page,
     experiments_pages,
     jobs_pages,
+    keys_pages,
     monitoring_page,
     pages,
     sign_in,
@@ -33,6 +34,7 @@ ROUTERS = (
     audit_page.router,
     experiments_pages.router,
     monitoring_page.router,
+    keys_pages.router,
 )
 """Every console route (the console's auth matrix test enumerates them from here)."""
 
