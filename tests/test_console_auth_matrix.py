@@ -40,6 +40,7 @@ PAGES = {
     ("GET", "/console/rollouts/{id}"),
     ("GET", "/console/fragments/rollouts/{id}"),
     ("GET", "/console/jobs"),
+    ("GET", "/console/fragments/jobs"),
     ("GET", "/console/jobs/{id}"),
     ("GET", "/console/fragments/jobs/{id}"),
     ("GET", "/console/audit"),

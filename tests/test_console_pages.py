@@ -94,9 +94,16 @@ def test_jobs_page_lists_jobs_and_schedules(console: ConsoleSetup) -> None:
     assert 'href="/console/jobs"' in page.text
     assert 'aria-current="page"' in page.text
 
+    assert 'hx-get="/console/fragments/jobs"' in page.text  # a job runs: the list is polled
+    JobService(console.registry.db).heartbeat(running, Counts(scored=500, rows_per_second=100.0))
+    fragment = _text(console.client.get("/console/fragments/jobs").text)
+    assert "running schedule:nightly iris:1 50% 100.0 5 s 0" in fragment
+    assert "Schedules" not in fragment
+
     only = console.client.get("/console/jobs?status=succeeded")
     assert f'href="/console/jobs/{done}"' in only.text
     assert f'href="/console/jobs/{running}"' not in only.text
+    assert "hx-get" not in only.text  # nothing listed runs
     wrong = console.client.get("/console/jobs?status=sleeping")
     assert wrong.status_code == 400
     assert "status must be one of" in wrong.text

@@ -84,6 +84,15 @@ async def jobs(request: Request) -> Response:
     )
 
 
+@router.get("/fragments/jobs")
+@handled
+async def jobs_fragment(request: Request) -> Response:
+    status = _status(request)
+    svc, who = await viewer(request)
+    found = await run(lambda: find_jobs(JobService(svc.registry.db), status, LISTED))
+    return show(request, who, "jobs_live.html", "Jobs", jobs=found, chosen=status)
+
+
 @router.get("/jobs/{id}")
 @handled
 async def job(request: Request) -> Response:
