@@ -14,6 +14,9 @@ from starlette.routing import Route
 from berth.config import Settings
 from berth.console.mount import ROUTERS
 from berth.console.session import COOKIE, Session, SessionSealer
+from berth.jobs.records import JobService
+from berth.registry.endpoints import EndpointService
+from berth.rollouts.experiments import ExperimentService
 from berth.rollouts.service import RolloutService
 from berth.security.config import KeyConfig
 from berth.security.keys import server_secret
@@ -36,11 +39,29 @@ PAGES = {
     ("GET", "/console/rollouts"),
     ("GET", "/console/rollouts/{id}"),
     ("GET", "/console/fragments/rollouts/{id}"),
+    ("GET", "/console/jobs"),
+    ("GET", "/console/fragments/jobs"),
+    ("GET", "/console/jobs/{id}"),
+    ("GET", "/console/fragments/jobs/{id}"),
+    ("GET", "/console/audit"),
+    ("GET", "/console/experiments"),
+    ("GET", "/console/experiments/{name}"),
+    ("GET", "/console/models/{name}/versions/{version}/monitoring"),
 }
-ADMIN_PAGES = {("GET", "/console/rollouts/{id}/confirm/{action}")}
+ADMIN_PAGES = {
+    ("GET", "/console/rollouts/{id}/confirm/{action}"),
+    ("GET", "/console/keys"),
+    ("GET", "/console/keys/{name}/revoke"),
+}
 FORMS = {("POST", "/console/sign-out")}
-ACTIONS = {("POST", "/console/rollouts/{id}/{action}")}
+ACTIONS = {
+    ("POST", "/console/rollouts/{id}/{action}"),
+    ("POST", "/console/keys"),
+    ("POST", "/console/keys/{name}/revoke"),
+}
 VALUES = {"name": "iris", "version": "1", "id": "1", "action": "abort"}
+ELSEWHERE = {"/console/experiments/{name}": {"name": "flowers"}}
+"""Routes whose values differ: the experiment is on another endpoint than iris's rollout."""
 
 CASES = ["no session", "altered cookie", "foreign cookie", "expired session", "revoked key"]
 
@@ -50,6 +71,11 @@ def console(settings: Settings, iris_files: tuple[Path, Path]) -> Iterator[Conso
     with console_app(settings, iris_files) as setup:
         setup.secrets["revoked"] = setup.keys.create("revoked", ("admin",))[1]
         setup.keys.revoke("revoked")
+        JobService(setup.registry.db).create(
+            job_key="k", model="iris@production", source="a.csv", sink="b.csv", args=[]
+        )
+        EndpointService(setup.registry).create("flowers", "iris:1")
+        ExperimentService(setup.registry).start("flowers", ["a=iris:1:50", "b=iris:2:50"])
         yield setup
 
 
@@ -64,7 +90,8 @@ def console_routes() -> set[tuple[str, str]]:
 
 
 def concrete(template: str) -> str:
-    return re.sub(r"{(\w+)}", lambda m: VALUES[m[1]], template)
+    values = {**VALUES, **ELSEWHERE.get(template, {})}
+    return re.sub(r"{(\w+)}", lambda m: values[m[1]], template)
 
 
 def _state(setup: ConsoleSetup) -> tuple[object, ...]:

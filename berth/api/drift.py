@@ -26,7 +26,7 @@ from berth.monitoring.drift import (
     find_monitor,
     verdict,
 )
-from berth.registry.references import parse_reference
+from berth.registry.references import Reference, parse_reference
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
@@ -84,6 +84,11 @@ async def drift(request: Request) -> Response:
     principal = await svc.auth.principal(request)  # who asks comes before what is asked
     reference = parse_reference(ref)
     principal.require_read(reference.name)
+    return json_response(await drift_document(svc, reference))
+
+
+async def drift_document(svc: Services, reference: Reference) -> dict[str, Any]:
+    """A version's drift report, as the route answers it (the console shows the same)."""
     monitor = find_monitor(svc.dataplane.observers)
     if monitor is None:
         raise NotFound(
@@ -97,20 +102,18 @@ async def drift(request: Request) -> Response:
             f"`berth models register {info.model} MODEL --reference DATA.csv`"
         )
     features = await monitor.compute_async(info.model, info.number, info.reference_stats)
-    return json_response(
-        {
-            "model": info.model,
-            "version": info.number,
-            "window": {
-                "rows": monitor.live_rows(info.model, info.number),
-                "capacity": monitor.window_rows,
-                "seen": monitor.rows_seen(info.model, info.number),
-            },
-            "thresholds": {"moderate": MODERATE, "drifted": DRIFTED},
-            "verdict": overall(features),
-            "features": [f.to_dict() for f in features],
-        }
-    )
+    return {
+        "model": info.model,
+        "version": info.number,
+        "window": {
+            "rows": monitor.live_rows(info.model, info.number),
+            "capacity": monitor.window_rows,
+            "seen": monitor.rows_seen(info.model, info.number),
+        },
+        "thresholds": {"moderate": MODERATE, "drifted": DRIFTED},
+        "verdict": overall(features),
+        "features": [f.to_dict() for f in features],
+    }
 
 
 def attach(app: FastAPI, svc: Services, config: DriftConfig) -> DriftMonitor:

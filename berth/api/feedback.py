@@ -34,6 +34,7 @@ from berth.monitoring.feedback import store_feedback
 from berth.monitoring.performance import (
     MAX_LABELLED,
     PerformanceGauges,
+    VersionPerformance,
     Window,
     compute_performance,
 )
@@ -382,13 +383,7 @@ async def performance(request: Request) -> Response:
         if version_text is not None
         else None
     )
-    await anyio.to_thread.run_sync(svc.registry.get_model, name)  # 404 for unknown models
-    monitoring = _monitoring(request)
-    if monitoring is not None:
-        await monitoring.log.flush()
-    found = await anyio.to_thread.run_sync(
-        lambda: compute_performance(svc.registry.db, name, version, Window(since=since, last=last))
-    )
+    found = await live_performance(request, name, version, Window(since=since, last=last))
     return json_response(
         {
             "model": name,
@@ -396,6 +391,22 @@ async def performance(request: Request) -> Response:
             "last": last,
             "versions": [v.to_dict() for v in found],
         }
+    )
+
+
+async def live_performance(
+    request: Request, name: str, version: int | None, window: Window
+) -> list[VersionPerformance]:
+    """Performance per version of `name` from feedback, as the route answers it (the console
+    shows the same): NotFound for an unknown model; predictions this process still holds in
+    its log buffer are written first, so they count."""
+    svc = services(request)
+    await anyio.to_thread.run_sync(svc.registry.get_model, name)  # 404 for unknown models
+    monitoring = _monitoring(request)
+    if monitoring is not None:
+        await monitoring.log.flush()
+    return await anyio.to_thread.run_sync(
+        lambda: compute_performance(svc.registry.db, name, version, window)
     )
 
 

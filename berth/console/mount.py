@@ -9,7 +9,16 @@ from starlette.staticfiles import StaticFiles
 
 from berth.api.app import Extension
 from berth.api.services import Services
-from berth.console import actions, pages, sign_in
+from berth.console import (
+    actions,
+    audit_page,
+    experiments_pages,
+    jobs_pages,
+    keys_pages,
+    monitoring_page,
+    pages,
+    sign_in,
+)
 from berth.console.config import ConsoleConfig
 from berth.console.guard import Console
 from berth.console.handling import PREFIX
@@ -17,7 +26,16 @@ from berth.console.session import SessionSealer
 from berth.console.traffic import TrafficHistory
 
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (sign_in.router, pages.router, actions.router)
+ROUTERS = (
+    sign_in.router,
+    pages.router,
+    actions.router,
+    jobs_pages.router,
+    audit_page.router,
+    experiments_pages.router,
+    monitoring_page.router,
+    keys_pages.router,
+)
 """Every console route (the console's auth matrix test enumerates them from here)."""
 
 

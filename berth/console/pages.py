@@ -27,11 +27,11 @@ LIVE_SECONDS = 5
 """How often live fragments are polled."""
 
 
-async def _run(function: Callable[[], T]) -> T:
+async def run(function: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(function)
 
 
-def _show(request: Request, who: Viewer, template: str, title: str, **context: Any) -> Response:
+def show(request: Request, who: Viewer, template: str, title: str, **context: Any) -> Response:
     return page(
         template,
         viewer=who,
@@ -53,8 +53,8 @@ def rollout_id(text: str) -> int:
 async def overview(request: Request) -> Response:
     svc, who = await viewer(request)
     history = console_of(request).history
-    found = await _run(lambda: views.overview(svc, history))
-    return _show(request, who, "overview.html", "Overview", o=found)
+    found = await run(lambda: views.overview(svc, history))
+    return show(request, who, "overview.html", "Overview", o=found)
 
 
 @router.get("/fragments/overview")
@@ -62,8 +62,8 @@ async def overview(request: Request) -> Response:
 async def overview_fragment(request: Request) -> Response:
     svc, who = await viewer(request)
     history = console_of(request).history
-    found = await _run(lambda: views.overview(svc, history))
-    return _show(request, who, "overview_numbers.html", "Overview", o=found)
+    found = await run(lambda: views.overview(svc, history))
+    return show(request, who, "overview_numbers.html", "Overview", o=found)
 
 
 @router.get("/series/overview")
@@ -72,7 +72,7 @@ async def overview_series(request: Request) -> Response:
     """The overview chart's points (uPlot, drawn by console.js)."""
     svc, _who = await viewer(request)
     history = console_of(request).history
-    found = await _run(lambda: views.series(svc, history, None))
+    found = await run(lambda: views.series(svc, history, None))
     return JSONResponse(found, headers=HEADERS)
 
 
@@ -83,7 +83,7 @@ async def endpoint_series(request: Request) -> Response:
     check_name("endpoint", name)
     svc, _who = await viewer(request)
     history = console_of(request).history
-    found = await _run(lambda: views.series(svc, history, name))
+    found = await run(lambda: views.series(svc, history, name))
     return JSONResponse(found, headers=HEADERS)
 
 
@@ -91,8 +91,8 @@ async def endpoint_series(request: Request) -> Response:
 @handled
 async def models(request: Request) -> Response:
     svc, who = await viewer(request)
-    found = await _run(lambda: views.models(svc))
-    return _show(request, who, "models.html", "Models", models=found)
+    found = await run(lambda: views.models(svc))
+    return show(request, who, "models.html", "Models", models=found)
 
 
 @router.get("/models/{name}")
@@ -101,8 +101,8 @@ async def model(request: Request) -> Response:
     name = request.path_params["name"]
     check_name("model", name)
     svc, who = await viewer(request)
-    found = await _run(lambda: views.model_page(svc, name))
-    return _show(request, who, "model.html", f"Model {name}", m=found)
+    found = await run(lambda: views.model_page(svc, name))
+    return show(request, who, "model.html", f"Model {name}", m=found)
 
 
 @router.get("/models/{name}/versions/{version}")
@@ -112,8 +112,8 @@ async def version(request: Request) -> Response:
     check_name("model", name)
     number = version_number(request.path_params["version"], f"{PREFIX}/models/{name}/versions/1")
     svc, who = await viewer(request)
-    found = await _run(lambda: views.version_page(svc, name, number))
-    return _show(request, who, "version.html", f"{name}:{number}", v=found)
+    found = await run(lambda: views.version_page(svc, name, number))
+    return show(request, who, "version.html", f"{name}:{number}", v=found)
 
 
 @router.get("/endpoints/{name}")
@@ -123,8 +123,8 @@ async def endpoint(request: Request) -> Response:
     check_name("endpoint", name)
     svc, who = await viewer(request)
     history = console_of(request).history
-    found = await _run(lambda: views.endpoint_page(svc, history, name))
-    return _show(request, who, "endpoint.html", f"Endpoint {name}", e=found)
+    found = await run(lambda: views.endpoint_page(svc, history, name))
+    return show(request, who, "endpoint.html", f"Endpoint {name}", e=found)
 
 
 @router.get("/fragments/endpoints/{name}")
@@ -134,16 +134,16 @@ async def endpoint_fragment(request: Request) -> Response:
     check_name("endpoint", name)
     svc, who = await viewer(request)
     history = console_of(request).history
-    found = await _run(lambda: views.endpoint_page(svc, history, name))
-    return _show(request, who, "endpoint_live.html", f"Endpoint {name}", e=found)
+    found = await run(lambda: views.endpoint_page(svc, history, name))
+    return show(request, who, "endpoint_live.html", f"Endpoint {name}", e=found)
 
 
 @router.get("/rollouts")
 @handled
 async def rollouts(request: Request) -> Response:
     svc, who = await viewer(request)
-    found = await _run(lambda: views.rollouts(svc))
-    return _show(request, who, "rollouts.html", "Rollouts", rollouts=found, strategies=STRATEGIES)
+    found = await run(lambda: views.rollouts(svc))
+    return show(request, who, "rollouts.html", "Rollouts", rollouts=found, strategies=STRATEGIES)
 
 
 @router.get("/rollouts/{id}")
@@ -151,8 +151,8 @@ async def rollouts(request: Request) -> Response:
 async def rollout(request: Request) -> Response:
     number = rollout_id(request.path_params["id"])
     svc, who = await viewer(request)
-    found = await _run(lambda: views.rollout_page(svc, number))
-    return _show(request, who, "rollout.html", f"Rollout {number}", r=found, **_labels())
+    found = await run(lambda: views.rollout_page(svc, number))
+    return show(request, who, "rollout.html", f"Rollout {number}", r=found, **_labels())
 
 
 @router.get("/fragments/rollouts/{id}")
@@ -160,8 +160,8 @@ async def rollout(request: Request) -> Response:
 async def rollout_fragment(request: Request) -> Response:
     number = rollout_id(request.path_params["id"])
     svc, who = await viewer(request)
-    found = await _run(lambda: views.rollout_page(svc, number))
-    return _show(request, who, "rollout_live.html", f"Rollout {number}", r=found, **_labels())
+    found = await run(lambda: views.rollout_page(svc, number))
+    return show(request, who, "rollout_live.html", f"Rollout {number}", r=found, **_labels())
 
 
 def _labels() -> dict[str, Any]:

@@ -140,13 +140,30 @@ class AuditLog:
                 add(session, event)
 
     def list(
-        self, since: datetime | None = None, actor: str | None = None, limit: int = 100
+        self,
+        since: datetime | None = None,
+        actor: str | None = None,
+        limit: int = 100,
+        *,
+        action: str | None = None,
+        offset: int = 0,
     ) -> list[AuditEvent]:
-        query = select(AuditRow).order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit)
+        """Events newest first. `action` is one action (`key.create`), or all of a family when
+        it ends in a dot (`key.`); `offset` skips that many of the newest (pages of a listing)."""
+        query = (
+            select(AuditRow)
+            .order_by(AuditRow.at.desc(), AuditRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
         if since is not None:
             query = query.where(AuditRow.at >= since)
         if actor is not None:
             query = query.where(AuditRow.actor == actor)
+        if action is not None and action.endswith("."):
+            query = query.where(AuditRow.action.startswith(action, autoescape=True))
+        elif action is not None:
+            query = query.where(AuditRow.action == action)
         with self.db.session() as session:
             return [
                 AuditEvent(
