@@ -43,12 +43,12 @@ PAGES = {
     ("GET", "/console/fragments/jobs"),
     ("GET", "/console/jobs/{id}"),
     ("GET", "/console/fragments/jobs/{id}"),
-    ("GET", "/console/audit"),
     ("GET", "/console/experiments"),
     ("GET", "/console/experiments/{name}"),
     ("GET", "/console/models/{name}/versions/{version}/monitoring"),
 }
 ADMIN_PAGES = {
+    ("GET", "/console/audit"),
     ("GET", "/console/rollouts/{id}/confirm/{action}"),
     ("GET", "/console/keys"),
     ("GET", "/console/keys/{name}/revoke"),

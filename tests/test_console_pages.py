@@ -152,12 +152,16 @@ def test_audit_page_filters_by_since_actor_and_action(console: ConsoleSetup) -> 
     log.record(AuditEvent(actor="cli:alice", action="alias.set", target="iris@production"))
     log.record(AuditEvent(actor="cli:bob", action="key.revoke", target="k1", outcome="refused"))
     console.sign_in("reader")
+    refused = console.client.get("/console/audit")
+    assert refused.status_code == 403  # as the API's audit route: admin keys only
+    assert 'href="/console/audit"' not in console.client.get("/console").text
+    console.sign_in("admin")
     _audit(console)  # the sign-in's event is queued: written now
     everything = _text(console.client.get("/console/audit").text)
     assert "cli:alice key.create k1 ok 10.0.0.7" in everything
     assert "cli:bob key.revoke k1 refused" in everything
     assert "cli:old model.delete gone" in everything
-    assert "console:reader console.sign_in /console" in everything
+    assert "console:admin console.sign_in /console" in everything
 
     recent = _text(console.client.get("/console/audit?since=1d").text)
     assert "cli:old" not in recent
@@ -186,7 +190,7 @@ def test_audit_page_goes_back_a_page_at_a_time(console: ConsoleSetup) -> None:
         log.record(
             AuditEvent(actor="cli:x", action="alias.set", target=f"t{n:03}", at=start + n * SECOND)
         )
-    console.sign_in("reader")
+    console.sign_in("admin")
     first = console.client.get("/console/audit?actor=cli:x")
     targets = re.findall(r"<td>(t\d{3})</td>", first.text)
     assert targets == [f"t{n:03}" for n in range(69, 19, -1)]  # the 50 newest

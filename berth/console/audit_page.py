@@ -43,6 +43,9 @@ async def audit(request: Request) -> Response:
     if action is not None and len(action) > MAX_ACTION_CHARS:
         raise InvalidInput(f"action is at most {MAX_ACTION_CHARS} characters, e.g. key.create")
     svc, who = await viewer(request)
+    # Authentication failures with client addresses and every actor's actions: the API shows
+    # them to admin keys only, and so does the console.
+    who.principal.require_admin()
     found = await run(
         lambda: AuditLog(svc.registry.db).list(
             since=start,
