@@ -46,6 +46,7 @@ PAGES = {
     ("GET", "/console/experiments"),
     ("GET", "/console/experiments/{name}"),
     ("GET", "/console/models/{name}/versions/{version}/monitoring"),
+    ("GET", "/console/series/models/{name}/versions/{version}/accuracy"),
 }
 ADMIN_PAGES = {
     ("GET", "/console/audit"),

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
 from berth.config import Settings
 from berth.jobs.records import Counts, JobService
 from berth.jobs.schedules import ScheduleService
+from berth.monitoring.feedback import store_feedback
 from berth.registry.endpoints import EndpointService
 from berth.rollouts.experiments import ExperimentService
+from berth.security.auth import Principal
 from berth.store.audit import AuditEvent, AuditLog
+from berth.store.tables import PredictionRow
 from tests.conftest import register_iris
 from tests.console_client import ConsoleSetup, console_app
 
@@ -308,6 +312,65 @@ def test_monitoring_page_shows_drift_verdicts_and_live_accuracy(
     assert "has no reference statistics" in plain  # the accuracy table still shows
     assert "last hour 0 0 —" in plain
     assert console.client.get("/console/models/iris/versions/9/monitoring").status_code == 404
+
+
+def test_monitoring_page_charts_accuracy_per_hour(
+    console: ConsoleSetup, iris_files: tuple[Path, Path]
+) -> None:
+    version = register_iris(console.registry, iris_files)
+    now = datetime.now(UTC)
+    rows = [  # (id, predicted, actual or None, age in hours)
+        ("h0a", "setosa", "setosa", 0.5),  # the last hour: 2 of 3 right
+        ("h0b", "setosa", "setosa", 0.6),
+        ("h0c", "setosa", "virginica", 0.7),
+        ("h2a", "versicolor", "virginica", 2.5),  # two hours back: 0 of 1; one back: empty
+        ("h2b", "versicolor", None, 2.6),
+        ("h9", "setosa", "setosa", 30.0),  # outside 24 hours
+    ]
+    with console.registry.db.session() as session:
+        session.execute(
+            insert(PredictionRow),
+            [
+                {"id": i, "model": "iris", "version": version.number, "endpoint": "",
+                 "created_at": now - timedelta(hours=age), "prediction": predicted,
+                 "score": None, "latency_ms": 1.0}
+                for i, predicted, _, age in rows
+            ],
+        )  # fmt: skip
+    admin = Principal(name="admin", scopes=("admin",))
+    store_feedback(console.registry.db, {i: a for i, _, a, _ in rows if a is not None}, admin)
+
+    console.sign_in("reader")
+    base = f"/console/series/models/iris/versions/{version.number}/accuracy"
+    answer = console.client.get(base)
+    assert answer.status_code == 200, answer.text
+    series = answer.json()
+    assert (series["kind"], series["metric"]) == ("classification", "accuracy")
+    assert len(series["t"]) == 24
+    assert series["t"] == sorted(series["t"])
+    assert series["value"][-3:] == [0.0, None, pytest.approx(2 / 3)]
+    assert series["value"][:-3] == [None] * 21
+    assert series["labelled"][-3:] == [1, 0, 3]
+    assert series["count"][-3:] == [2, 0, 3]
+    assert sum(series["labelled"]) == 4
+    assert series["t"][-1] == pytest.approx((now - timedelta(hours=1)).timestamp(), abs=60)
+
+    week = console.client.get(f"{base}?hours=48").json()
+    assert len(week["t"]) == 48
+    assert sum(week["labelled"]) == 5  # the 30-hour-old prediction too
+    assert week["value"][-31] == 1.0
+
+    page = console.client.get(f"/console/models/iris/versions/{version.number}/monitoring")
+    assert page.status_code == 200, page.text
+    assert f'data-chart="{base}?hours=24"' in page.text
+    assert 'data-chart-kind="accuracy"' in page.text
+
+    assert console.client.get(base.replace("iris", "nosuch")).status_code == 404
+    assert console.client.get(base.replace(f"/{version.number}/", "/9/")).status_code == 404
+    for bad in ("0", "abc", "-1", "100000", ""):
+        refused = console.client.get(f"{base}?hours={bad}")
+        assert refused.status_code == 400, bad
+        assert "hours must be a whole number" in _text(refused.text)
 
 
 # ---------------------------------------------------------------------------------------- keys

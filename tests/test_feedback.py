@@ -29,6 +29,7 @@ from berth.monitoring.performance import (
     measure,
     roc_auc,
 )
+from berth.monitoring.performance_series import performance_series, series_document
 from berth.registration.service import RegisterRequest, register
 from berth.registry.service import Registry
 from berth.security.auth import Principal
@@ -172,6 +173,57 @@ def test_performance_joins_feedback_per_version_and_window(registry: Registry) -
     (recent,) = compute_performance(registry.db, "m", 1, Window(since=None, last=2))
     assert (recent.count, recent.labelled, recent.scores.accuracy) == (7, 2, 0.5)
     assert compute_performance(registry.db, "other") == []
+
+
+def test_performance_series_scores_each_hour_bucket_apart(registry: Registry) -> None:
+    _predictions(
+        registry,
+        [
+            ("a1", 1, "yes", None, 0.5),  # bucket 3 (the last hour): a1 right, a2 wrong
+            ("a2", 1, "yes", None, 0.6),
+            ("a3", 1, "no", None, 0.7),  # no feedback: counted, not labelled
+            ("b1", 1, "no", None, 2.5),  # bucket 1: right; bucket 2 has nothing
+            ("c1", 1, "no", None, 3.5),  # bucket 0: wrong
+            ("c2", 1, "yes", None, 3.6),  # no feedback
+            ("old", 1, "no", None, 5),  # before the first bucket
+            ("v2", 2, "no", None, 0.5),  # another version
+        ],
+    )
+    actual = {"a1": "yes", "a2": "no", "b1": "no", "c1": "yes", "old": "no", "v2": "yes"}
+    store_feedback(registry.db, actual, ADMIN)
+    now = datetime.now(UTC)
+    found = performance_series(registry.db, "m", 1, 4, timedelta(hours=1), now)
+    assert [b.start for b in found] == [now - timedelta(hours=h) for h in (4, 3, 2, 1)]
+    assert [(b.count, b.labelled, b.scores.accuracy) for b in found] == [
+        (2, 1, 0.0),
+        (1, 1, 1.0),
+        (0, 0, None),
+        (3, 2, 0.5),
+    ]
+    document = series_document(found)
+    assert document["kind"] == "classification"
+    assert document["metric"] == "accuracy"
+    assert document["value"] == [0.0, 1.0, None, 0.5]
+    assert document["labelled"] == [1, 1, 0, 2]
+    assert document["count"] == [2, 1, 0, 3]
+    assert document["t"] == [round(b.start.timestamp(), 3) for b in found]
+    # The whole span is the sum of its buckets: nothing counted twice at a boundary.
+    (whole,) = compute_performance(registry.db, "m", 1, Window(timedelta(hours=4)), now=now)
+    assert whole.count == sum(b.count for b in found)
+
+
+def test_performance_series_of_a_regressor_draws_mae(registry: Registry) -> None:
+    _predictions(registry, [("r1", 3, 2.5, None, 0.5), ("r2", 3, 1.5, None, 1.5)])
+    store_feedback(registry.db, {"r1": 3.0, "r2": 0.5}, ADMIN)
+    found = performance_series(registry.db, "m", 3, 3, timedelta(hours=1), datetime.now(UTC))
+    document = series_document(found)
+    assert (document["kind"], document["metric"]) == ("regression", "mae")
+    assert document["value"] == [None, pytest.approx(1.0), pytest.approx(0.5)]
+    empty = series_document(performance_series(registry.db, "none", 1, 2, timedelta(hours=1),
+                                               datetime.now(UTC)))  # fmt: skip
+    assert empty["kind"] is None
+    assert empty["value"] == [None, None]
+    assert empty["labelled"] == [0, 0]
 
 
 def test_feedback_before_its_prediction_is_logged_joins_later(registry: Registry) -> None:

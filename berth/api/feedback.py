@@ -15,6 +15,7 @@ items are not kept; send them again later.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -38,6 +39,7 @@ from berth.monitoring.performance import (
     Window,
     compute_performance,
 )
+from berth.monitoring.performance_series import Bucket, performance_series
 from berth.monitoring.prediction_log import PredictionLog
 from berth.request_model import NoFields
 
@@ -407,6 +409,23 @@ async def live_performance(
         await monitoring.log.flush()
     return await anyio.to_thread.run_sync(
         lambda: compute_performance(svc.registry.db, name, version, window)
+    )
+
+
+async def performance_over_time(
+    request: Request, name: str, version: int, buckets: int, width: timedelta
+) -> list[Bucket]:
+    """A version's performance in `buckets` buckets of `width` ending now, oldest first, as
+    `live_performance` measures it: NotFound for an unknown model or version; this process's
+    buffered predictions are written first."""
+    svc = services(request)
+    await anyio.to_thread.run_sync(svc.registry.get_version, name, version)
+    monitoring = _monitoring(request)
+    if monitoring is not None:
+        await monitoring.log.flush()
+    now = datetime.now(UTC)
+    return await anyio.to_thread.run_sync(
+        lambda: performance_series(svc.registry.db, name, version, buckets, width, now)
     )
 
 

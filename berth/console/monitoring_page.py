@@ -1,7 +1,8 @@
 """A version's monitoring: feature drift of its live inputs against its reference data (PSI,
 and KS for numeric features, with verdicts) and its live accuracy from feedback over widening
-windows. Read through the functions `GET /api/v1/models/REF/drift` and
-`GET /api/v1/models/NAME/performance` answer with."""
+windows and, as a chart, per hour (`/console/series/models/NAME/versions/N/accuracy`). Read
+through the functions `GET /api/v1/models/REF/drift` and `GET /api/v1/models/NAME/performance`
+answer with."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from berth.api.drift import drift_document
-from berth.api.feedback import live_performance
+from berth.api.feedback import live_performance, performance_over_time
 from berth.api.v1 import version_number
 from berth.console.guard import viewer
 from berth.console.handling import PREFIX, handled
 from berth.console.pages import run, show
-from berth.errors import NotFound
+from berth.console.render import HEADERS
+from berth.errors import InvalidInput, NotFound
 from berth.monitoring.performance import VersionPerformance, Window
+from berth.monitoring.performance_series import series_document
 from berth.registry.references import Reference, check_name
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -32,6 +35,11 @@ WINDOWS: tuple[tuple[str, timedelta | None], ...] = (
     ("last week", timedelta(days=7)),
     ("all time", None),
 )
+
+CHART_HOURS = 24
+"""Hourly buckets the page's accuracy chart shows."""
+MAX_HOURS = 24 * 14
+"""Most buckets a series asks for: two weeks, one query pair per bucket."""
 
 
 @dataclass(frozen=True)
@@ -72,4 +80,30 @@ async def monitoring(request: Request) -> Response:
         drift=drift,
         no_drift=no_drift,
         measured=measured,
+        chart_hours=CHART_HOURS,
     )
+
+
+@router.get("/series/models/{name}/versions/{version}/accuracy")
+@handled
+async def accuracy_series(request: Request) -> Response:
+    """The accuracy chart's points: the live metric and labelled rows per hour (uPlot, drawn
+    by console.js); `?hours=N` buckets, 24 unless told."""
+    name = request.path_params["name"]
+    check_name("model", name)
+    number = version_number(
+        request.path_params["version"], f"{PREFIX}/series/models/{name}/versions/1/accuracy"
+    )
+    _svc, who = await viewer(request)
+    who.principal.require_read(name)
+    hours = _hours(request.query_params.get("hours"))
+    found = await performance_over_time(request, name, number, hours, timedelta(hours=1))
+    return JSONResponse(series_document(found), headers=HEADERS)
+
+
+def _hours(text: str | None) -> int:
+    if text is None:
+        return CHART_HOURS
+    if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= MAX_HOURS):
+        raise InvalidInput(f"hours must be a whole number from 1 to {MAX_HOURS}, e.g. hours=24")
+    return int(text)

@@ -81,8 +81,12 @@ def compute_performance(
     version: int | None = None,
     window: Window | None = None,
     now: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[VersionPerformance]:
-    """Performance per version of `model` that has predictions in the window, by version."""
+    """Performance per version of `model` that has predictions in the window, by version.
+
+    `until` also drops predictions made at or after it, so a past span (from `now - since` to
+    `until`) is measured exactly; None keeps every prediction up to the present."""
     window = window or Window()
     start = (now or datetime.now(UTC)) - window.since if window.since is not None else None
     limit = min(window.last or MAX_LABELLED, MAX_LABELLED)
@@ -91,6 +95,8 @@ def compute_performance(
         conditions.append(PredictionRow.version == version)
     if start is not None:
         conditions.append(PredictionRow.created_at >= start)
+    if until is not None:
+        conditions.append(PredictionRow.created_at < until)
     found: list[VersionPerformance] = []
     with db.session() as session:
         counts = session.execute(
