@@ -259,6 +259,17 @@ def test_operator_signs_in_watches_a_canary_promotes_it_and_a_reader_cannot(
         assert "sklearn" in ui.text()
         ui.shot("version")
 
+        # Its monitoring page draws the hourly accuracy chart (empty until feedback arrives).
+        ui.open("/console/models/iris/versions/2/monitoring")
+        ui.until(
+            lambda: browser.execute_script(
+                "return document.querySelector('figure.chart .uplot canvas') !== null"
+            ),
+            "the accuracy chart",
+        )
+        assert "No feedback in this span yet." in ui.text()
+        ui.shot("monitoring")
+
         # The endpoint splits traffic between the stable version and the canary.
         ui.open("/console/endpoints/iris")
         ui.until(lambda: "iris:2" in ui.text(), "the canary route")
