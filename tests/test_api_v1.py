@@ -259,12 +259,11 @@ def test_metrics_count_predictions_by_model_version_status(api: ApiSetup) -> Non
     api.client.post("/api/v1/models/iris/predict", json={"features": IRIS_ROW}, headers=api.auth())
     api.client.post("/api/v1/models/iris/predict", json={"features": [1]}, headers=api.auth())
     text = api.client.get("/metrics").text
-    assert 'berth_predictions_total{endpoint="",model="iris",status="ok",version="1"}' in text
-    assert 'berth_predictions_total{endpoint="",model="iris",status="error",version="1"}' in text
-    assert (
-        'berth_prediction_duration_seconds_bucket{endpoint="",le="0.0001",model="iris",version="1"}'
-        in text
-    )
+    labels = 'endpoint="",model="iris",protocol="rest"'
+    assert f'berth_predictions_total{{{labels},status="ok",version="1"}}' in text
+    assert f'berth_predictions_total{{{labels},status="error",version="1"}}' in text
+    bucket = 'endpoint="",le="0.0001",model="iris",protocol="rest",version="1"'
+    assert f"berth_prediction_duration_seconds_bucket{{{bucket}}}" in text
 
 
 def test_request_id_is_echoed(api: ApiSetup) -> None:

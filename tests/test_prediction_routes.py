@@ -16,6 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 from berth.api import hot_path
 from berth.api.app import create_app
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
+from berth.serving.admission import ConcurrencyCap
 from berth.api.prediction_routes import ROUTES, is_prediction
 from berth.config import Settings
 from berth.deploy.nginx import PREDICTION_ROUTES as NGINX_RETRIED
@@ -63,7 +64,7 @@ def shed(path: str, method: str = "POST") -> bool:
         return {"type": "http.request", "body": b""}
 
     scope = {"type": "http", "method": method, "path": path, "headers": []}
-    asyncio.run(LoadSheddingMiddleware(inner, max_concurrent=0)(scope, receive, send))
+    asyncio.run(LoadSheddingMiddleware(inner, ConcurrencyCap(0))(scope, receive, send))
     return bool(sent[0]["status"] == 503)
 
 

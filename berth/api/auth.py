@@ -1,6 +1,14 @@
-"""Who is calling (API key, JWT, or dev mode), their rate limits, and failed attempts audited."""
+"""Who is calling (API key, JWT, or dev mode), their rate limits, and failed attempts audited.
+
+Transport-neutral underneath: the REST routes pass their `Request`, the gRPC service a `Caller`
+built from its call (peer address, method, metadata); both are verified, limited and audited by
+the same code.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -13,6 +21,22 @@ from berth.security.ratelimit import Decision, RateLimiter, check, parse_rate
 from berth.store.audit import AuditEvent, AuditQueue
 
 RATE_STATE = "rate_limit"
+
+
+@dataclass
+class Caller:
+    """One request as authentication sees it, whatever carried it."""
+
+    address: str
+    """The peer's address: the bucket of open routes' rate limit, and the audit's `address`."""
+    target: str
+    """What was called, for the audit trail (`POST /v2/models/iris/infer`, `gRPC ModelInfer`)."""
+    decision: Decision | None = None
+    """The tightest rate-limit decision so far (for RateLimit-* headers or retry metadata)."""
+
+    def remember(self, decision: Decision) -> None:
+        if self.decision is None or decision.remaining < self.decision.remaining:
+            self.decision = decision
 
 
 class Authenticator:
@@ -37,17 +61,24 @@ class Authenticator:
     async def authenticate(self, request: Request, credentials: str | None) -> Principal:
         """`principal` for credentials carried another way (the console's session cookie):
         the same verification, rate limit and audit of failures as a header's."""
+        caller = _caller(request)
+        try:
+            return await self.authenticate_caller(caller, credentials)
+        finally:
+            _remember(request, caller)
+
+    async def authenticate_caller(self, caller: Caller, credentials: str | None) -> Principal:
         if self.keys is None:
-            await self.limit_address(request)
+            await self.limit_caller_address(caller)
             return DEV_PRINCIPAL
         try:
             with tracing.span("auth"):
                 principal = await self._verify(credentials)
         except Unauthenticated as exc:
-            self._audit_failure(request, exc)
+            self._audit_failure(caller, exc)
             raise
         await self._limit(
-            request,
+            caller,
             [("key", f"key:{principal.name}", principal.rate or self.rates.default_key_rate)],
         )
         return principal
@@ -58,48 +89,72 @@ class Authenticator:
         return await self.keys.verify(credentials) if self.keys else DEV_PRINCIPAL
 
     async def limit_model(self, request: Request, model: str) -> None:
-        await self._limit(request, [("model", f"model:{model}", self.rates.model_rates.get(model))])
+        caller = _caller(request)
+        try:
+            await self.limit_caller_model(caller, model)
+        finally:
+            _remember(request, caller)
 
     async def limit_address(self, request: Request) -> None:
+        caller = _caller(request)
+        try:
+            await self.limit_caller_address(caller)
+        finally:
+            _remember(request, caller)
+
+    async def limit_caller_model(self, caller: Caller, model: str) -> None:
+        await self._limit(caller, [("model", f"model:{model}", self.rates.model_rates.get(model))])
+
+    async def limit_caller_address(self, caller: Caller) -> None:
         await self._limit(
-            request,
-            [("address", f"address:{client_address(request)}", self.rates.open_route_rate)],
+            caller, [("address", f"address:{caller.address}", self.rates.open_route_rate)]
         )
 
-    async def _limit(self, request: Request, wanted: list[tuple[str, str, str | None]]) -> None:
+    async def _limit(self, caller: Caller, wanted: list[tuple[str, str, str | None]]) -> None:
         checks = [(kind, bucket, parse_rate(rate)) for kind, bucket, rate in wanted if rate]
         if not checks:
             return
-        decision = await check(self.limiter, checks)
-        _remember(request, decision)
+        caller.remember(await check(self.limiter, checks))
 
-    def _audit_failure(self, request: Request, exc: Unauthenticated) -> None:
+    def _audit_failure(self, caller: Caller, exc: Unauthenticated) -> None:
         if self.audit is None:
             return
         self.audit.put(
             AuditEvent(
                 actor="anonymous",
                 action="auth.failure",
-                target=f"{request.method} {request.url.path}",
+                target=caller.target,
                 outcome="refused",
-                address=client_address(request),
+                address=caller.address,
                 detail={"reason": exc.reason, "message": exc.message},
             )
         )
 
 
-def _remember(request: Request, decision: Decision) -> None:
+def _caller(request: Request) -> Caller:
+    return Caller(client_address(request), f"{request.method} {request.scope['path']}")
+
+
+def _remember(request: Request, caller: Caller) -> None:
     """Keep the tightest decision of this request for the RateLimit-* response headers."""
+    if caller.decision is None:
+        return
     earlier: Decision | None = getattr(request.state, RATE_STATE, None)
-    if earlier is None or decision.remaining < earlier.remaining:
-        setattr(request.state, RATE_STATE, decision)
+    if earlier is None or caller.decision.remaining < earlier.remaining:
+        setattr(request.state, RATE_STATE, caller.decision)
 
 
 def presented_credentials(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
+    return credentials_in(request.headers)
+
+
+def credentials_in(headers: Mapping[str, str]) -> str | None:
+    """An API key (`x-api-key`) or bearer token (`authorization`) from headers or gRPC
+    metadata (lower-case names)."""
+    key = headers.get("x-api-key")
     if key:
         return key.strip()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None

@@ -22,9 +22,6 @@ class HttpConfig:
     body_timeout_seconds: float
     """Longest a client may take to send a request body; slower ones get 408."""
 
-    max_concurrent_requests: int
-    """Prediction requests one worker handles at once; beyond it, 503 with Retry-After."""
-
     compress_min_bytes: int
     """Responses of at least this many bytes are gzip-compressed for clients accepting it; 0 never."""
 
@@ -42,7 +39,6 @@ class HttpConfig:
         return cls(
             max_body_bytes=settings.max_body_bytes,
             body_timeout_seconds=settings.body_timeout_seconds,
-            max_concurrent_requests=settings.max_concurrent_requests,
             compress_min_bytes=settings.compress_min_bytes,
             docs="public" if settings.dev else settings.docs,
             access_log=settings.access_log,

@@ -10,6 +10,7 @@ from berth.api.auth import Authenticator
 from berth.config import Settings
 from berth.registry.service import Registry
 from berth.security.keys import KeyService
+from berth.serving.admission import ConcurrencyCap
 from berth.serving.dataplane import DataPlane
 from berth.store.audit import AuditQueue
 
@@ -22,6 +23,8 @@ class Services:
     keys: KeyService
     auth: Authenticator
     audit: AuditQueue
+    cap: ConcurrencyCap
+    """Concurrent predictions of this process, over every transport."""
 
 
 def services(request: Request) -> Services:

@@ -88,8 +88,8 @@ async def _run(request: Request, ref: str, single: bool, endpoint: bool) -> Pred
     return await svc.dataplane.predict_endpoint(
         name,
         decoder,
-        key=sticky_key(request, sticky, fields),
-        forced=forced_route(request),
+        key=sticky_key(request.headers, sticky, fields),
+        forced=forced_route(request.headers),
         size=len(body),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -175,6 +177,11 @@ async def _authorized(request: Request, name: str) -> Services:
 
 async def _metadata(request: Request, name: str, version: str | None) -> Response:
     svc = await _authorized(request, name)
+    return json_response(await metadata(svc, name, version))
+
+
+async def metadata(svc: Services, name: str, version: str | None) -> dict[str, Any]:
+    """Model metadata as the protocol gives it, for REST and gRPC alike (caller authorized)."""
     endpoint = svc.dataplane.endpoint(name) if version is None else None
     if endpoint is not None:
         # An endpoint describes itself by the version of its primary (stable) route, under its
@@ -185,9 +192,9 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
         )
         document = model_metadata_document(info)
         document["name"] = name
-        return json_response(document)
+        return document
     info = await svc.dataplane.version(_reference(name, version))
-    return json_response(model_metadata_document(info))
+    return model_metadata_document(info)
 
 
 def model_metadata_document(info: VersionInfo) -> dict[str, Any]:
@@ -215,15 +222,22 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
 
 async def _ready(request: Request, name: str, version: str | None) -> Response:
     svc = await _authorized(request, name)
+    await check_ready(svc, name, version)
+    return json_response({"name": name, "ready": True})
+
+
+async def check_ready(svc: Services, name: str, version: str | None) -> None:
+    """Return when the model (or endpoint) answers; raise `NotReady` or `NotFound` saying
+    whether waiting helps. For REST and gRPC alike (caller authorized)."""
     ref = _reference(name, version)
     number = parse_reference(ref).version
     dataplane = svc.dataplane
     if number is None and dataplane.endpoint(name) is not None:
         if dataplane.ready:
-            return json_response({"name": name, "ready": True})
+            return
         raise NotReady(f"endpoint '{name}' is not loaded yet; retry in a few seconds")
     if dataplane.ready and dataplane.is_loaded(name, number):
-        return json_response({"name": name, "ready": True})
+        return
     # Not ready: say whether waiting helps. A model that is not served, or a version that does
     # not exist, never becomes ready (404); the probe itself loads nothing.
     if name not in dataplane.served_names:
@@ -239,10 +253,60 @@ async def _ready(request: Request, name: str, version: str | None) -> Response:
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     svc = services(request)
     principal = await svc.auth.principal(request)
-    ref = _reference(name, version)
-    model = parse_reference(ref).name  # `iris:1` and `iris@production` are model iris
+    model = inference_model(name, version)
     principal.require_predict(model)
     await svc.auth.limit_model(request, model)
+    body = await request.body()
+    length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
+
+    async def parse(shapes: v2_codec.ShapeCheck) -> v2_codec.InferRequest:
+        return await svc.dataplane.offload.run(
+            len(body), v2_codec.parse_infer_request, body, length, shapes, portable=True
+        )
+
+    done = await run_inference(svc, name, version, parse, request.headers, len(body))
+    with tracing.span("encode"):
+        payload, headers = v2_codec.encode_infer_response(
+            done.name, str(done.result.version.number), done.request.id, done.outputs
+        )
+    headers.update(result_headers(done.result))
+    return Response(payload, headers=headers)
+
+
+def inference_model(name: str, version: str | None) -> str:
+    """The model an inference call names, for scopes and limits (`iris@production` is iris);
+    refuses a malformed name or version."""
+    return parse_reference(_reference(name, version)).name
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One inference call answered, before it is encoded for its transport."""
+
+    name: str
+    """The name the client called: the endpoint's when it called one, else the model's."""
+    request: v2_codec.InferRequest
+    result: PredictResult
+    outputs: list[v2_codec.ResponseOutput]
+
+
+Parse = Callable[[v2_codec.ShapeCheck], Awaitable[v2_codec.InferRequest]]
+"""Decodes the transport's request, calling the shape check before decoding any values."""
+
+
+async def run_inference(
+    svc: Services,
+    name: str,
+    version: str | None,
+    parse: Parse,
+    headers: Mapping[str, str],
+    size: int,
+) -> Inference:
+    """An inference call through the dataplane, for REST and gRPC alike (caller authorized).
+
+    `headers` (REST headers, gRPC metadata) carry the sticky key and a forced route.
+    """
+    ref = _reference(name, version)
     dataplane = svc.dataplane
     endpoint = dataplane.endpoint(name)
     if endpoint is not None and version is not None:
@@ -251,35 +315,22 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     # The model first: an unknown model is 404 whatever the body, and a known version's
     # signature refuses a wrong shape before millions of values are decoded.
     signature = None if endpoint is not None else (await dataplane.version(ref)).signature
-    body = await request.body()
-    length = v2_codec.parse_header_length(request.headers.get(v2_codec.HEADER_LENGTH))
     max_rows = dataplane.config.max_batch_rows
-    shapes = partial(check_declared_shapes, signature, "inputs", max_rows)
-    infer_request = await dataplane.offload.run(
-        len(body), v2_codec.parse_infer_request, body, length, shapes, portable=True
-    )
+    infer_request = await parse(partial(check_declared_shapes, signature, "inputs", max_rows))
     decoder = _decoder(infer_request, max_rows)
     if endpoint is None:
-        result = await dataplane.predict(ref, decoder, size=len(body))
+        result = await dataplane.predict(ref, decoder, size=size)
     else:
         # An endpoint name works where a model name does; /versions/N forces the route
         # serving version N.
-        forced = forced_route(request) if version is None else _route_of(endpoint, version)
-        key = sticky_key(request, endpoint.sticky, _sticky_fields(infer_request))
-        result = await dataplane.predict_endpoint(
-            name, decoder, key=key, forced=forced, size=len(body)
-        )
+        forced = forced_route(headers) if version is None else _route_of(endpoint, version)
+        key = sticky_key(headers, endpoint.sticky, _sticky_fields(infer_request))
+        result = await dataplane.predict_endpoint(name, decoder, key=key, forced=forced, size=size)
     with tracing.span("encode"):
         outputs = _outputs(infer_request, result)
-        # model_name is the name the client called: the endpoint's, when it called one.
-        payload, headers = v2_codec.encode_infer_response(
-            name if endpoint is not None else result.version.model,
-            str(result.version.number),
-            infer_request.id,
-            outputs,
-        )
-    headers.update(result_headers(result))
-    return Response(payload, headers=headers)
+    # model_name is the name the client called: the endpoint's, when it called one.
+    called = name if endpoint is not None else result.version.model
+    return Inference(called, infer_request, result, outputs)
 
 
 def _route_of(endpoint: EndpointInfo, version: str) -> str:

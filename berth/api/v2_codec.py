@@ -74,7 +74,7 @@ _FIXED_DTYPES: dict[str, np.dtype[Any]] = {
 }
 DATATYPES: tuple[str, ...] = (*_FIXED_DTYPES, "BF16", "BYTES")
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
-_WIRE_ITEMSIZE = {**{k: v.itemsize for k, v in _FIXED_DTYPES.items()}, "BF16": 2}
+WIRE_ITEMSIZE = {**{k: v.itemsize for k, v in _FIXED_DTYPES.items()}, "BF16": 2}
 _KIND_PREFIX = {"b": "BOOL", "u": "UINT", "i": "INT", "f": "FP"}
 _LENGTH = struct.Struct("<I")
 _MAX_RANK = 32  # numpy 1.x's limit (2.x allows 64)
@@ -349,8 +349,8 @@ def _parse_header(index: int, item: Any) -> _InputHeader:
     name = item.get("name")
     if not isinstance(name, str):
         raise InvalidInput(f"request inputs[{index}].name: expected a string, got {_show(name)}")
-    shape = _parse_shape(name, item.get("shape"))
-    datatype = _parse_datatype(name, item.get("datatype"))
+    shape = parse_shape(name, item.get("shape"))
+    datatype = parse_datatype(name, item.get("datatype"))
     parameters = _optional_object(item, "parameters", f"input '{name}'")
     if "shared_memory_region" in parameters:
         raise InvalidInput(
@@ -379,7 +379,7 @@ def _decode_input(header: _InputHeader, binary: _BinaryPart) -> RequestInput:
     return RequestInput(name, shape, datatype, header.parameters, array)
 
 
-def _parse_shape(name: str, raw: Any) -> tuple[int, ...]:
+def parse_shape(name: str, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
         raise InvalidInput(
             f"input '{name}': shape must be a list of non-negative integers, got {_show(raw)}"
@@ -396,7 +396,7 @@ def _parse_shape(name: str, raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _parse_datatype(name: str, raw: Any) -> str:
+def parse_datatype(name: str, raw: Any) -> str:
     if isinstance(raw, str) and raw in DATATYPES:
         return raw
     raise InvalidInput(
@@ -561,18 +561,18 @@ def _decode_binary_data(
     chunk = binary.take(name, size)
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _unpack_bytes(name, chunk, count).reshape(shape)
-    expected = count * _WIRE_ITEMSIZE[datatype]
+        return unpack_bytes(name, chunk, count).reshape(shape)
+    expected = count * WIRE_ITEMSIZE[datatype]
     if size != expected:
         raise InvalidInput(
             f"input '{name}': binary_data_size is {size} bytes but shape {list(shape)} of "
-            f"{datatype} needs {expected} ({count} x {_WIRE_ITEMSIZE[datatype]}); "
+            f"{datatype} needs {expected} ({count} x {WIRE_ITEMSIZE[datatype]}); "
             "check the shape, the datatype and the data"
         )
-    return _unpack_fixed(name, datatype, chunk).reshape(shape)
+    return unpack_fixed(name, datatype, chunk).reshape(shape)
 
 
-def _unpack_fixed(name: str, datatype: str, chunk: memoryview) -> NDArray:
+def unpack_fixed(name: str, datatype: str, chunk: memoryview) -> NDArray:
     if datatype == "BF16":
         return bf16_bits_to_float32(np.frombuffer(chunk, dtype="<u2"))
     if datatype == "BOOL":
@@ -587,7 +587,7 @@ def _unpack_fixed(name: str, datatype: str, chunk: memoryview) -> NDArray:
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype)
 
 
-def _unpack_bytes(name: str, chunk: memoryview, count: int) -> NDArray:
+def unpack_bytes(name: str, chunk: memoryview, count: int) -> NDArray:
     items: list[bytes] = []
     offset = 0
     for index in range(count):
@@ -660,7 +660,7 @@ def encode_error(message: str) -> bytes:
 
 def _encode_output(output: ResponseOutput) -> tuple[dict[str, Any], bytes | None]:
     datatype = output.datatype or datatype_of(output.array)
-    wire = _to_wire(output.name, output.array, datatype)
+    wire = to_wire(output.name, output.array, datatype)
     tensor: dict[str, Any] = {
         "name": output.name,
         "datatype": datatype,
@@ -668,7 +668,7 @@ def _encode_output(output: ResponseOutput) -> tuple[dict[str, Any], bytes | None
     }
     parameters = dict(output.parameters or {})
     if output.binary:
-        chunk = _pack(datatype, wire)
+        chunk = pack(datatype, wire)
         parameters["binary_data_size"] = len(chunk)
         tensor["parameters"] = parameters
         return tensor, chunk
@@ -678,7 +678,7 @@ def _encode_output(output: ResponseOutput) -> tuple[dict[str, Any], bytes | None
     return tensor, None
 
 
-def _to_wire(name: str, array: NDArray, datatype: str) -> NDArray:
+def to_wire(name: str, array: NDArray, datatype: str) -> NDArray:
     """Flat row-major array in wire form: bytes objects for BYTES, uint16 bits for BF16."""
     flat = np.asarray(array).reshape(-1)
     if datatype == "BYTES":
@@ -716,7 +716,7 @@ def _as_bytes(value: Any) -> bytes:
     return str(value).encode("utf-8")
 
 
-def _pack(datatype: str, wire: NDArray) -> bytes:
+def pack(datatype: str, wire: NDArray) -> bytes:
     if datatype == "BYTES":
         return b"".join(_LENGTH.pack(len(item)) + item for item in wire.tolist())
     return wire.astype(wire.dtype.newbyteorder("<"), copy=False).tobytes()

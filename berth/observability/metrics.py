@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import os
 import re
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import (
@@ -100,15 +101,19 @@ FEATURE_VALUE_BUCKETS = (
     100_000.0,
 )
 
+PROTOCOL: ContextVar[str] = ContextVar("berth_protocol", default="rest")
+"""The transport of the request being handled (`rest` or `grpc`): the `protocol` label. The
+gRPC service sets it for its calls; everything else predicts over REST or in process."""
+
 PREDICTIONS = Counter(
     "berth_predictions",
-    "Prediction requests handled, by model, version, endpoint and outcome.",
-    ["model", "version", "endpoint", "status"],
+    "Prediction requests handled, by model, version, endpoint, outcome and protocol.",
+    ["model", "version", "endpoint", "status", "protocol"],
 )
 PREDICTION_DURATION = Histogram(
     "berth_prediction_duration_seconds",
     "Time from validated input to model output, per request.",
-    ["model", "version", "endpoint"],
+    ["model", "version", "endpoint", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
 PREDICTION_ERRORS = Counter(

@@ -98,9 +98,9 @@ class PredictResult:
 class _Meters:
     """The labelled metrics of one version and endpoint, looked up once (labels() locks)."""
 
-    def __init__(self, labels: tuple[str, str], endpoint: str) -> None:
-        self.ok = metrics.PREDICTIONS.labels(*labels, endpoint, "ok")
-        self.duration = metrics.PREDICTION_DURATION.labels(*labels, endpoint)
+    def __init__(self, labels: tuple[str, str], endpoint: str, protocol: str) -> None:
+        self.ok = metrics.PREDICTIONS.labels(*labels, endpoint, "ok", protocol)
+        self.duration = metrics.PREDICTION_DURATION.labels(*labels, endpoint, protocol)
 
 
 @dataclass
@@ -161,7 +161,7 @@ class DataPlane:
         self._routes: dict[str, _Route] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self.observers: list[Observer] = []
-        self._children: dict[tuple[str, str, str], _Meters] = {}
+        self._children: dict[tuple[str, str, str, str], _Meters] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._shadows: set[asyncio.Task[None]] = set()
         self._endpoints: dict[str, _Endpoint] = {}
@@ -417,14 +417,15 @@ class DataPlane:
         )
 
     def _meters(self, labels: tuple[str, str], endpoint: str) -> _Meters:
-        meters = self._children.get((*labels, endpoint))
+        key = (*labels, endpoint, metrics.PROTOCOL.get())
+        meters = self._children.get(key)
         if meters is None:
-            meters = self._children[(*labels, endpoint)] = _Meters(labels, endpoint)
+            meters = self._children[key] = _Meters(labels, endpoint, key[-1])
         return meters
 
     @staticmethod
     def _count(labels: tuple[str, str], endpoint: str, kind: str) -> None:
-        metrics.PREDICTIONS.labels(*labels, endpoint, "error").inc()
+        metrics.PREDICTIONS.labels(*labels, endpoint, "error", metrics.PROTOCOL.get()).inc()
         metrics.PREDICTION_ERRORS.labels(*labels, kind).inc()
 
     # routing and loading -----------------------------------------------------------------

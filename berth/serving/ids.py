@@ -26,3 +26,8 @@ os.register_at_fork(after_in_child=_fresh)
 
 def new_id() -> str:
     return f"{_prefix}{next(_counter):016x}"
+
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+"""What a caller's own request id (`X-Request-ID`, gRPC `x-request-id`) may be to be kept: safe
+in a log line and a header; anything else is replaced by a new id."""

@@ -7,9 +7,9 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.middleware.asgi import with_headers
-from berth.serving.ids import new_id
+from berth.serving.ids import REQUEST_ID_PATTERN, new_id
 
-_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_SAFE_ID = re.compile(REQUEST_ID_PATTERN.encode())
 
 
 class RequestIdMiddleware:
