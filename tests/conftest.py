@@ -383,3 +383,9 @@ def one_line_error(outcome: Outcome, fragment: str) -> None:
     assert len(lines) == 1, outcome.err
     assert lines[0].startswith("error: "), outcome.err
     assert fragment in lines[0], outcome.err
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.scheduling import spread_long_tests, worker_count
+
+    spread_long_tests(items, worker_count(config))

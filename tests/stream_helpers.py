@@ -132,10 +132,15 @@ class Consumer:
 
     def freeze_when(self, state: Callable[[], bool], seconds: float = 30) -> bool:
         """Stop the process (SIGSTOP) at a moment `state()` holds, e.g. with events in flight, so
-        a kill lands mid-batch. False (and running) if that moment did not come in time."""
+        a kill lands mid-batch. False (and running) if that moment did not come in time.
+
+        `state()` is read once the stopped process's last commands have had time to land (a
+        batch's acknowledgement sent just before the stop would otherwise empty the pending list
+        after the check, under load)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.signal(signal.SIGSTOP)
+            time.sleep(0.1)
             if state():
                 return True
             self.signal(signal.SIGCONT)
