@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ demo: install
 # subprocesses, so a third worker fills the waits (a clean-clone CI run: 21 min 51 s of pytest
 # with three, 23 min 27 s with two).
 TEST_WORKERS ?= 3
-test: install prometheus nginx azurite chromium
+test: install prometheus nginx azurite chromium grpc-tools kserve-client
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # promtool and prometheus (Debian's package) for tests/test_alerts.py and the end-to-end test.
@@ -195,6 +195,32 @@ bench-peers: wrk
 	@test -d $(PEERS) || { echo "no peer benchmark at $(PEERS); set PEERS=DIR"; exit 1; }
 	bash $(PEERS)/setup.sh
 	bash /tmp/peerbench/run_all.sh
+
+# The gRPC code generator, pinned (its output names the protobuf release it came from), in an
+# environment of its own: grpcio-tools 1.78 wants protobuf 6, the dev tools protobuf 7.
+GRPC_TOOLS := .tools/grpc-tools
+GRPC_TOOLS_VERSION := 1.78.2
+grpc-tools: $(GRPC_TOOLS)/.installed-$(GRPC_TOOLS_VERSION)
+
+$(GRPC_TOOLS)/.installed-$(GRPC_TOOLS_VERSION):
+	$(PYTHON) -m venv $(GRPC_TOOLS)
+	$(GRPC_TOOLS)/bin/pip install --quiet "grpcio-tools==$(GRPC_TOOLS_VERSION)"
+	touch $@
+
+# berth/grpc/generated/ from berth/grpc/proto/ (tests/test_grpc_code.py checks it is current).
+grpc-code: grpc-tools
+	$(GRPC_TOOLS)/bin/python berth/grpc/codegen.py
+
+# KServe's Python SDK (its InferenceGRPCClient) for tests/test_grpc_clients.py, in an
+# environment of its own: it pins protobuf below 7 and its own FastAPI.
+KSERVE_CLIENT := .tools/kserve
+KSERVE_VERSION := 0.21.0
+kserve-client: $(KSERVE_CLIENT)/.installed-$(KSERVE_VERSION)
+
+$(KSERVE_CLIENT)/.installed-$(KSERVE_VERSION):
+	$(PYTHON) -m venv $(KSERVE_CLIENT)
+	$(KSERVE_CLIENT)/bin/pip install --quiet "kserve==$(KSERVE_VERSION)"
+	touch $@
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }

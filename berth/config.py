@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=1024)
     """Server worker processes."""
 
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the Open Inference Protocol over gRPC, served by every worker beside HTTP (`berth serve --grpc-port`); unset: no gRPC."""
+
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED."""
+
     worker_preload: bool = True
     """With several workers, fork them from a process that has imported the server once (a killed worker is back in about a second); false starts each from scratch."""
 

@@ -1,4 +1,5 @@
-"""The app `berth serve` runs: the API, with the browser console mounted when it is on.
+"""The app `berth serve` runs: the API, with the browser console mounted when it is on and the
+gRPC server beside it when a gRPC port is set.
 
 The API (`berth.api`) cannot import the console, which sits above it (the console calls the
 admin API's authentication and error mapping); this module, above both, joins them through the
@@ -15,15 +16,22 @@ from berth.api.services import Services
 from berth.config import Settings, load_settings
 from berth.console.config import ConsoleConfig
 from berth.console.mount import console_extension
+from berth.grpc.config import GrpcConfig
 from berth.observability import tracing
 
 
 def create_server_app(settings: Settings | None = None, svc: Services | None = None) -> FastAPI:
-    """The API with the console at /console (unless BERTH_CONSOLE=false)."""
+    """The API with the console at /console (unless BERTH_CONSOLE=false), and gRPC on
+    BERTH_GRPC_PORT while the app runs."""
     settings = settings or Settings()
     svc = svc or build_services(settings)
     config = ConsoleConfig.from_settings(settings)
     extensions: list[Extension] = [console_extension(config)] if config.enabled else []
+    grpc_config = GrpcConfig.from_settings(settings)
+    if grpc_config.port is not None:
+        from berth.grpc.server import lifetime  # grpc is imported only by servers that use it
+
+        extensions.append(lambda _app, served: lifetime(grpc_config, served))
     return create_app(settings, svc, extensions)
 
 

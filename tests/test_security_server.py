@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -19,13 +17,10 @@ import numpy as np
 import pytest
 import redis
 import skops.io
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from tests.certificates import self_signed
 from tests.conftest import BERTH, berth, free_port, require_service
 
 pytestmark = pytest.mark.server
@@ -94,40 +89,9 @@ def _stop(process: subprocess.Popen[bytes]) -> str:
     return stderr.decode()
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_https_with_tls_cert_and_key(home: tuple[dict[str, str], Path]) -> None:
     env, folder = home
-    cert, key = _self_signed(folder)
+    cert, key = self_signed(folder)
     secret = _key(env, "tls-client")
     trust = ssl.create_default_context(cafile=str(cert))
     process, base = _serve(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.types import Scope
@@ -56,6 +56,7 @@ from berth.security.config import JwtConfig, KeyConfig, RateLimitConfig
 from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
+from berth.serving.admission import ConcurrencyCap
 from berth.serving.cache import PredictionCache, build_cache
 from berth.serving.config import ServingConfig
 from berth.serving.dataplane import DataPlane
@@ -105,7 +106,13 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         audit=audit,
     )
     return Services(
-        settings=settings, registry=registry, dataplane=dataplane, keys=keys, auth=auth, audit=audit
+        settings=settings,
+        registry=registry,
+        dataplane=dataplane,
+        keys=keys,
+        auth=auth,
+        audit=audit,
+        cap=ConcurrencyCap(settings.max_concurrent_requests),
     )
 
 
@@ -134,8 +141,10 @@ def _rollout_controller(config: RolloutControllerConfig, svc: Services) -> Rollo
     )
 
 
-Extension = Callable[[FastAPI, Services], None]
-"""Adds routes to the app from an edge above the API (the console): see `berth.server`."""
+Extension = Callable[[FastAPI, Services], AbstractAsyncContextManager[None] | None]
+"""Adds routes to the app from an edge above the API (the console), or runs beside it for the
+app's lifetime (the gRPC server: the context it returns is entered once the dataplane has
+started and left before it stops): see `berth.server`."""
 
 
 def create_app(
@@ -148,6 +157,8 @@ def create_app(
     svc = svc or build_services(settings)
     http = HttpConfig.from_settings(settings)
     drift_config = DriftConfig.from_settings(settings)
+
+    lifetimes: list[AbstractAsyncContextManager[None]] = []
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -164,7 +175,10 @@ def create_app(
         # in flight for tens of milliseconds.
         gc.freeze()
         try:
-            yield
+            async with AsyncExitStack() as beside:
+                for lifetime in lifetimes:
+                    await beside.enter_async_context(lifetime)
+                yield
         finally:
             if controller is not None:
                 await controller.stop()
@@ -207,7 +221,9 @@ def create_app(
         app.include_router(router)
     docs.attach(app, http.docs)
     for extend in extensions:
-        extend(app, svc)
+        lifetime = extend(app, svc)
+        if lifetime is not None:
+            lifetimes.append(lifetime)
     monitoring = feedback.attach(
         app,
         svc,
@@ -221,7 +237,7 @@ def create_app(
     # prediction routes then go straight to their handlers.
     app.add_middleware(HotPathMiddleware)
     app.add_middleware(RateHeadersMiddleware)
-    app.add_middleware(LoadSheddingMiddleware, max_concurrent=http.max_concurrent_requests)
+    app.add_middleware(LoadSheddingMiddleware, cap=svc.cap)
     app.add_middleware(
         RequestBodyMiddleware,
         max_bytes=http.max_body_bytes,

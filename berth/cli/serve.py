@@ -39,6 +39,7 @@ class ServerOptions:
     follow_production: bool = False
     """`served` are today's production models; serve models given the alias later too."""
     console_read_only: bool = False
+    grpc_port: int | None = None
 
     @property
     def scheme(self) -> str:
@@ -56,6 +57,8 @@ class ServerOptions:
         }
         if self.console_read_only:
             env["BERTH_CONSOLE_READ_ONLY"] = "1"
+        if self.grpc_port is not None:
+            env["BERTH_GRPC_PORT"] = str(self.grpc_port)
         if self.tls_cert and self.tls_key:
             env["BERTH_TLS_CERT_FILE"] = str(self.tls_cert)
             env["BERTH_TLS_KEY_FILE"] = str(self.tls_key)
@@ -69,6 +72,12 @@ def serve(
     ),
     host: str | None = typer.Option(None, help="Bind address (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help=f"Port (default {DEFAULT_PORT})."),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        help="Also serve the Open Inference Protocol over gRPC on this port, in every worker "
+        "(BERTH_GRPC_PORT; TLS with --tls-cert as HTTPS).",
+    ),
     workers: int | None = typer.Option(None, help="Worker processes (default 1)."),
     dev: bool = typer.Option(
         False, "--dev", help="Accept requests without an API key (local development only)."
@@ -117,16 +126,24 @@ def serve(
 
     Every endpoint in the registry is served too, and the rollout controller runs inside.
 
-    Example: berth serve churn@production --port 9000 --workers 2 --tls-cert cert.pem --tls-key key.pem
+    Example: berth serve churn@production --port 9000 --grpc-port 9001 --workers 2 --tls-cert cert.pem --tls-key key.pem
     """
     current = settings()
     port = current.port if port is None else _checked("--port", port, 1, 65535)
+    if grpc_port is not None:
+        _checked("--grpc-port", grpc_port, 1, 65535)
+    grpc_port = current.grpc_port if grpc_port is None else grpc_port
     workers = current.workers if workers is None else _checked("--workers", workers, 1, 1024)
     address = address or current.ray_address
-    _check_engine(engine, address, detach, workers, tls_cert or tls_key)
+    _check_engine(engine, address, detach, workers, tls_cert or tls_key, grpc_port)
     host = host or current.host
     if engine is Engine.uvicorn:
-        check_port_free(host, port)  # before any model loads: a clash is one line, at once
+        # Before any model loads: a clash is one line, at once.
+        check_port_free(host, port)
+        if grpc_port is not None:
+            if grpc_port == port:
+                raise InvalidInput("--grpc-port must differ from --port (HTTP listens there)")
+            check_port_free(host, grpc_port, option="--grpc-port")
     served = list(references or current.served)
     if bundle is not None:
         from berth.deploy.bundle import install_bundle
@@ -146,6 +163,7 @@ def serve(
         tls_key=tls_key or current.tls_key_file,
         follow_production=follow,
         console_read_only=console_read_only or current.console_read_only,
+        grpc_port=grpc_port,
     )
     if engine is Engine.ray:
         _serve_on_ray(options, address, detach)
@@ -159,7 +177,7 @@ def _checked(option: str, value: int, low: int, high: int) -> int:
     return value
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
     """Refuse at once when the address cannot be bound (in use, not an address of this host)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -173,25 +191,35 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except PermissionError as exc:
             raise InvalidInput(
-                f"port {port} needs privileges to bind; pick a port above 1023 with --port"
+                f"port {port} needs privileges to bind; pick a port above 1023 with {option}"
             ) from exc
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise InvalidInput(
                     f"port {port} on {host} is in use (another server?); stop it or pick "
-                    "another port with --port"
+                    f"another port with {option}"
                 ) from exc
             raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 def _check_engine(
-    engine: Engine, address: str | None, detach: bool, workers: int, tls: Path | None
+    engine: Engine,
+    address: str | None,
+    detach: bool,
+    workers: int,
+    tls: Path | None,
+    grpc_port: int | None,
 ) -> None:
     """Refuse option mixes before anything is registered or started."""
     if engine is not Engine.ray:
         if detach or (address is not None and address != settings().ray_address):
             raise InvalidInput("--address and --detach apply to --engine ray only")
         return
+    if grpc_port is not None:
+        raise InvalidInput(
+            "--engine ray serves HTTP through Ray Serve's proxy; drop --grpc-port (and "
+            "BERTH_GRPC_PORT), or serve gRPC with the default engine"
+        )
     if workers > 1 or tls is not None:
         raise InvalidInput(
             "--engine ray scales with replicas (BERTH_RAY_MIN_REPLICAS, BERTH_RAY_MAX_REPLICAS), "
@@ -267,9 +295,10 @@ def start_server(options: ServerOptions) -> None:
     if options.dev:
         err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
     later = " (and models given a production alias later)" if options.follow_production else ""
+    grpc = f" and gRPC on {options.host}:{options.grpc_port}" if options.grpc_port else ""
     console.print(
         f"Serving {', '.join(options.served) or 'endpoints'}{later} on "
-        f"{options.scheme}://{options.host}:{options.port} ({options.workers} worker(s))"
+        f"{options.scheme}://{options.host}:{options.port}{grpc} ({options.workers} worker(s))"
     )
     if options.workers <= 1:
         supervisor.run(load_settings())  # read again: the options are in the environment now
