@@ -10,6 +10,7 @@ own.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -43,7 +44,14 @@ from berth.registry.service import Registry
 from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from tests.certificates import self_signed
-from tests.conftest import BERTH, berth, register_churn, register_iris, wait_ready
+from tests.conftest import (
+    BERTH,
+    berth,
+    register_churn,
+    register_iris,
+    require_service,
+    wait_ready,
+)
 from tests.ports import free_port
 
 IRIS = load_iris().data.astype(np.float32)
@@ -572,3 +580,44 @@ def test_bytes_that_are_no_message_are_invalid_argument(
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.NOT_FOUND,
     }
+
+
+# KServe's client -------------------------------------------------------------------------------
+
+KSERVE_PYTHON = Path(__file__).resolve().parent.parent / ".tools" / "kserve" / "bin" / "python"
+
+
+def test_kserves_grpc_client_unmodified(server: Server) -> None:
+    if not KSERVE_PYTHON.exists():
+        require_service("KServe's Python client", "run `make kserve-client`")
+    rows = IRIS[::9]
+    script = Path(__file__).resolve().parent / "clients" / "kserve_grpc.py"
+    done = subprocess.run(
+        [str(KSERVE_PYTHON), str(script), server.grpc, server.key, json.dumps(rows.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (seen["live"], seen["ready"], seen["model_ready"]) == (True, True, True)
+    assert seen["server"]["name"] == "berth"
+    assert seen["model"] == {
+        "name": "iris",
+        "platform": "sklearn",
+        "inputs": [["input", "FP32", [-1, 4]]],
+    }
+    model = server.iris[1]
+    for form in ("raw", "typed"):
+        answer = seen[form]
+        assert (answer["id"], answer["version"]) == (form, "1")
+        np.testing.assert_array_equal(answer["outputs"]["predict"], model.predict(rows))
+        np.testing.assert_allclose(
+            answer["outputs"]["predict_proba"], model.predict_proba(rows), rtol=1e-6
+        )
+    assert seen["canary"]["model"] == "flowers"
+    assert seen["canary"]["version"] == "2"
+    np.testing.assert_array_equal(seen["canary"]["predict"], server.iris[2].predict(rows))
+    assert seen["missing"] == "NOT_FOUND"
+    assert seen["no_key"] == "UNAUTHENTICATED"

@@ -16,10 +16,10 @@ from starlette.types import Message, Receive, Scope, Send
 from berth.api import hot_path
 from berth.api.app import create_app
 from berth.api.middleware.load_shedding import LoadSheddingMiddleware
-from berth.serving.admission import ConcurrencyCap
 from berth.api.prediction_routes import ROUTES, is_prediction
 from berth.config import Settings
 from berth.deploy.nginx import PREDICTION_ROUTES as NGINX_RETRIED
+from berth.serving.admission import ConcurrencyCap
 
 VALUES = {"ref": "iris@production", "name": "iris", "version": "1", "id": "1", "alias": "prod"}
 TABLE = {route.path for route in ROUTES}
