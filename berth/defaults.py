@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 DEFAULT_PORT = 8321
+DEFAULT_GRPC_PORT = 8322
+"""Where `berth build`'s images serve the Open Inference Protocol over gRPC."""
 
 LONG_POLL_MAX_SECONDS = 60
 """The longest wait a long poll (`GET /api/v1/rollouts/ID?wait=SECONDS`) may ask for; a server

@@ -244,15 +244,15 @@ def test_the_deployment_is_restricted_probed_and_bounded(built: Built) -> None:
         "requests": {"cpu": "750m", "memory": "768Mi"},
         "limits": {"cpu": "1500m", "memory": "768Mi"},
     }
-    probes = {
-        name: container[f"{name}Probe"]["httpGet"] for name in ("startup", "liveness", "readiness")
-    }
-    assert probes == {
-        "startup": {"path": "/health", "port": "http"},
-        "liveness": {"path": "/health", "port": "http"},
-        "readiness": {"path": "/ready", "port": "http"},
-    }
-    assert container["ports"] == [{"name": "http", "containerPort": 8321, "protocol": "TCP"}]
+    probes = {name: container[f"{name}Probe"] for name in ("startup", "liveness", "readiness")}
+    assert probes["startup"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert probes["liveness"]["httpGet"] == {"path": "/health", "port": "http"}
+    # gRPC's health service, on by default: SERVING exactly when /ready answers 200
+    assert probes["readiness"]["grpc"] == {"port": 8322}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8321, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8322, "protocol": "TCP"},
+    ]
     assert container["envFrom"] == [
         {"configMapRef": {"name": "berth-churn"}},
         {"secretRef": {"name": "berth-churn-secrets"}},
@@ -568,7 +568,8 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_healthchecked(built: Built)
     assert command[:4] == ["berth", "serve", "--bundle", "/opt/berth/model"]
     assert "--trust-pickle" not in command  # churn is a skops file, no pickle to vouch for
     assert ("COPY", "model/ /opt/berth/model/") in final
-    assert ("EXPOSE", "8321") in final
+    assert ("EXPOSE", "8321 8322") in final
+    assert command[-2:] == ["--grpc-port", "8322"]
     for keyword, args in steps:
         if keyword in ("ENV", "ARG"):
             assert not SECRET_NAME.search(args), f"{keyword} {args}"

@@ -143,8 +143,11 @@ def test_the_module_runs_the_image_with_the_builds_limits(built: Built) -> None:
     # --cpu 0.75: the Kubernetes limit is 1500m, here 1.5 CPUs; --memory 768Mi, no swap on top.
     assert host["NanoCpus"] == 1_500_000_000
     assert host["Memory"] == host["MemorySwap"] == 768 * 2**20
-    assert created["ExposedPorts"] == {"8321/tcp": {}}
-    assert host["PortBindings"] == {"8321/tcp": [{"HostPort": "8321"}]}
+    assert created["ExposedPorts"] == {"8321/tcp": {}, "8322/tcp": {}}
+    assert host["PortBindings"] == {
+        "8321/tcp": [{"HostPort": "8321"}],
+        "8322/tcp": [{"HostPort": "8322"}],
+    }
     assert host["Binds"] == [f"{MODULE}-data:/var/lib/berth"]
     assert host["ReadonlyRootfs"] is True
     assert host["Tmpfs"] == {"/tmp": ""}
@@ -207,7 +210,7 @@ def test_the_command_writes_the_manifest_with_the_edge_options(cli: Run, tmp_pat
     out = tmp_path / "bundle"
     done = cli("build", "churn@production", "--out", str(out), "--target", "iot-edge",
                "--image", "myacr.azurecr.io/ml/churn:2026-01", "--port", "9100",
-               "--edge-module", "churn-edge", "--edge-restart-policy", "on-unhealthy",
+               "--grpc-port", "0", "--edge-module", "churn-edge", "--edge-restart-policy", "on-unhealthy",
                "--edge-registry-user", "myacr")  # fmt: skip
     assert done.code == 0, done.err
     assert "iot-edge/deployment.json" in done.out

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from berth.cli.context import console, registry, remote
-from berth.defaults import DEFAULT_PORT
+from berth.defaults import DEFAULT_GRPC_PORT, DEFAULT_PORT
 
 if TYPE_CHECKING:  # the bundle writer reads the registry: imported when `berth build` runs
     from berth.deploy.build import BuildResult
@@ -59,6 +59,12 @@ def build(
         None, "--image", help="Image NAME:TAG (default berth-<model>:<version>)."
     ),
     port: int = typer.Option(DEFAULT_PORT, "--port", help="Port the server listens on."),
+    grpc_port: int = typer.Option(
+        DEFAULT_GRPC_PORT,
+        "--grpc-port",
+        help="Port of the Open Inference Protocol over gRPC (its own container port and "
+        "health probe); 0 leaves gRPC out.",
+    ),
     replicas: int = typer.Option(2, "--replicas", min=1, help="Replicas in production."),
     min_replicas: int | None = typer.Option(
         None,
@@ -173,6 +179,7 @@ def build(
         model_source=model_source.value if model_source else None,
         image=image,
         port=port,
+        grpc_port=grpc_port or None,
         replicas=replicas,
         min_replicas=min_replicas,
         max_replicas=max_replicas,

@@ -131,7 +131,7 @@ def _berth(plan: Plan) -> dict[str, Any]:
         # BERTH_SECRET_KEY, BERTH_DATABASE_URL (with the PostgreSQL password), BERTH_REDIS_URL
         "env_file": [ENV_FILE],
         "environment": plan.settings(),
-        "ports": [f"127.0.0.1:{plan.port}:{plan.port}"],
+        "ports": [f"127.0.0.1:{port}:{port}" for port in plan.ports],
         "volumes": [f"berth-data:{HOME}"],
         "read_only": True,
         "tmpfs": ["/tmp"],  # noqa: S108 - the container's own scratch space

@@ -79,7 +79,7 @@ RUN groupadd --system --gid {UID} berth \\
 COPY --from=builder {VENV} {VENV}
 {copy_model}WORKDIR {HOME}
 USER {UID}:{UID}
-EXPOSE {plan.port}
+EXPOSE {" ".join(map(str, plan.ports))}
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \\
     CMD {json.dumps(healthcheck_command(plan.port))}
 CMD {json.dumps(plan.command())}

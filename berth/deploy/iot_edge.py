@@ -106,12 +106,12 @@ def nano_cpus(plan: Plan) -> int:
 
 def create_options(plan: Plan) -> dict[str, Any]:
     """Docker's container create options of the Berth module (before they become a string)."""
-    port = f"{plan.port}/tcp"
+    ports = {f"{port}/tcp": str(port) for port in plan.ports}
     memory = memory_bytes(plan.options.memory)
     return {
-        "ExposedPorts": {port: {}},
+        "ExposedPorts": {port: {} for port in ports},
         "HostConfig": {
-            "PortBindings": {port: [{"HostPort": str(plan.port)}]},
+            "PortBindings": {port: [{"HostPort": host}] for port, host in ports.items()},
             "Memory": memory,
             "MemorySwap": memory,  # equal to Memory: no swap on top, as in Kubernetes
             "NanoCpus": nano_cpus(plan),

@@ -33,9 +33,14 @@ def iot_edge_sections(plan: Plan) -> list[str]:
         "log. Create an API key in it with "
         f"`sudo docker exec {name} berth keys create edge-client --scope predict`. The port "
         f"{plan.port} is published on every interface of the device, so clients on its network "
-        f"call `http://DEVICE:{plan.port}`; other modules call `http://{name}:{plan.port}`. To "
-        'publish it to the device only, add `"HostIp": "127.0.0.1"` to the port binding in '
-        "`createOptions`.\n",
+        f"call `http://DEVICE:{plan.port}`; other modules call `http://{name}:{plan.port}`"
+        + (
+            f" (gRPC clients `DEVICE:{plan.grpc_port}`, published the same way)"
+            if plan.grpc_port is not None
+            else ""
+        )
+        + '. To publish it to the device only, add `"HostIp": "127.0.0.1"` to the port binding '
+        "in `createOptions`.\n",
         f"Limits: `NanoCpus` is {cpus} CPU(s), twice --cpu as the Kubernetes limit, and `Memory` "
         f"is {plan.options.memory} with no swap on top (`MemorySwap` equal to it); change them "
         "with `--cpu` and `--memory`. Docker refuses to create the container when `NanoCpus` "

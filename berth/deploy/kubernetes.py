@@ -140,16 +140,38 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _grpc_probe(port: int) -> dict[str, Any]:
+    # A gRPC probe takes the port's number, not its name (Kubernetes 1.27 and later).
+    return {
+        "grpc": {"port": port},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+
+
+def _named_ports(plan: Plan, key: str) -> list[dict[str, Any]]:
+    """The container's (or Service's) ports by name: http, and grpc when it is on."""
+    ports = [{"name": "http", key: plan.port, "protocol": "TCP"}]
+    if plan.grpc_port is not None:
+        ports.append({"name": "grpc", key: plan.grpc_port, "protocol": "TCP"})
+    return ports
+
+
 def deployment(plan: Plan) -> dict[str, Any]:
     container = {
         "name": "berth",
-        "ports": [{"name": "http", "containerPort": plan.port, "protocol": "TCP"}],
+        "ports": _named_ports(plan, "containerPort"),
         "resources": resources(plan),
         # Loading (and, for a baked model, verifying and registering) may take minutes:
         # liveness waits until the startup probe has seen /health once.
         "startupProbe": _probe("/health", 5, 60),
         "livenessProbe": _probe("/health", 10, 3),
-        "readinessProbe": _probe("/ready", 5, 3),
+        # gRPC's health service is SERVING exactly when /ready is 200; asked over gRPC, the
+        # probe also sees the gRPC server itself answer.
+        "readinessProbe": (
+            _probe("/ready", 5, 3) if plan.grpc_port is None else _grpc_probe(plan.grpc_port)
+        ),
         # Endpoints drop a terminating pod a moment after SIGTERM; until then requests still
         # arrive, so the server keeps answering for 5 s before it starts to stop.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
@@ -190,7 +212,7 @@ def service(plan: Plan) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": plan.selector(),
-            "ports": [{"name": "http", "port": plan.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{**port, "targetPort": port["name"]} for port in _named_ports(plan, "port")],
         },
     }
 
@@ -251,7 +273,7 @@ def disruption_budget(plan: Plan) -> dict[str, Any]:
 
 
 def network_policy(plan: Plan) -> dict[str, Any]:
-    """Clients reach the HTTP port only; the server reaches DNS, PostgreSQL, Redis, HTTPS
+    """Clients reach the HTTP (and gRPC) port only; the server reaches DNS, PostgreSQL, Redis, HTTPS
     (object stores, JWKS) and OTLP. Adjust the egress ports to where your services listen."""
     egress_ports = [5432, 6379, 443, 4318]
     return {
@@ -261,7 +283,13 @@ def network_policy(plan: Plan) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": plan.selector()},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": [{"port": "http", "protocol": "TCP"}]}],
+            "ingress": [
+                {
+                    "ports": [
+                        {"port": p["name"], "protocol": "TCP"} for p in _named_ports(plan, "port")
+                    ]
+                }
+            ],
             "egress": [
                 {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
                 {"ports": [{"port": port, "protocol": "TCP"} for port in egress_ports]},

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from berth import __version__
-from berth.defaults import DEFAULT_PORT
+from berth.defaults import DEFAULT_GRPC_PORT, DEFAULT_PORT
 from berth.deploy.iot_edge_options import EdgeOptions
 from berth.deploy.stream_options import ConsumerOptions
 from berth.errors import InvalidInput
@@ -76,6 +76,8 @@ class BuildOptions:
     image: str | None = None
     """NAME:TAG of the image; default `berth-<model>:<version>`."""
     port: int = DEFAULT_PORT
+    grpc_port: int | None = DEFAULT_GRPC_PORT
+    """Where the server also speaks the Open Inference Protocol over gRPC; None: HTTP only."""
     replicas: int = 2
     min_replicas: int | None = None
     """Fewest replicas the autoscaler keeps; default `replicas`."""
@@ -105,6 +107,10 @@ class BuildOptions:
             raise InvalidInput(f"unknown --target {unknown}; use {', '.join(TARGETS)}")
         if not 1 <= self.port <= 65535:
             raise InvalidInput(f"--port {self.port} is not a TCP port; use 1 to 65535")
+        if self.grpc_port is not None and not 1 <= self.grpc_port <= 65535:
+            raise InvalidInput(f"--grpc-port {self.grpc_port} is not a TCP port; use 1 to 65535")
+        if self.grpc_port == self.port:
+            raise InvalidInput(f"--grpc-port and --port are both {self.port}; give them two ports")
         if self.image is not None and not _IMAGE.fullmatch(self.image):
             raise InvalidInput(
                 f"--image '{self.image}' is not NAME:TAG; write e.g. "
@@ -168,6 +174,15 @@ class Plan:
         return self.options.port
 
     @property
+    def grpc_port(self) -> int | None:
+        return self.options.grpc_port
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the server listens on: HTTP, then gRPC when it is on."""
+        return (self.port,) if self.grpc_port is None else (self.port, self.grpc_port)
+
+    @property
     def image_name(self) -> str:
         return self.image.rsplit(":", 1)[0]
 
@@ -191,7 +206,8 @@ class Plan:
                 refs.append("--trust-pickle")
         else:
             refs = list(self.subject.served)
-        return ["berth", "serve", *refs, "--host", BIND_ALL, "--port", str(self.port)]
+        grpc = [] if self.grpc_port is None else ["--grpc-port", str(self.grpc_port)]
+        return ["berth", "serve", *refs, "--host", BIND_ALL, "--port", str(self.port), *grpc]
 
     def settings(self) -> dict[str, str]:
         """Non-secret `BERTH_*` settings every container gets (a ConfigMap, compose env)."""
@@ -199,6 +215,7 @@ class Plan:
             "BERTH_HOME": HOME,
             "BERTH_HOST": BIND_ALL,
             "BERTH_PORT": str(self.port),
+            **({} if self.grpc_port is None else {"BERTH_GRPC_PORT": str(self.grpc_port)}),
             # One process per container: replicas scale out, the orchestrator restarts.
             "BERTH_WORKERS": "1",
             "BERTH_LOG_FORMAT": "json",

@@ -40,8 +40,9 @@ def render_readme(plan: Plan) -> str:
             "## Docker Compose\n",
             "    cp .env.example .env   # then replace every REPLACE value\n"
             "    docker compose up -d\n",
-            f"Berth listens on 127.0.0.1:{plan.port}, Prometheus on 127.0.0.1:9090 with "
-            "Berth's alert rules (`prometheus/`).\n",
+            f"Berth listens on 127.0.0.1:{plan.port}"
+            + (f" (gRPC on 127.0.0.1:{plan.grpc_port})" if plan.grpc_port is not None else "")
+            + ", Prometheus on 127.0.0.1:9090 with Berth's alert rules (`prometheus/`).\n",
         ]
     if "kubernetes" in targets:
         sections += [
