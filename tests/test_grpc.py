@@ -621,3 +621,29 @@ def test_kserves_grpc_client_unmodified(server: Server) -> None:
     np.testing.assert_array_equal(seen["canary"]["predict"], server.iris[2].predict(rows))
     assert seen["missing"] == "NOT_FOUND"
     assert seen["no_key"] == "UNAUTHENTICATED"
+
+
+# berth bench --protocol grpc ---------------------------------------------------------------
+
+
+def test_berth_bench_loads_a_model_over_grpc(server: Server) -> None:
+    port = server.grpc.rsplit(":", 1)[1]
+    common = ("bench", "iris", "--protocol", "grpc", "--grpc-port", port, "--server", server.base)
+    done = berth(server.env, *common, "--requests", "300", "--concurrency", "4",
+                 "--warmup", "0", "--api-key", server.key, "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["method"] == "gRPC"
+    assert report["target"] == f"grpc://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+    assert (report["requests"], report["ok"], report["errors"]) == (300, 300, 0)
+    assert report["status_codes"] == {"200": 300}
+    assert report["latency_ms"]["p50"] > 0
+    refused = berth(server.env, *common, "--requests", "5", "--api-key", server.read_key)
+    assert refused.returncode == 1
+    assert "403" in refused.stderr
+    assert "predict scope" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    nobody = berth(server.env, *common[:-4], "--grpc-port", str(free_port()),
+                   "--server", server.base, "--requests", "5", "--api-key", server.key)  # fmt: skip
+    assert nobody.returncode == 1
+    assert "nothing answers gRPC" in nobody.stderr

@@ -1,4 +1,4 @@
-"""`berth bench`: load a model or endpoint over HTTP and report req/s, latency and errors."""
+"""`berth bench`: load a model or endpoint over HTTP or gRPC and report req/s, latency, errors."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ REFRESH_SECONDS = 0.25
 class Protocol(StrEnum):
     v1 = "v1"
     v2 = "v2"
+    grpc = "grpc"
 
 
 def bench(
@@ -43,7 +44,15 @@ def bench(
         None, help="Berth server URL (default http://BERTH_HOST:BERTH_PORT)."
     ),
     protocol: Protocol = typer.Option(
-        Protocol.v1, help="For a model: Berth v1 or Open Inference Protocol v2."
+        Protocol.v1,
+        help="For a model: Berth v1, Open Inference Protocol v2 over REST, or the Open "
+        "Inference Protocol over gRPC (statuses counted as their HTTP equivalents).",
+    ),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        help="With --protocol grpc: the server's gRPC port (default BERTH_GRPC_PORT); the host "
+        "is --server's.",
     ),
     body: str | None = typer.Option(
         None, help="JSON body or @file.json (default for a model: its registered example row)."
@@ -98,16 +107,21 @@ def bench(
 
     Example: berth bench churn --protocol v2 --rate 200 --duration 1m --json > churn-200.json
 
+    Example: berth bench iris --protocol grpc --grpc-port 8322 --concurrency 64
+
     Example: berth bench iris --rate 100 --locust locustfile.py
     """
     from berth.ops.loadtest import LoadTest, run_async
     from berth.ops.targets import Target, preflight, resolve_target
 
     load = _load(concurrency, rate, duration, requests, warmup, timeout)
+    grpc = protocol is Protocol.grpc
+    if grpc and locust is not None:
+        raise InvalidInput("--locust writes an HTTP locustfile; use --protocol v1 or v2")
     spec = Target(
         target=target,
         server=server or _default_server(),
-        protocol=protocol.value,
+        protocol="v2" if grpc else protocol.value,
         body=_body(body),
         rows=rows,
         api_key=api_key,
@@ -118,10 +132,14 @@ def bench(
         _write_locustfile(locust, request, load)
         return
     model = f"model '{target}'" if spec.is_model else None
-    run_async(preflight(request, load.timeout, model))
+    if grpc:
+        test = _grpc_test(request, load, grpc_port, insecure, model)
+    else:
+        run_async(preflight(request, load.timeout, model))
+        test = LoadTest(request, load)
     if not as_json:
-        err_console.print(_plan(request, load), highlight=False, soft_wrap=True)
-    result = run_async(_measure(LoadTest(request, load), live=not as_json and console.is_terminal))
+        err_console.print(_plan(test, load), highlight=False, soft_wrap=True)
+    result = run_async(_measure(test, live=not as_json and console.is_terminal))
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -165,6 +183,53 @@ def _seconds(text: str, option: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidInput(f"{option}: {text} is not a number of seconds; write e.g. 10s or 2.5")
     return seconds
+
+
+def _grpc_test(
+    request: HttpRequest, load: Load, grpc_port: int | None, insecure: bool, model: str | None
+) -> LoadTest:
+    """The same inference request over gRPC, checked once before the run."""
+    from urllib.parse import urlsplit
+
+    from berth.grpc.load_client import INFER, GrpcExchanger, infer_payload
+    from berth.ops.loadtest import LoadTest, run_async
+    from berth.ops.targets import refused
+
+    if model is None:
+        raise InvalidInput("--protocol grpc loads a model or endpoint by name, not a path or URL")
+    port = grpc_port or settings().grpc_port
+    if port is None:
+        raise InvalidInput("--protocol grpc needs the server's gRPC port: pass --grpc-port")
+    parts = urlsplit(request.url)
+    tls = parts.scheme == "https"
+    if tls and insecure:
+        raise InvalidInput("--insecure is for HTTPS; over gRPC with TLS the certificate is checked")
+    host = parts.hostname or "127.0.0.1"
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    metadata = [("x-api-key", request.api_key)] if request.api_key else []
+    payload = infer_payload(parts.path, request.body)
+
+    def connect() -> GrpcExchanger:
+        return GrpcExchanger(target, metadata, tls=tls)
+
+    async def check() -> None:
+        first = connect()
+        try:
+            response = await first.exchange(payload)
+        finally:
+            await first.close()
+        problem = refused(response, f"grpc://{target}", model)
+        if problem is None and response.status == 503 and b"connect" in response.body.lower():
+            problem = InvalidInput(
+                f"nothing answers gRPC on {target}; start the server with --grpc-port {port} "
+                "or pass the port it uses"
+            )
+        if problem is not None:
+            raise problem
+
+    run_async(check())
+    shown = ("gRPC", f"grpc://{target}{INFER}")
+    return LoadTest(request, load, connect=connect, payload=payload, shown=shown)
 
 
 def _default_server() -> str:
@@ -215,7 +280,7 @@ def _write_locustfile(path: Path, request: HttpRequest, load: Load) -> None:
 # running and showing --------------------------------------------------------------------------
 
 
-def _plan(request: HttpRequest, load: Load) -> str:
+def _plan(test: LoadTest, load: Load) -> str:
     pace = (
         f"{load.concurrency} connections"
         if load.rate is None
@@ -223,7 +288,7 @@ def _plan(request: HttpRequest, load: Load) -> str:
     )
     amount = f"{load.requests} requests" if load.requests else f"{load.seconds:g}s"
     warmup = f" after {load.warmup:g}s of warm-up" if load.warmup else ""
-    return f"Loading {request.method} {request.url}: {pace}, {amount}{warmup}"
+    return f"Loading {test.method} {test.url}: {pace}, {amount}{warmup}"
 
 
 async def _measure(test: LoadTest, live: bool) -> Result:

@@ -182,3 +182,20 @@ def _decode_typed(
 
 def _set_fields(message: Message) -> list[str]:
     return [descriptor.name for descriptor, _value in message.ListFields()]
+
+
+def encode_infer_request(
+    model_name: str, model_version: str | None, request: InferRequest
+) -> pb.ModelInferRequest:
+    """A client's ModelInferRequest for `request`'s inputs, each in raw contents (what
+    tritonclient sends), its requested outputs and id kept."""
+    message = pb.ModelInferRequest(
+        model_name=model_name, model_version=model_version or "", id=request.id or ""
+    )
+    for tensor in request.inputs:
+        message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        wire = v2_codec.to_wire(tensor.name, tensor.array, tensor.datatype)
+        message.raw_input_contents.append(v2_codec.pack(tensor.datatype, wire))
+    for output in request.outputs:
+        message.outputs.add(name=output.name)
+    return message

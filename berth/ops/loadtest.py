@@ -22,13 +22,13 @@ import math
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from berth.errors import InvalidInput
-from berth.ops.http1 import TRANSPORT_ERRORS, Connection, error_kind
+from berth.ops.http1 import TRANSPORT_ERRORS, Connection, Response, error_kind
 from berth.ops.http1 import HttpRequest as HttpRequest  # re-exported: what `run` repeats
 
 T = TypeVar("T")
@@ -310,14 +310,36 @@ class _Dispatcher:
         self._idle.clear()
 
 
-class LoadTest:
-    """One run of `load` against `request`; `progress()` may be read while it runs."""
+class Exchanger(Protocol):
+    """One client connection: sends a payload, returns the response's status (HTTP's, or the
+    HTTP equivalent of a gRPC status)."""
 
-    def __init__(self, request: HttpRequest, load: Load) -> None:
+    async def exchange(self, payload: bytes) -> Response: ...
+
+    def close(self) -> Awaitable[None] | None: ...
+
+
+class LoadTest:
+    """One run of `load` against `request`; `progress()` may be read while it runs.
+
+    By default each connection is an HTTP/1.1 connection sending `request`; `connect` and
+    `payload` replace both (the gRPC client of `berth bench --protocol grpc`)."""
+
+    def __init__(
+        self,
+        request: HttpRequest,
+        load: Load,
+        connect: Callable[[], Exchanger] | None = None,
+        payload: bytes | None = None,
+        shown: tuple[str, str] | None = None,
+    ) -> None:
         self.request = request
         self.load = load
-        self._payload = request.encode()
-        self._endpoint = request.endpoint()
+        self.method, self.url = shown or (request.method, request.url)
+        """What the report says was called (`gRPC`, `grpc://host:port/...` for gRPC)."""
+        self._payload = request.encode() if payload is None else payload
+        endpoint = request.endpoint()
+        self._connect: Callable[[], Exchanger] = connect or (lambda: Connection(endpoint))
         self._recorder = Recorder()
         self._phase = "warmup" if load.warmup else "measuring"
         self._phase_start = _clock()
@@ -347,7 +369,7 @@ class LoadTest:
         )
 
     async def run(self) -> Result:
-        pool = [Connection(self._endpoint) for _ in range(self.load.concurrency)]
+        pool = [self._connect() for _ in range(self.load.concurrency)]
         try:
             if self.load.warmup:
                 await self._run_phase(pool, self.load.warmup, None)
@@ -356,7 +378,9 @@ class LoadTest:
             await self._run_phase(pool, self.load.seconds, self.load.requests)
         finally:
             for connection in pool:
-                connection.close()
+                closing = connection.close()
+                if closing is not None:
+                    await closing
         self._elapsed = (_clock() - self._phase_start) / 1e9
         self._phase = "done"
         return self._result(self._elapsed)
@@ -364,8 +388,8 @@ class LoadTest:
     def _result(self, elapsed: float) -> Result:
         recorder = self._recorder
         return Result(
-            url=self.request.url,
-            method=self.request.method,
+            url=self.url,
+            method=self.method,
             load=self.load,
             requests=recorder.requests,
             duration=elapsed,
@@ -378,7 +402,7 @@ class LoadTest:
         )
 
     async def _run_phase(
-        self, pool: list[Connection], duration: float | None, requests: int | None
+        self, pool: list[Exchanger], duration: float | None, requests: int | None
     ) -> None:
         self._phase_start = _clock()
         self._end = self._phase_start + int(duration * 1e9) if duration else 2**63
@@ -390,7 +414,7 @@ class LoadTest:
         else:
             await self._open_loop(pool, self.load.rate, duration, requests)
 
-    async def _closed_loop(self, connection: Connection) -> None:
+    async def _closed_loop(self, connection: Exchanger) -> None:
         while self._claim():
             await self._attempt(connection, _clock())
 
@@ -405,7 +429,7 @@ class LoadTest:
         return True
 
     async def _open_loop(
-        self, pool: list[Connection], rate: float, duration: float | None, requests: int | None
+        self, pool: list[Exchanger], rate: float, duration: float | None, requests: int | None
     ) -> None:
         dispatcher = _Dispatcher(len(pool), self._recorder)
         workers = [asyncio.ensure_future(self._open_worker(c, dispatcher)) for c in pool]
@@ -430,11 +454,11 @@ class LoadTest:
                 wait = (start + sent * interval - _clock()) / 1e9
                 await asyncio.sleep(min(max(wait, 0), 0.1))
 
-    async def _open_worker(self, connection: Connection, dispatcher: _Dispatcher) -> None:
+    async def _open_worker(self, connection: Exchanger, dispatcher: _Dispatcher) -> None:
         while (scheduled := await dispatcher.take()) is not None:
             await self._attempt(connection, scheduled)
 
-    async def _attempt(self, connection: Connection, since: int) -> None:
+    async def _attempt(self, connection: Exchanger, since: int) -> None:
         try:
             async with asyncio.timeout(self.load.timeout):
                 response = await connection.exchange(self._payload)

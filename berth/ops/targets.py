@@ -108,13 +108,14 @@ async def preflight(request: HttpRequest, timeout: float, model: str | None = No
     """Send the request once: the server must answer and accept the credentials, and for a
     `model` the route must exist. Raises the `BerthError` that says what to fix."""
     response = await fetch(request, timeout)
-    refusal = _refusal(response, request.origin, model)
+    refusal = refused(response, request.origin, model)
     if refusal is not None:
         raise refusal
     return response
 
 
-def _refusal(response: Response, origin: str, missing: str | None) -> BerthError | None:
+def refused(response: Response, origin: str, missing: str | None) -> BerthError | None:
+    """What a 401, 403 or (for a `missing` model) 404 answer means for the user."""
     status, message = response.status, _server_message(response)
     if status == 401:
         return Unauthenticated(
@@ -145,7 +146,7 @@ def _server_message(response: Response) -> str:
 async def _get_json(target: Target, path: str, what: str, timeout: float) -> dict[str, Any]:
     request = target.request(target.url(path), "GET")
     response = await fetch(request, timeout)
-    refusal = _refusal(response, request.origin, what)
+    refusal = refused(response, request.origin, what)
     if refusal is None and response.status != 200:
         refusal = BenchError(
             f"GET {request.url} answered {response.status}: {_server_message(response)}"
