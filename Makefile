@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client bench-grpc h2load mlserver
 
 install: $(STAMP)
 
@@ -184,6 +184,22 @@ bench-deep: install
 # (benchmarks/console_pages.py); ARGS="--models 10 --runs 3" for a quick check.
 bench-console: install
 	$(BIN)/python benchmarks/console_pages.py $(ARGS)
+
+# Berth's gRPC against its REST v2 and MLServer 1.7's gRPC: iris, 64 requests in flight, wrk and
+# h2load (benchmarks/grpc_bench.py); MLServer goes into .tools/mlserver.
+bench-grpc: install wrk h2load mlserver
+	$(BIN)/python benchmarks/grpc_bench.py
+
+h2load:
+	@command -v h2load >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nghttp2-client; }
+
+MLSERVER_DIR := .tools/mlserver
+mlserver: $(MLSERVER_DIR)/.installed-1.7.1
+
+$(MLSERVER_DIR)/.installed-1.7.1:
+	$(PYTHON) -m venv $(MLSERVER_DIR)
+	$(MLSERVER_DIR)/bin/pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" scikit-learn numpy "uvloop<0.22"
+	touch $@
 
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).
 soak: install

@@ -4,8 +4,9 @@ Every ```bash block runs, in a fresh directory with the default `./.berth` home,
 before it says `<!-- not run by tests/test_readme.py: REASON -->`. The blocks run as written,
 with these changes only, each for a reason a reader's machine does not have:
 
-- the ports 8321 (the server) and 9464 (the stream consumer's metrics) become free ports, and
-  Redis is a private server of this test's (so parallel tests and reruns do not meet);
+- the ports 8321 (the server), 8322 (its gRPC) and 9464 (the stream consumer's metrics) become
+  free ports, and Redis is a private server of this test's (so parallel tests and reruns do not
+  meet);
 - `make install` (and activating its environment) is skipped: this test runs inside the
   installed environment, whose commands come first on PATH;
 - `curl` fails on an HTTP error status (`--fail-with-body`), so a 4xx or 5xx fails the test
@@ -107,7 +108,7 @@ def test_the_readme_runs_in_order(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BERTH_", "OTEL_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["COLUMNS"] = "200"
-    ports = {"8321": free_port(), "9464": free_port(), "9092": free_port()}
+    ports = {"8321": free_port(), "8322": free_port(), "9464": free_port(), "9092": free_port()}
     text = script(ports, redis.port)
     (tmp_path / "readme.sh").write_text(text)
     log = tmp_path / "readme.log"
