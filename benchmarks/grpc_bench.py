@@ -86,7 +86,8 @@ def h2load(address: str, model: str, key: str | None) -> dict[str, Any]:
     ).stdout  # fmt: skip
     found = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    assert found and counts, out
+    assert found, out
+    assert counts, out
     micros = np.array([int(line.split("\t")[2]) for line in log.read_text().splitlines()])
     return {
         "rps": round(float(found.group(1)), 1),
@@ -111,7 +112,7 @@ def wait_for(check: Any, what: str, seconds: float = 90) -> None:
         try:
             check()
             return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             time.sleep(0.2)
     raise SystemExit(f"{what} did not come up in {seconds:g} s")
 
@@ -214,9 +215,11 @@ def main() -> None:
         ("MLServer 1.7 gRPC (parallel_workers 2)", results["mlserver_2_workers"]["grpc"]),
     ]
     print(f"iris, one row per request, 64 in flight, {DUR} s each\n")
-    print(f"| server | req/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|")
+    print("| server | req/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|")
     for name, row in rows:
-        print(f"| {name} | {row['rps']:,.0f} | {row['p50_ms']} | {row['p99_ms']} | {row['errors']} |")
+        print(
+            f"| {name} | {row['rps']:,.0f} | {row['p50_ms']} | {row['p99_ms']} | {row['errors']} |"
+        )
     print(
         f"\nBerth gRPC / Berth REST v2: {berth_grpc / rest:.2f}x (target >= 1)"
         f"\nBerth gRPC / best MLServer gRPC: {berth_grpc / best_mlserver:.2f}x (target >= 2)"
