@@ -2,9 +2,13 @@
 
 Builds a registry in a temporary BERTH_HOME with MODELS models (two versions each, the same
 small iris LogisticRegression), ENDPOINTS endpoints routing to the first of them, a canary
-rollout with an analysis on the first endpoint and traffic totals for every route; then asks
+rollout with an analysis on the first endpoint, an experiment on the second, traffic totals for
+every route, 50 batch jobs and 21 keys (their audit entries too); waits until the server has
+loaded its models; then asks
 each console page RUNS times through the served app in process (Starlette's TestClient: no
-network, so the time is the server's) and prints min, median and max against the target.
+network, so the time is the server's) and prints min, median, p95 and max against the target.
+The server re-reads its 100 served references every BERTH_REFRESH_SECONDS in worker threads,
+and the occasional page that meets that refresh is slower: the max column shows it.
 
 Usage: .venv/bin/python benchmarks/console_pages.py [--models 100] [--endpoints 20] [--runs 20]
 """
@@ -29,10 +33,12 @@ def build(home: Path, models: int, endpoints: int) -> tuple[object, str]:
     from sklearn.linear_model import LogisticRegression
 
     from berth.config import Settings
+    from berth.jobs.records import JobService
     from berth.registration.service import RegisterRequest, register
     from berth.registry.endpoints import EndpointService
     from berth.registry.service import Registry
     from berth.rollouts.canary_analysis import Check, Verdict
+    from berth.rollouts.experiments import ExperimentService
     from berth.rollouts.service import RolloutService
     from berth.security.config import KeyConfig
     from berth.security.keys import KeyService, server_secret
@@ -68,9 +74,23 @@ def build(home: Path, models: int, endpoints: int) -> tuple[object, str]:
     rollout = service.start("endpoint-00", "model-000:2", "canary").rollout
     verdict = Verdict("wait", (Check("requests", "wait", 12, 100, "12 of 100"),))
     service.record(rollout, "analysis", "wait", verdict.to_dict())
-    secret = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings))).create(
-        "bench", ("admin",)
-    )[1]
+    # An experiment on the second endpoint, 50 batch jobs, and 20 more keys to list.
+    ExperimentService(registry).start(
+        "endpoint-01", ["a=model-001:1:50", "b=model-001:2:50"], actor="bench"
+    )
+    jobs = JobService(registry.db)
+    for index in range(50):
+        jobs.create(
+            job_key=f"job-{index}",
+            model="model-000:1",
+            source=f"/data/in-{index}.parquet",
+            sink=f"/data/out-{index}.parquet",
+            args=["batch", "run", "model-000:1"],
+        )
+    keys = KeyService(registry.db, server_secret(KeyConfig.from_settings(settings)))
+    for index in range(20):
+        keys.create(f"client-{index:02d}", ("predict", "read"), actor="bench")
+    secret = keys.create("bench", ("admin",))[1]
     return settings, secret
 
 
@@ -100,13 +120,30 @@ def main() -> None:
             "/console/rollouts",
             "/console/rollouts/1",
             "/console/series/overview",
+            "/console/models/model-000/versions/1/monitoring",
+            "/console/series/models/model-000/versions/1/accuracy?hours=24",
+            "/console/jobs",
+            "/console/jobs/1",
+            "/console/experiments",
+            "/console/experiments/endpoint-01",
+            "/console/audit",
+            "/console/keys",
         ]
         with TestClient(create_server_app(settings)) as client:  # type: ignore[arg-type]
+            # The server loads every served model in the background after it starts; pages
+            # timed during that would measure the loading, not the console.
+            deadline = time.monotonic() + 300
+            while client.get("/ready").status_code != 200:
+                assert time.monotonic() < deadline, "the server did not load its models"
+                time.sleep(0.2)
             form = client.get("/console/sign-in").text
             token = form.split('name="csrf" value="')[1].split('"')[0]
             client.post("/console/sign-in", data={"credential": secret, "csrf": token})
             print(f"{options.models} models, {options.endpoints} endpoints, {options.runs} runs")
-            print(f"{'page':45} {'min':>8} {'median':>8} {'max':>8}  (ms; target {TARGET_MS:g})")
+            print(
+                f"{'page':62} {'min':>8} {'median':>8} {'p95':>8} {'max':>8}  "
+                f"(ms; target {TARGET_MS:g})"
+            )
             for path in pages:
                 times = []
                 for _ in range(options.runs):
@@ -115,8 +152,11 @@ def main() -> None:
                     times.append((time.perf_counter() - started) * 1000)
                     assert answer.status_code == 200, (path, answer.status_code)
                 median = statistics.median(times)
+                p95 = statistics.quantiles(times, n=20)[-1]
                 mark = "" if median <= TARGET_MS else "  OVER"
-                print(f"{path:45} {min(times):8.1f} {median:8.1f} {max(times):8.1f}{mark}")
+                print(
+                    f"{path:62} {min(times):8.1f} {median:8.1f} {p95:8.1f} {max(times):8.1f}{mark}"
+                )
 
 
 if __name__ == "__main__":
