@@ -4,7 +4,6 @@ against a real Berth server process."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import py_compile
@@ -13,15 +12,10 @@ import ssl
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from berth.config import Settings
 from berth.ops.http1 import Connection, Endpoint, HttpRequest
@@ -29,6 +23,7 @@ from berth.ops.loadtest import Histogram, Load, LoadTest, Result, run, run_async
 from berth.registry.service import Registry
 from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
+from tests.certificates import self_signed
 from tests.conftest import Run, free_port, register_iris, serving
 
 JSON_KEYS = {
@@ -356,33 +351,9 @@ def test_locust_writes_a_compiling_file_without_the_key(
 
 def _self_signed_context(folder: Path) -> ssl.SSLContext:
     """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-test")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert, key = self_signed(folder)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    context.load_cert_chain(cert, key)
     return context
 
 
