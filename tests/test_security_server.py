@@ -207,22 +207,32 @@ def test_redis_stopped_mid_test_behaves_as_configured(
 
 
 @pytest.mark.parametrize(
-    ("proxies", "expected"), [('["127.0.0.1"]', "203.0.113.9"), ("[]", "127.0.0.1")]
+    ("proxies", "path", "expected"),
+    [
+        ('["127.0.0.1"]', "/api/v1/models", "203.0.113.9"),
+        ("[]", "/api/v1/endpoints", "127.0.0.1"),
+    ],
 )
 def test_forwarded_for_is_believed_only_from_trusted_proxies(
-    home: tuple[dict[str, str], Path], proxies: str, expected: str
+    home: tuple[dict[str, str], Path], proxies: str, path: str, expected: str
 ) -> None:
+    """Each case refuses a different route, so its audit event is found by its target whatever
+    else the module's registry recorded."""
     env, _folder = home
     process, base = _serve({**env, "BERTH_TRUSTED_PROXIES": proxies})
     try:
         refused = httpx.get(
-            f"{base}/api/v1/models", headers={"X-Forwarded-For": "203.0.113.9", "X-API-Key": "nope"}
+            f"{base}{path}", headers={"X-Forwarded-For": "203.0.113.9", "X-API-Key": "nope"}
         )
         assert refused.status_code == 401
     finally:
-        _stop(process)  # stopping flushes the audit queue
-    listed = berth(env, "audit", "list", "--json", "--limit", "1")
+        logs = _stop(process)  # stopping flushes the audit queue
+    listed = berth(env, "audit", "list", "--json", "--limit", "50")
     assert listed.returncode == 0, listed.stderr
-    (event,) = json.loads(listed.stdout)
-    assert event["action"] == "auth.failure"
-    assert event["address"] == expected
+    events = [
+        e
+        for e in json.loads(listed.stdout)
+        if e["action"] == "auth.failure" and e["target"] == f"GET {path}"
+    ]
+    assert events, f"no auth.failure for GET {path} was recorded; the server said:\n{logs}"
+    assert events[0]["address"] == expected
