@@ -188,6 +188,9 @@ class AuditQueue:
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(capacity)
         self._task: asyncio.Task[None] | None = None
         self._dropped = _dropped_counter()
+        # One flush at a time: a flush that found the queue emptied by the background one
+        # must still return only once those events are written.
+        self._flushing = asyncio.Lock()
 
     def put(self, event: AuditEvent) -> None:
         try:
@@ -206,17 +209,19 @@ class AuditQueue:
         await self.flush()
 
     async def flush(self) -> None:
-        events: list[AuditEvent] = []
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
-        if events:
-            import anyio.to_thread
+        """Write every event put before the call; returns when they are in the database."""
+        async with self._flushing:
+            events: list[AuditEvent] = []
+            while not self._queue.empty():
+                events.append(self._queue.get_nowait())
+            if events:
+                import anyio.to_thread
 
-            try:
-                await anyio.to_thread.run_sync(self.audit.record_many, events)
-            except Exception:
-                self._dropped.inc(len(events))
-                log.exception("could not write %d audit events", len(events))
+                try:
+                    await anyio.to_thread.run_sync(self.audit.record_many, events)
+                except Exception:
+                    self._dropped.inc(len(events))
+                    log.exception("could not write %d audit events", len(events))
 
     async def _run(self) -> None:
         while True:
