@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client bench-grpc h2load mlserver
+.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client bench-grpc h2load mlserver bentoml bench-serve
 
 install: $(STAMP)
 
@@ -134,8 +134,15 @@ format: install
 	$(BIN)/ruff check --fix berth tests benchmarks
 	$(BIN)/ruff format berth tests benchmarks
 
-# Berth with the peer benchmark's two models under wrk (see benchmarks/serve_bench.py).
-bench: install wrk
+# Berth and its peers (MLServer, BentoML, bare FastAPI) with the same two models in one run, and
+# the speed targets with PASS/FAIL (benchmarks/speed.py, about 4 minutes; run nothing else
+# meanwhile). ARGS=--write-readme rewrites README.md's speed table from the run.
+bench: install wrk mlserver bentoml
+	$(BIN)/python benchmarks/speed.py $(ARGS)
+
+# Berth alone with the peer benchmark's models at 1, 16 and 64 connections, v1 and v2, in every
+# form (benchmarks/serve_bench.py).
+bench-serve: install wrk
 	$(BIN)/python benchmarks/serve_bench.py
 
 # The demo churn model on v1 and v2 (benchmarks/wrk_demo.sh).
@@ -199,6 +206,14 @@ mlserver: $(MLSERVER_DIR)/.installed-1.7.1
 $(MLSERVER_DIR)/.installed-1.7.1:
 	$(PYTHON) -m venv $(MLSERVER_DIR)
 	$(MLSERVER_DIR)/bin/pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" scikit-learn numpy "uvloop<0.22"
+	touch $@
+
+BENTOML_DIR := .tools/bentoml
+bentoml: $(BENTOML_DIR)/.installed-1.4.39
+
+$(BENTOML_DIR)/.installed-1.4.39:
+	$(PYTHON) -m venv $(BENTOML_DIR)
+	$(BENTOML_DIR)/bin/pip install --quiet "bentoml==1.4.39" scikit-learn numpy
 	touch $@
 
 # Five minutes at 32 connections against two workers: errors and memory (benchmarks/soak.py).

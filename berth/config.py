@@ -61,6 +61,10 @@ class ModelServing(BaseModel):
     cache: bool = False
     """Cache predictions by version and input (only for deterministic models)."""
 
+    accelerate: bool = True
+    """Serve a version's accelerated twin (its ONNX form, checked equivalent at registration)
+    when it has one; false serves the version's own artifact."""
+
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1

@@ -304,14 +304,20 @@ def test_restore_migrates_a_backup_from_an_older_schema(
     report = _backup(run, folder)
     snapshot = folder / "snapshots" / str(report["snapshot"])
     manifest = json.loads((snapshot / "manifest.json").read_text())
-    # The columns added after 0007: jobs.summary (0008), schedules.kind (0009).
-    for table, column in (("jobs", "summary"), ("schedules", "kind")):
+    # The columns added after 0007: jobs.summary (0008), schedules.kind (0009),
+    # versions.accelerated (0010; null here: these versions were registered without a twin).
+    for table, column in (("jobs", "summary"), ("schedules", "kind"), ("versions", "accelerated")):
         path = snapshot / manifest["tables"][table]["file"]
         header, *rows = gzip.decompress(path.read_bytes()).decode().splitlines()
-        assert not rows
         columns = json.loads(header)
-        columns["columns"] = [c for c in columns["columns"] if c["name"] != column]
-        older = gzip.compress((json.dumps(columns) + "\n").encode(), mtime=0)
+        index = [c["name"] for c in columns["columns"]].index(column)
+        del columns["columns"][index]
+        values = [json.loads(row) for row in rows]
+        assert all(row[index] is None for row in values)
+        lines = [json.dumps(columns)] + [
+            json.dumps(row[:index] + row[index + 1 :]) for row in values
+        ]
+        older = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
         path.write_bytes(older)
         entry = manifest["tables"][table]
         entry.update(sha256=hashlib.sha256(older).hexdigest(), size=len(older))

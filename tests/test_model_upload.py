@@ -96,9 +96,15 @@ def test_an_upload_registers_a_version_that_is_listed_and_predicts(
         "/api/v1/models/iris/predict", json={"features": IRIS_ROW}, headers=uploads.user
     )
     assert predicted.status_code == 200, predicted.text
-    (event,) = AuditLog(uploads.registry.db).list(actor="ci")
-    assert (event.action, event.outcome, event.address) == ("model.register", "ok", "testclient")
+    events = {e.action: e for e in AuditLog(uploads.registry.db).list(actor="ci")}
+    assert set(events) == {"model.register", "model.accelerate"}
+    event = events["model.register"]
+    assert (event.outcome, event.address) == ("ok", "testclient")
     assert event.detail["trust_pickle"] is True
+    # The upload made its ONNX twin too, on the server, and the version answers through it.
+    assert events["model.accelerate"].detail == {"served": True}
+    assert response.json()["accelerated"]["served"] is True
+    assert response.json()["accelerated"]["check"]["agreeing"] == 1000
     assert list(uploads.spool.iterdir()) == []
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from functools import partial
 
 import anyio.to_thread
 from fastapi import APIRouter
@@ -84,6 +85,20 @@ async def upload_version(request: Request) -> Response:
                 exc.args = (exc.message,)
                 raise
             info = replace(info, notes=tuple(received.shown(note) for note in info.notes))
+            if metadata.accelerate:
+                # Imported here: the converters bring scikit-learn, which a server serving
+                # ONNX twins never needs otherwise.
+                from berth.optimize.twin import accelerate_registered
+
+                info = await anyio.to_thread.run_sync(
+                    partial(
+                        accelerate_registered,
+                        svc.registry,
+                        info,
+                        actor=who.get("actor"),
+                        address=who.get("address"),
+                    )
+                )
     except ClientDisconnect:
         return Response(status_code=400)  # nobody is listening any more
     location = f"/api/v1/models/{info.model}/versions/{info.number}"

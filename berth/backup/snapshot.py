@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, RowMapping, select
 
 from berth.backup.rows import encode
+from berth.registry.accelerated import Accelerated
 from berth.registry.artifacts import StoredArtifact
 from berth.store.db import Database
 from berth.store.tables import Base, VersionRow
@@ -60,15 +61,23 @@ def read_tables(db: Database) -> tuple[list[TableDump], list[StoredArtifact]]:
             dumps.append(TableDump(table.name, data, count))
             if table.name == VersionRow.__tablename__:
                 for row in rows:
-                    version = row._mapping
-                    artifacts.setdefault(
-                        version["sha256"],
-                        StoredArtifact(
-                            sha256=version["sha256"],
-                            uri=version["artifact_uri"],
-                            entry=version["entry"],
-                            is_directory=bool(version["is_directory"]),
-                            size_bytes=int(version["size_bytes"]),
-                        ),
-                    )
+                    for artifact in _version_artifacts(row._mapping):
+                        artifacts.setdefault(artifact.sha256, artifact)
     return dumps, sorted(artifacts.values(), key=lambda a: a.sha256)
+
+
+def _version_artifacts(version: RowMapping) -> list[StoredArtifact]:
+    """The artifact a versions row names, and its accelerated twin's when it has one."""
+    found = [
+        StoredArtifact(
+            sha256=version["sha256"],
+            uri=version["artifact_uri"],
+            entry=version["entry"],
+            is_directory=bool(version["is_directory"]),
+            size_bytes=int(version["size_bytes"]),
+        )
+    ]
+    twin = Accelerated.from_stored(version.get("accelerated"))
+    if twin is not None and twin.artifact is not None:
+        found.append(twin.artifact)
+    return found

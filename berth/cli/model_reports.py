@@ -23,6 +23,21 @@ VERDICT_STYLE = {
 }
 
 
+def accelerated_line(model: str, twin: dict[str, Any]) -> str:
+    """One line on a version's accelerated twin (`Accelerated.to_dict`): served, or why not."""
+    if not twin.get("served"):
+        return f"No accelerated twin: {twin.get('reason', 'none was made')}; serves as registered."
+    check = twin.get("check") or {}
+    opt_out = json.dumps({model: {"accelerate": False}})
+    difference = check.get("max_probability_diff") or check.get("max_value_diff") or 0.0
+    return (
+        f"Accelerated: serves as its ONNX twin ({twin.get('converter')}), checked on "
+        f"{check.get('rows')} rows: labels identical, largest difference {difference:.1e} "
+        f"(tolerance {check.get('tolerance', 0):g}). Opt out per model with "
+        f"BERTH_MODELS='{opt_out}' on the server."
+    )
+
+
 def print_optimized(report: dict[str, Any]) -> None:
     """The table of `OptimizeReport.to_dict()`, which the optimize route returns too."""
     version, check, source = report["version"], report["check"], report["source"]

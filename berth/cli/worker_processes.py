@@ -16,8 +16,12 @@ import multiprocessing
 
 import uvicorn._subprocess
 
-PRELOAD = ("berth.server", "skops.io")
-"""Imported once in the forkserver; a module that is not installed is skipped."""
+PRELOAD = ("berth.server",)
+"""Imported once in the forkserver; a module that is not installed is skipped.
+
+Not skops.io: importing it walks scikit-learn's array-API support, which imports torch (2.3 s
+and 150 MB before the first fork); a worker serving a skops file imports it when it loads one,
+and a version served by its ONNX twin needs neither."""
 
 
 def fork_workers_from_preloaded_server() -> None:

@@ -66,6 +66,11 @@ class UploadMetadata(ArtifactLoading):
     aliases: list[_Alias] = Field(
         default_factory=list, max_length=32, description="Aliases to point at the new version."
     )
+    accelerate: bool = Field(
+        default=True,
+        description="Make the version's accelerated twin (scikit-learn versions: an ONNX form "
+        "checked to give the same answers, served in its place); false skips it.",
+    )
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry.accelerated import Accelerated
 from berth.registry.artifacts import ArtifactStore, StoredArtifact
 from berth.registry.references import (
     Reference,
@@ -143,6 +144,31 @@ class Registry:
                 audit.add(session, replace(event, detail={"version": number, "previous": previous}))
                 session.flush()
                 session.refresh(row)
+                return _version_info(row)
+
+    def set_accelerated(
+        self,
+        name: str,
+        number: int,
+        accelerated: Accelerated | None,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
+    ) -> VersionInfo:
+        """Keep `accelerated` as version `number`'s twin (its artifact is in the store already),
+        or with None forget it (the version is served as it is until a twin is made again)."""
+        detail: dict[str, Any] = {"served": accelerated is not None and accelerated.usable}
+        if accelerated is not None and accelerated.reason:
+            detail["reason"] = accelerated.reason
+        event = audit.event(actor, address, "model.accelerate", f"{name}:{number}", detail)
+        with audit.AuditLog(self.db).refusals(event):
+            check_name("model", name)
+            with self.db.session(write=True) as session:
+                model = _model_row(session, name, lock=True)
+                row = _version_row(session, model, number)
+                row.accelerated = None if accelerated is None else accelerated.stored()
+                audit.add(session, event)
+                session.flush()
                 return _version_info(row)
 
     def remove_alias(
@@ -374,6 +400,7 @@ def _version_info(row: VersionRow) -> VersionInfo:
         pickle_trusted=row.pickle_trusted,
         reference_stats=row.reference_stats,
         lineage=_lineage(row),
+        accelerated=Accelerated.from_stored(row.accelerated),
     )
 
 

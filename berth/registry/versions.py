@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from berth.registry.accelerated import Accelerated
 from berth.registry.artifacts import StoredArtifact
 from berth.registry.signature import Signature
 
@@ -78,6 +79,8 @@ class VersionInfo:
     """Per-feature reference statistics for drift (from --reference), or None."""
     lineage: Lineage | None = None
     """The version this one was derived from (e.g. by `berth models optimize`), or None."""
+    accelerated: Accelerated | None = None
+    """Its accelerated twin (served in its place), or why it has none; None: never tried."""
     notes: tuple[str, ...] = field(default=(), compare=False)
     """What adding it found worth telling (an inferred signature, the same bytes already
     registered as another version); set when it is added only, never stored."""
@@ -106,6 +109,7 @@ class VersionInfo:
             "pickle_trusted": self.pickle_trusted,
             "reference": reference_summary(self.reference_stats),
             "lineage": self.lineage.to_dict() if self.lineage else None,
+            "accelerated": self.accelerated.to_dict() if self.accelerated else None,
         }
 
     def registered_dict(self) -> dict[str, Any]:

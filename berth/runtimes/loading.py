@@ -8,6 +8,7 @@ types.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from berth.registry.artifacts import entry_sha256
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from berth.runtimes import entry_file, load_runtime, needs_pickle_trust
+
+log = logging.getLogger("berth.serving")
 
 if TYPE_CHECKING:  # base imports numpy and pandas, which the runtime brings when it loads
     from berth.runtimes.base import Runtime
@@ -29,6 +32,28 @@ def artifact_path(registry: Registry, version: VersionInfo) -> Path:
 def load_version(registry: Registry, version: VersionInfo) -> Runtime:
     """The version's runtime, loaded from verified bytes with the trust it was registered with."""
     return load_fetched(version, registry.store.fetch(version.artifact), registry.trusted_types)
+
+
+def load_served(registry: Registry, version: VersionInfo, *, accelerate: bool = True) -> Runtime:
+    """The runtime that serves `version`: its accelerated twin when it has a usable one and
+    `accelerate` allows it, else the version's own. A twin that cannot be fetched or loaded (a
+    store restored without it, a runtime missing) is logged and the version serves as it is."""
+    twin = version.accelerated
+    if accelerate and twin is not None and twin.artifact is not None:
+        try:
+            local = registry.store.fetch(twin.artifact)
+            entry = entry_file(local, twin.flavor) if twin.artifact.is_directory else local
+            return load_runtime(twin.flavor, entry)
+        except Exception as exc:  # any failure of the twin leaves the version itself to serve
+            log.warning(
+                "%s serves as %s: its %s twin did not load (%s: %s)",
+                version.ref,
+                version.flavor,
+                twin.flavor,
+                type(exc).__name__,
+                exc,
+            )
+    return load_version(registry, version)
 
 
 def entry_path(version: VersionInfo, local: Path) -> Path:

@@ -30,7 +30,7 @@ from berth.registry.service import Registry
 from berth.registry.signature import Signature
 from berth.registry.versions import VersionInfo
 from berth.runtimes.base import ModelInput, Prediction, Runtime, row_count
-from berth.runtimes.loading import load_version
+from berth.runtimes.loading import load_served
 from berth.serving.batcher import Batcher
 from berth.serving.cache import PredictionCache
 from berth.serving.chain.call import CallContext
@@ -458,12 +458,12 @@ class DataPlane:
 
     def _load_sync(self, info: VersionInfo) -> LoadedVersion:
         started = time.perf_counter()
-        runtime = load_version(self.registry, info)
+        options = self.config.model_options(info.model)
+        runtime = load_served(self.registry, info, accelerate=options.accelerate)
         row_seconds = warm_up(runtime, info)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOADED.labels(info.model, str(info.number)).set(1)
         metrics.MODEL_LOAD_SECONDS.observe(seconds)
-        options = self.config.model_options(info.model)
         chain = compose(
             runtime,
             info,
@@ -485,7 +485,9 @@ class DataPlane:
         log.info(
             "loaded %s (%s) in %.3fs; one row predicts in %.3f ms%s%s",
             info.ref,
-            info.flavor,
+            info.flavor
+            if runtime.flavor == info.flavor
+            else f"{info.flavor}, served by its {runtime.flavor} twin",
             seconds,
             row_seconds * 1000,
             " (on the event loop)" if loaded.inline else "",

@@ -106,6 +106,8 @@ class VersionRow(Base):
     source_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """How it was derived from the source: method, quantization, the equivalence check."""
+    accelerated: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Its accelerated twin, or why it has none (`berth.registry.accelerated`); None: not tried."""
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

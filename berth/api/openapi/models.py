@@ -66,6 +66,11 @@ VERSION_INFO: Schema = object_schema(
         },
         "trusted_types": STRINGS,
         "pickle_trusted": BOOLEAN,
+        "accelerated": {
+            "type": ["object", "null"],
+            "description": "Its accelerated twin (flavor, served, sha256, converter, the check "
+            "it passed, one-row times), or why it has none (reason); null when none was tried.",
+        },
     }
 )
 REGISTERED: Schema = object_schema(

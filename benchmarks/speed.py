@@ -1,0 +1,415 @@
+"""`make bench`: Berth and its peers (MLServer 1.7, BentoML 1.4, a bare FastAPI app) in one run,
+with the same two models, and a table of the speed targets with their ratios and PASS/FAIL.
+
+The models are the peer benchmark's (see serve_bench.py): iris LogisticRegression and a
+RandomForest-100 on 20 features, registered in Berth as scikit-learn files (`berth models
+register`, nothing optimized by hand). Every server gets one row per request from wrk with two
+threads and 64 connections; each starts alone, and its idle memory is the RSS summed over its
+whole process tree (PSS, which counts a page shared between processes once, beside it). Berth
+runs with 2 workers, API keys on, metrics on, JSON logs and the prediction log on; MLServer and
+BentoML with their defaults (MLServer: one inference worker; with batching, 32 rows / 5 ms);
+the bare FastAPI app in one uvicorn process.
+
+Usage: .venv/bin/python benchmarks/speed.py [--write-readme]
+Env: DUR=10 (seconds per wrk run). Needs .tools/mlserver and .tools/bentoml (make bench makes
+them). Results: the table on stdout, JSON and Markdown under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import serve_bench as sb  # noqa: E402  (the shared helpers: training, wrk, RSS)
+
+ROOT = HERE.parent
+MLSERVER = ROOT / ".tools" / "mlserver" / "bin" / "mlserver"
+BENTOML = ROOT / ".tools" / "bentoml" / "bin" / "bentoml"
+PEERS = HERE / "peer_servers"
+CONNS = 64
+README = ROOT / "README.md"
+TABLE_START = "<!-- speed table: benchmarks/speed.py writes it -->"
+TABLE_END = "<!-- end of speed table -->"
+
+V2_BEFORE = 2519.0
+"""Berth's v2 req/s for iris as scikit-learn before this round (at 04ec75b, this benchmark's
+setting): the no-regression line."""
+ONNX_BEFORE = 4500.0
+"""Berth's v1 req/s for iris optimized to ONNX by hand before this round (the first round's
+note: 4.2x MLServer's ~1,070)."""
+
+
+@dataclass
+class Server:
+    """One server as measured: how it starts, where it answers, what it costs idle."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    ready: Callable[[], bool]
+    cwd: Path | None = None
+
+
+def pss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def posts(url: str, body: str, headers: dict[str, str] | None = None) -> bool:
+    import urllib.request
+
+    request = urllib.request.Request(
+        url,
+        data=body.encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def start(server: Server, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """Start `server`; the seconds from process start to its first answered prediction."""
+    handle = log.open("w")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        server.command,
+        env={**os.environ, **server.env},
+        cwd=server.cwd,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    while not server.ready():
+        if process.poll() is not None:
+            raise SystemExit(f"{server.name} exited; see {log}")
+        if time.perf_counter() - started > 180:
+            sb.stop(process)
+            raise SystemExit(f"{server.name}: no answer within 180 s; see {log}")
+        time.sleep(0.02)
+    return process, round(time.perf_counter() - started, 2)
+
+
+def measure(
+    server: Server, loads: dict[str, tuple[str, str | None, dict[str, str]]]
+) -> dict[str, Any]:
+    """Start, wait, read idle memory, run wrk on each load (url, body, headers), stop."""
+    log = HERE / "results" / f"speed-{server.name}.log"
+    process, first = start(server, log)
+    try:
+        time.sleep(3)
+        pids = sb.tree(process.pid)
+        found: dict[str, Any] = {
+            "first_prediction_s": first,
+            "idle_rss_mb": sb.rss_mb(pids),
+            "idle_pss_mb": pss_mb(pids),
+            "processes": len(pids),
+        }
+        for label, (url, body, headers) in loads.items():
+            _wrk(url, body, headers, 16, 3)  # warm-up
+            found[label] = _wrk(url, body, headers, CONNS, sb.DUR)
+            print(f"[{server.name}] {label}: {found[label]}", flush=True)
+        return found
+    finally:
+        sb.stop(process)
+
+
+def _wrk(url: str, body: str | None, headers: dict[str, str], conns: int, seconds: int) -> Any:
+    key = headers.get("X-API-Key", "")
+    return sb.wrk(url, body, key, conns, seconds=seconds)
+
+
+def berth_server(env: dict[str, str], served: list[str], workers: int, **extra: str) -> Server:
+    port = sb.free_port()
+    base = f"http://127.0.0.1:{port}"
+    key = env["BENCH_KEY"]
+    probe = json.dumps({"features": sb.IRIS_ROW})
+    return Server(
+        f"berth-{workers}w" + "".join(f"-{v}" for v in extra.values() if len(v) < 12),
+        [sb.BERTH, "serve", *served, "--port", str(port), "--workers", str(workers)],
+        {
+            **env,
+            "BERTH_LOG_FORMAT": "json",
+            "BERTH_LOG_LEVEL": "INFO",
+            "BERTH_ACCESS_LOG": "false",
+            **extra,
+        },
+        lambda: posts(f"{base}/api/v1/models/{served[0]}/predict", probe, {"X-API-Key": key}),
+    )
+
+
+def berth_runs(env: dict[str, str], rows: dict[str, list[float]]) -> dict[str, Any]:
+    key = env["BENCH_KEY"]
+    headers = {"X-API-Key": key}
+    results: dict[str, Any] = {}
+    one = berth_server(env, ["iris@sklearn"], 1)
+    _, results["first_prediction_1_worker_s"] = _start_only(one)
+    # /health is an open route, rate limited per address by default: off for the constant route.
+    main = berth_server(
+        env, ["iris@sklearn", "iris@onnx", "rf@sklearn"], 2, BERTH_OPEN_ROUTE_RATE=""
+    )
+    base = main.command[main.command.index("--port") + 1]
+    url = f"http://127.0.0.1:{base}"
+    bodies = {m: sb.bodies(f"{m}", rows[m.split("@")[0]]) for m in ("iris@sklearn", "iris@onnx")}
+    loads: dict[str, tuple[str, str | None, dict[str, str]]] = {
+        "const": (f"{url}/health", None, headers),
+        "iris_v1": (f"{url}{bodies['iris@sklearn']['v1'][0]}", bodies["iris@sklearn"]["v1"][1], headers),
+        "iris_v2": (f"{url}{bodies['iris@sklearn']['v2'][0]}", bodies["iris@sklearn"]["v2"][1], headers),
+        "iris_onnx_v1": (f"{url}{bodies['iris@onnx']['v1'][0]}", bodies["iris@onnx"]["v1"][1], headers),
+    }  # fmt: skip
+    results["main"] = measure(main, loads)
+    batched = berth_server(
+        env,
+        ["rf@sklearn"],
+        2,
+        BERTH_MODELS=json.dumps({"rf": {"max_batch_size": 32, "max_latency_ms": 5}}),
+    )
+    port = batched.command[batched.command.index("--port") + 1]
+    path, body = sb.bodies("rf@sklearn", rows["rf"])["v1"]
+    batched.ready = _ready_on(f"http://127.0.0.1:{port}{path}", body, headers)
+    results["rf_batched"] = measure(
+        batched, {"rf_v1": (f"http://127.0.0.1:{port}{path}", body, headers)}
+    )
+    return results
+
+
+def _ready_on(url: str, body: str, headers: dict[str, str]) -> Callable[[], bool]:
+    return lambda: posts(url, body, headers)
+
+
+def _start_only(server: Server) -> tuple[None, float]:
+    process, first = start(server, HERE / "results" / f"speed-{server.name}-start.log")
+    sb.stop(process)
+    return None, first
+
+
+def mlserver(work: Path, model: Path, name: str, batched: bool) -> tuple[Server, str]:
+    folder = work / f"mlserver-{name}{'-batch' if batched else ''}"
+    (folder / name).mkdir(parents=True)
+    port = sb.free_port()
+    settings = {
+        "http_port": port,
+        "grpc_port": sb.free_port(),
+        "metrics_port": sb.free_port(),
+        "host": "127.0.0.1",
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model_settings: dict[str, Any] = {
+        "name": name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(model)},
+    }
+    if batched:
+        model_settings.update(max_batch_size=32, max_batch_time=0.005)
+    (folder / name / "model-settings.json").write_text(json.dumps(model_settings))
+    url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
+    return Server(
+        folder.name, [str(MLSERVER), "start", str(folder)], {}, lambda: False, cwd=folder
+    ), url
+
+
+def peer_runs(work: Path, rows: dict[str, list[float]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    v2 = {m: sb.bodies(m, rows[m])["v2"][1] for m in ("iris", "rf")}
+    for name, batched in (("iris", False), ("rf", True)):
+        server, url = mlserver(work, work / f"{name}.joblib", name, batched)
+        server.ready = _ready_on(url, v2[name], {})
+        results[server.name] = measure(server, {"infer": (url, v2[name], {})})
+    port = sb.free_port()
+    bento = Server(
+        "bentoml-iris",
+        [str(BENTOML), "serve", "bento_service:Clf", "--host", "127.0.0.1", "--port", str(port)],
+        {"PEER_MODEL": str(work / "iris.joblib"), "BENTOML_HOME": str(work / "bentoml")},
+        lambda: False,
+        cwd=PEERS,
+    )
+    body = json.dumps({"input": [sb.IRIS_ROW]})
+    bento.ready = _ready_on(f"http://127.0.0.1:{port}/predict", body, {})
+    results["bentoml-iris"] = measure(
+        bento, {"infer": (f"http://127.0.0.1:{port}/predict", body, {})}
+    )
+    port = sb.free_port()
+    fastapi = Server(
+        "fastapi-iris",
+        [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1", "--port",
+         str(port), "--no-access-log", "--log-level", "warning", "--loop", "uvloop",
+         "--http", "httptools"],
+        {"PEER_MODEL": str(work / "iris.joblib")},
+        lambda: False,
+        cwd=PEERS,
+    )  # fmt: skip
+    body = json.dumps({"data": [sb.IRIS_ROW]})
+    fastapi.ready = _ready_on(f"http://127.0.0.1:{port}/predict", body, {})
+    results["fastapi-iris"] = measure(
+        fastapi, {"infer": (f"http://127.0.0.1:{port}/predict", body, {})}
+    )
+    return results
+
+
+def targets(berth: dict[str, Any], peers: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(target, measured, ratio, passed) for each target of the speed round."""
+    main, rf = berth["main"], berth["rf_batched"]
+    ml, ml_rf = peers["mlserver-iris"], peers["mlserver-rf-batch"]
+    iris, const = main["iris_v1"], main["const"]
+    found = []
+
+    def add(target: str, measured: str, ratio: float, passed: bool) -> None:
+        found.append((target, measured, f"{ratio:.2f}", passed))
+
+    add(
+        "iris as scikit-learn: req/s >= 5x MLServer",
+        f"{iris['rps']:.0f} vs {ml['infer']['rps']:.0f}",
+        iris["rps"] / ml["infer"]["rps"],
+        iris["rps"] >= 5 * ml["infer"]["rps"],
+    )
+    add(
+        "iris: p99 <= 1/3 of MLServer's",
+        f"{iris['p99_ms']} ms vs {ml['infer']['p99_ms']} ms",
+        iris["p99_ms"] / ml["infer"]["p99_ms"],
+        iris["p99_ms"] * 3 <= ml["infer"]["p99_ms"],
+    )
+    add("iris: no non-2xx", f"{iris['errors']} errors", float(iris["errors"]), iris["errors"] == 0)
+    add(
+        "iris: req/s >= 50% of Berth's constant route",
+        f"{iris['rps']:.0f} vs {const['rps']:.0f}",
+        iris["rps"] / const["rps"],
+        iris["rps"] >= 0.5 * const["rps"],
+    )
+    add(
+        "RF-100 batched: req/s >= 3x batched MLServer",
+        f"{rf['rf_v1']['rps']:.0f} vs {ml_rf['infer']['rps']:.0f}",
+        rf["rf_v1"]["rps"] / ml_rf["infer"]["rps"],
+        rf["rf_v1"]["rps"] >= 3 * ml_rf["infer"]["rps"],
+    )
+    add(
+        "RF-100 batched: p99 <= 1/2 of MLServer's",
+        f"{rf['rf_v1']['p99_ms']} ms vs {ml_rf['infer']['p99_ms']} ms",
+        rf["rf_v1"]["p99_ms"] / ml_rf["infer"]["p99_ms"],
+        rf["rf_v1"]["p99_ms"] * 2 <= ml_rf["infer"]["p99_ms"],
+    )
+    add(
+        "idle RSS (all processes) <= 60% of MLServer's",
+        f"{main['idle_rss_mb']} MB vs {ml['idle_rss_mb']} MB",
+        main["idle_rss_mb"] / ml["idle_rss_mb"],
+        main["idle_rss_mb"] <= 0.6 * ml["idle_rss_mb"],
+    )
+    add(
+        "start to first prediction, 1 worker <= 1.5 s",
+        f"{berth['first_prediction_1_worker_s']} s",
+        berth["first_prediction_1_worker_s"] / 1.5,
+        berth["first_prediction_1_worker_s"] <= 1.5,
+    )
+    add(
+        "start to first prediction, 2 workers <= 2 s",
+        f"{main['first_prediction_s']} s",
+        main["first_prediction_s"] / 2.0,
+        main["first_prediction_s"] <= 2.0,
+    )
+    add(
+        "no regression: v2 (iris)",
+        f"{main['iris_v2']['rps']:.0f} vs {V2_BEFORE:.0f} before",
+        main["iris_v2"]["rps"] / V2_BEFORE,
+        main["iris_v2"]["rps"] >= 0.95 * V2_BEFORE,
+    )
+    add(
+        "no regression: ONNX path (iris)",
+        f"{main['iris_onnx_v1']['rps']:.0f} vs {ONNX_BEFORE:.0f} before",
+        main["iris_onnx_v1"]["rps"] / ONNX_BEFORE,
+        main["iris_onnx_v1"]["rps"] >= 0.95 * ONNX_BEFORE,
+    )
+    return found  # fmt: skip
+
+
+def servers_table(berth: dict[str, Any], peers: dict[str, Any]) -> list[str]:
+    lines = [
+        "| server | model | req/s | p50 ms | p99 ms | non-2xx | first prediction s | idle RSS MB (PSS) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    main, rf = berth["main"], berth["rf_batched"]
+
+    def row(server: str, model: str, run: dict[str, Any], of: dict[str, Any]) -> None:
+        lines.append(
+            f"| {server} | {model} | {run['rps']:,.0f} | {run['p50_ms']} | {run['p99_ms']} | "
+            f"{run['errors']} | {of['first_prediction_s']} | {of['idle_rss_mb']} "
+            f"({of['idle_pss_mb']}) |"
+        )
+
+    row("Berth, 2 workers", "constant route (GET /health)", main["const"], main)
+    row("Berth, 2 workers", "iris, scikit-learn, v1", main["iris_v1"], main)
+    row("Berth, 2 workers", "iris, scikit-learn, v2", main["iris_v2"], main)
+    row("Berth, 2 workers", "iris, optimized to ONNX, v1", main["iris_onnx_v1"], main)
+    row("Berth, 2 workers", "RF-100, scikit-learn, batched 32/5 ms", rf["rf_v1"], rf)
+    row("MLServer 1.7", "iris (v2)", peers["mlserver-iris"]["infer"], peers["mlserver-iris"])
+    row("MLServer 1.7", "RF-100, batched 32/5 ms", peers["mlserver-rf-batch"]["infer"],
+        peers["mlserver-rf-batch"])  # fmt: skip
+    row("BentoML 1.4", "iris", peers["bentoml-iris"]["infer"], peers["bentoml-iris"])
+    row("bare FastAPI, 1 process", "iris", peers["fastapi-iris"]["infer"], peers["fastapi-iris"])
+    return lines
+
+
+def report(berth: dict[str, Any], peers: dict[str, Any]) -> str:
+    lines = servers_table(berth, peers)
+    lines += ["", "| target | measured | ratio | result |", "|---|---|---:|---|"]
+    for target, measured, ratio, passed in targets(berth, peers):
+        lines.append(f"| {target} | {measured} | {ratio} | {'PASS' if passed else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def write_readme(table: str) -> None:
+    text = README.read_text()
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no {TABLE_START} ... {TABLE_END} block to replace")
+    stamp = time.strftime("%Y-%m-%d")
+    block = f"{TABLE_START}\n_Measured {stamp} by `make bench` on 2 cores._\n\n{table}\n{TABLE_END}"
+    README.write_text(pattern.sub(lambda _: block, text))
+
+
+def main() -> None:
+    for tool in (MLSERVER, BENTOML):
+        if not tool.exists():
+            raise SystemExit(f"{tool} is missing; `make bench` installs the peers")
+    (HERE / "results").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="berth-speed-"))
+    env, key, rows, optimized = sb.prepare(work)
+    if not optimized:
+        raise SystemExit("the ONNX versions could not be made; is berth[onnx] installed?")
+    env["BENCH_KEY"] = key
+    berth = berth_runs(env, rows)
+    peers = peer_runs(work, rows)
+    table = report(berth, peers)
+    stamp = time.strftime("%Y-%m-%dT%H%M%S")
+    (HERE / "results" / f"speed-{stamp}.json").write_text(
+        json.dumps({"berth": berth, "peers": peers}, indent=1)
+    )
+    (HERE / "results" / f"speed-{stamp}.md").write_text(table + "\n")
+    print("\n" + table)
+    if "--write-readme" in sys.argv[1:]:
+        write_readme(table)
+        print("\nREADME.md speed table rewritten")
+
+
+if __name__ == "__main__":
+    main()
