@@ -80,7 +80,9 @@ def test_register_list_show_alias_delete(
     actions = [(e.action, e.target, e.outcome) for e in events]
     assert actions == [
         ("model.register", "iris:1", "ok"),
+        ("model.accelerate", "iris:1", "ok"),  # its ONNX twin, made as it was registered
         ("model.register", "iris:2", "ok"),
+        ("model.accelerate", "iris:2", "ok"),
         ("version.delete", "iris:1", "refused"),
         ("alias.set", "iris@production", "ok"),
         ("version.delete", "iris:1", "ok"),

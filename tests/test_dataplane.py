@@ -142,3 +142,51 @@ def test_ready_is_503_until_models_are_loaded(
     assert not_started.get("/v2/health/ready").status_code == 503
     with TestClient(app) as started:
         assert started.get("/ready").json() == {"status": "ready", "models": ["gated:1"]}
+
+
+def test_a_refresh_re_resolves_only_when_the_models_revision_moved(
+    sqlite_registry: Registry, iris_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One query a refresh while nothing changed; every served reference resolved again after
+    a version, alias or twin change; and every FULL_REFRESH_SECONDS regardless."""
+    from berth.serving import dataplane as dataplane_module
+    from tests.conftest import register_iris
+
+    registry = sqlite_registry
+    register_iris(registry, iris_files, aliases=("production",))
+    register_iris(registry, iris_files)
+    resolved: list[str] = []
+    resolve = registry.resolve
+
+    def counting(reference: object) -> object:
+        resolved.append(str(reference))
+        return resolve(reference)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry, "resolve", counting)
+
+    async def scenario() -> list[tuple[int, int]]:
+        served = DataPlane(registry, ["iris@production", "iris"])
+        await served.start()
+        seen = []
+        try:
+            await served.refresh()  # the first always reads everything
+            resolved.clear()
+            for _ in range(3):
+                await served.refresh()
+            seen.append((len(resolved), (await served.version("iris@production")).number))
+            registry.set_alias("iris", "production", 2)
+            await served.refresh()
+            seen.append((len(resolved), (await served.version("iris@production")).number))
+            resolved.clear()
+            served._full_refresh_at = 0.0  # FULL_REFRESH_SECONDS have passed
+            await served.refresh()  # the fallback, nothing having changed
+            await served.refresh()  # and then not again for FULL_REFRESH_SECONDS
+            seen.append((len(resolved), (await served.version("iris@production")).number))
+        finally:
+            await served.stop()
+        return seen
+
+    # Nothing resolved while nothing moved; both references after the alias moved; both once
+    # more at the fallback.
+    assert dataplane_module.FULL_REFRESH_SECONDS >= 10
+    assert asyncio.run(scenario()) == [(0, 1), (2, 2), (2, 2)]

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
 from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry import revisions
 from berth.registry.references import check_name, parse_reference
 from berth.registry.roles import ROLES as ROLES
 from berth.registry.roles import SERVING_ROLES as SERVING_ROLES
@@ -33,14 +34,13 @@ from berth.store.tables import (
     EndpointRow,
     ExperimentRow,
     ModelRow,
-    RevisionRow,
     RolloutRow,
     RouteRow,
     VersionRow,
     utcnow,
 )
 
-TOPIC = "endpoints"
+TOPIC = revisions.ENDPOINTS
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STICKY = re.compile(r"(?P<kind>header|cookie|field):(?P<name>[A-Za-z0-9._-]{1,150})")
 ACTIVE_ROLLOUT = ("running", "paused")
@@ -310,8 +310,7 @@ class EndpointService:
 
 
 def current_revision(db: Database) -> int:
-    with db.session() as session:
-        return session.scalar(select(RevisionRow.number).where(RevisionRow.topic == TOPIC)) or 0
+    return revisions.current(db).get(TOPIC, 0)
 
 
 def endpoint_row(session: Session, name: str, lock: bool = False) -> EndpointRow:
@@ -422,11 +421,7 @@ def check_routes(routes: Sequence[RouteSpec]) -> None:
 
 
 def bump_revision(session: Session) -> None:
-    changed = session.execute(
-        update(RevisionRow).where(RevisionRow.topic == TOPIC).values(number=RevisionRow.number + 1)
-    )
-    if getattr(changed, "rowcount", 0) == 0:
-        session.add(RevisionRow(topic=TOPIC, number=1))
+    revisions.bump(session, TOPIC)
 
 
 def routes_summary(routes: Iterable[RouteSpec]) -> str:

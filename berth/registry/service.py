@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from berth.errors import Conflict, InvalidInput, NotFound
+from berth.registry import revisions
 from berth.registry.accelerated import Accelerated
 from berth.registry.artifacts import ArtifactStore, StoredArtifact
 from berth.registry.references import (
@@ -76,6 +77,7 @@ class Registry:
             try:
                 with self.db.session(write=True) as session:
                     row = _insert_version(session, new)
+                    revisions.bump(session, revisions.MODELS)
                     notes = tuple(_same_artifact(session, row))
                     audit.add(session, replace(event, target=f"{new.name}:{row.number}"))
                     return replace(_version_info(row), notes=notes)
@@ -141,6 +143,7 @@ class Registry:
                 row = _version_row(session, model, number)
                 previous = next((a.version.number for a in model.aliases if a.name == alias), None)
                 _point_alias(session, model, alias, row)
+                revisions.bump(session, revisions.MODELS)
                 audit.add(session, replace(event, detail={"version": number, "previous": previous}))
                 session.flush()
                 session.refresh(row)
@@ -167,6 +170,7 @@ class Registry:
                 model = _model_row(session, name, lock=True)
                 row = _version_row(session, model, number)
                 row.accelerated = None if accelerated is None else accelerated.stored()
+                revisions.bump(session, revisions.MODELS)
                 audit.add(session, event)
                 session.flush()
                 return _version_info(row)
@@ -185,6 +189,7 @@ class Registry:
                     raise NotFound(f"model '{name}' has no alias '{alias}'")
                 audit.add(session, replace(event, detail={"version": row.version.number}))
                 session.delete(row)
+                revisions.bump(session, revisions.MODELS)
 
     def delete_version(
         self, name: str, number: int, *, actor: str | None = None, address: str | None = None
@@ -208,6 +213,7 @@ class Registry:
                     session, replace(event, detail={"flavor": row.flavor, "sha256": row.sha256})
                 )
                 session.delete(row)
+                revisions.bump(session, revisions.MODELS)
 
     def delete_model(
         self, name: str, *, actor: str | None = None, address: str | None = None
@@ -228,6 +234,7 @@ class Registry:
                     session, replace(event, detail={"versions": [v.number for v in model.versions]})
                 )
                 session.delete(model)
+                revisions.bump(session, revisions.MODELS)
 
 
 def check_type_names(names: Iterable[str], source: str) -> tuple[str, ...]:

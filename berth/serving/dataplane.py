@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio.to_thread
 import numpy as np
@@ -24,6 +24,7 @@ from anyio import CapacityLimiter
 from berth.config import ModelServing
 from berth.errors import BerthError, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from berth.observability import metrics, tracing
+from berth.registry import revisions
 from berth.registry.endpoints import EndpointInfo, EndpointService, RouteSpec, current_revision
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry
@@ -44,6 +45,10 @@ from berth.serving.warm_up import warm_up
 
 log = logging.getLogger("berth.serving")
 
+FULL_REFRESH_SECONDS = 30.0
+"""Served references are re-resolved this often even when the registry's revision of models has
+not moved: the fallback for a change that did not raise it (a database restored under a running
+server)."""
 MAX_SHADOW_TASKS = 64
 """Mirrored requests in flight at most; beyond it copies are skipped (and counted), so a slow
 shadow version can never hold the server's memory or threads hostage."""
@@ -105,11 +110,10 @@ class _Meters:
 
 @dataclass
 class _Route:
-    """What one reference currently serves, and when the registry was last asked."""
+    """What one reference currently serves."""
 
     reference: Reference
     version: LoadedVersion
-    checked_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,8 @@ class DataPlane:
         self._endpoints_revision = -1
         self._ready = False
         self._refresher: asyncio.Task[None] | None = None
+        self._models_revision = -1
+        self._full_refresh_at = 0.0
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -505,13 +511,15 @@ class DataPlane:
             except Exception:
                 log.exception("refreshing model references failed; serving the versions loaded")
 
-    async def refresh_endpoints(self) -> None:
-        """Re-read the endpoints when their revision moved; load new versions, then swap.
+    async def refresh_endpoints(self, revision: int | None = None) -> None:
+        """Re-read the endpoints when their revision (`revision`, read now when None) moved;
+        load new versions, then swap.
 
         One cheap query when nothing changed. Versions load beside the ones serving; each
         endpoint's new routes take effect in one assignment once all of its versions are ready.
         """
-        revision = await anyio.to_thread.run_sync(current_revision, self.registry.db)
+        if revision is None:
+            revision = await anyio.to_thread.run_sync(current_revision, self.registry.db)
         if revision == self._endpoints_revision:
             return
         endpoints = await anyio.to_thread.run_sync(self.endpoint_service.all)
@@ -550,7 +558,18 @@ class DataPlane:
         return await anyio.to_thread.run_sync(self.registry.get_version, route.model, route.version)
 
     async def refresh(self) -> None:
-        """Re-resolve every routed reference; load and swap in versions that changed."""
+        """Re-resolve every routed reference when the registry's models changed (one query tells;
+        every `FULL_REFRESH_SECONDS` regardless); load and swap in versions that changed."""
+        numbers = await anyio.to_thread.run_sync(revisions.current, self.registry.db)
+        changed = numbers.get(revisions.MODELS, 0) != self._models_revision
+        if changed or time.monotonic() >= self._full_refresh_at:
+            # Read before re-resolving: a change made meanwhile raises the number again.
+            self._models_revision = numbers.get(revisions.MODELS, 0)
+            self._full_refresh_at = time.monotonic() + FULL_REFRESH_SECONDS
+            await self._resolve_again()
+        await self.refresh_endpoints(numbers.get(revisions.ENDPOINTS, 0))
+
+    async def _resolve_again(self) -> None:
         if self.follow_alias is not None:
             await self._serve_newly_aliased(self.follow_alias)
         for reference, route in list(self._routes.items()):
@@ -563,10 +582,7 @@ class DataPlane:
                 loaded = await self._load(info)
                 log.info("%s now serves %s (was %s)", reference, info.ref, route.version.info.ref)
                 self._routes[reference] = _Route(reference=route.reference, version=loaded)
-            else:
-                route.checked_at = time.monotonic()
         self._unload_unrouted()
-        await self.refresh_endpoints()
 
     async def _serve_newly_aliased(self, alias: str) -> None:
         """Start serving models that were given `alias` since the last look (one query)."""
