@@ -213,10 +213,6 @@ class Settings(BaseSettings):
     prediction_log_flush_seconds: float = Field(default=0.5, gt=0)
     """Write buffered rows at least this often."""
 
-    prediction_log_writer: Literal["process", "thread"] = "process"
-    """Who inserts the log's rows: "process", a writer process beside each serving process (off
-    its GIL: a thread of its own cost a worker a sixth of its throughput), or "thread"."""
-
     prediction_log_retention_seconds: float = Field(default=60.0, gt=0)
     """How often retention (max age, max rows) runs."""
 

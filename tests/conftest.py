@@ -102,9 +102,6 @@ def isolate(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Settings:
             monkeypatch.delenv(key)
     monkeypatch.setenv("BERTH_HOME", str(folder / "home"))
     monkeypatch.setenv("BERTH_CONFIG_DIR", str(folder / "config"))
-    # The hundreds of apps tests build would each start a writer process for a handful of
-    # rows; tests/test_log_writer.py tests the process writer, with a real server too.
-    monkeypatch.setenv("BERTH_PREDICTION_LOG_WRITER", "thread")
     monkeypatch.chdir(folder)
     return Settings()
 

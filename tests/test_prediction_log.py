@@ -17,8 +17,11 @@ from sqlalchemy import func, insert, select
 
 from berth.config import Settings
 from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
-from berth.monitoring.prediction_log import PredictionLog, prediction_rows
-from berth.monitoring.prediction_rows import json_safe
+from berth.monitoring.prediction_log import (
+    PredictionLog,
+    json_safe,
+    prediction_rows,
+)
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
 from berth.runtimes.base import Prediction

@@ -39,10 +39,6 @@ class PredictionLogConfig:
     retention_seconds: float
     """How often retention (max age, then max rows) runs."""
 
-    writer: str = "process"
-    """Who inserts the rows: "process", a writer process of its own (off the serving process's
-    GIL), or "thread", a worker thread of the serving process."""
-
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionLogConfig:
         return cls(
@@ -53,7 +49,6 @@ class PredictionLogConfig:
             max_age=parse_duration(settings.prediction_log_max_age),
             max_rows=settings.prediction_log_max_rows,
             retention_seconds=settings.prediction_log_retention_seconds,
-            writer=settings.prediction_log_writer,
         )
 
 

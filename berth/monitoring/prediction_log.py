@@ -1,11 +1,9 @@
 """The prediction log: one row per predicted row, written in batches off the hot path.
 
 `PredictionLog.observe` is a dataplane observer. On the event loop it only appends the result
-to a bounded in-memory buffer (counted in rows); a background task hands buffered results, every
-`flush_seconds` or as soon as `batch_rows` rows wait, to the writer process
-(`berth.monitoring.log_writer`), which turns them into rows and inserts them in one transaction
-per flush, off this process's GIL; with `writer="thread"` (or should that process end) a worker
-thread of this process does it. When the buffer is full, a request's rows are dropped
+to a bounded in-memory buffer (counted in rows); a background task turns buffered results into
+rows and inserts them, in one transaction per flush, in a worker thread, every `flush_seconds`
+or as soon as `batch_rows` rows wait. When the buffer is full, a request's rows are dropped
 (all of them) and counted in `berth_prediction_log_dropped_total`; a failed write is counted
 there too. Prediction is never slowed down or failed by the log.
 
@@ -18,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
+import math
 from collections import deque
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 from prometheus_client import Counter
 from sqlalchemy import Table, delete, insert, select
 
 from berth.monitoring.config import PredictionLogConfig
-from berth.monitoring.log_writer import WriterGone, WriterProcess
-from berth.monitoring.prediction_rows import LoggedResult, rows_of
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
 from berth.store import audit
@@ -61,8 +58,6 @@ class PredictionLog:
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._writer: WriterProcess | None = None
-        self._writer_gone = False
 
     # the hot path ------------------------------------------------------------------------
 
@@ -98,9 +93,6 @@ class PredictionLog:
                 await task
         self._tasks = []
         await self.flush()
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
 
     # writing -----------------------------------------------------------------------------
 
@@ -116,32 +108,13 @@ class PredictionLog:
             if not items:
                 return 0
             try:
-                written = await self._write(items)
+                written = await anyio.to_thread.run_sync(self.write, items)
             except Exception:
                 PREDICTION_LOG_DROPPED.inc(rows)
                 log.exception("could not write %d prediction log rows", rows)
                 return 0
             PREDICTION_LOG_WRITTEN.inc(written)
             return written
-
-    async def _write(self, items: list[tuple[PredictResult, datetime]]) -> int:
-        """Through the writer process when there is one, else in a worker thread."""
-        if self.config.writer == "process" and not self._writer_gone:
-            try:
-                if self._writer is None:
-                    self._writer = WriterProcess(self.db.url)
-                    await self._writer.start()
-                return await self._writer.write([logged(result, at) for result, at in items])
-            except (pickle.PicklingError, TypeError, AttributeError):
-                pass  # a Python model's own objects that do not pickle: this batch in a thread
-            except (WriterGone, OSError) as exc:
-                self._writer_gone = True
-                log.error(
-                    "the prediction log writer process ended (%s); this process writes the log "
-                    "itself from now on",
-                    exc,
-                )
-        return await anyio.to_thread.run_sync(self.write, items)
 
     def write(self, items: list[tuple[PredictResult, datetime]]) -> int:
         """Insert the rows of these results in one transaction (runs in a worker thread)."""
@@ -220,23 +193,68 @@ def _rowcount(result: Any) -> int:
 # rows ----------------------------------------------------------------------------------
 
 
-def logged(result: PredictResult, at: datetime) -> LoggedResult:
-    """What the log keeps of a prediction, as plain values (cheap to pickle to the writer)."""
-    prediction = result.prediction
-    return LoggedResult(
-        prediction_id=result.prediction_id,
-        rows=result.rows,
-        model=result.version.model,
-        version=result.version.number,
-        endpoint=result.endpoint,
-        created_at=at,
-        predictions=prediction.predictions,
-        probabilities=prediction.probabilities,
-        classes=prediction.classes,
-        seconds=result.seconds,
-    )
-
-
 def prediction_rows(result: PredictResult, at: datetime) -> list[dict[str, Any]]:
     """One `predictions` row per predicted row: JSON-safe value, score, latency."""
-    return rows_of(logged(result, at))
+    prediction = result.prediction
+    values = json_safe(np.asarray(prediction.predictions).tolist())
+    ids = result.row_ids()
+    scores = _scores(values, prediction.probabilities, prediction.classes, len(ids))
+    latency_ms = result.seconds * 1000.0
+    return [
+        {
+            "id": row_id,
+            "model": result.version.model,
+            "version": result.version.number,
+            "endpoint": result.endpoint,
+            "created_at": at,
+            "prediction": values[i] if i < len(values) else None,
+            "score": scores[i],
+            "latency_ms": latency_ms,
+        }
+        for i, row_id in enumerate(ids)
+    ]
+
+
+def _scores(
+    values: list[Any], probabilities: Any, classes: list[Any] | None, n: int
+) -> list[float | None]:
+    """P(positive class) for binary classifiers, P(predicted class) otherwise; None without."""
+    if probabilities is None:
+        return [None] * n
+    table = np.asarray(probabilities, dtype=float)
+    if table.ndim != 2 or table.shape[0] != n or table.shape[1] == 0:
+        return [None] * n
+    if table.shape[1] == 2:
+        return [_finite(p) for p in table[:, 1].tolist()]
+    column = {_hashable(c): i for i, c in enumerate(json_safe(list(classes or [])))}
+    scores: list[float | None] = []
+    for i in range(n):
+        index = column.get(_hashable(values[i])) if i < len(values) else None
+        scores.append(_finite(table[i, index] if index is not None else table[i].max()))
+    return scores
+
+
+def _hashable(value: Any) -> Any:
+    return repr(value) if isinstance(value, list | dict) else value
+
+
+def _finite(value: Any) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def json_safe(value: Any) -> Any:
+    """numpy scalars to Python ones, NaN and infinities to None (PostgreSQL's JSON has neither)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
