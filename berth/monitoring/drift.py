@@ -17,17 +17,20 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import numpy as np
-import pandas as pd
 from prometheus_client import Gauge
 
+from berth.frames import is_frame, is_missing_marker
 from berth.observability import metrics
 from berth.registry.profile import EPSILON, OTHER, FeatureSource
 from berth.registry.versions import VersionInfo
 from berth.serving.dataplane import PredictResult
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
 
 log = logging.getLogger("berth.drift")
 
@@ -396,7 +399,7 @@ def _row_count(inputs: Any) -> int:
 
 def _extract(plan: _Plan, inputs: Any, picked: Array | None) -> tuple[Array, Array]:
     """The tracked features of the (picked) rows: float values and category codes."""
-    if isinstance(inputs, pd.DataFrame):
+    if is_frame(inputs):
         frame = inputs if picked is None else inputs.iloc[picked]
         # Column by column: selecting a sub-frame first costs ~10x more for one-row requests.
         values = np.empty((len(frame), len(plan.numeric)))
@@ -419,6 +422,9 @@ def _extract(plan: _Plan, inputs: Any, picked: Array | None) -> tuple[Array, Arr
 
 
 def _floats(series: pd.Series[Any]) -> Array:
+
+    import pandas as pd
+
     array = series.to_numpy()
     if array.dtype.kind in "fiub":
         return array
@@ -441,4 +447,8 @@ def _codes(plan: _Plan, columns: list[Array], rows: int) -> Array:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or is_missing_marker(value)
+    )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from berth.frames import is_frame
 from berth.observability.metrics import (
     FEATURE_ROWS_PER_REQUEST,
     FEATURE_VALUE,
@@ -17,6 +17,9 @@ from berth.observability.metrics import (
 )
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    pass
 
 
 class PredictionMetrics:
@@ -81,8 +84,11 @@ def prediction_values(
 
 
 def feature_values(inputs: ModelInput, rows: int, features: int) -> list[tuple[str, float]]:
+
+    import pandas as pd
+
     """(feature, value) for up to `rows` rows of the numeric columns (or first tensor input)."""
-    if isinstance(inputs, pd.DataFrame):
+    if is_frame(inputs):
         columns = [
             str(name)
             for name, dtype in inputs.dtypes.items()

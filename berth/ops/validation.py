@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import pandas as pd
 
 from berth.errors import InvalidInput, ModelLoadError
+from berth.frames import is_frame
 from berth.monitoring.performance import label_key
 from berth.ops.gate_config import (
     CLASSIFIER,
@@ -55,8 +55,11 @@ from berth.runtimes.loading import load_version
 from berth.serving.table_input import model_input
 from berth.serving.validation import decode_named_arrays
 
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
+
 Array = np.ndarray[Any, Any]
-DataTable = pd.DataFrame | Array
+DataTable: TypeAlias = "pd.DataFrame | Array"
 
 LATENCY_CALLS = 200
 """One-row predictions timed for the latency gate, cycling over at most this many rows."""
@@ -126,7 +129,7 @@ class GateData:
         """The rows without the --target column (which must be there when given)."""
         table = self.table(names)
         _target(table, self.target, self.path)
-        if isinstance(table, pd.DataFrame) and self.target is not None:
+        if is_frame(table) and self.target is not None:
             return table.drop(columns=[self.target])
         return table
 
@@ -250,7 +253,7 @@ def _read_data(path: Path, names: list[str] | None) -> DataTable:
 def _target(table: DataTable, target: str | None, path: Path) -> pd.Series[Any] | None:
     if target is None:
         return None
-    if not isinstance(table, pd.DataFrame):
+    if not is_frame(table):
         raise InvalidInput(
             f"--data {path.name} is an array without column names, so it has no --target "
             f"column '{target}'; give a .csv, .parquet or .jsonl file with the outcome column"
@@ -270,10 +273,10 @@ def _features(signature: Signature, table: DataTable, target: str | None, path: 
     if signature.kind == "tabular":
         # Columns are picked by name, so the target and any extra columns are left out.
         return model_input(signature, table, field)
-    if isinstance(table, pd.DataFrame) and target is not None:
+    if is_frame(table) and target is not None:
         table = table.drop(columns=[target])
     if len(signature.inputs) > 1:
-        if not isinstance(table, pd.DataFrame):
+        if not is_frame(table):
             raise InvalidInput(
                 f"{field}: this model has the inputs {signature.input_names}; give a table "
                 "(.csv, .parquet, .jsonl) with one column per input"
@@ -283,7 +286,7 @@ def _features(signature: Signature, table: DataTable, target: str | None, path: 
     try:
         return model_input(signature, table, field)
     except InvalidInput as exc:
-        if not isinstance(table, pd.DataFrame):
+        if not is_frame(table):
             raise
         # A tensor model takes the columns by position, so an extra column shifts every value.
         raise InvalidInput(
@@ -294,7 +297,7 @@ def _features(signature: Signature, table: DataTable, target: str | None, path: 
 
 
 def _take(inputs: ModelInput, rows: slice) -> ModelInput:
-    if isinstance(inputs, pd.DataFrame):
+    if is_frame(inputs):
         return inputs.iloc[rows].reset_index(drop=True)
     if isinstance(inputs, dict):
         return {name: array[rows] for name, array in inputs.items()}
@@ -470,6 +473,9 @@ def _auc(predicted: _Predicted, target: pd.Series[Any]) -> _Measured:
 
 
 def _errors(predicted: _Predicted, target: pd.Series[Any]) -> Array:
+
+    import pandas as pd
+
     try:
         truth = pd.to_numeric(target).to_numpy(dtype=np.float64)
     except (ValueError, TypeError):

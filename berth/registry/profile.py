@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from berth.errors import InvalidInput
+from berth.frames import is_frame
 from berth.registry.signature import Signature
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
 
 Array = np.ndarray[Any, Any]
 
@@ -123,8 +126,11 @@ def reference_summary(stats: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def _reference_columns(
     data: pd.DataFrame | Array, signature: Signature
 ) -> dict[str, tuple[FeatureSource, Array]]:
+
+    import pandas as pd
+
     if signature.kind == "tabular":
-        if not isinstance(data, pd.DataFrame):
+        if not is_frame(data):
             raise InvalidInput(
                 "this model takes a table; give the reference data as .csv, .parquet or .json "
                 f"with the columns {signature.input_names}"
@@ -151,7 +157,7 @@ def _reference_columns(
             "register without --reference"
         )
     spec = signature.inputs[0]
-    array = data.to_numpy() if isinstance(data, pd.DataFrame) else np.asarray(data)
+    array = data.to_numpy() if is_frame(data) else np.asarray(data)
     if len(spec.shape) == 2 and array.ndim == 1:
         array = array.reshape(-1, 1)
     expected = spec.shape[1:]
@@ -177,6 +183,9 @@ def _reference_columns(
 
 
 def _numeric_column(series: pd.Series[Any], name: str, dtype: str) -> Array:
+
+    import pandas as pd
+
     converted = pd.to_numeric(series, errors="coerce")
     bad = converted.isna() & series.notna()
     if bad.any():
@@ -219,6 +228,9 @@ def _numeric_stats(
 
 
 def _categorical_stats(values: Array, top: int) -> dict[str, Any]:
+
+    import pandas as pd
+
     series = pd.Series(values, dtype=object)
     total = len(series)
     present = series[series.notna()].map(_category)

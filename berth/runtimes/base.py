@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
-import pandas as pd
 
 from berth.registry.signature import Signature, TensorSpec, numpy_dtype_name
 
-ModelInput = np.ndarray[Any, Any] | pd.DataFrame | dict[str, np.ndarray[Any, Any]]
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
+
+ModelInput: TypeAlias = "np.ndarray[Any, Any] | pd.DataFrame | dict[str, np.ndarray[Any, Any]]"
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from berth.errors import InvalidInput, ModelLoadError
+from berth.frames import is_frame
 from berth.registry.signature import Signature, TensorSpec
 from berth.runtimes.base import ModelInput, Prediction
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
 
 ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -75,14 +78,14 @@ class OnnxRuntime:
         names = [node.name for node in self.inputs]
         if isinstance(inputs, dict):
             return self._feed_named(inputs)
-        if isinstance(inputs, pd.DataFrame) and self._takes_columns(inputs):
+        if is_frame(inputs) and self._takes_columns(inputs):
             return {node.name: _column(inputs, node) for node in self.inputs}
         if len(self.inputs) != 1:
             raise InvalidInput(
                 f"the ONNX model has {len(names)} inputs ({', '.join(names)}); "
                 "send a value for each input by name"
             )
-        array = inputs.to_numpy() if isinstance(inputs, pd.DataFrame) else inputs
+        array = inputs.to_numpy() if is_frame(inputs) else inputs
         return {names[0]: _cast(array, self.inputs[0])}
 
     def _feed_named(self, inputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:

@@ -19,13 +19,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from berth.frames import is_frame
 from berth.observability import metrics
 from berth.runtimes.base import ModelInput, Prediction, row_count
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    pass
 
 log = logging.getLogger("berth.serving")
 
@@ -183,7 +186,7 @@ def _resolve(future: asyncio.Future[Prediction], prediction: Prediction) -> None
 
 def _shape_key(inputs: ModelInput) -> tuple[Any, ...]:
     """Requests join only when every non-batch dimension and dtype agree."""
-    if isinstance(inputs, pd.DataFrame):
+    if is_frame(inputs):
         return ("frame", tuple(inputs.columns), tuple(str(t) for t in inputs.dtypes))
     if isinstance(inputs, dict):
         return tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(inputs.items()))
@@ -191,10 +194,13 @@ def _shape_key(inputs: ModelInput) -> tuple[Any, ...]:
 
 
 def join(parts: list[ModelInput]) -> ModelInput:
+
+    import pandas as pd
+
     """Concatenate inputs of one shape along the batch axis."""
     first = parts[0]
-    if isinstance(first, pd.DataFrame):
-        return pd.concat([p for p in parts if isinstance(p, pd.DataFrame)], ignore_index=True)
+    if is_frame(first):
+        return pd.concat([p for p in parts if is_frame(p)], ignore_index=True)
     if isinstance(first, dict):
         named = [p for p in parts if isinstance(p, dict)]
         return {name: np.concatenate([p[name] for p in named]) for name in first}

@@ -13,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from berth.frames import is_frame
 from berth.runtimes.base import ModelInput
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
 
 log = logging.getLogger("berth.serving")
 
@@ -78,7 +82,7 @@ def cache_key(model: str, version: int, inputs: ModelInput, artifact: str = "") 
     if isinstance(inputs, np.ndarray):
         out.buffer += b"A"
         _key_array(out, inputs)
-    elif isinstance(inputs, pd.DataFrame):
+    elif is_frame(inputs):
         out.buffer += b"F"
         _key_frame(out, inputs)
     elif isinstance(inputs, dict):
@@ -156,9 +160,10 @@ def _element_bytes(value: Any) -> bytes:
         data = value.tobytes()
         code = value.dtype.str.encode()
         return b"g" + _U64.pack(len(code)) + code + _U64.pack(len(data)) + data
-    if value is pd.NA:
+    pandas = sys.modules.get("pandas")  # without pandas imported, no value is NA or NaT
+    if pandas is not None and value is pandas.NA:
         return b"A"
-    if value is pd.NaT:
+    if pandas is not None and value is pandas.NaT:
         return b"t"
     if kind is bytes:
         raw: bytes = value
@@ -185,6 +190,9 @@ def _frame_columns(frame: pd.DataFrame) -> list[Any]:
 
 
 def _key_frame(out: _KeyWriter, frame: pd.DataFrame) -> None:
+
+    import pandas as pd
+
     rows, width = frame.shape
     out.buffer += _U64.pack(rows) + _U64.pack(width)
     index = frame.index

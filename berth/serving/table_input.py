@@ -6,22 +6,25 @@ input a request with the same rows would give the runtime.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import pandas as pd
 
 from berth.errors import InvalidInput
+from berth.frames import is_frame
 from berth.registry.signature import Signature, TensorSpec
 from berth.serving.validation import validate_columns, validate_tensor
 
-CheckInput = np.ndarray[Any, Any] | pd.DataFrame
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
+
+CheckInput: TypeAlias = "np.ndarray[Any, Any] | pd.DataFrame"
 
 
 def model_input(signature: Signature, table: CheckInput, field: str) -> CheckInput:
     """A table or array as the runtime gets it when serving: checked and cast per signature."""
     if signature.kind == "tabular":
-        if not isinstance(table, pd.DataFrame):
+        if not is_frame(table):
             raise InvalidInput(
                 f"{field}: this model takes a table; give .csv or .parquet with the columns "
                 f"{signature.input_names}"
@@ -32,7 +35,7 @@ def model_input(signature: Signature, table: CheckInput, field: str) -> CheckInp
         arrays = {name: table[name].to_numpy() for name in signature.input_names}
         return validate_columns(signature, arrays, field)
     spec = single_input(signature)
-    array = table.to_numpy() if isinstance(table, pd.DataFrame) else np.asarray(table)
+    array = table.to_numpy() if is_frame(table) else np.asarray(table)
     if len(spec.shape) == 1 and array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     return validate_tensor(spec, array, field)

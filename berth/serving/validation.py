@@ -11,15 +11,17 @@ import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from berth.errors import InvalidInput, PayloadTooLarge
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec
 from berth.runtimes.base import ModelInput
 from berth.serving.json_preview import preview
+
+if TYPE_CHECKING:  # imported where a table is met (berth.frames)
+    import pandas as pd
 
 Array = np.ndarray[Any, Any]
 
@@ -357,6 +359,9 @@ def _check_keys(row: Mapping[str, Any], names: list[str], where: str) -> None:
 
 
 def validate_columns(signature: Signature, arrays: Mapping[str, Array], field: str) -> pd.DataFrame:
+
+    import pandas as pd
+
     """Check each column of a table (object arrays from JSON, or typed arrays) and build a frame."""
     data = {}
     for spec in signature.columns:
@@ -468,6 +473,9 @@ def _fits(dtype: str, value: Any) -> bool:
 
 
 def _typed(spec: ColumnSpec, values: Array, nulls: Array, field: str) -> Array | pd.Series[Any]:
+
+    import pandas as pd
+
     if spec.dtype == "string":
         return values.astype(object)
     if spec.dtype == "bool":
