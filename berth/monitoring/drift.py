@@ -422,7 +422,6 @@ def _extract(plan: _Plan, inputs: Any, picked: Array | None) -> tuple[Array, Arr
 
 
 def _floats(series: pd.Series[Any]) -> Array:
-
     import pandas as pd
 
     array = series.to_numpy()

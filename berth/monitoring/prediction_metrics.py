@@ -84,11 +84,10 @@ def prediction_values(
 
 
 def feature_values(inputs: ModelInput, rows: int, features: int) -> list[tuple[str, float]]:
-
-    import pandas as pd
-
     """(feature, value) for up to `rows` rows of the numeric columns (or first tensor input)."""
     if is_frame(inputs):
+        import pandas as pd
+
         columns = [
             str(name)
             for name, dtype in inputs.dtypes.items()

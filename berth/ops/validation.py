@@ -473,7 +473,6 @@ def _auc(predicted: _Predicted, target: pd.Series[Any]) -> _Measured:
 
 
 def _errors(predicted: _Predicted, target: pd.Series[Any]) -> Array:
-
     import pandas as pd
 
     try:

@@ -126,7 +126,6 @@ def reference_summary(stats: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def _reference_columns(
     data: pd.DataFrame | Array, signature: Signature
 ) -> dict[str, tuple[FeatureSource, Array]]:
-
     import pandas as pd
 
     if signature.kind == "tabular":
@@ -183,7 +182,6 @@ def _reference_columns(
 
 
 def _numeric_column(series: pd.Series[Any], name: str, dtype: str) -> Array:
-
     import pandas as pd
 
     converted = pd.to_numeric(series, errors="coerce")
@@ -228,7 +226,6 @@ def _numeric_stats(
 
 
 def _categorical_stats(values: Array, top: int) -> dict[str, Any]:
-
     import pandas as pd
 
     series = pd.Series(values, dtype=object)

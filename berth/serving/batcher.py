@@ -194,12 +194,11 @@ def _shape_key(inputs: ModelInput) -> tuple[Any, ...]:
 
 
 def join(parts: list[ModelInput]) -> ModelInput:
-
-    import pandas as pd
-
     """Concatenate inputs of one shape along the batch axis."""
     first = parts[0]
     if is_frame(first):
+        import pandas as pd
+
         return pd.concat([p for p in parts if is_frame(p)], ignore_index=True)
     if isinstance(first, dict):
         named = [p for p in parts if isinstance(p, dict)]

@@ -190,7 +190,6 @@ def _frame_columns(frame: pd.DataFrame) -> list[Any]:
 
 
 def _key_frame(out: _KeyWriter, frame: pd.DataFrame) -> None:
-
     import pandas as pd
 
     rows, width = frame.shape

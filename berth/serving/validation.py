@@ -359,10 +359,9 @@ def _check_keys(row: Mapping[str, Any], names: list[str], where: str) -> None:
 
 
 def validate_columns(signature: Signature, arrays: Mapping[str, Array], field: str) -> pd.DataFrame:
-
+    """Check each column of a table (object arrays from JSON, or typed arrays) and build a frame."""
     import pandas as pd
 
-    """Check each column of a table (object arrays from JSON, or typed arrays) and build a frame."""
     data = {}
     for spec in signature.columns:
         if spec.name not in arrays:
@@ -473,7 +472,6 @@ def _fits(dtype: str, value: Any) -> bool:
 
 
 def _typed(spec: ColumnSpec, values: Array, nulls: Array, field: str) -> Array | pd.Series[Any]:
-
     import pandas as pd
 
     if spec.dtype == "string":
