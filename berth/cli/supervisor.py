@@ -31,6 +31,8 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def run(settings: Settings) -> None:
     """uvicorn with Berth's app factory; workers read every option from `BERTH_*` variables."""
     preload = settings.workers > 1 and settings.worker_preload
+    json_lines = (settings.log_format or ("console" if settings.dev else "json")) == "json"
+    configure_logging(settings.log_level, json=json_lines)
     # The metrics directory first: the forkserver's import reads it (prometheus_client picks its
     # multiprocess values then), and every worker inherits the forkserver's environment.
     with _worker_metrics(settings.workers):
@@ -39,16 +41,14 @@ def run(settings: Settings) -> None:
             from berth.cli.worker_processes import start_preloaded_server
 
             start_preloaded_server()
-        _run_uvicorn(settings, preload)
+        _run_uvicorn(settings, preload, json_lines)
 
 
-def _run_uvicorn(settings: Settings, preload: bool) -> None:
+def _run_uvicorn(settings: Settings, preload: bool, json_lines: bool) -> None:
     import uvicorn
 
     from berth.api.coalesced_writes import CoalescingHttpToolsProtocol
 
-    json_lines = (settings.log_format or ("console" if settings.dev else "json")) == "json"
-    configure_logging(settings.log_level, json=json_lines)
     proxies = settings.trusted_proxies
     cert, key = settings.tls_cert_file, settings.tls_key_file
     if preload:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +18,6 @@ from berth.observability.metrics import (
 )
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
-
-if TYPE_CHECKING:  # imported where a table is met (berth.frames)
-    pass
 
 
 class PredictionMetrics:
@@ -65,6 +63,10 @@ def prediction_values(
 ) -> list[float]:
     """At most `limit` finite values: top-class confidence per row, else numeric outputs."""
     if probabilities is not None and _numeric(probabilities) and probabilities.ndim == 2:
+        if len(probabilities) == 1 and limit >= 1 and probabilities.shape[1]:
+            # One row, as most requests: without the array steps below (a tenth of the time).
+            top = float(probabilities[0].max())
+            return [top] if math.isfinite(top) else []
         rows = (
             probabilities
             if len(probabilities) <= limit
@@ -114,9 +116,8 @@ def feature_values(inputs: ModelInput, rows: int, features: int) -> list[tuple[s
 
 
 def _numeric(array: np.ndarray[Any, Any]) -> bool:
-    return bool(np.issubdtype(array.dtype, np.number)) and not np.issubdtype(
-        array.dtype, np.complexfloating
-    )
+    """Integers or real floats (numpy's number kinds but complex; not bool)."""
+    return array.dtype.kind in "iuf"
 
 
 def _spread(length: int, limit: int) -> np.ndarray[Any, Any]:

@@ -19,16 +19,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from berth.frames import is_frame
 from berth.observability import metrics
 from berth.runtimes.base import ModelInput, Prediction, row_count
-
-if TYPE_CHECKING:  # imported where a table is met (berth.frames)
-    pass
 
 log = logging.getLogger("berth.serving")
 
