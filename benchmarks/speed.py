@@ -44,12 +44,12 @@ README = ROOT / "README.md"
 TABLE_START = "<!-- speed table: benchmarks/speed.py writes it -->"
 TABLE_END = "<!-- end of speed table -->"
 
-V2_BEFORE = 2519.0
-"""Berth's v2 req/s for iris as scikit-learn before this round (at 04ec75b, this benchmark's
-setting): the no-regression line."""
-ONNX_BEFORE = 4500.0
-"""Berth's v1 req/s for iris optimized to ONNX by hand before this round (the first round's
-note: 4.2x MLServer's ~1,070)."""
+V2_BEFORE = 3030.0
+"""Berth's v2 req/s for iris registered as scikit-learn before this round: serve_bench.py at
+04ec75b (`CONNS=64 DUR=10 PYTHONPATH=<checkout> .venv/bin/python benchmarks/serve_bench.py
+berth-sklearn berth-onnx`), on this machine, back to back with the current code."""
+ONNX_BEFORE = 4569.0
+"""Berth's v1 req/s for iris optimized to ONNX by hand before this round (the same run)."""
 
 
 @dataclass
