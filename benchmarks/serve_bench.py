@@ -179,11 +179,21 @@ def tree(pid: int) -> list[int]:
 
 
 def rss_mb(pids: list[int]) -> float:
+    """Resident memory summed over `pids`: a page shared by several counts in each."""
+    return _summed_mb(pids, "status", "VmRSS:")
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Proportional memory summed over `pids`: a page shared by n processes counts 1/n in each."""
+    return _summed_mb(pids, "smaps_rollup", "Pss:")
+
+
+def _summed_mb(pids: list[int], file: str, field: str) -> float:
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                if line.startswith(field):
                     total += int(line.split()[1])
         except OSError:
             continue

@@ -63,18 +63,6 @@ class Server:
     cwd: Path | None = None
 
 
-def pss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return round(total / 1024, 1)
-
-
 def posts(url: str, body: str, headers: dict[str, str] | None = None) -> bool:
     import urllib.request
 
@@ -125,7 +113,7 @@ def measure(
         found: dict[str, Any] = {
             "first_prediction_s": first,
             "idle_rss_mb": sb.rss_mb(pids),
-            "idle_pss_mb": pss_mb(pids),
+            "idle_pss_mb": sb.pss_mb(pids),
             "processes": len(pids),
         }
         for label, (url, body, headers) in loads.items():

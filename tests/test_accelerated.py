@@ -3,6 +3,7 @@ place with the version's answers; refused with a reason; opted out of per model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -190,3 +191,64 @@ def test_a_pipeline_on_columns_gets_a_twin_that_answers_as_it_does(
     assert_array_equal(
         served.predict(rows.inputs).predictions, own.predict(rows.inputs).predictions
     )
+
+
+def test_accelerate_makes_the_twin_of_a_version_registered_without_one(
+    run_both: Run, iris_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Locally and through the admin API alike; a flavor without twins is one line, exit 1."""
+    run = run_both
+    model, sample = iris_files
+    registered = run(
+        "models", "register", "iris", str(model), "--sample", str(sample), "--trust-pickle",
+        "--no-accelerate",
+    )  # fmt: skip
+    assert registered.code == 0, registered.err
+    made = run("models", "accelerate", "iris:1")
+    assert made.code == 0, made.err
+    assert "iris:1: Accelerated: serves as its ONNX twin" in " ".join(made.out.split())
+    shown = run("models", "show", "iris:1", "--json")
+    assert json.loads(shown.out)["accelerated"]["served"] is True
+    as_json = run("models", "accelerate", "iris:1", "--json")
+    assert json.loads(as_json.out)["accelerated"]["check"]["agreeing"] == 1000
+    folder = tmp_path / "summer"
+    folder.mkdir()
+    (folder / "model.py").write_text(
+        "class Summer:\n"
+        "    def load(self):\n"
+        "        pass\n\n"
+        "    def predict(self, inputs):\n"
+        "        return inputs.sum(axis=1)\n"
+    )
+    np.save(folder / "sample.npy", np.ones((2, 3)))
+    python = run(
+        "models", "register", "summer", str(folder), "--sample", str(folder / "sample.npy")
+    )  # fmt: skip
+    assert python.code == 0, python.err
+    refused = run("models", "accelerate", "summer")
+    assert refused.code == 1
+    assert "summer:1 is a python version" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1
+
+
+def test_a_running_server_serves_a_twin_made_after_it_loaded_the_version(
+    local: Registry, iris_files: tuple[Path, Path]
+) -> None:
+    from berth.serving.dataplane import DataPlane
+
+    register_iris(local, iris_files, aliases=("production",))
+
+    async def scenario() -> tuple[str, str, str]:
+        served = DataPlane(local, ["iris@production"])
+        await served.start()
+        try:
+            before = served._loaded[("iris", 1)].runtime.flavor
+            accelerate(local, local.get_version("iris", 1))
+            await served.refresh()
+            after = served._loaded[("iris", 1)].runtime.flavor
+            answer = await served.predict("iris@production", lambda _s: IRIS_X[:3])
+            return before, after, str(answer.version.ref)
+        finally:
+            await served.stop()
+
+    assert asyncio.run(scenario()) == ("sklearn", "onnx", "iris:1")

@@ -187,3 +187,29 @@ def _options(body: bytes) -> OptimizeRequest:
     return OptimizeRequest.parse(
         parse_object(body, OptimizeRequest.example_text()) if body.strip() else {}
     )
+
+
+@router.post(
+    "/models/{ref}/accelerate",
+    summary="Make (again) a scikit-learn version's accelerated twin, checked, served in its place",
+    openapi_extra=doc.parameters(doc.MODEL_REF),
+    responses={
+        **doc.ok(
+            models_doc.VERSION_INFO,
+            "The version, with its twin under `accelerated` (or why it has none).",
+        ),
+        **doc.errors(400, 404, *doc.READ_ERRORS),
+    },
+)
+async def accelerate_version(request: Request) -> Response:
+    """What `berth models accelerate` does: for a version registered before twins existed, or
+    with --no-accelerate. Servers serving it load the twin with their next refresh."""
+    ref = request.path_params["ref"]
+    svc, who = await admin_caller(request)
+    parse_reference(ref)
+    from berth.optimize.twin import accelerate  # the converters: only servers that convert
+
+    version = await anyio.to_thread.run_sync(
+        lambda: accelerate(svc.registry, svc.registry.resolve(ref), **who)
+    )
+    return json_response(version.to_dict())

@@ -527,6 +527,52 @@ def _optimize_remotely(
     return document
 
 
+@app.command("accelerate")
+def accelerate_command(
+    reference: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    as_json: bool = typer.Option(False, "--json", help="Print the version as JSON."),
+) -> None:
+    """Make a scikit-learn version's accelerated twin: its ONNX form, checked to give the same
+    answers on the version's example rows, which servers then serve in its place.
+
+    Registering does this by itself; this is for versions registered before twins existed, or
+    with --no-accelerate. A twin that cannot be made keeps the reason, shown here. Servers
+    serving the version load the twin with their next refresh.
+
+    Example: berth models accelerate churn@production
+    """
+    parse_reference(reference)
+    server = remote()
+    if server is not None:
+        from berth.cli.remote import LONG_SECONDS
+
+        with console.status(f"Accelerating {reference} on {server.url} ..."):
+            version: dict[str, Any] = server.post(
+                remote_path("models", reference, "accelerate"), None, timeout=LONG_SECONDS
+            )
+    else:
+        from berth.optimize.twin import accelerate
+        from berth.store.audit import cli_actor
+
+        found = registry().resolve(reference)
+        with console.status(f"Accelerating {found.ref} ...") as status:
+            version = accelerate(
+                registry(),
+                found,
+                actor=cli_actor(),
+                progress=lambda step: status.update(f"Accelerating {found.ref}: {step} ..."),
+            ).to_dict()
+    if as_json:
+        typer.echo(json.dumps(version, indent=2))
+        return
+    console.print(
+        f"{version['model']}:{version['version']}: "
+        + accelerated_line(version["model"], version["accelerated"]),
+        highlight=False,
+        markup=False,
+    )
+
+
 @app.command("alias")
 def alias(
     name: str = typer.Argument(..., help="Model name."),

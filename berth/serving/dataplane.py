@@ -583,6 +583,28 @@ class DataPlane:
                 log.info("%s now serves %s (was %s)", reference, info.ref, route.version.info.ref)
                 self._routes[reference] = _Route(reference=route.reference, version=loaded)
         self._unload_unrouted()
+        await self._follow_twins()
+
+    async def _follow_twins(self) -> None:
+        """Load again each loaded version whose accelerated twin was made (or dropped) since it
+        loaded: it then serves through the twin, under the same version (one query a version,
+        only when the registry's models changed)."""
+        changed = False
+        for key, loaded in list(self._loaded.items()):
+            try:
+                info = await anyio.to_thread.run_sync(self.registry.get_version, *key)
+            except NotFound:
+                continue
+            if info.accelerated == loaded.info.accelerated:
+                continue
+            fresh = await anyio.to_thread.run_sync(self._load_sync, info)
+            self._loaded[key] = fresh
+            for reference, route in list(self._routes.items()):
+                if route.version is loaded:
+                    self._routes[reference] = _Route(reference=route.reference, version=fresh)
+            changed = True
+        if changed:
+            self._endpoints_revision = -1  # endpoints pick the new loads up with this refresh
 
     async def _serve_newly_aliased(self, alias: str) -> None:
         """Start serving models that were given `alias` since the last look (one query)."""
