@@ -49,6 +49,20 @@ def demo(
         ),
     )
     console.print(f"Registered [bold]{version.ref}[/] as {MODEL}@production (metrics {metrics})")
+    # As `berth models register` does: the pipeline serves through its checked ONNX twin.
+    from berth.cli.model_reports import accelerated_line
+    from berth.optimize.twin import accelerate_registered
+
+    with console.status("Making its ONNX twin and checking it ...") as status:
+        version = accelerate_registered(
+            store,
+            version,
+            actor=cli_actor(),
+            progress=lambda step: status.update(f"Accelerated twin: {step} ..."),
+        )
+    if version.accelerated is not None:
+        twin = version.accelerated.to_dict()
+        console.print(accelerated_line(MODEL, twin), highlight=False, markup=False)
     info, secret = keys().create(f"demo-{int(time.time())}", ("predict", "read"))
     console.print(f"Created API key [bold]{info.name}[/] (predict, read)")
     base = f"http://{current.host}:{port}"
