@@ -487,9 +487,10 @@ def test_openapi_document_is_valid_complete_and_holds_no_secret(fuzzed: Fuzzed) 
                 assert name in declared, (label, name)
     # 27 serving, security and admin + feedback, performance, drift + 2 endpoint predictions
     # + 23 traffic admin (endpoints, rollouts, experiments) + 4 batch jobs + the model upload
-    # + validation + deleting a model + optimize + 7 schedules + the prediction log's prune
-    # + a version's record and artifact download + 4 backups (start, list, verify, prune)
-    assert operations == 77
+    # + validation + deleting a model + optimize + accelerate + 7 schedules + the prediction
+    # log's prune + a version's record and artifact download + 4 backups (start, list, verify,
+    # prune)
+    assert operations == 78
 
 
 def _validate_openapi(document: dict[str, Any]) -> None:

@@ -26,12 +26,13 @@ from starlette.responses import Response
 
 from berth.api import multipart
 from berth.api.admin import admin_caller
-from berth.api.json_body import json_response, parse_object
+from berth.api.json_body import json_response, parse_object, read_object
 from berth.api.openapi import common as doc
 from berth.api.openapi import models as models_doc
 from berth.errors import BerthError, InvalidInput
 from berth.optimize.requests import OptimizeRequest
 from berth.registry.references import parse_reference
+from berth.request_model import NoFields
 
 router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=doc.PROTECTED)
 
@@ -192,13 +193,15 @@ def _options(body: bytes) -> OptimizeRequest:
 @router.post(
     "/models/{ref}/accelerate",
     summary="Make (again) a scikit-learn version's accelerated twin, checked, served in its place",
-    openapi_extra=doc.parameters(doc.MODEL_REF),
+    openapi_extra=doc.combined(
+        doc.parameters(doc.MODEL_REF), doc.request_body(NoFields, required=False)
+    ),
     responses={
         **doc.ok(
             models_doc.VERSION_INFO,
             "The version, with its twin under `accelerated` (or why it has none).",
         ),
-        **doc.errors(400, 404, *doc.READ_ERRORS),
+        **doc.errors(400, 404, 413, *doc.READ_ERRORS),
     },
 )
 async def accelerate_version(request: Request) -> Response:
@@ -207,6 +210,8 @@ async def accelerate_version(request: Request) -> Response:
     ref = request.path_params["ref"]
     svc, who = await admin_caller(request)
     parse_reference(ref)
+    if await request.body():
+        NoFields.parse(await read_object(request))
     from berth.optimize.twin import accelerate  # the converters: only servers that convert
 
     version = await anyio.to_thread.run_sync(
