@@ -113,6 +113,7 @@ BACKUPS_ADMIN = "/api/v1/backups"
 SCHEDULES_ADMIN = ("/api/v1/schedules", "/api/v1/prediction-log")
 UPLOAD = "/api/v1/models/{name}/versions"
 OPTIMIZE = "/api/v1/models/{ref}/optimize"
+ACCELERATE = "/api/v1/models/{ref}/accelerate"
 VALIDATE = "/api/v1/validate"
 VERSION_DOWNLOADS = (  # admin reads: the model itself, and samples of its training data
     "/api/v1/models/{name}/versions/{version}/artifact",
@@ -167,7 +168,7 @@ def insufficient_key(template: str, method: str) -> str:
             ("/api/v1/keys", "/api/v1/audit", JOBS_ADMIN, BACKUPS_ADMIN, *SCHEDULES_ADMIN)
         )
         or method in ("PUT", "DELETE")
-        or template in (UPLOAD, VALIDATE, OPTIMIZE, *VERSION_DOWNLOADS)
+        or template in (UPLOAD, VALIDATE, OPTIMIZE, ACCELERATE, *VERSION_DOWNLOADS)
     )
     if admin_routes:
         return "user"
@@ -265,12 +266,12 @@ def test_every_protected_route_works_with_the_right_credentials(secured: Secured
         if (
             method in ("DELETE", "PUT")
             or template.startswith(("/api/v1/keys", JOBS_ADMIN, BACKUPS_ADMIN, *SCHEDULES_ADMIN))
-            or template in (UPLOAD, VALIDATE, OPTIMIZE)
+            or template in (UPLOAD, VALIDATE, OPTIMIZE, ACCELERATE)
             or traffic_admin
         ):
             # exercised by the admin tests (here, test_traffic_*, test_jobs_api,
             # test_model_upload, test_validate_api, test_remote_models, test_schedules_api,
-            # test_backup_api)
+            # test_backup_api, test_accelerated)
             continue
         key = (
             "admin"
