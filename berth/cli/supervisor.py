@@ -18,6 +18,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import uvicorn
+
+from berth.api.coalesced_writes import CoalescingHttpToolsProtocol
+from berth.cli.worker_processes import fork_workers_from_preloaded_server
 from berth.config import Settings, load_settings
 from berth.observability.logging import configure_logging, logging_config
 
@@ -30,52 +34,34 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def run(settings: Settings) -> None:
     """uvicorn with Berth's app factory; workers read every option from `BERTH_*` variables."""
-    preload = settings.workers > 1 and settings.worker_preload
     json_lines = (settings.log_format or ("console" if settings.dev else "json")) == "json"
     configure_logging(settings.log_level, json=json_lines)
-    # The metrics directory first: the forkserver's import reads it (prometheus_client picks its
-    # multiprocess values then), and every worker inherits the forkserver's environment.
-    with _worker_metrics(settings.workers):
-        if preload:
-            # Started now, the forkserver imports the server while this process imports uvicorn.
-            from berth.cli.worker_processes import start_preloaded_server
-
-            start_preloaded_server()
-        _run_uvicorn(settings, preload, json_lines)
-
-
-def _run_uvicorn(settings: Settings, preload: bool, json_lines: bool) -> None:
-    import uvicorn
-
-    from berth.api.coalesced_writes import CoalescingHttpToolsProtocol
-
     proxies = settings.trusted_proxies
     cert, key = settings.tls_cert_file, settings.tls_key_file
-    if preload:
-        from berth.cli.worker_processes import fork_workers_from_preloaded_server
-
+    if settings.workers > 1 and settings.worker_preload:
         fork_workers_from_preloaded_server()
-    uvicorn.run(
-        "berth.server:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level.lower(),
-        # Applied again in every worker process: uvicorn's lines and ours share one format.
-        log_config=logging_config(settings.log_level, json=json_lines),
-        access_log=False,  # Berth's access log (BERTH_ACCESS_LOG) has the request id
-        loop="uvloop",
-        # A response's head and body leave in one write: a replica killed mid-response
-        # never leaves a proxy with a head it can neither finish nor retry.
-        http=CoalescingHttpToolsProtocol,
-        timeout_graceful_shutdown=10,
-        ssl_certfile=str(cert) if cert and key else None,
-        ssl_keyfile=str(key) if cert and key else None,
-        # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=",".join(proxies) if proxies else "",
-    )
+    with _worker_metrics(settings.workers):
+        uvicorn.run(
+            "berth.server:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+            # Applied again in every worker process: uvicorn's lines and ours share one format.
+            log_config=logging_config(settings.log_level, json=json_lines),
+            access_log=False,  # Berth's access log (BERTH_ACCESS_LOG) has the request id
+            loop="uvloop",
+            # A response's head and body leave in one write: a replica killed mid-response
+            # never leaves a proxy with a head it can neither finish nor retry.
+            http=CoalescingHttpToolsProtocol,
+            timeout_graceful_shutdown=10,
+            ssl_certfile=str(cert) if cert and key else None,
+            ssl_keyfile=str(key) if cert and key else None,
+            # X-Forwarded-For/-Proto are believed only from the proxies named in BERTH_TRUSTED_PROXIES.
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=",".join(proxies) if proxies else "",
+        )
 
 
 @contextmanager

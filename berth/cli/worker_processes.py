@@ -13,7 +13,8 @@ a fork (onnxruntime, torch) is preloaded: those load in each worker, as before.
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.forkserver
+
+import uvicorn._subprocess
 
 PRELOAD = ("berth.server",)
 """Imported once in the forkserver; a module that is not installed is skipped.
@@ -23,17 +24,8 @@ and 150 MB before the first fork); a worker serving a skops file imports it when
 and a version served by its ONNX twin needs neither."""
 
 
-def start_preloaded_server() -> None:
-    """Start the forkserver now, importing `PRELOAD`, so its imports overlap the supervisor's
-    own start (uvicorn would start it only when it creates the first worker)."""
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(PRELOAD))
-    multiprocessing.forkserver.ensure_running()
-
-
 def fork_workers_from_preloaded_server() -> None:
     """Have uvicorn start its workers from a forkserver that has imported `PRELOAD`."""
-    import uvicorn._subprocess
-
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD))
     # uvicorn creates every worker (at start, and each replacement) through this context.
