@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +58,12 @@ class Server:
     name: str
     command: list[str]
     env: dict[str, str]
-    ready: Callable[[], bool]
+    probe: tuple[str, str, dict[str, str]]
+    """A request (URL, JSON body, headers) it answers with 200 once it predicts."""
     cwd: Path | None = None
+
+    def ready(self) -> bool:
+        return posts(*self.probe)
 
 
 def posts(url: str, body: str, headers: dict[str, str] | None = None) -> bool:
@@ -130,14 +133,18 @@ def _wrk(url: str, body: str | None, headers: dict[str, str], conns: int, second
     return sb.wrk(url, body, key, conns, seconds=seconds)
 
 
-def berth_server(env: dict[str, str], served: list[str], workers: int, **extra: str) -> Server:
+def berth_server(
+    name: str, env: dict[str, str], served: list[str], rows: dict[str, list[float]], **extra: str
+) -> tuple[Server, str]:
+    """`berth serve` with 2 workers (one for "start-1w"), and its base URL; it is ready once the
+    first reference predicts."""
     port = sb.free_port()
     base = f"http://127.0.0.1:{port}"
-    key = env["BENCH_KEY"]
-    probe = json.dumps({"features": sb.IRIS_ROW})
-    return Server(
-        f"berth-{workers}w" + "".join(f"-{v}" for v in extra.values() if len(v) < 12),
-        [sb.BERTH, "serve", *served, "--port", str(port), "--workers", str(workers)],
+    workers = "1" if name == "start-1w" else "2"
+    path, body = sb.bodies(served[0], rows[served[0].split("@")[0]])["v1"]
+    server = Server(
+        f"berth-{name}",
+        [sb.BERTH, "serve", *served, "--port", str(port), "--workers", workers],
         {
             **env,
             "BERTH_LOG_FORMAT": "json",
@@ -145,58 +152,44 @@ def berth_server(env: dict[str, str], served: list[str], workers: int, **extra: 
             "BERTH_ACCESS_LOG": "false",
             **extra,
         },
-        lambda: posts(f"{base}/api/v1/models/{served[0]}/predict", probe, {"X-API-Key": key}),
+        (base + path, body, {"X-API-Key": env["BENCH_KEY"]}),
     )
+    return server, base
 
 
 def berth_runs(env: dict[str, str], rows: dict[str, list[float]]) -> dict[str, Any]:
-    key = env["BENCH_KEY"]
-    headers = {"X-API-Key": key}
+    headers = {"X-API-Key": env["BENCH_KEY"]}
     results: dict[str, Any] = {}
-    one = berth_server(env, ["iris@sklearn"], 1)
-    _, results["first_prediction_1_worker_s"] = _start_only(one)
-    # /health is an open route, rate limited per address by default: off for the constant route.
-    main = berth_server(
-        env, ["iris@sklearn", "iris@onnx", "rf@sklearn"], 2, BERTH_OPEN_ROUTE_RATE=""
+    one, _ = berth_server("start-1w", env, ["iris@sklearn"], rows)
+    process, results["first_prediction_1_worker_s"] = start(
+        one, HERE / "results" / f"speed-{one.name}.log"
     )
-    base = main.command[main.command.index("--port") + 1]
-    url = f"http://127.0.0.1:{base}"
-    bodies = {m: sb.bodies(f"{m}", rows[m.split("@")[0]]) for m in ("iris@sklearn", "iris@onnx")}
+    sb.stop(process)
+    # /health is an open route, rate limited per address by default: off for the constant route.
+    main, url = berth_server(
+        "main", env, ["iris@sklearn", "iris@onnx", "rf@sklearn"], rows, BERTH_OPEN_ROUTE_RATE=""
+    )
+    sklearn, onnx = sb.bodies("iris@sklearn", rows["iris"]), sb.bodies("iris@onnx", rows["iris"])
     loads: dict[str, tuple[str, str | None, dict[str, str]]] = {
         "const": (f"{url}/health", None, headers),
-        "iris_v1": (f"{url}{bodies['iris@sklearn']['v1'][0]}", bodies["iris@sklearn"]["v1"][1], headers),
-        "iris_v2": (f"{url}{bodies['iris@sklearn']['v2'][0]}", bodies["iris@sklearn"]["v2"][1], headers),
-        "iris_onnx_v1": (f"{url}{bodies['iris@onnx']['v1'][0]}", bodies["iris@onnx"]["v1"][1], headers),
-    }  # fmt: skip
+        "iris_v1": (url + sklearn["v1"][0], sklearn["v1"][1], headers),
+        "iris_v2": (url + sklearn["v2"][0], sklearn["v2"][1], headers),
+        "iris_onnx_v1": (url + onnx["v1"][0], onnx["v1"][1], headers),
+    }
     results["main"] = measure(main, loads)
-    batched = berth_server(
+    batched, _ = berth_server(
+        "rf-batched",
         env,
         ["rf@sklearn"],
-        2,
+        rows,
         BERTH_MODELS=json.dumps({"rf": {"max_batch_size": 32, "max_latency_ms": 5}}),
     )
-    port = batched.command[batched.command.index("--port") + 1]
-    path, body = sb.bodies("rf@sklearn", rows["rf"])["v1"]
-    batched.ready = _ready_on(f"http://127.0.0.1:{port}{path}", body, headers)
-    results["rf_batched"] = measure(
-        batched, {"rf_v1": (f"http://127.0.0.1:{port}{path}", body, headers)}
-    )
+    results["rf_batched"] = measure(batched, {"rf_v1": batched.probe})
     return results
 
 
-def _ready_on(url: str, body: str, headers: dict[str, str]) -> Callable[[], bool]:
-    return lambda: posts(url, body, headers)
-
-
-def _start_only(server: Server) -> tuple[None, float]:
-    process, first = start(server, HERE / "results" / f"speed-{server.name}-start.log")
-    sb.stop(process)
-    return None, first
-
-
-def mlserver(
-    work: Path, model: Path, name: str, batched: bool, workers: int | None = None
-) -> tuple[Server, str]:
+def mlserver(work: Path, name: str, body: str, batched: bool, workers: int | None) -> Server:
+    """MLServer 1.7 with its scikit-learn runtime serving `work/NAME.joblib` (v2 REST)."""
     suffix = ("-batch" if batched else "") + (f"-{workers}w" if workers else "")
     folder = work / f"mlserver-{name}{suffix}"
     (folder / name).mkdir(parents=True)
@@ -213,37 +206,30 @@ def mlserver(
     model_settings: dict[str, Any] = {
         "name": name,
         "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": str(model)},
+        "parameters": {"uri": str(work / f"{name}.joblib")},
     }
     if batched:
         model_settings.update(max_batch_size=32, max_batch_time=0.005)
     (folder / name / "model-settings.json").write_text(json.dumps(model_settings))
     url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
-    return Server(
-        folder.name, [str(MLSERVER), "start", str(folder)], {}, lambda: False, cwd=folder
-    ), url
+    return Server(folder.name, [str(MLSERVER), "start", str(folder)], {}, (url, body, {}))
 
 
 def peer_runs(work: Path, rows: dict[str, list[float]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     v2 = {m: sb.bodies(m, rows[m])["v2"][1] for m in ("iris", "rf")}
     for name, batched, workers in (("iris", False, None), ("iris", False, 2), ("rf", True, None)):
-        server, url = mlserver(work, work / f"{name}.joblib", name, batched, workers)
-        server.ready = _ready_on(url, v2[name], {})
-        results[server.name] = measure(server, {"infer": (url, v2[name], {})})
+        server = mlserver(work, name, v2[name], batched, workers)
+        results[server.name] = measure(server, {"infer": server.probe})
     port = sb.free_port()
     bento = Server(
         "bentoml-iris",
         [str(BENTOML), "serve", "bento_service:Clf", "--host", "127.0.0.1", "--port", str(port)],
         {"PEER_MODEL": str(work / "iris.joblib"), "BENTOML_HOME": str(work / "bentoml")},
-        lambda: False,
+        (f"http://127.0.0.1:{port}/predict", json.dumps({"input": [sb.IRIS_ROW]}), {}),
         cwd=PEERS,
     )
-    body = json.dumps({"input": [sb.IRIS_ROW]})
-    bento.ready = _ready_on(f"http://127.0.0.1:{port}/predict", body, {})
-    results["bentoml-iris"] = measure(
-        bento, {"infer": (f"http://127.0.0.1:{port}/predict", body, {})}
-    )
+    results[bento.name] = measure(bento, {"infer": bento.probe})
     port = sb.free_port()
     fastapi = Server(
         "fastapi-iris",
@@ -251,14 +237,10 @@ def peer_runs(work: Path, rows: dict[str, list[float]]) -> dict[str, Any]:
          str(port), "--no-access-log", "--log-level", "warning", "--loop", "uvloop",
          "--http", "httptools"],
         {"PEER_MODEL": str(work / "iris.joblib")},
-        lambda: False,
+        (f"http://127.0.0.1:{port}/predict", json.dumps({"data": [sb.IRIS_ROW]}), {}),
         cwd=PEERS,
     )  # fmt: skip
-    body = json.dumps({"data": [sb.IRIS_ROW]})
-    fastapi.ready = _ready_on(f"http://127.0.0.1:{port}/predict", body, {})
-    results["fastapi-iris"] = measure(
-        fastapi, {"infer": (f"http://127.0.0.1:{port}/predict", body, {})}
-    )
+    results[fastapi.name] = measure(fastapi, {"infer": fastapi.probe})
     return results
 
 

@@ -10,6 +10,7 @@ DataFrame, so the check needs no import.
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import TypeIs
@@ -18,13 +19,18 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def imported_pandas() -> ModuleType | None:
+    """pandas if something has imported it, else None (and then no value is pandas')."""
+    return sys.modules.get("pandas")
+
+
 def is_frame(value: Any) -> TypeIs[pd.DataFrame]:
     """Whether `value` is a pandas DataFrame."""
-    pandas = sys.modules.get("pandas")
+    pandas = imported_pandas()
     return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
 def is_missing_marker(value: Any) -> bool:
     """Whether `value` is pandas' NA or NaT."""
-    pandas = sys.modules.get("pandas")
+    pandas = imported_pandas()
     return pandas is not None and (value is pandas.NA or value is pandas.NaT)

@@ -153,15 +153,15 @@ class Registry:
         self,
         name: str,
         number: int,
-        accelerated: Accelerated | None,
+        accelerated: Accelerated,
         *,
         actor: str | None = None,
         address: str | None = None,
     ) -> VersionInfo:
         """Keep `accelerated` as version `number`'s twin (its artifact is in the store already),
-        or with None forget it (the version is served as it is until a twin is made again)."""
-        detail: dict[str, Any] = {"served": accelerated is not None and accelerated.usable}
-        if accelerated is not None and accelerated.reason:
+        or as the reason it has none."""
+        detail: dict[str, Any] = {"served": accelerated.usable}
+        if accelerated.reason:
             detail["reason"] = accelerated.reason
         event = audit.event(actor, address, "model.accelerate", f"{name}:{number}", detail)
         with audit.AuditLog(self.db).refusals(event):
@@ -169,7 +169,7 @@ class Registry:
             with self.db.session(write=True) as session:
                 model = _model_row(session, name, lock=True)
                 row = _version_row(session, model, number)
-                row.accelerated = None if accelerated is None else accelerated.stored()
+                row.accelerated = accelerated.stored()
                 revisions.bump(session, revisions.MODELS)
                 audit.add(session, event)
                 session.flush()

@@ -41,9 +41,8 @@ def load_served(registry: Registry, version: VersionInfo, *, accelerate: bool = 
     twin = version.accelerated
     if accelerate and twin is not None and twin.artifact is not None:
         try:
-            local = registry.store.fetch(twin.artifact)
-            entry = entry_file(local, twin.flavor) if twin.artifact.is_directory else local
-            return load_runtime(twin.flavor, entry)
+            # A twin is one file (berth.optimize.twin stores the .onnx graph itself).
+            return load_runtime(twin.flavor, registry.store.fetch(twin.artifact))
         except Exception as exc:  # any failure of the twin leaves the version itself to serve
             log.warning(
                 "%s serves as %s: its %s twin did not load (%s: %s)",

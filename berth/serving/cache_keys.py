@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from berth.frames import is_frame
+from berth.frames import imported_pandas, is_frame
 from berth.runtimes.base import ModelInput
 
 if TYPE_CHECKING:  # imported where a table is met (berth.frames)
@@ -160,7 +159,7 @@ def _element_bytes(value: Any) -> bytes:
         data = value.tobytes()
         code = value.dtype.str.encode()
         return b"g" + _U64.pack(len(code)) + code + _U64.pack(len(data)) + data
-    pandas = sys.modules.get("pandas")  # without pandas imported, no value is NA or NaT
+    pandas = imported_pandas()
     if pandas is not None and value is pandas.NA:
         return b"A"
     if pandas is not None and value is pandas.NaT:

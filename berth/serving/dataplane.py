@@ -572,29 +572,33 @@ class DataPlane:
     async def _resolve_again(self) -> None:
         if self.follow_alias is not None:
             await self._serve_newly_aliased(self.follow_alias)
+        resolved: dict[tuple[str, int], VersionInfo] = {}
         for reference, route in list(self._routes.items()):
             try:
                 info = await anyio.to_thread.run_sync(self.registry.resolve, route.reference)
             except NotFound:
                 log.warning("%s no longer resolves; keeping %s", reference, route.version.info.ref)
                 continue
+            resolved[info.model, info.number] = info
             if info.number != route.version.info.number:
                 loaded = await self._load(info)
                 log.info("%s now serves %s (was %s)", reference, info.ref, route.version.info.ref)
                 self._routes[reference] = _Route(reference=route.reference, version=loaded)
         self._unload_unrouted()
-        await self._follow_twins()
+        await self._follow_twins(resolved)
 
-    async def _follow_twins(self) -> None:
-        """Load again each loaded version whose accelerated twin was made (or dropped) since it
-        loaded: it then serves through the twin, under the same version (one query a version,
-        only when the registry's models changed)."""
+    async def _follow_twins(self, resolved: dict[tuple[str, int], VersionInfo]) -> None:
+        """Load again each loaded version whose accelerated twin was made since it loaded: it
+        then serves through the twin, under the same version. `resolved`: versions just read
+        for the served references; a version loaded only for an endpoint's route is read here."""
         changed = False
         for key, loaded in list(self._loaded.items()):
-            try:
-                info = await anyio.to_thread.run_sync(self.registry.get_version, *key)
-            except NotFound:
-                continue
+            info = resolved.get(key)
+            if info is None:
+                try:
+                    info = await anyio.to_thread.run_sync(self.registry.get_version, *key)
+                except NotFound:
+                    continue
             if info.accelerated == loaded.info.accelerated:
                 continue
             fresh = await anyio.to_thread.run_sync(self._load_sync, info)
