@@ -25,9 +25,10 @@ from prometheus_client import REGISTRY
 from berth.errors import InvalidInput
 from berth.registry.signature import ColumnSpec, Signature, TensorSpec
 from berth.runtimes.base import ModelInput, Prediction
-from berth.serving.cache import ENTRY_OVERHEAD, KEY_PREFIX, MemoryCache, RedisCache, build_cache
+from berth.serving.cache import ENTRY_OVERHEAD, KEY_PREFIX, MemoryCache, build_cache
 from berth.serving.cache_keys import NotCacheable, cache_key
 from berth.serving.cache_values import decode_prediction, encode_prediction
+from berth.serving.redis_cache import RedisCache
 from berth.serving.responses import plain
 from berth.serving.validation import decode_instances, decode_named_arrays
 from tests.conftest import free_port, require_service

@@ -29,11 +29,11 @@ from berth.security.ratelimit import (
     Decision,
     MemoryRateLimiter,
     Rate,
-    RedisRateLimiter,
     build_limiter,
     check,
     parse_rate,
 )
+from berth.security.redis_ratelimit import RedisRateLimiter
 from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 

@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import Scope
@@ -53,7 +54,6 @@ from berth.rollouts.controller import LEASE_NAME, RolloutController
 from berth.rollouts.probe import DataPlaneProbe
 from berth.security.auth import KeyVerifier
 from berth.security.config import JwtConfig, KeyConfig, RateLimitConfig
-from berth.security.jwt import JwtVerifier
 from berth.security.keys import KeyService, server_secret
 from berth.security.ratelimit import build_limiter
 from berth.serving.admission import ConcurrencyCap
@@ -64,6 +64,9 @@ from berth.serving.offload import Offloader
 from berth.serving.route_stats import RouteStats
 from berth.store.audit import AuditLog, AuditQueue
 from berth.store.lease import Lease, process_holder
+
+if TYPE_CHECKING:
+    from berth.security.jwt import JwtVerifier
 
 log = logging.getLogger("berth.api")
 
@@ -101,7 +104,7 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
     auth = Authenticator(
         rates,
         keys=None if settings.dev else KeyVerifier(keys, key_config.refresh_seconds),
-        jwt=None if settings.dev else JwtVerifier.from_config(JwtConfig.from_settings(settings)),
+        jwt=None if settings.dev else _jwt_verifier(JwtConfig.from_settings(settings)),
         limiter=build_limiter(rates),
         audit=audit,
     )
@@ -114,6 +117,15 @@ def build_services(settings: Settings, registry: Registry | None = None) -> Serv
         audit=audit,
         cap=ConcurrencyCap(settings.max_concurrent_requests),
     )
+
+
+def _jwt_verifier(config: JwtConfig) -> JwtVerifier | None:
+    if not config.configured:
+        return None
+    # PyJWT, cryptography and httpx (20 MB) only in servers that accept JWTs
+    from berth.security.jwt import JwtVerifier
+
+    return JwtVerifier.from_config(config)
 
 
 def _prediction_cache(settings: Settings) -> PredictionCache | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -16,9 +17,12 @@ from berth.errors import Unauthenticated
 from berth.observability import tracing
 from berth.security.auth import DEV_PRINCIPAL, KeyVerifier, Principal
 from berth.security.config import RateLimitConfig
-from berth.security.jwt import JwtVerifier, looks_like_jwt
+from berth.security.jwt_shape import looks_like_jwt
 from berth.security.ratelimit import Decision, RateLimiter, check, parse_rate
 from berth.store.audit import AuditEvent, AuditQueue
+
+if TYPE_CHECKING:
+    from berth.security.jwt import JwtVerifier
 
 RATE_STATE = "rate_limit"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class GateReport:
 
 def report_table(report: GateReport, title: str | None = None) -> Table:
     """The report as a rich table: check, value, threshold, result, detail."""
+    from rich.table import Table  # for terminals: servers that only gate models never draw it
+
     table = Table(
         "check",
         "value",

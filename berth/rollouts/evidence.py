@@ -19,7 +19,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
-import httpx
 from sqlalchemy import select
 
 from berth.errors import InvalidInput, NotReady
@@ -100,6 +99,8 @@ class PrometheusMetrics:
         }
 
     def _query(self, query: str) -> list[tuple[dict[str, str], float]]:
+        import httpx  # only controllers reading Prometheus need an HTTP client
+
         try:
             response = httpx.get(
                 f"{self.url}/api/v1/query", params={"query": query}, timeout=self.timeout

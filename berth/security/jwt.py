@@ -24,7 +24,6 @@ import binascii
 import json
 import logging
 import os
-import re
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
@@ -46,6 +45,7 @@ from jwt.types import Options
 from berth.errors import InvalidInput, NotReady, Unauthenticated
 from berth.security.auth import Principal
 from berth.security.config import JwtConfig
+from berth.security.jwt_shape import looks_like_jwt
 from berth.security.keys import check_scopes
 
 log = logging.getLogger("berth.security")
@@ -62,17 +62,6 @@ FETCH_TIMEOUT_SECONDS = 5.0
 MAX_JWKS_BYTES = 1024 * 1024
 MAX_TOKEN_CHARS = 16 * 1024
 _MAX_NAME_CHARS = 128
-
-_SEGMENT = r"[A-Za-z0-9_-]+={0,2}"
-_JWT_SHAPE = re.compile(rf"{_SEGMENT}\.{_SEGMENT}\.(?:{_SEGMENT})?")
-
-
-def looks_like_jwt(token: str) -> bool:
-    """Three base64url segments separated by dots (the signature may be empty).
-
-    Berth API keys (`berth_<id>_<secret>`) contain no dots, so they never match.
-    """
-    return _JWT_SHAPE.fullmatch(token) is not None
 
 
 @dataclass(frozen=True)

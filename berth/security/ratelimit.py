@@ -4,7 +4,7 @@ A `Rate` of `count/period` is a bucket holding at most `count` tokens (the burst
 at `count / period` tokens per second; each request takes one token or is refused.
 
 `MemoryRateLimiter` keeps buckets in this process (one worker's view only). `RedisRateLimiter`
-keeps them in Redis, where one Lua script reads, refills and takes a token atomically using the
+(`berth.security.redis_ratelimit`) keeps them in Redis, where one Lua script reads, refills and takes a token atomically using the
 Redis server's clock, so replicas whose clocks disagree still share one limit. When Redis cannot
 be reached, it either lets requests through (fail open: a warning at most every 10 s and the
 metric `berth_rate_limit_backend_errors_total`) or refuses them with `NotReady` (fail closed).
@@ -16,7 +16,6 @@ The HTTP edge calls `check()` with the buckets that apply to a request and turns
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 import re
@@ -28,10 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import Counter
-from redis.exceptions import NoScriptError, RedisError
 
-from berth import redis_client
-from berth.errors import InvalidInput, NotReady, RateLimited
+from berth.errors import InvalidInput, RateLimited
 from berth.security.config import RateLimitConfig
 
 log = logging.getLogger("berth.security")
@@ -120,7 +117,7 @@ class Decision:
     retry_after: float
 
 
-def _decide(allowed: bool, tokens: float, rate: Rate) -> Decision:
+def decide(allowed: bool, tokens: float, rate: Rate) -> Decision:
     """A decision from the tokens left in the bucket after the attempt."""
     tokens = max(0.0, min(float(rate.count), tokens))
     return Decision(
@@ -132,7 +129,7 @@ def _decide(allowed: bool, tokens: float, rate: Rate) -> Decision:
     )
 
 
-def _unlimited(rate: Rate) -> Decision:
+def unlimited(rate: Rate) -> Decision:
     """What a failed-open check reports: allowed, and nothing known about the bucket."""
     return Decision(
         allowed=True, limit=rate.count, remaining=rate.count, reset_seconds=0.0, retry_after=0.0
@@ -198,7 +195,7 @@ class MemoryRateLimiter:
             full_at = now + (rate.count - tokens) / rate.per_second
             self._buckets[bucket] = _Bucket(tokens, now, full_at)  # most recently used last
             self._drop(now)
-            return _decide(allowed, tokens, rate)
+            return decide(allowed, tokens, rate)
 
     def _drop(self, now: float) -> None:
         # Least recently used first: drop those that have refilled, then any beyond the bound.
@@ -213,118 +210,12 @@ class MemoryRateLimiter:
             self._buckets.clear()
 
 
-# Redis ----------------------------------------------------------------------------------------
-
-# KEYS[1] bucket key; ARGV[1] capacity (count), ARGV[2] refill in tokens per second.
-# Returns {allowed (0/1), tokens left as a string}: Lua numbers would come back truncated.
-_SCRIPT = """
-local capacity = tonumber(ARGV[1])
-local per_second = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local updated = tonumber(state[2])
-if tokens == nil or updated == nil then
-  tokens = capacity
-  updated = now
-end
-local elapsed = now - updated
-if elapsed < 0 then
-  elapsed = 0
-end
-tokens = math.min(capacity, tokens + elapsed * per_second)
-local allowed = 0
-if tokens >= 1 - 1e-9 then
-  tokens = math.max(0, tokens - 1)
-  allowed = 1
-end
-local left = string.format('%.17g', tokens)
-redis.call('HSET', KEYS[1], 'tokens', left, 'ts', string.format('%.17g', now))
--- Once full again the bucket equals a fresh one, so it may expire then.
-redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / per_second * 1000) + 1000)
-return {allowed, left}
-"""
-_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-
-class RedisRateLimiter:
-    """Buckets in Redis, shared by every worker and replica using the same Redis.
-
-    Socket timeouts are short so a dead Redis does not stall requests, and after a failure
-    Redis is left alone for `cooldown_seconds` (checks are then decided as if it had failed)
-    before one check tries it again; the client reconnects by itself once Redis is back.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        fail_open: bool = True,
-        *,
-        prefix: str = KEY_PREFIX,
-        connect_timeout: float = 0.25,
-        read_timeout: float = 0.25,
-        cooldown_seconds: float = 1.0,
-    ) -> None:
-        self.fail_open = fail_open
-        self._prefix = prefix
-        self._cooldown = cooldown_seconds
-        self._client = redis_client.connect(
-            url, connect_timeout=connect_timeout, read_timeout=read_timeout
-        )
-        self._down_until = 0.0  # monotonic; > 0 while Redis is considered unreachable
-        self._last_warning = -math.inf
-
-    async def hit(self, bucket: str, rate: Rate) -> Decision:
-        now = time.monotonic()
-        if self._down_until:
-            if now < self._down_until:
-                return self._unavailable(rate, None)
-            self._down_until = now + self._cooldown  # this check probes; others wait
-        try:
-            allowed, left = await self._run(self._prefix + bucket, rate)
-        except (RedisError, OSError) as exc:
-            self._down_until = time.monotonic() + self._cooldown
-            return self._unavailable(rate, exc)
-        if self._down_until:
-            self._down_until = 0.0
-            log.info("rate limiting: Redis is reachable again")
-        return _decide(bool(allowed), float(left), rate)
-
-    async def _run(self, key: str, rate: Rate) -> tuple[int, bytes]:
-        args = (key, str(rate.count), repr(rate.per_second))
-        try:
-            result = await self._client.evalsha(_SCRIPT_SHA, 1, *args)
-        except NoScriptError:  # first use, or Redis restarted or flushed its script cache
-            # EVAL runs the script and caches it on the server for the next EVALSHA.
-            result = await self._client.eval(_SCRIPT, 1, *args)
-        return int(result[0]), result[1]
-
-    def _unavailable(self, rate: Rate, exc: BaseException | None) -> Decision:
-        BACKEND_ERRORS.inc()
-        now = time.monotonic()
-        if exc is not None and now - self._last_warning >= WARN_EVERY_SECONDS:
-            self._last_warning = now
-            action = "allowing requests unlimited" if self.fail_open else "refusing requests"
-            log.warning(
-                "rate limiting: Redis is unreachable (%s: %s); %s until it is back",
-                type(exc).__name__,
-                exc,
-                action,
-            )
-        if self.fail_open:
-            return _unlimited(rate)
-        raise NotReady(
-            "rate limiting is unavailable (Redis unreachable); retry shortly", retry_after=1
-        )
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-
 def build_limiter(config: RateLimitConfig) -> RateLimiter:
     """Redis when `redis_url` is set (limits shared by replicas), else in-process buckets."""
     if config.redis_url:
+        # redis (8 MB, 50 ms to import) only in servers that share limits through it
+        from berth.security.redis_ratelimit import RedisRateLimiter
+
         return RedisRateLimiter(config.redis_url, fail_open=config.fail_open)
     return MemoryRateLimiter()
 

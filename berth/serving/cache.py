@@ -6,7 +6,7 @@ Keys are in `cache_keys`, the stored format in `cache_values`.
 `MemoryCache` keeps the *encoded* bytes in an LRU with a TTL, so its memory bound counts real
 bytes (plus a fixed per-entry overhead) rather than a guess at the size of numpy objects, and a
 hit, decoded afresh each time, can never be changed by a caller mutating an earlier answer.
-`RedisCache` is shared by replicas; Redis failing must never fail a prediction, so every Redis
+`RedisCache` (`berth.serving.redis_cache`) is shared by replicas; Redis failing must never fail a prediction, so every Redis
 error is a counted miss. Backends count evictions and errors; the dataplane counts hits and
 misses per model.
 """
@@ -21,9 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from redis.exceptions import RedisError
 
-from berth import redis_client
 from berth.errors import InvalidInput
 from berth.observability import metrics
 from berth.runtimes.base import Prediction
@@ -57,7 +55,7 @@ class PredictionCache(Protocol):
     async def close(self) -> None: ...
 
 
-def _encoded(prediction: Prediction) -> bytes | None:
+def encoded(prediction: Prediction) -> bytes | None:
     """The bytes to store, or None for a prediction with no exact encoding (not cached)."""
     try:
         return encode_prediction(prediction)
@@ -86,7 +84,7 @@ class MemoryCache:
     ) -> None:
         if max_bytes < 1:
             raise InvalidInput(f"cache max_bytes must be at least 1, got {max_bytes}")
-        _check_ttl(ttl_seconds)
+        check_ttl(ttl_seconds)
         if max_entries is not None and max_entries < 1:
             raise InvalidInput(f"cache max_entries must be at least 1, got {max_entries}")
         self.max_bytes = max_bytes
@@ -117,7 +115,7 @@ class MemoryCache:
         return decode_prediction(data)
 
     async def put(self, key: str, prediction: Prediction) -> None:
-        data = _encoded(prediction)
+        data = encoded(prediction)
         if data is None:
             return
         if _charge(key, data) > self.max_bytes:
@@ -151,114 +149,11 @@ def _charge(key: str, data: bytes) -> int:
     return len(data) + len(key) + ENTRY_OVERHEAD
 
 
-def _check_ttl(ttl_seconds: float) -> None:
+def check_ttl(ttl_seconds: float) -> None:
     if not (ttl_seconds > 0 and math.isfinite(ttl_seconds)):
         raise InvalidInput(
             f"cache ttl_seconds must be a positive, finite number of seconds, got {ttl_seconds}"
         )
-
-
-class RedisCache:
-    """Predictions in Redis, shared by every replica using the same Redis and prefix.
-
-    Entries expire in Redis (SET with PX); Redis' own `maxmemory` policy bounds the total. Any
-    Redis failure is a miss or a skipped store, counted in `berth_cache_errors_total{backend=
-    "redis"}` and logged at most every `WARN_EVERY_SECONDS`. Timeouts are short, and after a
-    failure Redis is left alone for `cooldown_seconds` (lookups are misses) before one call
-    tries it again, so a dead Redis costs requests almost nothing.
-    """
-
-    name = "redis"
-
-    def __init__(
-        self,
-        url: str,
-        ttl_seconds: float,
-        prefix: str = KEY_PREFIX,
-        *,
-        max_entry_bytes: int | None = None,
-        timeout_seconds: float = 0.25,
-        cooldown_seconds: float = 1.0,
-    ) -> None:
-        _check_ttl(ttl_seconds)
-        self.ttl_seconds = ttl_seconds
-        self.prefix = prefix
-        self.max_entry_bytes = max_entry_bytes
-        self._ttl_ms = max(1, round(ttl_seconds * 1000))
-        self._cooldown = cooldown_seconds
-        self._client = redis_client.connect(
-            url, connect_timeout=timeout_seconds, read_timeout=timeout_seconds
-        )
-        self._down_until = 0.0  # monotonic; > 0 while Redis is considered unreachable
-        self._last_warning: dict[str, float] = {}
-
-    async def get(self, key: str) -> Prediction | None:
-        if not self._may_try():
-            return None
-        try:
-            data = await self._client.get(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return None
-        self._succeeded()
-        if not isinstance(data, bytes):  # None: not there (a str cannot come without decoding)
-            return None
-        try:
-            return decode_prediction(data)
-        except ValueError as exc:
-            # Corrupt, or written by something else under our prefix: a miss, and worth a look.
-            metrics.CACHE_ERRORS.labels(self.name).inc()
-            self._warn("decode", f"a cache entry could not be decoded ({exc}); it counts as a miss")
-            return None
-
-    async def put(self, key: str, prediction: Prediction) -> None:
-        data = _encoded(prediction)
-        if data is None:
-            return
-        if self.max_entry_bytes is not None and len(data) > self.max_entry_bytes:
-            return
-        if not self._may_try():
-            return
-        try:
-            await self._client.set(self.prefix + key, data, px=self._ttl_ms)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return
-        self._succeeded()
-
-    def _may_try(self) -> bool:
-        if not self._down_until:
-            return True
-        now = time.monotonic()
-        if now < self._down_until:
-            metrics.CACHE_ERRORS.labels(self.name).inc()
-            return False
-        self._down_until = now + self._cooldown  # this call probes; the others wait
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + self._cooldown
-        metrics.CACHE_ERRORS.labels(self.name).inc()
-        self._warn(
-            "unreachable",
-            f"Redis is unreachable ({type(exc).__name__}: {exc}); "
-            "predicting without the cache until it is back",
-        )
-
-    def _succeeded(self) -> None:
-        if self._down_until:
-            self._down_until = 0.0
-            log.info("prediction cache: Redis is reachable again")
-
-    def _warn(self, kind: str, message: str) -> None:
-        # Per kind, so a stream of corrupt entries cannot hide that Redis went down.
-        now = time.monotonic()
-        if now - self._last_warning.get(kind, -math.inf) >= WARN_EVERY_SECONDS:
-            self._last_warning[kind] = now
-            log.warning("prediction cache: %s", message)
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 def build_cache(
@@ -274,6 +169,9 @@ def build_cache(
                 "the redis prediction cache needs a Redis URL; set BERTH_REDIS_URL "
                 "(e.g. redis://127.0.0.1:6379/0), or use the memory cache backend"
             )
+        # redis (8 MB, 50 ms to import) only in servers that cache through it
+        from berth.serving.redis_cache import RedisCache
+
         return RedisCache(redis_url, ttl_seconds=ttl_seconds, max_entry_bytes=max_bytes)
     raise InvalidInput(
         f"cache backend {backend!r} is unknown; set BERTH_CACHE_BACKEND to memory or redis"
