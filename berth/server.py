@@ -15,7 +15,7 @@ from berth.api.app import Extension, build_services, create_app
 from berth.api.services import Services
 from berth.config import Settings, load_settings
 from berth.console.config import ConsoleConfig
-from berth.console.mount import console_extension
+from berth.console.extension import console_extension
 from berth.grpc.config import GrpcConfig
 from berth.observability import tracing
 

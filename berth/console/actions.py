@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from berth.console import views
+from berth.console.config import PREFIX
 from berth.console.forms import read_form
 from berth.console.guard import acting, console_of, viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.pages import rollout_id
 from berth.console.render import HEADERS, page
 from berth.errors import Conflict, Forbidden, NotFound

@@ -10,8 +10,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from berth.console.config import PREFIX
 from berth.console.guard import viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.pages import run, show
 from berth.durations import parse_duration
 from berth.errors import InvalidInput

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from berth.config import Settings
 
+PREFIX = "/console"
+"""Where the console is served."""
+
 
 @dataclass(frozen=True)
 class ConsoleConfig:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from berth.api.errors import status_of
+from berth.console.config import PREFIX
 from berth.console.guard import SignInNeeded
 from berth.console.render import HEADERS, page
 from berth.console.session import COOKIE
@@ -24,7 +25,6 @@ from berth.errors import BerthError
 log = logging.getLogger("berth.console")
 
 Handler = Callable[[Request], Awaitable[Response]]
-PREFIX = "/console"
 
 
 def handled(handler: Handler) -> Handler:

@@ -14,8 +14,9 @@ from starlette.responses import Response
 
 from berth.api.services import Services
 from berth.api.v1 import version_number
+from berth.console.config import PREFIX
 from berth.console.guard import viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.pages import run, show
 from berth.errors import InvalidInput
 from berth.jobs.config import JobsConfig

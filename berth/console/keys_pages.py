@@ -12,9 +12,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from berth.console.config import PREFIX
 from berth.console.forms import read_form
 from berth.console.guard import acting, console_of, viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.pages import run, show
 from berth.console.render import HEADERS
 from berth.errors import Forbidden, NotFound

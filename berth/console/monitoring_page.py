@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse, Response
 from berth.api.drift import drift_document
 from berth.api.feedback import live_performance, performance_over_time
 from berth.api.v1 import version_number
+from berth.console.config import PREFIX
 from berth.console.guard import viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.pages import run, show
 from berth.console.render import HEADERS
 from berth.errors import InvalidInput, NotFound

@@ -1,13 +1,13 @@
-"""Mounting the console into the API's app (`berth.server` passes this as an extension)."""
+"""Every route of the console and its static files, built when the first request reaches
+/console (`berth.console.extension`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
-from berth.api.app import Extension
 from berth.api.services import Services
 from berth.console import (
     actions,
@@ -19,9 +19,8 @@ from berth.console import (
     pages,
     sign_in,
 )
-from berth.console.config import ConsoleConfig
+from berth.console.config import PREFIX, ConsoleConfig
 from berth.console.guard import Console
-from berth.console.handling import PREFIX
 from berth.console.session import SessionSealer
 from berth.console.traffic import TrafficHistory
 
@@ -39,11 +38,11 @@ ROUTERS = (
 """Every console route (the console's auth matrix test enumerates them from here)."""
 
 
-def console_extension(config: ConsoleConfig) -> Extension:
-    def attach(app: FastAPI, svc: Services) -> None:
-        app.state.console = Console(config, SessionSealer(svc.keys.secret), TrafficHistory())
-        for router in ROUTERS:
-            app.include_router(router)
-        app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
-
-    return attach
+def console_router(app: FastAPI, svc: Services, config: ConsoleConfig) -> APIRouter:
+    """The console's routes, with what they share kept on `app.state.console`."""
+    app.state.console = Console(config, SessionSealer(svc.keys.secret), TrafficHistory())
+    router = APIRouter()
+    for each in ROUTERS:
+        router.include_router(each)
+    router.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
+    return router

@@ -13,8 +13,9 @@ from starlette.responses import JSONResponse, Response
 
 from berth.api.v1 import version_number
 from berth.console import views
+from berth.console.config import PREFIX
 from berth.console.guard import Viewer, console_of, viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.render import HEADERS, page
 from berth.registry.references import check_name
 from berth.rollouts.names import STRATEGIES

@@ -15,9 +15,10 @@ from starlette.responses import RedirectResponse, Response
 
 from berth.api.auth import client_address
 from berth.api.services import services
+from berth.console.config import PREFIX
 from berth.console.forms import read_form
 from berth.console.guard import ACTOR_PREFIX, check_origin, console_of, viewer
-from berth.console.handling import PREFIX, handled
+from berth.console.handling import handled
 from berth.console.render import HEADERS, page
 from berth.console.session import (
     COOKIE,
