@@ -2,7 +2,7 @@
 
 The server runs with keys, metrics, JSON logs and the prediction log on (the defaults); the load
 is `berth bench` at a fixed concurrency on iris (v1), with its registered example row. The
-resident memory (RSS) of every process of the server (supervisor, forkserver, workers, decode
+resident memory (RSS) of every process of the server (supervisor, workers, decode
 helpers) is sampled every 10 s; growth is measured from the end of the warm-up (the first
 minute) to the end.
 

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED."""
 
     worker_preload: bool = True
-    """With several workers, fork them from a process that has imported the server once (a killed worker is back in about a second); false starts each from scratch."""
+    """With several workers, fork them from the supervisor, which has imported the server once (a killed worker is back in about half a second); false starts each from scratch."""
 
     dev: bool = False
     """Dev mode: prediction and model routes accept requests without an API key."""

@@ -8,7 +8,9 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -149,10 +151,6 @@ def serve(
         from berth.deploy.bundle import install_bundle
 
         served.append(install_bundle(registry(), bundle, trust_pickle=trust_pickle))
-    follow = not served
-    served = served or _production_models(allow_empty)
-    for reference in served:
-        registry().resolve(reference)
     options = ServerOptions(
         served=served,
         host=host,
@@ -161,14 +159,24 @@ def serve(
         dev=dev or current.dev,
         tls_cert=tls_cert or current.tls_cert_file,
         tls_key=tls_key or current.tls_key_file,
-        follow_production=follow,
+        follow_production=not served,
         console_read_only=console_read_only or current.console_read_only,
         grpc_port=grpc_port,
     )
+    check = partial(_checked_references, options, allow_empty)
     if engine is Engine.ray:
-        _serve_on_ray(options, address, detach)
+        _serve_on_ray(check(), address, detach)
         return
-    start_server(options)
+    start_server(options, check)
+
+
+def _checked_references(options: ServerOptions, allow_empty: bool) -> ServerOptions:
+    """The options with every reference resolved in the registry (a typo is one line before
+    anything starts), and with today's production models when following the alias."""
+    served = options.served or _production_models(allow_empty)
+    for reference in served:
+        registry().resolve(reference)
+    return replace(options, served=served)
 
 
 def _checked(option: str, value: int, low: int, high: int) -> int:
@@ -285,13 +293,41 @@ def _check_tls(options: ServerOptions) -> None:
             raise InvalidInput(f"TLS file {path} does not exist; pass a PEM file")
 
 
-def start_server(options: ServerOptions) -> None:
-    """Run uvicorn with the options; worker processes read them from the environment."""
+def start_server(options: ServerOptions, check: Callable[[], ServerOptions] | None = None) -> None:
+    """Run uvicorn with the options; worker processes read them from the environment.
+
+    `check` resolves the references (`_checked_references`). With several workers it runs in a
+    copy of this process while this one becomes the supervisor and imports the server: the
+    registry's import and queries (0.4 s) leave the path to the first prediction, and the
+    supervisor starts no worker until the copy has said yes (`berth.cli.supervisor`)."""
     from berth.cli import supervisor
     from berth.config import load_settings
 
     _check_tls(options)
     os.environ.update(options.environment())
+    if options.workers <= 1:
+        _announce(check() if check is not None else options)
+        supervisor.run(load_settings())  # read again: the options are in the environment now
+        return
+    # Several workers: become the lean supervisor (same pid, so signals and wait() still reach
+    # the server), and leave the CLI's imports behind.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if check is not None:
+        checker = os.fork()
+        if checker == 0:
+            # An error propagates to the CLI's handler: one line, exit status 1.
+            _announce(check())
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        os.environ[supervisor.CHECKER_ENV] = str(checker)
+    else:
+        _announce(options)
+    os.execv(sys.executable, [sys.executable, "-m", "berth.cli.supervisor"])  # noqa: S606
+
+
+def _announce(options: ServerOptions) -> None:
     if options.dev:
         err_console.print("[bold red]DEV MODE[/]: no API key needed. Never expose this server.")
     later = " (and models given a production alias later)" if options.follow_production else ""
@@ -300,11 +336,3 @@ def start_server(options: ServerOptions) -> None:
         f"Serving {', '.join(options.served) or 'endpoints'}{later} on "
         f"{options.scheme}://{options.host}:{options.port}{grpc} ({options.workers} worker(s))"
     )
-    if options.workers <= 1:
-        supervisor.run(load_settings())  # read again: the options are in the environment now
-        return
-    # Several workers: become the lean supervisor (same pid, so signals and wait() still reach
-    # the server), and leave the CLI's imports behind.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "berth.cli.supervisor"])  # noqa: S606

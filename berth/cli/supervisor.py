@@ -3,13 +3,26 @@
 With `--workers N` the process that started them only watches them, yet it held everything the
 CLI had imported (pandas, scikit-learn, the registry: 200 MB). `berth serve` therefore checks its
 arguments, puts the options into `BERTH_*` variables and replaces itself (exec, same pid) with
-`python -m berth.cli.supervisor`, which imports uvicorn and the settings and nothing of the data
-stack; workers are forked from a separate server process that has imported the app once (see
-berth.cli.worker_processes). With one worker uvicorn runs the app in this process, so
-`berth serve` calls `run` directly.
+`python -m berth.cli.supervisor`, which imports uvicorn, the settings and the server (not the
+models, the CLI or the registry's command-line tools) and forks its workers from itself (see
+berth.cli.worker_processes). Meanwhile a copy of the CLI checks the references in the registry;
+no worker starts before it has exited 0. With one worker uvicorn runs the app in this process,
+so `berth serve` calls `run` directly.
 """
 
 from __future__ import annotations
+
+import signal
+
+
+def _stop_quietly(_signal: int, _frame: object) -> None:
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    # Ctrl-C while the supervisor still imports (uvicorn takes the signals over once it runs):
+    # stop without a traceback, cleaning up as any exit does.
+    signal.signal(signal.SIGINT, _stop_quietly)
 
 import logging
 import os
@@ -21,15 +34,19 @@ from contextlib import contextmanager
 import uvicorn
 
 from berth.api.coalesced_writes import CoalescingHttpToolsProtocol
-from berth.cli.worker_processes import fork_workers_from_preloaded_server
+from berth.cli.worker_processes import fork_workers_from_this_process
 from berth.config import Settings, load_settings
 from berth.observability.logging import configure_logging, logging_config
 
 log = logging.getLogger("berth.serve")
 
 # prometheus_client's variable (berth.observability.metrics names it too; importing that module
-# here would bring numpy and pandas into the supervisor).
+# here would make its metrics before the variable is set).
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+CHECKER_ENV = "_BERTH_SERVE_CHECKER"
+"""The pid of the copy of `berth serve` that checks the references (a child of this process,
+which it was before the exec); not a BERTH_ setting: it is for this process only."""
 
 
 def run(settings: Settings) -> None:
@@ -38,9 +55,13 @@ def run(settings: Settings) -> None:
     configure_logging(settings.log_level, json=json_lines)
     proxies = settings.trusted_proxies
     cert, key = settings.tls_cert_file, settings.tls_key_file
-    if settings.workers > 1 and settings.worker_preload:
-        fork_workers_from_preloaded_server()
-    with _worker_metrics(settings.workers):
+    with _worker_metrics(settings.workers) as metrics_directory:
+        # After the metrics directory is set: the server's metrics are made at import.
+        if settings.workers > 1 and settings.worker_preload:
+            fork_workers_from_this_process()
+        _wait_for_reference_check()
+        if metrics_directory is not None:
+            log.info("%d workers write their metrics to %s", settings.workers, metrics_directory)
         uvicorn.run(
             "berth.server:create_app_from_env",
             factory=True,
@@ -64,22 +85,33 @@ def run(settings: Settings) -> None:
         )
 
 
+def _wait_for_reference_check() -> None:
+    """Exit with the check's status when `berth serve`'s copy refused the references (it has
+    printed why)."""
+    checker = os.environ.pop(CHECKER_ENV, None)
+    if checker is None:
+        return
+    _, status = os.waitpid(int(checker), 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(code if code > 0 else 1)
+
+
 @contextmanager
-def _worker_metrics(workers: int) -> Iterator[None]:
+def _worker_metrics(workers: int) -> Iterator[str | None]:
     """With several workers, a fresh private directory where each writes its metrics.
 
     `/metrics` in any worker merges the files of all (see berth.observability.metrics). The
     directory is new for every start, so no counts leak in from an earlier run, and removed after.
     """
     if workers <= 1:
-        yield
+        yield None
         return
     path = tempfile.mkdtemp(prefix="berth-metrics-")
     previous = os.environ.get(MULTIPROCESS_ENV)
     os.environ[MULTIPROCESS_ENV] = path
-    log.info("%d workers write their metrics to %s", workers, path)
     try:
-        yield
+        yield path
     finally:
         if previous is None:
             os.environ.pop(MULTIPROCESS_ENV, None)
