@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The machine keeps the CPU build of torch 2.13.0 here; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client bench-grpc h2load mlserver bentoml bench-serve
+.PHONY: install bytecode demo test lint format clean bench bench-demo bench-peers bench-batch bench-stream bench-restart bench-decode bench-cli bench-upload bench-backup bench-deep bench-console soak wrk prometheus nginx azurite chromium console-shots cluster-demo grpc-tools grpc-code kserve-client bench-grpc h2load mlserver bentoml bench-serve
 
 install: $(STAMP)
 
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[dev,onnx,torch,ray]"
+	$(MAKE) --no-print-directory bytecode
 	touch $(STAMP)
+
+# Berth's modules compiled, as `pip install` does for a wheel: an editable install leaves them
+# to be compiled at every start when PYTHONDONTWRITEBYTECODE is set (0.3 s of `berth serve`).
+bytecode:
+	$(BIN)/python -m compileall -q berth
 
 demo: install
 	$(BIN)/berth demo
@@ -137,12 +143,12 @@ format: install
 # Berth and its peers (MLServer, BentoML, bare FastAPI) with the same two models in one run, and
 # the speed targets with PASS/FAIL (benchmarks/speed.py, about 4 minutes; run nothing else
 # meanwhile). ARGS=--write-readme rewrites README.md's speed table from the run.
-bench: install wrk mlserver bentoml
+bench: install wrk mlserver bentoml bytecode
 	$(BIN)/python benchmarks/speed.py $(ARGS)
 
 # Berth alone with the peer benchmark's models at 1, 16 and 64 connections, v1 and v2, in every
 # form (benchmarks/serve_bench.py).
-bench-serve: install wrk
+bench-serve: install wrk bytecode
 	$(BIN)/python benchmarks/serve_bench.py
 
 # The demo churn model on v1 and v2 (benchmarks/wrk_demo.sh).
@@ -160,7 +166,7 @@ bench-stream: install
 	$(BIN)/python benchmarks/stream.py $(ARGS)
 
 # How fast `berth serve --workers 2` replaces a worker killed with SIGKILL (benchmarks/worker_restart.py).
-bench-restart: install
+bench-restart: install bytecode
 	$(BIN)/python benchmarks/worker_restart.py
 
 # Small predictions while the same worker decodes 15 MB bodies (benchmarks/loop_stall.py);
@@ -194,7 +200,7 @@ bench-console: install
 
 # Berth's gRPC against its REST v2 and MLServer 1.7's gRPC: iris, 64 requests in flight, wrk and
 # h2load (benchmarks/grpc_bench.py); MLServer goes into .tools/mlserver.
-bench-grpc: install wrk h2load mlserver
+bench-grpc: install wrk h2load mlserver bytecode
 	$(BIN)/python benchmarks/grpc_bench.py
 
 h2load:
