@@ -19,11 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +33,10 @@ from berth.jobs.records import JobService
 from berth.store import audit
 from berth.store.db import Database
 from berth.store.tables import ScheduleRow, ScheduleRunRow
+from berth.store.upsert import conflict_insert
+
+if TYPE_CHECKING:
+    from berth.store.upsert import ConflictInsert
 
 STARTED = "started"
 MISSED = "missed"
@@ -315,12 +318,8 @@ class ScheduleService:
                 .values(job_id=job_id)
             )
 
-    def _insert_new(self, rows: Sequence[dict[str, Any]]) -> postgresql.Insert | sqlite.Insert:
-        insert = (
-            postgresql.insert(ScheduleRunRow)
-            if self.db.engine.dialect.name == "postgresql"
-            else sqlite.insert(ScheduleRunRow)
-        )
+    def _insert_new(self, rows: Sequence[dict[str, Any]]) -> ConflictInsert:
+        insert = conflict_insert(self.db.engine.dialect.name, ScheduleRunRow)
         # ON CONFLICT DO NOTHING rather than catching IntegrityError: PostgreSQL would abort
         # the whole transaction (and log an error) at the first duplicate. SQLAlchemy keeps
         # an INSERT's rowcount only when asked, and it is the answer to "did we claim it".

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from berth.errors import Conflict, InvalidInput
 from berth.jobs.sink_types import Checkpoint, ErrorWriter, id_key, rejected_ids
 from berth.jobs.sql import quote_relation, reason, safe_url, split_relation, sql_engine
+from berth.store.upsert import conflict_insert
 
 Array = np.ndarray[Any, Any]
 
@@ -207,8 +207,7 @@ class SqlSink:
         if not self._unique or dialect not in ("postgresql", "sqlite"):
             connection.execute(self._table.insert(), rows)
             return
-        insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert_of(self._table)
+        statement = conflict_insert(dialect, self._table)
         if self.upsert:
             updates = {c: statement.excluded[c] for c in results.columns if c != self.id_column}
             statement = statement.on_conflict_do_update(

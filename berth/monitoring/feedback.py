@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from berth.security.auth import Principal
 from berth.store.db import Database
 from berth.store.tables import FeedbackRow, PredictionRow
+from berth.store.upsert import conflict_insert
 
 _CHUNK = 1000
 
@@ -50,8 +50,7 @@ def _unrestricted(principal: Principal) -> bool:
 
 
 def _upsert(db: Database, rows: list[dict[str, Any]]) -> Any:
-    dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(FeedbackRow).values(rows)
+    statement = conflict_insert(db.engine.dialect.name, FeedbackRow).values(rows)
     return statement.on_conflict_do_update(
         index_elements=[FeedbackRow.prediction_id],
         set_={"actual": statement.excluded.actual, "received_at": statement.excluded.received_at},

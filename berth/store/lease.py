@@ -19,14 +19,17 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from berth.errors import DatabaseUnavailable, InvalidInput
 from berth.store.db import Database
 from berth.store.tables import LeaseRow, UTCDateTime
+from berth.store.upsert import conflict_insert
+
+if TYPE_CHECKING:
+    from berth.store.upsert import ConflictInsert
 
 __all__ = ["Clock", "Lease", "LeaseInfo", "process_holder"]
 
@@ -184,9 +187,7 @@ class Lease:
                 acquired_at=row.acquired_at,
             )
 
-    def _take_statement(
-        self, now: datetime, term_end: datetime
-    ) -> postgresql.Insert | sqlite.Insert:
+    def _take_statement(self, now: datetime, term_end: datetime) -> ConflictInsert:
         """INSERT the lease, or on conflict take/renew it when ours or expired, in one statement.
 
         An upsert rather than UPDATE-then-INSERT so two processes racing to create the row
@@ -195,11 +196,7 @@ class Lease:
         (rowcount 0). On PostgreSQL under READ COMMITTED the conflict WHERE is evaluated
         against the latest committed row, which is what makes the take-over atomic.
         """
-        insert = (
-            postgresql.insert(LeaseRow)
-            if self.db.engine.dialect.name == "postgresql"
-            else sqlite.insert(LeaseRow)
-        )
+        insert = conflict_insert(self.db.engine.dialect.name, LeaseRow)
         statement = insert.values(
             name=self.name, holder=self.holder, expires_at=term_end, acquired_at=now
         )
