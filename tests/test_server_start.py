@@ -136,3 +136,26 @@ def test_ctrl_c_while_two_workers_start_exits_without_a_traceback(
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     assert code in (0, 130), text[-3000:]
+
+
+FREED = """
+from berth.serving.heap import return_freed_memory
+
+def resident_mb() -> float:
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+
+blocks = [bytes(1000) for _ in range(50_000)]  # 50 MB in small heap allocations
+pinned = bytes(1000)  # allocated after them: the freed pages are not at the heap's end
+del blocks
+before = resident_mb()
+return_freed_memory()
+print(before - resident_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_the_memory_freed_while_starting_goes_back_to_the_os() -> None:
+    released = subprocess.run(
+        [sys.executable, "-c", FREED], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert float(released.stdout) > 30  # MB of the 50 freed

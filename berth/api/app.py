@@ -60,6 +60,7 @@ from berth.serving.admission import ConcurrencyCap
 from berth.serving.cache import PredictionCache, build_cache
 from berth.serving.config import ServingConfig
 from berth.serving.dataplane import DataPlane
+from berth.serving.heap import return_freed_memory
 from berth.serving.offload import Offloader
 from berth.serving.route_stats import RouteStats
 from berth.store.audit import AuditLog, AuditQueue
@@ -184,8 +185,9 @@ def create_app(
             controller.start()
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
         # the collector's reach, a full collection no longer walks it and stalls every request
-        # in flight for tens of milliseconds.
+        # in flight for tens of milliseconds. What loading freed goes back to the OS.
         gc.freeze()
+        return_freed_memory()
         try:
             async with AsyncExitStack() as beside:
                 for lifetime in lifetimes:
