@@ -9,7 +9,9 @@ whole process tree (PSS, which counts a page shared between processes once, besi
 runs with 2 workers, API keys on, metrics on, JSON logs and the prediction log on; MLServer and
 BentoML with their defaults (MLServer: one inference worker, and once with two, as Berth; with
 batching, 32 rows / 5 ms); the bare FastAPI app in one uvicorn process. Throughput targets
-compare with the faster MLServer, memory with MLServer's two workers.
+compare with the faster MLServer, memory with MLServer's two workers. "No regression" serves the
+same iris versions with Berth as it was before this round (BEFORE_COMMIT, from `git archive`) in
+the same run.
 
 Usage: .venv/bin/python benchmarks/speed.py [--write-readme]
 Env: DUR=10 (seconds per wrk run). Needs .tools/mlserver and .tools/bentoml (make bench makes
@@ -43,12 +45,15 @@ README = ROOT / "README.md"
 TABLE_START = "<!-- speed table: benchmarks/speed.py writes it -->"
 TABLE_END = "<!-- end of speed table -->"
 
+BEFORE_COMMIT = "04ec75b"
+"""The code before this round (speed, round two): its v2 and ONNX-path figures are measured in
+the same run, from `git archive` of that commit served with this environment, so "no regression"
+compares two servers on the same machine at the same time."""
 V2_BEFORE = 3030.0
-"""Berth's v2 req/s for iris registered as scikit-learn before this round: serve_bench.py at
-04ec75b (`CONNS=64 DUR=10 PYTHONPATH=<checkout> .venv/bin/python benchmarks/serve_bench.py
-berth-sklearn berth-onnx`), on this machine, back to back with the current code."""
+"""Recorded for when the commit is not in the clone: iris v2 req/s at 04ec75b on this machine
+(serve_bench.py, 64 connections), back to back with the code of that day."""
 ONNX_BEFORE = 4569.0
-"""Berth's v1 req/s for iris optimized to ONNX by hand before this round (the same run)."""
+"""Recorded likewise: iris optimized to ONNX by hand, v1."""
 
 
 @dataclass
@@ -188,6 +193,42 @@ def berth_runs(env: dict[str, str], rows: dict[str, list[float]]) -> dict[str, A
     return results
 
 
+def before_runs(work: Path) -> dict[str, Any] | None:
+    """Berth at BEFORE_COMMIT with iris (v2, and ONNX by hand, v1), in this run; None when the
+    commit is not in this clone."""
+    checkout = work / "before"
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", BEFORE_COMMIT], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        print(f"({BEFORE_COMMIT} is not in this clone: no regression judged on recorded figures)")
+        return None
+    checkout.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "berth")], check=True)
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(checkout)  # every berth command of the old checkout
+    try:
+        (work / "before-models").mkdir()
+        env, key, rows, _ = sb.prepare(work / "before-models")
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = previous
+    env["BENCH_KEY"] = key
+    headers = {"X-API-Key": key}
+    server, url = berth_server("before", env, ["iris@sklearn", "iris@onnx"], rows)
+    sklearn, onnx = sb.bodies("iris@sklearn", rows["iris"]), sb.bodies("iris@onnx", rows["iris"])
+    return measure(
+        server,
+        {
+            "iris_v2": (url + sklearn["v2"][0], sklearn["v2"][1], headers),
+            "iris_onnx_v1": (url + onnx["v1"][0], onnx["v1"][1], headers),
+        },
+    )
+
+
 def mlserver(work: Path, name: str, body: str, batched: bool, workers: int | None) -> Server:
     """MLServer 1.7 with its scikit-learn runtime serving `work/NAME.joblib` (v2 REST)."""
     suffix = ("-batch" if batched else "") + (f"-{workers}w" if workers else "")
@@ -305,18 +346,20 @@ def targets(berth: dict[str, Any], peers: dict[str, Any]) -> list[tuple[str, str
         main["first_prediction_s"] / 2.0,
         main["first_prediction_s"] <= 2.0,
     )
-    add(
-        "no regression: v2 (iris)",
-        f"{main['iris_v2']['rps']:.0f} vs {V2_BEFORE:.0f} before",
-        main["iris_v2"]["rps"] / V2_BEFORE,
-        main["iris_v2"]["rps"] >= 0.95 * V2_BEFORE,
-    )
-    add(
-        "no regression: ONNX path (iris)",
-        f"{main['iris_onnx_v1']['rps']:.0f} vs {ONNX_BEFORE:.0f} before",
-        main["iris_onnx_v1"]["rps"] / ONNX_BEFORE,
-        main["iris_onnx_v1"]["rps"] >= 0.95 * ONNX_BEFORE,
-    )
+    before = berth.get("before")
+    for label, load, recorded in (
+        ("v2 (iris)", "iris_v2", V2_BEFORE),
+        ("ONNX path (iris)", "iris_onnx_v1", ONNX_BEFORE),
+    ):
+        then = before[load]["rps"] if before else recorded
+        when = f"{BEFORE_COMMIT}, same run" if before else f"{BEFORE_COMMIT}, recorded"
+        now = main[load]["rps"]
+        add(
+            f"no regression: {label}",
+            f"{now:.0f} vs {then:.0f} ({when})",
+            now / then,
+            now >= 0.95 * then,
+        )
     return found  # fmt: skip
 
 
@@ -339,6 +382,11 @@ def servers_table(berth: dict[str, Any], peers: dict[str, Any]) -> list[str]:
     row("Berth, 2 workers", "iris, scikit-learn, v2", main["iris_v2"], main)
     row("Berth, 2 workers", "iris, optimized to ONNX, v1", main["iris_onnx_v1"], main)
     row("Berth, 2 workers", "RF-100, scikit-learn, batched 32/5 ms", rf["rf_v1"], rf)
+    before = berth.get("before")
+    if before:
+        old = f"Berth at {BEFORE_COMMIT}, 2 workers"
+        row(old, "iris, scikit-learn, v2", before["iris_v2"], before)
+        row(old, "iris, optimized to ONNX, v1", before["iris_onnx_v1"], before)
     row("MLServer 1.7", "iris (v2)", peers["mlserver-iris"]["infer"], peers["mlserver-iris"])
     row("MLServer 1.7, 2 workers", "iris (v2)", peers["mlserver-iris-2w"]["infer"],
         peers["mlserver-iris-2w"])  # fmt: skip
@@ -378,6 +426,7 @@ def main() -> None:
         raise SystemExit("the ONNX versions could not be made; is berth[onnx] installed?")
     env["BENCH_KEY"] = key
     berth = berth_runs(env, rows)
+    berth["before"] = before_runs(work)
     peers = peer_runs(work, rows)
     table = report(berth, peers)
     stamp = time.strftime("%Y-%m-%dT%H%M%S")
