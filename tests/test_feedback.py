@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from starlette.testclient import TestClient
 
 from berth.api.feedback import MAX_FEEDBACK_ITEMS, Monitoring, attach
@@ -24,10 +24,12 @@ from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
 from berth.monitoring.feedback import store_feedback
 from berth.monitoring.performance import (
     PerformanceGauges,
+    Scores,
     Window,
     compute_performance,
     measure,
     roc_auc,
+    version_scores,
 )
 from berth.monitoring.performance_series import performance_series, series_document
 from berth.registration.service import RegisterRequest, register
@@ -253,6 +255,33 @@ def test_performance_gauges_for_served_versions(registry: Registry) -> None:
     gauges.versions = list  # the version is no longer served: its series goes
     gauges.update()
     assert REGISTRY.get_sample_value("berth_model_accuracy", labels) is None
+
+
+def test_gauges_read_no_prediction_while_no_feedback_arrived_in_the_window(
+    registry: Registry,
+) -> None:
+    _predictions(registry, [(f"n{i}", 3, "a", None, 0) for i in range(50)])
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(registry.db.engine, "before_cursor_execute", seen)
+    try:
+        window = Window(since=timedelta(hours=24))
+        assert version_scores(registry.db, "m", 3, window) == Scores()
+        assert statements  # the feedback was asked for
+        assert not [s for s in statements if "predictions" in s]
+        # Feedback arrives: the same scores as the performance API's, from the same rows.
+        store_feedback(registry.db, {"n1": "a", "n2": "b", "n3": "a"}, ADMIN)
+        statements.clear()
+        scores = version_scores(registry.db, "m", 3, window)
+        assert [s for s in statements if "predictions" in s]
+    finally:
+        event.remove(registry.db.engine, "before_cursor_execute", seen)
+    (whole,) = compute_performance(registry.db, "m", 3, window)
+    assert scores == whole.scores
+    assert scores.accuracy == pytest.approx(2 / 3)
 
 
 # the API ---------------------------------------------------------------------------------
