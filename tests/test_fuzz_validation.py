@@ -28,7 +28,13 @@ from berth.registry.signature import (
     TensorSpec,
 )
 from berth.runtimes.base import ModelInput
-from berth.serving.validation import decode_instances, decode_named_arrays
+from berth.serving.validation import (
+    decode_instances,
+    decode_named_arrays,
+    float_rows,
+    json_array,
+    validate_tensor,
+)
 
 Array = np.ndarray[Any, Any]
 FUZZ = settings(
@@ -425,3 +431,63 @@ def test_exotic_dtypes_are_refused() -> None:
         except InvalidInput:
             continue
         raise AssertionError(f"{array.dtype} accepted")
+
+
+# ------------------------------------------------------------------- the float rows fast path
+
+_EDGE_FLOATS = [0.0, -0.0, 1.5, 3.4028234663852886e38, 3.4028235677973366e38, 1e39, -1e39,
+                1.7976931348623157e308, math.inf, -math.inf, math.nan, 5e-324, 1e-46]  # fmt: skip
+_FLOATS = st.one_of(
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.floats(),
+    st.sampled_from(_EDGE_FLOATS),
+)
+_NUMBERS = st.one_of(
+    _FLOATS,
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 2**64, 10**400]),
+)
+_CELLS = st.one_of(_NUMBERS, st.booleans(), st.text(max_size=2), st.none())
+
+
+@st.composite
+def float_requests(draw: st.DrawFn) -> tuple[TensorSpec, list[Any]]:
+    """Mostly what the fast path takes (rows of numbers for a float matrix), and near misses."""
+    common = draw(st.integers(0, 3)) > 0
+    dtype = draw(st.sampled_from(["float32", "float64"] if common else TENSOR_DTYPES))
+    width = draw(st.sampled_from([-1, 1, 4]))
+    row_width = width if width != -1 else draw(st.integers(1, 4))
+    cells = _FLOATS if common else draw(st.sampled_from([_NUMBERS, _CELLS]))
+    count = draw(st.integers(1 if common else 0, 4))
+    rows: list[Any] = [
+        draw(st.lists(cells, min_size=row_width, max_size=row_width)) for _ in range(count)
+    ]
+    batch = -1 if common or draw(st.booleans()) else draw(st.integers(1, 3))
+    if not common and rows and draw(st.booleans()):
+        rows[-1] = draw(st.one_of(st.lists(_CELLS, max_size=5), _CELLS))  # ragged or scalar
+    return TensorSpec("x", dtype, (batch, width)), rows
+
+
+@FUZZ
+@given(float_requests())
+def test_the_float_rows_fast_path_answers_as_the_general_path_or_leaves_it(
+    request: tuple[TensorSpec, list[Any]],
+) -> None:
+    spec, rows = request
+    fast = float_rows(spec, rows)
+    if fast is None:
+        return
+    general = validate_tensor(spec, json_array(rows, "instances", spec.dtype), "instances")
+    assert (fast.dtype, fast.shape) == (general.dtype, general.shape)
+    assert fast.tobytes() == general.tobytes()  # bit for bit, signed zeros included
+
+
+def test_the_float_rows_fast_path_takes_the_common_request() -> None:
+    spec = TensorSpec("x", "float32", (-1, 4))
+    rows = float_rows(spec, [[5.1, 3.5, 1.4, 0.2], [1, 2, 3, 4]])
+    assert rows is not None
+    assert rows.dtype == np.float32
+    assert rows.tolist() == np.array([[5.1, 3.5, 1.4, 0.2], [1, 2, 3, 4]], np.float32).tolist()
+    assert float_rows(spec, [[5.1, 3.5, 1.4, True]]) is None
+    assert float_rows(spec, [[5.1, 3.5, 1.4, math.nan]]) is None

@@ -291,6 +291,9 @@ def decode_tensor_rows(
     """v1 instances for a tensor signature: rows for one input, objects for several."""
     if len(signature.inputs) == 1:
         spec = signature.inputs[0]
+        rows = float_rows(spec, instances)
+        if rows is not None:
+            return rows
         return validate_tensor(spec, json_array(instances, field, spec.dtype), field)
     names = signature.input_names
     for index, row in enumerate(instances):
@@ -313,6 +316,43 @@ def decode_tensor_rows(
         name = f"{field}.{spec.name}"
         arrays[spec.name] = validate_tensor(spec, json_array(values, name, spec.dtype), name)
     return arrays
+
+
+_FLOAT_LIMITS = {"float32": float(np.finfo(np.float32).max), "float64": sys.float_info.max}
+_EXACT_INT = 2**53
+"""Beyond it a JSON integer takes the integer path's rounding (int64, then float), not this one's."""
+
+
+def float_rows(spec: TensorSpec, instances: Sequence[Any]) -> Array | None:
+    """The request almost every tabular tensor model gets, rows of JSON numbers for a float
+    matrix, checked and cast in one pass over the Python values.
+
+    For a few values numpy's per-call costs were most of a request's decoding (an object array,
+    a type scan, a finiteness check and a cast: 65 us for one row of four). The result is the
+    array the general path (`json_array`, then `validate_tensor`) returns, bit for bit; None
+    for anything else (another shape or dtype, a string, a boolean, NaN, infinity, a value
+    beyond the dtype's range, an integer beyond 2**53, ragged rows), which the general path
+    then takes, and words its error."""
+    limit = _FLOAT_LIMITS.get(spec.dtype)
+    if limit is None or len(spec.shape) != 2 or not instances:
+        return None
+    if spec.shape[0] not in (-1, len(instances)):
+        return None
+    width = spec.shape[1]
+    if width == -1:
+        first = instances[0]
+        width = len(first) if type(first) is list else -1
+    for row in instances:
+        if type(row) is not list or len(row) != width:
+            return None
+        for value in row:
+            kind = type(value)
+            if kind is float:
+                if not -limit <= value <= limit:  # NaN compares false
+                    return None
+            elif kind is not int or not -_EXACT_INT <= value <= _EXACT_INT:
+                return None
+    return np.array(instances, dtype=spec.dtype)
 
 
 # tables ------------------------------------------------------------------------------------
