@@ -211,6 +211,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Berth traces requests itself (berth.observability.tracing, TracingMiddleware): FastAPI's
+        # own spans and metrics would double them once a provider is set, and deciding per
+        # request that they are off (a provider lookup and an environment read) cost 5%.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = svc
     errors.install(app)
