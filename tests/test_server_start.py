@@ -135,7 +135,9 @@ def test_ctrl_c_while_two_workers_start_exits_without_a_traceback(
         code = server.wait(timeout=60)
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
-    assert code in (0, 130), text[-3000:]
+    # 130: Berth stopped itself; -SIGINT: the signal came while a process image was still
+    # starting (the exec into the supervisor), which is how a shell sees Ctrl-C too.
+    assert code in (0, 130, -signal.SIGINT), text[-3000:]
 
 
 FREED = """

@@ -1,5 +1,5 @@
 """`python -m berth.cli` runs the `berth` command."""
 
-from berth.cli.main import main
+from berth.cli.entry import main
 
 main()

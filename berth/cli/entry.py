@@ -1,0 +1,23 @@
+"""The `berth` command's entry point: Ctrl-C while the command still imports exits quietly.
+
+Importing the CLI takes a few hundred milliseconds, before `berth.cli.main.main` can catch
+anything; Python's default handler would turn a Ctrl-C then into a traceback from whichever
+import was running.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+def _stop_quietly(_signal: int, _frame: object) -> None:
+    raise SystemExit(130)
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, _stop_quietly)
+    from berth.cli.main import main as run
+
+    # From here the command handles KeyboardInterrupt itself (and uvicorn its own signals).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run()
