@@ -199,9 +199,11 @@ bench-console: install
 	$(BIN)/python benchmarks/console_pages.py $(ARGS)
 
 # Berth's gRPC against its REST v2 and MLServer 1.7's gRPC: iris, 64 requests in flight, wrk and
-# h2load (benchmarks/grpc_bench.py); MLServer goes into .tools/mlserver.
+# h2load (benchmarks/grpc_bench.py); MLServer goes into .tools/mlserver. Then the ceiling of
+# Python's gRPC servers answering a constant (benchmarks/grpc_transport.py).
 bench-grpc: install wrk h2load mlserver bytecode
 	$(BIN)/python benchmarks/grpc_bench.py
+	$(BIN)/python benchmarks/grpc_transport.py
 
 h2load:
 	@command -v h2load >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nghttp2-client; }

@@ -206,19 +206,25 @@ def before_runs(work: Path) -> dict[str, Any] | None:
     checkout.mkdir()
     subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "berth")], check=True)
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(checkout)  # every berth command of the old checkout
+    # The old checkout's own command (this environment's `berth` names today's entry point).
+    command = checkout / "berth-command"
+    command.write_text(f"#!{sys.executable}\nfrom berth.cli.main import main\n\nmain()\n")
+    command.chmod(0o755)
+    previous, today = os.environ.get("PYTHONPATH"), sb.BERTH
+    os.environ["PYTHONPATH"] = str(checkout)  # every berth process of the old checkout
+    sb.BERTH = str(command)
     try:
         (work / "before-models").mkdir()
         env, key, rows, _ = sb.prepare(work / "before-models")
+        env["BENCH_KEY"] = key
+        headers = {"X-API-Key": key}
+        server, url = berth_server("before", env, ["iris@sklearn", "iris@onnx"], rows)
     finally:
+        sb.BERTH = today
         if previous is None:
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = previous
-    env["BENCH_KEY"] = key
-    headers = {"X-API-Key": key}
-    server, url = berth_server("before", env, ["iris@sklearn", "iris@onnx"], rows)
     sklearn, onnx = sb.bodies("iris@sklearn", rows["iris"]), sb.bodies("iris@onnx", rows["iris"])
     return measure(
         server,
