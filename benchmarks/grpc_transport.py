@@ -7,17 +7,13 @@ response, once with `grpc.aio` (what Berth serves gRPC with) and once with the t
 bound what its gRPC can reach against its REST (whose own ceiling is the constant route of
 `make bench`).
 
-Usage: .venv/bin/python benchmarks/grpc_transport.py     Env: DUR=8 (seconds per run)
+Usage: .venv/bin/python benchmarks/grpc_transport.py     Env: DUR=10 (seconds per run)
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,12 +23,11 @@ import grpc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from grpc_bench import grpc_frame, infer_message  # noqa: E402
+from grpc_bench import h2load  # noqa: E402
 from serve_bench import free_port  # noqa: E402
 
 from berth.grpc.generated import open_inference_grpc_pb2 as pb  # noqa: E402
 
-DUR = int(os.environ.get("DUR", "8"))
 SERVICE = "inference.GRPCInferenceService"
 OPTIONS = [("grpc.so_reuseport", 1)]
 
@@ -82,23 +77,7 @@ def serve_threads(port: int) -> None:
     server.wait_for_termination()
 
 
-def h2load(port: int) -> dict[str, float]:
-    body = Path(tempfile.mkdtemp()) / "request.bin"
-    body.write_bytes(grpc_frame(infer_message("iris")))
-    out = subprocess.run(
-        ["h2load", "-t2", "-c8", "-m8", f"-D{DUR}", "--warm-up-time=1", "-d", str(body),
-         "-H", "content-type: application/grpc", "-H", "te: trailers",
-         f"http://127.0.0.1:{port}/{SERVICE}/ModelInfer"],
-        capture_output=True, text=True, check=False,
-    ).stdout  # fmt: skip
-    found = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    counts = re.search(r"(\d+) succeeded, (\d+) failed", out)
-    assert found, out
-    assert counts, out
-    return {"rps": float(found.group(1)), "failed": float(counts.group(2))}
-
-
-def measure(target: Any) -> dict[str, float]:
+def measure(target: Any) -> dict[str, Any]:
     port = free_port()
     context = multiprocessing.get_context("spawn")
     servers = [context.Process(target=target, args=(port,), daemon=True) for _ in range(2)]
@@ -106,7 +85,7 @@ def measure(target: Any) -> dict[str, float]:
         server.start()
     try:
         time.sleep(3)
-        return h2load(port)
+        return h2load(f"127.0.0.1:{port}", "iris", None)
     finally:
         for server in servers:
             server.terminate()
@@ -119,7 +98,7 @@ def main() -> None:
         microseconds = 2 / found["rps"] * 1e6  # two cores' time per call
         print(
             f"{name}, 2 processes, constant answer: {found['rps']:,.0f} req/s "
-            f"({microseconds:.0f} us of the two cores a call), {found['failed']:.0f} failed",
+            f"({microseconds:.0f} us of the two cores a call), {found['errors']} failed",
             flush=True,
         )
 

@@ -14,8 +14,13 @@ def _stop_quietly(_signal: int, _frame: object) -> None:
     raise SystemExit(130)
 
 
-def main() -> None:
+def exit_quietly_on_ctrl_c() -> None:
+    """Until a command takes SIGINT over itself: exit 130, cleaning up as any exit does."""
     signal.signal(signal.SIGINT, _stop_quietly)
+
+
+def main() -> None:
+    exit_quietly_on_ctrl_c()
     from berth.cli.main import main as run
 
     # From here the command handles KeyboardInterrupt itself (and uvicorn its own signals).

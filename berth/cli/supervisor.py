@@ -12,17 +12,11 @@ so `berth serve` calls `run` directly.
 
 from __future__ import annotations
 
-import signal
-
-
-def _stop_quietly(_signal: int, _frame: object) -> None:
-    raise SystemExit(130)
-
+from berth.cli.entry import exit_quietly_on_ctrl_c
 
 if __name__ == "__main__":
-    # Ctrl-C while the supervisor still imports (uvicorn takes the signals over once it runs):
-    # stop without a traceback, cleaning up as any exit does.
-    signal.signal(signal.SIGINT, _stop_quietly)
+    # Ctrl-C while the supervisor still imports: no traceback (uvicorn takes it over once it runs).
+    exit_quietly_on_ctrl_c()
 
 import logging
 import os

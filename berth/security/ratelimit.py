@@ -4,9 +4,9 @@ A `Rate` of `count/period` is a bucket holding at most `count` tokens (the burst
 at `count / period` tokens per second; each request takes one token or is refused.
 
 `MemoryRateLimiter` keeps buckets in this process (one worker's view only). `RedisRateLimiter`
-(`berth.security.redis_ratelimit`) keeps them in Redis, where one Lua script reads, refills and takes a token atomically using the
-Redis server's clock, so replicas whose clocks disagree still share one limit. When Redis cannot
-be reached, it either lets requests through (fail open: a warning at most every 10 s and the
+(`berth.security.redis_ratelimit`) keeps them in Redis, where one Lua script reads, refills and
+takes a token atomically using the Redis server's clock, so replicas whose clocks disagree still
+share one limit. When Redis cannot be reached, it either lets requests through (fail open: a warning at most every 10 s and the
 metric `berth_rate_limit_backend_errors_total`) or refuses them with `NotReady` (fail closed).
 
 The HTTP edge calls `check()` with the buckets that apply to a request and turns the returned

@@ -6,9 +6,9 @@ Keys are in `cache_keys`, the stored format in `cache_values`.
 `MemoryCache` keeps the *encoded* bytes in an LRU with a TTL, so its memory bound counts real
 bytes (plus a fixed per-entry overhead) rather than a guess at the size of numpy objects, and a
 hit, decoded afresh each time, can never be changed by a caller mutating an earlier answer.
-`RedisCache` (`berth.serving.redis_cache`) is shared by replicas; Redis failing must never fail a prediction, so every Redis
-error is a counted miss. Backends count evictions and errors; the dataplane counts hits and
-misses per model.
+`RedisCache` (`berth.serving.redis_cache`) is shared by replicas; Redis failing must never fail
+a prediction, so every Redis error is a counted miss. Backends count evictions and errors; the
+dataplane counts hits and misses per model.
 """
 
 from __future__ import annotations
