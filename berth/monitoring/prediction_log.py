@@ -87,8 +87,13 @@ class PredictionLog:
         ]
 
     async def stop(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        # Not in the middle of a write (see berth.store.audit.AuditQueue.stop).
+        async with self._lock:
+            for task in self._tasks:
+                task.cancel()
         for task in self._tasks:
-            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []

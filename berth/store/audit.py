@@ -203,7 +203,10 @@ class AuditQueue:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Not in the middle of a write: cancelled there, the task would let go of the lock
+            # while its thread still wrote, and the process could exit before that committed.
+            async with self._flushing:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
