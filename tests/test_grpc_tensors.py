@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import ml_dtypes
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from berth.errors import (
 )
 from berth.grpc import tensors
 from berth.grpc.generated import open_inference_grpc_pb2 as pb
+from berth.grpc.rpc import StatusCode
 from berth.grpc.status import status_of
 
 ARRAYS: dict[str, np.ndarray[Any, Any]] = {
@@ -232,21 +232,21 @@ def test_strings_from_the_model_go_back_as_utf8_bytes() -> None:
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
-        (Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
-        (Forbidden("x"), grpc.StatusCode.PERMISSION_DENIED),
-        (NotFound("x"), grpc.StatusCode.NOT_FOUND),
-        (Conflict("x"), grpc.StatusCode.FAILED_PRECONDITION),
-        (PayloadTooLarge("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (RateLimited("x", retry_after=2.5, limit=5, reset=3), grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (TimedOut("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
-        (NotReady("x"), grpc.StatusCode.UNAVAILABLE),
-        (DatabaseUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
-        (ArtifactIntegrityError("x"), grpc.StatusCode.UNAVAILABLE),
-        (ModelLoadError("x"), grpc.StatusCode.UNAVAILABLE),
+        (InvalidInput("x"), StatusCode.INVALID_ARGUMENT),
+        (Unauthenticated("x"), StatusCode.UNAUTHENTICATED),
+        (Forbidden("x"), StatusCode.PERMISSION_DENIED),
+        (NotFound("x"), StatusCode.NOT_FOUND),
+        (Conflict("x"), StatusCode.FAILED_PRECONDITION),
+        (PayloadTooLarge("x"), StatusCode.RESOURCE_EXHAUSTED),
+        (RateLimited("x", retry_after=2.5, limit=5, reset=3), StatusCode.RESOURCE_EXHAUSTED),
+        (TimedOut("x"), StatusCode.DEADLINE_EXCEEDED),
+        (NotReady("x"), StatusCode.UNAVAILABLE),
+        (DatabaseUnavailable("x"), StatusCode.UNAVAILABLE),
+        (ArtifactIntegrityError("x"), StatusCode.UNAVAILABLE),
+        (ModelLoadError("x"), StatusCode.UNAVAILABLE),
     ],
 )
-def test_domain_errors_map_to_status_codes(error: BerthError, code: grpc.StatusCode) -> None:
+def test_domain_errors_map_to_status_codes(error: BerthError, code: StatusCode) -> None:
     found, details, _trailers = status_of(error)
     assert (found, details) == (code, "x")
 
@@ -268,7 +268,7 @@ def test_anything_else_is_internal_with_an_error_id_and_no_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     code, details, _ = status_of(ZeroDivisionError("secret detail"))
-    assert code is grpc.StatusCode.INTERNAL
+    assert code is StatusCode.INTERNAL
     assert "secret detail" not in details
     error_id = details.split("id ")[1].split(",")[0]
     assert error_id in caplog.text

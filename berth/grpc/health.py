@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
+from google.protobuf.message import DecodeError
 
 from berth.grpc.generated import health_pb2 as pb
+from berth.grpc.rpc import CallContext, Method, MethodTable, RpcError, StatusCode
 from berth.grpc.service import SERVICE
 from berth.serving.dataplane import DataPlane
 
@@ -27,47 +27,47 @@ class HealthService:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            HEALTH_SERVICE,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check,
-                    request_deserializer=pb.HealthCheckRequest.FromString,
-                    response_serializer=pb.HealthCheckResponse.SerializeToString,
-                ),
-                "Watch": grpc.unary_stream_rpc_method_handler(
-                    self.watch,
-                    request_deserializer=pb.HealthCheckRequest.FromString,
-                    response_serializer=pb.HealthCheckResponse.SerializeToString,
-                ),
-            },
-        )
+    def methods(self) -> MethodTable:
+        return {
+            f"/{HEALTH_SERVICE}/Check": Method(unary=self.check),
+            f"/{HEALTH_SERVICE}/Watch": Method(streaming=self.watch),
+        }
 
     def status(self) -> pb.HealthCheckResponse.ServingStatus:
         return Status.SERVING if self.dataplane.ready else Status.NOT_SERVING
 
-    async def check(
-        self, request: pb.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.HealthCheckResponse:
+    async def check(self, data: bytes, _context: CallContext) -> bytes:
+        request = _request(data)
         if request.service not in _KNOWN:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
+            raise RpcError(
+                StatusCode.NOT_FOUND,
                 f"no service '{request.service}' here; ask for '' (the server) or '{SERVICE}'",
             )
-        return pb.HealthCheckResponse(status=self.status())
+        return bytes(pb.HealthCheckResponse(status=self.status()).SerializeToString())
 
-    async def watch(
-        self, request: pb.HealthCheckRequest, _context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.HealthCheckResponse]:
+    async def watch(self, data: bytes, _context: CallContext) -> AsyncIterator[bytes]:
         """The status now, then again each time it changes, until the client hangs up."""
+        request = _request(data)
         if request.service not in _KNOWN:
-            yield pb.HealthCheckResponse(status=Status.SERVICE_UNKNOWN)
+            yield _serialized(Status.SERVICE_UNKNOWN)
             return
         last = None
         while True:
             current = self.status()
             if current != last:
-                yield pb.HealthCheckResponse(status=current)
+                yield _serialized(current)
                 last = current
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+
+
+def _request(data: bytes) -> pb.HealthCheckRequest:
+    try:
+        return pb.HealthCheckRequest.FromString(data)
+    except DecodeError as exc:
+        raise RpcError(
+            StatusCode.INVALID_ARGUMENT, f"not a grpc.health.v1.HealthCheckRequest ({exc})"
+        ) from None
+
+
+def _serialized(status: pb.HealthCheckResponse.ServingStatus) -> bytes:
+    return bytes(pb.HealthCheckResponse(status=status).SerializeToString())

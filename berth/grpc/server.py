@@ -1,17 +1,24 @@
-"""The gRPC server of one worker process: started and stopped with the app (`lifetime`)."""
+"""The gRPC server of one worker process: started and stopped with the app (`lifetime`).
+
+It listens on the worker's own event loop (`berth.grpc.http2`), beside uvicorn; every worker
+binds the same port with SO_REUSEPORT and the kernel spreads connections over them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import grpc
-
 from berth.api.services import Services
 from berth.errors import InvalidInput
+from berth.grpc.calls import Calls
 from berth.grpc.config import GrpcConfig
 from berth.grpc.health import HealthService
+from berth.grpc.http2 import Connection
+from berth.grpc.rpc import MethodTable
 from berth.grpc.service import InferenceService
 
 log = logging.getLogger("berth.grpc")
@@ -20,37 +27,65 @@ STOP_GRACE_SECONDS = 5.0
 """Calls in flight at shutdown get this long to finish, as uvicorn lets HTTP requests finish."""
 
 
-def build_server(config: GrpcConfig, svc: Services) -> grpc.aio.Server:
-    """A server with the inference and health services, bound but not started."""
-    limit = config.max_message_bytes
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            # Every worker binds the same port; the kernel spreads connections over them.
-            ("grpc.so_reuseport", 1),
-        ]
-    )
-    server.add_generic_rpc_handlers(
-        (
-            InferenceService(svc, access_log=config.access_log).handler(),
-            HealthService(svc.dataplane).handler(),
-        )
-    )
-    try:
-        if config.tls_cert is not None and config.tls_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+class GrpcServer:
+    def __init__(self, config: GrpcConfig, methods: MethodTable) -> None:
+        self.config = config
+        self.calls = Calls(methods, config.max_message_bytes)
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        try:
+            self.server = await asyncio.get_running_loop().create_server(
+                self._connection,
+                config.host,
+                config.port,
+                reuse_port=True,
+                ssl=self._tls(),
+                backlog=1024,
             )
-            server.add_secure_port(config.address, credentials)
-        else:
-            server.add_insecure_port(config.address)
-    except RuntimeError as exc:
-        raise InvalidInput(
-            f"gRPC cannot listen on {config.address} ({exc}); pick another port with "
-            "--grpc-port (BERTH_GRPC_PORT)"
-        ) from exc
-    return server
+        except OSError as exc:
+            raise InvalidInput(
+                f"gRPC cannot listen on {config.address} ({exc.strerror or exc}); pick another "
+                "port with --grpc-port (BERTH_GRPC_PORT)"
+            ) from exc
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop listening, let calls in flight finish for up to `grace` seconds, then close."""
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            connection.go_away()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def _connection(self) -> Connection:
+        connection = Connection(self.calls, self.connections.discard, self.calls.max_message_bytes)
+        self.connections.add(connection)
+        return connection
+
+    def _tls(self) -> ssl.SSLContext | None:
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        context.set_alpn_protocols(["h2"])  # gRPC clients insist on it
+        return context
+
+
+def methods_of(config: GrpcConfig, svc: Services) -> MethodTable:
+    return {
+        **InferenceService(svc, access_log=config.access_log).methods(),
+        **HealthService(svc.dataplane).methods(),
+    }
 
 
 @asynccontextmanager
@@ -59,10 +94,10 @@ async def lifetime(config: GrpcConfig, svc: Services) -> AsyncIterator[None]:
     if config.port is None:
         yield
         return
-    server = build_server(config, svc)
+    server = GrpcServer(config, methods_of(config, svc))
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s", config.address)
     try:
         yield
     finally:
-        await server.stop(STOP_GRACE_SECONDS)
+        await server.stop()

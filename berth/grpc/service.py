@@ -17,10 +17,8 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError, Message
 
 from berth import __version__
@@ -30,6 +28,7 @@ from berth.api.services import Services
 from berth.errors import InvalidInput, NotReady
 from berth.grpc import tensors
 from berth.grpc.generated import open_inference_grpc_pb2 as pb
+from berth.grpc.rpc import CallContext, Method, MethodTable, RpcError, StatusCode, Unary
 from berth.grpc.status import status_of
 from berth.observability import tracing
 from berth.observability.logging import request_context
@@ -42,10 +41,6 @@ log = logging.getLogger("berth.access")
 
 SERVICE = "inference.GRPCInferenceService"
 _SAFE_ID = re.compile(REQUEST_ID_PATTERN)
-
-Request = TypeVar("Request", bound=Message)
-Response = TypeVar("Response", bound=Message)
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass
@@ -67,20 +62,19 @@ class InferenceService:
         self.svc = svc
         self.access_log = access_log
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        methods = {
-            "ServerLive": self._unary("ServerLive", self.server_live, pb.ServerLiveRequest),
-            "ServerReady": self._unary("ServerReady", self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": self._unary("ModelReady", self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": self._unary(
-                "ServerMetadata", self.server_metadata, pb.ServerMetadataRequest
-            ),
-            "ModelMetadata": self._unary(
-                "ModelMetadata", self.model_metadata, pb.ModelMetadataRequest
-            ),
-            "ModelInfer": self._unary("ModelInfer", self.model_infer, pb.ModelInferRequest),
+    def methods(self) -> MethodTable:
+        calls: dict[str, tuple[Handler, type[Message]]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
         }
-        return grpc.method_handlers_generic_handler(SERVICE, methods)
+        return {
+            f"/{SERVICE}/{rpc}": Method(unary=self._unary(rpc, handler, request_type))
+            for rpc, (handler, request_type) in calls.items()
+        }
 
     # the calls ----------------------------------------------------------------------------
 
@@ -149,27 +143,27 @@ class InferenceService:
     async def _principal(self, call: Call) -> Principal:
         return await self.svc.auth.authenticate_caller(call.caller, credentials_in(call.metadata))
 
-    def _unary(
-        self, rpc: str, handler: Handler, request_type: type[Message]
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        async def answer(request: Message | Malformed, context: Context) -> Message:
-            return await self._answer(rpc, handler, request, context)
+    def _unary(self, rpc: str, handler: Handler, request_type: type[Message]) -> Unary:
+        async def answer(data: bytes, context: CallContext) -> bytes:
+            return await self._answer(rpc, handler, request_type, data, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            answer,
-            request_deserializer=partial(_parse, request_type),
-            response_serializer=_serialize,
-        )
+        return answer
 
     async def _answer(
-        self, rpc: str, handler: Handler, request: Message | Malformed, context: Context
-    ) -> Message:
-        metadata = text_metadata(context)
+        self,
+        rpc: str,
+        handler: Handler,
+        request_type: type[Message],
+        data: bytes,
+        context: CallContext,
+    ) -> bytes:
+        metadata = context.metadata
         request_id = _request_id(metadata)
-        call = Call(metadata, Caller(peer_address(context.peer()), f"gRPC {rpc}"), [])
+        call = Call(metadata, Caller(context.peer, f"gRPC {rpc}"), context.trailers)
         call.trailers.append(("x-request-id", request_id))
         token = PROTOCOL.set("grpc")
         started = time.perf_counter()
+        code = StatusCode.OK
         try:
             with (
                 request_context(request_id=request_id),
@@ -178,43 +172,20 @@ class InferenceService:
                 parent = tracing.traceparent()
                 if parent is not None:
                     call.trailers.append(("traceparent", parent))
-                code = grpc.StatusCode.OK
                 try:
-                    if isinstance(request, Malformed):
-                        raise InvalidInput(request.problem)
-                    response = await handler(request, call)
+                    response = await handler(_parse(request_type, data), call)
+                    return bytes(response.SerializeToString())
                 except Exception as exc:  # every failure becomes a status
                     code, details, extra = status_of(exc)
-                    trailers = (*call.trailers, *extra)
-                else:
-                    context.set_trailing_metadata(tuple(call.trailers))
-                    return response
+                    raise RpcError(code, details, extra) from None
+                except BaseException:  # the client went away, or the deadline passed
+                    code = StatusCode.CANCELLED
+                    raise
                 finally:
                     if self.access_log:
                         _log_call(rpc, code, started, call.caller.address)
-            await context.abort(code, details, trailers)
         finally:
             PROTOCOL.reset(token)
-
-
-def text_metadata(context: Context) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            found[key.lower()] = value
-    return found
-
-
-def peer_address(peer: str | None) -> str:
-    """`ipv4:127.0.0.1:5000` -> `127.0.0.1`; `ipv6:[::1]:5000` -> `::1`."""
-    if not peer:
-        return "unknown"
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    return rest or kind
 
 
 def _request_id(metadata: Mapping[str, str]) -> str:
@@ -228,29 +199,18 @@ def _tensor_metadata(document: dict[str, Any]) -> pb.ModelMetadataResponse.Tenso
     )
 
 
-@dataclass(frozen=True)
-class Malformed:
-    """A request whose bytes are not its message: answered INVALID_ARGUMENT, where gRPC's own
-    deserialization failure would be INTERNAL (the server's fault)."""
-
-    problem: str
-
-
-def _parse(request_type: type[Message], data: bytes) -> Message | Malformed:
+def _parse(request_type: type[Message], data: bytes) -> Message:
+    """The request's message; bytes that are not one are the client's error, not INTERNAL."""
     try:
         return request_type.FromString(data)
     except DecodeError as exc:
-        return Malformed(
+        raise InvalidInput(
             f"the request is not a valid {request_type.DESCRIPTOR.full_name} message ({exc}); "
             "build it from the protocol's .proto file"
-        )
+        ) from None
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
-def _log_call(rpc: str, code: grpc.StatusCode, started: float, client: str) -> None:
+def _log_call(rpc: str, code: StatusCode, started: float, client: str) -> None:
     log.info(
         "gRPC %s %s",
         rpc,

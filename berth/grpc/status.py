@@ -11,8 +11,6 @@ import logging
 import math
 import uuid
 
-import grpc
-
 from berth.errors import (
     ArtifactIntegrityError,
     BerthError,
@@ -27,39 +25,38 @@ from berth.errors import (
     TimedOut,
     Unauthenticated,
 )
+from berth.grpc.rpc import Metadata, StatusCode
 
 log = logging.getLogger("berth.grpc")
 
-CODES: dict[type[BerthError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
-    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
-    NotReady: grpc.StatusCode.UNAVAILABLE,
-    ArtifactIntegrityError: grpc.StatusCode.UNAVAILABLE,
-    ModelLoadError: grpc.StatusCode.UNAVAILABLE,
+CODES: dict[type[BerthError], StatusCode] = {
+    InvalidInput: StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: StatusCode.UNAUTHENTICATED,
+    Forbidden: StatusCode.PERMISSION_DENIED,
+    NotFound: StatusCode.NOT_FOUND,
+    Conflict: StatusCode.FAILED_PRECONDITION,
+    PayloadTooLarge: StatusCode.RESOURCE_EXHAUSTED,
+    RateLimited: StatusCode.RESOURCE_EXHAUSTED,
+    TimedOut: StatusCode.DEADLINE_EXCEEDED,
+    NotReady: StatusCode.UNAVAILABLE,
+    ArtifactIntegrityError: StatusCode.UNAVAILABLE,
+    ModelLoadError: StatusCode.UNAVAILABLE,
 }
 
-Metadata = tuple[tuple[str, str], ...]
 
-
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, Metadata]:
+def status_of(exc: BaseException) -> tuple[StatusCode, str, Metadata]:
     """The code, details and trailing metadata a call ends with when it raised `exc`."""
     if isinstance(exc, BerthError):
         for kind in type(exc).__mro__:
             if kind in CODES:
                 code = CODES[kind]
-                if code is grpc.StatusCode.UNAVAILABLE or code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                if code is StatusCode.UNAVAILABLE or code is StatusCode.DEADLINE_EXCEEDED:
                     log.warning("%s: %s", type(exc).__name__, exc.message)
                 return code, exc.message, _trailers(exc)
     error_id = uuid.uuid4().hex[:16]
     log.error("unexpected error %s", error_id, exc_info=exc)
     return (
-        grpc.StatusCode.INTERNAL,
+        StatusCode.INTERNAL,
         f"internal error; the server logged it with id {error_id}, quote it when reporting",
         (),
     )

@@ -1,0 +1,71 @@
+"""What a gRPC method sees and answers with, whatever carries it: status codes, the call's
+context and the method table's entries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class StatusCode(IntEnum):
+    """gRPC's status codes (statuscodes.md), as they travel in `grpc-status`."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class RpcError(Exception):
+    """Ends a call with `code`; `details` becomes grpc-message, `trailers` extra metadata."""
+
+    def __init__(self, code: StatusCode, details: str, trailers: Metadata = ()) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailers = trailers
+
+
+@dataclass
+class CallContext:
+    metadata: dict[str, str]
+    """The client's text metadata: lower-case names, no pseudo-headers, no `-bin` entries."""
+    peer: str
+    """The client's address."""
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    """Trailing metadata sent back whatever the outcome."""
+
+
+Unary = Callable[[bytes, CallContext], Awaitable[bytes]]
+"""A serialized request in, a serialized response out."""
+ServerStreaming = Callable[[bytes, CallContext], AsyncIterator[bytes]]
+"""A serialized request in, serialized responses out until the iterator ends."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the method table: exactly one of the two is set."""
+
+    unary: Unary | None = None
+    streaming: ServerStreaming | None = None
+
+
+MethodTable = dict[str, Method]
+"""`/package.Service/Method` to its method."""
