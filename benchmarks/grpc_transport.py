@@ -1,7 +1,8 @@
-"""The ceiling of Python's gRPC servers on this machine, with nothing behind them.
+"""The ceiling of Python gRPC servers on this machine, with nothing behind them.
 
 Two processes (as `berth serve --workers 2`) answer ModelInfer with a constant, pre-serialized
-response, once with `grpc.aio` (what Berth serves gRPC with) and once with the thread-pool server
+response: with Berth's own transport (`berth.grpc.server.GrpcServer`, what Berth serves gRPC
+with), with `grpc.aio` (what it served with before) and with grpcio's thread-pool server
 (`grpc.server`); h2load sends the iris request with 8 connections x 8 streams, as
 `make bench-grpc` does. Whatever Berth does per call comes on top of these figures, so they
 bound what its gRPC can reach against its REST (whose own ceiling is the constant route of
@@ -12,6 +13,7 @@ Usage: .venv/bin/python benchmarks/grpc_transport.py     Env: DUR=10 (seconds pe
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import sys
 import time
@@ -68,6 +70,27 @@ def serve_aio(port: int) -> None:
     uvloop.run(run())
 
 
+def serve_berth(port: int) -> None:
+    import uvloop
+
+    from berth.grpc.config import GrpcConfig
+    from berth.grpc.rpc import CallContext, Method
+    from berth.grpc.server import GrpcServer
+
+    data = answer()
+
+    async def call(_request: bytes, _context: CallContext) -> bytes:
+        return data
+
+    async def run() -> None:
+        config = GrpcConfig(port, "127.0.0.1", 64 << 20, None, None, False)
+        server = GrpcServer(config, {f"/{SERVICE}/ModelInfer": Method(unary=call)})
+        await server.start()
+        await asyncio.Event().wait()
+
+    uvloop.run(run())
+
+
 def serve_threads(port: int) -> None:
     data = answer()
     server = grpc.server(ThreadPoolExecutor(max_workers=4), options=OPTIONS)
@@ -93,7 +116,12 @@ def measure(target: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    for name, target in (("grpc.aio", serve_aio), ("grpc.server, 4 threads", serve_threads)):
+    servers = (
+        ("Berth's HTTP/2", serve_berth),
+        ("grpc.aio", serve_aio),
+        ("grpc.server, 4 threads", serve_threads),
+    )
+    for name, target in servers:
         found = measure(target)
         microseconds = 2 / found["rps"] * 1e6  # two cores' time per call
         print(

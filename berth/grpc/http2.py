@@ -113,8 +113,9 @@ class Stream:
     """The body outgrew the connection's request limit: handed over early, emptied, and what
     else arrives is dropped; the application answers with its error."""
     send_window: int = DEFAULT_WINDOW
-    pending: deque[tuple[int, bytes, bool]] = field(default_factory=deque)
-    """Frames waiting for flow control: (type, payload, end_stream)."""
+    pending: deque[tuple[int, bytes | memoryview, bool]] = field(default_factory=deque)
+    """Frames waiting for flow control: (type, payload, end_stream); DATA as a view, so that
+    sending a large message frame by frame copies each byte once."""
     unacknowledged: int = 0
     """DATA bytes received since our last WINDOW_UPDATE for this stream."""
     task: asyncio.Task[None] | None = None
@@ -175,6 +176,11 @@ class Connection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
+
+    def _start(self) -> None:
+        """Our preface, once the client's showed it speaks HTTP/2 (RFC 9113 3.4 allows the
+        wait; an HTTP/1 client then reads a plain answer, not frames)."""
+        assert self.transport is not None
         settings = (
             (MAX_CONCURRENT_STREAMS, OUR_MAX_STREAMS),
             (INITIAL_WINDOW_SIZE, OUR_STREAM_WINDOW),
@@ -224,6 +230,7 @@ class Connection(asyncio.Protocol):
                 return
             del buffer[: len(PREFACE)]
             self.preface_seen = True
+            self._start()
         offset = 0
         end = len(buffer)
         while end - offset >= _FRAME_HEADER and not self.closed:
@@ -464,7 +471,7 @@ class Connection(asyncio.Protocol):
     def send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         if stream.closed:
             return
-        stream.pending.append((FrameType.DATA, data, end_stream))
+        stream.pending.append((FrameType.DATA, memoryview(data), end_stream))
         self._flush(stream)
 
     def reset_stream(self, stream: Stream, code: ErrorCode) -> None:
@@ -473,7 +480,7 @@ class Connection(asyncio.Protocol):
             self._write(_frame(FrameType.RST_STREAM, 0, stream.id, _code(code)))
         self._forget(stream, cancel=True)
 
-    def _header_frames(self, stream_id: int, block: bytes, end_stream: bool) -> bytes:
+    def _header_frames(self, stream_id: int, block: bytes | memoryview, end_stream: bool) -> bytes:
         flags = END_STREAM if end_stream else 0
         limit = self.peer_frame_size
         if len(block) <= limit:
@@ -611,7 +618,7 @@ class Connection(asyncio.Protocol):
         self._close()
 
 
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview) -> bytes:
     return _HEAD.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 

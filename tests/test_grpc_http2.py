@@ -1,0 +1,463 @@
+"""Berth's gRPC transport (`berth.grpc.http2`, `berth.grpc.calls`) against two independent
+HTTP/2 implementations: grpcio's C core, as gRPC clients use it, and the `h2` package, which lets
+a test send exactly the frames it wants (tiny windows, padding, CONTINUATION, PING, garbage).
+
+The server runs a small method table of its own on a real socket, in a thread's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import hpack
+import pytest
+
+from berth.grpc.calls import percent_encoded
+from berth.grpc.config import GrpcConfig
+from berth.grpc.rpc import CallContext, Method, MethodTable, RpcError, StatusCode
+from berth.grpc.server import GrpcServer
+from tests.ports import free_port
+
+LIMIT = 32 << 20
+BIG = 20 << 20
+
+
+class Methods:
+    """What the test server answers; `cancelled` records calls the client abandoned."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def table(self) -> MethodTable:
+        return {
+            "/test.T/Echo": Method(unary=self.echo),
+            "/test.T/Big": Method(unary=self.big),
+            "/test.T/Slow": Method(unary=self.slow),
+            "/test.T/Fail": Method(unary=self.fail),
+            "/test.T/Refuse": Method(unary=self.refuse),
+            "/test.T/Count": Method(streaming=self.count),
+        }
+
+    async def echo(self, data: bytes, context: CallContext) -> bytes:
+        context.trailers.append(("x-seen-key", context.metadata.get("x-api-key", "")))
+        return data
+
+    async def big(self, data: bytes, _context: CallContext) -> bytes:
+        return b"b" * int(data)
+
+    async def slow(self, data: bytes, _context: CallContext) -> bytes:
+        try:
+            await asyncio.sleep(float(data))
+        except asyncio.CancelledError:
+            self.cancelled.append(data.decode())
+            raise
+        return b"done"
+
+    async def fail(self, _data: bytes, _context: CallContext) -> bytes:
+        raise ZeroDivisionError("secret detail")
+
+    async def refuse(self, _data: bytes, _context: CallContext) -> bytes:
+        raise RpcError(
+            StatusCode.NOT_FOUND, "no such thing: 100% gone, naïve", (("x-why", "test"),)
+        )
+
+    async def count(self, data: bytes, _context: CallContext) -> AsyncIterator[bytes]:
+        for index in range(int(data)):
+            yield str(index).encode()
+
+
+class Running:
+    def __init__(self, methods: Methods, limit: int = LIMIT) -> None:
+        self.methods = methods
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        config = GrpcConfig(self.port, "127.0.0.1", limit, None, None, False)
+        self.server = GrpcServer(config, methods.table())
+        self.call(self.server.start())
+
+    def call(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.call(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Running]:
+    server = Running(Methods())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(running: Running) -> Iterator[grpc.Channel]:
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}", options) as opened:
+        yield opened
+
+
+def _unary(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable:
+    return channel.unary_unary(f"/test.T/{method}")
+
+
+# through grpcio's client ---------------------------------------------------------------------
+
+
+def test_twenty_megabytes_each_way_under_flow_control(channel: grpc.Channel) -> None:
+    payload = bytes(range(256)) * (BIG // 256)
+    reply, call = _unary(channel, "Echo").with_call(
+        payload, metadata=[("x-api-key", "k1")], timeout=30
+    )
+    assert reply == payload
+    assert dict(call.trailing_metadata())["x-seen-key"] == "k1"
+    assert _unary(channel, "Big")(str(BIG).encode(), timeout=30) == b"b" * BIG
+
+
+def test_gzip_and_deflate_requests_are_decompressed(channel: grpc.Channel) -> None:
+    payload = b"iris " * 10_000
+    for compression in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        assert _unary(channel, "Echo")(payload, compression=compression, timeout=10) == payload
+
+
+def test_a_passed_deadline_is_deadline_exceeded_and_the_handler_is_cancelled(
+    running: Running, channel: grpc.Channel
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        _unary(channel, "Slow")(b"5.01", timeout=0.3)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_for(lambda: "5.01" in running.methods.cancelled)
+
+
+def test_a_client_that_cancels_cancels_the_handler(running: Running, channel: grpc.Channel) -> None:
+    future = _unary(channel, "Slow").future(b"5.02")
+    time.sleep(0.3)
+    future.cancel()
+    _wait_for(lambda: "5.02" in running.methods.cancelled)
+    assert _unary(channel, "Echo")(b"still here", timeout=5) == b"still here"
+
+
+def test_statuses_details_and_trailers_arrive(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        _unary(channel, "Refuse")(b"", timeout=5)
+    assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+    assert refused.value.details() == "no such thing: 100% gone, naïve"
+    assert dict(refused.value.trailing_metadata())["x-why"] == "test"
+    with pytest.raises(grpc.RpcError) as failed:
+        _unary(channel, "Fail")(b"", timeout=5)
+    assert failed.value.code() is grpc.StatusCode.INTERNAL
+    assert "secret" not in failed.value.details()
+    assert "logged it with id" in failed.value.details()
+    with pytest.raises(grpc.RpcError) as unknown:
+        _unary(channel, "Nothing")(b"", timeout=5)
+    assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert "/test.T/Nothing" in unknown.value.details()
+
+
+def test_a_request_over_the_limit_is_resource_exhausted() -> None:
+    server = Running(Methods(), limit=1 << 20)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as small:
+            with pytest.raises(grpc.RpcError) as raised:
+                _unary(small, "Echo")(b"x" * (2 << 20), timeout=10)
+            assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "BERTH_GRPC_MAX_MESSAGE_BYTES" in raised.value.details()
+            with pytest.raises(grpc.RpcError) as answered:
+                _unary(small, "Big")(str(2 << 20).encode(), timeout=10)
+            assert answered.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _unary(small, "Echo")(b"small", timeout=10) == b"small"
+    finally:
+        server.stop()
+
+
+def test_server_streaming_sends_every_message(channel: grpc.Channel) -> None:
+    replies = list(channel.unary_stream("/test.T/Count")(b"50", timeout=10))
+    assert replies == [str(i).encode() for i in range(50)]
+
+
+def test_stopping_lets_calls_in_flight_finish_and_refuses_new_ones() -> None:
+    server = Running(Methods())
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+        assert _unary(opened, "Echo")(b"warm", timeout=5) == b"warm"
+        future = _unary(opened, "Slow").future(b"0.5")
+        time.sleep(0.1)
+        server.stop(grace=5)
+        assert future.result(timeout=5) == b"done"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+# frame by frame, through h2 ------------------------------------------------------------------
+
+
+class RawClient:
+    def __init__(self, port: int, settings: dict[int, int] | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.initiate_connection()
+        if settings:
+            self.h2.update_settings(settings)
+        self.flush()
+        self.events: list[h2.events.Event] = []
+
+    def flush(self) -> None:
+        self.sock.sendall(self.h2.data_to_send())
+
+    def request(self, path: str, message: bytes, **headers: str) -> int:
+        stream = self.h2.get_next_available_stream_id()
+        fields = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "test"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *headers.items(),
+        ]
+        self.h2.send_headers(stream, fields)
+        self.h2.send_data(stream, struct.pack(">BI", 0, len(message)) + message, end_stream=True)
+        self.flush()
+        return stream
+
+    def until(self, done: Any, acknowledge: bool = True) -> list[h2.events.Event]:
+        """Read until `done(events)`; DATA is acknowledged as read, as a client would."""
+        while not done(self.events):
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            for event in self.h2.receive_data(data):
+                self.events.append(event)
+                if isinstance(event, h2.events.DataReceived) and acknowledge:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.flush()
+        return self.events
+
+    def answer(self, stream: int) -> tuple[bytes, dict[str, str]]:
+        self.until(lambda events: any(_ended(e, stream) for e in events))
+        body = b"".join(
+            e.data
+            for e in self.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == stream
+        )
+        trailers: dict[str, str] = {}
+        for event in self.events:
+            answered = isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived)
+            if answered and event.stream_id == stream:
+                trailers.update(dict(event.headers))
+        return body[5:], trailers
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ended(event: h2.events.Event, stream: int) -> bool:
+    return isinstance(event, h2.events.StreamEnded | h2.events.StreamReset) and (
+        event.stream_id == stream
+    )
+
+
+@pytest.fixture
+def raw(running: Running) -> Iterator[RawClient]:
+    client = RawClient(running.port)
+    yield client
+    client.close()
+
+
+def test_a_client_with_tiny_windows_gets_the_whole_answer(running: Running) -> None:
+    client = RawClient(running.port, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    try:
+        stream = client.request("/test.T/Big", b"300000")
+        body, trailers = client.answer(stream)
+        sizes = [len(e.data) for e in client.events if isinstance(e, h2.events.DataReceived)]
+    finally:
+        client.close()
+    assert body == b"b" * 300_000
+    assert trailers["grpc-status"] == "0"
+    assert max(sizes) <= 1000  # h2 itself fails the connection on any window overrun
+
+
+def test_ping_is_answered_with_its_payload(raw: RawClient) -> None:
+    raw.h2.ping(b"berth!!!")
+    raw.flush()
+    events = raw.until(lambda ev: any(isinstance(e, h2.events.PingAckReceived) for e in ev))
+    ack = next(e for e in events if isinstance(e, h2.events.PingAckReceived))
+    assert ack.ping_data == b"berth!!!"
+
+
+def test_padded_data_and_a_header_block_in_continuations(running: Running) -> None:
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+    try:
+        encoder = hpack.Encoder()
+        block = encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/test.T/Echo"),
+                (":authority", "test"),
+                ("content-type", "application/grpc"),
+                ("x-api-key", "k" * 40_000),  # a block far over one frame of 16 KiB
+            ]
+        )
+        parts = [block[i : i + 16_384] for i in range(0, len(block), 16_384)]
+        message = struct.pack(">BI", 0, 5) + b"hello"
+        padded = bytes([7]) + message + b"\0" * 7
+        frames = [_frame(4, 0, 0, b""), _frame(1, 0, 1, parts[0])]
+        frames += [
+            _frame(9, 4 if i == len(parts) - 1 else 0, 1, p) for i, p in enumerate(parts[1:], 1)
+        ]
+        frames.append(_frame(0, 0x1 | 0x8, 1, padded))
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"".join(frames))
+        ending: list[bool] = []
+
+        def trailers_end(frame: tuple[int, int, int, bytes]) -> bool:
+            if frame[0] == 1 and frame[1] & 0x1:  # HEADERS with END_STREAM: the trailers
+                ending.append(True)
+            return bool(ending) and frame[0] in (1, 9) and bool(frame[1] & 0x4)
+
+        received = _read_frames(sock, until=trailers_end)
+    finally:
+        sock.close()
+    data = b"".join(
+        payload for kind, _flags, stream, payload in received if kind == 0 and stream == 1
+    )
+    assert data[5:] == b"hello"
+    blocks: list[bytes] = []
+    for kind, _flags, _stream, payload in received:
+        if kind == 1:
+            blocks.append(payload)
+        elif kind == 9:  # our trailers are over the client's frame size too
+            blocks[-1] += payload
+    decoder = hpack.Decoder()
+    trailers = [decoder.decode(block) for block in blocks][-1]
+    assert ("grpc-status", "0") in trailers
+    assert ("x-seen-key", "k" * 40_000) in trailers
+    assert any(kind == 9 for kind, *_ in received)
+
+
+def test_http1_on_the_grpc_port_is_told_what_the_port_speaks(running: Running) -> None:
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 505")
+    assert b"speaks gRPC over HTTP/2" in answer
+
+
+def test_a_request_that_is_no_grpc_call_gets_an_http_status(raw: RawClient) -> None:
+    stream = raw.h2.get_next_available_stream_id()
+    raw.h2.send_headers(
+        stream,
+        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
+         (":authority", "t"), ("content-type", "application/json")],
+        end_stream=True,
+    )  # fmt: skip
+    raw.flush()
+    raw.until(lambda events: any(_ended(e, stream) for e in events))
+    response = next(e for e in raw.events if isinstance(e, h2.events.ResponseReceived))
+    assert dict(response.headers)[":status"] == "415"
+
+
+def test_a_protocol_violation_ends_the_connection_with_goaway(running: Running) -> None:
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"") + _frame(0, 0, 0, b"xx")
+        )
+        received = _read_frames(sock, until=lambda frame: frame[0] == 7)
+    goaway = received[-1]
+    assert goaway[0] == 7
+    assert struct.unpack(">I", goaway[3][4:8])[0] == 1  # PROTOCOL_ERROR
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as fresh:
+        assert _unary(fresh, "Echo")(b"unharmed", timeout=5) == b"unharmed"
+
+
+def test_a_bad_deadline_and_a_missing_message_are_the_clients_errors(raw: RawClient) -> None:
+    stream = raw.request("/test.T/Echo", b"x", **{"grpc-timeout": "soon"})
+    _, trailers = raw.answer(stream)
+    assert trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT.value)
+    assert "grpc-timeout" in trailers["grpc-message"]
+    empty = raw.h2.get_next_available_stream_id()
+    raw.h2.send_headers(
+        empty,
+        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
+         (":authority", "t"), ("content-type", "application/grpc")],
+        end_stream=True,
+    )  # fmt: skip
+    raw.flush()
+    _, trailers = raw.answer(empty)
+    assert trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT.value)
+
+
+def test_an_unknown_encoding_is_unimplemented_with_the_ones_accepted(raw: RawClient) -> None:
+    stream = raw.h2.get_next_available_stream_id()
+    raw.h2.send_headers(
+        stream,
+        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
+         (":authority", "t"), ("content-type", "application/grpc"), ("grpc-encoding", "snappy")],
+    )  # fmt: skip
+    raw.h2.send_data(stream, struct.pack(">BI", 1, 3) + b"abc", end_stream=True)
+    raw.flush()
+    _, trailers = raw.answer(stream)
+    assert trailers["grpc-status"] == str(StatusCode.UNIMPLEMENTED.value)
+    assert "gzip" in trailers["grpc-accept-encoding"]
+    gzipped = raw.h2.get_next_available_stream_id()
+    raw.h2.send_headers(
+        gzipped,
+        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
+         (":authority", "t"), ("content-type", "application/grpc"), ("grpc-encoding", "gzip")],
+    )  # fmt: skip
+    packed = gzip.compress(b"abc")
+    raw.h2.send_data(gzipped, struct.pack(">BI", 1, len(packed)) + packed, end_stream=True)
+    raw.flush()
+    assert raw.answer(gzipped)[0] == b"abc"
+
+
+def test_grpc_message_is_percent_encoded() -> None:
+    assert percent_encoded("100% naïve\n") == "100%25 na%C3%AFve%0A"
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return struct.pack(">I B I", (len(payload) << 8) | kind, flags, stream) + payload
+
+
+def _read_frames(sock: socket.socket, until: Any) -> list[tuple[int, int, int, bytes]]:
+    buffer = b""
+    frames: list[tuple[int, int, int, bytes]] = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return frames
+        buffer += chunk
+        while len(buffer) >= 9:
+            word, flags, stream = struct.unpack(">I B I", buffer[:9])
+            length = word >> 8
+            if len(buffer) < 9 + length:
+                break
+            frame = (word & 0xFF, flags, stream & 0x7FFF_FFFF, buffer[9 : 9 + length])
+            buffer = buffer[9 + length :]
+            frames.append(frame)
+            if until(frame):
+                return frames
+
+
+def _wait_for(check: Any, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition never held")
+        time.sleep(0.02)
