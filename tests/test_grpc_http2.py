@@ -293,6 +293,38 @@ def test_a_client_with_tiny_windows_gets_the_whole_answer(running: Running) -> N
     assert max(sizes) <= 1000  # h2 itself fails the connection on any window overrun
 
 
+def test_requests_still_arriving_are_held_within_a_budget_without_deadlock() -> None:
+    server = Running(Methods(), limit=1 << 20)  # a budget of 2 x 1 MiB + 1 MiB a connection
+    client = RawClient(server.port)
+    try:
+        client.until(lambda ev: any(isinstance(e, h2.events.WindowUpdated) for e in ev))
+        size = 1_000_000
+        streams = []
+        for _ in range(4):
+            stream = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(
+                stream,
+                [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
+                 (":authority", "t"), ("content-type", "application/grpc")],
+            )  # fmt: skip
+            client.h2.send_data(stream, struct.pack(">BI", 0, size) + b"a" * 900_000)
+            client.flush()
+            streams.append(stream)
+        refused = client.until(
+            lambda events: any(isinstance(e, h2.events.StreamReset) for e in events)
+        )
+        reset = next(e for e in refused if isinstance(e, h2.events.StreamReset))
+        assert (reset.stream_id, reset.error_code) == (streams[3], 7)  # REFUSED_STREAM
+        for stream in streams[:3]:
+            client.h2.send_data(stream, b"a" * (size - 900_000), end_stream=True)
+            client.flush()
+            body, trailers = client.answer(stream)
+            assert (len(body), trailers["grpc-status"]) == (size, "0")
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_ping_is_answered_with_its_payload(raw: RawClient) -> None:
     raw.h2.ping(b"berth!!!")
     raw.flush()

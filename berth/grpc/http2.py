@@ -144,6 +144,11 @@ class Connection(asyncio.Protocol):
         self.on_request = on_request
         self.on_close = on_close
         self.max_request_bytes = max_request_bytes
+        # Our windows come back as bytes arrive, so what bounds the memory of requests still
+        # arriving is this budget: over it, the stream that grew is refused (REFUSED_STREAM,
+        # which clients retry) and the others go on, so no mix of large requests deadlocks.
+        self.buffer_budget = 2 * max_request_bytes + (1 << 20)
+        self.buffered = 0
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.buffer = bytearray()
@@ -301,10 +306,14 @@ class Connection(asyncio.Protocol):
             return
         if not stream.oversized:
             stream.body += data
+            self.buffered += len(data)
             if len(stream.body) > self.max_request_bytes:
                 stream.oversized = True
-                stream.body = bytearray()
+                self._release(stream)
                 self.on_request(stream)
+            elif self.buffered > self.buffer_budget:
+                self.reset_stream(stream, ErrorCode.REFUSED_STREAM)
+                return
         if flags & END_STREAM:
             self._complete(stream)
         elif stream.unacknowledged >= OUR_STREAM_WINDOW // 2:
@@ -376,6 +385,7 @@ class Connection(asyncio.Protocol):
 
     def _complete(self, stream: Stream) -> None:
         stream.received_all = True
+        self.buffered -= len(stream.body)  # the application's now
         if not stream.oversized:  # else the application has it already
             self.on_request(stream)
 
@@ -548,7 +558,13 @@ class Connection(asyncio.Protocol):
             self._write(_frame(FrameType.RST_STREAM, 0, stream.id, _code(ErrorCode.NO_ERROR)))
         self._forget(stream, cancel=False)
 
+    def _release(self, stream: Stream) -> None:
+        self.buffered -= len(stream.body)
+        stream.body = bytearray()
+
     def _forget(self, stream: Stream, cancel: bool) -> None:
+        if not stream.received_all:
+            self._release(stream)
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
         stream.pending.clear()
