@@ -31,6 +31,7 @@ from berth.api.coalesced_writes import CoalescingHttpToolsProtocol
 from berth.cli.worker_processes import fork_workers_from_this_process
 from berth.config import Settings, load_settings
 from berth.observability.logging import configure_logging, logging_config
+from berth.observability.multiprocess_values import use_cached_pid
 
 log = logging.getLogger("berth.serve")
 
@@ -104,6 +105,7 @@ def _worker_metrics(workers: int) -> Iterator[str | None]:
     path = tempfile.mkdtemp(prefix="berth-metrics-")
     previous = os.environ.get(MULTIPROCESS_ENV)
     os.environ[MULTIPROCESS_ENV] = path
+    use_cached_pid()
     try:
         yield path
     finally:
