@@ -220,18 +220,24 @@ class RawClient:
     def flush(self) -> None:
         self.sock.sendall(self.h2.data_to_send())
 
-    def request(self, path: str, message: bytes, **headers: str) -> int:
+    def open(self, path: str, end_stream: bool = False, **headers: str) -> int:
+        """A new stream with a call's headers (`content_type` overrides the gRPC one)."""
         stream = self.h2.get_next_available_stream_id()
         fields = [
             (":method", "POST"),
             (":scheme", "http"),
             (":path", path),
             (":authority", "test"),
-            ("content-type", "application/grpc"),
+            ("content-type", headers.pop("content_type", "application/grpc")),
             ("te", "trailers"),
             *headers.items(),
         ]
-        self.h2.send_headers(stream, fields)
+        self.h2.send_headers(stream, fields, end_stream=end_stream)
+        self.flush()
+        return stream
+
+    def request(self, path: str, message: bytes, **headers: str) -> int:
+        stream = self.open(path, **headers)
         self.h2.send_data(stream, struct.pack(">BI", 0, len(message)) + message, end_stream=True)
         self.flush()
         return stream
@@ -301,12 +307,7 @@ def test_requests_still_arriving_are_held_within_a_budget_without_deadlock() -> 
         size = 1_000_000
         streams = []
         for _ in range(4):
-            stream = client.h2.get_next_available_stream_id()
-            client.h2.send_headers(
-                stream,
-                [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
-                 (":authority", "t"), ("content-type", "application/grpc")],
-            )  # fmt: skip
+            stream = client.open("/test.T/Echo")
             client.h2.send_data(stream, struct.pack(">BI", 0, size) + b"a" * 900_000)
             client.flush()
             streams.append(stream)
@@ -392,14 +393,7 @@ def test_http1_on_the_grpc_port_is_told_what_the_port_speaks(running: Running) -
 
 
 def test_a_request_that_is_no_grpc_call_gets_an_http_status(raw: RawClient) -> None:
-    stream = raw.h2.get_next_available_stream_id()
-    raw.h2.send_headers(
-        stream,
-        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
-         (":authority", "t"), ("content-type", "application/json")],
-        end_stream=True,
-    )  # fmt: skip
-    raw.flush()
+    stream = raw.open("/test.T/Echo", end_stream=True, content_type="application/json")
     raw.until(lambda events: any(_ended(e, stream) for e in events))
     response = next(e for e in raw.events if isinstance(e, h2.events.ResponseReceived))
     assert dict(response.headers)[":status"] == "415"
@@ -423,36 +417,19 @@ def test_a_bad_deadline_and_a_missing_message_are_the_clients_errors(raw: RawCli
     _, trailers = raw.answer(stream)
     assert trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT.value)
     assert "grpc-timeout" in trailers["grpc-message"]
-    empty = raw.h2.get_next_available_stream_id()
-    raw.h2.send_headers(
-        empty,
-        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
-         (":authority", "t"), ("content-type", "application/grpc")],
-        end_stream=True,
-    )  # fmt: skip
-    raw.flush()
+    empty = raw.open("/test.T/Echo", end_stream=True)
     _, trailers = raw.answer(empty)
     assert trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT.value)
 
 
 def test_an_unknown_encoding_is_unimplemented_with_the_ones_accepted(raw: RawClient) -> None:
-    stream = raw.h2.get_next_available_stream_id()
-    raw.h2.send_headers(
-        stream,
-        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
-         (":authority", "t"), ("content-type", "application/grpc"), ("grpc-encoding", "snappy")],
-    )  # fmt: skip
+    stream = raw.open("/test.T/Echo", **{"grpc-encoding": "snappy"})
     raw.h2.send_data(stream, struct.pack(">BI", 1, 3) + b"abc", end_stream=True)
     raw.flush()
     _, trailers = raw.answer(stream)
     assert trailers["grpc-status"] == str(StatusCode.UNIMPLEMENTED.value)
     assert "gzip" in trailers["grpc-accept-encoding"]
-    gzipped = raw.h2.get_next_available_stream_id()
-    raw.h2.send_headers(
-        gzipped,
-        [(":method", "POST"), (":scheme", "http"), (":path", "/test.T/Echo"),
-         (":authority", "t"), ("content-type", "application/grpc"), ("grpc-encoding", "gzip")],
-    )  # fmt: skip
+    gzipped = raw.open("/test.T/Echo", **{"grpc-encoding": "gzip"})
     packed = gzip.compress(b"abc")
     raw.h2.send_data(gzipped, struct.pack(">BI", 1, len(packed)) + packed, end_stream=True)
     raw.flush()
