@@ -28,6 +28,7 @@ from berth.grpc.calls import percent_encoded
 from berth.grpc.config import GrpcConfig
 from berth.grpc.rpc import CallContext, Method, MethodTable, RpcError, StatusCode
 from berth.grpc.server import GrpcServer
+from berth.grpc.service import _request_id
 from tests.ports import free_port
 
 LIMIT = 32 << 20
@@ -182,6 +183,8 @@ def test_a_request_over_the_limit_is_resource_exhausted() -> None:
                 _unary(small, "Big")(str(2 << 20).encode(), timeout=10)
             assert answered.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert _unary(small, "Echo")(b"small", timeout=10) == b"small"
+            exactly = b"x" * (1 << 20)  # the limit is the message's, not its 5-byte prefix's
+            assert _unary(small, "Echo")(exactly, timeout=10) == exactly
     finally:
         server.stop()
 
@@ -377,6 +380,7 @@ def test_padded_data_and_a_header_block_in_continuations(running: Running) -> No
             blocks.append(payload)
         elif kind == 9:  # our trailers are over the client's frame size too
             blocks[-1] += payload
+    assert blocks[0][0] == 0x20  # a table size of 0 opens our first block: we never index
     decoder = hpack.Decoder()
     trailers = [decoder.decode(block) for block in blocks][-1]
     assert ("grpc-status", "0") in trailers
@@ -434,6 +438,86 @@ def test_an_unknown_encoding_is_unimplemented_with_the_ones_accepted(raw: RawCli
     raw.h2.send_data(gzipped, struct.pack(">BI", 1, len(packed)) + packed, end_stream=True)
     raw.flush()
     assert raw.answer(gzipped)[0] == b"abc"
+
+
+def test_a_client_that_reads_nothing_stops_being_read(running: Running) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", running.port))
+    sock.setblocking(False)
+    pings = _frame(6, 0, 0, b"12345678") * 4096  # 68 KiB of PINGs, each owed an ACK
+    sent = 0
+    deadline = time.monotonic() + 3
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b""))
+        while time.monotonic() < deadline and sent < 64 << 20:
+            try:
+                sent += sock.send(pings)
+            except BlockingIOError:
+                time.sleep(0.01)
+
+        async def owed() -> int:
+            return max(c.transport.get_write_buffer_size() for c in running.server.connections)
+
+        buffered = running.call(owed())
+    finally:
+        sock.close()
+    assert buffered < 1 << 20, (buffered, sent)  # without the pause: about all it was sent
+
+
+def test_trailers_on_a_stream_answered_early_are_ignored() -> None:
+    server = Running(Methods(), limit=1 << 20)
+    encoder = hpack.Encoder()
+
+    def headers(path: str) -> bytes:
+        return encoder.encode(
+            [(":method", "POST"), (":scheme", "http"), (":path", path),
+             (":authority", "t"), ("content-type", "application/grpc")]
+        )  # fmt: skip
+
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            slow = struct.pack(">BI", 0, 3) + b"0.5"
+            chunk = b"a" * 700_000
+            sock.sendall(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"")
+                + _frame(1, 4, 1, headers("/test.T/Slow")) + _frame(0, 1, 1, slow)
+                + _frame(1, 4, 3, headers("/test.T/Echo"))
+                + _frame(0, 0, 3, struct.pack(">BI", 0, 1_400_000) + chunk) + _frame(0, 0, 3, chunk)
+            )  # fmt: skip
+            _read_frames(sock, until=lambda frame: frame[0] == 3 and frame[2] == 3)
+            sock.sendall(_frame(1, 5, 3, encoder.encode([("x-trailer", "late")])))
+            received = _read_frames(sock, until=lambda f: f[0] == 1 and f[1] & 1 and f[2] == 1)
+    finally:
+        server.stop()
+    assert not any(kind == 7 for kind, *_ in received)  # no GOAWAY
+    assert b"done" in b"".join(p for kind, _f, stream, p in received if kind == 0 and stream == 1)
+
+
+def test_a_block_of_table_size_updates_is_refused_at_once(running: Running) -> None:
+    block = b"\x20" * 10_000 + hpack.Encoder().encode([(":method", "POST")])
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"") + _frame(1, 5, 1, block)
+        )
+        received = _read_frames(sock, until=lambda frame: frame[0] == 7)
+    assert time.monotonic() - started < 1
+    assert struct.unpack(">I", received[-1][3][4:8])[0] == 9  # COMPRESSION_ERROR
+
+
+def test_a_value_with_a_line_break_refuses_the_stream_not_the_connection(raw: RawClient) -> None:
+    raw.h2.config.validate_outbound_headers = False  # h2 itself would refuse to send it
+    stream = raw.open("/test.T/Echo", end_stream=True, **{"x-request-id": "abc\nset-cookie: x"})
+    raw.until(lambda events: any(_ended(e, stream) for e in events))
+    reset = next(e for e in raw.events if isinstance(e, h2.events.StreamReset))
+    assert reset.error_code == 1  # PROTOCOL_ERROR
+    assert raw.answer(raw.request("/test.T/Echo", b"fine"))[0] == b"fine"
+
+
+def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
+    assert _request_id({"x-request-id": "abc\n"}) != "abc\n"
+    assert _request_id({"x-request-id": "abc"}) == "abc"
 
 
 def test_grpc_message_is_percent_encoded() -> None:

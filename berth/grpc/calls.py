@@ -64,13 +64,16 @@ class Calls:
             if timeout is None:
                 await self._run(method, request, context, answer)
             else:
-                # The deadline's cancellation comes out of the block as TimeoutError.
-                async with asyncio.timeout(timeout):
-                    await self._run(method, request, context, answer)
+                try:
+                    # The deadline's cancellation comes out of the block as TimeoutError.
+                    async with asyncio.timeout(timeout):
+                        await self._run(method, request, context, answer)
+                except TimeoutError:
+                    raise RpcError(
+                        StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed"
+                    ) from None
         except RpcError as exc:
             answer.end(exc.code, exc.details, (*context.trailers, *exc.trailers))
-        except TimeoutError:
-            answer.end(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed", ())
         except Exception as exc:  # a bug: the client gets an id, the log the traceback
             error_id = uuid.uuid4().hex[:16]
             log.error("unexpected error %s", error_id, exc_info=exc)
@@ -95,7 +98,7 @@ class Calls:
         limit = self.max_message_bytes
         if stream.oversized:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, _too_large("request", None, limit))
-        body = stream.body
+        body = stream.take_body()  # the stream keeps no copy while the call runs
         if len(body) < _PREFIX.size:
             raise RpcError(
                 StatusCode.INVALID_ARGUMENT,
@@ -111,6 +114,11 @@ class Calls:
                 f"prefix of {length}; a unary call carries exactly one message",
             )
         message = bytes(body[_PREFIX.size :])
+        if compressed > 1:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"the message's compressed flag is {compressed}; it is 0 or 1",
+            )
         if not compressed:
             return message
         return _decompress(message, stream.headers.get("grpc-encoding", "identity"), limit)
@@ -128,7 +136,10 @@ def _http_refusal(headers: Headers) -> int | None:
     """The HTTP status for a request that is no gRPC call at all."""
     if headers.get(":method") != "POST":
         return 405
-    if not headers.get("content-type", "").startswith("application/grpc"):
+    content_type = headers.get("content-type", "")
+    if content_type != "application/grpc" and not content_type.startswith(
+        ("application/grpc+", "application/grpc;")
+    ):
         return 415
     return None
 

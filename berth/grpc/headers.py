@@ -13,6 +13,7 @@ SETTINGS_HEADER_TABLE_SIZE does not concern us.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import hpack
@@ -22,10 +23,15 @@ Headers = dict[str, str]
 MAX_HEADER_LIST_BYTES = 64 * 1024
 """Largest header list a request may carry (SETTINGS_MAX_HEADER_LIST_SIZE, advertised)."""
 _CACHE_ENTRIES = 64
+_FORBIDDEN_IN_VALUES = re.compile(r"[\r\n\x00]")
 
 
 class HeaderError(Exception):
     """A header block that cannot be decoded: a connection error (COMPRESSION_ERROR)."""
+
+
+class MalformedHeaders(Exception):
+    """Decoded, but not a valid request's headers (RFC 9113 8.2.1): the stream is refused."""
 
 
 class HeaderDecoder:
@@ -40,18 +46,27 @@ class HeaderDecoder:
         cached = self._cache.get(block)
         if cached is not None:
             return cached.copy()
+        if _leading_size_updates(block) > 2:
+            # RFC 7541 4.2 allows two; hpack would spend a loop step on each of thousands.
+            raise HeaderError("more than two dynamic table size updates in one block")
         try:
             fields = self._decoder.decode(block, raw=True)
         except hpack.HPACKError as exc:
             raise HeaderError(f"undecodable header block ({type(exc).__name__})") from exc
         headers: Headers = {}
+        malformed = False
         for raw_name, raw_value in fields:
             name = bytes(raw_name).decode("latin-1")
             value = bytes(raw_value).decode("latin-1")
+            if _FORBIDDEN_IN_VALUES.search(value) or name != name.lower():
+                malformed = True
             if name in headers:
                 headers[name] = f"{headers[name]}, {value}"
             else:
                 headers[name] = value
+        if malformed:
+            self._cache.clear()
+            raise MalformedHeaders("a header name in capitals, or CR, LF or NUL in a value")
         if _only_one_byte_references(block):
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()
@@ -61,12 +76,26 @@ class HeaderDecoder:
         return headers
 
 
+def _leading_size_updates(block: bytes) -> int:
+    """How many dynamic table size updates (001xxxxx, 5-bit prefix integers) open the block."""
+    count = index = 0
+    while index < len(block) and block[index] & 0xE0 == 0x20 and count <= 2:
+        count += 1
+        if block[index] & 0x1F == 0x1F:  # the integer goes on in bytes with the top bit set
+            index += 1
+            while index < len(block) and block[index] & 0x80:
+                index += 1
+        index += 1
+    return count
+
+
 def _only_one_byte_references(block: bytes) -> bool:
     # An indexed field is 1xxxxxxx; 0xff would continue the index into a second byte.
     return all(0x80 <= byte < 0xFF for byte in block)
 
 
 STATUS_200 = b"\x88"  # `:status: 200`, static table entry 8
+TABLE_SIZE_ZERO = b"\x20"  # a dynamic table size update to 0
 
 
 def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:

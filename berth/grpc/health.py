@@ -49,8 +49,9 @@ class HealthService:
         """The status now, then again each time it changes, until the client hangs up."""
         request = _request(data)
         if request.service not in _KNOWN:
+            # The health protocol: say so, and keep the call open (the service may appear).
             yield _serialized(Status.SERVICE_UNKNOWN)
-            return
+            await asyncio.Event().wait()
         last = None
         while True:
             current = self.status()

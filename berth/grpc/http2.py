@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import cast
 
-from berth.grpc.headers import MAX_HEADER_LIST_BYTES, HeaderDecoder, HeaderError, Headers
+from berth.grpc.headers import (
+    MAX_HEADER_LIST_BYTES,
+    TABLE_SIZE_ZERO,
+    HeaderDecoder,
+    HeaderError,
+    Headers,
+    MalformedHeaders,
+)
 
 log = logging.getLogger("berth.grpc")
 
@@ -85,8 +92,11 @@ OUR_FRAME_SIZE = 1 << 20
 OUR_STREAM_WINDOW = 8 << 20
 OUR_CONNECTION_WINDOW = 64 << 20
 OUR_MAX_STREAMS = 1000
-MAX_HEADER_BLOCK_BYTES = 4 * MAX_HEADER_LIST_BYTES
-"""A header block (HEADERS and its CONTINUATIONs) larger than this ends the connection."""
+MAX_HEADER_BLOCK_BYTES = MAX_HEADER_LIST_BYTES
+"""A header block (HEADERS and its CONTINUATIONs) larger than this ends the connection: encoded,
+a list within MAX_HEADER_LIST_BYTES is no larger."""
+CLOSE_TIMEOUT_SECONDS = 2.0
+"""A closing connection whose peer reads nothing is cut off after this long."""
 
 
 class ConnectionError_(Exception):
@@ -118,6 +128,9 @@ class Stream:
     sending a large message frame by frame copies each byte once."""
     unacknowledged: int = 0
     """DATA bytes received since our last WINDOW_UPDATE for this stream."""
+    held: int = 0
+    """Request bytes counted in the connection's budget until the stream ends (the application
+    may take `body` away before that; its message is alive while the call runs)."""
     task: asyncio.Task[None] | None = None
 
     def send_headers(self, block: bytes, end_stream: bool = False) -> None:
@@ -128,6 +141,11 @@ class Stream:
 
     def reset(self, code: ErrorCode = ErrorCode.CANCEL) -> None:
         self.connection.reset_stream(self, code)
+
+    def take_body(self) -> bytearray:
+        """The request's bytes, handed over (they stay counted until the stream ends)."""
+        body, self.body = self.body, bytearray()
+        return body
 
 
 RequestHandler = Callable[[Stream], None]
@@ -149,6 +167,10 @@ class Connection(asyncio.Protocol):
         # which clients retry) and the others go on, so no mix of large requests deadlocks.
         self.buffer_budget = 2 * max_request_bytes + (1 << 20)
         self.buffered = 0
+        # Streams the client reset while their call still runs: counted against the stream limit
+        # until the call ends, so resetting streams at once does not multiply work in flight.
+        self.cancelled_running = 0
+        self.table_size_sent = False
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.buffer = bytearray()
@@ -221,6 +243,16 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
+    def pause_writing(self) -> None:
+        # The peer reads less than it asks for (PINGs, requests): read nothing more until it
+        # catches up, so what we owe it cannot grow without bound.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
     # reading ----------------------------------------------------------------------------
 
     def _read_frames(self) -> None:
@@ -275,7 +307,7 @@ class Connection(asyncio.Protocol):
         elif kind == FrameType.RST_STREAM:
             self._rst_stream(stream_id, payload)
         elif kind == FrameType.GOAWAY:
-            self._goaway(stream_id)
+            self._goaway(stream_id, payload)
         elif kind == FrameType.PRIORITY:
             if stream_id == 0 or len(payload) != 5:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "malformed PRIORITY")
@@ -306,6 +338,7 @@ class Connection(asyncio.Protocol):
             return
         if not stream.oversized:
             stream.body += data
+            stream.held += len(data)
             self.buffered += len(data)
             if len(stream.body) > self.max_request_bytes:
                 stream.oversized = True
@@ -338,7 +371,11 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         fragment = _unpad(flags, payload)
         if flags & PRIORITY:
+            if len(fragment) < 5:
+                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "HEADERS too short for PRIORITY")
             fragment = fragment[5:]
+        if len(fragment) > MAX_HEADER_BLOCK_BYTES:
+            raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, "a header block is too large")
         if flags & END_HEADERS:
             self._header_block(stream_id, bool(flags & END_STREAM), fragment)
         else:
@@ -356,26 +393,34 @@ class Connection(asyncio.Protocol):
             self._header_block(stream_id, end_stream, bytes(block))
 
     def _header_block(self, stream_id: int, end_stream: bool, block: bytes) -> None:
+        headers: Headers | None
         try:
-            headers = self.decoder.decode(block)
+            headers = self.decoder.decode(block)  # always: the table must stay in step
         except HeaderError as exc:
             raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, str(exc)) from exc
+        except MalformedHeaders:
+            headers = None
         stream = self.streams.get(stream_id)
         if stream is not None:
             # Trailers from the client: gRPC requests have none worth keeping.
             if stream.received_all:
                 self.reset_stream(stream, ErrorCode.STREAM_CLOSED)
-            elif not end_stream:
+            elif not end_stream or headers is None:
                 self.reset_stream(stream, ErrorCode.PROTOCOL_ERROR)
             else:
                 self._complete(stream)
             return
-        if stream_id % 2 == 0 or stream_id <= self.last_stream_id:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"stream {stream_id} is not new")
+        if stream_id % 2 == 0:
+            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"stream {stream_id} is even")
+        if stream_id <= self.last_stream_id:
+            return  # a stream we ended or refused: what the client still sends is ignored
         self.last_stream_id = stream_id
         if self.going_away:
             return  # beyond GOAWAY: ignored, the client retries elsewhere
-        if len(self.streams) >= OUR_MAX_STREAMS:
+        if headers is None:
+            self._write(_frame(FrameType.RST_STREAM, 0, stream_id, _code(ErrorCode.PROTOCOL_ERROR)))
+            return
+        if len(self.streams) + self.cancelled_running >= OUR_MAX_STREAMS:
             self._write(_frame(FrameType.RST_STREAM, 0, stream_id, _code(ErrorCode.REFUSED_STREAM)))
             return
         stream = Stream(stream_id, self, headers, send_window=self.peer_stream_window)
@@ -385,7 +430,6 @@ class Connection(asyncio.Protocol):
 
     def _complete(self, stream: Stream) -> None:
         stream.received_all = True
-        self.buffered -= len(stream.body)  # the application's now
         if not stream.oversized:  # else the application has it already
             self.on_request(stream)
 
@@ -407,6 +451,8 @@ class Connection(asyncio.Protocol):
                 self.peer_stream_window = value
                 for stream in self.streams.values():
                     stream.send_window += change
+                    if stream.send_window > MAX_WINDOW:
+                        raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
                     raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
@@ -460,9 +506,11 @@ class Connection(asyncio.Protocol):
             stream.closed = True
             self._forget(stream, cancel=True)
 
-    def _goaway(self, stream_id: int) -> None:
+    def _goaway(self, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY of a wrong length")
         self.going_away = True
         self._close_when_idle()
 
@@ -491,6 +539,11 @@ class Connection(asyncio.Protocol):
         self._forget(stream, cancel=True)
 
     def _header_frames(self, stream_id: int, block: bytes | memoryview, end_stream: bool) -> bytes:
+        if not self.table_size_sent:
+            # A dynamic table size of 0, once: we never index, and a peer that set its
+            # SETTINGS_HEADER_TABLE_SIZE below the default expects such an update (RFC 7541 4.2).
+            block = TABLE_SIZE_ZERO + block
+            self.table_size_sent = True
         flags = END_STREAM if end_stream else 0
         limit = self.peer_frame_size
         if len(block) <= limit:
@@ -559,19 +612,24 @@ class Connection(asyncio.Protocol):
         self._forget(stream, cancel=False)
 
     def _release(self, stream: Stream) -> None:
-        self.buffered -= len(stream.body)
+        self.buffered -= stream.held
+        stream.held = 0
         stream.body = bytearray()
 
     def _forget(self, stream: Stream, cancel: bool) -> None:
-        if not stream.received_all:
-            self._release(stream)
+        self._release(stream)
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
         stream.pending.clear()
         if cancel and stream.task is not None and not stream.task.done():
             stream.task.cancel()
+            self.cancelled_running += 1
+            stream.task.add_done_callback(self._cancelled_call_ended)
         if self.going_away:
             self._close_when_idle()
+
+    def _cancelled_call_ended(self, _task: asyncio.Task[None]) -> None:
+        self.cancelled_running -= 1
 
     def _write(self, data: bytes) -> None:
         if self.closed:
@@ -593,6 +651,9 @@ class Connection(asyncio.Protocol):
         """Take no new streams; close once the ones in flight are answered."""
         if self.closed or self.going_away:
             return
+        if not self.preface_seen:  # no HTTP/2 spoken yet: nothing to tell
+            self._close()
+            return
         self.going_away = True
         payload = struct.pack(">II", self.last_stream_id, ErrorCode.NO_ERROR)
         self._write(_frame(FrameType.GOAWAY, 0, 0, payload))
@@ -608,8 +669,11 @@ class Connection(asyncio.Protocol):
         self._close()
 
     def close(self) -> None:
-        """Close at once; calls still running are cancelled."""
-        self._close()
+        """Close at once, whatever is unsent; calls still running are cancelled."""
+        self._write_out()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close_when_idle(self) -> None:
         if not self.streams:
@@ -621,7 +685,8 @@ class Connection(asyncio.Protocol):
         self._write_out()
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.close()  # after what is buffered, unless the peer never reads it
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_SECONDS, self.transport.abort)
 
     def _refuse_http1(self) -> None:
         """Someone spoke HTTP/1 (curl, a browser) to the gRPC port: say so, then close."""

@@ -67,7 +67,10 @@ class GrpcServer:
             await self.server.wait_closed()
 
     def _connection(self) -> Connection:
-        connection = Connection(self.calls, self.connections.discard, self.calls.max_message_bytes)
+        # A request's body is its message and the message's 5-byte prefix.
+        connection = Connection(
+            self.calls, self.connections.discard, self.calls.max_message_bytes + 5
+        )
         self.connections.add(connection)
         return connection
 

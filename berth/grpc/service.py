@@ -190,7 +190,7 @@ class InferenceService:
 
 def _request_id(metadata: Mapping[str, str]) -> str:
     given = metadata.get("x-request-id", "")
-    return given if _SAFE_ID.match(given) else new_id()
+    return given if _SAFE_ID.fullmatch(given) else new_id()
 
 
 def _tensor_metadata(document: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -29,6 +29,6 @@ class RequestIdMiddleware:
 
 def _incoming(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id" and _SAFE_ID.match(value):
+        if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
             return bytes(value)
     return None
