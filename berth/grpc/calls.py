@@ -10,18 +10,15 @@ malformed message, a deadline) are statuses like the application's.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import struct
-import uuid
 import zlib
 from collections.abc import Iterable
 
 from berth.grpc.headers import STATUS_200, Headers, encode_fields, encode_status
 from berth.grpc.http2 import Stream
 from berth.grpc.rpc import CallContext, Method, MethodTable, RpcError, StatusCode
-
-log = logging.getLogger("berth.grpc")
+from berth.grpc.status import status_of
 
 ACCEPTED_ENCODINGS = "identity,deflate,gzip"
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -75,10 +72,7 @@ class Calls:
         except RpcError as exc:
             answer.end(exc.code, exc.details, (*context.trailers, *exc.trailers))
         except Exception as exc:  # a bug: the client gets an id, the log the traceback
-            error_id = uuid.uuid4().hex[:16]
-            log.error("unexpected error %s", error_id, exc_info=exc)
-            details = f"internal error; the server logged it with id {error_id}"
-            answer.end(StatusCode.INTERNAL, details, ())
+            answer.end(*status_of(exc))
 
     async def _run(
         self, method: Method, request: bytes, context: CallContext, answer: _Answer

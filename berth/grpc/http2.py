@@ -139,9 +139,6 @@ class Stream:
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         self.connection.send_data(self, data, end_stream)
 
-    def reset(self, code: ErrorCode = ErrorCode.CANCEL) -> None:
-        self.connection.reset_stream(self, code)
-
     def take_body(self) -> bytearray:
         """The request's bytes, handed over (they stay counted until the stream ends)."""
         body, self.body = self.body, bytearray()
@@ -186,8 +183,8 @@ class Connection(asyncio.Protocol):
         self.peer_stream_window = DEFAULT_WINDOW
         self.send_window = DEFAULT_WINDOW
         self.blocked: dict[int, Stream] = {}
-        # Our receiving side
-        self.receive_window = OUR_CONNECTION_WINDOW
+        # Our receiving side: DATA bytes since our last connection WINDOW_UPDATE (what the
+        # client may still send is OUR_CONNECTION_WINDOW less these)
         self.unacknowledged = 0
         # A header block being continued: (stream id, end_stream, fragments)
         self.continuing: tuple[int, bool, bytearray] | None = None
@@ -218,8 +215,7 @@ class Connection(asyncio.Protocol):
         payload = b"".join(struct.pack(">HI", key, value) for key, value in settings)
         increase = OUR_CONNECTION_WINDOW - DEFAULT_WINDOW
         self.transport.write(
-            _frame(FrameType.SETTINGS, 0, 0, payload)
-            + _frame(FrameType.WINDOW_UPDATE, 0, 0, struct.pack(">I", increase))
+            _frame(FrameType.SETTINGS, 0, 0, payload) + _window_update(0, increase)
         )
 
     def data_received(self, data: bytes) -> None:
@@ -319,8 +315,7 @@ class Connection(asyncio.Protocol):
         if stream_id == 0:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
-        self.receive_window -= size
-        if self.receive_window < 0:
+        if self.unacknowledged + size > OUR_CONNECTION_WINDOW:
             raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "the connection window overrun")
         self._give_back_connection_window(size)
         data = _unpad(flags, payload)
@@ -350,20 +345,13 @@ class Connection(asyncio.Protocol):
         if flags & END_STREAM:
             self._complete(stream)
         elif stream.unacknowledged >= OUR_STREAM_WINDOW // 2:
-            self._write(
-                _frame(
-                    FrameType.WINDOW_UPDATE, 0, stream_id, struct.pack(">I", stream.unacknowledged)
-                )
-            )
+            self._write(_window_update(stream_id, stream.unacknowledged))
             stream.unacknowledged = 0
 
     def _give_back_connection_window(self, size: int) -> None:
         self.unacknowledged += size
         if self.unacknowledged >= OUR_CONNECTION_WINDOW // 2:
-            self._write(
-                _frame(FrameType.WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacknowledged))
-            )
-            self.receive_window += self.unacknowledged
+            self._write(_window_update(0, self.unacknowledged))
             self.unacknowledged = 0
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -418,10 +406,10 @@ class Connection(asyncio.Protocol):
         if self.going_away:
             return  # beyond GOAWAY: ignored, the client retries elsewhere
         if headers is None:
-            self._write(_frame(FrameType.RST_STREAM, 0, stream_id, _code(ErrorCode.PROTOCOL_ERROR)))
+            self._write(_rst_stream(stream_id, ErrorCode.PROTOCOL_ERROR))
             return
         if len(self.streams) + self.cancelled_running >= OUR_MAX_STREAMS:
-            self._write(_frame(FrameType.RST_STREAM, 0, stream_id, _code(ErrorCode.REFUSED_STREAM)))
+            self._write(_rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
         stream = Stream(stream_id, self, headers, send_window=self.peer_stream_window)
         self.streams[stream_id] = stream
@@ -535,7 +523,7 @@ class Connection(asyncio.Protocol):
     def reset_stream(self, stream: Stream, code: ErrorCode) -> None:
         if not stream.closed:
             stream.closed = True
-            self._write(_frame(FrameType.RST_STREAM, 0, stream.id, _code(code)))
+            self._write(_rst_stream(stream.id, code))
         self._forget(stream, cancel=True)
 
     def _header_frames(self, stream_id: int, block: bytes | memoryview, end_stream: bool) -> bytes:
@@ -608,7 +596,7 @@ class Connection(asyncio.Protocol):
         stream.closed = True
         if not stream.received_all:
             # We answered before the request ended: tell the client to stop sending.
-            self._write(_frame(FrameType.RST_STREAM, 0, stream.id, _code(ErrorCode.NO_ERROR)))
+            self._write(_rst_stream(stream.id, ErrorCode.NO_ERROR))
         self._forget(stream, cancel=False)
 
     def _release(self, stream: Stream) -> None:
@@ -670,21 +658,23 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close at once, whatever is unsent; calls still running are cancelled."""
-        self._write_out()
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        self._close(force=True)
 
     def _close_when_idle(self) -> None:
         if not self.streams:
             self._close()
 
-    def _close(self) -> None:
-        if self.closed:
+    def _close(self, force: bool = False) -> None:
+        if self.closed and not force:
             return
-        self._write_out()
-        self.closed = True
-        if self.transport is not None:
+        if not self.closed:
+            self._write_out()
+            self.closed = True
+        if self.transport is None:
+            return
+        if force:
+            self.transport.abort()
+        else:
             self.transport.close()  # after what is buffered, unless the peer never reads it
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_SECONDS, self.transport.abort)
 
@@ -703,8 +693,12 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview) -
     return _HEAD.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
-def _code(code: ErrorCode) -> bytes:
-    return struct.pack(">I", code)
+def _rst_stream(stream_id: int, code: ErrorCode) -> bytes:
+    return _frame(FrameType.RST_STREAM, 0, stream_id, struct.pack(">I", code))
+
+
+def _window_update(stream_id: int, increment: int) -> bytes:
+    return _frame(FrameType.WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment))
 
 
 def _unpad(flags: int, payload: bytes) -> bytes:
