@@ -314,6 +314,58 @@ def test_cache_avoids_a_lookup_per_call(keys: KeyService, lookups: CountingLooku
     assert lookups.calls == [split_key(key)], "one database lookup inside the interval"
 
 
+class CountingHashes:
+    """Counts the verifier's HMACs of presented keys."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        monkeypatch.setattr("berth.security.auth.hash_key", self)
+
+    def __call__(self, secret: bytes, key: str) -> str:
+        self.calls += 1
+        return hash_key(secret, key)
+
+
+def test_a_checked_key_is_hashed_once_per_read_of_its_row(
+    keys: KeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashes = CountingHashes(monkeypatch)
+    _, key = keys.create("ci", ("predict",))
+    verifier = KeyVerifier(keys, refresh_seconds=0.2)
+    for _ in range(20):
+        assert verify(verifier, key).name == "ci"
+    assert hashes.calls == 1
+    # Another string with the same key id is hashed and refused, never taken from the memo.
+    prefix, key_id, secret = key.split("_", 2)
+    with pytest.raises(Unauthenticated, match="not valid"):
+        verify(verifier, f"{prefix}_{key_id}_{secret[::-1]}")
+    assert hashes.calls == 2
+    # A row read again is checked again (a rotation or revocation arrives as a new row).
+    time.sleep(0.25)
+    assert verify(verifier, key).name == "ci"
+    assert hashes.calls == 3
+
+
+def test_a_previous_secret_in_its_grace_is_checked_every_time_and_stops_on_time(
+    keys: KeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, old = keys.create("ci", ("predict",))
+    _, new = keys.rotate("ci", timedelta(seconds=0.3))
+    hashes = CountingHashes(monkeypatch)
+    verifier = KeyVerifier(keys, refresh_seconds=60)
+    assert verify(verifier, old).name == "ci"
+    assert verify(verifier, old).name == "ci"
+    assert hashes.calls == 2, "a match with the previous secret is not remembered"
+    assert verify(verifier, new).name == "ci"
+    assert verify(verifier, new).name == "ci"
+    assert hashes.calls == 3
+    time.sleep(0.35)
+    # The row is still the one read (no refresh within 60 s), and the grace has ended.
+    with pytest.raises(Unauthenticated, match="not valid"):
+        verify(verifier, old)
+    assert verify(verifier, new).name == "ci"
+
+
 def test_revocation_is_seen_after_refresh(keys: KeyService, lookups: CountingLookups) -> None:
     _, key = keys.create("ci", ("predict",))
     verifier = KeyVerifier(keys, refresh_seconds=0.05)

@@ -7,7 +7,7 @@ the same code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,26 +65,31 @@ class Authenticator:
     async def authenticate(self, request: Request, credentials: str | None) -> Principal:
         """`principal` for credentials carried another way (the console's session cookie):
         the same verification, rate limit and audit of failures as a header's."""
-        caller = _caller(request)
+        caller = _LazyCaller(request)
         try:
-            return await self.authenticate_caller(caller, credentials)
+            return await self._authenticate(caller.get, credentials)
         finally:
-            _remember(request, caller)
+            caller.remember()
 
     async def authenticate_caller(self, caller: Caller, credentials: str | None) -> Principal:
+        return await self._authenticate(lambda: caller, credentials)
+
+    async def _authenticate(
+        self, caller: Callable[[], Caller], credentials: str | None
+    ) -> Principal:
+        """`caller()` is called only when it is needed: for a failure's audit or a rate limit."""
         if self.keys is None:
-            await self.limit_caller_address(caller)
+            await self.limit_caller_address(caller())
             return DEV_PRINCIPAL
         try:
             with tracing.span("auth"):
                 principal = await self._verify(credentials)
         except Unauthenticated as exc:
-            self._audit_failure(caller, exc)
+            self._audit_failure(caller(), exc)
             raise
-        await self._limit(
-            caller,
-            [("key", f"key:{principal.name}", principal.rate or self.rates.default_key_rate)],
-        )
+        rate = principal.rate or self.rates.default_key_rate
+        if rate:
+            await self._limit(caller(), [("key", f"key:{principal.name}", rate)])
         return principal
 
     async def _verify(self, credentials: str | None) -> Principal:
@@ -93,6 +98,8 @@ class Authenticator:
         return await self.keys.verify(credentials) if self.keys else DEV_PRINCIPAL
 
     async def limit_model(self, request: Request, model: str) -> None:
+        if not self.rates.model_rates.get(model):
+            return  # nothing to count (the usual case): no caller to build
         caller = _caller(request)
         try:
             await self.limit_caller_model(caller, model)
@@ -137,6 +144,24 @@ class Authenticator:
 
 def _caller(request: Request) -> Caller:
     return Caller(client_address(request), f"{request.method} {request.scope['path']}")
+
+
+class _LazyCaller:
+    """A REST request's `Caller`, built the first time it is asked for (most requests that
+    pass authentication never need one)."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.caller: Caller | None = None
+
+    def get(self) -> Caller:
+        if self.caller is None:
+            self.caller = _caller(self.request)
+        return self.caller
+
+    def remember(self) -> None:
+        if self.caller is not None:
+            _remember(self.request, self.caller)
 
 
 def _remember(request: Request, caller: Caller) -> None:

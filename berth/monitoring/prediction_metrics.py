@@ -64,8 +64,12 @@ def prediction_values(
     """At most `limit` finite values: top-class confidence per row, else numeric outputs."""
     if probabilities is not None and _numeric(probabilities) and probabilities.ndim == 2:
         if len(probabilities) == 1 and limit >= 1 and probabilities.shape[1]:
-            # One row, as most requests: without the array steps below (a tenth of the time).
-            top = float(probabilities[0].max())
+            # One row, as most requests: in Python, which for a few classes is several times
+            # faster than numpy's reduction (and a tenth of the array steps below).
+            row = probabilities[0].tolist()
+            if any(value != value for value in row):  # NaN, which numpy's max would return
+                return []
+            top = float(max(row))
             return [top] if math.isfinite(top) else []
         rows = (
             probabilities

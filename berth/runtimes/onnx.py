@@ -57,11 +57,20 @@ class OnnxRuntime:
         self.metadata_classes = _metadata_classes(session)
         metadata = session.get_modelmeta().custom_metadata_map
         self.argmax_labels = metadata.get(LABELS_METADATA_KEY) == "argmax"
+        # What a call needs from the graph, read once: every attribute of a node is a call
+        # into onnxruntime's C++ (a tenth of a small model's prediction when read per call).
+        self._names = [node.name for node in self.inputs]
+        self._dtypes = [ORT_DTYPES.get(node.type) for node in self.inputs]
+        self._output_names = [node.name for node in self.outputs]
+        self._second = _second_output(self.outputs)
+        # The session's own C++ call, past the Python wrapper's per-call checks of the feed's
+        # names (the feed is built from the graph's inputs, so they hold).
+        self._run = getattr(session, "_sess", session).run
 
     def predict(self, inputs: ModelInput) -> Prediction:
         feed = self._feed(inputs)
         try:
-            results = self.session.run(None, feed)
+            results = self._run(self._output_names, feed, None)
         except _INPUT_ERRORS as exc:
             raise InvalidInput(f"the ONNX model rejected the input: {exc}") from exc
         return self._prediction(results)
@@ -75,7 +84,9 @@ class OnnxRuntime:
         return Signature(kind="tensor", inputs=inputs, outputs=outputs)
 
     def _feed(self, inputs: ModelInput) -> dict[str, Any]:
-        names = [node.name for node in self.inputs]
+        names = self._names
+        if isinstance(inputs, np.ndarray) and len(names) == 1:
+            return {names[0]: _cast(inputs, self.inputs[0], self._dtypes[0])}
         if isinstance(inputs, dict):
             return self._feed_named(inputs)
         if is_frame(inputs) and self._takes_columns(inputs):
@@ -86,10 +97,10 @@ class OnnxRuntime:
                 "send a value for each input by name"
             )
         array = inputs.to_numpy() if is_frame(inputs) else inputs
-        return {names[0]: _cast(array, self.inputs[0])}
+        return {names[0]: _cast(array, self.inputs[0], self._dtypes[0])}
 
     def _feed_named(self, inputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
-        names = [node.name for node in self.inputs]
+        names = self._names
         missing = [n for n in names if n not in inputs]
         unknown = [n for n in inputs if n not in names]
         if missing or unknown:
@@ -97,7 +108,10 @@ class OnnxRuntime:
                 f"the ONNX model takes inputs {', '.join(names)}; "
                 f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}"
             )
-        return {node.name: _cast(inputs[node.name], node) for node in self.inputs}
+        return {
+            node.name: _cast(inputs[node.name], node, dtype)
+            for node, dtype in zip(self.inputs, self._dtypes, strict=True)
+        }
 
     def _takes_columns(self, frame: pd.DataFrame) -> bool:
         """True when the graph has one input per column (skl2onnx with named column inputs)."""
@@ -110,11 +124,10 @@ class OnnxRuntime:
             predictions = predictions[:, 0]
         if len(results) < 2:
             return Prediction(predictions=predictions)
-        second = self.outputs[1]
-        if second.type.startswith("seq(map("):
+        if self._second == "zipmap":
             probabilities, classes = self._from_zipmap(results[1])
             return Prediction(predictions, probabilities, classes)
-        if "probab" in second.name.lower():
+        if self._second == "probabilities":
             probabilities = np.asarray(results[1])
             classes = self._known_classes(probabilities)
             if self.argmax_labels and classes is not None and len(probabilities):
@@ -194,11 +207,21 @@ def _column(frame: pd.DataFrame, node: Any) -> np.ndarray[Any, Any]:
     values = frame[node.name].to_numpy()
     if len(node.shape) == 2:
         values = values.reshape(-1, 1)
-    return _cast(values, node)
+    return _cast(values, node, ORT_DTYPES.get(node.type))
 
 
-def _cast(array: np.ndarray[Any, Any], node: Any) -> np.ndarray[Any, Any]:
-    dtype = ORT_DTYPES.get(node.type)
+def _second_output(outputs: list[Any]) -> str | None:
+    """What a graph's second output holds: `zipmap` (a map per row, class to probability),
+    `probabilities` (a table, a column per class), or None (anything else, or no second)."""
+    if len(outputs) < 2:
+        return None
+    if outputs[1].type.startswith("seq(map("):
+        return "zipmap"
+    return "probabilities" if "probab" in outputs[1].name.lower() else None
+
+
+def _cast(array: np.ndarray[Any, Any], node: Any, dtype: str | None) -> np.ndarray[Any, Any]:
+    """`array` as the input `node` takes it (`dtype`: its numpy dtype name, from ORT_DTYPES)."""
     if dtype is None:
         return array
     try:

@@ -73,6 +73,24 @@ class _Entry:
     fetched_at: float
 
 
+@dataclass
+class _Checked:
+    """A presented key whose hash matched `stored`, and the principal it stands for."""
+
+    stored: StoredKey
+    principal: Principal
+
+
+_MAX_CHECKED = 1_024
+"""Presented keys remembered as checked, per worker; past it the memo starts again."""
+
+
+def _invalid() -> Unauthenticated:
+    return Unauthenticated(
+        "the API key is not valid; check it or create a new one", reason="invalid_token"
+    )
+
+
 REFRESH_EARLY = 0.75
 """Fraction of `refresh_seconds` after which a key is re-read in the background."""
 
@@ -87,6 +105,7 @@ class KeyVerifier:
         self.keys = keys
         self.refresh_seconds = refresh_seconds
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._checked: dict[str, _Checked] = {}
         self._used: set[str] = set()
         self._pending: dict[str, asyncio.Future[_Entry]] = {}
 
@@ -98,18 +117,40 @@ class KeyVerifier:
             )
         key_id = split_key(presented)
         stored = await self._stored(key_id) if key_id else None
-        if stored is None or not stored.matches(hash_key(self.keys.secret, presented)):
-            raise Unauthenticated(
-                "the API key is not valid; check it or create a new one", reason="invalid_token"
-            )
+        if stored is None:
+            raise _invalid()
+        checked = self._checked.get(presented)
+        if checked is None or checked.stored is not stored:
+            checked = self._check(presented, stored)
         if not stored.info.active:
             raise Unauthenticated(
                 f"the API key '{stored.info.name}' is revoked or expired; create a new one",
                 reason="invalid_token",
             )
         self._used.add(stored.info.key_id)
+        return checked.principal
+
+    def _check(self, presented: str, stored: StoredKey) -> _Checked:
+        """Hash the presented key and compare; remember a match with the current secret.
+
+        The memo skips the HMAC for a key seen before, for as long as its row stays the one read
+        (a re-read row is a new object, so it is checked again). Only a match with the current
+        secret is kept: the previous one's grace period ends on its own. Kept per worker and
+        bounded: the keys themselves are held, as every request's headers are while it runs.
+        """
+        hashed = hash_key(self.keys.secret, presented)
+        if not stored.matches(hashed):
+            raise _invalid()
         info = stored.info
-        return Principal(name=info.name, scopes=info.scopes, rate=info.rate, key_id=info.key_id)
+        checked = _Checked(
+            stored,
+            Principal(name=info.name, scopes=info.scopes, rate=info.rate, key_id=info.key_id),
+        )
+        if stored.matches_current(hashed):
+            if len(self._checked) >= _MAX_CHECKED:
+                self._checked.clear()
+            self._checked[presented] = checked
+        return checked
 
     async def _stored(self, key_id: str) -> StoredKey | None:
         """The key's registry row, never older than `refresh_seconds` (revocations apply).

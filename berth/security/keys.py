@@ -73,9 +73,12 @@ class StoredKey:
     previous_hash: str | None = None
     previous_valid_until: datetime | None = None
 
+    def matches_current(self, presented_hash: str) -> bool:
+        return hmac.compare_digest(self.secret_hash, presented_hash)
+
     def matches(self, presented_hash: str) -> bool:
         """Constant-time check against the current secret, or the previous one in its grace."""
-        current = hmac.compare_digest(self.secret_hash, presented_hash)
+        current = self.matches_current(presented_hash)
         previous = self.previous_hash is not None and not _expired(self.previous_valid_until)
         earlier = previous and hmac.compare_digest(self.previous_hash or "", presented_hash)
         return current or earlier
