@@ -89,6 +89,17 @@ def test_multiclass_rows_score_the_predicted_class() -> None:
     assert all(type(r["prediction"]) is int for r in rows)
 
 
+def test_each_list_of_classes_keeps_its_own_columns() -> None:
+    # The writer remembers a class list's columns; a list with the same labels in another order
+    # (another version) must not be scored with the first one's.
+    first, second = ["a", "b", "c"], ["c", "b", "a"]
+    for _ in range(2):
+        rows = prediction_rows(result(["a"], [[0.7, 0.2, 0.1]], first), datetime.now(UTC))
+        assert rows[0]["score"] == pytest.approx(0.7)
+        rows = prediction_rows(result(["a"], [[0.1, 0.2, 0.7]], second), datetime.now(UTC))
+        assert rows[0]["score"] == pytest.approx(0.7)
+
+
 def test_regression_rows_have_no_score_and_json_safe_values() -> None:
     found = result([1.5])
     rows = prediction_rows(found, datetime.now(UTC))

@@ -25,12 +25,13 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 from prometheus_client import Counter
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, select
 
 from berth.monitoring.config import PredictionLogConfig
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
 from berth.store import audit
+from berth.store.bulk_insert import insert_rows
 from berth.store.db import Database
 from berth.store.tables import FeedbackRow, PredictionRow
 
@@ -125,10 +126,10 @@ class PredictionLog:
         """Insert the rows of these results in one transaction (runs in a worker thread)."""
         rows = [row for result, at in items for row in prediction_rows(result, at)]
         if rows:
-            # Core executemany on the table: the ORM's bulk path costs several times more CPU
-            # per row, which a busy worker pays under the GIL while it serves requests.
+            # Not the ORM's bulk path, which costs several times more CPU per row (paid under the
+            # GIL while the worker serves requests); see berth.store.bulk_insert.
             with self.db.session() as session:
-                session.execute(insert(PREDICTIONS_TABLE), rows)
+                insert_rows(session, PREDICTIONS_TABLE, rows)
         return len(rows)
 
     async def _write_forever(self) -> None:
@@ -231,12 +232,30 @@ def _scores(
         return [None] * n
     if table.shape[1] == 2:
         return [_finite(p) for p in table[:, 1].tolist()]
-    column = {_hashable(c): i for i, c in enumerate(json_safe(list(classes or [])))}
+    column = _class_columns(classes)
     scores: list[float | None] = []
     for i in range(n):
         index = column.get(_hashable(values[i])) if i < len(values) else None
         scores.append(_finite(table[i, index] if index is not None else table[i].max()))
     return scores
+
+
+_COLUMNS: dict[int, tuple[list[Any], dict[Any, int]]] = {}
+"""Class label to probability column, per list of classes: a runtime hands out the same list
+with every prediction of a version, and the writer would otherwise map it again for each row."""
+
+
+def _class_columns(classes: list[Any] | None) -> dict[Any, int]:
+    if classes is None:
+        return {}
+    known = _COLUMNS.get(id(classes))
+    if known is not None and known[0] is classes:  # the same list, not one at a reused address
+        return known[1]
+    column = {_hashable(c): i for i, c in enumerate(json_safe(list(classes)))}
+    if len(_COLUMNS) >= 64:
+        _COLUMNS.clear()
+    _COLUMNS[id(classes)] = (classes, column)
+    return column
 
 
 def _hashable(value: Any) -> Any:
@@ -248,8 +267,14 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})
+"""Types kept as they are (exactly these: a subclass, such as an IntEnum, goes the long way)."""
+
+
 def json_safe(value: Any) -> Any:
     """numpy scalars to Python ones, NaN and infinities to None (PostgreSQL's JSON has neither)."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):

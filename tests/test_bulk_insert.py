@@ -1,0 +1,79 @@
+"""Bulk inserts: rows stored by one INSERT of many VALUES read back as SQLAlchemy's own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from berth.registry.service import Registry
+from berth.store import bulk_insert
+from berth.store.bulk_insert import insert_rows
+from berth.store.tables import PredictionRow
+
+TABLE = PredictionRow.__table__
+
+
+def rows(prefix: str, count: int) -> list[dict[str, Any]]:
+    at = datetime(2026, 12, 7, 16, 0, 0, 0, tzinfo=UTC)
+    values: list[Any] = [1, None, "yes", [1.5, 2], {"k": "v"}, 0.25, True]
+    return [
+        {
+            "id": f"{prefix}-{i:05d}",
+            "model": "m",
+            "version": 2,
+            "endpoint": "",
+            "created_at": at + timedelta(microseconds=i),
+            "prediction": values[i % len(values)],
+            "score": None if i % 3 == 0 else i / count,
+            "latency_ms": 0.5 + i,
+        }
+        for i in range(count)
+    ]
+
+
+def stored(registry: Registry, prefix: str) -> list[tuple[Any, ...]]:
+    with registry.db.session() as session:
+        found = session.execute(
+            select(TABLE).where(TABLE.c.id.like(f"{prefix}-%")).order_by(TABLE.c.id)
+        )
+        return [tuple(row)[1:] for row in found]
+
+
+def test_rows_read_back_as_sqlalchemy_stores_them(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of 4 rows: 11 rows take three statements, the last one shorter.
+    monkeypatch.setattr(bulk_insert, "ROWS_PER_STATEMENT", 4)
+    with registry.db.session() as session:
+        session.execute(insert(TABLE), rows("core", 11))
+    with registry.db.session() as session:
+        insert_rows(session, TABLE, rows("bulk", 11))
+    core, bulk = stored(registry, "core"), stored(registry, "bulk")
+    assert len(bulk) == 11
+    assert bulk == core
+    assert bulk[1][4] is None  # JSON null reads back as None
+    assert bulk[0][3] == datetime(2026, 12, 7, 16, 0, 0, 0, tzinfo=UTC)
+
+
+def test_no_rows_is_nothing_to_do(registry: Registry) -> None:
+    with registry.db.session() as session:
+        insert_rows(session, TABLE, [])
+    assert stored(registry, "bulk") == []
+
+
+def test_a_failing_chunk_rolls_the_whole_write_back(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk_insert, "ROWS_PER_STATEMENT", 4)
+    written = rows("bulk", 6)
+    written[5]["id"] = written[0]["id"]  # the second chunk repeats a primary key
+    with (
+        pytest.raises(IntegrityError, match=r"(?i)unique|duplicate"),
+        registry.db.session() as session,
+    ):
+        insert_rows(session, TABLE, written)
+    assert stored(registry, "bulk") == []
