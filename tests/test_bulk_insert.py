@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +58,22 @@ def test_rows_read_back_as_sqlalchemy_stores_them(
     assert bulk == core
     assert bulk[1][4] is None  # JSON null reads back as None
     assert bulk[0][3] == datetime(2026, 12, 7, 16, 0, 0, 0, tzinfo=UTC)
+
+
+def test_statements_stay_within_sqlites_limit_on_bound_values(
+    sqlite_registry: Registry,
+) -> None:
+    # SQLite before 3.32 allowed 999 bound values; here the connection allows 20, so 11 rows of
+    # eight columns go in two at a time.
+    with sqlite_registry.db.session() as session:
+        raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)  # type: ignore[attr-defined]
+        try:
+            insert_rows(session, TABLE, rows("bulk", 11))
+        finally:
+            raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766)  # type: ignore[attr-defined]
+    assert len(stored(sqlite_registry, "bulk")) == 11
 
 
 def test_no_rows_is_nothing_to_do(registry: Registry) -> None:

@@ -12,6 +12,7 @@ executemany (psycopg sends its rows in one pipeline).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,8 +20,8 @@ from sqlalchemy import Connection, Table, insert
 from sqlalchemy.orm import Session
 
 ROWS_PER_STATEMENT = 500
-"""Rows per INSERT on SQLite: a prediction log batch is 500 rows, and 500 rows of eight columns
-stay far below SQLite's limit on bound values (32,766 since 3.32)."""
+"""Rows per INSERT on SQLite at most: a prediction log batch. Fewer when the library's limit on
+bound values would be passed (32,766 since SQLite 3.32, 999 before, as on Ubuntu 20.04)."""
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -33,8 +34,9 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         return
     names = list(rows[0])
     convert = _bind_processors(connection, table, names)
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
+    per_statement = _rows_per_statement(connection, len(names))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
         values: list[Any] = []
         for row in chunk:
             for name, processor in zip(names, convert, strict=True):
@@ -42,6 +44,12 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
                 # None goes through too: a JSON column stores it as JSON null, as SQLAlchemy does.
                 values.append(value if processor is None else processor(value))
         connection.exec_driver_sql(_statement(connection, table, names, len(chunk)), tuple(values))
+
+
+def _rows_per_statement(connection: Connection, columns: int) -> int:
+    raw: Any = connection.connection.dbapi_connection
+    limit = int(raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return max(1, min(ROWS_PER_STATEMENT, limit // columns))
 
 
 def _statement(connection: Connection, table: Table, names: list[str], count: int) -> str:
