@@ -36,9 +36,11 @@ BIG = 20 << 20
 
 
 class Methods:
-    """What the test server answers; `cancelled` records calls the client abandoned."""
+    """What the test server answers; `started` and `cancelled` record Slow's calls (by their
+    message) that began, and that the client abandoned."""
 
     def __init__(self) -> None:
+        self.started: list[str] = []
         self.cancelled: list[str] = []
 
     def table(self) -> MethodTable:
@@ -59,6 +61,7 @@ class Methods:
         return b"b" * int(data)
 
     async def slow(self, data: bytes, _context: CallContext) -> bytes:
+        self.started.append(data.decode())
         try:
             await asyncio.sleep(float(data))
         except asyncio.CancelledError:
@@ -424,6 +427,22 @@ def test_a_bad_deadline_and_a_missing_message_are_the_clients_errors(raw: RawCli
     empty = raw.open("/test.T/Echo", end_stream=True)
     _, trailers = raw.answer(empty)
     assert trailers["grpc-status"] == str(StatusCode.INVALID_ARGUMENT.value)
+
+
+def test_a_deadline_counts_from_the_calls_headers_not_its_last_byte(
+    running: Running, raw: RawClient
+) -> None:
+    # 300 ms to answer, and the message arrives 400 ms after the headers: the deadline has
+    # passed by then, however fast the method would be, and the method never runs.
+    stream = raw.open("/test.T/Slow", **{"grpc-timeout": "300m"})
+    time.sleep(0.4)
+    raw.h2.send_data(stream, struct.pack(">BI", 0, 4) + b"0.03", end_stream=True)
+    raw.flush()
+    _, trailers = raw.answer(stream)
+    assert trailers["grpc-status"] == str(StatusCode.DEADLINE_EXCEEDED.value)
+    assert "0.03" not in running.methods.started
+    within = raw.request("/test.T/Slow", b"0.04", **{"grpc-timeout": "5S"})
+    assert raw.answer(within)[1]["grpc-status"] == "0"
 
 
 def test_an_unknown_encoding_is_unimplemented_with_the_ones_accepted(raw: RawClient) -> None:

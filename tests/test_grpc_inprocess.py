@@ -4,12 +4,16 @@ tests/test_grpc.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.testclient import TestClient
 
+from berth.api import v2
 from berth.api.app import build_services
 from berth.api.services import Services
 from berth.config import Settings
@@ -122,7 +127,9 @@ def test_grpc_counts_against_the_workers_concurrency_cap(served: InProcess) -> N
     assert cap.in_flight == 0  # the slot is given back
 
 
-def test_each_call_writes_a_json_access_line_with_its_request_id(served: InProcess) -> None:
+@contextmanager
+def access_lines() -> Iterator[io.StringIO]:
+    """The access log's lines written meanwhile, as JSON, one per line."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())  # formatted as it is written, in the call's context
@@ -131,12 +138,17 @@ def test_each_call_writes_a_json_access_line_with_its_request_id(served: InProce
     level = access.level
     access.setLevel(logging.INFO)
     try:
-        served.infer(_iris(), metadata=[("x-api-key", served.key), ("x-request-id", "call-7")])
-        with pytest.raises(grpc.RpcError):
-            served.infer(_iris(), metadata=[("x-api-key", "wrong")])
+        yield stream
     finally:
         access.removeHandler(handler)
         access.setLevel(level)
+
+
+def test_each_call_writes_a_json_access_line_with_its_request_id(served: InProcess) -> None:
+    with access_lines() as stream:
+        served.infer(_iris(), metadata=[("x-api-key", served.key), ("x-request-id", "call-7")])
+        with pytest.raises(grpc.RpcError):
+            served.infer(_iris(), metadata=[("x-api-key", "wrong")])
     ok, refused = (json.loads(line) for line in stream.getvalue().splitlines())
     assert ok["message"] == "gRPC ModelInfer OK"
     assert ok["request_id"] == "call-7"
@@ -146,3 +158,28 @@ def test_each_call_writes_a_json_access_line_with_its_request_id(served: InProce
     assert ok["latency_ms"] > 0
     assert refused["status"] == "UNAUTHENTICATED"
     assert refused["request_id"]  # a new one, as REST gives
+
+
+def test_the_access_line_tells_a_passed_deadline_from_a_cancelled_call(
+    served: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inference = v2.run_inference
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(3)
+        return await inference(*args, **kwargs)
+
+    monkeypatch.setattr(v2, "run_inference", slow)
+    metadata = [("x-api-key", served.key)]
+    with access_lines() as stream:
+        with pytest.raises(grpc.RpcError) as raised:
+            served.infer(_iris(), metadata=metadata, timeout=0.3)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        call = served.infer.future(_iris(), metadata=metadata)
+        time.sleep(0.3)
+        call.cancel()
+        ended = time.monotonic() + 5
+        while stream.getvalue().count("\n") < 2 and time.monotonic() < ended:
+            time.sleep(0.02)
+    statuses = [json.loads(line)["status"] for line in stream.getvalue().splitlines()]
+    assert statuses == ["DEADLINE_EXCEEDED", "CANCELLED"]

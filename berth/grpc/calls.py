@@ -61,14 +61,17 @@ class Calls:
             if timeout is None:
                 await self._run(method, request, context, answer)
             else:
+                # From the call's start, not from its last byte: a client's deadline covers
+                # the upload too.
+                context.deadline = stream.opened_at + timeout
+                if context.deadline_passed():  # during the upload: the method never starts
+                    raise _deadline_passed()
                 try:
                     # The deadline's cancellation comes out of the block as TimeoutError.
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout_at(context.deadline):
                         await self._run(method, request, context, answer)
                 except TimeoutError:
-                    raise RpcError(
-                        StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed"
-                    ) from None
+                    raise _deadline_passed() from None
         except RpcError as exc:
             answer.end(exc.code, exc.details, (*context.trailers, *exc.trailers))
         except Exception as exc:  # a bug: the client gets an id, the log the traceback
@@ -144,6 +147,10 @@ def _metadata(headers: Headers) -> dict[str, str]:
         for name, value in headers.items()
         if not name.startswith(":") and not name.endswith("-bin")
     }
+
+
+def _deadline_passed() -> RpcError:
+    return RpcError(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
 
 
 def _timeout(value: str | None) -> float | None:

@@ -132,6 +132,8 @@ class Stream:
     """Request bytes counted in the connection's budget until the stream ends (the application
     may take `body` away before that; its message is alive while the call runs)."""
     task: asyncio.Task[None] | None = None
+    opened_at: float = 0.0
+    """When its HEADERS arrived, in the event loop's time (a call's deadline counts from it)."""
 
     def send_headers(self, block: bytes, end_stream: bool = False) -> None:
         self.connection.send_headers(self, block, end_stream)
@@ -412,6 +414,7 @@ class Connection(asyncio.Protocol):
             self._write(_rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
         stream = Stream(stream_id, self, headers, send_window=self.peer_stream_window)
+        stream.opened_at = asyncio.get_running_loop().time()
         self.streams[stream_id] = stream
         if end_stream:
             self._complete(stream)

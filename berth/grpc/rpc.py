@@ -3,6 +3,7 @@ context and the method table's entries."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -51,6 +52,12 @@ class CallContext:
     """The client's address."""
     trailers: list[tuple[str, str]] = field(default_factory=list)
     """Trailing metadata sent back whatever the outcome."""
+    deadline: float | None = None
+    """When the call's `grpc-timeout` runs out, in the event loop's time; None without one."""
+
+    def deadline_passed(self) -> bool:
+        """Whether a cancellation now is the deadline's (DEADLINE_EXCEEDED), not the client's."""
+        return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
 
 
 Unary = Callable[[bytes, CallContext], Awaitable[bytes]]

@@ -179,7 +179,8 @@ class InferenceService:
                     code, details, extra = status_of(exc)
                     raise RpcError(code, details, extra) from None
                 except BaseException:  # the client went away, or the deadline passed
-                    code = StatusCode.CANCELLED
+                    passed = context.deadline_passed()
+                    code = StatusCode.DEADLINE_EXCEEDED if passed else StatusCode.CANCELLED
                     raise
                 finally:
                     if self.access_log:
