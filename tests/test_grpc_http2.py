@@ -489,10 +489,7 @@ def test_trailers_on_a_stream_answered_early_are_ignored() -> None:
     encoder = hpack.Encoder()
 
     def headers(path: str) -> bytes:
-        return encoder.encode(
-            [(":method", "POST"), (":scheme", "http"), (":path", path),
-             (":authority", "t"), ("content-type", "application/grpc")]
-        )  # fmt: skip
+        return _call_headers(encoder, path)
 
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -525,6 +522,35 @@ def test_a_block_of_table_size_updates_is_refused_at_once(running: Running) -> N
     assert struct.unpack(">I", received[-1][3][4:8])[0] == 9  # COMPRESSION_ERROR
 
 
+@pytest.mark.parametrize(
+    ("kind", "stream", "payload"),
+    [
+        (0, 2, b"x"),  # DATA on an even stream: ours, and we open none
+        (8, 2, struct.pack(">I", 1)),  # WINDOW_UPDATE on it
+        (3, 2, struct.pack(">I", 8)),  # RST_STREAM on it
+        (8, 99, struct.pack(">I", 1)),  # WINDOW_UPDATE past the client's last stream
+    ],
+)
+def test_a_frame_on_a_stream_never_opened_ends_the_connection(
+    running: Running, kind: int, stream: int, payload: bytes
+) -> None:
+    # Stream 3 is open (a call that waits), so 2 is below the client's last stream.
+    opened = _frame(1, 4, 3, _call_headers(hpack.Encoder(), "/test.T/Slow"))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(_preface() + opened + _frame(kind, 0, stream, payload))
+        received = _read_frames(sock, until=lambda frame: frame[0] == 7)
+    assert struct.unpack(">I", received[-1][3][4:8])[0] == 1  # GOAWAY, PROTOCOL_ERROR
+
+
+def test_a_priority_of_a_wrong_length_resets_its_stream_only(raw: RawClient) -> None:
+    stream = raw.open("/test.T/Slow")
+    raw.sock.sendall(_frame(2, 0, stream, b"\x00" * 4))
+    raw.until(lambda events: any(_ended(e, stream) for e in events))
+    reset = next(e for e in raw.events if isinstance(e, h2.events.StreamReset))
+    assert reset.error_code == 6  # FRAME_SIZE_ERROR
+    assert raw.answer(raw.request("/test.T/Echo", b"fine"))[0] == b"fine"
+
+
 def test_a_value_with_a_line_break_refuses_the_stream_not_the_connection(raw: RawClient) -> None:
     raw.h2.config.validate_outbound_headers = False  # h2 itself would refuse to send it
     stream = raw.open("/test.T/Echo", end_stream=True, **{"x-request-id": "abc\nset-cookie: x"})
@@ -541,6 +567,20 @@ def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
 
 def test_grpc_message_is_percent_encoded() -> None:
     assert percent_encoded("100% naïve\n") == "100%25 na%C3%AFve%0A"
+
+
+def _call_headers(encoder: hpack.Encoder, path: str) -> bytes:
+    return bytes(
+        encoder.encode(
+            [(":method", "POST"), (":scheme", "http"), (":path", path),
+             (":authority", "t"), ("content-type", "application/grpc")]
+        )
+    )  # fmt: skip
+
+
+def _preface() -> bytes:
+    """A client's connection preface and its (empty) SETTINGS."""
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"")
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:

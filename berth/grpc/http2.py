@@ -307,11 +307,28 @@ class Connection(asyncio.Protocol):
         elif kind == FrameType.GOAWAY:
             self._goaway(stream_id, payload)
         elif kind == FrameType.PRIORITY:
-            if stream_id == 0 or len(payload) != 5:
-                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "malformed PRIORITY")
+            self._priority(stream_id, payload)
         elif kind == FrameType.PUSH_PROMISE:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "clients do not push")
         # Unknown frame types are ignored (RFC 9113 section 4.1).
+
+    def _priority(self, stream_id: int, payload: bytes) -> None:
+        """Priorities are advice we do not take; a malformed one is still an error."""
+        if stream_id == 0:
+            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) == 5:
+            return
+        # A stream error (RFC 9113 6.3): that stream is reset and the connection goes on. An
+        # idle stream cannot be reset (5.1), so there it ends the connection.
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self.reset_stream(stream, ErrorCode.FRAME_SIZE_ERROR)
+        elif self._idle(stream_id):
+            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY of a wrong length")
+
+    def _idle(self, stream_id: int) -> bool:
+        """Never opened: past the client's last stream, or even (ours, and we push nothing)."""
+        return stream_id > self.last_stream_id or stream_id % 2 == 0
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -323,7 +340,7 @@ class Connection(asyncio.Protocol):
         data = _unpad(flags, payload)
         stream = self.streams.get(stream_id)
         if stream is None:
-            if stream_id > self.last_stream_id:
+            if self._idle(stream_id):
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we ended: its DATA may still be on the way
         if stream.received_all:
@@ -467,6 +484,8 @@ class Connection(asyncio.Protocol):
             return
         stream = self.streams.get(stream_id)
         if stream is None:
+            if self._idle(stream_id):
+                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return  # a stream we closed: updates may still be on their way
         if increment == 0:
             self.reset_stream(stream, ErrorCode.PROTOCOL_ERROR)
@@ -490,7 +509,7 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
             raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of a wrong length")
-        if stream_id > self.last_stream_id:
+        if self._idle(stream_id):
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self.streams.get(stream_id)
         if stream is not None:
