@@ -155,6 +155,11 @@ bench-serve: install wrk bytecode
 bench-demo: install wrk
 	bash benchmarks/wrk_demo.sh
 
+# The CPU one request costs in make bench's main server (workers, wrk, the rest), on the
+# constant route and iris v1 (benchmarks/cpu_per_request.py; ARGS=ROUNDS, default 2).
+bench-cpu: install wrk bytecode
+	$(BIN)/python benchmarks/cpu_per_request.py $(ARGS)
+
 # A 1M-row Parquet to Parquet batch job against in-process predict (benchmarks/batch_throughput.py).
 bench-batch: install
 	$(BIN)/python benchmarks/batch_throughput.py
