@@ -2,7 +2,7 @@
 
 Starts Berth as `make bench` runs it (2 workers, keys, metrics, JSON logs and the prediction log
 on; iris and the RandomForest registered as scikit-learn files), drives the constant route and
-iris v1 with wrk (64 connections), and reads the CPU time of the workers and of wrk from /proc
+iris v1 with wrk (64 connections), and reads the CPU time of the server and of wrk from /proc
 meanwhile. On a machine whose cores are all busy, requests per second is the cores divided by the
 CPU one request costs, so the ratio of iris to the constant route follows from the
 microseconds per request printed here: this is the measure to compare two versions of the code
@@ -49,8 +49,8 @@ def busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / TICKS
 
 
-def run(url: str, body: str | None, key: str, workers: list[int]) -> dict[str, Any]:
-    """wrk on `url`; CPU per request of the workers, of wrk and of everything else."""
+def run(url: str, body: str | None, key: str, server: list[int]) -> dict[str, Any]:
+    """wrk on `url`; CPU per request of the server's processes, of wrk and of the rest."""
     seconds = sb.DUR
     sb.wrk(url, body, key, 16, seconds=2)  # warm-up
     found: dict[str, Any] = {}
@@ -58,7 +58,7 @@ def run(url: str, body: str | None, key: str, workers: list[int]) -> dict[str, A
     load.start()
     time.sleep(1.0)  # past wrk's start
     wrk = int(subprocess.check_output(["pgrep", "-n", "wrk"]).split()[0])
-    pids = [*workers, wrk]
+    pids = [*server, wrk]
     before = {pid: cpu_seconds(pid) for pid in pids}
     busy, started = busy_seconds(), time.monotonic()
     time.sleep(seconds - 2.5)  # and stop before wrk does
@@ -67,8 +67,8 @@ def run(url: str, body: str | None, key: str, workers: list[int]) -> dict[str, A
     busy = (busy_seconds() - busy) / elapsed
     load.join()
     rate = found["rps"]
-    cores = {"workers": sum(used[pid] for pid in workers), "wrk": used[wrk]}
-    cores["other"] = busy - cores["workers"] - cores["wrk"]
+    cores = {"server": sum(used[pid] for pid in server), "wrk": used[wrk]}
+    cores["other"] = busy - cores["server"] - cores["wrk"]
     return {
         "rps": rate,
         "p99_ms": found["p99_ms"],
@@ -92,13 +92,13 @@ def main() -> None:
     process, _ = speed.start(server, HERE / "results" / "cpu-per-request.log")
     try:
         time.sleep(3)
-        workers = sb.tree(process.pid)  # the supervisor's share is nil; its workers are all
+        processes = sb.tree(process.pid)  # the supervisor and its workers
         for _ in range(rounds):
             for label, url, sent in (
                 ("const", f"{base}/health", None),
                 ("iris", base + path, body),
             ):
-                found = run(url, sent, key, workers)
+                found = run(url, sent, key, processes)
                 print(
                     f"{label:5} {found['rps']:8.0f} req/s  p99 {found['p99_ms']} ms  "
                     f"errors {found['errors']}  cores {found['cores']}  "
