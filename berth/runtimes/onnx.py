@@ -58,7 +58,7 @@ class OnnxRuntime:
         metadata = session.get_modelmeta().custom_metadata_map
         self.argmax_labels = metadata.get(LABELS_METADATA_KEY) == "argmax"
         # What a call needs from the graph, read once: every attribute of a node is a call
-        # into onnxruntime's C++ (a tenth of a small model's prediction when read per call).
+        # into onnxruntime's C++, and a small model's prediction is only a few of those.
         self._names = [node.name for node in self.inputs]
         self._dtypes = [ORT_DTYPES.get(node.type) for node in self.inputs]
         self._output_names = [node.name for node in self.outputs]
