@@ -430,8 +430,13 @@ class Connection(asyncio.Protocol):
         if len(self.streams) + self.cancelled_running >= OUR_MAX_STREAMS:
             self._write(_rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
-        stream = Stream(stream_id, self, headers, send_window=self.peer_stream_window)
-        stream.opened_at = asyncio.get_running_loop().time()
+        stream = Stream(
+            stream_id,
+            self,
+            headers,
+            send_window=self.peer_stream_window,
+            opened_at=asyncio.get_running_loop().time(),
+        )
         self.streams[stream_id] = stream
         if end_stream:
             self._complete(stream)
