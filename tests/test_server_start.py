@@ -140,6 +140,34 @@ def test_ctrl_c_while_two_workers_start_exits_without_a_traceback(
     assert code in (0, 130, -signal.SIGINT), text[-3000:]
 
 
+EXEC_WITH_CTRL_C_PENDING = """
+import os, signal, sys
+from berth.cli.entry import hold_ctrl_c
+hold_ctrl_c()
+os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C during the exec, before any handler exists
+os.execv(sys.executable, [sys.executable, "-m", "berth.cli.supervisor"])
+"""
+
+
+def test_a_ctrl_c_held_over_the_exec_stops_the_supervisor_quietly(
+    tmp_path: Path, iris_files: tuple[Path, Path]
+) -> None:
+    """`berth serve --workers N` holds SIGINT over its exec; the supervisor takes it as Ctrl-C."""
+    env = iris_home(tmp_path / "home", iris_files)
+    env.update({"BERTH_PORT": str(free_port()), "BERTH_WORKERS": "2"})
+    stopped = subprocess.run(
+        [sys.executable, "-c", EXEC_WITH_CTRL_C_PENDING],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr + stopped.stdout
+    assert "Started server process" not in stopped.stderr + stopped.stdout
+
+
 FREED = """
 from berth.serving.heap import return_freed_memory
 

@@ -19,6 +19,20 @@ def exit_quietly_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, _stop_quietly)
 
 
+def hold_ctrl_c() -> None:
+    """Block SIGINT until `release_ctrl_c`, across an exec.
+
+    The mask survives `os.execv`, so a Ctrl-C that comes while the new interpreter starts waits
+    for it instead of landing in CPython's own start-up (which reports it as a fatal error with a
+    traceback, before any handler of ours exists)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def release_ctrl_c() -> None:
+    """Let SIGINT in again; one that came while it was held is delivered now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def main() -> None:
     exit_quietly_on_ctrl_c()
     from berth.cli.main import main as run

@@ -301,6 +301,7 @@ def start_server(options: ServerOptions, check: Callable[[], ServerOptions] | No
     registry's import and queries (0.4 s) leave the path to the first prediction, and the
     supervisor starts no worker until the copy has said yes (`berth.cli.supervisor`)."""
     from berth.cli import supervisor
+    from berth.cli.entry import hold_ctrl_c
     from berth.config import load_settings
 
     _check_tls(options)
@@ -324,6 +325,7 @@ def start_server(options: ServerOptions, check: Callable[[], ServerOptions] | No
         os.environ[supervisor.CHECKER_ENV] = str(checker)
     else:
         _announce(options)
+    hold_ctrl_c()  # until the supervisor's handler is in; a Ctrl-C meanwhile then exits 130
     os.execv(sys.executable, [sys.executable, "-m", "berth.cli.supervisor"])  # noqa: S606
 
 

@@ -12,11 +12,13 @@ so `berth serve` calls `run` directly.
 
 from __future__ import annotations
 
-from berth.cli.entry import exit_quietly_on_ctrl_c
+from berth.cli.entry import exit_quietly_on_ctrl_c, release_ctrl_c
 
 if __name__ == "__main__":
     # Ctrl-C while the supervisor still imports: no traceback (uvicorn takes it over once it runs).
     exit_quietly_on_ctrl_c()
+    # `berth serve` held SIGINT over its exec into this process (berth.cli.entry.hold_ctrl_c).
+    release_ctrl_c()
 
 import logging
 import os
