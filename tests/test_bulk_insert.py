@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from berth.registry.service import Registry
 from berth.store import bulk_insert
-from berth.store.bulk_insert import insert_rows
+from berth.store.bulk_insert import insert_rows, insert_values
 from berth.store.tables import PredictionRow
 
 TABLE = PredictionRow.__table__
@@ -94,3 +94,16 @@ def test_a_failing_chunk_rolls_the_whole_write_back(
     ):
         insert_rows(session, TABLE, written)
     assert stored(registry, "bulk") == []
+
+
+def test_a_row_short_of_a_value_is_refused_before_anything_is_sent(
+    sqlite_registry: Registry,
+) -> None:
+    names = list(rows("x", 1)[0])
+    short = [list(rows("short", 2)[0].values()), list(rows("short", 2)[1].values())[:-1]]
+    with (
+        pytest.raises(ValueError, match="each of the 8 columns"),
+        sqlite_registry.db.session() as s,
+    ):
+        insert_values(s, TABLE, names, short)
+    assert stored(sqlite_registry, "short") == []

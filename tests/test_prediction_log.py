@@ -18,9 +18,11 @@ from sqlalchemy import func, insert, select
 from berth.config import Settings
 from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
 from berth.monitoring.prediction_log import (
+    COLUMNS,
     PredictionLog,
     json_safe,
     prediction_rows,
+    prediction_values,
 )
 from berth.registry.service import Registry
 from berth.registry.versions import VersionInfo
@@ -36,7 +38,7 @@ def log_config(**changes: Any) -> PredictionLogConfig:
 
 def result(
     predictions: list[Any],
-    probabilities: list[list[float]] | None = None,
+    probabilities: list[list[float]] | np.ndarray[Any, Any] | None = None,
     classes: list[Any] | None = None,
     model: str = "m",
     version: int = 1,
@@ -98,6 +100,26 @@ def test_each_list_of_classes_keeps_its_own_columns() -> None:
         assert rows[0]["score"] == pytest.approx(0.7)
         rows = prediction_rows(result(["a"], [[0.1, 0.2, 0.7]], second), datetime.now(UTC))
         assert rows[0]["score"] == pytest.approx(0.7)
+
+
+def test_a_label_outside_the_classes_scores_its_rows_top_probability() -> None:
+    # Float32 probabilities score as the same numbers numpy's float64 would; a NaN or an
+    # infinity anywhere in the row leaves the top one unknown, as numpy's max would.
+    found = result(
+        ["other", "other", "other"],
+        np.array([[0.2, 0.5, 0.3], [0.2, np.nan, 0.9], [0.1, np.inf, 0.2]], dtype=np.float32),
+        ["a", "b", "c"],
+    )
+    scores = [row["score"] for row in prediction_rows(found, datetime.now(UTC))]
+    assert scores == [float(np.float32(0.5)), None, None]
+
+
+def test_rows_as_values_follow_the_columns() -> None:
+    found = result([2, 0], [[0.1, 0.2, 0.7], [0.3, 0.6, 0.1]], [0, 1, 2])
+    at = datetime.now(UTC)
+    assert [dict(zip(COLUMNS, values, strict=True)) for values in prediction_values(found, at)] == (
+        prediction_rows(found, at)
+    )
 
 
 def test_regression_rows_have_no_score_and_json_safe_values() -> None:

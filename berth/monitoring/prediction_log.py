@@ -31,7 +31,7 @@ from berth.monitoring.config import PredictionLogConfig
 from berth.runtimes.base import ModelInput
 from berth.serving.dataplane import PredictResult
 from berth.store import audit
-from berth.store.bulk_insert import insert_rows
+from berth.store.bulk_insert import insert_values
 from berth.store.db import Database
 from berth.store.tables import FeedbackRow, PredictionRow
 
@@ -124,12 +124,12 @@ class PredictionLog:
 
     def write(self, items: list[tuple[PredictResult, datetime]]) -> int:
         """Insert the rows of these results in one transaction (runs in a worker thread)."""
-        rows = [row for result, at in items for row in prediction_rows(result, at)]
+        rows = [row for result, at in items for row in prediction_values(result, at)]
         if rows:
             # Not the ORM's bulk path, which costs several times more CPU per row (paid under the
             # GIL while the worker serves requests); see berth.store.bulk_insert.
             with self.db.session() as session:
-                insert_rows(session, PREDICTIONS_TABLE, rows)
+                insert_values(session, PREDICTIONS_TABLE, COLUMNS, rows)
         return len(rows)
 
     async def _write_forever(self) -> None:
@@ -199,24 +199,37 @@ def _rowcount(result: Any) -> int:
 # rows ----------------------------------------------------------------------------------
 
 
+COLUMNS = ("id", "model", "version", "endpoint", "created_at", "prediction", "score", "latency_ms")
+"""The `predictions` columns a logged row fills, in the order of `prediction_values`."""
+
+
 def prediction_rows(result: PredictResult, at: datetime) -> list[dict[str, Any]]:
     """One `predictions` row per predicted row: JSON-safe value, score, latency."""
+    return [dict(zip(COLUMNS, values, strict=True)) for values in prediction_values(result, at)]
+
+
+def prediction_values(result: PredictResult, at: datetime) -> list[tuple[Any, ...]]:
+    """`prediction_rows` as tuples in the order of COLUMNS: what the writer inserts, without a
+    dict per row (the writer shares the GIL with the requests)."""
     prediction = result.prediction
     values = json_safe(np.asarray(prediction.predictions).tolist())
     ids = result.row_ids()
     scores = _scores(values, prediction.probabilities, prediction.classes, len(ids))
     latency_ms = result.seconds * 1000.0
+    version = result.version
+    model, number, endpoint = version.model, version.number, result.endpoint
+    known = len(values)
     return [
-        {
-            "id": row_id,
-            "model": result.version.model,
-            "version": result.version.number,
-            "endpoint": result.endpoint,
-            "created_at": at,
-            "prediction": values[i] if i < len(values) else None,
-            "score": scores[i],
-            "latency_ms": latency_ms,
-        }
+        (
+            row_id,
+            model,
+            number,
+            endpoint,
+            at,
+            values[i] if i < known else None,
+            scores[i],
+            latency_ms,
+        )
         for i, row_id in enumerate(ids)
     ]
 
@@ -227,17 +240,28 @@ def _scores(
     """P(positive class) for binary classifiers, P(predicted class) otherwise; None without."""
     if probabilities is None:
         return [None] * n
-    table = np.asarray(probabilities, dtype=float)
+    table = np.asarray(probabilities)
     if table.ndim != 2 or table.shape[0] != n or table.shape[1] == 0:
         return [None] * n
+    # Python floats from here (a float32 becomes the same float64 numpy would make of it):
+    # for a row or a few, numpy's per-call cost is most of the work.
+    grid: list[list[Any]] = table.tolist()
     if table.shape[1] == 2:
-        return [_finite(p) for p in table[:, 1].tolist()]
+        return [_finite(row[1]) for row in grid]
     column = _class_columns(classes)
     scores: list[float | None] = []
-    for i in range(n):
+    for i, row in enumerate(grid):
         index = column.get(_hashable(values[i])) if i < len(values) else None
-        scores.append(_finite(table[i, index] if index is not None else table[i].max()))
+        scores.append(_finite(row[index]) if index is not None else _top(row))
     return scores
+
+
+def _top(row: list[Any]) -> float | None:
+    """The highest probability of a row; None when one is NaN (numpy's max would be NaN)."""
+    numbers = [float(p) for p in row]
+    if any(math.isnan(p) for p in numbers):
+        return None
+    return _finite(max(numbers))
 
 
 _COLUMNS: dict[int, tuple[list[Any], dict[Any, int]]] = {}

@@ -3,11 +3,12 @@
 SQLAlchemy's executemany on SQLite runs one statement per row, and the sqlite3 module lets go
 of the GIL around each one, so a writer thread inserting 500 rows hands the GIL to the event
 loop and takes it back hundreds of times. Here, on SQLite, a chunk of rows goes in as one INSERT
-with many VALUES: one statement, one hand-over, and less CPU per row (the prediction log's
-writer: 17 us to 13.5 us a row, alone; under load the difference was within the measure's
-noise). Values are converted by each column type's own bind processor for the dialect,
-so they are stored exactly as SQLAlchemy would store them. Other databases take the usual
-executemany (psycopg sends its rows in one pipeline).
+with many VALUES: one statement, one hand-over, and less CPU per row. Rows come as tuples in
+column order (`insert_values`), and each column that needs it is converted in one pass by its
+type's own bind processor for the dialect, so values are stored exactly as SQLAlchemy would
+store them. Other databases take the usual executemany (psycopg sends its rows in one
+pipeline). The prediction log's writer, alone on SQLite, building and inserting batches of
+500 one-row predictions: 17 us a row with a dict per row, 8 us with tuples (commit apart).
 """
 
 from __future__ import annotations
@@ -26,23 +27,37 @@ bound values would be passed (32,766 since SQLite 3.32, 999 before, as on Ubuntu
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Insert `rows` (dicts with the same keys, a column each) into `table` in `session`."""
+    if rows:
+        names = list(rows[0])
+        insert_values(session, table, names, [[row[name] for name in names] for row in rows])
+
+
+def insert_values(
+    session: Session, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert `rows` (values in the order of the columns `names`) into `table` in `session`."""
     if not rows:
         return
     connection = session.connection()
     if connection.dialect.name != "sqlite":
-        session.execute(insert(table), list(rows))
+        session.execute(insert(table), [dict(zip(names, row, strict=True)) for row in rows])
         return
-    names = list(rows[0])
-    convert = _bind_processors(connection, table, names)
-    per_statement = _rows_per_statement(connection, len(names))
+    width = len(names)
+    convert = [
+        (column, processor)
+        for column, processor in enumerate(_bind_processors(connection, table, names))
+        if processor is not None
+    ]
+    per_statement = _rows_per_statement(connection, width)
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        values: list[Any] = []
-        for row in chunk:
-            for name, processor in zip(names, convert, strict=True):
-                value = row[name]
-                # None goes through too: a JSON column stores it as JSON null, as SQLAlchemy does.
-                values.append(value if processor is None else processor(value))
+        values = [value for row in chunk for value in row]
+        if len(values) != width * len(chunk):
+            raise ValueError(f"each row must have a value for each of the {width} columns")
+        # A column at a time: every `width`-th value from the column's position. None goes
+        # through too: a JSON column stores it as JSON null, as SQLAlchemy does.
+        for column, processor in convert:
+            values[column::width] = [processor(value) for value in values[column::width]]
         connection.exec_driver_sql(_statement(connection, table, names, len(chunk)), tuple(values))
 
 
@@ -52,7 +67,7 @@ def _rows_per_statement(connection: Connection, columns: int) -> int:
     return max(1, min(ROWS_PER_STATEMENT, limit // columns))
 
 
-def _statement(connection: Connection, table: Table, names: list[str], count: int) -> str:
+def _statement(connection: Connection, table: Table, names: Sequence[str], count: int) -> str:
     quote = connection.dialect.identifier_preparer.quote
     one = "(" + ", ".join("?" * len(names)) + ")"
     columns = ", ".join(quote(name) for name in names)
@@ -61,7 +76,7 @@ def _statement(connection: Connection, table: Table, names: list[str], count: in
 
 
 def _bind_processors(
-    connection: Connection, table: Table, names: list[str]
+    connection: Connection, table: Table, names: Sequence[str]
 ) -> list[Callable[[Any], Any] | None]:
     dialect = connection.dialect
     return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
