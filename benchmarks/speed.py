@@ -12,7 +12,8 @@ batching, 32 rows / 5 ms); the bare FastAPI app in one uvicorn process. Throughp
 compare with the faster MLServer, memory with MLServer's two workers. "No regression" serves the
 same iris versions with Berth as it was before this round (BEFORE_COMMIT, from `git archive`) in
 the same run. The constant route and iris, whose ratio is a target, run alternately three
-times in the same server, and each one's median run is the one reported.
+times in the same server, and each one's median run is the one reported; the one-worker server
+is started three times, and its median start is reported.
 
 Usage: .venv/bin/python benchmarks/speed.py [--write-readme]
 Env: DUR=10 (seconds per wrk run). Needs .tools/mlserver and .tools/bentoml (make bench makes
@@ -199,10 +200,13 @@ def berth_runs(env: dict[str, str], rows: dict[str, list[float]]) -> dict[str, A
     headers = {"X-API-Key": env["BENCH_KEY"]}
     results: dict[str, Any] = {}
     one, _ = berth_server("start-1w", env, ["iris@sklearn"], rows)
-    process, results["first_prediction_1_worker_s"] = start(
-        one, HERE / "results" / f"speed-{one.name}.log"
-    )
-    sb.stop(process)
+    starts = []
+    for _ in range(ROUNDS):  # a single start moved by a fifth from one run to the next
+        process, seconds = start(one, HERE / "results" / f"speed-{one.name}.log")
+        sb.stop(process)
+        starts.append(seconds)
+    results["first_prediction_1_worker_s"] = sorted(starts)[(len(starts) - 1) // 2]
+    results["first_prediction_1_worker_runs"] = starts
     # /health is an open route, rate limited per address by default: off for the constant route.
     main, url = berth_server(
         "main", env, ["iris@sklearn", "iris@onnx", "rf@sklearn"], rows, BERTH_OPEN_ROUTE_RATE=""
@@ -375,7 +379,9 @@ def targets(berth: dict[str, Any], peers: dict[str, Any]) -> list[tuple[str, str
     )
     add(
         "start to first prediction, 1 worker <= 1.5 s",
-        f"{berth['first_prediction_1_worker_s']} s",
+        f"{berth['first_prediction_1_worker_s']} s (median; starts "
+        + " / ".join(str(s) for s in berth.get("first_prediction_1_worker_runs", []))
+        + ")",
         berth["first_prediction_1_worker_s"] / 1.5,
         berth["first_prediction_1_worker_s"] <= 1.5,
     )
