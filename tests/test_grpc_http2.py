@@ -542,6 +542,33 @@ def test_a_frame_on_a_stream_never_opened_ends_the_connection(
     assert struct.unpack(">I", received[-1][3][4:8])[0] == 1  # GOAWAY, PROTOCOL_ERROR
 
 
+def test_a_second_goaway_never_names_a_stream_after_the_first_ones() -> None:
+    # Stream 1 runs when the server starts to stop (GOAWAY, last stream 1); stream 3 comes
+    # after and is ignored; then a protocol error ends the connection. Its GOAWAY must still say
+    # 1, or the client would take stream 3 as possibly processed and never retry it.
+    server = Running(Methods())
+    encoder = hpack.Encoder()
+    slow = struct.pack(">BI", 0, 3) + b"5.0"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                _preface() + _frame(1, 4, 1, _call_headers(encoder, "/test.T/Slow"))
+                + _frame(0, 1, 1, slow)
+            )  # fmt: skip
+            _wait_for(lambda: "5.0" in server.methods.started)
+            stopping = asyncio.run_coroutine_threadsafe(server.server.stop(5), server.loop)
+            first = _read_frames(sock, until=lambda frame: frame[0] == 7)[-1]
+            sock.sendall(
+                _frame(1, 4, 3, _call_headers(encoder, "/test.T/Echo")) + _frame(0, 0, 0, b"xx")
+            )
+            second = _read_frames(sock, until=lambda frame: frame[0] == 7)[-1]
+        stopping.result(10)
+    finally:
+        server.stop()
+    assert struct.unpack(">II", first[3][:8]) == (1, 0)  # NO_ERROR, streams up to 1
+    assert struct.unpack(">II", second[3][:8]) == (1, 1)  # PROTOCOL_ERROR, still up to 1
+
+
 def test_a_priority_of_a_wrong_length_resets_its_stream_only(raw: RawClient) -> None:
     stream = raw.open("/test.T/Slow")
     raw.sock.sendall(_frame(2, 0, stream, b"\x00" * 4))

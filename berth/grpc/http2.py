@@ -178,6 +178,9 @@ class Connection(asyncio.Protocol):
         self.decoder = HeaderDecoder()
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
+        self.announced_last_stream_id: int | None = None
+        """The last stream id our first GOAWAY gave: a later one never gives more (RFC 9113
+        6.8), since streams after it were ignored and the client may retry them elsewhere."""
         self.going_away = False
         self.closed = False
         # Our view of the peer
@@ -670,8 +673,7 @@ class Connection(asyncio.Protocol):
             self._close()
             return
         self.going_away = True
-        payload = struct.pack(">II", self.last_stream_id, ErrorCode.NO_ERROR)
-        self._write(_frame(FrameType.GOAWAY, 0, 0, payload))
+        self._write(_goaway_frame(self._last_processed(), ErrorCode.NO_ERROR))
         self._close_when_idle()
 
     def abort(self, code: ErrorCode, reason: str) -> None:
@@ -679,9 +681,14 @@ class Connection(asyncio.Protocol):
             return
         if code != ErrorCode.NO_ERROR:
             log.info("closing the HTTP/2 connection from %s: %s", self.peer, reason)
-        payload = struct.pack(">II", self.last_stream_id, code) + reason.encode()[:256]
-        self._write(_frame(FrameType.GOAWAY, 0, 0, payload))
+        self._write(_goaway_frame(self._last_processed(), code, reason))
         self._close()
+
+    def _last_processed(self) -> int:
+        """The stream id a GOAWAY gives: the client's last, or the first GOAWAY's if one went."""
+        if self.announced_last_stream_id is None:
+            self.announced_last_stream_id = self.last_stream_id
+        return self.announced_last_stream_id
 
     def close(self) -> None:
         """Close at once, whatever is unsent; calls still running are cancelled."""
@@ -718,6 +725,11 @@ class Connection(asyncio.Protocol):
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview) -> bytes:
     return _HEAD.pack((len(payload) << 8) | kind, flags, stream_id) + payload
+
+
+def _goaway_frame(last_stream_id: int, code: ErrorCode, reason: str = "") -> bytes:
+    payload = struct.pack(">II", last_stream_id, code) + reason.encode()[:256]
+    return _frame(FrameType.GOAWAY, 0, 0, payload)
 
 
 def _rst_stream(stream_id: int, code: ErrorCode) -> bytes:
