@@ -7,8 +7,9 @@ or as soon as `batch_rows` rows wait. When the buffer is full, a request's rows 
 (all of them) and counted in `berth_prediction_log_dropped_total`; a failed write is counted
 there too. Prediction is never slowed down or failed by the log.
 
-Retention runs on its own timer (not per batch): rows older than `max_age` go, then the oldest
-rows beyond `max_rows`, with the feedback that belongs to them.
+Retention runs on its own timer (not per batch), first a few seconds after start: rows older
+than `max_age` go, then the oldest rows beyond `max_rows`, with the feedback that belongs to
+them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ PREDICTION_LOG_DROPPED = Counter(
 PREDICTION_LOG_WRITTEN = Counter(
     "berth_prediction_log_written", "Prediction rows written to the prediction log."
 )
+
+
+FIRST_RETENTION_SECONDS = 5.0
+"""Seconds from start to the first retention pass (after the server's own start-up work), when
+the interval is longer."""
 
 
 class PredictionLog:
@@ -143,8 +149,12 @@ class PredictionLog:
     # retention ---------------------------------------------------------------------------
 
     async def _retain_forever(self) -> None:
+        # The first pass comes soon after start: a server restarted more often than the interval
+        # (a crash loop, short-lived `berth serve` sessions) would otherwise never prune at all.
+        wait = min(self.config.retention_seconds, FIRST_RETENTION_SECONDS)
         while True:
-            await asyncio.sleep(self.config.retention_seconds)
+            await asyncio.sleep(wait)
+            wait = self.config.retention_seconds
             try:
                 await anyio.to_thread.run_sync(self.apply_retention)
             except Exception:
