@@ -16,7 +16,6 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, insert, select
 
 from berth.config import Settings
-from berth.monitoring import prediction_log
 from berth.monitoring.config import PerformanceConfig, PredictionLogConfig
 from berth.monitoring.prediction_log import (
     COLUMNS,
@@ -269,27 +268,24 @@ def test_retention_by_rows_keeps_the_newest(registry: Registry) -> None:
     assert log.apply_retention(now) == 0
 
 
-def test_the_first_retention_pass_comes_soon_after_start(
-    registry: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_first_retention_pass_runs_at_start(registry: Registry) -> None:
     # An hour between passes, and a server that lives a fraction of a second: it still prunes.
-    monkeypatch.setattr(prediction_log, "FIRST_RETENTION_SECONDS", 0.05)
     now = datetime.now(UTC)
     _insert(registry, [0.1, 31, 45], now)
     log = PredictionLog(
         registry.db, log_config(max_age=timedelta(days=30), retention_seconds=3600.0)
     )
 
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], int]:
         log.start()
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if len(_ids(registry)[0]) == 1:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if log.retention_passes:
                 break
         await log.stop()
-        return _ids(registry)[0]
+        return _ids(registry)[0], log.retention_passes
 
-    assert asyncio.run(scenario()) == ["p0"]
+    assert asyncio.run(scenario()) == (["p0"], 1)
 
 
 def test_config_from_settings_reads_each_field(settings: Settings) -> None:

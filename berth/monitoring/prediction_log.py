@@ -7,9 +7,8 @@ or as soon as `batch_rows` rows wait. When the buffer is full, a request's rows 
 (all of them) and counted in `berth_prediction_log_dropped_total`; a failed write is counted
 there too. Prediction is never slowed down or failed by the log.
 
-Retention runs on its own timer (not per batch), first a few seconds after start: rows older
-than `max_age` go, then the oldest rows beyond `max_rows`, with the feedback that belongs to
-them.
+Retention runs on its own timer (not per batch), first at start: rows older than `max_age` go,
+then the oldest rows beyond `max_rows`, with the feedback that belongs to them.
 """
 
 from __future__ import annotations
@@ -49,11 +48,6 @@ PREDICTION_LOG_WRITTEN = Counter(
 )
 
 
-FIRST_RETENTION_SECONDS = 5.0
-"""Seconds from start to the first retention pass (after the server's own start-up work), when
-the interval is longer."""
-
-
 class PredictionLog:
     """Buffers predictions from the event loop and writes them to `predictions` in batches."""
 
@@ -65,6 +59,8 @@ class PredictionLog:
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.retention_passes = 0
+        """Retention passes run (or tried) by the timer since start."""
 
     # the hot path ------------------------------------------------------------------------
 
@@ -149,16 +145,15 @@ class PredictionLog:
     # retention ---------------------------------------------------------------------------
 
     async def _retain_forever(self) -> None:
-        # The first pass comes soon after start: a server restarted more often than the interval
-        # (a crash loop, short-lived `berth serve` sessions) would otherwise never prune at all.
-        wait = min(self.config.retention_seconds, FIRST_RETENTION_SECONDS)
+        # The first pass at start, not after a whole interval: a server restarted more often
+        # than the interval (a crash loop, short-lived `berth serve` sessions) never pruned.
         while True:
-            await asyncio.sleep(wait)
-            wait = self.config.retention_seconds
             try:
                 await anyio.to_thread.run_sync(self.apply_retention)
             except Exception:
                 log.exception("prediction log retention failed; retrying next interval")
+            self.retention_passes += 1
+            await asyncio.sleep(self.config.retention_seconds)
 
     def prune(self, *, actor: str | None = None, address: str | None = None) -> int:
         """Apply the retention now, as `actor` asked (`berth feedback prune`, or POST
