@@ -11,7 +11,7 @@ BentoML with their defaults (MLServer: one inference worker, and once with two, 
 batching, 32 rows / 5 ms); the bare FastAPI app in one uvicorn process. Throughput targets
 compare with the faster MLServer, memory with MLServer's two workers. "No regression" serves the
 same iris versions with Berth as it was before this round (BEFORE_COMMIT, from `git archive`) in
-the same run. The constant route and iris, whose ratio is a target, run alternately three
+the same run. The constant route and iris, whose ratio is a target, run alternately five
 times in the same server, and each one's median run is the one reported; the one-worker server
 is started three times, and its median start is reported.
 
@@ -111,10 +111,14 @@ def start(server: Server, log: Path) -> tuple[subprocess.Popen[bytes], float]:
     return process, round(time.perf_counter() - started, 2)
 
 
-ROUNDS = 3
+ROUNDS = 5
 """Runs of each load compared with another in the same server (the constant route and iris):
-they alternate, and each load's median run stands for it. The machine's speed drifts by about
-a tenth within minutes, as much as a ratio's margin; alternating spreads the drift over both."""
+they alternate, and each load's median run stands for it. On a 2-core virtual machine a run's
+req/s moved by up to a fifth from one run to the next (the constant route more than iris);
+five runs each keep one or two outliers out of the ratio."""
+
+STARTS = 3
+"""Starts of the one-worker server, of which the median is reported."""
 
 
 def measure(
@@ -201,7 +205,7 @@ def berth_runs(env: dict[str, str], rows: dict[str, list[float]]) -> dict[str, A
     results: dict[str, Any] = {}
     one, _ = berth_server("start-1w", env, ["iris@sklearn"], rows)
     starts = []
-    for _ in range(ROUNDS):  # a single start moved by a fifth from one run to the next
+    for _ in range(STARTS):  # a single start moved by a fifth from one run to the next
         process, seconds = start(one, HERE / "results" / f"speed-{one.name}.log")
         sb.stop(process)
         starts.append(seconds)
