@@ -32,3 +32,8 @@ def test_the_ratio_names_every_run_behind_its_medians() -> None:
         speed._runs(iris, const) == " (medians; runs 6100 / 5700 / 6300 vs 12000 / 11500 / 12400)"
     )
     assert speed._runs({"rps": 1.0}) == ""
+
+
+def test_a_start_is_judged_by_its_median() -> None:
+    assert speed.median([1.53, 1.44, 1.27]) == 1.44
+    assert speed.median([1.9, 1.5]) == 1.5
