@@ -7,8 +7,8 @@ or as soon as `batch_rows` rows wait. When the buffer is full, a request's rows 
 (all of them) and counted in `berth_prediction_log_dropped_total`; a failed write is counted
 there too. Prediction is never slowed down or failed by the log.
 
-Retention runs on its own timer (not per batch), first at start: rows older than `max_age` go,
-then the oldest rows beyond `max_rows`, with the feedback that belongs to them.
+Retention runs on its own timer (not per batch), first a second after start: rows older than
+`max_age` go, then the oldest rows beyond `max_rows`, with the feedback that belongs to them.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ PREDICTION_LOG_DROPPED = Counter(
 PREDICTION_LOG_WRITTEN = Counter(
     "berth_prediction_log_written", "Prediction rows written to the prediction log."
 )
+
+
+FIRST_RETENTION_SECONDS = 1.0
+"""Seconds from the log's start to its first retention pass (at most the interval)."""
 
 
 class PredictionLog:
@@ -145,8 +149,10 @@ class PredictionLog:
     # retention ---------------------------------------------------------------------------
 
     async def _retain_forever(self) -> None:
-        # The first pass at start, not after a whole interval: a server restarted more often
-        # than the interval (a crash loop, short-lived `berth serve` sessions) never pruned.
+        # The first pass soon after start, not after a whole interval: a server restarted more
+        # often than the interval (a crash loop, short-lived `berth serve` sessions) never
+        # pruned. Not at once: the workers' start-up and first requests come first.
+        await asyncio.sleep(min(FIRST_RETENTION_SECONDS, self.config.retention_seconds))
         while True:
             try:
                 await anyio.to_thread.run_sync(self.apply_retention)
