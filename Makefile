@@ -141,7 +141,7 @@ format: install
 	$(BIN)/ruff format berth tests benchmarks
 
 # Berth and its peers (MLServer, BentoML, bare FastAPI) with the same two models in one run, and
-# the speed targets with PASS/FAIL (benchmarks/speed.py, about 4 minutes; run nothing else
+# the speed targets with PASS/FAIL (benchmarks/speed.py, about 10 minutes; run nothing else
 # meanwhile). ARGS=--write-readme rewrites README.md's speed table from the run.
 bench: install wrk mlserver bentoml bytecode
 	$(BIN)/python benchmarks/speed.py $(ARGS)
