@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import joblib
@@ -389,13 +389,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from tests.scheduling import spread_long_tests, worker_count
 
     spread_long_tests(items, worker_count(config))
-
-
-def wait_for_first_retention(client: Any, seconds: float = 10.0) -> None:
-    """Until the served app's prediction log has run the retention pass it runs at start: a
-    test that then adds old rows knows that no timer will delete them under it."""
-    deadline = time.monotonic() + seconds
-    while client.app.state.monitoring.log.retention_passes < 1:
-        if time.monotonic() > deadline:
-            raise AssertionError("the prediction log's first retention pass never ran")
-        time.sleep(0.01)

@@ -268,26 +268,6 @@ def test_retention_by_rows_keeps_the_newest(registry: Registry) -> None:
     assert log.apply_retention(now) == 0
 
 
-def test_the_first_retention_pass_runs_soon_after_start(registry: Registry) -> None:
-    # An hour between passes, and a server that lives a few seconds: it still prunes.
-    now = datetime.now(UTC)
-    _insert(registry, [0.1, 31, 45], now)
-    log = PredictionLog(
-        registry.db, log_config(max_age=timedelta(days=30), retention_seconds=3600.0)
-    )
-
-    async def scenario() -> tuple[list[str], int]:
-        log.start()
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if log.retention_passes:
-                break
-        await log.stop()
-        return _ids(registry)[0], log.retention_passes
-
-    assert asyncio.run(scenario()) == (["p0"], 1)
-
-
 def test_config_from_settings_reads_each_field(settings: Settings) -> None:
     changed = settings.model_copy(
         update={

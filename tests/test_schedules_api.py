@@ -19,7 +19,6 @@ from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from berth.store.tables import PredictionRow
-from tests.conftest import wait_for_first_retention
 
 ARGS = ["iris@production", "--source", "/data/in.csv", "--sink", "/data/out.parquet"]
 BODY = {"cron": "0 2 * * *", "timezone": "Europe/Berlin", "args": ARGS}
@@ -163,7 +162,6 @@ def test_unknown_schedules_bad_names_and_limits(api: Api) -> None:
 
 
 def test_prune_applies_the_retention_and_is_audited(api: Api) -> None:
-    wait_for_first_retention(api.client)
     now = datetime.now(UTC)
     with api.registry.db.session() as session:
         for row_id, age in (("new", timedelta(hours=1)), ("old", timedelta(days=3650))):

@@ -31,7 +31,7 @@ from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from berth.store.tables import PredictionRow
-from tests.conftest import register_iris, wait_for_first_retention
+from tests.conftest import register_iris
 
 JWT_SECRET = "jwt-shared-secret-for-tests-0123456789"
 AUDIENCE = "berth-tests"
@@ -232,7 +232,6 @@ def test_auth_matrix_every_protected_route_refuses_without_side_effects(secured:
     # a schedule that a disable or delete would change, and a prediction a prune would delete
     args = BODIES["/api/v1/schedules/{name}"]["args"]
     ScheduleService(secured.registry.db).put(PATH_VALUES["name"], cron="@hourly", args=args)
-    wait_for_first_retention(secured.client)
     with secured.registry.db.session() as session:
         session.add(
             PredictionRow(

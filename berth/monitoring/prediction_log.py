@@ -7,8 +7,8 @@ or as soon as `batch_rows` rows wait. When the buffer is full, a request's rows 
 (all of them) and counted in `berth_prediction_log_dropped_total`; a failed write is counted
 there too. Prediction is never slowed down or failed by the log.
 
-Retention runs on its own timer (not per batch), first a second after start: rows older than
-`max_age` go, then the oldest rows beyond `max_rows`, with the feedback that belongs to them.
+Retention runs on its own timer (not per batch): rows older than `max_age` go, then the oldest
+rows beyond `max_rows`, with the feedback that belongs to them.
 """
 
 from __future__ import annotations
@@ -48,10 +48,6 @@ PREDICTION_LOG_WRITTEN = Counter(
 )
 
 
-FIRST_RETENTION_SECONDS = 1.0
-"""Seconds from the log's start to its first retention pass (at most the interval)."""
-
-
 class PredictionLog:
     """Buffers predictions from the event loop and writes them to `predictions` in batches."""
 
@@ -63,8 +59,6 @@ class PredictionLog:
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.retention_passes = 0
-        """Retention passes run (or tried) by the timer since start."""
 
     # the hot path ------------------------------------------------------------------------
 
@@ -149,17 +143,12 @@ class PredictionLog:
     # retention ---------------------------------------------------------------------------
 
     async def _retain_forever(self) -> None:
-        # The first pass soon after start, not after a whole interval: a server restarted more
-        # often than the interval (a crash loop, short-lived `berth serve` sessions) never
-        # pruned. Not at once: the workers' start-up and first requests come first.
-        await asyncio.sleep(min(FIRST_RETENTION_SECONDS, self.config.retention_seconds))
         while True:
+            await asyncio.sleep(self.config.retention_seconds)
             try:
                 await anyio.to_thread.run_sync(self.apply_retention)
             except Exception:
                 log.exception("prediction log retention failed; retrying next interval")
-            self.retention_passes += 1
-            await asyncio.sleep(self.config.retention_seconds)
 
     def prune(self, *, actor: str | None = None, address: str | None = None) -> int:
         """Apply the retention now, as `actor` asked (`berth feedback prune`, or POST
