@@ -29,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -43,6 +44,7 @@ MLSERVER = ROOT / ".tools" / "mlserver" / "bin" / "mlserver"
 BENTOML = ROOT / ".tools" / "bentoml" / "bin" / "bentoml"
 PEERS = HERE / "peer_servers"
 CONNS = 64
+T = TypeVar("T")
 README = ROOT / "README.md"
 TABLE_START = "<!-- speed table: benchmarks/speed.py writes it -->"
 TABLE_END = "<!-- end of speed table -->"
@@ -163,8 +165,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     and the non-2xx answers of all runs."""
     if len(runs) == 1:
         return runs[0]
-    ranked = sorted(runs, key=lambda run: run["rps"])
-    middle = ranked[(len(ranked) - 1) // 2]
+    middle = median(runs, key=lambda run: run["rps"])
     return {
         **middle,
         "rps_runs": [run["rps"] for run in runs],
@@ -209,9 +210,9 @@ def started_once(server: Server) -> float:
     return seconds
 
 
-def median(values: list[float]) -> float:
-    """The middle value (the lower middle one of an even number)."""
-    return sorted(values)[(len(values) - 1) // 2]
+def median(values: list[T], key: Callable[[T], Any] | None = None) -> T:
+    """The middle value (the lower middle one of an even number), by `key` when given."""
+    return sorted(values, key=key)[(len(values) - 1) // 2]  # type: ignore[type-var, arg-type]
 
 
 def berth_runs(env: dict[str, str], rows: dict[str, list[float]]) -> dict[str, Any]:
@@ -397,17 +398,14 @@ def targets(berth: dict[str, Any], peers: dict[str, Any]) -> list[tuple[str, str
     )
     add(
         "start to first prediction, 1 worker <= 1.5 s",
-        f"{berth['first_prediction_1_worker_s']} s (median; starts "
-        + " / ".join(str(s) for s in berth.get("first_prediction_1_worker_runs", []))
-        + ")",
+        f"{berth['first_prediction_1_worker_s']} s"
+        + _starts(berth.get("first_prediction_1_worker_runs", [])),
         berth["first_prediction_1_worker_s"] / 1.5,
         berth["first_prediction_1_worker_s"] <= 1.5,
     )
     add(
         "start to first prediction, 2 workers <= 2 s",
-        f"{main['first_prediction_s']} s (median; starts "
-        + " / ".join(str(s) for s in main.get("first_prediction_runs", []))
-        + ")",
+        f"{main['first_prediction_s']} s" + _starts(main.get("first_prediction_runs", [])),
         main["first_prediction_s"] / 2.0,
         main["first_prediction_s"] <= 2.0,
     )
@@ -434,6 +432,11 @@ def _runs(*loads: dict[str, Any]) -> str:
         return ""
     each = [" / ".join(f"{rps:.0f}" for rps in load["rps_runs"]) for load in loads]
     return f" (medians; runs {' vs '.join(each)})"
+
+
+def _starts(seconds: list[float]) -> str:
+    """Every start a median start comes from."""
+    return f" (median; starts {' / '.join(map(str, seconds))})" if seconds else ""
 
 
 def servers_table(berth: dict[str, Any], peers: dict[str, Any]) -> list[str]:

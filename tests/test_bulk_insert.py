@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from berth.registry.service import Registry
 from berth.store import bulk_insert
-from berth.store.bulk_insert import insert_rows, insert_values
+from berth.store.bulk_insert import insert_values
 from berth.store.tables import PredictionRow
 
 TABLE = PredictionRow.__table__
@@ -34,6 +35,12 @@ def rows(prefix: str, count: int) -> list[dict[str, Any]]:
         }
         for i in range(count)
     ]
+
+
+def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """`insert_values` with rows as SQLAlchemy's own insert takes them (dicts, a key a column)."""
+    names = list(rows[0]) if rows else []
+    insert_values(session, table, names, [[row[name] for name in names] for row in rows])
 
 
 def stored(registry: Registry, prefix: str) -> list[tuple[Any, ...]]:

@@ -25,13 +25,6 @@ ROWS_PER_STATEMENT = 500
 bound values would be passed (32,766 since SQLite 3.32, 999 before, as on Ubuntu 20.04)."""
 
 
-def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert `rows` (dicts with the same keys, a column each) into `table` in `session`."""
-    if rows:
-        names = list(rows[0])
-        insert_values(session, table, names, [[row[name] for name in names] for row in rows])
-
-
 def insert_values(
     session: Session, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
