@@ -445,6 +445,19 @@ def test_a_deadline_counts_from_the_calls_headers_not_its_last_byte(
     assert raw.answer(within)[1]["grpc-status"] == "0"
 
 
+def test_a_cancel_just_before_the_deadline_is_the_clients_own_timer() -> None:
+    # The client's clock starts before ours (its headers take time to reach the loop), so its
+    # timer's cancel can arrive a little before our deadline: that is still the deadline.
+    async def classify(left: float, lead: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + left
+        return CallContext({}, "peer", deadline=deadline, client_lead=lead).cancelled_by_deadline()
+
+    assert asyncio.run(classify(0.02, 0.05))
+    assert not asyncio.run(classify(0.5, 0.05))  # the client cancelled well before
+    assert asyncio.run(classify(-0.01, 0.0))
+    assert not CallContext({}, "peer").cancelled_by_deadline()  # no deadline: the client's
+
+
 def test_an_unknown_encoding_is_unimplemented_with_the_ones_accepted(raw: RawClient) -> None:
     stream = raw.open("/test.T/Echo", **{"grpc-encoding": "snappy"})
     raw.h2.send_data(stream, struct.pack(">BI", 1, 3) + b"abc", end_stream=True)

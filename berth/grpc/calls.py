@@ -28,6 +28,9 @@ _RESPONSE_HEADERS = STATUS_200 + encode_fields(
 )
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_CLIENT_LEAD = 0.05
+"""At most this much (and a tenth of the call's timeout) may a client's own deadline timer
+fire before ours: a cancel that close to the deadline is the deadline's, in the access log."""
 _OK_TRAILER = encode_fields((("grpc-status", "0"),))
 
 
@@ -64,6 +67,7 @@ class Calls:
                 # From the call's start, not from its last byte: a client's deadline covers
                 # the upload too.
                 context.deadline = stream.opened_at + timeout
+                context.client_lead = min(_CLIENT_LEAD, timeout / 10)
                 if context.deadline_passed():  # during the upload: the method never starts
                     raise _deadline_passed()
                 try:

@@ -54,10 +54,22 @@ class CallContext:
     """Trailing metadata sent back whatever the outcome."""
     deadline: float | None = None
     """When the call's `grpc-timeout` runs out, in the event loop's time; None without one."""
+    client_lead: float = 0.0
+    """How much sooner than `deadline` the client's own timer may cancel the call."""
 
     def deadline_passed(self) -> bool:
-        """Whether a cancellation now is the deadline's (DEADLINE_EXCEEDED), not the client's."""
+        """Whether the deadline has run out by this server's clock."""
         return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
+
+    def cancelled_by_deadline(self) -> bool:
+        """Whether a cancellation now is the deadline's (DEADLINE_EXCEEDED), not the client's.
+
+        The client's clock started before ours, by the time its headers took to reach this
+        loop, so its own timer's cancel can arrive just before our deadline does.
+        """
+        if self.deadline is None:
+            return False
+        return asyncio.get_running_loop().time() >= self.deadline - self.client_lead
 
 
 Unary = Callable[[bytes, CallContext], Awaitable[bytes]]

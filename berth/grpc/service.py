@@ -179,7 +179,7 @@ class InferenceService:
                     code, details, extra = status_of(exc)
                     raise RpcError(code, details, extra) from None
                 except BaseException:  # the client went away, or the deadline passed
-                    passed = context.deadline_passed()
+                    passed = context.cancelled_by_deadline()
                     code = StatusCode.DEADLINE_EXCEEDED if passed else StatusCode.CANCELLED
                     raise
                 finally:
