@@ -144,14 +144,14 @@ def test_a_passed_deadline_is_deadline_exceeded_and_the_handler_is_cancelled(
     running: Running, channel: grpc.Channel
 ) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        _unary(channel, "Slow")(b"5.01", timeout=0.3)
+        _unary(channel, "Slow")(b"5.01", timeout=1.0)  # time for the handler to start
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     _wait_for(lambda: "5.01" in running.methods.cancelled)
 
 
 def test_a_client_that_cancels_cancels_the_handler(running: Running, channel: grpc.Channel) -> None:
     future = _unary(channel, "Slow").future(b"5.02")
-    time.sleep(0.3)
+    _wait_for(lambda: "5.02" in running.methods.started)  # cancelled in the handler, not before
     future.cancel()
     _wait_for(lambda: "5.02" in running.methods.cancelled)
     assert _unary(channel, "Echo")(b"still here", timeout=5) == b"still here"
@@ -202,7 +202,7 @@ def test_stopping_lets_calls_in_flight_finish_and_refuses_new_ones() -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
         assert _unary(opened, "Echo")(b"warm", timeout=5) == b"warm"
         future = _unary(opened, "Slow").future(b"0.5")
-        time.sleep(0.1)
+        _wait_for(lambda: "0.5" in server.methods.started)  # in flight, not yet arrived
         server.stop(grace=5)
         assert future.result(timeout=5) == b"done"
     with pytest.raises(OSError):

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,8 +165,10 @@ def test_the_access_line_tells_a_passed_deadline_from_a_cancelled_call(
     served: InProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inference = v2.run_inference
+    started = threading.Semaphore(0)
 
     async def slow(*args: Any, **kwargs: Any) -> Any:
+        started.release()
         await asyncio.sleep(3)
         return await inference(*args, **kwargs)
 
@@ -173,10 +176,11 @@ def test_the_access_line_tells_a_passed_deadline_from_a_cancelled_call(
     metadata = [("x-api-key", served.key)]
     with access_lines() as stream:
         with pytest.raises(grpc.RpcError) as raised:
-            served.infer(_iris(), metadata=metadata, timeout=0.3)
+            served.infer(_iris(), metadata=metadata, timeout=1.0)
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert started.acquire(timeout=5)
         call = served.infer.future(_iris(), metadata=metadata)
-        time.sleep(0.3)
+        assert started.acquire(timeout=5)  # cancelled in the handler, not before it
         call.cancel()
         ended = time.monotonic() + 5
         while stream.getvalue().count("\n") < 2 and time.monotonic() < ended:

@@ -308,8 +308,15 @@ def test_processes_racing_for_a_lease_get_one_winner_per_term(db: Database) -> N
             holders.append(json.loads(line)["ready"])
         assert len(set(holders)) == processes
 
+        # Every contender has the start time before any is waited for: handed over one
+        # communicate() at a time, the later ones would hear it only after the first had
+        # finished, and nothing would race.
         start = f"{time.time() + 0.5}\n"
-        outputs = [worker.communicate(start, timeout=60) for worker in workers]
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(start)
+            worker.stdin.flush()
+        outputs = [worker.communicate(timeout=60) for worker in workers]
     finally:
         for worker in workers:
             if worker.poll() is None:

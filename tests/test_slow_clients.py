@@ -87,22 +87,26 @@ def _slow_request(server: Server, length: int) -> socket.socket:
 def test_slow_bodies_hold_no_prediction_slots_and_are_cut_off_with_408(server: Server) -> None:
     """64 connections (the default cap) trickle 1,000-byte bodies, one byte per 0.5 s."""
     before = _metric(server, "berth_request_body_failures_total", reason="timeout")
+    opened = time.monotonic()
     slow = [_slow_request(server, 1000) for _ in range(64)]
     replies: dict[socket.socket, bytes] = {}
     stop = threading.Event()
 
     def trickle() -> None:
-        """A byte per connection every 0.5 s, until the server answers on it. A byte sent after
-        the server closed would draw a reset that discards its unread answer."""
+        """A byte per connection every 0.5 s, until the server answers on it, and none in the
+        last 0.3 s before the server's cut-off: a byte that reaches a connection the server is
+        closing draws a reset that discards its unread answer."""
+        sending_until = opened + BODY_TIMEOUT - 0.3
         while not stop.is_set() and len(replies) < len(slow):
             waiting = [sock for sock in slow if sock not in replies]
             answered, _, _ = select.select(waiting, [], [], 0)
             for sock in answered:
                 replies[sock] = _read_until_closed(sock)
-            for sock in waiting:
-                if sock not in replies:
-                    sock.send(b" ")
-            stop.wait(0.5)
+            if time.monotonic() < sending_until:
+                for sock in waiting:
+                    if sock not in replies:
+                        sock.send(b" ")
+            stop.wait(0.5 if time.monotonic() < sending_until else 0.05)
 
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
