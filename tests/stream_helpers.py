@@ -197,6 +197,22 @@ def wait_for(check: Callable[[], T], what: str, seconds: float = 60) -> T:
         time.sleep(0.02)
 
 
+def settled(read: Callable[[], T], what: str, quiet: float = 1.0, seconds: float = 30) -> T:
+    """The value `read` returns once it has stayed the same for `quiet` seconds: after a
+    consumer is killed, what it sent before still reaches the broker, and a reader catches up,
+    but nothing changes it any more."""
+    deadline = time.monotonic() + seconds
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} kept changing for {seconds} s")
+        time.sleep(0.1)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 def scraper(port: int) -> Callable[[], str]:
     """A function that fetches the consumer's /metrics text."""
 

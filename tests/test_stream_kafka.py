@@ -46,6 +46,7 @@ from tests.stream_helpers import (
     register_model,
     run_consumer,
     scraper,
+    settled,
     start_consumer,
     train_model,
     wait_for,
@@ -425,8 +426,8 @@ def test_kill_9_mid_batch_then_restart_loses_nothing(
             wait_for(lambda: outputs.count() >= 300, "300 scored")
             aimed = first.freeze_when(lambda: written_not_committed() > 0, 15)
             first.kill()
-            time.sleep(0.5)  # the outputs it had written reach the counter
-            written = written_not_committed()
+            # the outputs it had written reach the counter
+            written = settled(written_not_committed, "outputs written and not committed")
             second = start_consumer(env, tmp_path / "b.log", *args)
         wait_for(lambda: outputs.count() >= 1000 + written, "every output", 90)
         wait_for(lambda: sum(topics.committed().values()) == 1000, "every offset committed")

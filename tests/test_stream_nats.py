@@ -42,6 +42,7 @@ from tests.stream_helpers import (
     register_model,
     run_consumer,
     scraper,
+    settled,
     start_consumer,
     train_model,
     wait_for,
@@ -288,8 +289,10 @@ def test_kill_9_then_restart_publishes_each_output_once(
         if not first.freeze_when(lambda: in_flight() > 0 and written_not_acknowledged() > 0, 1.2):
             assert first.freeze_when(lambda: in_flight() > 0), "no events were ever in flight"
         first.kill()
-        time.sleep(0.3)  # bytes it had sent before the freeze (acks) reach the server
-        pending, written = in_flight(), written_not_acknowledged()
+        # bytes it had sent before the freeze (acks) reach the server
+        pending, written = settled(
+            lambda: (in_flight(), written_not_acknowledged()), "events in flight"
+        )
         second = start_consumer(env, tmp_path / "b.log", *args)
     try:
         wait_for(lambda: subjects.count(subjects.sink) >= 1000, "every output", 90)

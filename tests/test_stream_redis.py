@@ -41,6 +41,7 @@ from tests.stream_helpers import (
     register_model,
     run_consumer,
     scraper,
+    settled,
     start_consumer,
     train_model,
     wait_for,
@@ -307,8 +308,10 @@ def _crash_then_finish(
         if atomic or not first.freeze_when(worst, 1.2):
             assert first.freeze_when(in_flight), "the consumer never had events in flight"
         first.kill()
-        time.sleep(0.3)  # commands it had sent before the freeze (XACK) reach Redis
-        pending, written = streams.pending_of("a"), written_not_acknowledged()
+        # commands it had sent before the freeze (XACK) reach Redis
+        pending, written = settled(
+            lambda: (streams.pending_of("a"), written_not_acknowledged()), "events in flight"
+        )
         second = start_consumer(
             env,
             tmp_path / "b.log",
