@@ -233,6 +233,26 @@ def lookups(keys: KeyService) -> CountingLookups:
     return CountingLookups(keys)
 
 
+class VerifierClock:
+    """The verifier's monotonic clock, moved by the test: its refresh interval and early
+    re-read then happen when the test says, not when a loaded machine gets round to it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr("berth.security.auth.time", self)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VerifierClock:
+    return VerifierClock(monkeypatch)
+
+
 def test_verifier_accepts_a_valid_key(keys: KeyService, lookups: CountingLookups) -> None:
     _, key = keys.create("ci", ("predict:churn", "read"))
     verifier = KeyVerifier(keys, refresh_seconds=60)
@@ -327,7 +347,7 @@ class CountingHashes:
 
 
 def test_a_checked_key_is_hashed_once_per_read_of_its_row(
-    keys: KeyService, monkeypatch: pytest.MonkeyPatch
+    keys: KeyService, monkeypatch: pytest.MonkeyPatch, clock: VerifierClock
 ) -> None:
     hashes = CountingHashes(monkeypatch)
     _, key = keys.create("ci", ("predict",))
@@ -341,7 +361,7 @@ def test_a_checked_key_is_hashed_once_per_read_of_its_row(
         verify(verifier, f"{prefix}_{key_id}_{secret[::-1]}")
     assert hashes.calls == 2
     # A row read again is checked again (a rotation or revocation arrives as a new row).
-    time.sleep(0.25)
+    clock.advance(0.25)
     assert verify(verifier, key).name == "ci"
     assert hashes.calls == 3
 
@@ -366,19 +386,21 @@ def test_a_previous_secret_in_its_grace_is_checked_every_time_and_stops_on_time(
     assert verify(verifier, new).name == "ci"
 
 
-def test_revocation_is_seen_after_refresh(keys: KeyService, lookups: CountingLookups) -> None:
+def test_revocation_is_seen_after_refresh(
+    keys: KeyService, lookups: CountingLookups, clock: VerifierClock
+) -> None:
     _, key = keys.create("ci", ("predict",))
     verifier = KeyVerifier(keys, refresh_seconds=0.05)
     assert verify(verifier, key).name == "ci"
     keys.revoke("ci")
-    time.sleep(0.1)
+    clock.advance(0.1)
     with pytest.raises(Unauthenticated, match="revoked"):
         verify(verifier, key)
     assert len(lookups.calls) == 2
 
 
 def test_concurrent_requests_share_one_read_of_an_expired_key(
-    keys: KeyService, lookups: CountingLookups
+    keys: KeyService, lookups: CountingLookups, clock: VerifierClock
 ) -> None:
     _, key = keys.create("ci", ("predict",))
     verifier = KeyVerifier(keys, refresh_seconds=0.05)
@@ -388,20 +410,20 @@ def test_concurrent_requests_share_one_read_of_an_expired_key(
 
     assert {p.name for p in asyncio.run(burst())} == {"ci"}
     assert len(lookups.calls) == 1  # 20 first requests, one read
-    time.sleep(0.1)
+    clock.advance(0.1)
     asyncio.run(burst())
     assert len(lookups.calls) == 2  # expired: 20 requests, one more read
 
 
 def test_a_key_is_re_read_in_the_background_before_it_expires(
-    keys: KeyService, lookups: CountingLookups
+    keys: KeyService, lookups: CountingLookups, clock: VerifierClock
 ) -> None:
     _, key = keys.create("ci", ("predict",))
     verifier = KeyVerifier(keys, refresh_seconds=1.0)
 
     async def scenario() -> None:
         await verifier.verify(key)
-        await asyncio.sleep(0.8)  # past REFRESH_EARLY of the interval, not past it
+        clock.advance(0.8)  # past REFRESH_EARLY of the interval, not past it
         keys.revoke("ci")
         # Answered from the cache at once, while one read starts in the background ...
         assert (await verifier.verify(key)).name == "ci"
@@ -427,14 +449,14 @@ def test_cached_key_is_served_until_refresh(keys: KeyService, lookups: CountingL
     assert len(lookups.calls) == 1
 
 
-def test_last_used_is_written_on_refresh(keys: KeyService) -> None:
+def test_last_used_is_written_on_refresh(keys: KeyService, clock: VerifierClock) -> None:
     _, key = keys.create("ci")
     keys.create("idle")
     verifier = KeyVerifier(keys, refresh_seconds=0.05)
     before = datetime.now(UTC)
     verify(verifier, key)
     assert keys.list()[0].last_used_at is None, "no write per request"
-    time.sleep(0.1)
+    clock.advance(0.1)
     verify(verifier, key)
     used = {k.name: k.last_used_at for k in keys.list()}
     assert used["idle"] is None, "keys that were not presented are not touched"
@@ -442,7 +464,7 @@ def test_last_used_is_written_on_refresh(keys: KeyService) -> None:
     assert last is not None
     assert before - timedelta(seconds=1) <= last <= datetime.now(UTC)
     # The use that triggered that refresh is written by the next refresh, whichever key it is for.
-    time.sleep(0.1)
+    clock.advance(0.1)
     with pytest.raises(Unauthenticated):
         verify(verifier, "berth_000000000000_unknown")
     used = {k.name: k.last_used_at for k in keys.list()}

@@ -520,7 +520,11 @@ def test_concurrency_cap_sheds_at_once_with_503(settings: Settings, tmp_path: Pa
         transport = httpx.ASGITransport(app=client.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://berth") as http:
             slow = asyncio.create_task(http.post("/api/v1/predict", json={"features": [1.0, 1.0]}))
-            await asyncio.sleep(0.2)
+            cap = client.app.state.services.cap  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 5
+            while cap.in_flight < 1:  # the slow request holds the only slot
+                assert time.monotonic() < deadline, "the slow request never started"
+                await asyncio.sleep(0.005)
             started = time.monotonic()
             shed = await http.post("/api/v1/predict", json={"features": [1.0, 1.0]})
             assert time.monotonic() - started < 0.3  # refused at once, not queued
@@ -535,11 +539,13 @@ def test_concurrency_cap_sheds_at_once_with_503(settings: Settings, tmp_path: Pa
 
 
 def test_slow_prediction_times_out_with_504(settings: Settings, tmp_path: Path) -> None:
-    with _slow_app(settings, tmp_path, request_timeout_seconds=0.1) as client:
+    # 0.3 s: the slow one takes 0.6 s, and the fast one has time for its hop to a thread on a
+    # loaded machine.
+    with _slow_app(settings, tmp_path, request_timeout_seconds=0.3) as client:
         slow = client.post("/api/v1/predict", json={"features": [1.0, 1.0]})
         fast = client.post("/api/v1/predict", json={"features": [-1.0, 1.0]})
     assert slow.status_code == 504
-    assert "did not answer within 0.1 s" in slow.json()["error"]
+    assert "did not answer within 0.3 s" in slow.json()["error"]
     assert fast.status_code == 200
 
 
