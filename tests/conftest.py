@@ -6,6 +6,7 @@ BERTH_REQUIRE_SERVICES=1 (set by .ci/run): then an absent service fails the test
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -245,6 +246,15 @@ def api(
     with TestClient(app) as client:
         yield ApiSetup(client=client, key=key, read_key=read_key, registry=found)
     found.db.dispose()
+
+
+async def until(check: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
+    """On an event loop: until `check()` holds, yielding to the loop meanwhile; fails naming
+    `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        await asyncio.sleep(0.005)
 
 
 # real processes and the CLI ----------------------------------------------------------------

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 
 from berth.runtimes.base import ModelInput, Prediction, row_count
 from berth.serving.batcher import Batcher, join, split
+from tests.conftest import until
 
 CLASSES = ["low", "high"]
 KINDS = ["array", "frame", "dict"]
@@ -126,13 +127,6 @@ class SlowRunner:
             return predict(inputs)
         finally:
             self.running -= 1
-
-
-async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.005)
 
 
 Runner = Callable[[PredictFn, ModelInput], Awaitable[Prediction]]
@@ -369,10 +363,11 @@ def test_while_max_in_flight_batches_run_later_requests_form_a_bigger_batch(
     async def scenario() -> list[Any]:
         assert runner.gate is not None
         tasks = [asyncio.create_task(batcher.submit(first))]
-        await until(lambda: runner.running == 1)  # the first batch is running now
+        await until(lambda: runner.running == 1, "the first batch running")
         tasks.append(asyncio.create_task(batcher.submit(second)))
         if cap == 2:
-            await until(lambda: runner.running == 2)  # the second has a slot of its own
+            # the second has a slot of its own
+            await until(lambda: runner.running == 2, "the second batch running")
         for inputs in others:
             tasks.append(asyncio.create_task(batcher.submit(inputs)))
         await asyncio.sleep(0.05)  # past the later requests' 10 ms wait: they queue

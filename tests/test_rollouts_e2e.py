@@ -144,30 +144,22 @@ def _wait_finished(service: RolloutService, rollout: int, seconds: float = 60) -
     raise AssertionError(f"rollout still {service.get(rollout).phase} after {seconds} s")
 
 
-def _serves(base: str, version: str, seconds: float = 10) -> None:
+def _serves(base: str, version: str, seconds: float = 10, in_a_row: int = 1) -> None:
+    """Wait until `in_a_row` answers in a row come from `version` (at 50% weight, twenty in a
+    row from one version by chance is one in a million)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    streak = 0
+    while streak < in_a_row:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{base} did not serve {version} within {seconds} s")
         response = httpx.post(
             f"{base}/api/v1/endpoints/scores/predict", json={"features": [1.0, 2.0, 3.0, 4.0]}
         )
         if response.headers.get("X-Berth-Model-Version") == version:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{base} did not serve {version} within {seconds} s")
-
-
-def _serves_only(base: str, version: str, seconds: float = 10, run: int = 20) -> None:
-    """Wait until `run` answers in a row come from `version` (at 50% weight, twenty in a row
-    from one version by chance is one in a million)."""
-    deadline = time.monotonic() + seconds
-    streak = 0
-    while streak < run:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{base} did not serve only {version} within {seconds} s")
-        response = httpx.post(
-            f"{base}/api/v1/endpoints/scores/predict", json={"features": [1.0, 2.0, 3.0, 4.0]}
-        )
-        streak = streak + 1 if response.headers.get("X-Berth-Model-Version") == version else 0
+            streak += 1
+        else:
+            streak = 0
+            time.sleep(0.05)
 
 
 def test_a_canary_failing_on_a_fifth_of_inputs_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
@@ -186,7 +178,7 @@ def test_a_canary_failing_on_a_fifth_of_inputs_is_rolled_back(stack: Stack, tmp_
         rollout = service.start("scores", candidate, s.CANARY, config).rollout.id
         info = _wait_finished(service, rollout)
         pinned.stop()
-        _serves_only(base, stable)  # the server applied the rollback
+        _serves(base, stable, in_a_row=20)  # the server applied the rollback
         free.stop()
         assert info.status == s.ROLLED_BACK, info.reason
         assert "canary failed at 50%" in info.reason

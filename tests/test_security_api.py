@@ -31,7 +31,7 @@ from berth.security.config import KeyConfig
 from berth.security.keys import KeyService, server_secret
 from berth.store.audit import AuditLog
 from berth.store.tables import PredictionRow
-from tests.conftest import register_iris
+from tests.conftest import register_iris, until
 
 JWT_SECRET = "jwt-shared-secret-for-tests-0123456789"
 AUDIENCE = "berth-tests"
@@ -521,10 +521,7 @@ def test_concurrency_cap_sheds_at_once_with_503(settings: Settings, tmp_path: Pa
         async with httpx.AsyncClient(transport=transport, base_url="http://berth") as http:
             slow = asyncio.create_task(http.post("/api/v1/predict", json={"features": [1.0, 1.0]}))
             cap = client.app.state.services.cap  # type: ignore[attr-defined]
-            deadline = time.monotonic() + 5
-            while cap.in_flight < 1:  # the slow request holds the only slot
-                assert time.monotonic() < deadline, "the slow request never started"
-                await asyncio.sleep(0.005)
+            await until(lambda: cap.in_flight >= 1, "the slow request taking the only slot")
             started = time.monotonic()
             shed = await http.post("/api/v1/predict", json={"features": [1.0, 1.0]})
             assert time.monotonic() - started < 0.3  # refused at once, not queued
